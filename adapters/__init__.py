@@ -1,0 +1,78 @@
+"""adapters: named, composable adapters for Hugging Face transformers 5 models.
+
+Example::
+
+    >>> import adapters
+    >>> from adapters import Stack, Fuse
+    >>> adapters.init(model)
+    >>> model.add_adapter("lang", config="seq_bn")
+    >>> model.add_adapter("task", config="seq_bn")
+    >>> model.train_adapter(Stack("lang", "task"))
+"""
+
+__version__ = "0.1.0"
+
+from . import composition
+from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
+from .configuration import (
+    ADAPTER_CONFIG_MAP,
+    ADAPTERFUSION_CONFIG_MAP,
+    AdapterConfig,
+    AdapterFusionConfig,
+    BnConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    ConfigUnion,
+    DoubleSeqBnConfig,
+    DoubleSeqBnInvConfig,
+    DynamicAdapterFusionConfig,
+    DynamicFusionConfig,
+    ModelAdaptersConfig,
+    ParBnConfig,
+    SeqBnConfig,
+    SeqBnInvConfig,
+    StaticAdapterFusionConfig,
+    StaticFusionConfig,
+)
+from .context import AdapterSetup, ForwardContext
+from .loading import AdapterLoadError
+from .model_mixin import ModelAdaptersMixin
+from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
+
+__all__ = [
+    "ADAPTER_CONFIG_MAP",
+    "ADAPTERFUSION_CONFIG_MAP",
+    "AdapterConfig",
+    "AdapterFusionConfig",
+    "AdapterLoadError",
+    "AdapterSetup",
+    "ArchitectureSpec",
+    "Average",
+    "BatchSplit",
+    "BnConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
+    "ConfigUnion",
+    "DoubleSeqBnConfig",
+    "DoubleSeqBnInvConfig",
+    "DynamicAdapterFusionConfig",
+    "DynamicFusionConfig",
+    "ForwardContext",
+    "Fuse",
+    "ModelAdaptersConfig",
+    "ModelAdaptersMixin",
+    "Parallel",
+    "ParBnConfig",
+    "ResidualHook",
+    "SUPPORTED_MODEL_TYPES",
+    "SeqBnConfig",
+    "SeqBnInvConfig",
+    "Split",
+    "Stack",
+    "StaticAdapterFusionConfig",
+    "StaticFusionConfig",
+    "composition",
+    "init",
+    "parse_composition",
+    "register_architecture",
+]

@@ -1,0 +1,44 @@
+"""Method configs, fusion configs and the per-model registry."""
+
+from .base import ADAPTER_CONFIG_MAP, AdapterConfig, ConfigUnion, register_config
+from .bottleneck import (
+    BnConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    DoubleSeqBnConfig,
+    DoubleSeqBnInvConfig,
+    ParBnConfig,
+    SeqBnConfig,
+    SeqBnInvConfig,
+)
+from .fusion import (
+    ADAPTERFUSION_CONFIG_MAP,
+    AdapterFusionConfig,
+    DynamicAdapterFusionConfig,
+    DynamicFusionConfig,
+    StaticAdapterFusionConfig,
+    StaticFusionConfig,
+)
+from .model_config import ModelAdaptersConfig
+
+__all__ = [
+    "ADAPTER_CONFIG_MAP",
+    "ADAPTERFUSION_CONFIG_MAP",
+    "AdapterConfig",
+    "AdapterFusionConfig",
+    "BnConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
+    "ConfigUnion",
+    "DoubleSeqBnConfig",
+    "DoubleSeqBnInvConfig",
+    "DynamicAdapterFusionConfig",
+    "DynamicFusionConfig",
+    "ModelAdaptersConfig",
+    "ParBnConfig",
+    "SeqBnConfig",
+    "SeqBnInvConfig",
+    "StaticAdapterFusionConfig",
+    "StaticFusionConfig",
+    "register_config",
+]

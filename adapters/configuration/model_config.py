@@ -1,0 +1,45 @@
+"""The per-model registry: which adapters and fusions a model has, and its active setup."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .base import AdapterConfig
+from .fusion import AdapterFusionConfig
+
+__all__ = ["ModelAdaptersConfig"]
+
+
+class ModelAdaptersConfig:
+    """Registry of one model's adapters (name -> config), fusions (name -> config and adapter
+    names) and active setup. Shared by the model with heads and its base model.
+
+    Example::
+
+        >>> model.adapters_config.adapters
+        {'a': SeqBnConfig(...)}
+    """
+
+    def __init__(self):
+        self.adapters: dict[str, AdapterConfig] = {}
+        self.fusions: dict[str, tuple[AdapterFusionConfig, tuple[str, ...]]] = {}
+        self.active_setup = None
+        self.skip_layers: Optional[frozenset] = None
+        # bumped on every change; cached validations of setups are keyed by it
+        self.version = 0
+        self._validated: dict = {}
+
+    def changed(self) -> None:
+        self.version += 1
+        self._validated.clear()
+
+    def get(self, name: str) -> Optional[AdapterConfig]:
+        """The config of adapter ``name`` or None."""
+        return self.adapters.get(name)
+
+    def get_fusion(self, name: str):
+        """``(config, adapter_names)`` of fusion ``name`` or None."""
+        return self.fusions.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.adapters

@@ -1,0 +1,132 @@
+"""Per-call state, kept in :mod:`contextvars` so that threads and asyncio tasks never see each
+other's setup.
+
+* :class:`AdapterSetup` overrides the model's active setup for the code inside a ``with`` block.
+* :class:`ForwardContext` holds everything one forward pass needs: the setup in force, how the
+  batch was replicated for ``Parallel``, residuals handed from one hook to the next, and the
+  fusion attentions / gating scores the caller asked for. It is opened by the outermost model
+  forward and closed when that forward returns.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from typing import Any
+
+from .composition import AdapterCompositionBlock, SetupLike, parse_composition
+
+__all__ = ["AdapterSetup", "ForwardContext"]
+
+_setup_stack: contextvars.ContextVar[tuple] = contextvars.ContextVar("adapters_setup_stack", default=())
+_forward_context: contextvars.ContextVar["ForwardContext | None"] = contextvars.ContextVar(
+    "adapters_forward_context", default=None
+)
+
+
+class AdapterSetup:
+    """Context manager that activates a setup for every forward pass run inside it.
+
+    Nestable (the innermost wins) and isolated per thread and per asyncio task. The setup is
+    validated against the model on the first forward pass that uses it.
+
+    Args:
+        adapter_setup: an adapter name, ``"a,b"``, a list, or a composition block.
+        head_setup: name of the prediction head to use (flexible-head models).
+        ignore_empty: if True, an empty setup leaves the model's own active setup in force.
+
+    Example::
+
+        >>> with adapters.AdapterSetup(Stack("de", "sentiment")):
+        ...     logits = model(**batch).logits
+    """
+
+    def __init__(self, adapter_setup: SetupLike, head_setup: Any = None, ignore_empty: bool = False):
+        self.adapter_setup = parse_composition(adapter_setup)
+        self.head_setup = head_setup
+        self.ignore_empty = ignore_empty
+        self._tokens: list[contextvars.Token] = []
+
+    def __enter__(self) -> "AdapterSetup":
+        if self.ignore_empty and self.adapter_setup is None:
+            self._tokens.append(None)
+        else:
+            self._tokens.append(_setup_stack.set(_setup_stack.get() + (self,)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        token = self._tokens.pop()
+        if token is not None:
+            _setup_stack.reset(token)
+
+    @staticmethod
+    def get_context() -> "AdapterSetup | None":
+        """The innermost active :class:`AdapterSetup`, or None."""
+        stack = _setup_stack.get()
+        return stack[-1] if stack else None
+
+    @classmethod
+    def get_context_adapter_setup(cls) -> AdapterCompositionBlock | None:
+        """The adapter setup of the innermost active :class:`AdapterSetup`, or None."""
+        context = cls.get_context()
+        return context.adapter_setup if context is not None else None
+
+    @classmethod
+    def get_context_head_setup(cls):
+        """The head setup of the innermost active :class:`AdapterSetup`, or None."""
+        context = cls.get_context()
+        return context.head_setup if context is not None else None
+
+
+class ForwardContext:
+    """State of one forward pass of a model with adapters.
+
+    Attributes:
+        model: the model whose forward opened the context.
+        setup: the composition tree in force (validated), or None.
+        skip_layers: layer indices where adapters are bypassed.
+        parallel_channels: how many times the batch was replicated for ``Parallel`` (1: not).
+        original_batch_size: the batch size before replication.
+        output_adapter_fusion_attentions / adapter_fusion_attentions: fusion attention weights
+            per fusion name and layer, collected when asked for.
+        output_adapter_gating_scores / adapter_gating_scores: gating scores per adapter and
+            layer, collected when asked for.
+
+    Example::
+
+        >>> ctx = ForwardContext.get_context()   # inside a hook during model(...)
+        >>> ctx.setup
+        Stack[a]
+    """
+
+    def __init__(self, model, setup=None, skip_layers=None):
+        self.model = model
+        self.registry = None  # the adapters registry of the model that opened this context
+        self.setup = setup
+        self.skip_layers = frozenset(skip_layers or ())
+        self.parallel_channels = 1
+        self.original_batch_size = None
+        self.output_adapter_fusion_attentions = False
+        self.output_adapter_gating_scores = False
+        self.adapter_fusion_attentions: dict = {}
+        self.adapter_gating_scores: dict = {}
+        # hand-over slots: a module earlier in a layer leaves a tensor for a hook later in it
+        self.residuals: dict[int, Any] = {}
+
+    @staticmethod
+    def get_context() -> "ForwardContext | None":
+        """The context of the forward pass running in this thread/task, or None."""
+        return _forward_context.get()
+
+    @contextmanager
+    def activate(self):
+        """Make this context current for the duration of the ``with`` block.
+
+        Used when a forward pass is replayed outside its original call (gradient checkpointing
+        recomputes layers during backward).
+        """
+        token = _forward_context.set(self)
+        try:
+            yield self
+        finally:
+            _forward_context.reset(token)

@@ -1,0 +1,371 @@
+"""Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2020; He et al., 2021).
+
+A bottleneck adapter is a small residual MLP inserted after a sub-block (attention or FFN) of a
+transformer layer. With ``h`` the sub-block output, ``x`` the residual stream entering it and
+``LN`` the layer's own norm (absent in pre-LN layers, where the model adds ``x`` itself)::
+
+    pre:     h̃ = LN(h + x)          if original_ln_before, else h
+             r  = h (residual_before_ln=True), h + x ("post_add"), or h̃ (False)
+    adapter: u  = s · f(LN_b(h̃) W_down + b_down) W_up + b_up        (s: scaling, f: non_linearity)
+             a  = LN_a(g · u + r)                                    (g: optional gate)
+    post:    y  = LN(a + x)          if original_ln_after, else a
+
+A *parallel* adapter (``is_parallel``) reads the sub-block's input instead and adds to its
+output: ``u = s · f(x W_down) W_up``, ``y = LN(u + h + x)``.
+
+Compacter replaces ``W_down``/``W_up`` by PHM layers (:mod:`adapters.methods.phm`).
+
+Composition (the engine is :class:`~adapters.methods.base.ComposableLayer`): ``Stack`` feeds
+each adapter's output ``a`` into the next adapter's ``pre`` step; ``Fuse`` runs every child on
+the last child's ``h̃`` and lets :class:`~adapters.methods.fusion.AdapterFusion` attend over
+their ``u``; ``Average`` averages ``a`` (and ``u``); ``Split``/``BatchSplit``/``Parallel``
+slice the sequence / batch. ``post`` of the last adapter finishes the block.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from ..configuration.bottleneck import BnConfig
+from ..configuration.fusion import AdapterFusionConfig
+from ..context import ForwardContext
+from .base import ComposableLayer
+from .fusion import AdapterFusion
+from .phm import PHMLayer
+
+__all__ = ["Adapter", "ParallelAdapter", "BottleneckLayer", "BottleneckState"]
+
+
+class BottleneckState(NamedTuple):
+    """What flows through the composition engine at a bottleneck host.
+
+    ``hidden_states``: the current output; ``input_tensor``: the residual stream ``x``;
+    ``adapter_residual``: the residual of the adapter being applied; ``layer_norm``: the layer's
+    own norm (None in pre-LN layers); ``bottleneck_up``: the last adapter's ``u``; ``last``: the
+    name of the last adapter applied (its config decides the ``post`` step).
+    """
+
+    hidden_states: torch.Tensor
+    input_tensor: torch.Tensor
+    adapter_residual: torch.Tensor
+    layer_norm: Any
+    bottleneck_up: torch.Tensor | None = None
+    last: str | None = None
+
+
+def _init_bert(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Adapter(nn.Module):
+    """One sequential bottleneck adapter (see the module docstring for the math).
+
+    Args:
+        input_size: the hidden size.
+        down_sample: the bottleneck size.
+        config: a :class:`~adapters.BnConfig`.
+        shared_parameters: Compacter's shared PHM parameters of this adapter (or None).
+
+    Example::
+
+        >>> adapter = Adapter(64, 4, SeqBnConfig())
+        >>> out, down, up = adapter(torch.randn(2, 5, 64), residual_input=torch.zeros(2, 5, 64))
+    """
+
+    def __init__(self, input_size: int, down_sample: int, config: BnConfig, shared_parameters=None):
+        super().__init__()
+        self.config = config
+        self.input_size = input_size
+        self.down_sample = max(int(down_sample), 1)
+        self.original_ln_before = config.original_ln_before
+        self.original_ln_after = config.original_ln_after
+        self.residual_before_ln = config.residual_before_ln
+        self.adapter_residual_before_ln = config.adapter_residual_before_ln
+        self.use_gating = config.use_gating
+
+        down: list[nn.Module] = []
+        if config.ln_before:
+            self.adapter_norm_before = nn.LayerNorm(input_size)
+            down.append(self.adapter_norm_before)
+        if config.phm_layer:
+            down.append(PHMLayer(input_size, self.down_sample, "down", config, shared_parameters))
+            self.adapter_up = PHMLayer(self.down_sample, input_size, "up", config, shared_parameters)
+        else:
+            down.append(nn.Linear(input_size, self.down_sample))
+            self.adapter_up = nn.Linear(self.down_sample, input_size)
+        down.append(ACT2FN[config.non_linearity.lower()])
+        self.adapter_down = nn.Sequential(*down)
+
+        if isinstance(config.scaling, (int, float)):
+            self.scaling = float(config.scaling)
+        elif config.scaling == "learned":
+            self.scaling = nn.Parameter(torch.ones(1))
+        else:  # "channel"
+            self.scaling = nn.Parameter(torch.ones(input_size))
+        if config.ln_after:
+            self.adapter_norm_after = nn.LayerNorm(input_size)
+        if config.use_gating:
+            self.gate = nn.Linear(input_size, 1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.stochastic_depth = config.stochastic_depth
+        self._init_weights(config)
+
+    def _init_weights(self, config: BnConfig) -> None:
+        down_linear = self.adapter_down[1 if config.ln_before else 0]
+        with torch.no_grad():
+            if config.init_weights == "bert":
+                self.adapter_down.apply(_init_bert)
+                self.adapter_up.apply(_init_bert)
+            elif config.init_weights == "mam_adapter":
+                if isinstance(down_linear, nn.Linear):
+                    nn.init.kaiming_uniform_(down_linear.weight, a=math.sqrt(5))
+                    nn.init.zeros_(down_linear.bias)
+                self._zero_up()
+            else:  # "houlsby"
+                for linear in (down_linear, self.adapter_up):
+                    if isinstance(linear, nn.Linear):
+                        nn.init.trunc_normal_(linear.weight, mean=0.0, std=1e-2, a=-2e-2, b=2e-2)
+                        nn.init.zeros_(linear.bias)
+            if self.use_gating:
+                _init_bert(self.gate)
+
+    def _zero_up(self) -> None:
+        """Make ``u = 0`` so the adapter starts as the identity."""
+        for param in self.adapter_up.parameters(recurse=False):
+            if param is not None and param.dim() > 0 and param is not getattr(self.adapter_up, "phm_rule", None):
+                nn.init.zeros_(param)
+
+    # -- the three steps -------------------------------------------------------------------------
+    def pre_forward(self, hidden_states, input_tensor, layer_norm, fusion_config: AdapterFusionConfig | None = None):
+        """Returns ``(h̃, query, r)``: the adapter input, the fusion query and the adapter residual."""
+        query = hidden_states if fusion_config is not None and fusion_config.query_before_ln else None
+        residual = hidden_states if self.residual_before_ln is True else None
+        if self.original_ln_before:
+            hidden_states = hidden_states + input_tensor
+            if self.residual_before_ln == "post_add":
+                residual = hidden_states
+            if layer_norm is not None:
+                hidden_states = layer_norm(hidden_states)
+        if self.residual_before_ln is False:
+            residual = hidden_states
+        if fusion_config is not None and not fusion_config.query_before_ln:
+            query = hidden_states
+        if residual is None:  # "post_add" without original_ln_before
+            residual = hidden_states
+        return hidden_states, query, residual
+
+    def bottleneck(self, x: torch.Tensor):
+        """``(down, u, gate)`` with ``u`` the scaled, dropped-out, gated bottleneck output."""
+        down = self.adapter_down(x)
+        up = self.adapter_up(down) * self.scaling
+        output = self.dropout(up)
+        if self.stochastic_depth and self.training:
+            keep = 1.0 - self.stochastic_depth
+            mask = torch.bernoulli(torch.full((x.shape[0],) + (1,) * (x.dim() - 1), keep, device=x.device))
+            output = output * mask.to(output.dtype) / keep
+        gate = None
+        if self.use_gating:
+            gate = torch.sigmoid(self.gate(x)).mean(dim=1).unsqueeze(-1)
+            output = output * gate
+        return down, up, output, gate
+
+    def forward(self, x, residual_input, output_gating: bool = False):
+        """Returns ``(a, down, u)`` (plus the gate when ``output_gating``)."""
+        down, up, output, gate = self.bottleneck(x)
+        if self.adapter_residual_before_ln:
+            output = output + residual_input
+        if hasattr(self, "adapter_norm_after"):
+            output = self.adapter_norm_after(output)
+        if not self.adapter_residual_before_ln:
+            output = output + residual_input
+        return (output, down, up, gate) if output_gating and gate is not None else (output, down, up)
+
+    def post_forward(self, hidden_states, input_hidden_states, input_tensor, layer_norm, residual_added_by_model=False):
+        """Finish the block: ``LN(a + x)`` if original_ln_after, else ``a``.
+
+        With ``residual_added_by_model`` (pre-LN layers) the model adds ``x`` after this hook, so
+        the value returned is the one that yields ``y`` once ``x`` is added.
+        """
+        if self.original_ln_after:
+            if layer_norm is not None:
+                return layer_norm(hidden_states + input_tensor)
+            return hidden_states if residual_added_by_model else hidden_states + input_tensor
+        return hidden_states - input_tensor if residual_added_by_model else hidden_states
+
+
+class ParallelAdapter(Adapter):
+    """A parallel bottleneck adapter (He et al., 2021): reads the sub-block input ``x``, its
+    output ``u`` is added to the sub-block output: ``y = LN(u + h + x)``.
+
+    Example::
+
+        >>> adapter = ParallelAdapter(64, 32, ParBnConfig())
+    """
+
+    def pre_forward(self, hidden_states, input_tensor, layer_norm, fusion_config=None):
+        return input_tensor, (input_tensor if fusion_config is not None else None), input_tensor
+
+    def forward(self, x, residual_input, output_gating: bool = False):
+        down, up, output, gate = self.bottleneck(x)
+        if hasattr(self, "adapter_norm_after"):
+            output = self.adapter_norm_after(output)
+        return (output, down, up, gate) if output_gating and gate is not None else (output, down, up)
+
+    def post_forward(self, hidden_states, input_hidden_states, input_tensor, layer_norm, residual_added_by_model=False):
+        return super().post_forward(
+            hidden_states + input_hidden_states, input_hidden_states, input_tensor, layer_norm, residual_added_by_model
+        )
+
+
+class BottleneckLayer(ComposableLayer):
+    """Host of the bottleneck adapters and fusion layers at one position of one layer.
+
+    Mixed into the module that owns the position when the architecture keeps adapters there
+    (BERT's ``BertOutput``: keys ``...output.adapters.<name>``), or used as a standalone child
+    module (``...output_adapters.adapters.<name>`` in Llama/DistilBERT layers).
+
+    Example::
+
+        >>> host = model.layers[0].output_adapters
+        >>> host.adapters["a"]
+        Adapter(...)
+    """
+
+    method = "bottleneck"
+    supported_blocks = (Stack, Parallel, Fuse, Split, BatchSplit, Average)
+    BATCH_FIELDS = ("hidden_states", "input_tensor", "adapter_residual", "bottleneck_up")
+    SEQUENCE_FIELDS = BATCH_FIELDS
+
+    def init_adapter_layer(self, layer_idx: int, location: str, model_config, shared_parameters) -> None:
+        """Called once when the model is patched."""
+        self._init_composable(layer_idx, location)
+        self.adapters = nn.ModuleDict()
+        self.adapter_fusion_layer = nn.ModuleDict()
+        self.__dict__["_hidden_size"] = model_config.hidden_size
+        self.__dict__["_attention_dropout"] = float(
+            getattr(model_config, "attention_probs_dropout_prob", getattr(model_config, "attention_dropout", 0.0)) or 0.0
+        )
+        self.__dict__["_shared_parameters"] = shared_parameters
+
+    def adapter_names(self) -> set[str]:
+        return set(self.adapters.keys())
+
+    # -- management ------------------------------------------------------------------------------
+    def wants_adapter(self, config: BnConfig) -> bool:
+        """Whether an adapter with ``config`` has a module at this position."""
+        if self.layer_idx in config.leave_out:
+            return False
+        if self.location == "cross_adapter":
+            return config.cross_adapter
+        return bool(getattr(config, self.location))
+
+    def add_adapter(self, name: str, config: BnConfig) -> bool:
+        """Create adapter ``name`` here if its config places one here; returns whether it did."""
+        if not self.wants_adapter(config):
+            return False
+        factor = config.reduction_factor_for(self.layer_idx)
+        down_sample = int(self._hidden_size // factor)
+        adapter_class = ParallelAdapter if config.is_parallel else Adapter
+        with torch.random.fork_rng(enabled=config.init_weights_seed is not None):
+            if config.init_weights_seed is not None:
+                torch.manual_seed(config.init_weights_seed)
+            shared = self._shared_parameters.get(name) if config.phm_layer else None
+            adapter = adapter_class(self._hidden_size, down_sample, config, shared_parameters=shared)
+        self.adapters[name] = adapter
+        self._invalidate_setup_cache()
+        return True
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.adapters:
+            del self.adapters[name]
+            self._invalidate_setup_cache()
+
+    def add_fusion_layer(self, fusion_name: str, adapter_names, config: AdapterFusionConfig) -> bool:
+        """Create the fusion layer ``fusion_name`` here if any of its adapters is here."""
+        if not set(adapter_names) & set(self.adapters.keys()):
+            return False
+        self.adapter_fusion_layer[fusion_name] = AdapterFusion(config, self._hidden_size, self._attention_dropout)
+        self._invalidate_setup_cache()
+        return True
+
+    def delete_fusion_layer(self, fusion_name: str) -> None:
+        if fusion_name in self.adapter_fusion_layer:
+            del self.adapter_fusion_layer[fusion_name]
+            self._invalidate_setup_cache()
+
+    # -- forward -----------------------------------------------------------------------------------
+    def bottleneck_layer_forward(self, setup, hidden_states, residual_input, layer_norm, residual_added_by_model=False):
+        """Run ``setup`` on sub-block output ``hidden_states`` with residual stream ``residual_input``.
+
+        Returns the block output (see :meth:`Adapter.post_forward`).
+        """
+        state = BottleneckState(hidden_states, residual_input, hidden_states, layer_norm)
+        state = self.compose(setup, state)
+        last = self.adapters[state.last]
+        return last.post_forward(state.hidden_states, hidden_states, state.input_tensor, layer_norm, residual_added_by_model)
+
+    def _run_adapter(self, name: str, hidden_states, residual):
+        adapter = self.adapters[name]
+        context = ForwardContext.get_context()
+        gating = context is not None and context.output_adapter_gating_scores
+        output = adapter(hidden_states, residual_input=residual, output_gating=gating)
+        if gating and len(output) == 4:
+            scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
+            scores[self.location] = output[3].detach()
+        return output[0], output[2]
+
+    def compose_single(self, name: str, state: BottleneckState) -> BottleneckState:
+        adapter = self.adapters[name]
+        hidden_states, _, residual = adapter.pre_forward(state.hidden_states, state.input_tensor, state.layer_norm)
+        output, up = self._run_adapter(name, hidden_states, residual)
+        return state._replace(hidden_states=output, adapter_residual=residual, bottleneck_up=up, last=name)
+
+    def compose_fuse(self, setup, state: BottleneckState) -> BottleneckState:
+        if setup.name not in self.adapter_fusion_layer:
+            raise ValueError(
+                f"No fusion layer {setup.name!r} at layer {self.layer_idx} ({self.location}); "
+                f"add it with model.add_adapter_fusion(Fuse({', '.join(map(repr, setup.name.split(',')))}))."
+            )
+        fusion = self.adapter_fusion_layer[setup.name]
+        last = setup.last()
+        hidden_states, query, residual = self.adapters[last].pre_forward(
+            state.hidden_states, state.input_tensor, state.layer_norm, fusion_config=fusion.config
+        )
+        ups = []
+        for child in setup.children:
+            if isinstance(child, str):
+                ups.append(self._run_adapter(child, hidden_states, residual)[1])
+            else:
+                child_state = self.compose(child, state._replace(hidden_states=hidden_states, adapter_residual=residual))
+                ups.append(child_state.bottleneck_up)
+        ups = torch.stack(ups, dim=2)
+        context = ForwardContext.get_context()
+        if context is not None and context.output_adapter_fusion_attentions:
+            fused, attentions = fusion(query, ups, ups, residual, output_attentions=True)
+            per_layer = context.adapter_fusion_attentions.setdefault(setup.name, {}).setdefault(self.layer_idx, {})
+            per_layer[self.location] = attentions
+        else:
+            fused = fusion(query, ups, ups, residual)
+        return state._replace(hidden_states=fused, adapter_residual=residual, last=last)
+
+    def mean(self, states, weights) -> BottleneckState:
+        def weighted(field):
+            values = [getattr(s, field) for s in states]
+            total = values[0] * weights[0]
+            for value, weight in zip(values[1:], weights[1:]):
+                total = total + value * weight
+            return total
+
+        return states[-1]._replace(hidden_states=weighted("hidden_states"), bottleneck_up=weighted("bottleneck_up"))

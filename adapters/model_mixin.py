@@ -1,0 +1,741 @@
+"""The user API on a patched model: AdapterHub's method names and signatures.
+
+:func:`adapters.init` swaps the model's class (and its base model's) for a subclass with
+:class:`ModelAdaptersMixin` in front, keeping the class name. The mixin's ``forward`` opens a
+:class:`~adapters.context.ForwardContext` around the original forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .composition import (
+    AdapterCompositionBlock,
+    Fuse,
+    Parallel,
+    SetupLike,
+    Stack,
+    parse_composition,
+)
+from .configuration.base import AdapterConfig
+from .configuration.fusion import AdapterFusionConfig
+from .context import AdapterSetup, ForwardContext
+from .methods import METHOD_BLOCKS
+from .methods.phm import init_shared_parameters
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["ModelAdaptersMixin"]
+
+_NAME_RE = re.compile(r"^[^.,\s]+$")
+# inputs that carry a batch dimension and are replicated for Parallel
+_BATCH_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "inputs_embeds",
+    "labels",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_inputs_embeds",
+    "pixel_values",
+)
+
+
+def _checkpoint_with_context(checkpoint_func):
+    """Wrap a gradient-checkpointing function so that the recomputation during backward runs
+    inside the forward context of the original pass (adapters stay active there)."""
+    if getattr(checkpoint_func, "_adapters_context_aware", False):
+        return checkpoint_func
+
+    def checkpoint(function, *args, **kwargs):
+        context = ForwardContext.get_context()
+        if context is None:
+            return checkpoint_func(function, *args, **kwargs)
+
+        def replay(*inner_args, **inner_kwargs):
+            with context.activate():
+                return function(*inner_args, **inner_kwargs)
+
+        return checkpoint_func(replay, *args, **kwargs)
+
+    checkpoint._adapters_context_aware = True
+    return checkpoint
+
+
+class ModelAdaptersMixin:
+    """Adds named adapters and their composition to a transformers model.
+
+    Example::
+
+        >>> import adapters
+        >>> from transformers import AutoModel
+        >>> model = AutoModel.from_pretrained("path/to/bert")
+        >>> adapters.init(model)
+        >>> model.add_adapter("task", config="seq_bn")
+        >>> model.train_adapter("task")
+    """
+
+    # -- plumbing --------------------------------------------------------------------------------
+    @property
+    def adapters_config(self):
+        """The :class:`~adapters.configuration.ModelAdaptersConfig` registry of this model."""
+        return self.__dict__["_adapters_registry"]
+
+    @property
+    def _adapter_hosts(self) -> list:
+        return self.__dict__["_adapters_hosts"]
+
+    @property
+    def _shared_parameters(self) -> nn.ModuleDict:
+        return self.base_model.shared_parameters
+
+    def forward(self, *args, **kwargs):
+        """The model's forward, inside a forward context with the active adapter setup.
+
+        Extra keyword arguments: ``output_adapter_fusion_attentions`` and
+        ``output_adapter_gating_scores`` return the fusion attention weights / gating scores
+        as ``adapter_fusion_attentions`` / ``adapter_gating_scores`` on the output.
+        """
+        context = ForwardContext.get_context()
+        if context is not None and context.registry is self.adapters_config:
+            return super().forward(*args, **kwargs)  # nested call (head model -> base model)
+        context = ForwardContext(self, *self._setup_for_forward())
+        context.registry = self.adapters_config
+        context.output_adapter_fusion_attentions = kwargs.pop("output_adapter_fusion_attentions", False)
+        context.output_adapter_gating_scores = kwargs.pop("output_adapter_gating_scores", False)
+        channels = _parallel_channels(context.setup)
+        if channels > 1:
+            args, kwargs = self._replicate_batch(args, kwargs, channels, context)
+        with context.activate():
+            output = super().forward(*args, **kwargs)
+        if context.output_adapter_fusion_attentions and hasattr(output, "keys"):
+            output.adapter_fusion_attentions = context.adapter_fusion_attentions
+        if context.output_adapter_gating_scores and hasattr(output, "keys"):
+            output.adapter_gating_scores = context.adapter_gating_scores
+        return output
+
+    def _setup_for_forward(self):
+        registry = self.adapters_config
+        override = AdapterSetup.get_context()
+        if override is not None:
+            setup = override.adapter_setup
+            if setup is not None and setup not in registry._validated:
+                self._validate_setup(setup)
+                registry._validated[setup] = True
+            return setup, None
+        return registry.active_setup, registry.skip_layers
+
+    def _replicate_batch(self, args, kwargs, channels: int, context: ForwardContext):
+        names = _forward_parameter_names(type(self))
+        kwargs = dict(kwargs)
+        for name, value in zip(names, args):
+            kwargs[name] = value
+        batch = None
+        for name in _BATCH_INPUTS:
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                batch = value.shape[0] if batch is None else batch
+                if value.shape[0] == batch:
+                    kwargs[name] = value.repeat(channels, *([1] * (value.dim() - 1)))
+        context.parallel_channels = channels
+        context.original_batch_size = batch
+        return (), kwargs
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1):
+        if gradient_checkpointing_func is None:
+            from torch.utils.checkpoint import checkpoint
+
+            gradient_checkpointing_func = checkpoint
+        return super()._set_gradient_checkpointing(
+            enable=enable,
+            gradient_checkpointing_func=_checkpoint_with_context(gradient_checkpointing_func),
+            every_n_layers=every_n_layers,
+        )
+
+    # -- adding and removing ---------------------------------------------------------------------
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"Invalid adapter name {name!r}: use a non-empty name without dots, commas or spaces.")
+
+    def add_adapter(self, adapter_name: str, config=None, overwrite_ok: bool = False, set_active: bool = False):
+        """Add a new adapter of the given config to every layer it applies to.
+
+        Args:
+            adapter_name: the new adapter's name.
+            config: a config object, a config id (``"seq_bn"``, ``"compacter"``, ...), a dict or
+                a path to a JSON config; default ``"seq_bn"``.
+            overwrite_ok: replace an existing adapter of that name.
+            set_active: make the new adapter the active setup.
+
+        Raises:
+            ValueError: the name exists (and not ``overwrite_ok``), the config is unknown or
+                does not fit the model. The model is left unchanged.
+
+        Example::
+
+            >>> model.add_adapter("task", config="seq_bn", set_active=True)
+        """
+        self._check_name(adapter_name)
+        config = AdapterConfig.load(config if config is not None else "seq_bn")
+        registry = self.adapters_config
+        if adapter_name in registry.adapters and not overwrite_ok:
+            raise ValueError(
+                f"An adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it "
+                f"or choose another name."
+            )
+        self._check_config_fits(config)
+        if adapter_name in registry.adapters:
+            self.delete_adapter(adapter_name)
+        try:
+            self._create_adapter_modules(adapter_name, config)
+        except Exception:
+            self._remove_adapter_modules(adapter_name)
+            raise
+        registry.adapters[adapter_name] = config
+        registry.changed()
+        if set_active:
+            self.set_active_adapters(adapter_name)
+        return None
+
+    def _check_config_fits(self, config: AdapterConfig) -> None:
+        hidden = self.config.hidden_size
+        num_layers = len(self.base_model.get_submodule(self.__dict__["_adapters_spec"].layers))
+        for part in config.configs_by_architecture():
+            if part.architecture not in METHOD_BLOCKS:
+                raise ValueError(
+                    f"Adapter method {part.architecture!r} is not available in this version; "
+                    f"available methods: {', '.join(sorted(METHOD_BLOCKS))}."
+                )
+            bad_layers = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < num_layers]
+            if bad_layers:
+                raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
+            if part.architecture == "bottleneck":
+                for layer in range(num_layers):
+                    size = int(hidden // part.reduction_factor_for(layer))
+                    if size < 1:
+                        raise ValueError(
+                            f"reduction_factor {part.reduction_factor_for(layer)} leaves no bottleneck for hidden size {hidden}."
+                        )
+                    if part.phm_layer and (hidden % part.phm_dim or size % part.phm_dim):
+                        raise ValueError(
+                            f"Compacter needs phm_dim={part.phm_dim} to divide the hidden size ({hidden}) and the "
+                            f"bottleneck size ({size}); pick another phm_dim or reduction_factor."
+                        )
+
+    def _create_adapter_modules(self, name: str, config: AdapterConfig) -> None:
+        reference = next(self.base_model.parameters())
+        dtype = reference.dtype if reference.is_floating_point() else None
+        for part in config.configs_by_architecture():
+            if part.architecture == "bottleneck" and part.phm_layer:
+                shared = init_shared_parameters(part, self.config.hidden_size)
+                self._shared_parameters[name] = shared.to(device=reference.device, dtype=dtype)
+        added = False
+        for host in self._adapter_hosts:
+            for part in config.configs_by_architecture():
+                if host.method == part.architecture and host.add_adapter(name, part):
+                    host.adapters[name].to(device=reference.device, dtype=dtype).train(self.training)
+                    added = True
+        if not added:
+            raise ValueError(f"Adapter config {config} places no module in this model (check leave_out and positions).")
+
+    def _remove_adapter_modules(self, name: str) -> None:
+        for host in self._adapter_hosts:
+            host.delete_adapter(name)
+        if name in self._shared_parameters:
+            del self._shared_parameters[name]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter and every fusion that uses it.
+
+        Example::
+
+            >>> model.delete_adapter("task")
+        """
+        registry = self.adapters_config
+        self._require_adapter(adapter_name)
+        for fusion_name, (_, names) in list(registry.fusions.items()):
+            if adapter_name in names:
+                self.delete_adapter_fusion(fusion_name)
+        self._remove_adapter_modules(adapter_name)
+        del registry.adapters[adapter_name]
+        if registry.active_setup is not None and adapter_name in registry.active_setup.flatten():
+            logger.info(f"Deleted adapter {adapter_name!r} was active; no adapters are active now.")
+            registry.active_setup = None
+        registry.changed()
+
+    def _rename_adapter(self, old: str, new: str) -> None:
+        """Rename an adapter everywhere (used by loading, which builds under a staging name)."""
+        for host in self._adapter_hosts:
+            if old in host.adapters:
+                host.adapters[new] = host.adapters.pop(old)
+                host._invalidate_setup_cache()
+        if old in self._shared_parameters:
+            self._shared_parameters[new] = self._shared_parameters.pop(old)
+        registry = self.adapters_config
+        registry.adapters[new] = registry.adapters.pop(old)
+        registry.changed()
+
+    def _require_adapter(self, name: str) -> None:
+        if name not in self.adapters_config.adapters:
+            known = ", ".join(sorted(self.adapters_config.adapters)) or "none"
+            raise ValueError(f"No adapter named {name!r}; the model has: {known}.")
+
+    def add_adapter_fusion(
+        self,
+        adapter_names: Union[Fuse, list, str],
+        config="dynamic",
+        name: Optional[str] = None,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> None:
+        """Add an AdapterFusion layer over existing adapters.
+
+        Args:
+            adapter_names: a :class:`~adapters.Fuse` block, a list of names or ``"a,b"``.
+            config: ``"dynamic"``, ``"static"``, a dict or an :class:`~adapters.AdapterFusionConfig`.
+            name: the fusion's name (default: the adapter names joined by commas).
+            overwrite_ok: replace an existing fusion of that name.
+            set_active: activate ``Fuse(*adapter_names)``.
+
+        Example::
+
+            >>> model.add_adapter_fusion(Fuse("a", "b", "c"), set_active=True)
+        """
+        block = _as_fuse(adapter_names, name)
+        names = tuple(block.flatten())
+        for adapter in names:
+            self._require_adapter(adapter)
+            if self.adapters_config.adapters[adapter].architecture not in ("bottleneck", "union"):
+                raise ValueError(
+                    f"Cannot fuse adapter {adapter!r}: its method {self.adapters_config.adapters[adapter].architecture} "
+                    f"has no fusion; AdapterFusion combines bottleneck adapters."
+                )
+        fusion_config = AdapterFusionConfig.load(config)
+        registry = self.adapters_config
+        if block.name in registry.fusions:
+            if not overwrite_ok:
+                raise ValueError(f"A fusion named {block.name!r} exists already; pass overwrite_ok=True to replace it.")
+            self.delete_adapter_fusion(block.name)
+        reference = next(self.base_model.parameters())
+        for host in self._adapter_hosts:
+            if host.method == "bottleneck" and host.add_fusion_layer(block.name, names, fusion_config):
+                host.adapter_fusion_layer[block.name].to(device=reference.device, dtype=reference.dtype).train(self.training)
+        registry.fusions[block.name] = (fusion_config, names)
+        registry.changed()
+        if set_active:
+            self.set_active_adapters(block)
+
+    def delete_adapter_fusion(self, adapter_names: Union[Fuse, list, str]) -> None:
+        """Delete an AdapterFusion layer (by block, list of names or name).
+
+        Example::
+
+            >>> model.delete_adapter_fusion("a,b,c")
+        """
+        fusion_name = adapter_names if isinstance(adapter_names, str) else _as_fuse(adapter_names, None).name
+        registry = self.adapters_config
+        if fusion_name not in registry.fusions:
+            known = ", ".join(sorted(registry.fusions)) or "none"
+            raise ValueError(f"No adapter fusion named {fusion_name!r}; the model has: {known}.")
+        for host in self._adapter_hosts:
+            if host.method == "bottleneck":
+                host.delete_fusion_layer(fusion_name)
+        del registry.fusions[fusion_name]
+        if registry.active_setup is not None and _uses_fusion(registry.active_setup, fusion_name):
+            registry.active_setup = None
+        registry.changed()
+
+    # -- activation ------------------------------------------------------------------------------
+    @property
+    def active_adapters(self) -> Optional[AdapterCompositionBlock]:
+        """The active setup (a composition block), or None. Settable like
+        :meth:`set_active_adapters`.
+
+        Example::
+
+            >>> model.active_adapters = "a,b"
+            >>> model.active_adapters
+            Stack[a, b]
+        """
+        return self.adapters_config.active_setup
+
+    @active_adapters.setter
+    def active_adapters(self, adapter_setup: SetupLike) -> None:
+        self.set_active_adapters(adapter_setup)
+
+    def set_active_adapters(self, adapter_setup: SetupLike, skip_layers: Optional[list[int]] = None) -> None:
+        """Activate a setup for every following forward pass (None deactivates all adapters).
+
+        The setup is validated here once: unknown adapters, fusions that do not exist and methods
+        that cannot take part in a block raise a ValueError naming them.
+
+        Args:
+            adapter_setup: a name, ``"a,b"``, a list or a composition block.
+            skip_layers: layer indices where no adapter runs.
+
+        Example::
+
+            >>> model.set_active_adapters(Parallel("a", "b"))
+        """
+        setup = parse_composition(adapter_setup)
+        if setup is not None:
+            self._validate_setup(setup)
+        registry = self.adapters_config
+        registry.active_setup = setup
+        registry.skip_layers = frozenset(skip_layers) if skip_layers else None
+        registry.changed()
+
+    def _validate_setup(self, setup: AdapterCompositionBlock) -> None:
+        registry = self.adapters_config
+        for name in setup.flatten():
+            if name not in registry.adapters:
+                known = ", ".join(sorted(registry.adapters)) or "none"
+                raise ValueError(
+                    f"Adapter setup {setup} names unknown adapter {name!r}; the model has: {known}. "
+                    f"Add it with add_adapter or load_adapter first."
+                )
+        self._validate_block(setup)
+
+    def _validate_block(self, block: AdapterCompositionBlock) -> None:
+        registry = self.adapters_config
+        kind = type(block)
+        if isinstance(block, Fuse):
+            if block.name not in registry.fusions:
+                raise ValueError(
+                    f"{block} needs an AdapterFusion named {block.name!r}; add it with "
+                    f"model.add_adapter_fusion({block}) or load_adapter_fusion."
+                )
+            fused = set(registry.fusions[block.name][1])
+            children = {c if isinstance(c, str) else c.last() for c in block.children}
+            if not children <= fused:
+                raise ValueError(f"{block} fuses {sorted(children - fused)}, which fusion {block.name!r} was not built for.")
+        for child in block.children:
+            if isinstance(child, AdapterCompositionBlock):
+                self._validate_block(child)
+                continue
+            for part in registry.adapters[child].configs_by_architecture():
+                if kind not in METHOD_BLOCKS[part.architecture]:
+                    raise ValueError(
+                        f"Adapter {child!r} cannot take part in {block}: its method {part.architecture!r} does "
+                        f"not support {kind.__name__} blocks (it supports "
+                        f"{', '.join(b.__name__ for b in METHOD_BLOCKS[part.architecture])})."
+                    )
+
+    # -- training --------------------------------------------------------------------------------
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) every weight of the base model, adapters included.
+
+        Example::
+
+            >>> model.freeze_model()      # then unfreeze what you train
+        """
+        self.base_model.requires_grad_(not freeze)
+        self.base_model.__dict__["model_frozen"] = freeze
+
+    def _head_parameters(self) -> list[nn.Parameter]:
+        base_params = {id(p) for p in self.base_model.parameters()}
+        return [p for p in self.parameters() if id(p) not in base_params]
+
+    def _enable(self, setup: AdapterCompositionBlock, adapters: bool, fusions: bool) -> None:
+        names = setup.flatten()
+        fusion_names = _fusion_names(setup)
+        for host in self._adapter_hosts:
+            if adapters:
+                for name in names:
+                    if name in host.adapters:
+                        host.adapters[name].requires_grad_(True)
+            if fusions and host.method == "bottleneck":
+                for fusion_name in fusion_names:
+                    if fusion_name in host.adapter_fusion_layer:
+                        host.adapter_fusion_layer[fusion_name].requires_grad_(True)
+        if adapters:
+            for name in names:
+                if name in self._shared_parameters:
+                    for param in self._shared_parameters[name].values():
+                        param.requires_grad_(param.dtype.is_floating_point)
+
+    def train_adapter(self, adapter_setup: SetupLike, train_embeddings: bool = False) -> None:
+        """Prepare training of the adapters in ``adapter_setup``: freeze the base model, make
+        those adapters (and the heads of a model with heads) trainable, and activate the setup.
+
+        Example::
+
+            >>> model.train_adapter("task")
+            >>> optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        """
+        setup = parse_composition(adapter_setup)
+        self._validate_setup(setup)
+        self.train()
+        self.freeze_model(True)
+        self._enable(setup, adapters=True, fusions=False)
+        for param in self._head_parameters():
+            param.requires_grad_(True)
+        if train_embeddings:
+            self.get_input_embeddings().requires_grad_(True)
+        self.set_active_adapters(setup)
+
+    def train_adapter_fusion(self, adapter_setup: SetupLike, unfreeze_adapters: bool = False) -> None:
+        """Prepare training of the fusion layers in ``adapter_setup`` (and, with
+        ``unfreeze_adapters``, of the fused adapters).
+
+        Example::
+
+            >>> model.train_adapter_fusion(Fuse("a", "b", "c"))
+        """
+        setup = parse_composition(adapter_setup)
+        self._validate_setup(setup)
+        self.train()
+        self.freeze_model(True)
+        self._enable(setup, adapters=unfreeze_adapters, fusions=True)
+        for param in self._head_parameters():
+            param.requires_grad_(True)
+        self.set_active_adapters(setup)
+
+    def get_fusion_regularization_loss(self) -> torch.Tensor:
+        """Sum of the value regularisers of all fusion layers that ask for one.
+
+        Example::
+
+            >>> loss = task_loss + model.get_fusion_regularization_loss()
+        """
+        total = torch.zeros((), device=next(self.parameters()).device)
+        for host in self._adapter_hosts:
+            if host.method == "bottleneck":
+                for fusion in host.adapter_fusion_layer.values():
+                    total = total + fusion.regularization_loss().to(total.device)
+        return total
+
+    # -- inspection ------------------------------------------------------------------------------
+    def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
+        """The modules of adapter ``name``: ``{layer_idx: {location: module}}``.
+
+        Example::
+
+            >>> model.get_adapter("task")[0]["output_adapter"]
+            Adapter(...)
+        """
+        self._require_adapter(name)
+        modules: dict[int, dict[str, nn.Module]] = {}
+        for host in self._adapter_hosts:
+            module = host.adapters[name] if name in host.adapters else None
+            if module is not None:
+                modules.setdefault(host.layer_idx, {})[host.location] = module
+        return modules
+
+    def _adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        params = [p for layer in self.get_adapter(name).values() for m in layer.values() for p in m.parameters()]
+        if name in self._shared_parameters:
+            params += list(self._shared_parameters[name].values())
+        return params
+
+    def adapter_to(self, name: str, device=None, dtype=None) -> None:
+        """Move adapter ``name`` (and its shared parameters) to a device and/or dtype.
+
+        Example::
+
+            >>> model.adapter_to("task", device="cuda", dtype=torch.bfloat16)
+        """
+        for layer in self.get_adapter(name).values():
+            for module in layer.values():
+                module.to(device=device, dtype=dtype)
+        if name in self._shared_parameters:
+            self._shared_parameters[name].to(device=device, dtype=dtype)
+
+    def adapter_summary(self, as_dict: bool = False):
+        """A table of the adapters and fusions: name, architecture, #params, %params (of the
+        base model), active, trainable.
+
+        Example::
+
+            >>> print(model.adapter_summary())
+        """
+        registry = self.adapters_config
+        active = set(registry.active_setup.flatten()) if registry.active_setup is not None else set()
+        rows = []
+        for name, config in registry.adapters.items():
+            params = self._adapter_parameters(name)
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": config.architecture,
+                    "#param": sum(p.numel() for p in params),
+                    "active": name in active,
+                    "train": bool(params) and all(p.requires_grad for p in params),
+                }
+            )
+        for fusion_name in registry.fusions:
+            params = [
+                p
+                for host in self._adapter_hosts
+                if host.method == "bottleneck" and fusion_name in host.adapter_fusion_layer
+                for p in host.adapter_fusion_layer[fusion_name].parameters()
+            ]
+            rows.append(
+                {
+                    "name": fusion_name,
+                    "architecture": "fusion",
+                    "#param": sum(p.numel() for p in params),
+                    "active": registry.active_setup is not None and _uses_fusion(registry.active_setup, fusion_name),
+                    "train": bool(params) and all(p.requires_grad for p in params),
+                }
+            )
+        base_params = sum(p.numel() for p in self.base_model.parameters()) - sum(r["#param"] for r in rows)
+        for row in rows:
+            row["%param"] = 100.0 * row["#param"] / base_params
+        rows.append(
+            {
+                "name": "Full model",
+                "#param": base_params,
+                "%param": 100.0,
+                "train": not self.base_model.__dict__.get("model_frozen", False),
+            }
+        )
+        if as_dict:
+            return rows
+        line, header = "=" * 80, "{:<25}{:<15}{:>12}{:>12}{:>8}{:>8}"
+        row_format = "{:<25}{:<15}{:>12,}{:>12.3f}{:>8}{:>8}"
+        lines = [line, header.format("Name", "Architecture", "#Param", "%Param", "Active", "Train"), "-" * 80]
+        for row in rows[:-1]:
+            lines.append(
+                row_format.format(
+                    row["name"], row["architecture"], row["#param"], row["%param"], int(row["active"]), int(row["train"])
+                )
+            )
+        full = rows[-1]
+        lines += ["-" * 80, "{:<25}{:<15}{:>12,}{:>12.3f}{:>8}{:>8}".format(
+            full["name"], "", full["#param"], full["%param"], "", int(full["train"])
+        ), line]
+        return "\n".join(lines)
+
+    # -- checkpoints (see adapters.loading) ---------------------------------------------------------
+    def save_adapter(self, save_directory: str, adapter_name: str, with_head: bool = True, meta_dict=None, use_safetensors: bool = True):
+        """Save adapter ``adapter_name`` to a folder in AdapterHub's layout
+        (``adapter_config.json`` + ``adapter.safetensors``).
+
+        Example::
+
+            >>> model.save_adapter("out/task", "task")
+        """
+        from .loading import save_adapter
+
+        save_adapter(self, save_directory, adapter_name, meta_dict=meta_dict, use_safetensors=use_safetensors)
+
+    def load_adapter(
+        self,
+        adapter_name_or_path: str,
+        config=None,
+        load_as: Optional[str] = None,
+        set_active: bool = False,
+        leave_out: Optional[list[int]] = None,
+        overwrite_ok: bool = False,
+        **kwargs,
+    ) -> str:
+        """Load an adapter saved by :meth:`save_adapter` or by AdapterHub (also legacy
+        ``pytorch_adapter.bin``, read with ``torch.load(weights_only=True)``).
+
+        Returns the name under which it was loaded. On any error the model is left unchanged.
+
+        Example::
+
+            >>> name = model.load_adapter("out/task", set_active=True)
+        """
+        from .loading import load_adapter
+
+        return load_adapter(
+            self, adapter_name_or_path, config=config, load_as=load_as, set_active=set_active,
+            leave_out=leave_out, overwrite_ok=overwrite_ok, **kwargs,
+        )
+
+    def save_adapter_fusion(self, save_directory: str, adapter_names, use_safetensors: bool = True) -> None:
+        """Save a fusion layer (AdapterHub layout: ``adapter_fusion_config.json`` + weights).
+
+        Example::
+
+            >>> model.save_adapter_fusion("out/fusion", "a,b,c")
+        """
+        from .loading import save_adapter_fusion
+
+        save_adapter_fusion(self, save_directory, adapter_names, use_safetensors=use_safetensors)
+
+    def load_adapter_fusion(self, adapter_fusion_name_or_path: str, load_as: Optional[str] = None, set_active: bool = False, **kwargs) -> str:
+        """Load a fusion layer saved by :meth:`save_adapter_fusion` or AdapterHub; the fused
+        adapters must be loaded already. Returns the fusion's name.
+
+        Example::
+
+            >>> model.load_adapter_fusion("out/fusion", set_active=True)
+        """
+        from .loading import load_adapter_fusion
+
+        return load_adapter_fusion(self, adapter_fusion_name_or_path, load_as=load_as, set_active=set_active)
+
+    def save_all_adapters(self, save_directory: str, with_head: bool = True, use_safetensors: bool = True) -> None:
+        """Save every adapter into ``save_directory/<name>``.
+
+        Example::
+
+            >>> model.save_all_adapters("out/adapters")
+        """
+        import os
+
+        for name in self.adapters_config.adapters:
+            self.save_adapter(os.path.join(save_directory, name), name, with_head=with_head, use_safetensors=use_safetensors)
+
+    def save_all_adapter_fusions(self, save_directory: str, use_safetensors: bool = True) -> None:
+        """Save every fusion into ``save_directory/<fusion name>``.
+
+        Example::
+
+            >>> model.save_all_adapter_fusions("out/fusions")
+        """
+        import os
+
+        for name in self.adapters_config.fusions:
+            self.save_adapter_fusion(os.path.join(save_directory, name), name, use_safetensors=use_safetensors)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameter_names(cls) -> tuple[str, ...]:
+    params = inspect.signature(cls.__mro__[cls.__mro__.index(ModelAdaptersMixin) + 1].forward).parameters
+    return tuple(n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _parallel_channels(setup) -> int:
+    if isinstance(setup, Parallel):
+        return setup.parallel_channels
+    if isinstance(setup, Stack):
+        for child in setup.children:
+            if isinstance(child, Parallel):
+                return child.parallel_channels
+    return 1
+
+
+def _as_fuse(adapter_names, name) -> Fuse:
+    if isinstance(adapter_names, Fuse):
+        return Fuse(*adapter_names.children, name=name or adapter_names._name)
+    if isinstance(adapter_names, str):
+        adapter_names = [n.strip() for n in adapter_names.split(",")]
+    return Fuse(*adapter_names, name=name)
+
+
+def _fusion_names(setup) -> list[str]:
+    names = []
+    if isinstance(setup, Fuse):
+        names.append(setup.name)
+    if isinstance(setup, AdapterCompositionBlock):
+        for child in setup.children:
+            names += _fusion_names(child)
+    return names
+
+
+def _uses_fusion(setup, fusion_name: str) -> bool:
+    return fusion_name in _fusion_names(setup)

@@ -1,0 +1,43 @@
+"""Llama family (Llama, Mistral, Qwen2): pre-LN decoder layers computing
+``x + self_attn(input_layernorm(x))`` and then ``x + mlp(post_attention_layernorm(x))``;
+adapters live in new ``attention_adapters`` / ``output_adapters`` children of each layer
+(AdapterHub's keys)."""
+
+from __future__ import annotations
+
+from .spec import ArchitectureSpec, ResidualHook, register_architecture
+
+__all__ = ["LLAMA"]
+
+LLAMA = register_architecture(
+    ArchitectureSpec(
+        name="llama",
+        model_types=("llama", "mistral", "qwen2"),
+        layers="layers",
+        residual_hooks=(
+            ResidualHook(
+                "mh_adapter",
+                host="attention_adapters",
+                create_host=True,
+                residual_source="input_layernorm",
+                sublayer="self_attn",
+            ),
+            ResidualHook(
+                "output_adapter",
+                host="output_adapters",
+                create_host=True,
+                residual_source="post_attention_layernorm",
+                sublayer="mlp",
+            ),
+        ),
+        attention="self_attn",
+        query="self_attn.q_proj",
+        key="self_attn.k_proj",
+        value="self_attn.v_proj",
+        attn_output="self_attn.o_proj",
+        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+        ffn_out="mlp.down_proj",
+        embeddings="embed_tokens",
+        pre_ln=True,
+    )
+)

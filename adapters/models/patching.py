@@ -1,0 +1,144 @@
+"""Reaching hook points by class swap, never by copying forward code.
+
+``swap_class(module, Mixin)`` gives a module instance a subclass of its own class with ``Mixin``
+in front: it stays ``isinstance``-compatible (transformers records hidden states by isinstance)
+and keeps its parameter names. The mixins here only wrap ``super().forward``:
+
+* :class:`ResidualSourceMixin` hands the residual stream ``x`` (one of its inputs) to the hook
+  later in the layer, through the forward context (so threads never see each other's tensors);
+* :class:`PostNormHookMixin` (post-LN): the norm receives ``h + x`` and runs the adapters on
+  ``(h, x)`` with itself as the layer norm;
+* :class:`SublayerHookMixin` (pre-LN): runs the adapters on the sub-block's output ``h``.
+
+When no adapter is active at a host the wrappers cost one context lookup and a cached dict hit.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..context import ForwardContext
+from ..methods.bottleneck import BottleneckLayer
+from .spec import ArchitectureSpec, ResidualHook
+
+__all__ = ["swap_class", "restore_class", "install_residual_hook", "BottleneckHost"]
+
+_CLASS_CACHE: dict[tuple, type] = {}
+
+
+def swap_class(module: nn.Module, mixin: type, keep_name: bool = False) -> None:
+    """Put ``mixin`` in front of ``module``'s class (idempotent).
+
+    ``keep_name`` keeps the class name unchanged (for models: ``save_pretrained`` writes it to
+    ``config.architectures``).
+
+    Example::
+
+        >>> swap_class(layer.output.LayerNorm, PostNormHookMixin)
+        >>> type(layer.output.LayerNorm).__name__
+        'LayerNormWithAdapters'
+    """
+    original = module.__dict__.get("_adapters_original_class", type(module))
+    mixins = module.__dict__.get("_adapters_mixins", ())
+    if mixin in mixins:
+        return
+    mixins = (mixin,) + mixins
+    key = (original, mixins, keep_name)
+    cls = _CLASS_CACHE.get(key)
+    if cls is None:
+        name = original.__name__ if keep_name else f"{original.__name__}WithAdapters"
+        cls = type(name, mixins + (original,), {"__module__": original.__module__, "__qualname__": name})
+        _CLASS_CACHE[key] = cls
+    module.__dict__["_adapters_original_class"] = original
+    module.__dict__["_adapters_mixins"] = mixins
+    module.__class__ = cls
+
+
+def restore_class(module: nn.Module) -> None:
+    """Undo every :func:`swap_class` on ``module``."""
+    original = module.__dict__.pop("_adapters_original_class", None)
+    module.__dict__.pop("_adapters_mixins", None)
+    if original is not None:
+        module.__class__ = original
+
+
+class ResidualSourceMixin:
+    """Hands one of this module's inputs (the residual stream) to a hook later in the layer."""
+
+    def forward(self, *args, **kwargs):
+        for host, index, keyword in self.__dict__["_adapter_residual_slots"]:
+            if host.active_setup() is not None:
+                value = args[index] if len(args) > index else kwargs.get(keyword)
+                ForwardContext.get_context().residuals[id(host)] = value
+        return super().forward(*args, **kwargs)
+
+
+class PostNormHookMixin:
+    """A post-LN norm that receives ``h + x`` and runs the adapters on ``(h, x)`` instead."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        host = self.__dict__["_adapter_host"]
+        setup = host.active_setup()
+        if setup is None:
+            return super().forward(hidden_states, *args, **kwargs)
+        residual = ForwardContext.get_context().residuals.pop(id(host), None)
+        if residual is None:
+            return super().forward(hidden_states, *args, **kwargs)
+        return host.bottleneck_layer_forward(setup, hidden_states - residual, residual, super().forward)
+
+
+class SublayerHookMixin:
+    """A pre-LN sub-block whose output ``h`` the layer adds to ``x``: run the adapters on ``h``."""
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        host = self.__dict__["_adapter_host"]
+        setup = host.active_setup()
+        if setup is None:
+            return output
+        residual = ForwardContext.get_context().residuals.pop(id(host), None)
+        if residual is None:
+            return output
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = host.bottleneck_layer_forward(setup, hidden, residual, None, residual_added_by_model=True)
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+class BottleneckHost(BottleneckLayer, nn.Module):
+    """A standalone host module (``attention_adapters`` / ``output_adapters``); never called."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - hosts are driven by the hook mixins
+        raise RuntimeError("BottleneckHost is driven by the layer's hooks and is not called directly.")
+
+
+def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, model_config, shared_parameters):
+    """Give ``layer`` the bottleneck position ``hook``; returns its host."""
+    if hook.create_host:
+        host = BottleneckHost()
+        layer.add_module(hook.host, host)
+    else:
+        host = layer.get_submodule(hook.host)
+        swap_class(host, BottleneckLayer)
+    host.init_adapter_layer(layer_idx, hook.location, model_config, shared_parameters)
+
+    source = layer.get_submodule(hook.residual_source)
+    swap_class(source, ResidualSourceMixin)
+    slots = source.__dict__.setdefault("_adapter_residual_slots", [])
+    slots.append((host, hook.residual_arg, hook.residual_kwarg))
+
+    target = layer.get_submodule(hook.norm or hook.sublayer)
+    swap_class(target, PostNormHookMixin if hook.norm else SublayerHookMixin)
+    target.__dict__["_adapter_host"] = host
+    return host
+
+
+def install_architecture(base_model: nn.Module, spec: ArchitectureSpec, shared_parameters) -> list:
+    """Install every residual hook of ``spec`` in every layer; returns the hosts."""
+    hosts = []
+    for layer_idx, layer in enumerate(base_model.get_submodule(spec.layers)):
+        for hook in spec.residual_hooks:
+            hosts.append(install_residual_hook(layer, hook, layer_idx, base_model.config, shared_parameters))
+    return hosts

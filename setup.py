@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="adapters",
+    version="0.1.0",
+    description="Named, composable adapters (bottleneck, Compacter, LoRA, prefix tuning, ...) for Hugging Face transformers 5",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["adapters", "adapters.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.23,<6",
+        "safetensors",
+        "huggingface_hub",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "hypothesis", "peft==0.21.*", "sentencepiece"],
+        "docs": ["sphinx"],
+        "examples": ["sentencepiece", "tqdm"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
