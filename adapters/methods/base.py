@@ -38,7 +38,8 @@ def prune_setup(setup, present: set):
 
     Returns None if nothing in the setup runs here. Children of positional blocks (Parallel,
     Split, BatchSplit) are kept as ``None`` placeholders so that branch ``i`` still means child
-    ``i``; Stack and Fuse simply drop them; Average drops them and renormalises its weights.
+    ``i``; Stack and Fuse simply drop them; Average drops them and rescales the remaining weights to the
+    original total.
     """
     if isinstance(setup, str):
         return setup if setup in present else None
@@ -52,8 +53,8 @@ def prune_setup(setup, present: set):
         return kept[0] if len(kept) == 1 and isinstance(kept[0], str) else _Pruned(Stack, kept)
     if isinstance(setup, Average):
         pairs = [(c, w) for c, w in zip(children, setup.weights) if c is not None]
-        total = sum(w for _, w in pairs)
-        return _Pruned(Average, [c for c, _ in pairs], weights=[w / total for _, w in pairs])
+        rescale = sum(setup.weights) / sum(w for _, w in pairs)  # keep the total the user gave
+        return _Pruned(Average, [c for c, _ in pairs], weights=[w * rescale for _, w in pairs])
     if isinstance(setup, Split):
         return _Pruned(Split, children, splits=setup.splits)
     if isinstance(setup, BatchSplit):

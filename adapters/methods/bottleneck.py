@@ -281,7 +281,7 @@ class BottleneckLayer(ComposableLayer):
         with torch.random.fork_rng(enabled=config.init_weights_seed is not None):
             if config.init_weights_seed is not None:
                 torch.manual_seed(config.init_weights_seed)
-            shared = self._shared_parameters.get(name) if config.phm_layer else None
+            shared = self._shared_parameters[name] if config.phm_layer and name in self._shared_parameters else None
             adapter = adapter_class(self._hidden_size, down_sample, config, shared_parameters=shared)
         self.adapters[name] = adapter
         self._invalidate_setup_cache()

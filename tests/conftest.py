@@ -1,0 +1,90 @@
+"""Tiny models of every supported architecture, built offline from configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers.logging.set_verbosity_error()
+
+HIDDEN, LAYERS, HEADS, VOCAB = 32, 2, 4, 99
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS)
+_ENCODER = dict(_COMMON, intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+_DECODER = dict(_COMMON, intermediate_size=64, num_key_value_heads=2, pad_token_id=0)
+
+CONFIGS = {
+    "bert": lambda: transformers.BertConfig(**_ENCODER),
+    "roberta": lambda: transformers.RobertaConfig(**_ENCODER, pad_token_id=1),
+    "xlm-roberta": lambda: transformers.XLMRobertaConfig(**_ENCODER, pad_token_id=1),
+    "distilbert": lambda: transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=64, dropout=0.0, attention_dropout=0.0
+    ),
+    "llama": lambda: transformers.LlamaConfig(**_DECODER),
+    "mistral": lambda: transformers.MistralConfig(**_DECODER),
+    "qwen2": lambda: transformers.Qwen2Config(**_DECODER),
+}
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert")
+DECODERS = ("llama", "mistral", "qwen2")
+ARCHS = tuple(CONFIGS)
+
+HEAD_CLASSES = {
+    "base": transformers.AutoModel,
+    "seq_cls": transformers.AutoModelForSequenceClassification,
+    "mlm": transformers.AutoModelForMaskedLM,
+    "clm": transformers.AutoModelForCausalLM,
+}
+# (arch, head) pairs the tests run: every arch bare and with its natural heads
+ARCH_HEADS = [(a, "base") for a in ARCHS] + [(a, "seq_cls") for a in ARCHS] + [(a, "mlm") for a in ENCODERS] + [
+    (a, "clm") for a in DECODERS
+]
+
+
+def make_model(arch: str, head: str = "base", seed: int = 0):
+    """A tiny randomly initialised model (not yet patched), in eval mode."""
+    torch.manual_seed(seed)
+    config = CONFIGS[arch]()
+    if head == "seq_cls":
+        config.num_labels = 3
+    model = HEAD_CLASSES[head].from_config(config)
+    return model.eval()
+
+
+def make_inputs(arch: str, batch: int = 2, seq: int = 12, seed: int = 1, padded: bool = True):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch, seq), generator=generator)
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    if padded and batch > 1:
+        attention_mask[1, -3:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def main_output(output) -> torch.Tensor:
+    """last_hidden_state for bare models, logits for models with heads."""
+    return output.logits if hasattr(output, "logits") and output.logits is not None else output.last_hidden_state
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.5, seed: int = 0) -> None:
+    """Add noise to every parameter so no adapter is (near) the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.is_floating_point():
+                param.add_(torch.randn(param.shape, generator=generator) * scale)
+
+
+def perturb_adapter(model, name: str, scale: float = 0.5, seed: int = 0) -> None:
+    with torch.no_grad():
+        for param in model._adapter_parameters(name):
+            generator = torch.Generator().manual_seed(seed)
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+            seed += 1
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request):
+    return request.param
