@@ -175,10 +175,13 @@ def _check_hidden_size(model, meta: dict, path: str) -> None:
         logger.warning(f"{path} was saved for model type {saved_type!r}; loading into {model.config.model_type!r}.")
 
 
-def _copy_checked(params: dict, state: dict, path: str, ignore_unexpected=lambda key: False) -> None:
-    """Check ``state`` against ``params`` (same keys and shapes) and copy it in."""
-    missing = sorted(set(params) - set(state))
-    unexpected = sorted(k for k in set(state) - set(params) if not ignore_unexpected(k))
+def _copy_checked(params: dict, state: dict, path: str, ignore_unexpected=lambda key: False, shown=lambda key: key) -> None:
+    """Check ``state`` against ``params`` (same keys and shapes) and copy it in.
+
+    ``shown`` maps a key to the form used in messages (the name in the file, not the staging name).
+    """
+    missing = sorted(shown(k) for k in set(params) - set(state))
+    unexpected = sorted(shown(k) for k in set(state) - set(params) if not ignore_unexpected(k))
     if missing:
         raise AdapterLoadError(
             f"{path} lacks {len(missing)} weight(s) the adapter needs, e.g. {missing[:3]}; "
@@ -192,7 +195,7 @@ def _copy_checked(params: dict, state: dict, path: str, ignore_unexpected=lambda
     for key, param in params.items():
         if tuple(state[key].shape) != tuple(param.shape):
             raise AdapterLoadError(
-                f"{path}: weight {key} has shape {tuple(state[key].shape)} but the model expects {tuple(param.shape)}; "
+                f"{path}: weight {shown(key)} has shape {tuple(state[key].shape)} but the model expects {tuple(param.shape)}; "
                 f"was it saved for another model size or config?"
             )
     with torch.no_grad():
@@ -274,6 +277,7 @@ def load_adapter(
             state,
             weights_path,
             ignore_unexpected=lambda key: _layer_index_of(model, key) in skipped,
+            shown=lambda key: key.replace(f".{staging}.", f".{saved_name}."),
         )
     except Exception:
         model.delete_adapter(staging)
