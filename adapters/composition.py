@@ -73,7 +73,11 @@ class AdapterCompositionBlock(Sequence):
         )
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self.children, self._params()))
+        # blocks are immutable and hashed at every hook point (setup caches): compute once
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = self.__dict__["_hash"] = hash((type(self).__name__, self.children, self._params()))
+        return cached
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}[{', '.join(str(c) for c in self.children)}]"

@@ -1,4 +1,4 @@
-"""Per-call state, kept in :mod:`contextvars` so that threads and asyncio tasks never see each
+"""Per-call state, kept in ``contextvars`` so that threads and asyncio tasks never see each
 other's setup.
 
 * :class:`AdapterSetup` overrides the model's active setup for the code inside a ``with`` block.
@@ -87,10 +87,11 @@ class ForwardContext:
         skip_layers: layer indices where adapters are bypassed.
         parallel_channels: how many times the batch was replicated for ``Parallel`` (1: not).
         original_batch_size: the batch size before replication.
-        output_adapter_fusion_attentions / adapter_fusion_attentions: fusion attention weights
-            per fusion name and layer, collected when asked for.
-        output_adapter_gating_scores / adapter_gating_scores: gating scores per adapter and
-            layer, collected when asked for.
+        output_adapter_fusion_attentions: whether to collect fusion attention weights.
+        adapter_fusion_attentions: the collected fusion attention weights, per fusion name
+            and layer.
+        output_adapter_gating_scores: whether to collect gating scores.
+        adapter_gating_scores: the collected gating scores, per adapter and layer.
 
     Example::
 

@@ -218,6 +218,11 @@ class ModelAdaptersMixin:
             bad_layers = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < num_layers]
             if bad_layers:
                 raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
+            if part.architecture == "bottleneck" and part.inv_adapter:
+                raise ValueError(
+                    f"inv_adapter={part.inv_adapter!r}: invertible adapters are not available in this version; "
+                    f"use the same config without inv_adapter (e.g. 'seq_bn' instead of 'seq_bn_inv')."
+                )
             if part.architecture == "bottleneck":
                 for layer in range(num_layers):
                     size = int(hidden // part.reduction_factor_for(layer))
@@ -460,8 +465,20 @@ class ModelAdaptersMixin:
         if adapters:
             for name in names:
                 if name in self._shared_parameters:
-                    for param in self._shared_parameters[name].values():
-                        param.requires_grad_(param.dtype.is_floating_point)
+                    self._shared_parameters[name].requires_grad_(True)
+                self._freeze_fixed_phm_rules(name)
+
+    def _freeze_fixed_phm_rules(self, name: str) -> None:
+        """Compacter with ``learn_phm=False`` keeps its PHM rules fixed while the adapter trains."""
+        for part in self.adapters_config.adapters[name].configs_by_architecture():
+            if part.architecture == "bottleneck" and part.phm_layer and not part.learn_phm:
+                modules = [m for layer in self.get_adapter(name).values() for m in layer.values()]
+                if name in self._shared_parameters:
+                    modules.append(self._shared_parameters[name])
+                for module in modules:
+                    for param_name, param in module.named_parameters():
+                        if param_name.rsplit(".", 1)[-1].startswith("phm_rule"):
+                            param.requires_grad_(False)
 
     def train_adapter(self, adapter_setup: SetupLike, train_embeddings: bool = False) -> None:
         """Prepare training of the adapters in ``adapter_setup``: freeze the base model, make

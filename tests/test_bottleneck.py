@@ -441,3 +441,21 @@ def test_decoder_generate_with_adapters(arch):
     cached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=True)
     uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_compacter_learn_phm_false_keeps_rules_fixed_in_training():
+    model = patched("bert")
+    model.add_adapter("c", config=config_for_tiny("compacter", learn_phm=False, shared_phm_rule=False))
+    model.add_adapter("s", config=config_for_tiny("compacter++", learn_phm=False))
+    for name in "cs":
+        model.train_adapter(name)
+        rules = [p for n, p in model.named_parameters() if "phm_rule" in n and (f".{name}." in f".{n}")]
+        assert rules and not any(p.requires_grad for p in rules)
+        assert any(p.requires_grad for n, p in model.named_parameters() if "W_left" in n and f".{name}." in n)
+
+
+def test_invertible_adapter_configs_are_rejected_until_supported():
+    model = patched("bert")
+    with pytest.raises(ValueError, match="invertible adapters are not available"):
+        model.add_adapter("lang", config="seq_bn_inv")
+    assert not model.adapters_config.adapters

@@ -1,7 +1,7 @@
 """Configuration base classes: frozen dataclasses with string ids, dict round-trips and loading.
 
 Every method config derives from :class:`AdapterConfig`. A config is immutable; derive variants
-with :meth:`AdapterConfig.replace` or ``AdapterConfig.load(config, **overrides)``.
+with :meth:`~adapters.AdapterConfig.replace` or ``AdapterConfig.load(config, **overrides)``.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _parse_config_string(text: str) -> tuple[str, dict]:
     return match.group("name").strip(), overrides
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class AdapterConfig:
     """Base class of all adapter method configs.
 
@@ -91,6 +91,13 @@ class AdapterConfig:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("architecture") is not None and cls.architecture not in _ARCHITECTURE_CLASSES:
             _ARCHITECTURE_CLASSES[cls.architecture] = cls
+
+    def __eq__(self, other) -> bool:
+        # presets (SeqBnConfig, ...) equal the plain config with the same values, as after a JSON round trip
+        return isinstance(other, AdapterConfig) and self.architecture == other.architecture and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     def replace(self, **changes) -> "AdapterConfig":
         """A copy with some fields changed (validated again).
@@ -186,7 +193,7 @@ class AdapterConfig:
         return getattr(self, key)
 
 
-@dataclasses.dataclass(frozen=True, init=False)
+@dataclasses.dataclass(frozen=True, init=False, eq=False)
 class ConfigUnion(AdapterConfig):
     """Several methods under one adapter name (e.g. prefix tuning + a parallel bottleneck).
 

@@ -24,7 +24,7 @@ _INIT_WEIGHTS = ("bert", "mam_adapter", "houlsby")
 _PHM_W_INITS = ("glorot-normal", "glorot-uniform", "normal")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class BnConfig(AdapterConfig):
     """A bottleneck adapter: ``x + f(x W_down) W_up``, inserted after the attention block
     (``mh_adapter``) and/or the feed-forward block (``output_adapter``) of each layer.
@@ -37,7 +37,7 @@ class BnConfig(AdapterConfig):
         non_linearity: activation between the projections (any name in transformers' ACT2FN).
         original_ln_before: apply the layer's own residual + norm before the adapter.
         original_ln_after: apply the layer's own residual + norm after the adapter.
-        ln_before / ln_after: an extra LayerNorm inside the adapter, before / after it.
+        ln_before, ln_after: an extra LayerNorm inside the adapter, before / after it.
         residual_before_ln: take the adapter's residual before the original norm (True), after
             it (False), or after the original residual sum but before the norm ("post_add").
         adapter_residual_before_ln: add the residual before ``ln_after`` instead of after.
@@ -53,7 +53,7 @@ class BnConfig(AdapterConfig):
         dropout: dropout on the adapter output.
         stochastic_depth: probability of dropping the whole adapter branch per sample in training.
         leave_out: layer indices that get no adapter.
-        inv_adapter / inv_adapter_reduction_factor: invertible adapter on the embeddings ("nice"
+        inv_adapter, inv_adapter_reduction_factor: invertible adapter on the embeddings ("nice"
             or "glow"; MAD-X).
         cross_adapter: also insert adapters after cross-attention (encoder-decoder models).
         phm_layer: use parameterised hypercomplex multiplication layers (Compacter) for the
@@ -150,7 +150,7 @@ class BnConfig(AdapterConfig):
         return factor
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SeqBnConfig(BnConfig):
     """Sequential bottleneck after the feed-forward block only (Pfeiffer et al., 2020).
 
@@ -167,7 +167,7 @@ class SeqBnConfig(BnConfig):
     reduction_factor: Union[float, Mapping] = 16
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DoubleSeqBnConfig(BnConfig):
     """Sequential bottlenecks after attention and after the feed-forward block (Houlsby et al., 2019).
 
@@ -184,7 +184,7 @@ class DoubleSeqBnConfig(BnConfig):
     reduction_factor: Union[float, Mapping] = 16
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ParBnConfig(BnConfig):
     """Parallel bottleneck next to the feed-forward block, scaled by 4 (He et al., 2021).
 
@@ -203,7 +203,7 @@ class ParBnConfig(BnConfig):
     scaling: Union[float, str] = 4.0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CompacterPlusPlusConfig(SeqBnConfig):
     """Compacter++: a sequential bottleneck with PHM projections (Mahabadi et al., 2021).
 
@@ -217,7 +217,7 @@ class CompacterPlusPlusConfig(SeqBnConfig):
     non_linearity: str = "gelu"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CompacterConfig(DoubleSeqBnConfig):
     """Compacter: Houlsby-placed bottlenecks with PHM projections (Mahabadi et al., 2021).
 
@@ -231,7 +231,7 @@ class CompacterConfig(DoubleSeqBnConfig):
     non_linearity: str = "gelu"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SeqBnInvConfig(SeqBnConfig):
     """Pfeiffer adapter plus an invertible adapter on the embeddings (MAD-X language adapter).
 
@@ -244,7 +244,7 @@ class SeqBnInvConfig(SeqBnConfig):
     inv_adapter_reduction_factor: Optional[float] = 2
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DoubleSeqBnInvConfig(DoubleSeqBnConfig):
     """Houlsby adapter plus an invertible adapter on the embeddings.
 

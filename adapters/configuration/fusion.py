@@ -23,7 +23,7 @@ class AdapterFusionConfig:
     """How an AdapterFusion layer attends over its adapters' outputs.
 
     Args:
-        key / query / value: learn a key, query or value projection (otherwise identity).
+        key, query, value: learn a key, query or value projection (otherwise identity).
         query_before_ln: take the query before the layer's original residual + norm.
         regularization: add ``0.01 * ||I - W_value||²`` to the loss while training the fusion.
         residual_before: add the residual to the values before attention (else to the output).

@@ -90,7 +90,7 @@ class PHMLayer(nn.Module):
     """``y = x (Σ_i A_i ⊗ B_i) + b`` — see the module docstring.
 
     Args:
-        in_features / out_features: must be divisible by ``config.phm_dim``.
+        in_features, out_features: must be divisible by ``config.phm_dim``.
         position: "down" or "up" (selects the shared weight factors when ``shared_W_phm``).
         config: the adapter's :class:`~adapters.BnConfig`.
         shared_parameters: the adapter's shared ``ParameterDict`` (rules and/or weights).

@@ -32,7 +32,7 @@ class ResidualHook:
         host: the module that owns the adapters (their state-dict keys start with its path).
         create_host: create ``host`` as a new child module instead of extending an existing one.
         residual_source: the module whose input is the residual stream ``x``.
-        residual_arg / residual_kwarg: where ``x`` is in that module's call.
+        residual_arg, residual_kwarg: where ``x`` is in that module's call.
         norm: post-LN only: the norm that receives ``h + x``.
         sublayer: pre-LN only: the module whose output (or first output) is ``h``.
 
@@ -68,8 +68,11 @@ class ArchitectureSpec:
         model_types: ``config.model_type`` values this spec serves.
         layers: the ``nn.ModuleList`` of transformer layers.
         residual_hooks: the bottleneck positions of a layer.
-        attention: the self-attention module; ``query``/``key``/``value``/``attn_output``: its
-            projections (``None`` where fused); ``ffn_in``/``ffn_out``: the FFN projections.
+        attention: the self-attention module.
+        query, key, value: its q/k/v projections (``None`` where fused into one projection).
+        attn_output: the attention output projection.
+        ffn_in: the FFN input projection(s).
+        ffn_out: the FFN output projection.
         embeddings: the input embedding module (relative to the base model).
         pre_ln: whether layers normalise before their sub-blocks.
 
