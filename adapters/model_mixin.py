@@ -123,6 +123,18 @@ class ModelAdaptersMixin:
             output.adapter_gating_scores = context.adapter_gating_scores
         return output
 
+    def generate(self, *args, **kwargs):
+        """transformers' ``generate``; a ``Parallel`` setup is refused with a clear error, because
+        each branch would need its own copy of the generated sequence."""
+        override = AdapterSetup.get_context()
+        setup = override.adapter_setup if override is not None else self.adapters_config.active_setup
+        if _parallel_channels(setup) > 1:
+            raise ValueError(
+                f"generate() with the Parallel setup {setup} is not supported in this version; generate with "
+                f"one branch at a time (e.g. `with AdapterSetup('a'): model.generate(...)`)."
+            )
+        return super().generate(*args, **kwargs)
+
     def _setup_for_forward(self):
         registry = self.adapters_config
         override = AdapterSetup.get_context()

@@ -459,3 +459,30 @@ def test_invertible_adapter_configs_are_rejected_until_supported():
     with pytest.raises(ValueError, match="invertible adapters are not available"):
         model.add_adapter("lang", config="seq_bn_inv")
     assert not model.adapters_config.adapters
+
+
+def test_compacter_cached_weight_follows_parameter_updates():
+    model = patched("bert")
+    model.add_adapter("c", config=config_for_tiny("compacter++"), set_active=True)
+    perturb_adapter(model, "c")
+    inputs = make_inputs("bert")
+    first = run(model, inputs)
+    assert torch.equal(run(model, inputs), first)  # served from the cache
+    with torch.no_grad():
+        model.base_model.shared_parameters["c"]["phm_rule"].mul_(3.0)  # in-place: version bump
+    changed = run(model, inputs)
+    assert not torch.equal(changed, first)
+    model.train()
+    with torch.enable_grad():
+        reference = main_output(model(**inputs))  # recomputed with autograd
+    torch.testing.assert_close(reference.detach(), changed, atol=1e-6, rtol=1e-6)
+
+
+def test_generate_with_parallel_is_refused_clearly():
+    model = _two_adapters("llama", "clm")
+    model.set_active_adapters(Parallel("a", "b"))
+    with pytest.raises(ValueError, match="generate\\(\\) with the Parallel setup"):
+        model.generate(**make_inputs("llama", padded=False), max_new_tokens=2)
+    with AdapterSetup("a"):
+        assert model.generate(**make_inputs("llama", padded=False), max_new_tokens=2, do_sample=False).shape[1] == 14
+    assert type(model).can_generate()

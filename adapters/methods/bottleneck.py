@@ -169,8 +169,10 @@ class Adapter(nn.Module):
     def bottleneck(self, x: torch.Tensor):
         """``(down, u, gate)`` with ``u`` the scaled, dropped-out, gated bottleneck output."""
         down = self.adapter_down(x)
-        up = self.adapter_up(down) * self.scaling
-        output = self.dropout(up)
+        up = self.adapter_up(down)
+        if not (isinstance(self.scaling, float) and self.scaling == 1.0):
+            up = up * self.scaling
+        output = self.dropout(up) if self.dropout.p > 0 else up
         if self.stochastic_depth and self.training:
             keep = 1.0 - self.stochastic_depth
             mask = torch.bernoulli(torch.full((x.shape[0],) + (1,) * (x.dim() - 1), keep, device=x.device))

@@ -65,19 +65,27 @@ class AdapterFusion(nn.Module):
         self._temperature_step = self.temperature / 1000.0
 
     def forward(self, query, key, value, residual, output_attentions: bool = False):
-        """``query``: (B, L, H); ``key``/``value``: (B, L, n_adapters, H); ``residual``: (B, L, H)."""
+        """``query``: (B, L, H); ``key``/``value``: (B, L, n_adapters, H); ``residual``: (B, L, H).
+
+        Both projections of the n adapter outputs are moved to the other side of a linear map,
+        so each costs one H×H product per token instead of n:
+        ``q·(W_K k_j + b_K) = (q W_K)·k_j + q·b_K`` and, the value projection having no bias,
+        ``Σ_j α_j W_V v_j = W_V Σ_j α_j v_j`` (so ``value_before_softmax`` gives the same result).
+        """
         config = self.config
         if config.residual_before:
             value = value + residual.unsqueeze(2)
         query_layer = self.query(query) if config.query else query
-        key_layer = self.key(key) if config.key else key
-        value_layer = self.value(value) if config.value and config.value_before_softmax else value
-        scores = torch.matmul(query_layer.unsqueeze(2), key_layer.transpose(-2, -1)).squeeze(2)
+        if config.key:
+            scores = torch.matmul(key, torch.matmul(query_layer, self.key.weight).unsqueeze(-1)).squeeze(-1)
+            scores = scores + torch.matmul(query_layer, self.key.bias).unsqueeze(-1)
+        else:
+            scores = torch.matmul(key, query_layer.unsqueeze(-1)).squeeze(-1)
         probs = torch.softmax(self.dropout(scores) / self.temperature, dim=-1)
         if self.training and self.temperature > 1.0:
             self.temperature = max(self.temperature - self._temperature_step, 1.0)
-        context = torch.matmul(probs.unsqueeze(2), value_layer).squeeze(2)
-        if config.value and not config.value_before_softmax:
+        context = torch.matmul(probs.unsqueeze(-2), value).squeeze(-2)
+        if config.value:
             context = self.value(context)
         if not config.residual_before:
             context = context + residual

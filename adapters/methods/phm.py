@@ -155,9 +155,26 @@ class PHMLayer(nn.Module):
             return torch.bmm(self.W_left, self.W_right)
         return self.W
 
+    def _sources(self) -> list[torch.Tensor]:
+        own = [p for p in self._parameters.values() if p is not None and p is not self.b]
+        shared = list(self.shared_parameters.values()) if self.shared_parameters is not None else []
+        return own + shared
+
     def weight_matrix(self) -> torch.Tensor:
-        """The dense ``d_in × d_out`` matrix ``Σ_i A_i ⊗ B_i``."""
-        return kronecker_product(self._rule(), self._weight_factors()).sum(0)
+        """The dense ``d_in × d_out`` matrix ``Σ_i A_i ⊗ B_i``.
+
+        When no gradient is being recorded the matrix is cached and rebuilt only after one of its
+        factors changed (tracked by the tensors' version counters, which every in-place update such
+        as an optimizer step or ``load_state_dict`` bumps).
+        """
+        if torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return kronecker_product(self._rule(), self._weight_factors()).sum(0)
+        key = tuple((id(t), t._version) for t in self._sources())
+        cached = self.__dict__.get("_dense_weight")
+        if cached is None or cached[0] != key:
+            cached = (key, kronecker_product(self._rule(), self._weight_factors()).sum(0))
+            self.__dict__["_dense_weight"] = cached
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.matmul(x, self.weight_matrix())

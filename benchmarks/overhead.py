@@ -1,0 +1,511 @@
+"""Runtime overhead of adapters relative to the bare base model (CPU, one process).
+
+What is measured
+----------------
+For every scenario (an adapter setup such as ``seq_bn``, ``Stack`` of two bottleneck adapters,
+``Fuse`` of three, ...) and every architecture (BERT-shaped and Llama-shaped ``*Model`` built
+from configs, random init, fixed seed, no downloads), two ratios are reported:
+
+* **fwd x**: time of one inference forward pass (``model.eval()``, ``torch.no_grad()``) of the
+  adapter model divided by the time of the same forward pass of the *bare* base model (an
+  unpatched instance; ``adapters.init`` is only ever applied to deep copies). ``Parallel``
+  replicates the batch inside the model, so its output has ``channels x batch`` rows; it is
+  still compared with the base model on the *original* batch, i.e. the ratio includes the
+  extra work of running every parallel branch.
+* **train x**: time of one training step of the adapter model (``model.train_adapter(setup)``,
+  or ``train_adapter_fusion`` for ``Fuse``: only the adapter / fusion parameters are trainable;
+  forward + backward + ``AdamW.step`` over the trainable parameters) divided by the time of a
+  *full fine-tuning* step of the base model (every parameter trainable, same loss, same
+  optimizer). Dropout is disabled in the configs so that both sides do the same work.
+
+How it is measured
+------------------
+``torch.set_num_threads(2)``; ``time.perf_counter``. All model variants of one architecture are
+built first (each its own instance), then every step is warmed up (``warmup`` iterations).
+Then, for ``--rounds`` rounds, the base model and the scenario models are timed *alternately*::
+
+    base, scenario_1, base, scenario_2, base, ..., scenario_N, base
+
+(the scenario order rotates from round to round). Each timed sample runs several consecutive
+iterations and records the mean time per iteration; a scenario sample is paired with the mean of
+the two base samples around it. The reported ratio is ``median(scenario samples) /
+median(paired base samples)``. Because base and scenario are sampled within moments of each
+other, slow drift of the machine (thermal, other processes) affects both sides equally. Forward
+timings run first (all variants in ``eval()``), then train steps (fresh variants in ``train()``).
+
+How to read the output
+----------------------
+One table per architecture::
+
+    scenario              fwd x goal        AH1.3 | train x goal        AH1.3
+    seq_bn                1.031 <=1.05 ok     1.10 |   0.482 <=0.70 ok     0.64
+
+``fwd x`` / ``train x`` are the measured ratios (lower is better; 1.00 = as fast as the bare
+base model for ``fwd``, as fast as full fine-tuning for ``train``). ``goal`` is the project's
+target for that ratio, followed by ``ok`` or ``MISS``; ``AH1.3`` is the figure AdapterHub
+``adapters`` 1.3.0 reaches measured the same way (reference only). ``-`` means no goal /
+reference exists for that cell. Absolute base timings (ms per iteration) are printed above each
+table, and a one-line summary per architecture at the end.
+
+``--quick`` is a smoke run of every code path at the real shapes: 1 warm-up, 2 rounds of 1
+iteration (about a minute on a quiet 2-core machine). Its ratios are noisy (a few percent):
+do not quote them. Use the default (or more ``--rounds``) on a quiet machine for numbers worth
+quoting. On a busy machine, ``--batch 2 --seq 16`` makes a much cheaper smoke run; at that
+shape per-call Python overhead dominates and the ratios say little about the goals.
+
+Usage::
+
+    python benchmarks/overhead.py [--quick] [--arch bert|llama|all] [--rounds N]
+                                  [--batch B] [--seq S] [--only NAME[,NAME...]]
+
+Adding scenarios
+----------------
+A scenario is an entry of ``SCENARIOS``: a name, a ``prepare(model)`` function that adds
+adapters to an ``adapters.init``-ed model and returns the setup to activate, the kind of
+training call (``"adapter"``, ``"fusion"`` or ``None`` to skip the train step), and the
+goals / AdapterHub references for both ratios. LoRA, IA3, DoRA, prefix tuning or PEFT
+comparisons are further entries (a PEFT comparison can use ``build`` to construct its own
+model variant instead of the default ``adapters.init`` path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gc
+import os
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+# Allow running as ``python benchmarks/overhead.py`` from a checkout without installing.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import adapters  # noqa: E402
+from adapters import Fuse, Parallel, Stack  # noqa: E402
+
+SEED = 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Architectures
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Arch:
+    name: str
+    make_model: Callable[[], torch.nn.Module]
+    vocab_size: int
+    batch: int = 8
+    seq: int = 64
+
+
+def _bert() -> torch.nn.Module:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(SEED)
+    return BertModel(config, add_pooling_layer=False)
+
+
+def _llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=1024,
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(SEED)
+    return LlamaModel(config)
+
+
+ARCHS = {
+    "bert": Arch("bert", _bert, vocab_size=30522),
+    "llama": Arch("llama", _llama, vocab_size=32000),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Scenarios
+# ------------------------------------------------------------------------------------------------
+def _single(config: str):
+    def prepare(model):
+        model.add_adapter("a", config=config)
+        return "a"
+
+    return prepare
+
+
+def _stack2(model):
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    return Stack("a", "b")
+
+
+def _fuse3(model):
+    for name in ("a", "b", "c"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(Fuse("a", "b", "c"))
+    return Fuse("a", "b", "c")
+
+
+def _parallel2(model):
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    return Parallel("a", "b")
+
+
+@dataclass
+class Scenario:
+    """One benchmarked model variant.
+
+    prepare: called on a fresh ``adapters.init``-ed deep copy of the base model; adds the
+        adapters and returns the setup (name or composition block) to activate / train.
+    train: ``"adapter"`` -> ``model.train_adapter(setup)``; ``"fusion"`` ->
+        ``model.train_adapter_fusion(setup)``; ``None`` -> no train-step measurement.
+    build: optional replacement for the default ``deepcopy + adapters.init + prepare`` path
+        (PEFT or other third-party comparisons): ``build(base)`` must return a NEW model
+        instance and its setup, ``(model, setup)``, leaving ``base`` untouched.
+    activate: with ``build``, ``activate(model, setup, training)`` activates the setup and, when
+        ``training``, freezes everything but the trained parameters; ``model.train(training)``
+        is called afterwards.
+    archs: architectures (keys of ``ARCHS``) the scenario runs on.
+    """
+
+    name: str
+    prepare: Optional[Callable] = None
+    train: Optional[str] = "adapter"
+    fwd_goal: Optional[float] = None
+    fwd_ref: Optional[float] = None
+    train_goal: Optional[float] = None
+    train_ref: Optional[float] = None
+    build: Optional[Callable] = None
+    activate: Optional[Callable] = None
+    archs: tuple = field(default=("bert", "llama"))
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("seq_bn", _single("seq_bn"), fwd_goal=1.05, fwd_ref=1.10, train_goal=0.70, train_ref=0.64),
+    Scenario("par_bn", _single("par_bn"), fwd_goal=1.05, fwd_ref=1.13),
+    Scenario("compacter++", _single("compacter++"), fwd_goal=1.05, fwd_ref=1.19),
+    Scenario("compacter", _single("compacter"), fwd_goal=1.05, fwd_ref=1.19),
+    Scenario("Stack(2 seq_bn)", _stack2, fwd_goal=1.08, fwd_ref=1.20),
+    Scenario("Fuse(3 seq_bn)", _fuse3, train="fusion", fwd_goal=1.5, fwd_ref=1.99),
+    Scenario("Parallel(2 seq_bn)", _parallel2, fwd_goal=2.0, fwd_ref=2.13),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Settings:
+    rounds: int
+    fwd_iters: int
+    train_iters: int
+    warmup: int
+
+
+def _time_iters(step: Callable[[], None], iters: int) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - start) / iters
+
+
+def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: dict) -> dict:
+    """Time ``base_step`` and every scenario step alternately; return, per scenario name,
+    ``(median base seconds/it, median scenario seconds/it)``.
+
+    A round is ``base, s1, base, s2, base, ..., sN, base`` (the scenario order rotates every
+    round); each scenario sample is paired with the mean of the two base samples around it, so
+    the base and the scenario side of a ratio are always taken within moments of each other.
+    A step that raises is recorded in ``errors`` (name -> traceback) and dropped.
+    """
+    steps = dict(steps)
+
+    def guarded(name, fn, n):
+        try:
+            return _time_iters(fn, n)
+        except Exception:
+            errors[name] = traceback.format_exc()
+            steps.pop(name, None)
+            return None
+
+    for _ in range(settings.warmup):
+        base_step()
+        for name, fn in list(steps.items()):
+            guarded(name, fn, 1)
+    samples = {name: ([], []) for name in steps}
+    for r in range(settings.rounds):
+        gc.collect()
+        names = list(steps)
+        if names:
+            k = r % len(names)
+            names = names[k:] + names[:k]
+        before = _time_iters(base_step, iters)
+        for name in names:
+            t = guarded(name, steps[name], iters)
+            after = _time_iters(base_step, iters)
+            if t is not None:
+                samples[name][0].append((before + after) / 2)
+                samples[name][1].append(t)
+            before = after
+    return {
+        name: (statistics.median(b), statistics.median(t))
+        for name, (b, t) in samples.items()
+        if name in steps and t
+    }
+
+
+def make_inputs(arch: Arch) -> dict:
+    g = torch.Generator().manual_seed(SEED)
+    input_ids = torch.randint(0, arch.vocab_size, (arch.batch, arch.seq), generator=g)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def forward_step(model, inputs):
+    def step():
+        with torch.no_grad():
+            model(**inputs)
+
+    return step
+
+
+def train_step(model, inputs):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError("no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    def step():
+        out = model(**inputs)
+        loss = out.last_hidden_state.float().pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def build_variant(base, scenario: Scenario, training: bool):
+    """A fresh model instance for the scenario; the base model is never modified."""
+    if scenario.build is not None:
+        model, setup = scenario.build(base)
+        if scenario.activate is not None:
+            scenario.activate(model, setup, training)
+        model.train(training)
+        return model
+    model = copy.deepcopy(base)
+    adapters.init(model)
+    torch.manual_seed(SEED)
+    setup = scenario.prepare(model)
+    if training:
+        if scenario.train == "fusion":
+            model.train_adapter_fusion(setup)
+        else:
+            model.train_adapter(setup)
+        model.train()
+    else:
+        model.set_active_adapters(setup)
+        model.eval()
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Reporting
+# ------------------------------------------------------------------------------------------------
+def _fmt_ratio(x):
+    return "  err " if x == "err" else ("   -  " if x is None else f"{x:6.3f}")
+
+
+def _fmt_goal(goal, x):
+    if goal is None:
+        return "   -      "
+    verdict = "" if not isinstance(x, float) else (" ok  " if x <= goal else " MISS")
+    return f"<={goal:4.2f}{verdict:5s}"
+
+
+def _fmt_ref(ref):
+    return "   -  " if ref is None else f"{ref:6.2f}"
+
+
+HEADER = f"{'scenario':<20} {'fwd x':>6} {'goal':<10} {'AH1.3':>6} | {'train x':>7} {'goal':<10} {'AH1.3':>6}"
+
+
+def _row(s: Scenario, fwd, train) -> str:
+    train_cell = "  n/a  " if s.train is None and s.build is None else f"{_fmt_ratio(train):>7}"
+    return (
+        f"{s.name:<20} {_fmt_ratio(fwd)} {_fmt_goal(s.fwd_goal, fwd)} {_fmt_ref(s.fwd_ref)} | "
+        f"{train_cell} {_fmt_goal(s.train_goal, train)} {_fmt_ref(s.train_ref)}"
+    )
+
+
+def _variants(base, scenarios, training, inputs, make_step, errors, phase):
+    steps = {}
+    for s in scenarios:
+        if training and s.train is None and s.build is None:
+            continue
+        try:
+            model = build_variant(base, s, training=training)
+            steps[s.name] = make_step(model, inputs)
+        except Exception:
+            errors.append((s.name, phase, traceback.format_exc()))
+    return steps
+
+
+def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
+    base = arch.make_model()
+    base.eval()
+    inputs = make_inputs(arch)
+    scenarios = [s for s in scenarios if arch.name in s.archs]
+    attn = getattr(base.config, "_attn_implementation", "?")
+    print(
+        f"\n== {arch.name}: {type(base).__name__}, {sum(p.numel() for p in base.parameters()) / 1e6:.1f}M params, "
+        f"batch {arch.batch}, seq {arch.seq}, attn {attn}, threads {torch.get_num_threads()}, "
+        f"{settings.rounds} rounds x (fwd {settings.fwd_iters} it, train {settings.train_iters} it), "
+        f"warmup {settings.warmup}",
+        flush=True,
+    )
+    errors: list = []
+    timings = {}
+    for phase, training, make_step, iters in (
+        ("forward", False, forward_step, settings.fwd_iters),
+        ("train", True, train_step, settings.train_iters),
+    ):
+        t0 = time.perf_counter()
+        if training:
+            # Full fine-tuning baseline: its own instance (AdamW changes its weights), all trainable.
+            base_ft = copy.deepcopy(base).train()
+            base_ft.requires_grad_(True)
+            base_step = train_step(base_ft, inputs)
+        else:
+            base_step = forward_step(base, inputs)
+        steps = _variants(base, scenarios, training, inputs, make_step, errors, phase)
+        step_errors: dict = {}
+        timings[phase] = interleaved(base_step, steps, iters, settings, step_errors)
+        errors.extend((name, phase, tb) for name, tb in step_errors.items())
+        del steps, base_step
+        gc.collect()
+        print(f"  {phase} phase: {time.perf_counter() - t0:.0f} s", flush=True)
+
+    results = []
+    for s in scenarios:
+        cell = {}
+        for phase in ("forward", "train"):
+            if phase == "train" and s.train is None and s.build is None:
+                cell[phase] = None
+            elif s.name in timings[phase]:
+                b, t = timings[phase][s.name]
+                cell[phase] = t / b
+            else:
+                cell[phase] = "err"
+        results.append((s, cell["forward"], cell["train"]))
+
+    def med(phase):
+        xs = [b for b, _ in timings[phase].values()]
+        return f"{statistics.median(xs) * 1e3:.0f} ms" if xs else "-"
+
+    print(f"base forward {med('forward')}/it, base full fine-tuning step {med('train')}/it")
+    print("fwd x = scenario / bare base forward; train x = scenario train step / full fine-tuning step")
+    print(HEADER)
+    print("-" * len(HEADER))
+    for s, fwd, train in results:
+        print(_row(s, fwd, train))
+    return results, [(arch.name, *e) for e in errors]
+
+
+def summary_line(arch_name, results) -> str:
+    parts, misses, checked = [], 0, 0
+    for s, fwd, train in results:
+        for label, x, goal in ((s.name, fwd, s.fwd_goal), (f"{s.name} train", train, s.train_goal)):
+            if goal is None or x is None:
+                continue
+            if not isinstance(x, float):
+                misses += 1
+                checked += 1
+                continue
+            checked += 1
+            if x > goal:
+                misses += 1
+                parts.append(f"{label} {x:.2f}>{goal:.2f}")
+    status = "all goals met" if misses == 0 else f"{misses} miss" + ("es" if misses > 1 else "")
+    detail = f" ({', '.join(parts)})" if parts else ""
+    return f"{arch_name}: {checked - misses}/{checked} goals met, {status}{detail}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few rounds/iterations: a smoke run, noisy ratios")
+    parser.add_argument("--arch", choices=["bert", "llama", "all"], default="all")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 10, quick 2)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
+    parser.add_argument("--seq", type=int, default=None, help="sequence length (default 64)")
+    parser.add_argument("--only", default=None, help="comma-separated scenario names to run (default: all)")
+    args = parser.parse_args(argv)
+    scenarios = SCENARIOS
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in {s.name for s in SCENARIOS}]
+        if unknown:
+            parser.error(f"unknown scenario(s) {unknown}; known: {[s.name for s in SCENARIOS]}")
+        scenarios = [s for s in SCENARIOS if s.name in wanted]
+
+    torch.set_num_threads(2)
+    torch.manual_seed(SEED)
+    if args.quick:
+        settings = Settings(rounds=2, fwd_iters=1, train_iters=1, warmup=1)
+    else:
+        settings = Settings(rounds=10, fwd_iters=5, train_iters=2, warmup=2)
+    if args.rounds is not None:
+        settings.rounds = max(1, args.rounds)
+    batch = args.batch if args.batch is not None else 8
+    seq = args.seq if args.seq is not None else 64
+
+    if args.quick:
+        print("--quick: smoke run (few rounds); ratios are noisy, indicative only")
+    print(f"adapters {adapters.__version__}, torch {torch.__version__}, transformers {_tf_version()}")
+    archs = list(ARCHS) if args.arch == "all" else [args.arch]
+    all_results, all_errors = {}, []
+    for name in archs:
+        arch = dataclasses.replace(ARCHS[name], batch=batch, seq=seq)
+        results, errors = run_arch(arch, settings, scenarios)
+        all_results[name] = results
+        all_errors.extend(errors)
+
+    for arch_name, scen, phase, tb in all_errors:
+        print(f"\n!! {arch_name} / {scen} / {phase} failed:\n{tb}", file=sys.stderr)
+    print("\nSummary:")
+    for name in archs:
+        print("  " + summary_line(name, all_results[name]))
+    return 1 if all_errors else 0
+
+
+def _tf_version():
+    import transformers
+
+    return transformers.__version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
