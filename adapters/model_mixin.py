@@ -14,6 +14,7 @@ from typing import Optional, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.utils import logging
 
 from .composition import (
@@ -56,7 +57,7 @@ def _checkpoint_with_context(checkpoint_func):
     if getattr(checkpoint_func, "_adapters_context_aware", False):
         return checkpoint_func
 
-    def checkpoint(function, *args, **kwargs):
+    def checkpoint_in_context(function, *args, **kwargs):
         context = ForwardContext.get_context()
         if context is None:
             return checkpoint_func(function, *args, **kwargs)
@@ -67,8 +68,8 @@ def _checkpoint_with_context(checkpoint_func):
 
         return checkpoint_func(replay, *args, **kwargs)
 
-    checkpoint._adapters_context_aware = True
-    return checkpoint
+    checkpoint_in_context._adapters_context_aware = True
+    return checkpoint_in_context
 
 
 class ModelAdaptersMixin:
@@ -126,8 +127,7 @@ class ModelAdaptersMixin:
     def generate(self, *args, **kwargs):
         """transformers' ``generate``; a ``Parallel`` setup is refused with a clear error, because
         each branch would need its own copy of the generated sequence."""
-        override = AdapterSetup.get_context()
-        setup = override.adapter_setup if override is not None else self.adapters_config.active_setup
+        setup = self._setup_for_forward()[0]
         if _parallel_channels(setup) > 1:
             raise ValueError(
                 f"generate() with the Parallel setup {setup} is not supported in this version; generate with "
@@ -136,6 +136,8 @@ class ModelAdaptersMixin:
         return super().generate(*args, **kwargs)
 
     def _setup_for_forward(self):
+        """``(setup, skip_layers)`` in force: the innermost AdapterSetup's (validated once), else the
+        model's active setup."""
         registry = self.adapters_config
         override = AdapterSetup.get_context()
         if override is not None:
@@ -162,11 +164,7 @@ class ModelAdaptersMixin:
         context.original_batch_size = batch
         return (), kwargs
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1):
-        if gradient_checkpointing_func is None:
-            from torch.utils.checkpoint import checkpoint
-
-            gradient_checkpointing_func = checkpoint
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1):
         return super()._set_gradient_checkpointing(
             enable=enable,
             gradient_checkpointing_func=_checkpoint_with_context(gradient_checkpointing_func),

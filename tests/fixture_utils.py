@@ -6,7 +6,6 @@ import json
 import os
 import re
 
-import torch
 from safetensors.torch import load_file
 
 from adapters.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack

@@ -486,3 +486,22 @@ def test_generate_with_parallel_is_refused_clearly():
     with AdapterSetup("a"):
         assert model.generate(**make_inputs("llama", padded=False), max_new_tokens=2, do_sample=False).shape[1] == 14
     assert type(model).can_generate()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compacter_takes_part_in_all_six_blocks(arch):
+    model = patched(arch)
+    for i, name in enumerate("ab"):
+        model.add_adapter(name, config=config_for_tiny("compacter"))
+        perturb_adapter(model, name, seed=i)
+    model.add_adapter_fusion(Fuse("a", "b"))
+    inputs = make_inputs(arch, batch=2)
+    alone = {n: run(model, inputs, n) for n in "ab"}
+    parallel = run(model, inputs, Parallel("a", "b"))
+    torch.testing.assert_close(parallel[:2], alone["a"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parallel[2:], alone["b"], atol=1e-5, rtol=1e-5)
+    batch_split = run(model, inputs, BatchSplit("a", "b", batch_sizes=[1, 1]))
+    torch.testing.assert_close(batch_split, torch.cat([alone["a"][:1], alone["b"][1:]]), atol=1e-5, rtol=1e-5)
+    for setup in [Stack("a", "b"), Split("a", "b", splits=[6, 6]), Average("a", "b"), Fuse("a", "b")]:
+        out = run(model, inputs, setup)
+        assert torch.isfinite(out).all() and not torch.equal(out, alone["a"]), setup

@@ -1,6 +1,5 @@
 """Adapter methods, one module per family, and which composition blocks each supports."""
 
-from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
 from .fusion import AdapterFusion
 from .phm import PHMLayer

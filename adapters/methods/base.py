@@ -25,10 +25,21 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from ..composition import AdapterCompositionBlock, Average, BatchSplit, Fuse, Parallel, Split, Stack
+from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..context import ForwardContext
 
-__all__ = ["ComposableLayer", "prune_setup"]
+__all__ = ["ComposableLayer", "prune_setup", "init_bert_weights"]
+
+
+def init_bert_weights(module: torch.nn.Module) -> None:
+    """BERT's initialisation (weights N(0, 0.02), zero biases, unit LayerNorms); for ``Module.apply``."""
+    if isinstance(module, torch.nn.Linear):
+        torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    elif isinstance(module, torch.nn.LayerNorm):
+        torch.nn.init.ones_(module.weight)
+        torch.nn.init.zeros_(module.bias)
 
 _IDENTITY = None  # a pruned child: passes its slice of the state through unchanged
 

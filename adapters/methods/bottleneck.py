@@ -35,7 +35,7 @@ from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configuration.bottleneck import BnConfig
 from ..configuration.fusion import AdapterFusionConfig
 from ..context import ForwardContext
-from .base import ComposableLayer
+from .base import ComposableLayer, init_bert_weights
 from .fusion import AdapterFusion
 from .phm import PHMLayer
 
@@ -57,16 +57,6 @@ class BottleneckState(NamedTuple):
     layer_norm: Any
     bottleneck_up: torch.Tensor | None = None
     last: str | None = None
-
-
-def _init_bert(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class Adapter(nn.Module):
@@ -126,8 +116,8 @@ class Adapter(nn.Module):
         down_linear = self.adapter_down[1 if config.ln_before else 0]
         with torch.no_grad():
             if config.init_weights == "bert":
-                self.adapter_down.apply(_init_bert)
-                self.adapter_up.apply(_init_bert)
+                self.adapter_down.apply(init_bert_weights)
+                self.adapter_up.apply(init_bert_weights)
             elif config.init_weights == "mam_adapter":
                 if isinstance(down_linear, nn.Linear):
                     nn.init.kaiming_uniform_(down_linear.weight, a=math.sqrt(5))
@@ -139,7 +129,7 @@ class Adapter(nn.Module):
                         nn.init.trunc_normal_(linear.weight, mean=0.0, std=1e-2, a=-2e-2, b=2e-2)
                         nn.init.zeros_(linear.bias)
             if self.use_gating:
-                _init_bert(self.gate)
+                init_bert_weights(self.gate)
 
     def _zero_up(self) -> None:
         """Make ``u = 0`` so the adapter starts as the identity."""

@@ -19,14 +19,9 @@ import torch
 from torch import nn
 
 from ..configuration.fusion import AdapterFusionConfig
+from .base import init_bert_weights
 
 __all__ = ["AdapterFusion"]
-
-
-def _init_bert(linear: nn.Linear) -> None:
-    nn.init.normal_(linear.weight, mean=0.0, std=0.02)
-    if linear.bias is not None:
-        nn.init.zeros_(linear.bias)
 
 
 class AdapterFusion(nn.Module):
@@ -51,13 +46,13 @@ class AdapterFusion(nn.Module):
         self.dropout = nn.Dropout(config.dropout_prob if config.dropout_prob is not None else dropout_prob)
         if config.query:
             self.query = nn.Linear(hidden_size, hidden_size)
-            _init_bert(self.query)
+            init_bert_weights(self.query)
         if config.key:
             self.key = nn.Linear(hidden_size, hidden_size)
-            _init_bert(self.key)
+            init_bert_weights(self.key)
         if config.value:
             self.value = nn.Linear(hidden_size, hidden_size, bias=False)
-            _init_bert(self.value)
+            init_bert_weights(self.value)
             if config.value_initialized:
                 with torch.no_grad():
                     self.value.weight.copy_(torch.full((hidden_size, hidden_size), 1e-6).fill_diagonal_(1.0))
