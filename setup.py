@@ -22,9 +22,9 @@ setup(
         "docs": ["sphinx"],
         "examples": ["sentencepiece", "tqdm"],
     },
+    license="Apache-2.0",
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )
