@@ -51,7 +51,7 @@ FUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
 FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
 
 # module-dict names under which methods keep per-adapter modules (state-dict key segments)
-ADAPTER_CONTAINERS = ("adapters", "shared_parameters")
+ADAPTER_CONTAINERS = ("adapters", "loras", "shared_parameters")
 
 
 class AdapterLoadError(ValueError):
@@ -293,7 +293,8 @@ def load_adapter(
 
 def _name_in_keys(state: dict, fallback: str) -> str:
     """The adapter name the weight keys actually use (AdapterHub writes the saved name)."""
-    found = {m.group(2) for k in state for m in [re.search(r"(^|\.)adapters\.([^.]+)\.", k)] if m}
+    containers = "|".join(c for c in ADAPTER_CONTAINERS if c != "shared_parameters")
+    found = {m.group(3) for k in state for m in [re.search(rf"(^|\.)({containers})\.([^.]+)\.", k)] if m}
     return found.pop() if len(found) == 1 else fallback
 
 

@@ -29,7 +29,10 @@ from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
 from .context import AdapterSetup, ForwardContext
 from .methods import METHOD_BLOCKS
+from .methods.lora import LoRALinear
 from .methods.phm import init_shared_parameters
+from .models.patching import swap_class
+from .models.targeting import pattern_value, resolve_targets
 
 logger = logging.get_logger(__name__)
 
@@ -249,18 +252,83 @@ class ModelAdaptersMixin:
     def _create_adapter_modules(self, name: str, config: AdapterConfig) -> None:
         reference = next(self.base_model.parameters())
         dtype = reference.dtype if reference.is_floating_point() else None
+        added = False
         for part in config.configs_by_architecture():
             if part.architecture == "bottleneck" and part.phm_layer:
                 shared = init_shared_parameters(part, self.config.hidden_size)
                 self._shared_parameters[name] = shared.to(device=reference.device, dtype=dtype)
-        added = False
+            if part.architecture == "lora":
+                self._add_lora_modules(name, part, reference.device, dtype)
+                added = True
+        bottleneck_parts = [p for p in config.configs_by_architecture() if p.architecture == "bottleneck"]
         for host in self._adapter_hosts:
-            for part in config.configs_by_architecture():
-                if host.method == part.architecture and host.add_adapter(name, part):
+            for part in bottleneck_parts:
+                if host.method == "bottleneck" and host.add_adapter(name, part):
                     host.adapters[name].to(device=reference.device, dtype=dtype).train(self.training)
                     added = True
         if not added:
             raise ValueError(f"Adapter config {config} places no module in this model (check leave_out and positions).")
+
+    def _add_lora_modules(self, name: str, config, device, dtype) -> None:
+        """Attach LoRA / (IA)³ modules to every targeted linear layer, making it a host first."""
+        spec = self.__dict__["_adapters_spec"]
+        targets = resolve_targets(self.base_model, spec, config)
+        for pattern in {**config.rank_pattern, **config.alpha_pattern}:
+            if not any(pattern_value({pattern: 1}, t.path, None) for t in targets):
+                logger.warning(f"rank/alpha pattern {pattern!r} of adapter {name!r} matches none of its target modules.")
+        for target in targets:
+            host = target.module
+            if not isinstance(host, LoRALinear):
+                swap_class(host, LoRALinear)
+                host.init_adapter_layer(target.layer_idx, target.location)
+                self._adapter_hosts.append(host)
+            r = pattern_value(config.rank_pattern, target.path, config.r)
+            alpha = pattern_value(config.alpha_pattern, target.path, config.alpha)
+            host.add_lora(name, config, r, alpha)
+            host.loras[name].to(device=device, dtype=dtype).train(self.training)
+
+    def _lora_hosts_of(self, name: str) -> list:
+        self._require_adapter(name)
+        hosts = [h for h in self._adapter_hosts if h.method == "lora" and name in h.loras]
+        if not hosts:
+            raise ValueError(f"Adapter {name!r} has no LoRA / (IA)³ modules; only those can be merged into weights.")
+        return hosts
+
+    def merge_adapter(self, name: str) -> None:
+        """Fold LoRA / (IA)³ adapter ``name`` into the weights of the layers it adapts.
+
+        Afterwards the layers compute ``x (W + ΔW)ᵀ`` directly and the adapter no longer runs as
+        a separate branch; :meth:`reset_adapter` takes it out again.
+
+        Raises:
+            ValueError: the adapter is not a LoRA-family adapter, is gated (the gate depends on
+                the input, so there is no single merged weight), or is merged already.
+
+        Example::
+
+            >>> model.merge_adapter("lora")
+            >>> model.reset_adapter()
+        """
+        config = self.adapters_config.adapters.get(name)
+        hosts = self._lora_hosts_of(name)
+        if any(getattr(part, "use_gating", False) for part in config.configs_by_architecture()):
+            raise ValueError(f"Adapter {name!r} is gated; a gate depends on the input, so it cannot be merged.")
+        if any(name in host.merged for host in hosts):
+            raise ValueError(f"Adapter {name!r} is merged already; call reset_adapter() first.")
+        for host in hosts:
+            host.merge(name)
+
+    def reset_adapter(self) -> None:
+        """Undo every :meth:`merge_adapter` (in reverse order).
+
+        Example::
+
+            >>> model.reset_adapter()
+        """
+        for host in self._adapter_hosts:
+            if host.method == "lora":
+                for name in reversed(list(host.merged)):
+                    host.unmerge(name)
 
     def _remove_adapter_modules(self, name: str) -> None:
         for host in self._adapter_hosts:

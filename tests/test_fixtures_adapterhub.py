@@ -13,17 +13,22 @@ from adapters import Average
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(ADAPTERHUB), reason="../shared/fixtures is not present")
 
-# the cases of the core issue: bottleneck methods and composition blocks
+# bottleneck methods and composition blocks, and the LoRA-family cases
 BOTTLENECK_CASES = {
     "seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn",
     "stack", "parallel", "split", "batchsplit", "average", "fuse", "stack_fuse",
 }
+LORA_CASES = {"lora", "ia3", "lora_parallel", "lora_average", "lora_batchsplit"}
 
 
 def _cases():
     if not os.path.isdir(ADAPTERHUB):
         return []
-    return [c for c in adapterhub_manifest()["cases"] if c["case"] in BOTTLENECK_CASES]
+    return [c for c in adapterhub_manifest()["cases"] if c["case"] in BOTTLENECK_CASES | LORA_CASES]
+
+
+def _is_lora(case) -> bool:
+    return case["adapters"][0]["config"] in ("lora", "ia3")
 
 
 def _load_case(case):
@@ -51,7 +56,7 @@ def _adapterhub_equivalent(setup):
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: f"{c['arch']}-{c['case']}")
 def test_adapterhub_case_reproduces(case):
     model, inputs, expected = _load_case(case)
-    model.set_active_adapters(_adapterhub_equivalent(parse_setup(case["setup"])))
+    model.set_active_adapters(_adapterhub_equivalent(parse_setup(case["setup"], lora=_is_lora(case))))
     with torch.no_grad():
         out = model(**inputs).last_hidden_state
     assert out.shape == expected.shape
@@ -61,7 +66,7 @@ def test_adapterhub_case_reproduces(case):
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_average_case_with_documented_semantics_is_the_weighted_mean(arch):
     """Our Average (weighted mean) differs from AdapterHub 1.3.0's number exactly by its 1/n."""
-    case = next(c for c in _cases() if c["arch"] == arch and c["case"] == "average")
+    case = next(c for c in _cases() if c["arch"] == arch and c["case"] == "average")  # bottleneck
     model, inputs, expected = _load_case(case)
     setup = parse_setup(case["setup"])
     with torch.no_grad():

@@ -19,6 +19,7 @@ from .fusion import (
     StaticAdapterFusionConfig,
     StaticFusionConfig,
 )
+from .lora import IA3Config, LoRAConfig
 from .model_config import ModelAdaptersConfig
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "DoubleSeqBnInvConfig",
     "DynamicAdapterFusionConfig",
     "DynamicFusionConfig",
+    "IA3Config",
+    "LoRAConfig",
     "ModelAdaptersConfig",
     "ParBnConfig",
     "SeqBnConfig",

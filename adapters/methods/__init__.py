@@ -2,11 +2,13 @@
 
 from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
 from .fusion import AdapterFusion
+from .lora import LoRA, LoRALinear
 from .phm import PHMLayer
 
 # method (config ``architecture``) -> blocks its adapters may take part in
 METHOD_BLOCKS: dict[str, tuple[type, ...]] = {
     "bottleneck": BottleneckLayer.supported_blocks,
+    "lora": LoRALinear.supported_blocks,
 }
 
-__all__ = ["METHOD_BLOCKS", "Adapter", "ParallelAdapter", "BottleneckLayer", "AdapterFusion", "PHMLayer"]
+__all__ = ["METHOD_BLOCKS", "LoRA", "LoRALinear", "Adapter", "ParallelAdapter", "BottleneckLayer", "AdapterFusion", "PHMLayer"]

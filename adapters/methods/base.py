@@ -10,7 +10,8 @@ Protocol of a method's host (``State`` is the method's NamedTuple of intermediat
 
 * ``compose_single(name, state) -> State``: apply one adapter.
 * ``compose_fuse(block, state) -> State``: AdapterFusion (only methods that support it).
-* ``mean(states, weights) -> State``: weighted mean of the children of an ``Average``.
+* ``mean(states, weights, start) -> State``: weighted mean of the children of an ``Average``
+  (``start`` is the state the children started from).
 * ``BATCH_FIELDS`` / ``SEQUENCE_FIELDS``: the state fields that carry a batch / sequence
   dimension; slicing and concatenation of states are derived from them.
 
@@ -176,7 +177,7 @@ class ComposableLayer:
         if kind is Split:
             return self.compose_split(setup, state)
         if kind is Average:
-            return self.mean([self.compose(child, state) for child in setup.children], setup.weights)
+            return self.mean([self.compose(child, state) for child in setup.children], setup.weights, state)
         if kind is Fuse:
             return self.compose_fuse(setup, state)
         raise TypeError(f"Unknown block {setup!r}")
@@ -220,7 +221,7 @@ class ComposableLayer:
     def compose_fuse(self, setup, state):
         raise ValueError(f"{self.method} adapters cannot be fused; Fuse is defined for bottleneck adapters only.")
 
-    def mean(self, states, weights):
+    def mean(self, states, weights, start):
         raise NotImplementedError(f"{type(self).__name__} must implement mean")
 
     # -- state algebra derived from the field lists ---------------------------------------------

@@ -352,7 +352,7 @@ class BottleneckLayer(ComposableLayer):
             fused = fusion(query, ups, ups, residual)
         return state._replace(hidden_states=fused, adapter_residual=residual, last=last)
 
-    def mean(self, states, weights) -> BottleneckState:
+    def mean(self, states, weights, start) -> BottleneckState:
         def weighted(field):
             values = [getattr(s, field) for s in states]
             total = values[0] * weights[0]

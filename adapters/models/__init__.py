@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import nn
 
 from ..configuration.model_config import ModelAdaptersConfig
-from ..model_mixin import ModelAdaptersMixin, _checkpoint_with_context
 from . import bert, distilbert, llama  # noqa: F401  (registers the specs)
 from .patching import install_architecture, swap_class
 from .spec import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, register_architecture, spec_for_model
@@ -30,6 +29,8 @@ def init(model: nn.Module) -> nn.Module:
         >>> adapters.init(model)
         >>> model.add_adapter("task", config="seq_bn")
     """
+    from ..model_mixin import ModelAdaptersMixin, _checkpoint_with_context  # the mixin imports this package
+
     if "_adapters_registry" in model.__dict__:
         return model
     spec = spec_for_model(model)

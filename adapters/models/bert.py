@@ -41,6 +41,8 @@ BERT = register_architecture(
         ffn_in=("intermediate.dense",),
         ffn_out="output.dense",
         embeddings="embeddings",
+        intermediate_lora=("intermediate.dense",),
+        output_lora=("output.dense",),
         pre_ln=False,
     )
 )

@@ -41,6 +41,8 @@ DISTILBERT = register_architecture(
         ffn_in=("ffn.lin1",),
         ffn_out="ffn.lin2",
         embeddings="embeddings",
+        intermediate_lora=("ffn.lin1",),
+        output_lora=("ffn.lin2",),
         pre_ln=False,
     )
 )

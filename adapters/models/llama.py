@@ -38,6 +38,8 @@ LLAMA = register_architecture(
         ffn_in=("mlp.gate_proj", "mlp.up_proj"),
         ffn_out="mlp.down_proj",
         embeddings="embed_tokens",
+        intermediate_lora=("mlp.down_proj",),
+        output_lora=("mlp.up_proj",),
         pre_ln=True,
     )
 )

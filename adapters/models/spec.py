@@ -75,6 +75,8 @@ class ArchitectureSpec:
         ffn_out: the FFN output projection.
         embeddings: the input embedding module (relative to the base model).
         pre_ln: whether layers normalise before their sub-blocks.
+        intermediate_lora, output_lora: the linear layers LoRA's ``intermediate_lora`` and
+            ``output_lora`` place adapters on (AdapterHub's placement, so its checkpoints load).
 
     Example::
 
@@ -94,6 +96,8 @@ class ArchitectureSpec:
     ffn_out: str
     embeddings: str
     pre_ln: bool
+    intermediate_lora: tuple[str, ...] = ()
+    output_lora: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}

@@ -1,0 +1,252 @@
+"""LoRA and (IA)³ slots: identity at init, composition against its definition (checked through
+merged weights), mixing with bottleneck adapters, merging, targeting, checkpoints, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHS, LAYERS, main_output, make_inputs, make_model, perturb_adapter
+
+import adapters
+from adapters import AdapterSetup, Average, BatchSplit, IA3Config, LoRAConfig, Parallel, Split, Stack
+
+
+def patched(arch="bert", head="base", seed=0):
+    model = make_model(arch, head, seed)
+    adapters.init(model)
+    return model
+
+
+def run(model, inputs, setup=None):
+    with torch.no_grad():
+        if setup is None:
+            return main_output(model(**inputs))
+        with AdapterSetup(setup):
+            return main_output(model(**inputs))
+
+
+def lora_pair(arch, head="base", config=None):
+    model = patched(arch, head)
+    for i, name in enumerate("ab"):
+        model.add_adapter(name, config=config or LoRAConfig(r=4, attn_matrices=["q", "k", "v", "o"], intermediate_lora=True, output_lora=True))
+        perturb_adapter(model, name, scale=0.3, seed=7 * i)
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("config", [LoRAConfig(), IA3Config(), LoRAConfig(target_modules="all-linear", init_weights="gaussian")])
+def test_initialised_lora_and_ia3_are_the_identity(arch, config):
+    model = patched(arch)
+    inputs = make_inputs(arch)
+    base = run(model, inputs)
+    model.add_adapter("a", config=config, set_active=True)
+    assert torch.equal(run(model, inputs), base)
+    perturb_adapter(model, "a")
+    assert (run(model, inputs) - base).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stack_adds_the_deltas_on_the_same_weight(arch):
+    model = lora_pair(arch)
+    inputs = make_inputs(arch)
+    stacked = run(model, inputs, Stack("a", "b"))
+    model.merge_adapter("a")
+    model.merge_adapter("b")  # W + ΔW_a + ΔW_b
+    torch.testing.assert_close(run(model, inputs), stacked, atol=1e-4, rtol=1e-4)
+    model.reset_adapter()
+    torch.testing.assert_close(run(model, inputs, Stack("b", "a")), stacked, atol=1e-5, rtol=1e-5)
+
+
+def test_stack_of_ia3_multiplies_the_scalings():
+    model = lora_pair("llama", config=IA3Config())
+    inputs = make_inputs("llama")
+    stacked = run(model, inputs, Stack("a", "b"))
+    model.merge_adapter("a")
+    torch.testing.assert_close(run(model, inputs, "b"), stacked, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parallel_and_batchsplit_rows_equal_each_adapter_alone(arch):
+    model = lora_pair(arch, "seq_cls")
+    inputs = make_inputs(arch)
+    alone = {n: run(model, inputs, n) for n in "ab"}
+    parallel = run(model, inputs, Parallel("a", "b"))
+    torch.testing.assert_close(parallel, torch.cat([alone["a"], alone["b"]]), atol=1e-5, rtol=1e-5)
+    split = run(model, inputs, BatchSplit("a", "b", batch_sizes=[1, 1]))
+    torch.testing.assert_close(split, torch.cat([alone["a"][:1], alone["b"][1:]]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_average_is_the_weighted_mean_of_the_deltas(arch):
+    config = LoRAConfig(r=4, attn_matrices=["q", "v"], intermediate_lora=True)
+    model = lora_pair(arch, config=config)
+    weights = [0.25, 0.75]
+    # a rank-8 adapter whose ΔW = 0.25 ΔW_a + 0.75 ΔW_b: A = [A_a; A_b], B = [0.25 B_a, 0.75 B_b]
+    model.add_adapter("c", config=config.replace(r=8))
+    with torch.no_grad():
+        for host in model._adapter_hosts:
+            if host.method == "lora" and "c" in host.loras:
+                a, b, c = host.loras["a"], host.loras["b"], host.loras["c"]
+                c.lora_A.copy_(torch.cat([a.lora_A, b.lora_A]))
+                c.lora_B.copy_(torch.cat([weights[0] * a.lora_B * (a.scaling / c.scaling),
+                                          weights[1] * b.lora_B * (b.scaling / c.scaling)], dim=1))
+    inputs = make_inputs(arch)
+    torch.testing.assert_close(run(model, inputs, Average("a", "b", weights=weights)), run(model, inputs, "c"), atol=1e-5, rtol=1e-5)
+
+
+def test_split_routes_sequence_segments_at_each_layer():
+    # LoRA on the FFN output only of the last layer: position-wise after attention, so segments compare directly
+    config = LoRAConfig(selfattn_lora=False, output_lora=True, leave_out=list(range(LAYERS - 1)))
+    model = lora_pair("bert", config=config)
+    inputs = make_inputs("bert")
+    out = run(model, inputs, Split("a", "b", splits=[4, 8]))
+    torch.testing.assert_close(out[:, :4], run(model, inputs, "a")[:, :4])
+    torch.testing.assert_close(out[:, 4:], run(model, inputs, "b")[:, 4:])
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "distilbert"])
+def test_bottleneck_and_lora_mix_in_one_setup(arch):
+    model = patched(arch)
+    model.add_adapter("bn", config="seq_bn")
+    model.add_adapter("lora", config=LoRAConfig(r=4))
+    for name in ("bn", "lora"):
+        perturb_adapter(model, name, scale=0.3)
+    inputs = make_inputs(arch)
+    mixed = run(model, inputs, Stack("bn", "lora"))
+    torch.testing.assert_close(run(model, inputs, Stack("lora", "bn")), mixed)  # different places: order-free
+    model.merge_adapter("lora")
+    torch.testing.assert_close(run(model, inputs, "bn"), mixed, atol=1e-5, rtol=1e-5)
+    model.reset_adapter()
+    parallel = run(model, inputs, Parallel("bn", "lora"))
+    torch.testing.assert_close(parallel[:2], run(model, inputs, "bn"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parallel[2:], run(model, inputs, "lora"), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_cannot_be_fused():
+    model = lora_pair("bert")
+    with pytest.raises(ValueError, match="Cannot fuse adapter 'a': its method lora has no fusion"):
+        model.add_adapter_fusion(["a", "b"])
+
+
+def test_merge_equals_unmerged_and_reset_restores_weights():
+    model = lora_pair("bert", config=IA3Config())
+    model.add_adapter("l", config=LoRAConfig(r=4, output_lora=True))
+    perturb_adapter(model, "l", scale=0.3)
+    inputs = make_inputs("bert")
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "loras" not in k}
+    for name in ("a", "l"):
+        expected = run(model, inputs, name)
+        model.merge_adapter(name)
+        torch.testing.assert_close(run(model, inputs, name), expected, atol=1e-5, rtol=1e-5)  # merged one is skipped
+        torch.testing.assert_close(run(model, inputs), expected, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="merged already"):
+            model.merge_adapter(name)
+        model.reset_adapter()
+    for key, value in model.state_dict().items():
+        if key in weights:
+            torch.testing.assert_close(value, weights[key], atol=1e-6, rtol=1e-6)
+
+
+def test_merge_errors():
+    model = patched()
+    model.add_adapter("bn")
+    model.add_adapter("g", config=LoRAConfig(use_gating=True))
+    with pytest.raises(ValueError, match="only those can be merged"):
+        model.merge_adapter("bn")
+    with pytest.raises(ValueError, match="gated"):
+        model.merge_adapter("g")
+
+
+def test_peft_style_targeting():
+    model = patched("llama")
+    model.add_adapter("list", config=LoRAConfig(target_modules=["q_proj", "mlp.down_proj"]))
+    assert set(model.get_adapter("list")[0]) == {"self_attn.q_proj", "mlp.down_proj"}
+    model.add_adapter("regex", config=LoRAConfig(target_modules=r".*\.(k|v)_proj", layers_to_transform=[1]))
+    assert set(model.get_adapter("regex")) == {1} and set(model.get_adapter("regex")[1]) == {"self_attn.k_proj", "self_attn.v_proj"}
+    model.add_adapter("all", config=LoRAConfig(target_modules="all-linear", exclude_modules=["o_proj"]))
+    assert len(model.get_adapter("all")[0]) == 6  # q, k, v, gate, up, down
+    model.add_adapter("ranks", config=LoRAConfig(target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 2}, alpha_pattern={r"layers\.1\.self_attn\.v_proj": 32}))
+    layer0, layer1 = model.get_adapter("ranks")[0], model.get_adapter("ranks")[1]
+    assert layer0["self_attn.q_proj"].r == 2 and layer0["self_attn.v_proj"].r == 8
+    assert layer1["self_attn.v_proj"].scaling == 4.0 and layer0["self_attn.v_proj"].scaling == 1.0
+    model.add_adapter("rs", config=LoRAConfig(r=16, alpha=8, use_rslora=True))
+    assert model.get_adapter("rs")[0]["self_attn.q_proj"].scaling == pytest.approx(2.0)
+
+
+def test_targeting_errors_leave_the_model_unchanged():
+    model = patched("llama")
+    keys = set(model.state_dict())
+    with pytest.raises(ValueError, match="matches no linear layer.*Closest module names: .*q_proj"):
+        model.add_adapter("x", config=LoRAConfig(target_modules=["q_prj"]))
+    with pytest.raises(ValueError, match="rank r must be a positive"):
+        LoRAConfig(r=0)
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        LoRAConfig(alpha=0)
+    assert set(model.state_dict()) == keys and not model.adapters_config.adapters
+
+
+def test_pattern_matching_nothing_warns(caplog):
+    import logging
+
+    model = patched("llama")
+    logger = logging.getLogger("adapters.model_mixin")
+    logger.addHandler(caplog.handler)
+    try:
+        model.add_adapter("x", config=LoRAConfig(rank_pattern={"nothing_here": 2}))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "matches none of its target modules" in caplog.text
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_lora_round_trip_and_training(tmp_path, arch):
+    model = patched(arch, "seq_cls")
+    model.add_adapter("a", config=LoRAConfig(r=4, target_modules="all-linear"))
+    model.add_adapter("b", config=IA3Config())
+    model.train_adapter(Stack("a", "b"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        main_output(model(**make_inputs(arch))).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(".loras.a.lora_B" in k for k in changed) and any(".loras.b." in k for k in changed)
+    assert all(".loras." in k or not k.startswith(model.base_model_prefix) for k in changed)
+    model.eval()
+    inputs = make_inputs(arch)
+    expected = run(model, inputs)
+    for name in "ab":
+        model.save_adapter(str(tmp_path / name), name)
+    fresh = patched(arch, "seq_cls")
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if ".loras." not in k}, strict=False)
+    for name in "ab":
+        fresh.load_adapter(str(tmp_path / name))
+    fresh.set_active_adapters(Stack("a", "b"))
+    assert torch.equal(run(fresh, inputs), expected)
+
+
+def test_gradient_checkpointing_with_lora_gives_the_same_gradients():
+    def grads(checkpointing):
+        model = patched("llama", "seq_cls", seed=3)
+        model.add_adapter("a", config=LoRAConfig(r=4, init_weights=False))
+        model.train_adapter("a")
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        main_output(model(**make_inputs("llama"))).pow(2).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and any("lora_A" in k for k in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_delete_restores_a_clean_forward():
+    model = lora_pair("bert")
+    inputs = make_inputs("bert")
+    base = run(model, inputs)
+    model.merge_adapter("a")
+    model.delete_adapter("a")  # unmerges first
+    torch.testing.assert_close(run(model, inputs), base, atol=1e-6, rtol=1e-6)
+    assert not any(".loras.a." in k for k in model.state_dict())
