@@ -29,6 +29,7 @@ from . import __version__
 from .composition import Fuse
 from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
+from .peft_format import PEFT_LEGACY_WEIGHTS_NAME, PEFT_WEIGHTS_NAME, config_from_peft, peft_checkpoint, state_from_peft
 
 logger = logging.get_logger(__name__)
 
@@ -204,15 +205,32 @@ def _copy_checked(params: dict, state: dict, path: str, ignore_unexpected=lambda
 
 
 # -- adapters --------------------------------------------------------------------------------------------
-def save_adapter(model, save_directory: str, adapter_name: str, meta_dict: Optional[dict] = None, use_safetensors: bool = True) -> None:
-    """Save one adapter (see the module docstring for the layout).
+def save_adapter(
+    model,
+    save_directory: str,
+    adapter_name: str,
+    meta_dict: Optional[dict] = None,
+    use_safetensors: bool = True,
+    format: str = "adapterhub",
+) -> None:
+    """Save one adapter (see the module docstring for the layout); ``format="peft"`` writes
+    PEFT's layout instead (LoRA-family adapters), which ``peft.PeftModel.from_pretrained`` loads.
 
     Example::
 
         >>> save_adapter(model, "out/task", "task")
+        >>> save_adapter(model, "out/lora-peft", "lora", format="peft")
     """
     model._require_adapter(adapter_name)
+    if format not in ("adapterhub", "peft"):
+        raise ValueError(f"format must be 'adapterhub' or 'peft', got {format!r}.")
     os.makedirs(save_directory, exist_ok=True)
+    if format == "peft":
+        peft_meta, weights = peft_checkpoint(model, adapter_name)
+        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump({**peft_meta, **(meta_dict or {})}, f, indent=2, sort_keys=True)
+        _write_weights(weights, save_directory, use_safetensors, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME)
+        return
     meta = _meta(model, adapter_name)
     meta["config"] = model.adapters_config.adapters[adapter_name].to_dict()
     meta.update(meta_dict or {})
@@ -247,24 +265,29 @@ def load_adapter(
     folder = _resolve_folder(adapter_name_or_path, **hub_kwargs)
     config_path = os.path.join(folder, CONFIG_NAME)
     meta = _read_json(config_path)
-    if "peft_type" in meta:
-        raise AdapterLoadError(
-            f"{config_path} is a PEFT checkpoint (peft_type={meta['peft_type']}); this version reads AdapterHub "
-            f"checkpoints of bottleneck adapters and Compacter."
-        )
+    is_peft = "peft_type" in meta
     try:
-        adapter_config = AdapterConfig.load(config if config is not None else meta.get("config", meta))
-    except (ValueError, TypeError) as error:
+        if config is not None:
+            adapter_config = AdapterConfig.load(config)
+        elif is_peft:
+            adapter_config = config_from_peft(meta)
+        else:
+            adapter_config = AdapterConfig.load(meta.get("config", meta))
+    except (ValueError, TypeError, KeyError) as error:
         raise AdapterLoadError(f"{config_path}: the adapter config is invalid ({error}).") from error
     if leave_out:
         adapter_config = adapter_config.replace(leave_out=tuple(sorted(set(adapter_config.leave_out) | set(leave_out))))
     _check_hidden_size(model, meta, config_path)
-    saved_name = meta.get("name") or os.path.basename(os.path.normpath(folder))
-    name = load_as or saved_name
+    saved_name = "default" if is_peft else meta.get("name") or os.path.basename(os.path.normpath(folder))
+    name = load_as or (os.path.basename(os.path.normpath(folder)) if is_peft else saved_name)
     model._check_name(name)
     if name in model.adapters_config.adapters and not overwrite_ok:
         raise AdapterLoadError(f"An adapter named {name!r} exists already; pass load_as=... or overwrite_ok=True.")
-    state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+    if is_peft:
+        state, weights_path = _read_weights(folder, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME)
+        state = state_from_peft(state, saved_name)
+    else:
+        state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     state = _strip_prefix(model, state)
     saved_name = _name_in_keys(state, saved_name)
     staging = f"__loading__{name}"

@@ -32,7 +32,7 @@ from .methods import METHOD_BLOCKS
 from .methods.lora import LoRALinear
 from .methods.phm import init_shared_parameters
 from .models.patching import swap_class
-from .models.targeting import pattern_value, resolve_targets
+from .models.targeting import matches_modules, pattern_value, resolve_targets
 
 logger = logging.get_logger(__name__)
 
@@ -272,7 +272,8 @@ class ModelAdaptersMixin:
     def _add_lora_modules(self, name: str, config, device, dtype) -> None:
         """Attach LoRA / (IA)³ modules to every targeted linear layer, making it a host first."""
         spec = self.__dict__["_adapters_spec"]
-        targets = resolve_targets(self.base_model, spec, config)
+        prefix = "" if self.base_model is self else self.base_model_prefix + "."
+        targets = resolve_targets(self.base_model, spec, config, prefix)
         for pattern in {**config.rank_pattern, **config.alpha_pattern}:
             if not any(pattern_value({pattern: 1}, t.path, None) for t in targets):
                 logger.warning(f"rank/alpha pattern {pattern!r} of adapter {name!r} matches none of its target modules.")
@@ -284,7 +285,10 @@ class ModelAdaptersMixin:
                 self._adapter_hosts.append(host)
             r = pattern_value(config.rank_pattern, target.path, config.r)
             alpha = pattern_value(config.alpha_pattern, target.path, config.alpha)
-            host.add_lora(name, config, r, alpha)
+            scale_input = config.feedforward_modules is not None and matches_modules(
+                target.path, config.feedforward_modules, prefix
+            )
+            host.add_lora(name, config, r, alpha, scale_input=scale_input)
             host.loras[name].to(device=device, dtype=dtype).train(self.training)
 
     def _lora_hosts_of(self, name: str) -> list:
@@ -712,17 +716,27 @@ class ModelAdaptersMixin:
         return "\n".join(lines)
 
     # -- checkpoints (see adapters.loading) ---------------------------------------------------------
-    def save_adapter(self, save_directory: str, adapter_name: str, with_head: bool = True, meta_dict=None, use_safetensors: bool = True):
+    def save_adapter(
+        self,
+        save_directory: str,
+        adapter_name: str,
+        with_head: bool = True,
+        meta_dict=None,
+        use_safetensors: bool = True,
+        format: str = "adapterhub",
+    ):
         """Save adapter ``adapter_name`` to a folder in AdapterHub's layout
-        (``adapter_config.json`` + ``adapter.safetensors``).
+        (``adapter_config.json`` + ``adapter.safetensors``), or with ``format="peft"`` in PEFT's
+        (LoRA-family adapters; loadable by ``peft.PeftModel.from_pretrained``).
 
         Example::
 
             >>> model.save_adapter("out/task", "task")
+            >>> model.save_adapter("out/lora", "lora", format="peft")
         """
         from .loading import save_adapter
 
-        save_adapter(self, save_directory, adapter_name, meta_dict=meta_dict, use_safetensors=use_safetensors)
+        save_adapter(self, save_directory, adapter_name, meta_dict=meta_dict, use_safetensors=use_safetensors, format=format)
 
     def load_adapter(
         self,

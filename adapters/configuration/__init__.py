@@ -19,7 +19,7 @@ from .fusion import (
     StaticAdapterFusionConfig,
     StaticFusionConfig,
 )
-from .lora import IA3Config, LoRAConfig
+from .lora import DoRAConfig, IA3Config, LoRAConfig
 from .model_config import ModelAdaptersConfig
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "CompacterPlusPlusConfig",
     "ConfigUnion",
     "DoubleSeqBnConfig",
+    "DoRAConfig",
     "DoubleSeqBnInvConfig",
     "DynamicAdapterFusionConfig",
     "DynamicFusionConfig",

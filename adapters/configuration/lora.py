@@ -8,7 +8,7 @@ from typing import ClassVar, Optional, Union
 
 from .base import AdapterConfig, register_config
 
-__all__ = ["LoRAConfig", "IA3Config"]
+__all__ = ["LoRAConfig", "IA3Config", "DoRAConfig"]
 
 _INITS = ("lora", "bert", "ia3", "gaussian", False)
 
@@ -38,6 +38,10 @@ class LoRAConfig(AdapterConfig):
         use_gating: a learned sigmoid gate on the delta.
         rank_pattern / alpha_pattern: regex (matched against the end of the module path) to r /
             alpha for the modules it matches.
+        use_dora: DoRA (Liu et al., 2024): the LoRA-updated weight is renormalised per output
+            row and rescaled by a learned magnitude vector.
+        feedforward_modules: with composition_mode "scale", the targeted modules (same forms as
+            ``target_modules``) whose *input* is scaled instead of their output (PEFT's IA³).
         leave_out: layer indices that get no LoRA.
 
     Example::
@@ -69,11 +73,12 @@ class LoRAConfig(AdapterConfig):
     rank_pattern: dict = dataclasses.field(default_factory=dict)
     alpha_pattern: dict = dataclasses.field(default_factory=dict)
     use_rslora: bool = False
+    feedforward_modules: Optional[Union[tuple, str]] = None
 
     def __post_init__(self):
         for name in ("leave_out", "attn_matrices"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("target_modules", "exclude_modules"):
+        for name in ("target_modules", "exclude_modules", "feedforward_modules"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, tuple(value))
@@ -101,8 +106,8 @@ class LoRAConfig(AdapterConfig):
             raise ValueError(f"attn_matrices may contain 'q', 'k', 'v' and 'o', got {list(self.attn_matrices)}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1).")
-        if self.use_dora:
-            raise ValueError("use_dora=True: DoRA is not available in this version; use plain LoRA (use_dora=False).")
+        if self.use_dora and self.composition_mode != "add":
+            raise ValueError("use_dora=True needs composition_mode='add' (DoRA decomposes a LoRA update).")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -125,5 +130,19 @@ class IA3Config(LoRAConfig):
     init_weights: Union[str, bool] = "ia3"
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class DoRAConfig(LoRAConfig):
+    """DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"): LoRA whose updated
+    weight is split into a direction (renormalised per output row) and a learned magnitude.
+
+    Example::
+
+        >>> model.add_adapter("dora", config=DoRAConfig(r=8, alpha=16))
+    """
+
+    use_dora: bool = True
+
+
 register_config("lora", LoRAConfig())
 register_config("ia3", IA3Config())
+register_config("dora", DoRAConfig())

@@ -6,10 +6,14 @@ A linear layer ``y = x Wᵀ + b`` gets, per adapter, either a low-rank additive 
 output scaling:
 
     add   (LoRA):   y = x Wᵀ + b + s · dropout(x) Aᵀ Bᵀ,   A ∈ R^{r×d_in}, B ∈ R^{d_out×r},  s = α/r
+    DoRA:           y = b + (m / ‖W + s·B A‖) ⊙ (x Wᵀ + s · dropout(x) Aᵀ Bᵀ),   m ∈ R^{d_out}
     scale ((IA)³):  y = (x Wᵀ + b) ⊙ (s · l),             l ∈ R^{d_out}
+    input scale:    y = (x ⊙ s·l) Wᵀ + b,                 l ∈ R^{d_in}   (PEFT's feedforward_modules)
 
-(``s = α/√r`` with rsLoRA; an optional gate ``g = mean_t σ(x_t W_g)`` multiplies the LoRA term.)
-Both fold into the weight: ``W' = W + s·B A`` and ``W' = diag(s·l) W, b' = s·l ⊙ b``.
+(``s = α/√r`` with rsLoRA; ``‖·‖`` is the norm of each output row, treated as a constant in the
+backward pass as in the DoRA paper; an optional gate ``g = mean_t σ(x_t W_g)`` multiplies the LoRA
+term.) All fold into the weight: ``W' = W + s·B A``, ``W' = (m/‖W + s·B A‖) ⊙ (W + s·B A)``,
+``W' = diag(s·l) W, b' = s·l ⊙ b`` and ``W' = W diag(s·l)``.
 
 Composition on one layer, with ``o`` the output so far:
 
@@ -41,11 +45,12 @@ __all__ = ["LoRA", "LoRALinear", "LoRAState"]
 
 
 class LoRAState(NamedTuple):
-    """``layer_input`` x, ``output`` o (the layer output with the adapters applied so far), and
-    the last adapter applied."""
+    """``layer_input`` x, ``output`` o (the layer output with the adapters applied so far),
+    ``base_output`` (the layer output without adapters) and the last adapter applied."""
 
     layer_input: torch.Tensor
     output: torch.Tensor
+    base_output: torch.Tensor
     last: str | None = None
 
 
@@ -64,22 +69,41 @@ class LoRA(nn.Module):
         torch.Size([64, 64])
     """
 
-    def __init__(self, in_features: int, out_features: int, config: LoRAConfig, r: int, alpha: float):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        config: LoRAConfig,
+        r: int,
+        alpha: float,
+        base_weight: torch.Tensor | None = None,
+        scale_input: bool = False,
+    ):
         super().__init__()
         self.composition_mode = config.composition_mode
         self.r = r
         self.scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+        self.scale_input = scale_input and self.composition_mode == "scale"
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if self.composition_mode == "add":
             self.lora_A = nn.Parameter(torch.zeros(r, in_features))
             self.lora_B = nn.Parameter(torch.zeros(out_features, r))
         else:
-            self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
+            self.lora_B = nn.Parameter(torch.zeros(in_features if self.scale_input else out_features, 1))
         if config.use_gating:
             self.gate = nn.Linear(in_features, 1)
             nn.init.normal_(self.gate.weight, std=0.02)
             nn.init.zeros_(self.gate.bias)
         self._init_weights(config.init_weights)
+        if config.use_dora:
+            if base_weight is None:
+                raise ValueError("DoRA needs the base weight to initialise its magnitude.")
+            # m starts as the row norms of W, so the adapter starts as the identity
+            self.lora_magnitude = nn.Parameter(torch.linalg.norm(base_weight.detach().float(), dim=1).to(base_weight.dtype))
+
+    @property
+    def use_dora(self) -> bool:
+        return "lora_magnitude" in self._parameters
 
     @torch.no_grad()
     def _init_weights(self, init) -> None:
@@ -91,11 +115,10 @@ class LoRA(nn.Module):
             nn.init.normal_(self.lora_A, std=1.0 / self.r)
             nn.init.zeros_(self.lora_B)
         elif init == "bert":
-            for param in self._parameters.values():
+            for param in (self.lora_A, self.lora_B) if has_a else (self.lora_B,):
                 nn.init.normal_(param, std=0.02)
         elif init == "ia3" or not has_a and init in ("lora", "gaussian"):
-            for param in self._parameters.values():
-                nn.init.ones_(param)
+            nn.init.ones_(self.lora_B)
         else:  # False: random, not the identity
             if has_a:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -107,16 +130,31 @@ class LoRA(nn.Module):
         gate = torch.sigmoid(self.gate(x))
         return gate.mean(dim=1, keepdim=True) if gate.dim() == 3 else gate
 
-    def apply_to(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """The layer output ``output`` with this adapter applied, for layer input ``x``."""
+    def apply_to(self, x: torch.Tensor, output: torch.Tensor, base_output: torch.Tensor, host) -> torch.Tensor:
+        """The layer output ``output`` with this adapter applied, for layer input ``x``.
+
+        ``base_output`` is the host's output without any adapter (DoRA rescales it).
+        """
+        gate = self._gate(x)
         if self.composition_mode == "scale":
             factor = self.lora_B.view(-1) * self.scaling
-            gate = self._gate(x)
-            return output * (factor if gate is None else 1 + gate * (factor - 1))
+            if gate is not None:
+                factor = 1 + gate * (factor - 1)
+            if self.scale_input:  # (x ⊙ f) Wᵀ = x Wᵀ + (x ⊙ (f − 1)) Wᵀ
+                return output + nn.functional.linear(x * (factor - 1), host.weight)
+            return output * factor
         delta = (self.dropout(x) @ self.lora_A.t()) @ self.lora_B.t()
-        gate = self._gate(x)
         delta = delta * self.scaling if gate is None else delta * (self.scaling * gate)
+        if self.use_dora:
+            magnitude_scale = self.lora_magnitude / self.weight_norm(host.weight)
+            unbiased = base_output if host.bias is None else base_output - host.bias
+            return output + (magnitude_scale - 1) * unbiased + magnitude_scale * delta
         return output + delta
+
+    def weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
+        """``‖W + s·B A‖`` per output row, detached (DoRA)."""
+        with torch.no_grad():
+            return torch.linalg.norm(weight + self.delta_weight().to(weight.dtype), dim=1)
 
     def delta_weight(self) -> torch.Tensor:
         """``s·B A`` (add) or the scaling vector ``s·l`` (scale)."""
@@ -153,11 +191,11 @@ class LoRALinear(ComposableLayer):
         """The adapters of this host (the common name used by the model API)."""
         return self.loras
 
-    def add_lora(self, name: str, config: LoRAConfig, r: int, alpha: float) -> None:
+    def add_lora(self, name: str, config: LoRAConfig, r: int, alpha: float, scale_input: bool = False) -> None:
         with torch.random.fork_rng(enabled=config.init_weights_seed is not None):
             if config.init_weights_seed is not None:
                 torch.manual_seed(config.init_weights_seed)
-            self.loras[name] = LoRA(self.in_features, self.out_features, config, r, alpha)
+            self.loras[name] = LoRA(self.in_features, self.out_features, config, r, alpha, self.weight, scale_input)
         self._invalidate_setup_cache()
 
     def delete_adapter(self, name: str) -> None:
@@ -169,15 +207,20 @@ class LoRALinear(ComposableLayer):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = super().forward(x)
         setup = self.active_setup()
         if setup is None:
-            return output
-        return self.compose(setup, LoRAState(x, output)).output
+            return super().forward(x)
+        if isinstance(setup, str) and self.loras[setup].scale_input:  # one input scaling: fold into x
+            lora = self.loras[setup]
+            gate = lora._gate(x)
+            factor = lora.delta_weight() if gate is None else 1 + gate * (lora.delta_weight() - 1)
+            return super().forward(x * factor)
+        output = super().forward(x)
+        return self.compose(setup, LoRAState(x, output, output)).output
 
     def compose_single(self, name: str, state: LoRAState) -> LoRAState:
         lora = self.loras[name]
-        output = lora.apply_to(state.layer_input, state.output)
+        output = lora.apply_to(state.layer_input, state.output, state.base_output, self)
         context = ForwardContext.get_context()
         if context is not None and context.output_adapter_gating_scores and hasattr(lora, "gate"):
             scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
@@ -192,16 +235,29 @@ class LoRALinear(ComposableLayer):
 
     # -- merging ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def merge(self, name: str) -> None:
-        """Fold adapter ``name`` into the weight (and bias, for (IA)³)."""
+    def merged_weight(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W', b')``: the weight and bias with adapter ``name`` folded in (computed out of place)."""
         lora = self.loras[name]
         delta = lora.delta_weight().to(self.weight.dtype)
         if lora.composition_mode == "scale":
-            self.weight.mul_(delta.unsqueeze(1))
-            if self.bias is not None:
-                self.bias.mul_(delta)
-        else:
-            self.weight.add_(delta)
+            if lora.scale_input:
+                return self.weight * delta.unsqueeze(0), self.bias
+            return self.weight * delta.unsqueeze(1), None if self.bias is None else self.bias * delta
+        if lora.use_dora:
+            combined = self.weight + delta
+            return (lora.lora_magnitude / torch.linalg.norm(combined, dim=1)).unsqueeze(1) * combined, self.bias
+        return self.weight + delta, self.bias
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        """Fold adapter ``name`` into the weight (and bias, for output-scaling (IA)³)."""
+        lora = self.loras[name]
+        if lora.use_dora:  # unmerging needs the norm the merge divided by
+            lora.__dict__["_merged_norm"] = lora.weight_norm(self.weight)
+        weight, bias = self.merged_weight(name)
+        self.weight.copy_(weight)
+        if bias is not None:
+            self.bias.copy_(bias)
         self.merged.append(name)
         self._invalidate_setup_cache()
 
@@ -211,9 +267,15 @@ class LoRALinear(ComposableLayer):
         lora = self.loras[name]
         delta = lora.delta_weight().to(self.weight.dtype)
         if lora.composition_mode == "scale":
-            self.weight.div_(delta.unsqueeze(1))
-            if self.bias is not None:
-                self.bias.div_(delta)
+            if lora.scale_input:
+                self.weight.div_(delta.unsqueeze(0))
+            else:
+                self.weight.div_(delta.unsqueeze(1))
+                if self.bias is not None:
+                    self.bias.div_(delta)
+        elif lora.use_dora:
+            norm = lora.__dict__.pop("_merged_norm")
+            self.weight.copy_(self.weight * (norm / lora.lora_magnitude).unsqueeze(1) - delta)
         else:
             self.weight.sub_(delta)
         self.merged.remove(name)

@@ -18,7 +18,7 @@ from torch import nn
 
 from .spec import ArchitectureSpec
 
-__all__ = ["Target", "resolve_targets", "pattern_value"]
+__all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules"]
 
 # modules created by this library are never targets
 _OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters)(\.|$)")
@@ -40,10 +40,16 @@ def _layer_of(path: str, spec: ArchitectureSpec, layers_pattern: Optional[str] =
     return (int(match.group(2)), match.group(3)) if match else (-1, path)
 
 
-def _matches(path: str, spec) -> bool:
-    if isinstance(spec, str):
-        return re.fullmatch(spec, path) is not None
-    return any(path == name or path.endswith("." + name) for name in spec)
+def matches_modules(path: str, spec, path_prefix: str = "") -> bool:
+    """Whether ``path`` (or ``path_prefix + path``) matches a ``target_modules``-style spec: a
+    regex string (full match) or a list of names (exact or dotted suffix)."""
+    for candidate in {path, path_prefix + path}:
+        if isinstance(spec, str):
+            if re.fullmatch(spec, candidate) is not None:
+                return True
+        elif any(candidate == name or candidate.endswith("." + name) for name in spec):
+            return True
+    return False
 
 
 def _linear_modules(base_model: nn.Module) -> dict[str, nn.Module]:
@@ -54,8 +60,12 @@ def _linear_modules(base_model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config) -> list[Target]:
-    """The layers ``config`` places modules on, or a ValueError listing close module names."""
+def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_prefix: str = "") -> list[Target]:
+    """The layers ``config`` places modules on, or a ValueError listing close module names.
+
+    ``path_prefix`` is the base model's path in the model with a head (``"model."``): patterns
+    may be written against either root, as PEFT writes them against the top model.
+    """
     linears = _linear_modules(base_model)
     if config.target_modules is None:
         suffixes = []
@@ -76,9 +86,9 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config) -> li
     wanted = config.target_modules
     targets = []
     for path, module in linears.items():
-        if wanted != "all-linear" and not _matches(path, wanted):
+        if wanted != "all-linear" and not matches_modules(path, wanted, path_prefix):
             continue
-        if config.exclude_modules is not None and _matches(path, config.exclude_modules):
+        if config.exclude_modules is not None and matches_modules(path, config.exclude_modules, path_prefix):
             continue
         layer_idx, location = _layer_of(path, spec, config.layers_pattern)
         if config.layers_to_transform is not None and layer_idx not in config.layers_to_transform:

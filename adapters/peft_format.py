@@ -1,0 +1,165 @@
+"""PEFT's checkpoint layout for the LoRA family (LoRA, rsLoRA, DoRA, (IA)³), read and written.
+
+A PEFT folder holds ``adapter_config.json`` (with ``peft_type``) and ``adapter_model.safetensors``
+whose keys are the wrapped model's module paths behind ``base_model.model.`` with the adapter
+name left out: ``...q_proj.lora_A.weight``, ``...q_proj.lora_B.weight``,
+``...q_proj.lora_magnitude_vector`` (DoRA), ``...k_proj.ia3_l`` ((IA)³; shape ``(out, 1)``, or
+``(1, in)`` for ``feedforward_modules``, whose input is scaled).
+
+PEFT's config fields map onto :class:`~adapters.LoRAConfig` one to one (``lora_alpha`` ->
+``alpha``, ``lora_dropout`` -> ``dropout``, ``target_modules``, ``exclude_modules``,
+``layers_to_transform``, ``layers_pattern``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora``,
+``use_dora``, ``feedforward_modules``). Fields that change what the checkpoint holds and that this
+version does not implement (trained biases, ``modules_to_save``, ...) raise an error naming them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .configuration.lora import LoRAConfig
+
+__all__ = ["PEFT_WEIGHTS_NAME", "PEFT_LEGACY_WEIGHTS_NAME", "config_from_peft", "state_from_peft", "peft_checkpoint"]
+
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+_PREFIX = "base_model.model."
+
+# PEFT fields that would need behaviour this version lacks, with the value that is fine
+_UNSUPPORTED = {
+    "bias": "none",
+    "modules_to_save": None,
+    "lora_bias": False,
+    "fan_in_fan_out": False,
+    "layer_replication": None,
+    "use_qalora": False,
+    "target_parameters": None,
+}
+
+
+def _listify(value):
+    return list(value) if isinstance(value, (list, tuple, set)) else value
+
+
+def config_from_peft(meta: dict) -> LoRAConfig:
+    """The :class:`~adapters.LoRAConfig` equivalent to a PEFT ``adapter_config.json``.
+
+    Raises:
+        ValueError: an unsupported ``peft_type`` or field (the message names it).
+
+    Example::
+
+        >>> config_from_peft({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]})
+    """
+    peft_type = meta.get("peft_type")
+    for field, fine in _UNSUPPORTED.items():
+        if meta.get(field, fine) not in (fine, None, False, [], {}):
+            raise ValueError(f"PEFT field {field}={meta[field]!r} is not supported in this version (only {fine!r}).")
+    common = dict(
+        target_modules=_listify(meta.get("target_modules")),
+        exclude_modules=_listify(meta.get("exclude_modules")),
+        layers_to_transform=_listify(meta.get("layers_to_transform")),
+        layers_pattern=meta.get("layers_pattern") if not isinstance(meta.get("layers_pattern"), list) else meta["layers_pattern"][0],
+        selfattn_lora=False,
+    )
+    if peft_type == "LORA":
+        return LoRAConfig(
+            r=meta["r"],
+            alpha=meta.get("lora_alpha", 8),
+            dropout=meta.get("lora_dropout") or 0.0,
+            rank_pattern=meta.get("rank_pattern") or {},
+            alpha_pattern=meta.get("alpha_pattern") or {},
+            use_rslora=bool(meta.get("use_rslora")),
+            use_dora=bool(meta.get("use_dora")),
+            **common,
+        )
+    if peft_type == "IA3":
+        return LoRAConfig(
+            r=1, alpha=1, composition_mode="scale", init_weights="ia3",
+            feedforward_modules=_listify(meta.get("feedforward_modules")), **common,
+        )
+    raise ValueError(f"PEFT method {peft_type!r} is not supported in this version (LORA and IA3 are).")
+
+
+_PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<param>lora_A\.weight|lora_B\.weight|lora_magnitude_vector(\.weight)?|ia3_l)$")
+
+
+def state_from_peft(state: dict, name: str) -> dict:
+    """PEFT weight keys -> this library's (``<module>.loras.<name>.<param>``), relative to the
+    wrapped model; (IA)³ input-scaling vectors are transposed to ``(in, 1)``."""
+    converted = {}
+    for key, value in state.items():
+        key = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        key = re.sub(r"\.(lora_A|lora_B|lora_magnitude_vector|ia3_l)\.default(\.|$)", r".\1\2", key)
+        match = _PEFT_KEY.match(key)
+        if not match:
+            converted[key] = value  # reported as unexpected by the loader
+            continue
+        param = match.group("param").split(".")[0]
+        ours = {"lora_A": "lora_A", "lora_B": "lora_B", "lora_magnitude_vector": "lora_magnitude", "ia3_l": "lora_B"}[param]
+        if param == "ia3_l" and value.shape[0] == 1 and value.dim() == 2:
+            value = value.t().contiguous()
+        converted[f"{match.group('module')}.loras.{name}.{ours}"] = value
+    return converted
+
+
+def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
+    """``(adapter_config, weights)`` in PEFT's layout for LoRA-family adapter ``name``.
+
+    Module lists are written as exact module paths, and per-module ranks / alphas as escaped
+    patterns, so PEFT rebuilds exactly the modules this adapter has.
+
+    Example::
+
+        >>> config, weights = peft_checkpoint(model, "lora")
+    """
+    config = model.adapters_config.adapters[name]
+    parts = [p for p in config.configs_by_architecture() if p.architecture == "lora"]
+    if len(parts) != 1 or len(config.configs_by_architecture()) != 1:
+        raise ValueError(f"Adapter {name!r} is not a single LoRA-family adapter; only those can be written in PEFT's format.")
+    part = parts[0]
+    if part.use_gating:
+        raise ValueError(f"Adapter {name!r} is gated; PEFT has no gated LoRA, so it cannot be written in PEFT's format.")
+    top_prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    paths = {id(m): top_prefix + p for p, m in model.base_model.named_modules()}
+    hosts = [h for h in model._adapter_hosts if h.method == "lora" and name in h.loras]
+    targets, feedforward, ranks, alphas, weights = [], [], {}, {}, {}
+    for host in hosts:
+        path, lora = paths[id(host)], host.loras[name]
+        targets.append(path)
+        key = _PREFIX + path
+        if part.composition_mode == "scale":
+            vector = lora.lora_B.detach()
+            if lora.scale_input:
+                feedforward.append(path)
+                vector = vector.t()
+            weights[f"{key}.ia3_l"] = vector.contiguous()
+            continue
+        weights[f"{key}.lora_A.weight"] = lora.lora_A.detach()
+        weights[f"{key}.lora_B.weight"] = lora.lora_B.detach()
+        if lora.use_dora:
+            weights[f"{key}.lora_magnitude_vector"] = lora.lora_magnitude.detach()
+        if lora.r != part.r:
+            ranks[re.escape(path)] = lora.r
+        alpha = lora.scaling * (lora.r ** 0.5 if part.use_rslora else lora.r)
+        if abs(alpha - part.alpha) > 1e-9:
+            alphas[re.escape(path)] = alpha
+    meta = {
+        "peft_type": "IA3" if part.composition_mode == "scale" else "LORA",
+        "target_modules": targets,
+        "base_model_name_or_path": getattr(model.config, "name_or_path", None) or None,
+        "inference_mode": True,
+        "task_type": None,
+        "modules_to_save": None,
+    }
+    if part.composition_mode == "scale":
+        meta.update(feedforward_modules=feedforward, init_ia3_weights=True, fan_in_fan_out=False)
+    else:
+        meta.update(
+            r=part.r, lora_alpha=part.alpha, lora_dropout=part.dropout, bias="none", use_rslora=part.use_rslora,
+            use_dora=part.use_dora, rank_pattern=ranks, alpha_pattern=alphas, fan_in_fan_out=False,
+            init_lora_weights=True,
+        )
+    return meta, {k: v.detach().cpu().contiguous() for k, v in weights.items()}
