@@ -29,6 +29,8 @@ from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
 from .context import AdapterSetup, ForwardContext
 from .methods import METHOD_BLOCKS
+from .configuration.lora import LoftQConfig
+from .methods.loftq import loftq_factors
 from .methods.lora import LoRALinear
 from .methods.phm import init_shared_parameters
 from .models.patching import swap_class
@@ -289,7 +291,20 @@ class ModelAdaptersMixin:
                 target.path, config.feedforward_modules, prefix
             )
             host.add_lora(name, config, r, alpha, scale_input=scale_input)
+            if config.init_weights == "loftq":
+                self._loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})))
             host.loras[name].to(device=device, dtype=dtype).train(self.training)
+
+    @staticmethod
+    @torch.no_grad()
+    def _loftq_initialise(host, lora, loftq) -> None:
+        """Replace the host's weight by its quantised version and fit A, B to the residual."""
+        quantized, a, b = loftq_factors(
+            host.weight, lora.r, lora.scaling, loftq.loftq_bits, loftq.loftq_iter, loftq.quantizer
+        )
+        host.weight.copy_(quantized)
+        lora.lora_A.copy_(a)
+        lora.lora_B.copy_(b)
 
     def _lora_hosts_of(self, name: str) -> list:
         self._require_adapter(name)

@@ -250,3 +250,35 @@ def test_delete_restores_a_clean_forward():
     model.delete_adapter("a")  # unmerges first
     torch.testing.assert_close(run(model, inputs), base, atol=1e-6, rtol=1e-6)
     assert not any(".loras.a." in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("bits,quantizer", [(4, "nf"), (4, "uniform"), (2, "nf")])
+def test_loftq_fits_the_quantisation_residual(bits, quantizer):
+    from adapters import LoftQConfig
+    from adapters.methods.loftq import quantize_dequantize
+
+    model = patched("llama")
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj"))}
+    loftq = LoftQConfig(loftq_bits=bits, loftq_iter=2, quantizer=quantizer)
+    model.add_adapter("q", config=LoRAConfig(r=8, alpha=16, init_weights="loftq", loftq_config=loftq))
+    for path, module in model.named_modules():
+        if path in original:
+            w = original[path]
+            q = module.weight.detach()
+            lora = module.loras["q"]
+            approx = q + lora.delta_weight()
+            assert torch.linalg.norm(w - approx) < torch.linalg.norm(w - q) < torch.linalg.norm(w)
+            # one iteration is exactly q(W) + best rank-8 fit of the residual
+            assert torch.linalg.norm(w - quantize_dequantize(w, bits, quantizer)) > 0
+    assert model.adapters_config.adapters["q"].loftq_config["loftq_bits"] == bits
+
+
+def test_nf4_quantiser_uses_sixteen_levels_per_block():
+    from adapters.methods.loftq import NF4_LEVELS, quantize_dequantize
+
+    w = torch.randn(8, 64)
+    q = quantize_dequantize(w, 4, "nf", block_size=64)
+    for row_w, row_q in zip(w, q):
+        normalised = row_q / row_w.abs().max()
+        assert torch.isin(normalised.round(decimals=5), NF4_LEVELS.round(decimals=5)).all()
+        assert normalised.unique().numel() <= 16

@@ -19,7 +19,7 @@ from .fusion import (
     StaticAdapterFusionConfig,
     StaticFusionConfig,
 )
-from .lora import DoRAConfig, IA3Config, LoRAConfig
+from .lora import DoRAConfig, IA3Config, LoftQConfig, LoRAConfig
 from .model_config import ModelAdaptersConfig
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "DynamicFusionConfig",
     "IA3Config",
     "LoRAConfig",
+    "LoftQConfig",
     "ModelAdaptersConfig",
     "ParBnConfig",
     "SeqBnConfig",

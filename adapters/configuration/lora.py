@@ -8,9 +8,32 @@ from typing import ClassVar, Optional, Union
 
 from .base import AdapterConfig, register_config
 
-__all__ = ["LoRAConfig", "IA3Config", "DoRAConfig"]
+__all__ = ["LoRAConfig", "IA3Config", "DoRAConfig", "LoftQConfig"]
 
-_INITS = ("lora", "bert", "ia3", "gaussian", False)
+_INITS = ("lora", "bert", "ia3", "gaussian", "loftq", False)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoftQConfig:
+    """How LoftQ quantises the base weights (see :mod:`adapters.methods.loftq`).
+
+    Args:
+        loftq_bits: bits per weight (4: NF4).
+        loftq_iter: alternating quantisation / SVD steps.
+        quantizer: "nf" (NormalFloat levels) or "uniform".
+
+    Example::
+
+        >>> LoRAConfig(init_weights="loftq", loftq_config=LoftQConfig(loftq_bits=4, loftq_iter=2))
+    """
+
+    loftq_bits: int = 4
+    loftq_iter: int = 1
+    quantizer: str = "nf"
+
+    def __post_init__(self):
+        if not 2 <= self.loftq_bits <= 8 or self.loftq_iter < 1 or self.quantizer not in ("nf", "uniform"):
+            raise ValueError("LoftQConfig needs 2 <= loftq_bits <= 8, loftq_iter >= 1 and quantizer 'nf' or 'uniform'.")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,13 +56,16 @@ class LoRAConfig(AdapterConfig):
         composition_mode: "add" (LoRA: the delta is added to the output) or "scale" ((IA)³: the
             output is multiplied by a learned vector; needs ``r == 1``).
         init_weights: "lora" (Kaiming A, zero B: starts as the identity), "gaussian" (A ~
-            N(0, 1/r), zero B), "bert" (both N(0, 0.02)), "ia3" (ones) or False (random A and B,
-            not the identity).
+            N(0, 1/r), zero B), "bert" (both N(0, 0.02)), "ia3" (ones), "loftq" (see
+            ``loftq_config``) or False (random A and B, not the identity).
         use_gating: a learned sigmoid gate on the delta.
         rank_pattern / alpha_pattern: regex (matched against the end of the module path) to r /
             alpha for the modules it matches.
         use_dora: DoRA (Liu et al., 2024): the LoRA-updated weight is renormalised per output
             row and rescaled by a learned magnitude vector.
+        loftq_config: with ``init_weights="loftq"``: a :class:`LoftQConfig` (or its dict). LoftQ
+            replaces each targeted weight by its quantised version and initialises A, B from the
+            SVD of the quantisation residual, so the base model's weights change.
         feedforward_modules: with composition_mode "scale", the targeted modules (same forms as
             ``target_modules``) whose *input* is scaled instead of their output (PEFT's IA³).
         leave_out: layer indices that get no LoRA.
@@ -74,8 +100,15 @@ class LoRAConfig(AdapterConfig):
     alpha_pattern: dict = dataclasses.field(default_factory=dict)
     use_rslora: bool = False
     feedforward_modules: Optional[Union[tuple, str]] = None
+    loftq_config: Optional[dict] = None
 
     def __post_init__(self):
+        if isinstance(self.loftq_config, LoftQConfig):
+            object.__setattr__(self, "loftq_config", dataclasses.asdict(self.loftq_config))
+        if self.init_weights == "loftq":
+            LoftQConfig(**(self.loftq_config or {}))  # validates
+            if self.composition_mode != "add" or self.use_dora:
+                raise ValueError("init_weights='loftq' initialises plain LoRA (composition_mode='add', no DoRA).")
         for name in ("leave_out", "attn_matrices"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("target_modules", "exclude_modules", "feedforward_modules"):
