@@ -175,6 +175,53 @@ def _parallel2(model):
     return Parallel("a", "b")
 
 
+# LoRA family: the same configuration in adapters and in PEFT, per architecture
+_LORA_MODULES = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
+_IA3_MODULES = {"bert": ["key", "value", "intermediate.dense"], "llama": ["k_proj", "v_proj", "mlp.down_proj"]}
+
+
+def _arch_of(model) -> str:
+    return "llama" if model.config.model_type == "llama" else "bert"
+
+
+def _ours_lora(merge: bool = False, **config):
+    def prepare(model):
+        model.add_adapter("a", config=adapters.LoRAConfig(r=8, alpha=16, target_modules=_LORA_MODULES[_arch_of(model)], **config))
+        if merge:
+            model.merge_adapter("a")
+        return "a"
+
+    return prepare
+
+
+def _ours_ia3(model):
+    model.add_adapter("a", config=adapters.IA3Config(target_modules=_IA3_MODULES[_arch_of(model)]))
+    return "a"
+
+
+def _peft(kind: str, merge: bool = False, **config):
+    """``build`` for a PEFT model with the same configuration as the matching adapters scenario."""
+
+    def build(base):
+        import peft
+
+        arch = _arch_of(base)
+        if kind == "ia3":
+            peft_config = peft.IA3Config(target_modules=_IA3_MODULES[arch], feedforward_modules=[])
+        else:
+            peft_config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=_LORA_MODULES[arch], **config)
+        model = peft.get_peft_model(copy.deepcopy(base), peft_config)
+        if merge:
+            model.merge_adapter()
+        return model, None
+
+    return build
+
+
+def _peft_activate(model, setup, training):
+    """PEFT models come with only the adapter trainable."""
+
+
 @dataclass
 class Scenario:
     """One benchmarked model variant.
@@ -212,6 +259,14 @@ SCENARIOS: list[Scenario] = [
     Scenario("Stack(2 seq_bn)", _stack2, fwd_goal=1.08, fwd_ref=1.20),
     Scenario("Fuse(3 seq_bn)", _fuse3, train="fusion", fwd_goal=1.5, fwd_ref=1.99),
     Scenario("Parallel(2 seq_bn)", _parallel2, fwd_goal=2.0, fwd_ref=2.13),
+    Scenario("LoRA r8 q+v", _ours_lora(), fwd_goal=1.03, fwd_ref=1.08, train_goal=0.70),
+    Scenario("PEFT LoRA r8 q+v", build=_peft("lora"), activate=_peft_activate, fwd_ref=1.07),
+    Scenario("IA3", _ours_ia3, fwd_goal=1.03, fwd_ref=1.18),
+    Scenario("PEFT IA3", build=_peft("ia3"), activate=_peft_activate, fwd_ref=1.05),
+    Scenario("DoRA r8 q+v", _ours_lora(use_dora=True)),
+    Scenario("PEFT DoRA r8 q+v", build=_peft("lora", use_dora=True), activate=_peft_activate),
+    Scenario("LoRA merged", _ours_lora(merge=True), train=None, fwd_goal=1.02),
+    Scenario("PEFT LoRA merged", build=_peft("lora", merge=True), activate=_peft_activate, train=None),
 ]
 
 
@@ -354,7 +409,7 @@ HEADER = f"{'scenario':<20} {'fwd x':>6} {'goal':<10} {'AH1.3':>6} | {'train x':
 
 
 def _row(s: Scenario, fwd, train) -> str:
-    train_cell = "  n/a  " if s.train is None and s.build is None else f"{_fmt_ratio(train):>7}"
+    train_cell = "  n/a  " if s.train is None else f"{_fmt_ratio(train):>7}"
     return (
         f"{s.name:<20} {_fmt_ratio(fwd)} {_fmt_goal(s.fwd_goal, fwd)} {_fmt_ref(s.fwd_ref)} | "
         f"{train_cell} {_fmt_goal(s.train_goal, train)} {_fmt_ref(s.train_ref)}"
@@ -364,7 +419,7 @@ def _row(s: Scenario, fwd, train) -> str:
 def _variants(base, scenarios, training, inputs, make_step, errors, phase):
     steps = {}
     for s in scenarios:
-        if training and s.train is None and s.build is None:
+        if training and s.train is None:
             continue
         try:
             model = build_variant(base, s, training=training)
@@ -413,7 +468,7 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     for s in scenarios:
         cell = {}
         for phase in ("forward", "train"):
-            if phase == "train" and s.train is None and s.build is None:
+            if phase == "train" and s.train is None:
                 cell[phase] = None
             elif s.name in timings[phase]:
                 b, t = timings[phase][s.name]
