@@ -236,7 +236,7 @@ def save_adapter(
     meta.update(meta_dict or {})
     with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
         json.dump(dict(sorted(meta.items())), f, indent=2, sort_keys=True)
-    state = _select_parameters(model, _adapter_key_pattern(adapter_name))
+    state = {**_select_parameters(model, _adapter_key_pattern(adapter_name)), **model._bias_parameters(adapter_name)}
     _write_weights(state, save_directory, use_safetensors, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
 
@@ -296,7 +296,7 @@ def load_adapter(
     try:
         skipped = set(adapter_config.get("leave_out", ()))
         _copy_checked(
-            _select_parameters(model, _adapter_key_pattern(staging)),
+            {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)},
             state,
             weights_path,
             ignore_unexpected=lambda key: _layer_index_of(model, key) in skipped,

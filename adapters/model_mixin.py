@@ -28,6 +28,7 @@ from .composition import (
 from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
 from .context import AdapterSetup, ForwardContext
+from .merging import MergingMixin
 from .methods import METHOD_BLOCKS
 from .configuration.lora import LoftQConfig
 from .methods.loftq import loftq_factors
@@ -41,6 +42,8 @@ logger = logging.get_logger(__name__)
 __all__ = ["ModelAdaptersMixin"]
 
 _NAME_RE = re.compile(r"^[^.,\s]+$")
+# modules this library adds (their biases are adapter weights, not the base model's)
+_OWN_MODULE_PATH = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters)(\.|$)")
 # inputs that carry a batch dimension and are replicated for Parallel
 _BATCH_INPUTS = (
     "input_ids",
@@ -74,10 +77,11 @@ def _checkpoint_with_context(checkpoint_func):
         return checkpoint_func(replay, *args, **kwargs)
 
     checkpoint_in_context._adapters_context_aware = True
+    checkpoint_in_context.__wrapped__ = checkpoint_func  # unloading restores it
     return checkpoint_in_context
 
 
-class ModelAdaptersMixin:
+class ModelAdaptersMixin(MergingMixin):
     """Adds named adapters and their composition to a transformers model.
 
     Example::
@@ -305,6 +309,20 @@ class ModelAdaptersMixin:
         host.weight.copy_(quantized)
         lora.lora_A.copy_(a)
         lora.lora_B.copy_(b)
+
+    def _bias_parameters(self, name: str) -> dict[str, nn.Parameter]:
+        """The base-model biases adapter ``name`` trains and saves (LoRA's ``bias`` option),
+        keyed by their base-model-relative names."""
+        modes = {getattr(p, "bias", "none") for p in self.adapters_config.adapters[name].configs_by_architecture()}
+        if modes <= {"none"}:
+            return {}
+        hosts = {id(h) for h in self._adapter_hosts if h.method == "lora" and name in h.loras}
+        biases = {}
+        for path, module in self.base_model.named_modules():
+            bias = module._parameters.get("bias") if "loras" not in path.split(".") else None
+            if bias is not None and ("all" in modes or id(module) in hosts) and not _OWN_MODULE_PATH.search(path):
+                biases[f"{path}.bias" if path else "bias"] = bias
+        return biases
 
     def _lora_hosts_of(self, name: str) -> list:
         self._require_adapter(name)
@@ -564,6 +582,8 @@ class ModelAdaptersMixin:
                 if name in self._shared_parameters:
                     self._shared_parameters[name].requires_grad_(True)
                 self._freeze_fixed_phm_rules(name)
+                for bias in self._bias_parameters(name).values():
+                    bias.requires_grad_(True)
 
     def _freeze_fixed_phm_rules(self, name: str) -> None:
         """Compacter with ``learn_phm=False`` keeps its PHM rules fixed while the adapter trains."""
@@ -829,7 +849,8 @@ class ModelAdaptersMixin:
 
 @functools.lru_cache(maxsize=None)
 def _forward_parameter_names(cls) -> tuple[str, ...]:
-    params = inspect.signature(cls.__mro__[cls.__mro__.index(ModelAdaptersMixin) + 1].forward).parameters
+    original = next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin))
+    params = inspect.signature(original.forward).parameters
     return tuple(n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 

@@ -10,7 +10,8 @@ PEFT's config fields map onto :class:`~adapters.LoRAConfig` one to one (``lora_a
 ``alpha``, ``lora_dropout`` -> ``dropout``, ``target_modules``, ``exclude_modules``,
 ``layers_to_transform``, ``layers_pattern``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora``,
 ``use_dora``, ``feedforward_modules``). Fields that change what the checkpoint holds and that this
-version does not implement (trained biases, ``modules_to_save``, ...) raise an error naming them.
+version does not implement (``modules_to_save``, ...) raise an error naming them. Trained biases
+(``bias="all"`` / ``"lora_only"``) travel with the adapter as ``<module>.bias`` keys.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ _PREFIX = "base_model.model."
 
 # PEFT fields that would need behaviour this version lacks, with the value that is fine
 _UNSUPPORTED = {
-    "bias": "none",
     "modules_to_save": None,
     "lora_bias": False,
     "fan_in_fan_out": False,
@@ -73,6 +73,7 @@ def config_from_peft(meta: dict) -> LoRAConfig:
             alpha_pattern=meta.get("alpha_pattern") or {},
             use_rslora=bool(meta.get("use_rslora")),
             use_dora=bool(meta.get("use_dora")),
+            bias=meta.get("bias") or "none",
             **common,
         )
     if peft_type == "IA3":
@@ -146,6 +147,8 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         alpha = lora.scaling * (lora.r ** 0.5 if part.use_rslora else lora.r)
         if abs(alpha - part.alpha) > 1e-9:
             alphas[re.escape(path)] = alpha
+    for path, bias in model._bias_parameters(name).items():
+        weights[_PREFIX + top_prefix + path] = bias.detach()
     meta = {
         "peft_type": "IA3" if part.composition_mode == "scale" else "LORA",
         "target_modules": targets,
@@ -158,7 +161,7 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         meta.update(feedforward_modules=feedforward, init_ia3_weights=True, fan_in_fan_out=False)
     else:
         meta.update(
-            r=part.r, lora_alpha=part.alpha, lora_dropout=part.dropout, bias="none", use_rslora=part.use_rslora,
+            r=part.r, lora_alpha=part.alpha, lora_dropout=part.dropout, bias=part.bias, use_rslora=part.use_rslora,
             use_dora=part.use_dora, rank_pattern=ranks, alpha_pattern=alphas, fan_in_fan_out=False,
             init_lora_weights=True,
         )

@@ -282,3 +282,20 @@ def test_nf4_quantiser_uses_sixteen_levels_per_block():
         normalised = row_q / row_w.abs().max()
         assert torch.isin(normalised.round(decimals=5), NF4_LEVELS.round(decimals=5)).all()
         assert normalised.unique().numel() <= 16
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_bias_option_trains_and_saves_biases(tmp_path, bias):
+    model = patched("bert")
+    model.add_adapter("a", config=LoRAConfig(r=4, bias=bias))
+    model.train_adapter("a")
+    trainable_biases = {n for n, p in model.named_parameters() if p.requires_grad and n.endswith(".bias") and ".loras." not in n}
+    query_bias = "encoder.layer.0.attention.self.query.bias"
+    assert query_bias in trainable_biases
+    assert ("encoder.layer.0.output.dense.bias" in trainable_biases) == (bias == "all")
+    with torch.no_grad():
+        model.get_parameter(query_bias).add_(1.0)
+    model.save_adapter(str(tmp_path), "a")
+    fresh = patched("bert")
+    fresh.load_adapter(str(tmp_path))
+    assert torch.equal(fresh.get_parameter(query_bias), model.get_parameter(query_bias))

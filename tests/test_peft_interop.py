@@ -60,11 +60,11 @@ def test_peft_checkpoint_with_unsupported_fields_is_refused(tmp_path):
     folder = tmp_path / "lora"
     shutil.copytree(os.path.join(PEFT, "bert", "lora"), folder)
     meta = json.loads((folder / "adapter_config.json").read_text())
-    meta["bias"] = "all"
+    meta["modules_to_save"] = ["classifier"]
     (folder / "adapter_config.json").write_text(json.dumps(meta))
     model = _base("bert")
     adapters.init(model)
-    with pytest.raises(AdapterLoadError, match="bias='all' is not supported"):
+    with pytest.raises(AdapterLoadError, match=r"modules_to_save=\['classifier'\] is not supported"):
         model.load_adapter(str(folder))
     assert not model.adapters_config.adapters
 
@@ -103,3 +103,23 @@ def test_saved_peft_format_loads_in_peft_with_the_same_outputs(tmp_path, arch, h
     again.load_adapter(str(tmp_path), load_as="b", set_active=True)
     with torch.no_grad():
         torch.testing.assert_close(main_output(again(**inputs)), ours, atol=1e-6, rtol=1e-6)
+
+
+def test_trained_biases_round_trip_through_peft(tmp_path):
+    from peft import PeftModel
+
+    model, reference = make_model("llama", "clm"), make_model("llama", "clm")
+    adapters.init(model)
+    model.add_adapter("a", config=LoRAConfig(r=4, target_modules=["q_proj", "down_proj"], bias="lora_only"), set_active=True)
+    perturb_adapter(model, "a", scale=0.2)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("down_proj.bias") or name.endswith("q_proj.bias"):
+                param.add_(0.5)
+    inputs = make_inputs("llama")
+    with torch.no_grad():
+        ours = main_output(model(**inputs))
+    model.save_adapter(str(tmp_path), "a", format="peft")
+    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=1e-5)

@@ -63,6 +63,9 @@ class LoRAConfig(AdapterConfig):
             alpha for the modules it matches.
         use_dora: DoRA (Liu et al., 2024): the LoRA-updated weight is renormalised per output
             row and rescaled by a learned magnitude vector.
+        bias: which biases train with the adapter and are saved with it: "none", "all" (every
+            bias of the base model) or "lora_only" (the biases of the layers it adapts). Saved
+            biases overwrite the model's when the adapter is loaded.
         loftq_config: with ``init_weights="loftq"``: a :class:`LoftQConfig` (or its dict). LoftQ
             replaces each targeted weight by its quantised version and initialises A, B from the
             SVD of the quantisation residual, so the base model's weights change.
@@ -101,8 +104,11 @@ class LoRAConfig(AdapterConfig):
     use_rslora: bool = False
     feedforward_modules: Optional[Union[tuple, str]] = None
     loftq_config: Optional[dict] = None
+    bias: str = "none"
 
     def __post_init__(self):
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
         if isinstance(self.loftq_config, LoftQConfig):
             object.__setattr__(self, "loftq_config", dataclasses.asdict(self.loftq_config))
         if self.init_weights == "loftq":

@@ -1,0 +1,946 @@
+"""Merging adapters into the base weights, unloading them, and combining adapters into new ones.
+
+**Merging and unloading** (PEFT's names). A LoRA-family adapter on a linear layer ``y = x Wᵀ + b``
+folds into its weight (see :mod:`adapters.methods.lora`)::
+
+    LoRA:   W' = W + s·B A                     (s = α/r, or α/√r with rsLoRA)
+    (IA)³:  W' = diag(s·l) W,  b' = s·l ⊙ b    (output scaling; input scaling: W' = W diag(s·l))
+
+and a ``Stack`` of them folds in order (deltas add, scalings multiply). ``merge_and_unload``
+merges, then removes every trace of this library: the model that comes back is the plain
+transformers model, saved by ``save_pretrained`` and loaded by ``from_pretrained`` without
+``adapters`` installed. ``unload`` removes everything without merging; ``unmerge_adapter``
+takes merged adapters out of the weights again.
+
+**Combining adapters** into a new adapter:
+
+* :meth:`MergingMixin.average_adapter` (AdapterHub): a weighted average of adapters that share
+  one config, parameter by parameter (any method) or LoRA-specific.
+* :meth:`MergingMixin.add_weighted_adapter` (PEFT): weighted combinations of LoRA adapters,
+  including the task-vector merges TIES, DARE and magnitude pruning, whose building blocks are
+  the functions of this module (:func:`task_arithmetic`, :func:`magnitude_prune`, :func:`ties`,
+  :func:`dare_linear`, :func:`dare_ties`), with PEFT's semantics.
+
+Every combination writes a new adapter next to its inputs; the inputs are left as they were.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from .composition import Stack
+
+__all__ = [
+    "MergingMixin",
+    "calculate_majority_sign_mask",
+    "dare_linear",
+    "dare_ties",
+    "disjoint_merge",
+    "magnitude_prune",
+    "prune",
+    "task_arithmetic",
+    "ties",
+]
+
+logger = logging.get_logger(__name__)
+
+WeightsLike = Sequence[float] | torch.Tensor
+
+# -- task-vector merging (PEFT's merge utilities, same semantics) ----------------------------------
+
+
+def _weighted(stacked: torch.Tensor, weights: WeightsLike) -> torch.Tensor:
+    """``w_i · t_i`` for tensors stacked on dim 0."""
+    weights = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)
+    return stacked * weights.view(-1, *([1] * (stacked.dim() - 1)))
+
+
+def prune(tensor: torch.Tensor, density: float, method: str = "magnitude", rescale: bool = False) -> torch.Tensor:
+    """Keep a fraction ``density`` of the entries of ``tensor``, zero the rest.
+
+    ``method="magnitude"`` keeps the ``⌊density·n⌋`` entries of largest absolute value (``n`` the
+    number of entries; ties broken by ``torch.topk``); ``method="random"`` keeps each entry
+    independently with probability ``density`` (drawn from torch's global generator: seed it for
+    reproducible results) and, with ``rescale``, divides the kept entries by ``density`` so the
+    expectation is unchanged (DARE). ``density >= 1`` returns the tensor unchanged.
+
+    Args:
+        tensor: the tensor to prune.
+        density: fraction of entries to keep, in [0, 1].
+        method: "magnitude" or "random".
+        rescale: "random" only: divide the kept entries by ``density``.
+
+    Raises:
+        ValueError: ``density < 0`` or an unknown method.
+
+    Example::
+
+        >>> prune(torch.tensor([3.0, -1.0, 0.5, -4.0]), 0.5)
+        tensor([ 3., -0.,  0., -4.])
+    """
+    if density < 0:
+        raise ValueError(f"density must be in [0, 1], got {density}.")
+    if method not in ("magnitude", "random"):
+        raise ValueError(f"Unknown pruning method {method!r}; use 'magnitude' or 'random'.")
+    if density >= 1:
+        return tensor
+    if method == "magnitude":
+        flat = tensor.reshape(-1)
+        keep = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+        k = int(density * flat.numel())
+        if k > 0:
+            keep[flat.abs().topk(k).indices] = True
+        return tensor * keep.view(tensor.shape)
+    if density == 0:
+        return torch.zeros_like(tensor)
+    kept = tensor * torch.bernoulli(torch.full_like(tensor, density))
+    return kept / density if rescale else kept
+
+
+def calculate_majority_sign_mask(
+    tensor: torch.Tensor, method: Literal["total", "frequency"] = "total"
+) -> torch.Tensor:
+    """Which entries of the task tensors stacked on dim 0 agree with the elected sign.
+
+    The elected sign of an entry is the sign of ``Σ_i t_i`` (``"total"``: the sign with the larger
+    total magnitude) or of ``Σ_i sign(t_i)`` (``"frequency"``: the more frequent sign); zero
+    elects ``+``.
+
+    Example::
+
+        >>> calculate_majority_sign_mask(torch.tensor([[1.0, -2.0], [-3.0, 1.0]]))
+        tensor([[False,  True],
+                [ True, False]])
+    """
+    sign = tensor.sign()
+    if method == "total":
+        votes = tensor.sum(dim=0)
+    elif method == "frequency":
+        votes = sign.sum(dim=0)
+    else:
+        raise ValueError(f"majority_sign_method must be 'total' or 'frequency', got {method!r}.")
+    elected = torch.where(votes >= 0, 1.0, -1.0).to(sign.dtype)
+    return sign == elected
+
+
+def disjoint_merge(task_tensors: torch.Tensor, majority_sign_mask: torch.Tensor) -> torch.Tensor:
+    """The mean, per entry, over the task tensors (stacked on dim 0) that agree with the elected
+    sign; 0 where none does.
+
+    Example::
+
+        >>> t = torch.tensor([[1.0, -2.0], [3.0, 1.0]])
+        >>> disjoint_merge(t, calculate_majority_sign_mask(t))
+        tensor([ 2., -2.])
+    """
+    total = (task_tensors * majority_sign_mask).sum(dim=0)
+    return total / majority_sign_mask.sum(dim=0).clamp(min=1)
+
+
+def task_arithmetic(task_tensors: list[torch.Tensor], weights: WeightsLike) -> torch.Tensor:
+    """Task arithmetic: ``Σ_i w_i t_i``.
+
+    Example::
+
+        >>> task_arithmetic([torch.ones(2), torch.full((2,), 2.0)], [0.5, 0.25])
+        tensor([1., 1.])
+    """
+    return _weighted(torch.stack(task_tensors), weights).sum(dim=0)
+
+
+def magnitude_prune(task_tensors: list[torch.Tensor], weights: WeightsLike, density: float) -> torch.Tensor:
+    """``Σ_i w_i prune(t_i, density)``: each task tensor keeps its ``⌊density·n⌋`` largest
+    entries (by magnitude) before the weighted sum.
+
+    Example::
+
+        >>> magnitude_prune([torch.tensor([3.0, -1.0])], [2.0], 0.5)
+        tensor([6., -0.])
+    """
+    pruned = [prune(t, density, "magnitude") for t in task_tensors]
+    return _weighted(torch.stack(pruned), weights).sum(dim=0)
+
+
+def ties(
+    task_tensors: list[torch.Tensor],
+    weights: WeightsLike,
+    density: float,
+    majority_sign_method: Literal["total", "frequency"] = "total",
+) -> torch.Tensor:
+    """TIES-merging (Yadav et al., 2023): trim, elect sign, disjoint merge.
+
+    Each task tensor keeps its ``⌊density·n⌋`` largest entries; per entry the sign is elected
+    from the trimmed (unweighted) tensors (:func:`calculate_majority_sign_mask`); the result is
+    the mean of ``w_i t_i`` over the tensors that agree with it (:func:`disjoint_merge`).
+
+    Example::
+
+        >>> ties([torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0])], [1.0, 1.0], density=1.0)
+        tensor([ 2., -2.])
+    """
+    pruned = torch.stack([prune(t, density, "magnitude") for t in task_tensors])
+    mask = calculate_majority_sign_mask(pruned, majority_sign_method)
+    return disjoint_merge(_weighted(pruned, weights), mask)
+
+
+def dare_linear(task_tensors: list[torch.Tensor], weights: WeightsLike, density: float) -> torch.Tensor:
+    """DARE (Yu et al., 2023) with a linear merge: ``Σ_i w_i · (m_i ⊙ t_i) / density`` with
+    random keep-masks ``m_i ~ Bernoulli(density)`` (torch's global generator: seed it).
+
+    Example::
+
+        >>> torch.manual_seed(0)
+        >>> dare_linear([torch.ones(4)], [1.0], density=0.5)  # kept entries become 2
+    """
+    pruned = [prune(t, density, "random", rescale=True) for t in task_tensors]
+    return _weighted(torch.stack(pruned), weights).sum(dim=0)
+
+
+def dare_ties(
+    task_tensors: list[torch.Tensor],
+    weights: WeightsLike,
+    density: float,
+    majority_sign_method: Literal["total", "frequency"] = "total",
+) -> torch.Tensor:
+    """DARE pruning (random keep-masks, rescaled by ``1/density``) followed by TIES' sign election
+    and disjoint merge.
+
+    Example::
+
+        >>> torch.manual_seed(0)
+        >>> merged = dare_ties([torch.randn(8), torch.randn(8)], [0.5, 0.5], density=0.5)
+    """
+    pruned = torch.stack([prune(t, density, "random", rescale=True) for t in task_tensors])
+    mask = calculate_majority_sign_mask(pruned, majority_sign_method)
+    return disjoint_merge(_weighted(pruned, weights), mask)
+
+
+_TASK_MERGES = {
+    "linear": lambda ts, w, d, m: task_arithmetic(ts, w),
+    "ties": lambda ts, w, d, m: ties(ts, w, d, m),
+    "dare_linear": lambda ts, w, d, m: dare_linear(ts, w, d),
+    "dare_ties": lambda ts, w, d, m: dare_ties(ts, w, d, m),
+    "magnitude_prune": lambda ts, w, d, m: magnitude_prune(ts, w, d),
+}
+# combination types of add_weighted_adapter, by how they combine
+_FACTOR_TYPES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # A and B separately
+_SVD_TYPES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")  # ΔW, then SVD
+_DENSITY_TYPES = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
+_COMBINATION_TYPES = ("cat",) + _FACTOR_TYPES + _SVD_TYPES
+_AVERAGE_STRATEGIES = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def _lora_hosts(model) -> list:
+    return [host for host in model._adapter_hosts if host.method == "lora"]
+
+
+def _module_paths(model) -> dict[int, str]:
+    """``id(module) -> path`` relative to the base model (the paths ``target_modules`` matches)."""
+    return {id(module): path for path, module in model.base_model.named_modules()}
+
+
+def _require_adapters(model, names: Sequence[str]) -> None:
+    known = model.adapters_config.adapters
+    for name in names:
+        if name not in known:
+            raise ValueError(f"No adapter named {name!r}; the model has: {', '.join(sorted(known)) or 'none'}.")
+
+
+def _as_names(adapter_names) -> list[str]:
+    return [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+
+
+def _truncated_svd(delta: torch.Tensor, rank: int, clamp=None, full_matrices=True, driver=None):
+    """``(A, B)`` with ``B A`` the best rank-``rank`` approximation of ``delta``: ``A = Vh[:k]``,
+    ``B = U[:, :k] diag(S[:k])``, ``k = min(rank, min(delta.shape))``. ``clamp`` (a quantile, as
+    PEFT's ``svd_clamp``) clips the entries of both factors to ``±q``, ``q`` that quantile of them."""
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=full_matrices, driver=driver)
+    k = min(rank, S.numel())
+    B, A = U[:, :k] * S[:k], Vh[:k, :]
+    if clamp is not None:
+        high = torch.quantile(torch.cat([B.flatten(), A.flatten()]), clamp)
+        B, A = B.clamp(-high, high), A.clamp(-high, high)
+    return A, B
+
+
+@torch.no_grad()
+def _write_lora(lora: nn.Module, A: torch.Tensor | None, B: torch.Tensor) -> None:
+    """Set ``lora`` so that its delta is ``B A`` (or its scaling vector is ``B``), dividing by its
+    own scaling; ranks below the module's are zero-padded (zero rows of A / columns of B add
+    nothing)."""
+    B = B / lora.scaling
+    if A is None:
+        lora.lora_B.copy_(B.reshape(lora.lora_B.shape))
+        return
+    lora.lora_A.zero_()
+    lora.lora_B.zero_()
+    lora.lora_A[: A.shape[0]].copy_(A)
+    lora.lora_B[:, : B.shape[1]].copy_(B)
+
+
+# -- merge_and_unload: which adapters, checks, and stripping the library off -------------------------
+
+
+def _stack_names(setup) -> list[str]:
+    """The adapters of a setup that folds into one weight per layer (names and Stacks), in order."""
+    if isinstance(setup, str):
+        return [setup]
+    if isinstance(setup, Stack):
+        return [name for child in setup.children for name in _stack_names(child)]
+    hint = ""
+    if type(setup).__name__ == "Average":
+        hint = " (to merge a weighted mean, build one adapter with add_weighted_adapter first)"
+    raise ValueError(
+        f"Cannot merge the active setup: it contains the block {setup}, which has no single merged weight. "
+        f"Merging folds adapters into one weight per layer, which is defined for a single adapter or a Stack of "
+        f"LoRA-family adapters only{hint}. Activate such a setup, or pass adapter_names=[...] to choose the "
+        f"adapters to merge."
+    )
+
+
+def _is_lora_family(config) -> bool:
+    return all(part.architecture == "lora" for part in config.configs_by_architecture())
+
+
+def _check_mergeable(model, name: str) -> None:
+    config = model.adapters_config.adapters[name]
+    others = sorted({p.architecture for p in config.configs_by_architecture() if p.architecture != "lora"})
+    if others:
+        raise ValueError(
+            f"Cannot merge adapter {name!r}: its {'/'.join(others)} part has no weight to fold into; only "
+            f"LoRA / (IA)³ adapters merge. Leave it out (deactivate it, or pass adapter_names without it), or use "
+            f"unload() to drop all adapters without merging."
+        )
+    if any(getattr(p, "use_gating", False) for p in config.configs_by_architecture()):
+        raise ValueError(
+            f"Cannot merge adapter {name!r}: it is gated, and a gate depends on the input, so there is no single "
+            f"merged weight."
+        )
+
+
+def _merge_plan(model, adapter_names) -> list[tuple[nn.Module, list[str]]]:
+    """``[(host, names to merge there, in order)]``; raises before anything changes."""
+    registry = model.adapters_config
+    skip_layers = frozenset()
+    if adapter_names is not None:
+        names = _as_names(adapter_names)
+        _require_adapters(model, names)
+    elif registry.active_setup is not None:
+        names = _stack_names(registry.active_setup)
+        skip_layers = registry.skip_layers or frozenset()
+    else:
+        names = [n for n, c in registry.adapters.items() if _is_lora_family(c)]
+        if names:
+            logger.warning(f"No adapter setup is active; merge_and_unload merges every LoRA-family adapter: {names}.")
+    for name in names:
+        _check_mergeable(model, name)
+    plan = []
+    for host in _lora_hosts(model):
+        if host.layer_idx in skip_layers:
+            continue
+        todo = [n for n in names if n in host.loras and n not in host.merged]
+        if todo:
+            plan.append((host, todo))
+    return plan
+
+
+def _host_params(host) -> dict[str, nn.Parameter]:
+    return {k: getattr(host, k) for k in ("weight", "bias") if getattr(host, k, None) is not None}
+
+
+@torch.no_grad()
+def _check_merges_finite(model, plan) -> None:
+    """Merge every host's adapters into copies of its weight and bias and check that they stay
+    finite; the model's tensors are never written."""
+    paths = _module_paths(model)
+    for host, todo in plan:
+        params = _host_params(host)
+        originals = {k: p.data for k, p in params.items()}
+        merged_before = list(host.merged)
+        lora_keys = {n: set(host.loras[n].__dict__) for n in todo}
+        try:
+            for key, param in params.items():
+                param.data = originals[key].clone()
+            for name in todo:
+                host.merge(name)
+                bad = [k for k, p in params.items() if not torch.isfinite(p).all()]
+                if bad:
+                    module = paths.get(id(host), type(host).__name__)
+                    raise ValueError(
+                        f"safe_merge: merging adapter {name!r} into module {module!r} gives NaN/inf in its "
+                        f"{bad[0]}; the adapter's weights are not finite. Nothing was merged and the model is "
+                        f"unchanged."
+                    )
+        finally:
+            for key, param in params.items():
+                param.data = originals[key]
+            host.merged[:] = merged_before
+            for name, keys in lora_keys.items():
+                for key in set(host.loras[name].__dict__) - keys:
+                    del host.loras[name].__dict__[key]
+            host._invalidate_setup_cache()
+
+
+def _unwrap_checkpointing(model) -> None:
+    """Give layers back the gradient-checkpointing function the library wrapped (see
+    ``adapters.model_mixin._checkpoint_with_context``)."""
+    for module in model.modules():
+        func = module.__dict__.get("_gradient_checkpointing_func")
+        if not getattr(func, "_adapters_context_aware", False):
+            continue
+        original = getattr(func, "__wrapped__", None)
+        if original is None:  # the wrapper keeps the original in its closure
+            original = inspect.getclosurevars(func).nonlocals.get("checkpoint_func")
+        if original is None:
+            raise RuntimeError("Cannot find the gradient-checkpointing function behind the adapters wrapper.")
+        module._gradient_checkpointing_func = original
+
+
+# instance-dict entries the library adds to the modules it patches
+_ADDED_ENTRIES = (
+    "_setup_cache", "merged", "_hidden_size", "_attention_dropout", "_shared_parameters",
+    "_adapter_residual_slots", "_adapter_host", "_adapters_registry", "_adapters_hosts", "_adapters_spec",
+    "model_frozen",
+)
+_ADDED_CHILDREN = ("loras", "adapters", "adapter_fusion_layer")
+_HOST_ENTRIES = ("layer_idx", "location")  # ComposableLayer hosts only
+
+
+def _strip_adapters(model) -> None:
+    """Remove every module, attribute and class the library added; the model becomes the plain
+    transformers model again (same classes, same state-dict keys)."""
+    from .methods.base import ComposableLayer
+    from .models.patching import BottleneckHost, restore_class
+
+    _unwrap_checkpointing(model)
+    base = model.base_model
+    modules = list(model.modules())
+    for module in modules:
+        for child_name, child in list(module._modules.items()):
+            if isinstance(child, BottleneckHost):
+                del module._modules[child_name]
+    for module in modules:
+        if "_adapters_original_class" not in module.__dict__:
+            continue
+        for child_name in _ADDED_CHILDREN:
+            module._modules.pop(child_name, None)
+        entries = _ADDED_ENTRIES + (_HOST_ENTRIES if isinstance(module, ComposableLayer) else ())
+        for key in list(module.__dict__):
+            if key == "_adapters_original_class":
+                continue  # restore_class needs it
+            if key in entries or key.startswith(("_adapters_", "_adapter_")):
+                del module.__dict__[key]
+        restore_class(module)
+    if isinstance(base._modules.get("shared_parameters"), nn.ModuleDict):
+        del base._modules["shared_parameters"]
+
+
+def _unmerge_from_host(host, names: set) -> None:
+    """Take ``names`` out of ``host``'s weight: unmerge from the most recent merge back to the
+    oldest of them, then merge again the others that were undone (merges need not commute)."""
+    undone = []
+    while any(name in names for name in host.merged):
+        last = host.merged[-1]
+        host.unmerge(last)
+        if last not in names:
+            undone.append(last)
+    for name in reversed(undone):
+        host.merge(name)
+
+
+# -- combinations ----------------------------------------------------------------------------------
+
+
+def _config_signature(config) -> list[dict]:
+    """The config without the knobs that do not change an adapter's parameters' meaning
+    (dropout, initialisation), as AdapterHub compares configs before averaging."""
+    parts = []
+    for part in config.configs_by_architecture():
+        data = part.to_dict()
+        for key in ("dropout", "init_weights", "init_weights_seed"):
+            data.pop(key, None)
+        parts.append(data)
+    return parts
+
+
+def _lora_inputs(model, adapters: Sequence[str], what: str) -> list:
+    """The LoRA configs of ``adapters``; refuses other methods, gated and DoRA adapters."""
+    configs = []
+    for name in adapters:
+        parts = model.adapters_config.adapters[name].configs_by_architecture()
+        if any(p.architecture != "lora" for p in parts):
+            raise ValueError(f"{what} combines LoRA / (IA)³ adapters only; {name!r} is not (or not only) one.")
+        (config,) = parts
+        if config.use_gating:
+            raise ValueError(
+                f"{what} cannot combine the gated adapter {name!r}: a gate depends on the input, so its delta is "
+                f"not a fixed weight."
+            )
+        modules = [h.loras[name] for h in _lora_hosts(model) if name in h.loras]
+        if getattr(config, "use_dora", False) or any(hasattr(m, "lora_magnitude") for m in modules):
+            raise ValueError(
+                f"{what} cannot combine the DoRA adapter {name!r}: its update renormalises W + ΔW per row, so "
+                f"weighted sums of its parameters or deltas do not give the weighted DoRA update."
+            )
+        configs.append(config)
+    modes = {c.composition_mode for c in configs}
+    if len(modes) > 1:
+        raise ValueError(f"{what} cannot combine LoRA ('add') and (IA)³ ('scale') adapters; {list(adapters)} mix them.")
+    return configs
+
+
+def _union_placement(model, template, adapters: Sequence[str]):
+    """``template`` placed on exactly the layers where any of ``adapters`` has a module."""
+    hosts_by_adapter = [{id(h) for h in _lora_hosts(model) if name in h.loras} for name in adapters]
+    if all(hosts == hosts_by_adapter[0] for hosts in hosts_by_adapter):
+        return template  # same placement: keep the first config's (readable) targeting
+    paths = _module_paths(model)
+    union = [h for h in _lora_hosts(model) if any(name in h.loras for name in adapters)]
+
+    def regex(hosts):
+        return "|".join(sorted(re.escape(paths[id(h)]) for h in hosts)) or None
+
+    changes = {"target_modules": regex(union), "exclude_modules": None, "layers_to_transform": None}
+    changes.update(layers_pattern=None, leave_out=())
+    if hasattr(template, "feedforward_modules"):  # (IA)³ input scaling: where any input scales the input
+        scaled = [h for h in union if any(getattr(h.loras[n], "scale_input", False) for n in adapters if n in h.loras)]
+        changes["feedforward_modules"] = regex(scaled)
+    return template.replace(**changes)
+
+
+def _add_combined_adapter(model, adapter_name: str, config, fill) -> None:
+    """Add ``adapter_name`` with ``config`` and let ``fill(host)`` set its parameters at every
+    host; on any error the new adapter is removed again."""
+    with torch.random.fork_rng(devices=[]):  # its initialisation leaves the caller's generator as it was (DARE)
+        model.add_adapter(adapter_name, config=config)
+    try:
+        with torch.no_grad():
+            for host in list(model._adapter_hosts):
+                if adapter_name in host.adapters:
+                    fill(host)
+            if adapter_name in model._shared_parameters:  # Compacter's shared parameters
+                fill(None)
+    except Exception:
+        model.delete_adapter(adapter_name)
+        raise
+
+
+def _weighted_state(modules: list[nn.Module], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """``Σ_i w_i Φ_i`` for every floating-point entry of the modules' state dicts (computed in
+    float32); other entries come from the first module."""
+    states = [m.state_dict() for m in modules]
+    result = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            result[key] = sum(w * s[key].float() for w, s in zip(weights, states))
+        else:
+            result[key] = first
+    return result
+
+
+def _copy_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = module.state_dict()
+    for key, value in state.items():
+        own[key].copy_(value)
+
+
+def _average_weights(model, names, weights, normalize_weights) -> list[float]:
+    if not names:
+        raise ValueError("average_adapter needs at least one adapter to average.")
+    _require_adapters(model, names)
+    if weights is None:
+        return [1.0 / len(names)] * len(names)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(names):
+        raise ValueError(f"Got {len(weights)} weights for {len(names)} adapters; give one weight per adapter.")
+    if normalize_weights:
+        total = sum(weights)
+        if total == 0:
+            raise ValueError(f"The weights {weights} sum to 0 and cannot be normalised; use normalize_weights=False.")
+        weights = [w / total for w in weights]
+    return weights
+
+
+def _average_config(model, adapter_name, names, strategy, svd_rank, overwrite_ok):
+    registry = model.adapters_config
+    if strategy not in _AVERAGE_STRATEGIES:
+        raise ValueError(f"Invalid combine_strategy {strategy!r}; use one of {list(_AVERAGE_STRATEGIES)}.")
+    if adapter_name in names:
+        raise ValueError(f"The new adapter {adapter_name!r} cannot replace one of the adapters it averages.")
+    if adapter_name in registry.adapters and not overwrite_ok:
+        raise ValueError(f"An adapter named {adapter_name!r} exists already; pass overwrite_ok=True or rename it.")
+    config = registry.adapters[names[0]]
+    for name in names[1:]:
+        if _config_signature(registry.adapters[name]) != _config_signature(config):
+            raise ValueError(
+                f"Cannot average adapters with different configurations: {names[0]!r} and {name!r} differ "
+                f"(beyond dropout and initialisation). Averaged adapters must share one config."
+            )
+    if strategy == "linear":
+        if svd_rank is not None:
+            raise ValueError("svd_rank applies to combine_strategy='lora_delta_w_svd' only.")
+        return config
+    lora = _lora_inputs(model, names, f"combine_strategy={strategy!r}")[0]
+    if lora.composition_mode != "add":
+        raise ValueError(f"combine_strategy={strategy!r} needs LoRA ('add') adapters; use 'linear' for (IA)³.")
+    if strategy == "lora_linear_only_negate_b":
+        if svd_rank is not None:
+            raise ValueError("svd_rank applies to combine_strategy='lora_delta_w_svd' only.")
+        return config
+    if not isinstance(svd_rank, int) or svd_rank < 1:
+        raise ValueError(f"combine_strategy='lora_delta_w_svd' needs svd_rank, a positive integer (got {svd_rank!r})")
+    return config.replace(r=svd_rank, rank_pattern={})
+
+
+def _check_weighted(model, adapters, weights, adapter_name, combination_type, density, svd_rank) -> str:
+    if not adapters:
+        raise ValueError("add_weighted_adapter needs at least one adapter.")
+    _require_adapters(model, adapters)
+    if len(weights) != len(adapters):
+        raise ValueError(f"Got {len(weights)} weights for {len(adapters)} adapters; give one weight per adapter.")
+    if adapter_name in model.adapters_config.adapters:
+        raise ValueError(f"An adapter named {adapter_name!r} exists already; delete it or choose another name.")
+    if combination_type not in _COMBINATION_TYPES:
+        raise ValueError(f"Invalid combination_type {combination_type!r}; use one of {list(_COMBINATION_TYPES)}.")
+    if len(adapters) == 1:
+        combination_type = "linear" if weights[0] >= 0 else "cat"
+    if combination_type in _FACTOR_TYPES and any(w < 0 for w in weights):
+        raise ValueError(
+            f"combination_type={combination_type!r} scales A and B by √(w·s), which needs non-negative weights "
+            f"(got {weights}); use 'cat' or 'svd' for negative weights."
+        )
+    if combination_type.removesuffix("_svd") in _DENSITY_TYPES and (density is None or not 0 <= density <= 1):
+        raise ValueError(
+            f"combination_type={combination_type!r} needs density, the fraction of entries to keep, in [0, 1] "
+            f"(got {density!r})."
+        )
+    if svd_rank is not None and (not isinstance(svd_rank, int) or svd_rank < 1):
+        raise ValueError(f"svd_rank must be a positive integer, got {svd_rank!r}.")
+    return combination_type
+
+
+def _result_rank(hosts, adapters, combination_type, svd_rank) -> int:
+    ranks = [[h.loras[n].r for n in adapters if n in h.loras] for h in hosts]
+    if combination_type == "cat":
+        return max(sum(r) for r in ranks)
+    if combination_type in _SVD_TYPES:  # a rank beyond min(d_out, d_in) would only add zeros
+        largest_useful = max(min(h.in_features, h.out_features) for h in hosts)
+        return min(svd_rank or max(max(r) for r in ranks), largest_useful)
+    unequal = [r for r in ranks if len(set(r)) > 1]
+    if unequal:
+        raise ValueError(
+            f"combination_type={combination_type!r} combines A and B matrices directly and needs equal ranks "
+            f"(got ranks {unequal[0]} at one layer); use 'cat' or 'svd'."
+        )
+    return max(r[0] for r in ranks)
+
+
+class MergingMixin:
+    """Merging, unloading and weighted combination of adapters (mixed into the model API).
+
+    Example::
+
+        >>> model.add_weighted_adapter(["a", "b"], [0.5, 0.5], "ab", combination_type="cat")
+        >>> model.set_active_adapters("ab")
+        >>> plain = model.merge_and_unload()        # a plain transformers model
+        >>> plain.save_pretrained("out/merged")
+    """
+
+    # -- merging into the weights ----------------------------------------------------------------
+    def unmerge_adapter(self, adapter_names: str | Sequence[str] | None = None) -> None:
+        """Take merged LoRA / (IA)³ adapters out of the weights again (PEFT's ``unmerge_adapter``).
+
+        Merges need not commute (an (IA)³ scaling multiplies what was merged before it), so at each
+        layer the merges are undone from the most recent back to the oldest named one, and the
+        merges undone on the way that were not named are redone::
+
+            W_merged = f_k(...f_1(W))  ->  the same chain without the named f_i
+
+        Args:
+            adapter_names: the adapters to unmerge; default: every merged adapter.
+
+        Raises:
+            ValueError: an adapter name is unknown.
+
+        Example::
+
+            >>> model.merge_adapter("lora")
+            >>> model.unmerge_adapter()          # or unmerge_adapter(["lora"])
+        """
+        hosts = _lora_hosts(self)
+        if adapter_names is None:
+            names = {name for host in hosts for name in host.merged}
+        else:
+            names = set(_as_names(adapter_names))
+            _require_adapters(self, sorted(names))
+            not_merged = sorted(n for n in names if not any(n in host.merged for host in hosts))
+            if not_merged:
+                logger.warning(f"Adapter(s) {not_merged} are not merged; nothing to unmerge for them.")
+        for host in hosts:
+            _unmerge_from_host(host, names)
+
+    def merge_and_unload(
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: str | Sequence[str] | None = None,
+    ) -> nn.Module:
+        """Merge LoRA-family adapters into the base weights and return the plain transformers model.
+
+        At every adapted linear layer the chosen adapters fold into the weight in order
+        (``W' = W + s·B A`` for LoRA, ``W' = diag(s·l) W``, ``b' = s·l ⊙ b`` for (IA)³); then every
+        adapter module, patched class, hook and attribute of this library is removed (the model
+        object itself is returned, its class restored). ``save_pretrained`` then writes a checkpoint
+        that ``from_pretrained`` loads without ``adapters``.
+
+        Which adapters: ``adapter_names`` if given (other adapters are discarded, the active setup is
+        not consulted); else the active setup, which must be a single adapter or a ``Stack`` of
+        LoRA-family adapters (its ``skip_layers`` are respected, so the merged model computes what
+        the model computes now); if no setup is active, every LoRA-family adapter, in the order they
+        were added (a warning names them). Adapters merged already (``merge_adapter``) stay in the
+        weights. Parameters keep their ``requires_grad`` flags (``train_adapter`` froze the base model).
+
+        Args:
+            progressbar: show a progress bar over the layers being merged.
+            safe_merge: merge into copies first and check that every merged weight and bias is
+                finite before any weight of the model is written (costs a second pass).
+            adapter_names: the adapters to merge (see above).
+
+        Returns:
+            The model, now an instance of its original transformers class.
+
+        Raises:
+            ValueError: an adapter cannot merge (a bottleneck or other non-LoRA adapter, a gated
+                LoRA), the active setup contains a Parallel, BatchSplit, Split, Average or Fuse
+                block, an adapter name is unknown, or (``safe_merge``) a merged weight would be
+                NaN/inf (the message names the adapter and the module). The model is unchanged.
+
+        Example::
+
+            >>> model.set_active_adapters("lora")
+            >>> plain = model.merge_and_unload(safe_merge=True)
+            >>> plain.save_pretrained("out/merged")    # loads with AutoModel.from_pretrained alone
+        """
+        plan = _merge_plan(self, adapter_names)
+        if safe_merge:
+            _check_merges_finite(self, plan)
+        for host, todo in logging.tqdm(plan, disable=not progressbar, desc="Unloading and merging model"):
+            for name in todo:
+                host.merge(name)
+        _strip_adapters(self)
+        return self
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter without merging and return the plain base model.
+
+        Adapters merged into the weights (``merge_adapter``) are unmerged first; all adapter
+        modules, patched classes and attributes of this library are removed. Without merged
+        adapters the returned model equals the original one bit for bit (with merged adapters, up
+        to the rounding of the unmerge).
+
+        Returns:
+            The model, now an instance of its original transformers class.
+
+        Example::
+
+            >>> base = model.unload()
+        """
+        self.unmerge_adapter()
+        _strip_adapters(self)
+        return self
+
+    # -- combinations ----------------------------------------------------------------------------
+    def average_adapter(
+        self,
+        adapter_name: str,
+        adapter_list: Sequence[str] | dict,
+        weights: Sequence[float] | None = None,
+        combine_strategy: str = "linear",
+        normalize_weights: bool = True,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+        svd_rank: int | None = None,
+    ) -> None:
+        """Add ``adapter_name`` as a weighted average of adapters that share one config (AdapterHub).
+
+        Weights default to ``1/n``; given weights are divided by their sum with
+        ``normalize_weights``. The strategies, with ``Φ`` any parameter, ``s`` the LoRA scaling::
+
+            linear                     Φ = Σ_i w_i Φ_i            every parameter, any method
+                                                                  (Compacter's shared ones too)
+            lora_linear_only_negate_b  A = Σ_i |w_i| A_i,  B = Σ_i w_i B_i      (Zhang et al., 2023)
+            lora_delta_w_svd           ΔW = Σ_i w_i s_i B_i A_i per layer; its truncated SVD
+                                       U S Vᴴ gives A = Vᴴ[:k], B = U[:, :k] S[:k] / s_new
+
+        ``lora_delta_w_svd`` creates a rank-``svd_rank`` adapter (``r = svd_rank``, same alpha) whose
+        delta is the rank-``svd_rank`` truncation of ``ΔW``: unlike AdapterHub, the scalings of
+        inputs and result are accounted for, so a full rank reproduces ``ΔW`` exactly.
+
+        Args:
+            adapter_name: the new adapter's name.
+            adapter_list: the adapters to average, or a dict name -> weight.
+            weights: one weight per adapter (ignored when ``adapter_list`` is a dict).
+            combine_strategy: "linear", "lora_linear_only_negate_b" or "lora_delta_w_svd".
+            normalize_weights: divide the weights by their sum.
+            overwrite_ok: replace an existing adapter named ``adapter_name``.
+            set_active: activate the new adapter.
+            svd_rank: the rank for "lora_delta_w_svd" (required there, refused elsewhere).
+
+        Raises:
+            ValueError: unknown adapters or strategy, configs that differ (other than in dropout and
+                initialisation), a LoRA strategy for non-LoRA, (IA)³, gated or DoRA adapters,
+                weights that do not fit, a missing ``svd_rank``. The model is unchanged.
+
+        Example::
+
+            >>> model.average_adapter("avg", ["a", "b"], weights=[0.7, 0.3])
+            >>> model.average_adapter("avg8", ["a", "b"], combine_strategy="lora_delta_w_svd", svd_rank=8)
+        """
+        if isinstance(adapter_list, dict):
+            adapter_list, weights = list(adapter_list), list(adapter_list.values())
+        names = _as_names(adapter_list)
+        weights = _average_weights(self, names, weights, normalize_weights)
+        config = _average_config(self, adapter_name, names, combine_strategy, svd_rank, overwrite_ok)
+        logger.info(f"Creating adapter {adapter_name!r}: {combine_strategy} average of {names}, weights {weights}.")
+        if overwrite_ok and adapter_name in self.adapters_config.adapters:
+            self.delete_adapter(adapter_name)
+
+        def fill(host):
+            if host is None:  # Compacter's shared parameters
+                shared = self._shared_parameters
+                _copy_state(shared[adapter_name], _weighted_state([shared[n] for n in names], weights))
+                return
+            sources = [host.adapters[n] for n in names]
+            target = host.adapters[adapter_name]
+            if combine_strategy == "linear":
+                _copy_state(target, _weighted_state(sources, weights))
+            elif combine_strategy == "lora_linear_only_negate_b":
+                target.lora_A.copy_(sum(abs(w) * m.lora_A.float() for w, m in zip(weights, sources)))
+                target.lora_B.copy_(sum(w * m.lora_B.float() for w, m in zip(weights, sources)))
+            else:
+                delta = sum(w * m.delta_weight().float() for w, m in zip(weights, sources))
+                _write_lora(target, *_truncated_svd(delta, target.r))
+
+        _add_combined_adapter(self, adapter_name, config, fill)
+        if set_active:
+            self.set_active_adapters(adapter_name)
+
+    def add_weighted_adapter(
+        self,
+        adapters: Sequence[str],
+        weights: Sequence[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+        svd_clamp: float | None = None,
+        svd_full_matrices: bool = True,
+        svd_driver: str | None = None,
+        density: float | None = None,
+        majority_sign_method: Literal["total", "frequency"] = "total",
+    ) -> None:
+        """Add ``adapter_name`` as a weighted combination of LoRA adapters (PEFT's definitions).
+
+        With ``s_i`` the scaling of adapter ``i`` at a layer and ``ΔW_i = s_i B_i A_i`` its delta::
+
+            cat        A = [w_1 s_1 A_1; ...; w_n s_n A_n],  B = [B_1, ..., B_n]
+                       rank Σ r_i; B A = Σ_i w_i ΔW_i exactly
+            svd        ΔW = Σ_i w_i ΔW_i, truncated SVD U S Vᴴ -> A = Vᴴ[:k], B = U[:, :k] S[:k]
+                       k = svd_rank (default: the largest input rank)
+            linear     c_i = √(w_i s_i);  A = Σ_i c_i A_i,  B = Σ_i c_i B_i
+                       (equal ranks; B A has cross terms c_i c_j B_i A_j unless n = 1)
+            ties, dare_linear, dare_ties, magnitude_prune
+                       the same on A and B separately, with ties / dare_* / magnitude_prune of
+                       this module in place of the weighted sum (weights c_i, density)
+            ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd
+                       ties / dare_* / magnitude_prune of the deltas ΔW_i with weights w_i,
+                       then the truncated SVD as for svd
+
+        (IA)³ adapters combine with "linear" only: ``l = Σ_i w_i s_i l_i``. With one adapter every
+        type is "linear" (as in PEFT; "cat" for a negative weight, whose square root would not be
+        real). The new adapter has the inputs' method and options with ``r`` = the result rank
+        (zero-padded where a layer needs less) and ``alpha = r``, so its scaling is 1 and the
+        scalings live in the factors; it sits on every layer any input adapts. Where PEFT's
+        ``*_svd`` types multiply ``ΔW_i`` (which includes ``s_i``) by ``s_i`` a second time, here
+        ``w_i`` weights the actual delta (the same when ``alpha == r``). DARE draws from torch's
+        global generator: seed it for reproducible results.
+
+        Args:
+            adapters: the LoRA-family adapters to combine.
+            weights: one weight per adapter.
+            adapter_name: the new adapter's name.
+            combination_type: see above.
+            svd_rank: the rank of the ``*_svd`` types and "svd" (default: the largest input rank).
+            svd_clamp: ``*_svd`` types and "svd": clip the factors' entries to ± this quantile of them.
+            svd_full_matrices: passed to ``torch.linalg.svd``.
+            svd_driver: passed to ``torch.linalg.svd`` (CUDA only).
+            density: fraction of entries kept by the pruning types, in [0, 1].
+            majority_sign_method: "total" or "frequency" (TIES' sign election).
+
+        Raises:
+            ValueError: unknown adapters or type, an existing ``adapter_name``, non-LoRA, gated or
+                DoRA inputs, LoRA mixed with (IA)³, unequal ranks for the "linear" family, a
+                negative weight where its square root is taken, a missing ``density``. The model is
+                unchanged.
+
+        Example::
+
+            >>> model.add_weighted_adapter(["a", "b"], [0.6, 0.4], "ab", combination_type="cat")
+            >>> model.add_weighted_adapter(["a", "b"], [1.0, 1.0], "ties", combination_type="ties_svd",
+            ...                            density=0.2, svd_rank=8)
+        """
+        adapters, weights = list(adapters), [float(w) for w in weights]
+        combination_type = _check_weighted(self, adapters, weights, adapter_name, combination_type, density, svd_rank)
+        configs = _lora_inputs(self, adapters, "add_weighted_adapter")
+        if configs[0].composition_mode == "scale" and combination_type != "linear":
+            raise ValueError(
+                f"(IA)³ adapters combine with combination_type='linear' only (a weighted sum of their scaling "
+                f"vectors), not {combination_type!r}."
+            )
+        hosts = [h for h in _lora_hosts(self) if any(n in h.loras for n in adapters)]
+        rank = _result_rank(hosts, adapters, combination_type, svd_rank)
+        config = configs[0].replace(r=rank, alpha=rank, use_rslora=False, rank_pattern={}, alpha_pattern={})
+        config = _union_placement(self, config, adapters)
+        svd_options = {"clamp": svd_clamp, "full_matrices": svd_full_matrices, "driver": svd_driver}
+
+        def fill(host):
+            present = [(host.loras[n], w) for n, w in zip(adapters, weights) if n in host.loras]
+            target = host.loras[adapter_name]
+            if host not in hosts:
+                raise RuntimeError(f"Internal error: adapter {adapter_name!r} was placed where none of {adapters} is.")
+            factors = _combine_loras(present, combination_type, target.r, density, majority_sign_method, svd_options)
+            _write_lora(target, *factors)
+
+        _add_combined_adapter(self, adapter_name, config, fill)
+        if any(adapter_name not in h.loras for h in hosts):
+            self.delete_adapter(adapter_name)
+            raise RuntimeError(f"Internal error: adapter {adapter_name!r} does not cover every layer of {adapters}.")
+
+
+def _combine_loras(present, combination_type, rank, density, majority_sign_method, svd_options):
+    """``(A, B)`` of the combined delta at one layer (``A`` None for (IA)³: ``B`` is the scaling
+    vector); see :meth:`MergingMixin.add_weighted_adapter` for the definitions."""
+    loras, weights = [m for m, _ in present], [w for _, w in present]
+    if loras[0].composition_mode == "scale":
+        return None, sum(w * m.delta_weight().float() for m, w in present)
+    if combination_type == "cat":
+        A = torch.cat([w * m.scaling * m.lora_A.float() for m, w in present])
+        return A, torch.cat([m.lora_B.float() for m in loras], dim=1)
+    if combination_type in _SVD_TYPES:
+        merge = _TASK_MERGES["linear" if combination_type == "svd" else combination_type.removesuffix("_svd")]
+        delta = merge([m.delta_weight().float() for m in loras], weights, density, majority_sign_method)
+        return _truncated_svd(delta, rank, **svd_options)
+    merge = _TASK_MERGES[combination_type]
+    factors = [math.sqrt(w * m.scaling) for m, w in present]
+    A = merge([m.lora_A.float() for m in loras], factors, density, majority_sign_method)
+    B = merge([m.lora_B.float() for m in loras], factors, density, majority_sign_method)
+    return A, B
