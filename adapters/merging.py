@@ -492,6 +492,11 @@ def _lora_inputs(model, adapters: Sequence[str], what: str) -> list:
                 f"{what} cannot combine the DoRA adapter {name!r}: its update renormalises W + ΔW per row, so "
                 f"weighted sums of its parameters or deltas do not give the weighted DoRA update."
             )
+        if any(getattr(m, "out_index", None) is not None for m in modules):
+            raise ValueError(
+                f"{what} cannot combine {name!r}: it adapts only some parts of a fused projection (e.g. q and v of "
+                f"GPT-2's c_attn), which combinations do not handle yet; target whole modules to combine them."
+            )
         configs.append(config)
     modes = {c.composition_mode for c in configs}
     if len(modes) > 1:

@@ -294,7 +294,7 @@ class ModelAdaptersMixin(MergingMixin):
             scale_input = config.feedforward_modules is not None and matches_modules(
                 target.path, config.feedforward_modules, prefix
             )
-            host.add_lora(name, config, r, alpha, scale_input=scale_input)
+            host.add_lora(name, config, r, alpha, scale_input=scale_input, out_slices=target.out_slices)
             if config.init_weights == "loftq":
                 self._loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})))
             host.loras[name].to(device=device, dtype=dtype).train(self.training)
@@ -303,10 +303,16 @@ class ModelAdaptersMixin(MergingMixin):
     @torch.no_grad()
     def _loftq_initialise(host, lora, loftq) -> None:
         """Replace the host's weight by its quantised version and fit A, B to the residual."""
+        if lora.out_index is not None:
+            raise ValueError(
+                "init_weights='loftq' initialises a LoRA over a whole weight; this adapter covers only some parts "
+                "of a fused projection (e.g. q and v of GPT-2's c_attn). Target the whole module "
+                "(target_modules=['c_attn']) or use another init."
+            )
         quantized, a, b = loftq_factors(
-            host.weight, lora.r, lora.scaling, loftq.loftq_bits, loftq.loftq_iter, loftq.quantizer
+            host.weight_out_in, lora.r, lora.scaling, loftq.loftq_bits, loftq.loftq_iter, loftq.quantizer
         )
-        host.weight.copy_(quantized)
+        host.weight_out_in.copy_(quantized)
         lora.lora_A.copy_(a)
         lora.lora_B.copy_(b)
 

@@ -32,7 +32,6 @@ _PREFIX = "base_model.model."
 _UNSUPPORTED = {
     "modules_to_save": None,
     "lora_bias": False,
-    "fan_in_fan_out": False,
     "layer_replication": None,
     "use_qalora": False,
     "target_parameters": None,
@@ -133,22 +132,31 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         key = _PREFIX + path
         if part.composition_mode == "scale":
             vector = lora.lora_B.detach()
+            if lora.out_index is not None:  # some parts of a fused projection: 1 on the others
+                vector = vector.new_ones(lora.out_features, 1).index_copy(0, lora.out_index, vector)
             if lora.scale_input:
                 feedforward.append(path)
                 vector = vector.t()
             weights[f"{key}.ia3_l"] = vector.contiguous()
             continue
-        weights[f"{key}.lora_A.weight"] = lora.lora_A.detach()
-        weights[f"{key}.lora_B.weight"] = lora.lora_B.detach()
+        lora_A, lora_B = lora.dense_factors()  # some parts of a fused projection: rank g·r over all of it
+        weights[f"{key}.lora_A.weight"] = lora_A.detach()
+        weights[f"{key}.lora_B.weight"] = lora_B.detach()
         if lora.use_dora:
-            weights[f"{key}.lora_magnitude_vector"] = lora.lora_magnitude.detach()
-        if lora.r != part.r:
-            ranks[re.escape(path)] = lora.r
-        alpha = lora.scaling * (lora.r ** 0.5 if part.use_rslora else lora.r)
+            magnitude = lora.lora_magnitude.detach()
+            if lora.out_index is not None:  # rows it does not cover: their own norm, i.e. scale 1
+                norms = torch.linalg.norm(host.weight_out_in.detach().float(), dim=1).to(magnitude.dtype)
+                magnitude = norms.index_copy(0, lora.out_index, magnitude)
+            weights[f"{key}.lora_magnitude_vector"] = magnitude
+        rank = lora_A.shape[0]
+        if rank != part.r:
+            ranks[re.escape(path)] = rank
+        alpha = lora.scaling * (rank ** 0.5 if part.use_rslora else rank)
         if abs(alpha - part.alpha) > 1e-9:
             alphas[re.escape(path)] = alpha
     for path, bias in model._bias_parameters(name).items():
         weights[_PREFIX + top_prefix + path] = bias.detach()
+    fan_in_fan_out = any(host.fan_in_fan_out for host in hosts)  # transformers' Conv1D (GPT-2)
     meta = {
         "peft_type": "IA3" if part.composition_mode == "scale" else "LORA",
         "target_modules": targets,
@@ -158,11 +166,11 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         "modules_to_save": None,
     }
     if part.composition_mode == "scale":
-        meta.update(feedforward_modules=feedforward, init_ia3_weights=True, fan_in_fan_out=False)
+        meta.update(feedforward_modules=feedforward, init_ia3_weights=True, fan_in_fan_out=fan_in_fan_out)
     else:
         meta.update(
             r=part.r, lora_alpha=part.alpha, lora_dropout=part.dropout, bias=part.bias, use_rslora=part.use_rslora,
-            use_dora=part.use_dora, rank_pattern=ranks, alpha_pattern=alphas, fan_in_fan_out=False,
+            use_dora=part.use_dora, rank_pattern=ranks, alpha_pattern=alphas, fan_in_fan_out=fan_in_fan_out,
             init_lora_weights=True,
         )
     return meta, {k: v.detach().cpu().contiguous() for k, v in weights.items()}

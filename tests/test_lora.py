@@ -86,10 +86,11 @@ def test_average_is_the_weighted_mean_of_the_deltas(arch):
     with torch.no_grad():
         for host in model._adapter_hosts:
             if host.method == "lora" and "c" in host.loras:
-                a, b, c = host.loras["a"], host.loras["b"], host.loras["c"]
-                c.lora_A.copy_(torch.cat([a.lora_A, b.lora_A]))
-                c.lora_B.copy_(torch.cat([weights[0] * a.lora_B * (a.scaling / c.scaling),
-                                          weights[1] * b.lora_B * (b.scaling / c.scaling)], dim=1))
+                # part by part where the layer is fused (GPT-2's c_attn: one rank-r update per q / v)
+                for a, b, c in zip(*(host.loras[n].group_views() for n in "abc")):
+                    c.lora_A.copy_(torch.cat([a.lora_A, b.lora_A]))
+                    c.lora_B.copy_(torch.cat([weights[0] * a.lora_B * (a.scaling / c.scaling),
+                                              weights[1] * b.lora_B * (b.scaling / c.scaling)], dim=1))
     inputs = make_inputs(arch)
     torch.testing.assert_close(run(model, inputs, Average("a", "b", weights=weights)), run(model, inputs, "c"), atol=1e-5, rtol=1e-5)
 

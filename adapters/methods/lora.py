@@ -15,6 +15,25 @@ backward pass as in the DoRA paper; an optional gate ``g = mean_t σ(x_t W_g)`` 
 term.) All fold into the weight: ``W' = W + s·B A``, ``W' = (m/‖W + s·B A‖) ⊙ (W + s·B A)``,
 ``W' = diag(s·l) W, b' = s·l ⊙ b`` and ``W' = W diag(s·l)``.
 
+**Host layouts.** The host is either an ``nn.Linear`` (weight stored ``(d_out, d_in)``) or
+transformers' ``Conv1D`` (GPT-2; weight stored ``(d_in, d_out)``, forward ``x W + b``). All math
+here uses the ``(d_out, d_in)`` view :attr:`LoRALinear.weight_out_in` (``Wᵀ`` for Conv1D, a view,
+so merges write through it), and the adapter parameters have the same shapes on both hosts.
+
+**Fused projections** (GPT-2's ``c_attn`` computes ``[q | k | v] = x W_qkv`` in one layer). An
+adapter placed on some of the parts, e.g. AdapterHub's ``attn_matrices=["q", "v"]``, covers only
+those output column ranges ``S_1 … S_g`` (``out_slices``, ``g`` groups of ``d`` columns each) and
+learns one rank-``r`` update per part, as if the parts were separate projections::
+
+    A = [A_1; …; A_g] ∈ R^{g·r×d_in},   B = [B_1; …; B_g] ∈ R^{g·d×r},   A_i ∈ R^{r×d_in}, B_i ∈ R^{d×r}
+    y[..., S_i] = x W[S_i]ᵀ + b[S_i] + s · dropout(x) A_iᵀ B_iᵀ,   other columns unchanged
+
+(AdapterHub's ``LoRAMergedLinear`` layout, so its GPT-2 checkpoints load as they are). ``B`` and
+the DoRA magnitude have rows, (IA)³'s ``l`` has entries, only for the covered columns; the gate
+has one output per group. Merging writes ``W[S_i] += s·B_i A_i`` into the covered rows only.
+Without ``out_slices`` the adapter covers the whole output as one group (PEFT's semantics for a
+fused module named in ``target_modules``).
+
 Composition on one layer, with ``o`` the output so far:
 
 * ``Stack(a, b)``: apply in order: ``o + Δ_a(x) + Δ_b(x)`` — deltas add on the same weight,
@@ -24,7 +43,10 @@ Composition on one layer, with ``o`` the output so far:
 * ``Parallel`` / ``BatchSplit`` / ``Split``: batch rows / sequence positions go to their child.
 * ``Fuse``: not defined for weight updates (an error on activation).
 
-The host is the ``nn.Linear`` itself, swapped to a subclass with a ``loras`` ModuleDict, so
+Adapters on different column ranges of one fused host compose the same way (each touches its own
+columns; the engine does not care).
+
+The host is the linear layer itself, swapped to a subclass with a ``loras`` ModuleDict, so
 state-dict keys read ``...attention.self.query.loras.<name>.lora_A`` as in AdapterHub.
 """
 
@@ -35,13 +57,14 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..configuration.lora import LoRAConfig
 from ..context import ForwardContext
 from .base import ComposableLayer
 
-__all__ = ["LoRA", "LoRALinear", "LoRAState"]
+__all__ = ["LoRA", "LoRAGroup", "LoRALinear", "LoRAState"]
 
 
 class LoRAState(NamedTuple):
@@ -58,15 +81,24 @@ class LoRA(nn.Module):
     """The parameters of one LoRA / (IA)³ adapter on one linear layer (see the module docstring).
 
     Args:
-        in_features / out_features: the linear layer's sizes.
+        in_features / out_features: the host layer's sizes (``out_features``: its whole output,
+            also when the adapter covers only some columns).
         config: the :class:`~adapters.LoRAConfig`.
         r, alpha: rank and alpha for this layer (after ``rank_pattern`` / ``alpha_pattern``).
+        base_weight: the host's weight in ``(out, in)`` layout (DoRA initialises its magnitude
+            from the covered rows).
+        scale_input: (IA)³ only: scale the layer input instead of its output.
+        out_slices: ``((start, stop), ...)``: the output column ranges this adapter covers, one
+            group of equal size each (a fused projection's parts); None: the whole output.
 
     Example::
 
         >>> lora = LoRA(64, 64, LoRAConfig(), r=8, alpha=16)
         >>> lora.delta_weight().shape
         torch.Size([64, 64])
+        >>> qv = LoRA(64, 192, LoRAConfig(), r=8, alpha=16, out_slices=((0, 64), (128, 192)))
+        >>> qv.lora_A.shape, qv.lora_B.shape            # one rank-8 update per part
+        (torch.Size([16, 64]), torch.Size([128, 8]))
     """
 
     def __init__(
@@ -78,32 +110,48 @@ class LoRA(nn.Module):
         alpha: float,
         base_weight: torch.Tensor | None = None,
         scale_input: bool = False,
+        out_slices: tuple | None = None,
     ):
         super().__init__()
         self.composition_mode = config.composition_mode
         self.r = r
         self.scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
         self.scale_input = scale_input and self.composition_mode == "scale"
+        self.out_features = out_features
+        self.out_slices = _check_slices(out_slices, out_features, self.scale_input)
+        self.groups = len(self.out_slices) if self.out_slices else 1
+        index = None
+        if self.out_slices:
+            index = torch.cat([torch.arange(start, stop) for start, stop in self.out_slices])
+        # the covered output columns (None: all); a buffer so it follows .to(device), never saved
+        self.register_buffer("out_index", index, persistent=False)
+        rows = out_features if index is None else len(index)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if self.composition_mode == "add":
-            self.lora_A = nn.Parameter(torch.zeros(r, in_features))
-            self.lora_B = nn.Parameter(torch.zeros(out_features, r))
+            self.lora_A = nn.Parameter(torch.zeros(self.groups * r, in_features))
+            self.lora_B = nn.Parameter(torch.zeros(rows, r))
         else:
-            self.lora_B = nn.Parameter(torch.zeros(in_features if self.scale_input else out_features, 1))
+            self.lora_B = nn.Parameter(torch.zeros(in_features if self.scale_input else rows, 1))
         if config.use_gating:
-            self.gate = nn.Linear(in_features, 1)
+            self.gate = nn.Linear(in_features, self.groups)
             nn.init.normal_(self.gate.weight, std=0.02)
             nn.init.zeros_(self.gate.bias)
         self._init_weights(config.init_weights)
         if config.use_dora:
             if base_weight is None:
                 raise ValueError("DoRA needs the base weight to initialise its magnitude.")
+            covered = base_weight.detach() if index is None else base_weight.detach()[index.to(base_weight.device)]
             # m starts as the row norms of W, so the adapter starts as the identity
-            self.lora_magnitude = nn.Parameter(torch.linalg.norm(base_weight.detach().float(), dim=1).to(base_weight.dtype))
+            self.lora_magnitude = nn.Parameter(torch.linalg.norm(covered.float(), dim=1).to(base_weight.dtype))
 
     @property
     def use_dora(self) -> bool:
         return "lora_magnitude" in self._parameters
+
+    @property
+    def needs_weight(self) -> bool:
+        """Whether :meth:`apply_to` needs the host's weight (DoRA, input scaling)."""
+        return self.use_dora or self.scale_input
 
     @torch.no_grad()
     def _init_weights(self, init) -> None:
@@ -125,46 +173,143 @@ class LoRA(nn.Module):
             nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))
 
     def _gate(self, x: torch.Tensor):
+        """``mean_t σ(x_t W_g)``: one value per group (per sequence for 3-d inputs), or None."""
         if not hasattr(self, "gate"):
             return None
         gate = torch.sigmoid(self.gate(x))
         return gate.mean(dim=1, keepdim=True) if gate.dim() == 3 else gate
 
-    def apply_to(self, x: torch.Tensor, output: torch.Tensor, base_output: torch.Tensor, host) -> torch.Tensor:
-        """The layer output ``output`` with this adapter applied, for layer input ``x``.
+    def _per_column(self, gate: torch.Tensor) -> torch.Tensor:
+        """A per-group gate repeated over the group's output columns."""
+        if self.groups == 1:
+            return gate
+        return gate.repeat_interleave(self.lora_B.shape[0] // self.groups, dim=-1)
 
-        ``base_output`` is the host's output without any adapter (DoRA rescales it).
+    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``dropout(x) A_iᵀ B_iᵀ`` for every group ``i``, concatenated (unscaled)."""
+        hidden = self.dropout(x) @ self.lora_A.t()
+        if self.groups == 1:
+            return hidden @ self.lora_B.t()
+        blocks = self.lora_B.unflatten(0, (self.groups, -1))  # (g, d, r)
+        return torch.einsum("...gr,gdr->...gd", hidden.unflatten(-1, (self.groups, self.r)), blocks).flatten(-2)
+
+    def apply_to(
+        self,
+        x: torch.Tensor,
+        output: torch.Tensor,
+        base_output: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The covered columns of the layer output, ``output``, with this adapter applied.
+
+        ``base_output`` holds the same columns without any adapter (DoRA rescales them);
+        ``weight`` (``(out, in)`` layout) and ``bias`` are the host's covered rows, needed only
+        when :attr:`needs_weight`.
         """
         gate = self._gate(x)
+        if gate is not None:
+            gate = self._per_column(gate)
         if self.composition_mode == "scale":
             factor = self.lora_B.view(-1) * self.scaling
             if gate is not None:
                 factor = 1 + gate * (factor - 1)
             if self.scale_input:  # (x ⊙ f) Wᵀ = x Wᵀ + (x ⊙ (f − 1)) Wᵀ
-                return output + nn.functional.linear(x * (factor - 1), host.weight)
+                return output + nn.functional.linear(x * (factor - 1), weight)
             return output * factor
-        delta = (self.dropout(x) @ self.lora_A.t()) @ self.lora_B.t()
+        delta = self.lora_delta(x)
         delta = delta * self.scaling if gate is None else delta * (self.scaling * gate)
         if self.use_dora:
-            magnitude_scale = self.lora_magnitude / self.weight_norm(host.weight)
-            unbiased = base_output if host.bias is None else base_output - host.bias
+            magnitude_scale = self.lora_magnitude / self.weight_norm(weight)
+            unbiased = base_output if bias is None else base_output - bias
             return output + (magnitude_scale - 1) * unbiased + magnitude_scale * delta
         return output + delta
 
     def weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
-        """``‖W + s·B A‖`` per output row, detached (DoRA)."""
+        """``‖W + s·B A‖`` per covered output row (``weight``: the covered rows), detached (DoRA)."""
         with torch.no_grad():
             return torch.linalg.norm(weight + self.delta_weight().to(weight.dtype), dim=1)
 
     def delta_weight(self) -> torch.Tensor:
-        """``s·B A`` (add) or the scaling vector ``s·l`` (scale)."""
+        """``s·B A`` for the covered rows, ``(rows, in)`` (per group: ``s·B_i A_i``, stacked), or
+        the scaling vector ``s·l`` (scale)."""
+        if self.composition_mode == "scale":
+            return self.lora_B.view(-1) * self.scaling
+        if self.groups == 1:
+            return (self.lora_B @ self.lora_A) * self.scaling
+        blocks_b = self.lora_B.unflatten(0, (self.groups, -1))  # (g, d, r)
+        blocks_a = self.lora_A.unflatten(0, (self.groups, self.r))  # (g, r, in)
+        return torch.bmm(blocks_b, blocks_a).flatten(0, 1) * self.scaling
+
+    def dense_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B')`` of an equivalent plain LoRA over the host's whole output (add mode):
+        ``s·B' A`` is this adapter's full ``(out, in)`` delta, with ``B' ∈ R^{out×g·r}`` holding
+        ``B_i`` in the rows of part ``i`` and columns ``i·r … (i+1)·r``, zeros elsewhere.
+
+        For writing a sliced adapter where only whole-module LoRAs exist (PEFT: rank ``g·r``).
+        """
+        if self.composition_mode != "add":
+            raise ValueError("dense_factors is defined for LoRA ('add') adapters.")
+        if self.out_index is None:
+            return self.lora_A, self.lora_B
+        dense = self.lora_B.new_zeros(self.out_features, self.groups * self.r)
+        rows = self.lora_B.shape[0] // self.groups
+        for i, (start, stop) in enumerate(self.out_slices):
+            dense[start:stop, i * self.r : (i + 1) * self.r] = self.lora_B[i * rows : (i + 1) * rows]
+        return self.lora_A, dense
+
+    def group_views(self) -> list[LoRAGroup]:
+        """Each group of this adapter as a plain LoRA: ``lora_A`` / ``lora_B`` are views of this
+        adapter's rows for part ``i`` (``A_i``, ``B_i``; for (IA)³ ``A`` is None and ``B`` the part of
+        ``l``), so code written for one-group LoRAs (combining, refitting) can run group by group
+        and write through them.
+
+        Example::
+
+            >>> a, b = host.loras["a"].group_views(), host.loras["b"].group_views()
+            >>> [pa.delta_weight() + pb.delta_weight() for pa, pb in zip(a, b)]  # per part of c_attn
+        """
+        lora_A = getattr(self, "lora_A", None)
+        blocks_a = [None] * self.groups if lora_A is None else list(lora_A.unflatten(0, (self.groups, -1)))
+        blocks_b = list(self.lora_B.unflatten(0, (self.groups, -1)))
+        return [LoRAGroup(a, b, self.scaling, self.r, self.composition_mode) for a, b in zip(blocks_a, blocks_b)]
+
+    def extra_repr(self) -> str:
+        return f"out_slices={list(self.out_slices)}" if self.out_slices else ""
+
+
+class LoRAGroup(NamedTuple):
+    """One group of a :class:`LoRA` as a plain LoRA (views of its parameters)."""
+
+    lora_A: torch.Tensor | None
+    lora_B: torch.Tensor
+    scaling: float
+    r: int
+    composition_mode: str
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s·B_i A_i`` or the scaling vector ``s·l_i``."""
         if self.composition_mode == "scale":
             return self.lora_B.view(-1) * self.scaling
         return (self.lora_B @ self.lora_A) * self.scaling
 
 
+def _check_slices(out_slices, out_features: int, scale_input: bool):
+    if not out_slices:
+        return None
+    out_slices = tuple((int(start), int(stop)) for start, stop in out_slices)
+    if scale_input:
+        raise ValueError("(IA)³ input scaling acts on the whole layer input; it cannot be restricted to output slices.")
+    sizes = {stop - start for start, stop in out_slices}
+    if len(sizes) != 1 or min(sizes) <= 0 or any(not 0 <= s < e <= out_features for s, e in out_slices):
+        raise ValueError(f"out_slices {list(out_slices)} must be non-empty column ranges of equal size within 0..{out_features}.")
+    return out_slices
+
+
 class LoRALinear(ComposableLayer):
-    """Mixin for an ``nn.Linear`` that hosts LoRA / (IA)³ adapters (swapped in by class).
+    """Mixin for a linear layer that hosts LoRA / (IA)³ adapters (swapped in by class): an
+    ``nn.Linear`` or transformers' ``Conv1D``, whose weight is stored transposed; the mixin reads
+    sizes and weight through the ``(out, in)`` view :attr:`weight_out_in` on both.
 
     Example::
 
@@ -175,14 +320,52 @@ class LoRALinear(ComposableLayer):
 
     method = "lora"
     supported_blocks = (Stack, Parallel, Split, BatchSplit, Average)
-    BATCH_FIELDS = ("layer_input", "output")
-    SEQUENCE_FIELDS = ("layer_input", "output")
+    BATCH_FIELDS = ("layer_input", "output", "base_output")
+    SEQUENCE_FIELDS = ("layer_input", "output", "base_output")
 
     def init_adapter_layer(self, layer_idx: int, location: str) -> None:
         self._init_composable(layer_idx, location)
         self.loras = nn.ModuleDict()
         self.__dict__["merged"] = []  # names merged into the weight, in order
 
+    # -- the host's weight, whatever its storage layout -------------------------------------------
+    @property
+    def fan_in_fan_out(self) -> bool:
+        """Whether the weight is stored ``(in, out)`` (transformers' ``Conv1D``)."""
+        return isinstance(self, Conv1D)
+
+    @property
+    def weight_out_in(self) -> torch.Tensor:
+        """The weight as ``(out, in)`` (a view: in-place writes reach the parameter)."""
+        return self.weight.t() if self.fan_in_fan_out else self.weight
+
+    @property
+    def in_features(self) -> int:
+        return self.weight_out_in.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_out_in.shape[0]
+
+    def _covered(self, lora: LoRA) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``(out, in)`` weight rows and bias entries ``lora`` covers (copies when sliced)."""
+        weight, bias = self.weight_out_in, self.bias
+        if lora.out_index is None:
+            return weight, bias
+        return weight[lora.out_index], None if bias is None else bias[lora.out_index]
+
+    def _write_covered(self, lora: LoRA, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        target = self.weight_out_in
+        if lora.out_index is None:
+            target.copy_(weight)
+            if bias is not None:
+                self.bias.copy_(bias)
+        else:
+            target[lora.out_index] = weight
+            if bias is not None:
+                self.bias[lora.out_index] = bias
+
+    # -- adapters ----------------------------------------------------------------------------------
     def adapter_names(self) -> set[str]:
         return set(self.loras.keys()) - set(self.merged)
 
@@ -191,11 +374,17 @@ class LoRALinear(ComposableLayer):
         """The adapters of this host (the common name used by the model API)."""
         return self.loras
 
-    def add_lora(self, name: str, config: LoRAConfig, r: int, alpha: float, scale_input: bool = False) -> None:
+    def add_lora(
+        self, name: str, config: LoRAConfig, r: int, alpha: float, scale_input: bool = False, out_slices=None
+    ) -> None:
+        """Add adapter ``name``; ``out_slices`` restricts it to some output column ranges (the
+        parts of a fused projection, see the module docstring)."""
         with torch.random.fork_rng(enabled=config.init_weights_seed is not None):
             if config.init_weights_seed is not None:
                 torch.manual_seed(config.init_weights_seed)
-            self.loras[name] = LoRA(self.in_features, self.out_features, config, r, alpha, self.weight, scale_input)
+            self.loras[name] = LoRA(
+                self.in_features, self.out_features, config, r, alpha, self.weight_out_in, scale_input, out_slices
+            )
         self._invalidate_setup_cache()
 
     def delete_adapter(self, name: str) -> None:
@@ -220,7 +409,15 @@ class LoRALinear(ComposableLayer):
 
     def compose_single(self, name: str, state: LoRAState) -> LoRAState:
         lora = self.loras[name]
-        output = lora.apply_to(state.layer_input, state.output, state.base_output, self)
+        weight, bias = self._covered(lora) if lora.needs_weight else (None, None)
+        if lora.out_index is None:
+            output = lora.apply_to(state.layer_input, state.output, state.base_output, weight, bias)
+        else:  # a fused projection's parts: apply on the covered columns, leave the others
+            dim, index = state.output.dim() - 1, lora.out_index
+            covered = lora.apply_to(
+                state.layer_input, state.output.index_select(dim, index), state.base_output.index_select(dim, index), weight, bias
+            )
+            output = state.output.index_copy(dim, index, covered)
         context = ForwardContext.get_context()
         if context is not None and context.output_adapter_gating_scores and hasattr(lora, "gate"):
             scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
@@ -234,30 +431,38 @@ class LoRALinear(ComposableLayer):
         return states[-1]._replace(output=output)
 
     # -- merging ---------------------------------------------------------------------------------
-    @torch.no_grad()
-    def merged_weight(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(W', b')``: the weight and bias with adapter ``name`` folded in (computed out of place)."""
-        lora = self.loras[name]
-        delta = lora.delta_weight().to(self.weight.dtype)
+    def _merged_covered(self, lora: LoRA) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The covered ``(out, in)`` rows and bias entries with ``lora`` folded in (out of place)."""
+        weight, bias = self._covered(lora)
+        delta = lora.delta_weight().to(weight.dtype)
         if lora.composition_mode == "scale":
             if lora.scale_input:
-                return self.weight * delta.unsqueeze(0), self.bias
-            return self.weight * delta.unsqueeze(1), None if self.bias is None else self.bias * delta
+                return weight * delta.unsqueeze(0), bias
+            return weight * delta.unsqueeze(1), None if bias is None else bias * delta
         if lora.use_dora:
-            combined = self.weight + delta
-            return (lora.lora_magnitude / torch.linalg.norm(combined, dim=1)).unsqueeze(1) * combined, self.bias
-        return self.weight + delta, self.bias
+            combined = weight + delta
+            return (lora.lora_magnitude / torch.linalg.norm(combined, dim=1)).unsqueeze(1) * combined, bias
+        return weight + delta, bias
+
+    @torch.no_grad()
+    def merged_weight(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W', b')``: the weight and bias with adapter ``name`` folded in, computed out of place,
+        ``W'`` in the host's own storage layout (``(in, out)`` for Conv1D), so that
+        ``host.weight.copy_(W')`` merges."""
+        lora = self.loras[name]
+        weight, bias = self._merged_covered(lora)
+        if lora.out_index is not None:
+            weight = self.weight_out_in.index_copy(0, lora.out_index, weight)
+            bias = None if bias is None else self.bias.index_copy(0, lora.out_index, bias)
+        return (weight.t() if self.fan_in_fan_out else weight), bias
 
     @torch.no_grad()
     def merge(self, name: str) -> None:
         """Fold adapter ``name`` into the weight (and bias, for output-scaling (IA)³)."""
         lora = self.loras[name]
         if lora.use_dora:  # unmerging needs the norm the merge divided by
-            lora.__dict__["_merged_norm"] = lora.weight_norm(self.weight)
-        weight, bias = self.merged_weight(name)
-        self.weight.copy_(weight)
-        if bias is not None:
-            self.bias.copy_(bias)
+            lora.__dict__["_merged_norm"] = lora.weight_norm(self._covered(lora)[0])
+        self._write_covered(lora, *self._merged_covered(lora))
         self.merged.append(name)
         self._invalidate_setup_cache()
 
@@ -265,18 +470,19 @@ class LoRALinear(ComposableLayer):
     def unmerge(self, name: str) -> None:
         """Take adapter ``name`` out of the weight again."""
         lora = self.loras[name]
-        delta = lora.delta_weight().to(self.weight.dtype)
+        weight, bias = self._covered(lora)
+        delta = lora.delta_weight().to(weight.dtype)
         if lora.composition_mode == "scale":
             if lora.scale_input:
-                self.weight.div_(delta.unsqueeze(0))
+                weight = weight / delta.unsqueeze(0)
             else:
-                self.weight.div_(delta.unsqueeze(1))
-                if self.bias is not None:
-                    self.bias.div_(delta)
+                weight = weight / delta.unsqueeze(1)
+                bias = None if bias is None else bias / delta
         elif lora.use_dora:
             norm = lora.__dict__.pop("_merged_norm")
-            self.weight.copy_(self.weight * (norm / lora.lora_magnitude).unsqueeze(1) - delta)
+            weight = weight * (norm / lora.lora_magnitude).unsqueeze(1) - delta
         else:
-            self.weight.sub_(delta)
+            weight = weight - delta
+        self._write_covered(lora, weight, bias)
         self.merged.remove(name)
         self._invalidate_setup_cache()

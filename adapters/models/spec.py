@@ -69,7 +69,9 @@ class ArchitectureSpec:
         layers: the ``nn.ModuleList`` of transformer layers.
         residual_hooks: the bottleneck positions of a layer.
         attention: the self-attention module.
-        query, key, value: its q/k/v projections (``None`` where fused into one projection).
+        query, key, value: its q/k/v projections. Where several name the same module (GPT-2's
+            fused ``c_attn``), that module's output is those parts concatenated in q, k, v order,
+            in equal sizes, and LoRA adapts only the selected parts.
         attn_output: the attention output projection.
         ffn_in: the FFN input projection(s).
         ffn_out: the FFN output projection.

@@ -6,6 +6,15 @@ Two ways to say it, as users know them:
   ``output_lora``, resolved through the architecture spec; ``leave_out`` skips layers.
 * PEFT's: ``target_modules`` (list: exact name or dotted suffix; string: regex over the full
   path; ``"all-linear"``), ``exclude_modules``, ``layers_to_transform`` / ``layers_pattern``.
+
+Linear layers are ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2's, weight stored transposed).
+
+**Fused projections.** Where a spec names one module for several of ``query`` / ``key`` /
+``value`` (GPT-2's ``attn.c_attn``), that module's output is those projections concatenated in
+q, k, v order, in equal parts. AdapterHub-style placement then covers only the parts named in
+``attn_matrices``: the :class:`Target` carries their output column ranges (``out_slices``), e.g.
+``((0, d), (2d, 3d))`` for ``["q", "v"]``. PEFT-style ``target_modules`` name whole modules and
+cover the whole output (``out_slices`` None), as PEFT does.
 """
 
 from __future__ import annotations
@@ -15,10 +24,11 @@ import re
 from typing import NamedTuple, Optional
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .spec import ArchitectureSpec
 
-__all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules"]
+__all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts"]
 
 # modules created by this library are never targets
 _OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters)(\.|$)")
@@ -26,12 +36,14 @@ _OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_pa
 
 class Target(NamedTuple):
     """A linear layer to attach to: its path in the base model, the module, its layer index (-1
-    outside the layer list) and its path inside the layer (the location key)."""
+    outside the layer list), its path inside the layer (the location key) and, for some parts of a
+    fused projection, the output column ranges to cover (None: the whole output)."""
 
     path: str
     module: nn.Module
     layer_idx: int
     location: str
+    out_slices: Optional[tuple[tuple[int, int], ...]] = None
 
 
 def _layer_of(path: str, spec: ArchitectureSpec, layers_pattern: Optional[str] = None) -> tuple[int, str]:
@@ -56,8 +68,40 @@ def _linear_modules(base_model: nn.Module) -> dict[str, nn.Module]:
     return {
         path: module
         for path, module in base_model.named_modules()
-        if isinstance(module, nn.Linear) and not _OWN_MODULES.search(path)
+        if isinstance(module, (nn.Linear, Conv1D)) and not _OWN_MODULES.search(path)
     }
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
+
+
+def fused_parts(spec: ArchitectureSpec, location: str) -> tuple[str, ...]:
+    """The projections (``"q"``, ``"k"``, ``"v"``, in output order) that ``spec`` fuses into the
+    module at ``location``; empty unless at least two share it.
+
+    Example::
+
+        >>> fused_parts(GPT2, "attn.c_attn")
+        ('q', 'k', 'v')
+    """
+    parts = tuple(letter for letter, path in zip("qkv", (spec.query, spec.key, spec.value)) if path == location)
+    return parts if len(parts) > 1 else ()
+
+
+def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, letters) -> Optional[tuple]:
+    """Output column ranges of the parts ``letters`` of the fused module at ``location``."""
+    parts = fused_parts(spec, location)
+    if not parts:
+        return None
+    out = _out_features(module)
+    if out % len(parts):
+        raise ValueError(
+            f"{spec.name}: {location} fuses {', '.join(parts)} but its output size {out} does not split into "
+            f"{len(parts)} equal parts; check the architecture spec."
+        )
+    size = out // len(parts)
+    return tuple((i * size, (i + 1) * size) for i, letter in enumerate(parts) if letter in letters)
 
 
 def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_prefix: str = "") -> list[Target]:
@@ -68,20 +112,24 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
     """
     linears = _linear_modules(base_model)
     if config.target_modules is None:
-        suffixes = []
+        letters_at: dict[str, set] = {}  # location -> the attention matrices placed there
         if config.selfattn_lora:
             by_letter = {"q": spec.query, "k": spec.key, "v": spec.value, "o": spec.attn_output}
-            suffixes += [by_letter[m] for m in config.attn_matrices if by_letter[m]]
+            for letter in config.attn_matrices:
+                if by_letter[letter]:
+                    letters_at.setdefault(by_letter[letter], set()).add(letter)
+        suffixes = set(letters_at)
         if config.intermediate_lora:
-            suffixes += list(spec.intermediate_lora)
+            suffixes.update(spec.intermediate_lora)
         if config.output_lora:
-            suffixes += list(spec.output_lora)
-        chosen = {}
+            suffixes.update(spec.output_lora)
+        chosen = []
         for path, module in linears.items():
             layer_idx, location = _layer_of(path, spec)
             if layer_idx >= 0 and location in suffixes and layer_idx not in config.leave_out:
-                chosen[path] = Target(path, module, layer_idx, location)
-        return list(chosen.values())
+                slices = _fused_slices(spec, location, module, letters_at[location]) if location in letters_at else None
+                chosen.append(Target(path, module, layer_idx, location, slices))
+        return chosen
 
     wanted = config.target_modules
     targets = []
