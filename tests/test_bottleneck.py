@@ -505,3 +505,29 @@ def test_compacter_takes_part_in_all_six_blocks(arch):
     for setup in [Stack("a", "b"), Split("a", "b", splits=[6, 6]), Average("a", "b"), Fuse("a", "b")]:
         out = run(model, inputs, setup)
         assert torch.isfinite(out).all() and not torch.equal(out, alone["a"]), setup
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_branches_with_different_adapter_kinds_finish_with_their_own_post_step(arch):
+    model = patched(arch)
+    model.add_adapter("seq", config="seq_bn")
+    model.add_adapter("par", config="par_bn")
+    for i, name in enumerate(("seq", "par")):
+        perturb_adapter(model, name, seed=3 * i)
+    inputs = make_inputs(arch, batch=2)
+    alone = {n: run(model, inputs, n) for n in ("seq", "par")}
+    parallel = run(model, inputs, Parallel("seq", "par"))
+    torch.testing.assert_close(parallel[:2], alone["seq"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parallel[2:], alone["par"], atol=1e-5, rtol=1e-5)
+    split = run(model, inputs, BatchSplit("par", "seq", batch_sizes=[1, 1]))
+    torch.testing.assert_close(split, torch.cat([alone["par"][:1], alone["seq"][1:]]), atol=1e-5, rtol=1e-5)
+
+
+def test_split_with_different_adapter_kinds_at_one_host(host_setup):
+    model, host, h, x = host_setup
+    model.add_adapter("p", config="par_bn")
+    perturb_adapter(model, "p")
+    out = _host_output(model, host, Split("a", "p", splits=[3, 2]), h, x)
+    torch.testing.assert_close(out[:, :3], _host_output(model, host, "a", h, x)[:, :3])
+    torch.testing.assert_close(out[:, 3:5], _host_output(model, host, "p", h, x)[:, 3:5])
+    torch.testing.assert_close(out[:, 5:], (h + x)[:, 5:])  # identity norm: the layer's own residual step

@@ -59,6 +59,14 @@ class BottleneckState(NamedTuple):
     last: str | None = None
 
 
+class _Segments(NamedTuple):
+    """``BottleneckState.last`` after a batch / sequence split whose parts ended with different
+    adapters: ``parts`` are ``(size, last)`` along ``dim``."""
+
+    dim: int
+    parts: tuple
+
+
 class Adapter(nn.Module):
     """One sequential bottleneck adapter (see the module docstring for the math).
 
@@ -305,8 +313,32 @@ class BottleneckLayer(ComposableLayer):
         """
         state = BottleneckState(hidden_states, residual_input, hidden_states, layer_norm)
         state = self.compose(setup, state)
-        last = self.adapters[state.last]
-        return last.post_forward(state.hidden_states, hidden_states, state.input_tensor, layer_norm, residual_added_by_model)
+        return self._finish(state.last, state.hidden_states, hidden_states, state.input_tensor, layer_norm, residual_added_by_model)
+
+    def _finish(self, last, hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model):
+        """The ``post`` step of the adapter that ended each part of the batch / sequence."""
+        if isinstance(last, _Segments):
+            outputs, start = [], 0
+            for size, part_last in last.parts:
+                part = [t.narrow(last.dim, start, size) for t in (hidden_states, input_hidden_states, residual)]
+                outputs.append(self._finish(part_last, *part, layer_norm, residual_added_by_model))
+                start += size
+            return torch.cat(outputs, dim=last.dim)
+        if last is None:  # rows or tokens no adapter touched: the layer's own residual step
+            if layer_norm is not None:
+                return layer_norm(hidden_states + residual)
+            return hidden_states if residual_added_by_model else hidden_states + residual
+        return self.adapters[last].post_forward(hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model)
+
+    def cat_states(self, states, fields, dim: int, template=None) -> BottleneckState:
+        """Concatenate branch states; branches that ended with different adapters keep their own
+        ``post`` step (a sequential and a parallel adapter finish differently)."""
+        merged = ComposableLayer.cat_states(states, fields, dim, template)
+        lasts = [s.last for s in states]
+        if any(last != lasts[0] for last in lasts):
+            sizes = [s.hidden_states.shape[dim] for s in states]
+            merged = merged._replace(last=_Segments(dim, tuple(zip(sizes, lasts))))
+        return merged
 
     def _run_adapter(self, name: str, hidden_states, residual):
         adapter = self.adapters[name]
