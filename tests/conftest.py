@@ -92,3 +92,24 @@ def perturb_adapter(model, name: str, scale: float = 0.5, seed: int = 0) -> None
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param
+
+
+def patched(arch: str = "bert", head: str = "base", seed: int = 0):
+    """A tiny model with ``adapters.init`` applied."""
+    import adapters
+
+    model = make_model(arch, head, seed)
+    adapters.init(model)
+    return model
+
+
+def run(model, inputs, setup=None) -> torch.Tensor:
+    """The main output without gradients, under ``setup`` if given (else the active setup)."""
+    from adapters import AdapterSetup
+
+    with torch.no_grad():
+        if setup is None:
+            return main_output(model(**inputs))
+        with AdapterSetup(setup):
+            return main_output(model(**inputs))
+

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import torch
-from conftest import ARCH_HEADS, ARCHS, DECODERS, LAYERS, main_output, make_inputs, make_model, perturb_adapter
+from conftest import ARCHS, ARCH_HEADS, DECODERS, LAYERS, main_output, make_inputs, make_model, patched, perturb_adapter, run
 
 import adapters
 from adapters import AdapterSetup, Average, BatchSplit, Fuse, Parallel, Split, Stack
@@ -29,18 +29,8 @@ def config_for_tiny(config, **overrides):
     return adapters.AdapterConfig.load(config, **overrides)
 
 
-def patched(arch, head="base", seed=0):
-    model = make_model(arch, head, seed)
-    adapters.init(model)
-    return model
 
 
-def run(model, inputs, setup=None):
-    with torch.no_grad():
-        if setup is None:
-            return main_output(model(**inputs))
-        with AdapterSetup(setup):
-            return main_output(model(**inputs))
 
 
 # -- identity and effect ----------------------------------------------------------------------------

@@ -7,16 +7,12 @@ import os
 
 import pytest
 import torch
-from conftest import ARCHS, main_output, make_inputs, make_model, perturb_adapter
+from conftest import ARCHS, main_output, make_inputs, make_model, patched, perturb_adapter
 
 import adapters
 from adapters import AdapterLoadError, Fuse
 
 
-def patched(arch="bert", head="base", seed=0):
-    model = make_model(arch, head, seed)
-    adapters.init(model)
-    return model
 
 
 def snapshot(model):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import HIDDEN, LAYERS, main_output, make_inputs, make_model, perturb_adapter
+from conftest import HIDDEN, LAYERS, main_output, make_inputs, make_model, patched, perturb_adapter, run
 
 import adapters
-from adapters import AdapterSetup, Average, BatchSplit, DoRAConfig, IA3Config, LoRAConfig, Parallel, Split, Stack
+from adapters import Average, BatchSplit, DoRAConfig, IA3Config, LoRAConfig, Parallel, Split, Stack
 from adapters.context import ForwardContext
 from adapters.methods.base import prune_setup
 
@@ -23,22 +23,12 @@ D = HIDDEN  # size of each of q, k, v in c_attn's output
 ALL_PLACES = dict(attn_matrices=["q", "k", "v", "o"], intermediate_lora=True, output_lora=True)
 
 
-def patched(head="base", seed=0):
-    model = make_model("gpt2", head, seed)
-    adapters.init(model)
-    return model
 
 
-def run(model, inputs, setup=None):
-    with torch.no_grad():
-        if setup is None:
-            return main_output(model(**inputs))
-        with AdapterSetup(setup):
-            return main_output(model(**inputs))
 
 
 def with_adapters(configs: dict, head="base", scale=0.3):
-    model = patched(head)
+    model = patched("gpt2", head)
     for i, (name, config) in enumerate(configs.items()):
         model.add_adapter(name, config=config)
         perturb_adapter(model, name, scale=scale, seed=11 * i)
@@ -64,7 +54,7 @@ def perturb_named(module, marker: str, scale: float = 0.3) -> None:
 
 # -- placement --------------------------------------------------------------------------------------
 def test_adapterhub_placement_on_gpt2():
-    model = patched()
+    model = patched("gpt2")
     model.add_adapter("qv", config=LoRAConfig(r=4))  # attn_matrices q, v
     model.add_adapter("all", config=LoRAConfig(r=2, **ALL_PLACES))
     model.add_adapter("ia3", config=IA3Config())  # k, v and the FFN input projection
@@ -83,7 +73,7 @@ def test_adapterhub_placement_on_gpt2():
 
 
 def test_peft_style_targeting_covers_whole_conv1d_modules():
-    model = patched("clm")
+    model = patched("gpt2", "clm")
     model.add_adapter("fused", config=LoRAConfig(r=4, target_modules=["c_attn"]))
     lora = c_attn(model).loras["fused"]
     assert lora.out_slices is None and lora.lora_B.shape == (3 * D, 4)
@@ -109,7 +99,7 @@ def test_peft_style_targeting_covers_whole_conv1d_modules():
     ids=["lora-qv", "lora-all-places", "lora-all-linear", "dora-all-places", "dora-peft", "ia3", "ia3-feedforward"],
 )
 def test_initialised_lora_family_is_the_identity(head, config):
-    model = patched(head)
+    model = patched("gpt2", head)
     inputs = make_inputs("gpt2")
     base = run(model, inputs)
     model.add_adapter("a", config=config, set_active=True)
@@ -120,7 +110,7 @@ def test_initialised_lora_family_is_the_identity(head, config):
 
 @pytest.mark.parametrize("config", ["seq_bn", "double_seq_bn", "par_bn", "compacter"])
 def test_initialised_bottleneck_is_the_identity(config):
-    model = patched("clm")
+    model = patched("gpt2", "clm")
     inputs = make_inputs("gpt2")
     base = run(model, inputs)
     overrides = {"reduction_factor": 4} if config == "compacter" else {}
@@ -355,7 +345,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     expected = run(model, inputs, setup)
     for name in configs:
         model.save_adapter(str(tmp_path / name), name)
-    fresh = patched("seq_cls")
+    fresh = patched("gpt2", "seq_cls")
     fresh.load_state_dict({k: v for k, v in model.state_dict().items() if ".loras." not in k and ".adapters." not in k}, strict=False)
     for name in configs:
         assert fresh.load_adapter(str(tmp_path / name)) == name
@@ -435,7 +425,7 @@ def test_saved_peft_format_loads_in_peft_with_the_same_outputs(tmp_path, config)
         close(main_output(peft_model(**inputs)), ours)
         peft_model.merge_adapter()
         close(main_output(peft_model(**inputs)), ours, 1e-4)
-    again = patched("clm")
+    again = patched("gpt2", "clm")
     again.load_adapter(str(tmp_path), load_as="b", set_active=True)
     close(run(again, inputs), ours, 1e-6)
 
@@ -458,7 +448,7 @@ def test_peft_written_gpt2_checkpoints_load_with_the_same_outputs(tmp_path):
         with torch.no_grad():
             theirs = main_output(peft_model(**inputs))
         peft_model.save_pretrained(str(tmp_path / name))
-        model = patched("clm")
+        model = patched("gpt2", "clm")
         model.load_adapter(str(tmp_path / name), set_active=True)
         assert (theirs - run(model, inputs)).abs().max() < 1e-5 < (theirs - run(make_model("gpt2", "clm"), inputs)).abs().max()
         model.merge_adapter(name)

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, LAYERS, main_output, make_inputs, make_model, perturb_adapter
+from conftest import ARCHS, LAYERS, main_output, make_inputs, patched, perturb_adapter, run
 
-import adapters
-from adapters import AdapterSetup, Average, BatchSplit, IA3Config, LoRAConfig, Parallel, Split, Stack
-
-
-def patched(arch="bert", head="base", seed=0):
-    model = make_model(arch, head, seed)
-    adapters.init(model)
-    return model
+from adapters import Average, BatchSplit, IA3Config, LoRAConfig, Parallel, Split, Stack
 
 
-def run(model, inputs, setup=None):
-    with torch.no_grad():
-        if setup is None:
-            return main_output(model(**inputs))
-        with AdapterSetup(setup):
-            return main_output(model(**inputs))
+
+
 
 
 def lora_pair(arch, head="base", config=None):

@@ -14,10 +14,10 @@ import textwrap
 
 import pytest
 import torch
-from conftest import main_output, make_inputs, make_model, perturb_adapter
+from conftest import make_inputs, make_model, patched, perturb_adapter, run
 
 import adapters
-from adapters import AdapterSetup, Average, IA3Config, LoRAConfig, Parallel, Stack
+from adapters import Average, IA3Config, LoRAConfig, Parallel, Stack
 from adapters.merging import (
     MergingMixin,
     calculate_majority_sign_mask,
@@ -47,18 +47,8 @@ def merging_api():
 FULL = {"attn_matrices": ["q", "k", "v", "o"], "intermediate_lora": True, "output_lora": True}
 
 
-def patched(arch="bert", head="base", seed=0):
-    model = make_model(arch, head, seed)
-    adapters.init(model)
-    return model
 
 
-def run(model, inputs, setup=None):
-    with torch.no_grad():
-        if setup is None:
-            return main_output(model(**inputs))
-        with AdapterSetup(setup):
-            return main_output(model(**inputs))
 
 
 def with_loras(arch="bert", configs=None, head="base"):
