@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         *peft_cases(os.path.join(args.fixtures, "peft")),
     ]:
         if errors is None:
-            reason = skipped.split("(", 1)[1].rsplit(")", 1)[0] if "(" in skipped else skipped
+            reason = skipped.split("(", 1)[1].rsplit(")", 1)[0] if ".json: " in skipped else skipped
             print(f"{label:<42}{'-':<30}skipped: {reason[:70]}")
             continue
         ok = all(e <= args.tolerance for e in errors)
