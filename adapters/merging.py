@@ -187,8 +187,7 @@ def ties(
         tensor([ 2., -2.])
     """
     pruned = torch.stack([prune(t, density, "magnitude") for t in task_tensors])
-    mask = calculate_majority_sign_mask(pruned, majority_sign_method)
-    return disjoint_merge(_weighted(pruned, weights), mask)
+    return _elect_sign_and_merge(pruned, weights, majority_sign_method)
 
 
 def dare_linear(task_tensors: list[torch.Tensor], weights: WeightsLike, density: float) -> torch.Tensor:
@@ -219,6 +218,11 @@ def dare_ties(
         >>> merged = dare_ties([torch.randn(8), torch.randn(8)], [0.5, 0.5], density=0.5)
     """
     pruned = torch.stack([prune(t, density, "random", rescale=True) for t in task_tensors])
+    return _elect_sign_and_merge(pruned, weights, majority_sign_method)
+
+
+def _elect_sign_and_merge(pruned: torch.Tensor, weights: WeightsLike, majority_sign_method) -> torch.Tensor:
+    """TIES' last two steps on already pruned task tensors: sign election, disjoint merge."""
     mask = calculate_majority_sign_mask(pruned, majority_sign_method)
     return disjoint_merge(_weighted(pruned, weights), mask)
 
