@@ -52,7 +52,7 @@ FUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
 FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
 
 # module-dict names under which methods keep per-adapter modules (state-dict key segments)
-ADAPTER_CONTAINERS = ("adapters", "loras", "shared_parameters")
+ADAPTER_CONTAINERS = ("adapters", "loras", "shared_parameters", "modules_to_save")
 
 
 class AdapterLoadError(ValueError):
@@ -70,8 +70,10 @@ def _fusion_key_pattern(fusion_name: str) -> re.Pattern:
 
 
 def _select_parameters(model, pattern: re.Pattern) -> dict[str, torch.nn.Parameter]:
-    """Base-model-relative name -> parameter, for the parameters whose key matches ``pattern``."""
-    return {k: p for k, p in model.base_model.named_parameters() if pattern.search(k)}
+    """Name -> parameter, for the parameters whose key matches ``pattern``; names are relative to
+    the base model, or to the whole model for parameters outside it (a head's
+    ``modules_to_save`` copy)."""
+    return _strip_prefix(model, {k: p for k, p in model.named_parameters() if pattern.search(k)})
 
 
 def _rename_in_keys(state: dict, pattern_fn, old: str, new: str) -> dict:
@@ -285,7 +287,7 @@ def load_adapter(
         raise AdapterLoadError(f"An adapter named {name!r} exists already; pass load_as=... or overwrite_ok=True.")
     if is_peft:
         state, weights_path = _read_weights(folder, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME)
-        state = state_from_peft(state, saved_name)
+        state = state_from_peft(state, saved_name, _saved_module_paths(model, adapter_config))
     else:
         state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     state = _strip_prefix(model, state)
@@ -312,6 +314,15 @@ def load_adapter(
         model.set_active_adapters(name)
     logger.info(f"Loaded adapter {name!r} from {folder}.")
     return name
+
+
+def _saved_module_paths(model, config) -> list[str]:
+    """The model's module paths a PEFT checkpoint's ``modules_to_save`` names (their weights are
+    stored under the module's own path)."""
+    from .models.targeting import matches_modules
+
+    names = [n for part in config.configs_by_architecture() for n in (getattr(part, "modules_to_save", None) or ())]
+    return [path for path, _ in model.named_modules() if names and path and matches_modules(path, names)]
 
 
 def _name_in_keys(state: dict, fallback: str) -> str:

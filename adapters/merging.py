@@ -332,8 +332,9 @@ def _check_mergeable(model, name: str) -> None:
         )
 
 
-def _merge_plan(model, adapter_names) -> list[tuple[nn.Module, list[str]]]:
-    """``[(host, names to merge there, in order)]``; raises before anything changes."""
+def _merge_plan(model, adapter_names) -> tuple[list[tuple[nn.Module, list[str]]], list[tuple[nn.Module, str]]]:
+    """``([(host, names to merge there, in order)], [(module, adapter whose copy replaces it)])``;
+    raises before anything changes."""
     registry = model.adapters_config
     skip_layers = frozenset()
     if adapter_names is not None:
@@ -355,7 +356,32 @@ def _merge_plan(model, adapter_names) -> list[tuple[nn.Module, list[str]]]:
         todo = [n for n in names if n in host.loras and n not in host.merged]
         if todo:
             plan.append((host, todo))
-    return plan
+    return plan, _copies_plan(model, names, skip_layers)
+
+
+def _copies_plan(model, names, skip_layers) -> list[tuple[nn.Module, str]]:
+    """The ``modules_to_save`` copies that replace their module in the merged model."""
+    chosen = []
+    for host in model._adapter_hosts:
+        if host.method != "modules_to_save" or host.layer_idx in skip_layers:
+            continue
+        owners = [n for n in names if n in host.modules_to_save]
+        if len(owners) > 1:
+            raise ValueError(
+                f"Cannot merge adapters {owners} together: each has its own copy of module {host.location!r} "
+                f"(modules_to_save) and the merged model can keep only one. Merge one of them."
+            )
+        if owners:
+            chosen.append((host, owners[0]))
+    return chosen
+
+
+@torch.no_grad()
+def _adopt_copy(host, name: str) -> None:
+    """Write adapter ``name``'s copy of ``host`` into ``host``'s own parameters and buffers."""
+    own = {k: v for k, v in host.state_dict(keep_vars=True).items() if not k.startswith("modules_to_save.")}
+    for key, value in host.modules_to_save[name].state_dict().items():
+        own[key].copy_(value)
 
 
 def _host_params(host) -> dict[str, nn.Parameter]:
@@ -416,7 +442,7 @@ _ADDED_ENTRIES = (
     "_adapter_residual_slots", "_adapter_host", "_adapters_registry", "_adapters_hosts", "_adapters_spec",
     "model_frozen",
 )
-_ADDED_CHILDREN = ("loras", "adapters", "adapter_fusion_layer")
+_ADDED_CHILDREN = ("loras", "adapters", "adapter_fusion_layer", "modules_to_save")
 _HOST_ENTRIES = ("layer_idx", "location")  # ComposableLayer hosts only
 
 
@@ -506,6 +532,25 @@ def _lora_inputs(model, adapters: Sequence[str], what: str) -> list:
     if len(modes) > 1:
         raise ValueError(f"{what} cannot combine LoRA ('add') and (IA)³ ('scale') adapters; {list(adapters)} mix them.")
     return configs
+
+
+def _single_copy_owners(model, adapters: Sequence[str]) -> dict:
+    """saved-module host -> the one adapter of ``adapters`` with a copy there (``modules_to_save``);
+    raises where several have one, as the combination could keep only one (as PEFT)."""
+    owners = {}
+    for host in model._adapter_hosts:
+        if host.method != "modules_to_save":
+            continue
+        present = [n for n in adapters if n in host.modules_to_save]
+        if len(present) > 1:
+            raise ValueError(
+                f"Cannot combine {present}: each has its own copy of module {host.location!r} (modules_to_save), "
+                f"and a weighted combination of replaced modules is not defined. Combine adapters of which at "
+                f"most one keeps a copy of each module."
+            )
+        if present:
+            owners[host] = present[0]
+    return owners
 
 
 def _union_placement(model, template, adapters: Sequence[str]):
@@ -717,7 +762,7 @@ class MergingMixin:
         LoRA-family adapters (its ``skip_layers`` are respected, so the merged model computes what
         the model computes now); if no setup is active, every LoRA-family adapter, in the order they
         were added (a warning names them). Adapters merged already (``merge_adapter``) stay in the
-        weights. Parameters keep their ``requires_grad`` flags (``train_adapter`` froze the base model).
+        weights. A merged adapter's ``modules_to_save`` copies are written into their modules. Parameters keep their ``requires_grad`` flags (``train_adapter`` froze the base model).
 
         Args:
             progressbar: show a progress bar over the layers being merged.
@@ -740,12 +785,20 @@ class MergingMixin:
             >>> plain = model.merge_and_unload(safe_merge=True)
             >>> plain.save_pretrained("out/merged")    # loads with AutoModel.from_pretrained alone
         """
-        plan = _merge_plan(self, adapter_names)
+        plan, copies = _merge_plan(self, adapter_names)
         if safe_merge:
             _check_merges_finite(self, plan)
+            for host, name in copies:
+                if not all(torch.isfinite(p).all() for p in host.modules_to_save[name].parameters()):
+                    raise ValueError(
+                        f"safe_merge: adapter {name!r}'s copy of module {host.location!r} holds NaN/inf. Nothing "
+                        f"was merged and the model is unchanged."
+                    )
         for host, todo in logging.tqdm(plan, disable=not progressbar, desc="Unloading and merging model"):
             for name in todo:
                 host.merge(name)
+        for host, name in copies:
+            _adopt_copy(host, name)
         _strip_adapters(self)
         return self
 
@@ -831,7 +884,7 @@ class MergingMixin:
                 return
             sources = [host.adapters[n] for n in names]
             target = host.adapters[adapter_name]
-            if combine_strategy == "linear":
+            if combine_strategy == "linear" or host.method == "modules_to_save":  # copies: always linear
                 _copy_state(target, _weighted_state(sources, weights))
             elif combine_strategy == "lora_linear_only_negate_b":
                 target.lora_A.copy_(sum(abs(w) * m.lora_A.float() for w, m in zip(weights, sources)))
@@ -919,9 +972,14 @@ class MergingMixin:
         rank = _result_rank(hosts, adapters, combination_type, svd_rank)
         config = configs[0].replace(r=rank, alpha=rank, use_rslora=False, rank_pattern={}, alpha_pattern={})
         config = _union_placement(self, config, adapters)
+        copy_owner = _single_copy_owners(self, adapters)
+        config = config.replace(modules_to_save=sorted({h.location for h in copy_owner}) or None)
         svd_options = {"clamp": svd_clamp, "full_matrices": svd_full_matrices, "driver": svd_driver}
 
         def fill(host):
+            if host.method == "modules_to_save":  # the one input's copy, as it is
+                _copy_state(host.modules_to_save[adapter_name], host.modules_to_save[copy_owner[host]].state_dict())
+                return
             present = [(host.loras[n], w) for n, w in zip(adapters, weights) if n in host.loras]
             target = host.loras[adapter_name]
             if host not in hosts:

@@ -34,8 +34,9 @@ from .configuration.lora import LoftQConfig
 from .methods.loftq import loftq_factors
 from .methods.lora import LoRALinear
 from .methods.phm import init_shared_parameters
+from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .models.patching import swap_class
-from .models.targeting import matches_modules, pattern_value, resolve_targets
+from .models.targeting import closest_names, layer_of, matches_modules, pattern_value, resolve_targets
 
 logger = logging.get_logger(__name__)
 
@@ -43,7 +44,9 @@ __all__ = ["ModelAdaptersMixin"]
 
 _NAME_RE = re.compile(r"^[^.,\s]+$")
 # modules this library adds (their biases are adapter weights, not the base model's)
-_OWN_MODULE_PATH = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters)(\.|$)")
+_OWN_MODULE_PATH = re.compile(
+    r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters|modules_to_save)(\.|$)"
+)
 # inputs that carry a batch dimension and are replicated for Parallel
 _BATCH_INPUTS = (
     "input_ids",
@@ -266,6 +269,9 @@ class ModelAdaptersMixin(MergingMixin):
             if part.architecture == "lora":
                 self._add_lora_modules(name, part, reference.device, dtype)
                 added = True
+            if getattr(part, "modules_to_save", None):
+                self._add_saved_modules(name, part.modules_to_save)
+                added = True
         bottleneck_parts = [p for p in config.configs_by_architecture() if p.architecture == "bottleneck"]
         for host in self._adapter_hosts:
             for part in bottleneck_parts:
@@ -283,6 +289,15 @@ class ModelAdaptersMixin(MergingMixin):
         for pattern in {**config.rank_pattern, **config.alpha_pattern}:
             if not any(pattern_value({pattern: 1}, t.path, None) for t in targets):
                 logger.warning(f"rank/alpha pattern {pattern!r} of adapter {name!r} matches none of its target modules.")
+        saved = [p for p, m in self.base_model.named_modules() if isinstance(m, SavedModuleHost)]
+        for target in targets:
+            inside = [p for p in saved if target.path.startswith(p + ".")]
+            if inside:
+                raise ValueError(
+                    f"Module {target.path!r} lies inside {inside[0]!r}, of which adapters keep their own copies "
+                    f"(modules_to_save); a LoRA there would be missing from those copies. Exclude it "
+                    f"(exclude_modules)."
+                )
         for target in targets:
             host = target.module
             if not isinstance(host, LoRALinear):
@@ -298,6 +313,56 @@ class ModelAdaptersMixin(MergingMixin):
             if config.init_weights == "loftq":
                 self._loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})))
             host.loras[name].to(device=device, dtype=dtype).train(self.training)
+
+    def _add_saved_modules(self, name: str, module_names) -> None:
+        """Give adapter ``name`` its own trainable copy of every module ``module_names`` matches
+        (PEFT's ``modules_to_save``; anywhere in the model, heads included)."""
+        from .methods.base import ComposableLayer
+
+        modules = {p: m for p, m in self.named_modules() if p and not _OWN_MODULE_PATH.search(p)}
+        found = [p for p in modules if matches_modules(p, module_names)]
+        found = [p for p in found if not any(p.startswith(q + ".") for q in found)]  # outermost only
+        if not found:
+            raise ValueError(
+                f"modules_to_save={list(module_names)!r} matches no module of this model. Closest module names: "
+                f"{', '.join(closest_names(' '.join(module_names), modules))}."
+            )
+        inside = lambda path: any(path == f or path.startswith(f + ".") for f in found)  # noqa: E731
+        outside = {id(p) for path, m in modules.items() if not inside(path) for p in m.parameters(recurse=False)}
+        prefix = "" if self.base_model is self else self.base_model_prefix + "."
+        for path in found:
+            module = modules[path]
+            hosts = [sub for sub in module.modules() if isinstance(sub, ComposableLayer) and not isinstance(sub, SavedModuleHost)]
+            if hosts:
+                raise ValueError(
+                    f"modules_to_save: {path!r} already hosts adapters (e.g. {type(hosts[0]).__name__}); a copy "
+                    f"cannot carry them. Leave {path!r} out of target_modules, or out of modules_to_save."
+                )
+            tied = [n for n, p in module.named_parameters() if id(p) in outside]
+            if tied:
+                raise ValueError(
+                    f"modules_to_save: {path}.{tied[0]} is shared with another module (tied weights, e.g. tied "
+                    f"input embeddings and LM head); a separate copy would untie them. Train it with the base "
+                    f"model instead, or untie the weights first."
+                )
+        for path in found:
+            module = modules[path]
+            if not isinstance(module, SavedModuleHost):
+                swap_class(module, SavedModuleHost)
+                inner = path[len(prefix):] if path.startswith(prefix) else path
+                module.init_adapter_layer(layer_of(inner, self.__dict__["_adapters_spec"])[0], path)
+                self._adapter_hosts.append(module)
+            module.add_copy(name)
+            module.modules_to_save[name].train(self.training)
+
+    def _saved_module_paths(self) -> dict[str, set[str]]:
+        """adapter -> the module paths it keeps copies of (``modules_to_save``)."""
+        paths: dict[str, set[str]] = {}
+        for host in self._adapter_hosts:
+            if host.method == "modules_to_save":
+                for name in host.modules_to_save:
+                    paths.setdefault(name, set()).add(host.location)
+        return paths
 
     @staticmethod
     @torch.no_grad()
@@ -530,6 +595,7 @@ class ModelAdaptersMixin(MergingMixin):
                     f"Add it with add_adapter or load_adapter first."
                 )
         self._validate_block(setup)
+        check_saved_module_setup(setup, self._saved_module_paths())
 
     def _validate_block(self, block: AdapterCompositionBlock) -> None:
         registry = self.adapters_config
@@ -565,11 +631,19 @@ class ModelAdaptersMixin(MergingMixin):
             >>> model.freeze_model()      # then unfreeze what you train
         """
         self.base_model.requires_grad_(not freeze)
+        for host in self._adapter_hosts:  # copies kept outside the base model (modules_to_save on a head)
+            if host.method == "modules_to_save":
+                host.requires_grad_(not freeze)
         self.base_model.__dict__["model_frozen"] = freeze
 
     def _head_parameters(self) -> list[nn.Parameter]:
-        base_params = {id(p) for p in self.base_model.parameters()}
-        return [p for p in self.parameters() if id(p) not in base_params]
+        """Parameters outside the base model (heads), except modules adapters keep copies of:
+        those train through the active adapter's copy."""
+        excluded = {id(p) for p in self.base_model.parameters()}
+        for host in self._adapter_hosts:
+            if host.method == "modules_to_save":
+                excluded.update(id(p) for p in host.parameters())
+        return [p for p in self.parameters() if id(p) not in excluded]
 
     def _enable(self, setup: AdapterCompositionBlock, adapters: bool, fusions: bool) -> None:
         names = setup.flatten()
@@ -728,7 +802,9 @@ class ModelAdaptersMixin(MergingMixin):
                     "train": bool(params) and all(p.requires_grad for p in params),
                 }
             )
-        base_params = sum(p.numel() for p in self.base_model.parameters()) - sum(r["#param"] for r in rows)
+        own = {id(p) for name in registry.adapters for p in self._adapter_parameters(name)}
+        own.update(id(p) for host in self._adapter_hosts if host.method == "bottleneck" for p in host.adapter_fusion_layer.parameters())
+        base_params = sum(p.numel() for p in self.base_model.parameters() if id(p) not in own)
         for row in rows:
             row["%param"] = 100.0 * row["#param"] / base_params
         rows.append(

@@ -9,9 +9,11 @@ name left out: ``...q_proj.lora_A.weight``, ``...q_proj.lora_B.weight``,
 PEFT's config fields map onto :class:`~adapters.LoRAConfig` one to one (``lora_alpha`` ->
 ``alpha``, ``lora_dropout`` -> ``dropout``, ``target_modules``, ``exclude_modules``,
 ``layers_to_transform``, ``layers_pattern``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora``,
-``use_dora``, ``feedforward_modules``). Fields that change what the checkpoint holds and that this
-version does not implement (``modules_to_save``, ...) raise an error naming them. Trained biases
-(``bias="all"`` / ``"lora_only"``) travel with the adapter as ``<module>.bias`` keys.
+``use_dora``, ``feedforward_modules``, ``modules_to_save``). Fields that change what the checkpoint
+holds and that this version does not implement (``layer_replication``, ...) raise an error naming
+them. Trained biases (``bias="all"`` / ``"lora_only"``) travel with the adapter as ``<module>.bias``
+keys; the copies of ``modules_to_save`` as the module's own keys (``...classifier.weight``), which
+become ``classifier.modules_to_save.<name>.weight`` here.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ _PREFIX = "base_model.model."
 
 # PEFT fields that would need behaviour this version lacks, with the value that is fine
 _UNSUPPORTED = {
-    "modules_to_save": None,
     "lora_bias": False,
     "layer_replication": None,
     "use_qalora": False,
@@ -61,6 +62,7 @@ def config_from_peft(meta: dict) -> LoRAConfig:
         exclude_modules=_listify(meta.get("exclude_modules")),
         layers_to_transform=_listify(meta.get("layers_to_transform")),
         layers_pattern=meta.get("layers_pattern") if not isinstance(meta.get("layers_pattern"), list) else meta["layers_pattern"][0],
+        modules_to_save=_listify(meta.get("modules_to_save")) or None,
         selfattn_lora=False,
     )
     if peft_type == "LORA":
@@ -86,12 +88,19 @@ def config_from_peft(meta: dict) -> LoRAConfig:
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<param>lora_A\.weight|lora_B\.weight|lora_magnitude_vector(\.weight)?|ia3_l)$")
 
 
-def state_from_peft(state: dict, name: str) -> dict:
+def state_from_peft(state: dict, name: str, saved_modules=()) -> dict:
     """PEFT weight keys -> this library's (``<module>.loras.<name>.<param>``), relative to the
-    wrapped model; (IA)³ input-scaling vectors are transposed to ``(in, 1)``."""
+    wrapped model; (IA)³ input-scaling vectors are transposed to ``(in, 1)``; keys under one of
+    the module paths ``saved_modules`` (``modules_to_save``) move to
+    ``<module>.modules_to_save.<name>.<param>``."""
     converted = {}
+    by_length = sorted(saved_modules, key=len)
     for key, value in state.items():
         key = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        owner = next((p for p in by_length if key.startswith(p + ".")), None)
+        if owner is not None:
+            converted[f"{owner}.modules_to_save.{name}.{key[len(owner) + 1:]}"] = value
+            continue
         key = re.sub(r"\.(lora_A|lora_B|lora_magnitude_vector|ia3_l)\.default(\.|$)", r".\1\2", key)
         match = _PEFT_KEY.match(key)
         if not match:
@@ -156,6 +165,10 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
             alphas[re.escape(path)] = alpha
     for path, bias in model._bias_parameters(name).items():
         weights[_PREFIX + top_prefix + path] = bias.detach()
+    saved = [h for h in model._adapter_hosts if h.method == "modules_to_save" and name in h.modules_to_save]
+    for host in saved:  # PEFT stores a copy under the module's own path
+        for key, value in host.modules_to_save[name].state_dict().items():
+            weights[f"{_PREFIX}{host.location}.{key}"] = value.detach()
     fan_in_fan_out = any(host.fan_in_fan_out for host in hosts)  # transformers' Conv1D (GPT-2)
     meta = {
         "peft_type": "IA3" if part.composition_mode == "scale" else "LORA",
@@ -163,7 +176,7 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         "base_model_name_or_path": getattr(model.config, "name_or_path", None) or None,
         "inference_mode": True,
         "task_type": None,
-        "modules_to_save": None,
+        "modules_to_save": [h.location for h in saved] or None,
     }
     if part.composition_mode == "scale":
         meta.update(feedforward_modules=feedforward, init_ia3_weights=True, fan_in_fan_out=fan_in_fan_out)

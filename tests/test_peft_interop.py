@@ -60,11 +60,11 @@ def test_peft_checkpoint_with_unsupported_fields_is_refused(tmp_path):
     folder = tmp_path / "lora"
     shutil.copytree(os.path.join(PEFT, "bert", "lora"), folder)
     meta = json.loads((folder / "adapter_config.json").read_text())
-    meta["modules_to_save"] = ["classifier"]
+    meta["layer_replication"] = [[0, 2], [1, 2]]
     (folder / "adapter_config.json").write_text(json.dumps(meta))
     model = _base("bert")
     adapters.init(model)
-    with pytest.raises(AdapterLoadError, match=r"modules_to_save=\['classifier'\] is not supported"):
+    with pytest.raises(AdapterLoadError, match=r"layer_replication=\[\[0, 2\], \[1, 2\]\] is not supported"):
         model.load_adapter(str(folder))
     assert not model.adapters_config.adapters
 

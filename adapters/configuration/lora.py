@@ -71,6 +71,9 @@ class LoRAConfig(AdapterConfig):
             SVD of the quantisation residual, so the base model's weights change.
         feedforward_modules: with composition_mode "scale", the targeted modules (same forms as
             ``target_modules``) whose *input* is scaled instead of their output (PEFT's IA³).
+        modules_to_save: names of whole modules (exact or dotted suffix, e.g. ``["classifier"]``)
+            of which the adapter keeps its own fully trainable copy, saved and loaded with it (see
+            :mod:`adapters.methods.saved_modules`); for heads and embeddings that must train.
         leave_out: layer indices that get no LoRA.
 
     Example::
@@ -105,6 +108,7 @@ class LoRAConfig(AdapterConfig):
     feedforward_modules: Optional[Union[tuple, str]] = None
     loftq_config: Optional[dict] = None
     bias: str = "none"
+    modules_to_save: Optional[tuple] = None
 
     def __post_init__(self):
         if self.bias not in ("none", "all", "lora_only"):
@@ -117,6 +121,11 @@ class LoRAConfig(AdapterConfig):
                 raise ValueError("init_weights='loftq' initialises plain LoRA (composition_mode='add', no DoRA).")
         for name in ("leave_out", "attn_matrices"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.modules_to_save is not None:
+            names = (self.modules_to_save,) if isinstance(self.modules_to_save, str) else tuple(self.modules_to_save)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}.")
+            object.__setattr__(self, "modules_to_save", names)
         for name in ("target_modules", "exclude_modules", "feedforward_modules"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

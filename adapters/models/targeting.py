@@ -28,10 +28,10 @@ from transformers.pytorch_utils import Conv1D
 
 from .spec import ArchitectureSpec
 
-__all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts"]
+__all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "layer_of", "closest_names"]
 
 # modules created by this library are never targets
-_OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters)(\.|$)")
+_OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|modules_to_save)(\.|$)")
 
 
 class Target(NamedTuple):
@@ -46,7 +46,15 @@ class Target(NamedTuple):
     out_slices: Optional[tuple[tuple[int, int], ...]] = None
 
 
-def _layer_of(path: str, spec: ArchitectureSpec, layers_pattern: Optional[str] = None) -> tuple[int, str]:
+def layer_of(path: str, spec: ArchitectureSpec, layers_pattern: Optional[str] = None) -> tuple[int, str]:
+    """``(layer index, path inside the layer)`` of a base-model path; ``(-1, path)`` outside the
+    layer list.
+
+    Example::
+
+        >>> layer_of("encoder.layer.1.attention.self.query", BERT)
+        (1, 'attention.self.query')
+    """
     prefix = re.escape(layers_pattern) if layers_pattern else re.escape(spec.layers)
     match = re.search(rf"(^|\.){prefix}\.(\d+)\.(.+)$", path)
     return (int(match.group(2)), match.group(3)) if match else (-1, path)
@@ -125,7 +133,7 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
             suffixes.update(spec.output_lora)
         chosen = []
         for path, module in linears.items():
-            layer_idx, location = _layer_of(path, spec)
+            layer_idx, location = layer_of(path, spec)
             if layer_idx >= 0 and location in suffixes and layer_idx not in config.leave_out:
                 slices = _fused_slices(spec, location, module, letters_at[location]) if location in letters_at else None
                 chosen.append(Target(path, module, layer_idx, location, slices))
@@ -138,21 +146,31 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
             continue
         if config.exclude_modules is not None and matches_modules(path, config.exclude_modules, path_prefix):
             continue
-        layer_idx, location = _layer_of(path, spec, config.layers_pattern)
+        layer_idx, location = layer_of(path, spec, config.layers_pattern)
         if config.layers_to_transform is not None and layer_idx not in config.layers_to_transform:
             continue
         if layer_idx in config.leave_out:
             continue
         targets.append(Target(path, module, layer_idx, location))
     if not targets:
-        names = sorted({p.rsplit(".", 1)[-1] for p in linears} | set(linears))
         probe = wanted if isinstance(wanted, str) else " ".join(wanted)
-        close = difflib.get_close_matches(probe, names, n=5, cutoff=0.3) or sorted({p.rsplit(".", 1)[-1] for p in linears})[:8]
         raise ValueError(
             f"target_modules={wanted!r} matches no linear layer of this model (after exclude_modules / "
-            f"layers_to_transform). Closest module names: {', '.join(close)}."
+            f"layers_to_transform). Closest module names: {', '.join(closest_names(probe, linears))}."
         )
     return targets
+
+
+def closest_names(probe: str, paths) -> list[str]:
+    """Module names (last path parts or whole paths) most similar to ``probe``, for error messages.
+
+    Example::
+
+        >>> closest_names("qurey", ["encoder.layer.0.attention.self.query"])
+        ['query']
+    """
+    short = {p.rsplit(".", 1)[-1] for p in paths}
+    return difflib.get_close_matches(probe, sorted(short | set(paths)), n=5, cutoff=0.3) or sorted(short)[:8]
 
 
 def pattern_value(patterns: dict, path: str, default):

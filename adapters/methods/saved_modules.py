@@ -1,0 +1,205 @@
+"""Modules to save: a whole module, fully trained, as part of an adapter (PEFT's ``modules_to_save``).
+
+Some modules cannot stay frozen while an adapter trains: a classification head initialised for
+the new task, or an embedding that must learn new tokens. ``modules_to_save=["classifier"]`` in a
+weight-update config (LoRA, (IA)³, ...) gives adapter ``a`` its own trainable copy ``M_a`` of every
+matching module ``M``; the copy is saved and loaded with the adapter, and the forward pass uses
+
+    y = M_a(x)   when ``a`` is active,        y = M(x)   otherwise.
+
+The original ``M`` keeps its parameters and names (the model still loads its checkpoint). Copies
+live at ``<module>.modules_to_save.<adapter>``, the in-memory layout PEFT uses.
+
+**Composition.** A copy replaces the module, so one batch row can use one copy only:
+
+* a single adapter, or a ``Stack`` / ``Average`` / ``Fuse`` in which one adapter has a copy of this
+  module: that copy;
+* ``Parallel`` / ``BatchSplit``: each branch's rows go through that branch's copy (or the original
+  module, for a branch without one) - different heads for different branches in one pass;
+* two adapters with copies of the same module acting on the same rows (e.g. ``Stack("a", "b")``),
+  or any copy inside a ``Split`` (which cuts the sequence, not the batch): an error when the setup
+  is activated, see :func:`check_saved_module_setup`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+from torch import nn
+
+from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Split
+from .base import ComposableLayer
+
+__all__ = ["SavedModuleHost", "plain_copy", "check_saved_module_setup"]
+
+CONTAINER = "modules_to_save"
+
+
+def plain_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` as its original transformers class, without adapter copies.
+
+    Example::
+
+        >>> head_copy = plain_copy(model.classifier)
+    """
+    from ..models.patching import restore_class
+
+    copies = module._modules.pop(CONTAINER, None)
+    try:
+        clone = copy.deepcopy(module)
+    finally:
+        if copies is not None:
+            module._modules[CONTAINER] = copies
+    restore_class(clone)
+    for key in ("layer_idx", "location", "_setup_cache"):
+        clone.__dict__.pop(key, None)
+    return clone
+
+
+class SavedModuleHost(ComposableLayer):
+    """Mixin (swapped in by class) for a module that adapters keep trainable copies of.
+
+    Example::
+
+        >>> model.add_adapter("task", LoRAConfig(modules_to_save=["classifier"]))
+        >>> model.classifier.modules_to_save["task"]
+        Linear(in_features=32, out_features=2, bias=True)
+    """
+
+    method = CONTAINER
+
+    def init_adapter_layer(self, layer_idx: int, location: str) -> None:
+        self._init_composable(layer_idx, location)
+        self.modules_to_save = nn.ModuleDict()
+
+    def adapter_names(self) -> set[str]:
+        return set(self.modules_to_save.keys())
+
+    @property
+    def adapters(self) -> nn.ModuleDict:
+        """The copies of this module, by adapter name (the common name used by the model API)."""
+        return self.modules_to_save
+
+    def add_copy(self, name: str) -> None:
+        """Give adapter ``name`` a trainable copy of this module (its current weights)."""
+        self.modules_to_save[name] = plain_copy(self)
+        self._invalidate_setup_cache()
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.modules_to_save:
+            del self.modules_to_save[name]
+            self._invalidate_setup_cache()
+
+    def forward(self, *args, **kwargs):
+        setup = self.active_setup()
+        if setup is None:
+            return super().forward(*args, **kwargs)
+        if isinstance(setup, str):
+            return self.modules_to_save[setup](*args, **kwargs)
+        batch = _batch_size(args, kwargs)
+        branches = _branches(setup, batch)
+        if len(branches) == 1:
+            return self._run(branches[0][1], args, kwargs)
+        outputs, start = [], 0
+        for size, name in branches:
+            sliced_args, sliced_kwargs = _narrow((args, kwargs), batch, start, size)
+            outputs.append(self._run(name, sliced_args, sliced_kwargs))
+            start += size
+        return _concat(outputs)
+
+    def _run(self, name, args, kwargs):
+        if name is None:
+            return super().forward(*args, **kwargs)
+        return self.modules_to_save[name](*args, **kwargs)
+
+
+def _branches(block, batch: int) -> list[tuple[int, str | None]]:
+    """``[(rows, adapter whose copy runs on them or None)]`` for a block pruned to this host."""
+    if block is None:
+        return [(batch, None)]
+    if isinstance(block, str):
+        return [(batch, block)]
+    if block.kind in (Parallel, BatchSplit):
+        sizes = block.batch_sizes or [batch // len(block.children)] * len(block.children)
+        return [branch for child, size in zip(block.children, sizes) for branch in _branches(child, size)]
+    present = [child for child in block.children if child is not None]
+    if len(present) != 1:  # check_saved_module_setup refuses these setups when they are activated
+        raise ValueError(f"{block}: several adapters replace the same module on the same rows.")
+    return _branches(present[0], batch)
+
+
+def _batch_size(args, kwargs) -> int:
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError("A module with per-branch copies got no tensor input to split by batch row.")
+
+
+def _narrow(value, batch: int, start: int, size: int):
+    if isinstance(value, torch.Tensor):
+        return value.narrow(0, start, size) if value.dim() > 0 and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_narrow(v, batch, start, size) for v in value)
+    if isinstance(value, dict):
+        return {k: _narrow(v, batch, start, size) for k, v in value.items()}
+    return value
+
+
+def _concat(outputs: list):
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs, dim=0)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat(list(parts)) for parts in zip(*outputs))
+    return first
+
+
+def check_saved_module_setup(setup, copies_of: dict[str, set[str]]) -> None:
+    """Raise if ``setup`` would send a batch row through two copies of one module, or cut a copy
+    along the sequence. ``copies_of`` maps an adapter to the module paths it has copies of.
+
+    Example::
+
+        >>> check_saved_module_setup(Parallel("a", "b"), {"a": {"classifier"}, "b": {"classifier"}})  # fine
+    """
+    if not any(copies_of.values()):
+        return
+    for block in _blocks(setup):
+        if isinstance(block, Split):
+            owners = [n for n in block.flatten() if copies_of.get(n)]
+            if owners:
+                raise ValueError(
+                    f"{block} cuts the sequence, but adapter(s) {owners} replace whole modules "
+                    f"(modules_to_save); use them outside the Split."
+                )
+    for row_adapters in _row_groups(setup):
+        seen: dict[str, str] = {}
+        for name in row_adapters:
+            for path in copies_of.get(name, ()):
+                if path in seen and seen[path] != name:
+                    raise ValueError(
+                        f"In {setup}, adapters {seen[path]!r} and {name!r} both have a copy of module {path!r} "
+                        f"(modules_to_save) and act on the same inputs, but a module can be replaced by one copy "
+                        f"only. Put them in Parallel branches, or keep modules_to_save on one of them."
+                    )
+                seen[path] = name
+
+
+def _blocks(setup):
+    if isinstance(setup, AdapterCompositionBlock):
+        yield setup
+        for child in setup.children:
+            yield from _blocks(child)
+
+
+def _row_groups(setup) -> list[list[str]]:
+    """The sets of adapters that act on the same batch rows: Parallel / BatchSplit branches are
+    separate groups, every other block joins its children's groups."""
+    if isinstance(setup, str):
+        return [[setup]]
+    child_groups = [_row_groups(child) for child in setup.children]
+    if isinstance(setup, (Parallel, BatchSplit)):
+        return [group for groups in child_groups for group in groups]
+    return [sum(combo, []) for combo in itertools.product(*child_groups)]
