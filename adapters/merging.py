@@ -522,12 +522,16 @@ def _lora_inputs(model, adapters: Sequence[str], what: str) -> list:
                 f"{what} cannot combine the DoRA adapter {name!r}: its update renormalises W + ΔW per row, so "
                 f"weighted sums of its parameters or deltas do not give the weighted DoRA update."
             )
-        if any(getattr(m, "out_index", None) is not None for m in modules):
-            raise ValueError(
-                f"{what} cannot combine {name!r}: it adapts only some parts of a fused projection (e.g. q and v of "
-                f"GPT-2's c_attn), which combinations do not handle yet; target whole modules to combine them."
-            )
         configs.append(config)
+    paths = _module_paths(model)
+    for host in _lora_hosts(model):  # fused projections: combined part by part, so the parts must agree
+        parts = {host.loras[n].out_slices for n in adapters if n in host.loras}
+        if len(parts) > 1:
+            raise ValueError(
+                f"{what} cannot combine {list(adapters)}: at {paths.get(id(host), 'a fused projection')!r} they "
+                f"adapt different parts of the fused projection (output columns {sorted(parts, key=str)}); "
+                f"combine adapters with the same attn_matrices there."
+            )
     modes = {c.composition_mode for c in configs}
     if len(modes) > 1:
         raise ValueError(f"{what} cannot combine LoRA ('add') and (IA)³ ('scale') adapters; {list(adapters)} mix them.")
@@ -560,6 +564,13 @@ def _union_placement(model, template, adapters: Sequence[str]):
         return template  # same placement: keep the first config's (readable) targeting
     paths = _module_paths(model)
     union = [h for h in _lora_hosts(model) if any(name in h.loras for name in adapters)]
+    partial = [h for h in union if any(n in h.loras and h.loras[n].out_slices for n in adapters)]
+    if partial:
+        raise ValueError(
+            f"Cannot combine {list(adapters)}: they adapt different layers, and some of them only parts of the "
+            f"fused projection {paths[id(partial[0])]!r}, which a placement by module path cannot express. "
+            f"Combine adapters placed on the same layers."
+        )
 
     def regex(hosts):
         return "|".join(sorted(re.escape(paths[id(h)]) for h in hosts)) or None
@@ -889,9 +900,11 @@ class MergingMixin:
             elif combine_strategy == "lora_linear_only_negate_b":
                 target.lora_A.copy_(sum(abs(w) * m.lora_A.float() for w, m in zip(weights, sources)))
                 target.lora_B.copy_(sum(w * m.lora_B.float() for w, m in zip(weights, sources)))
-            else:
-                delta = sum(w * m.delta_weight().float() for w, m in zip(weights, sources))
-                _write_lora(target, *_truncated_svd(delta, target.r))
+            else:  # part by part on a fused projection (one part elsewhere)
+                parts = zip(target.group_views(), *(m.group_views() for m in sources))
+                for target_part, *source_parts in parts:
+                    delta = sum(w * m.delta_weight().float() for w, m in zip(weights, source_parts))
+                    _write_lora(target_part, *_truncated_svd(delta, target.r))
 
         _add_combined_adapter(self, adapter_name, config, fill)
         if set_active:
@@ -984,8 +997,10 @@ class MergingMixin:
             target = host.loras[adapter_name]
             if host not in hosts:
                 raise RuntimeError(f"Internal error: adapter {adapter_name!r} was placed where none of {adapters} is.")
-            factors = _combine_loras(present, combination_type, target.r, density, majority_sign_method, svd_options)
-            _write_lora(target, *factors)
+            for i, target_part in enumerate(target.group_views()):  # part by part on a fused projection
+                present_part = [(m.group_views()[i], w) for m, w in present]
+                factors = _combine_loras(present_part, combination_type, target.r, density, majority_sign_method, svd_options)
+                _write_lora(target_part, *factors)
 
         _add_combined_adapter(self, adapter_name, config, fill)
         if any(adapter_name not in h.loras for h in hosts):

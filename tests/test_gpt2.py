@@ -472,16 +472,47 @@ def test_sliced_adapters_are_written_as_whole_module_peft_adapters(tmp_path, con
         close(main_output(peft_model(**inputs)), ours)
 
 
-def test_combining_or_loftq_on_fused_parts_is_refused_clearly():
-    from conftest import make_model
-
+def test_weighted_combinations_on_fused_parts_follow_their_definitions():
     model = make_model("gpt2")
     adapters.init(model)
-    for name in "ab":
-        model.add_adapter(name, config=adapters.LoRAConfig(r=4, attn_matrices=["q", "v"]))
-    with pytest.raises(ValueError, match="parts of a fused projection"):
+    qv = adapters.LoRAConfig(r=4, attn_matrices=["q", "v"], intermediate_lora=True)
+    for i, name in enumerate("ab"):
+        model.add_adapter(name, config=qv.replace(alpha=4 + 4 * i))
+        perturb_adapter(model, name, seed=i)
+    weights = [0.6, -0.4]
+    model.add_weighted_adapter(["a", "b"], weights, "cat", combination_type="cat")
+    model.add_weighted_adapter(["a", "b"], weights, "svd", combination_type="svd", svd_rank=8)
+    model.add_weighted_adapter(["a", "b"], [0.6, 0.4], "lin", combination_type="linear")
+    model.add_adapter("c", config=qv.replace(alpha=4))  # the same config as a: they can be averaged
+    perturb_adapter(model, "c", seed=7)
+    model.average_adapter("avg", ["a", "c"], weights=[0.25, 0.75], combine_strategy="lora_delta_w_svd", svd_rank=8)
+    for host in (h for h in model._adapter_hosts if h.method == "lora"):
+        a, b = host.loras["a"], host.loras["b"]
+        assert host.loras["cat"].out_slices == a.out_slices  # still only the q and v parts
+        wanted = weights[0] * a.delta_weight() + weights[1] * b.delta_weight()
+        close(host.loras["cat"].delta_weight(), wanted, 1e-5)  # exact
+        close(host.loras["svd"].delta_weight(), wanted, 1e-5)  # rank 8 = r_a + r_b per part: no truncation
+        close(host.loras["avg"].delta_weight(), 0.25 * a.delta_weight() + 0.75 * host.loras["c"].delta_weight(), 1e-5)
+        for lin, ga, gb in zip(host.loras["lin"].group_views(), a.group_views(), b.group_views()):
+            ca, cb = (0.6 * ga.scaling) ** 0.5, (0.4 * gb.scaling) ** 0.5
+            close(lin.delta_weight(), lin.scaling * (ca * ga.lora_B + cb * gb.lora_B) @ (ca * ga.lora_A + cb * gb.lora_A), 1e-5)
+    inputs = make_inputs("gpt2")
+    expected = run(model, inputs, "cat")
+    model.merge_adapter("cat")
+    close(run(model, inputs), expected, 1e-4)
+
+
+def test_combining_different_parts_or_loftq_on_fused_parts_is_refused_clearly():
+    model = make_model("gpt2")
+    adapters.init(model)
+    model.add_adapter("a", config=adapters.LoRAConfig(r=4, attn_matrices=["q", "v"]))
+    model.add_adapter("b", config=adapters.LoRAConfig(r=4, attn_matrices=["q", "k"]))
+    model.add_adapter("w", config=adapters.LoRAConfig(r=4, attn_matrices=["q", "v"], leave_out=[0]))
+    with pytest.raises(ValueError, match="different parts of the fused projection"):
         model.add_weighted_adapter(["a", "b"], [0.5, 0.5], "c", combination_type="cat")
+    with pytest.raises(ValueError, match="adapt different layers, and some of them only parts"):
+        model.add_weighted_adapter(["a", "w"], [0.5, 0.5], "c", combination_type="cat")
     keys = set(model.state_dict())
     with pytest.raises(ValueError, match="parts of a fused projection"):
         model.add_adapter("q", config=adapters.LoRAConfig(r=4, attn_matrices=["q", "v"], init_weights="loftq"))
-    assert set(model.state_dict()) == keys and "q" not in model.adapters_config.adapters
+    assert set(model.state_dict()) == keys and set(model.adapters_config.adapters) == {"a", "b", "w"}
