@@ -185,6 +185,24 @@ class LoRA(nn.Module):
             return gate
         return gate.repeat_interleave(self.lora_B.shape[0] // self.groups, dim=-1)
 
+    @property
+    def is_plain(self) -> bool:
+        """A LoRA over the whole output without gate or DoRA: ``output + s·x Aᵀ Bᵀ`` and nothing else."""
+        return self.composition_mode == "add" and self.groups == 1 and not self.use_dora and not hasattr(self, "gate")
+
+    def add_delta(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """``output + s·dropout(x) Aᵀ Bᵀ`` for a plain LoRA; the second product accumulates into
+        ``output`` in one GEMM (``addmm``), so the update costs two small matmuls and no extra
+        pass over the output."""
+        hidden = nn.functional.linear(self.dropout(x), self.lora_A)
+        flat = output.reshape(-1, output.shape[-1])
+        return torch.addmm(flat, hidden.reshape(-1, self.r), self.lora_B.t(), alpha=self.scaling).view(output.shape)
+
+    def scale_vector(self) -> torch.Tensor:
+        """(IA)³'s ``s·l`` as a vector (``l`` itself when ``s = 1``, saving a multiplication)."""
+        vector = self.lora_B.view(-1)
+        return vector if self.scaling == 1 else vector * self.scaling
+
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         """``dropout(x) A_iᵀ B_iᵀ`` for every group ``i``, concatenated (unscaled)."""
         hidden = self.dropout(x) @ self.lora_A.t()
@@ -208,10 +226,12 @@ class LoRA(nn.Module):
         when :attr:`needs_weight`.
         """
         gate = self._gate(x)
+        if gate is None and self.is_plain:
+            return self.add_delta(x, output)
         if gate is not None:
             gate = self._per_column(gate)
         if self.composition_mode == "scale":
-            factor = self.lora_B.view(-1) * self.scaling
+            factor = self.scale_vector()
             if gate is not None:
                 factor = 1 + gate * (factor - 1)
             if self.scale_input:  # (x ⊙ f) Wᵀ = x Wᵀ + (x ⊙ (f − 1)) Wᵀ
@@ -399,11 +419,16 @@ class LoRALinear(ComposableLayer):
         setup = self.active_setup()
         if setup is None:
             return super().forward(x)
-        if isinstance(setup, str) and self.loras[setup].scale_input:  # one input scaling: fold into x
+        if isinstance(setup, str):  # one adapter: the common case, without the composition engine
             lora = self.loras[setup]
-            gate = lora._gate(x)
-            factor = lora.delta_weight() if gate is None else 1 + gate * (lora.delta_weight() - 1)
-            return super().forward(x * factor)
+            if lora.is_plain:
+                return lora.add_delta(x, super().forward(x))
+            if lora.scale_input:  # one input scaling: fold into x
+                gate = lora._gate(x)
+                factor = lora.scale_vector() if gate is None else 1 + gate * (lora.scale_vector() - 1)
+                return super().forward(x * factor)
+            if lora.composition_mode == "scale" and not hasattr(lora, "gate") and lora.out_index is None:
+                return super().forward(x) * lora.scale_vector()
         output = super().forward(x)
         return self.compose(setup, LoRAState(x, output, output)).output
 
@@ -418,8 +443,8 @@ class LoRALinear(ComposableLayer):
                 state.layer_input, state.output.index_select(dim, index), state.base_output.index_select(dim, index), weight, bias
             )
             output = state.output.index_copy(dim, index, covered)
-        context = ForwardContext.get_context()
-        if context is not None and context.output_adapter_gating_scores and hasattr(lora, "gate"):
+        context = ForwardContext.get_context() if hasattr(lora, "gate") else None
+        if context is not None and context.output_adapter_gating_scores:
             scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
             scores[self.location] = lora._gate(state.layer_input).detach()
         return state._replace(output=output, last=name)
