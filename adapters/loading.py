@@ -52,7 +52,7 @@ FUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
 FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
 
 # module-dict names under which methods keep per-adapter modules (state-dict key segments)
-ADAPTER_CONTAINERS = ("adapters", "loras", "shared_parameters", "modules_to_save")
+ADAPTER_CONTAINERS = ("adapters", "loras", "shared_parameters", "modules_to_save", "invertible_adapters")
 
 
 class AdapterLoadError(ValueError):

@@ -442,7 +442,7 @@ _ADDED_ENTRIES = (
     "_adapter_residual_slots", "_adapter_host", "_adapters_registry", "_adapters_hosts", "_adapters_spec",
     "model_frozen",
 )
-_ADDED_CHILDREN = ("loras", "adapters", "adapter_fusion_layer", "modules_to_save")
+_ADDED_CHILDREN = ("loras", "adapters", "adapter_fusion_layer", "modules_to_save", "invertible_adapters")
 _HOST_ENTRIES = ("layer_idx", "location")  # ComposableLayer hosts only
 
 

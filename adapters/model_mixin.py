@@ -28,14 +28,17 @@ from .composition import (
 from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
 from .context import AdapterSetup, ForwardContext
+from .embeddings import EmbeddingAdaptersMixin
 from .merging import MergingMixin
 from .methods import METHOD_BLOCKS
 from .configuration.lora import LoftQConfig
 from .methods.loftq import loftq_factors
 from .methods.lora import LoRALinear
+from .methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
+from .methods.invertible import EmbeddingOutputHost, OutputEmbeddingInputHost, coupling_block
 from .methods.phm import init_shared_parameters
 from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
-from .models.patching import swap_class
+from .models.patching import restore_class, swap_class
 from .models.targeting import closest_names, layer_of, matches_modules, pattern_value, resolve_targets
 
 logger = logging.get_logger(__name__)
@@ -45,7 +48,7 @@ __all__ = ["ModelAdaptersMixin"]
 _NAME_RE = re.compile(r"^[^.,\s]+$")
 # modules this library adds (their biases are adapter weights, not the base model's)
 _OWN_MODULE_PATH = re.compile(
-    r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters|modules_to_save)(\.|$)"
+    r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters|modules_to_save|invertible_adapters)(\.|$)"
 )
 # inputs that carry a batch dimension and are replicated for Parallel
 _BATCH_INPUTS = (
@@ -84,7 +87,7 @@ def _checkpoint_with_context(checkpoint_func):
     return checkpoint_in_context
 
 
-class ModelAdaptersMixin(MergingMixin):
+class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
     """Adds named adapters and their composition to a transformers model.
 
     Example::
@@ -240,11 +243,6 @@ class ModelAdaptersMixin(MergingMixin):
             bad_layers = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < num_layers]
             if bad_layers:
                 raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
-            if part.architecture == "bottleneck" and part.inv_adapter:
-                raise ValueError(
-                    f"inv_adapter={part.inv_adapter!r}: invertible adapters are not available in this version; "
-                    f"use the same config without inv_adapter (e.g. 'seq_bn' instead of 'seq_bn_inv')."
-                )
             if part.architecture == "bottleneck":
                 for layer in range(num_layers):
                     size = int(hidden // part.reduction_factor_for(layer))
@@ -272,6 +270,8 @@ class ModelAdaptersMixin(MergingMixin):
             if getattr(part, "modules_to_save", None):
                 self._add_saved_modules(name, part.modules_to_save)
                 added = True
+            if part.architecture == "bottleneck" and part.inv_adapter:
+                self._add_invertible_adapter(name, part, reference.device, dtype)
         bottleneck_parts = [p for p in config.configs_by_architecture() if p.architecture == "bottleneck"]
         for host in self._adapter_hosts:
             for part in bottleneck_parts:
@@ -354,6 +354,45 @@ class ModelAdaptersMixin(MergingMixin):
                 self._adapter_hosts.append(module)
             module.add_copy(name)
             module.modules_to_save[name].train(self.training)
+
+    def _add_invertible_adapter(self, name: str, config, device, dtype) -> None:
+        """The invertible block of ``config`` at the embedding output, and its inverse before the
+        output embeddings (see :mod:`adapters.methods.invertible`); installs both hooks once."""
+        base = self.base_model
+        if INVERTIBLE_CONTAINER not in base._modules:
+            base.add_module(INVERTIBLE_CONTAINER, nn.ModuleDict())
+        spec = self.__dict__["_adapters_spec"]
+        host = base.get_submodule(spec.embedding_output or spec.embeddings)
+        if not isinstance(host, EmbeddingOutputHost):
+            self._install_embedding_host(host)
+        output = self.get_output_embeddings()
+        if output is not None and not isinstance(output, OutputEmbeddingInputHost):
+            swap_class(output, OutputEmbeddingInputHost)
+            output.__dict__["_adapters_invertible_blocks"] = base._modules[INVERTIBLE_CONTAINER]
+            output.__dict__["_adapters_embedding_host"] = host
+            output._init_composable(-1, OutputEmbeddingInputHost.location)
+            self._adapter_hosts.append(output)
+        size = getattr(self.config, "embedding_size", None) or self.config.hidden_size
+        host.add_block(name, coupling_block(config, size).to(device=device, dtype=dtype).train(self.training))
+
+    def _install_embedding_host(self, module: nn.Module) -> None:
+        swap_class(module, EmbeddingOutputHost)
+        module.__dict__["_adapters_invertible_blocks"] = self.base_model._modules[INVERTIBLE_CONTAINER]
+        module._init_composable(-1, EmbeddingOutputHost.location)
+        self._adapter_hosts.append(module)
+        for host in self._adapter_hosts:
+            if isinstance(host, OutputEmbeddingInputHost):
+                host.__dict__["_adapters_embedding_host"] = module
+
+    def _input_embeddings_replaced(self, old: nn.Module, new: nn.Module) -> None:
+        """Move the invertible adapters' hook when the embedding module itself is swapped out
+        (``set_active_embeddings`` on models whose embedding output is the token embedding)."""
+        if isinstance(old, EmbeddingOutputHost) and old is not new:
+            self._adapter_hosts.remove(old)
+            for key in ("_adapters_invertible_blocks", "layer_idx", "location", "_setup_cache"):
+                old.__dict__.pop(key, None)
+            restore_class(old)
+            self._install_embedding_host(new)
 
     def _saved_module_paths(self) -> dict[str, set[str]]:
         """adapter -> the module paths it keeps copies of (``modules_to_save``)."""

@@ -444,13 +444,6 @@ def test_compacter_learn_phm_false_keeps_rules_fixed_in_training():
         assert any(p.requires_grad for n, p in model.named_parameters() if "W_left" in n and f".{name}." in n)
 
 
-def test_invertible_adapter_configs_are_rejected_until_supported():
-    model = patched("bert")
-    with pytest.raises(ValueError, match="invertible adapters are not available"):
-        model.add_adapter("lang", config="seq_bn_inv")
-    assert not model.adapters_config.adapters
-
-
 def test_compacter_cached_weight_follows_parameter_updates():
     model = patched("bert")
     model.add_adapter("c", config=config_for_tiny("compacter++"), set_active=True)

@@ -19,12 +19,14 @@ BOTTLENECK_CASES = {
     "stack", "parallel", "split", "batchsplit", "average", "fuse", "stack_fuse",
 }
 LORA_CASES = {"lora", "ia3", "lora_parallel", "lora_average", "lora_batchsplit"}
+# invertible (MAD-X) language adapters, alone and under a task adapter
+INVERTIBLE_CASES = {"seq_bn_inv", "double_seq_bn_inv", "stack_lang_task"}
 
 
 def _cases():
     if not os.path.isdir(ADAPTERHUB):
         return []
-    return [c for c in adapterhub_manifest()["cases"] if c["case"] in BOTTLENECK_CASES | LORA_CASES]
+    return [c for c in adapterhub_manifest()["cases"] if c["case"] in BOTTLENECK_CASES | LORA_CASES | INVERTIBLE_CASES]
 
 
 def _is_lora(case) -> bool:

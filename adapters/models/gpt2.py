@@ -46,6 +46,7 @@ GPT2 = register_architecture(
         ffn_in=("mlp.c_fc",),
         ffn_out="mlp.c_proj",
         embeddings="wte",
+        embedding_output="drop",  # token + position embeddings, after dropout
         intermediate_lora=("mlp.c_fc",),
         output_lora=("mlp.c_proj",),
         pre_ln=True,

@@ -76,6 +76,8 @@ class ArchitectureSpec:
         ffn_in: the FFN input projection(s).
         ffn_out: the FFN output projection.
         embeddings: the input embedding module (relative to the base model).
+        embedding_output: the module whose output is the embedding output the first layer reads
+            (default: ``embeddings``); invertible adapters act on it.
         pre_ln: whether layers normalise before their sub-blocks.
         intermediate_lora, output_lora: the linear layers LoRA's ``intermediate_lora`` and
             ``output_lora`` place adapters on (AdapterHub's placement, so its checkpoints load).
@@ -100,6 +102,7 @@ class ArchitectureSpec:
     pre_ln: bool
     intermediate_lora: tuple[str, ...] = ()
     output_lora: tuple[str, ...] = ()
+    embedding_output: Optional[str] = None
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}

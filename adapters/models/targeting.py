@@ -31,7 +31,7 @@ from .spec import ArchitectureSpec
 __all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "layer_of", "closest_names"]
 
 # modules created by this library are never targets
-_OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|modules_to_save)(\.|$)")
+_OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|modules_to_save|invertible_adapters)(\.|$)")
 
 
 class Target(NamedTuple):

@@ -1,0 +1,197 @@
+"""Switchable input embeddings for new vocabularies (AdapterHub's embedding API, MAD-X).
+
+A model keeps named embedding matrices besides its own (``"default"``). ``add_embeddings``
+creates one for a tokenizer's vocabulary, optionally copying the rows of tokens the vocabulary
+shares with a reference embedding; ``set_active_embeddings`` makes one the model's input
+embedding. Where the model ties its output embeddings (an LM head) to the input embedding, the
+head is re-tied to the active one (with a bias per embedding where the head has a bias) and
+``config.vocab_size`` follows, so MLM / CLM losses see the new vocabulary. Inactive embeddings
+are not part of the model's state dict; ``save_embeddings`` / ``load_embeddings`` store them
+(``embedding.safetensors``, the tokenizer in ``tokenizer/``; AdapterHub's ``embedding.pt`` is
+read with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["EmbeddingAdaptersMixin", "EMBEDDING_FILE", "LEGACY_EMBEDDING_FILE", "TOKENIZER_PATH"]
+
+EMBEDDING_FILE = "embedding.safetensors"
+LEGACY_EMBEDDING_FILE = "embedding.pt"
+TOKENIZER_PATH = "tokenizer"
+
+
+class EmbeddingAdaptersMixin:
+    """The embedding API of a patched model (mixed into :class:`~adapters.ModelAdaptersMixin`)."""
+
+    @property
+    def _embedding_state(self) -> dict:
+        base = self.base_model.__dict__
+        if "_adapters_embeddings" not in base:
+            base["_adapters_embeddings"] = {"loaded": {}, "biases": {}, "vocab_sizes": {}, "active": "default"}
+        return base["_adapters_embeddings"]
+
+    @property
+    def active_embeddings(self) -> str:
+        """The name of the input embedding in use (``"default"``: the model's own).
+
+        Example::
+
+            >>> model.active_embeddings
+            'default'
+        """
+        return self._embedding_state["active"]
+
+    def _loaded_embeddings(self) -> dict:
+        state = self._embedding_state
+        state["loaded"][state["active"]] = self.get_input_embeddings()
+        return state["loaded"]
+
+    def add_embeddings(
+        self,
+        name: str,
+        tokenizer,
+        reference_embedding: Optional[str] = None,
+        reference_tokenizer=None,
+        embedding_dim: Optional[int] = None,
+    ) -> None:
+        """Add an input embedding for ``tokenizer``'s vocabulary and make it active.
+
+        Rows start as the model initialises embeddings (normal, ``config.initializer_range``);
+        with a reference embedding and its tokenizer, tokens present in both vocabularies start
+        from the reference's vectors.
+
+        Raises:
+            ValueError: the name exists, or only one of ``reference_embedding`` /
+                ``reference_tokenizer`` is given, or the reference is unknown.
+
+        Example::
+
+            >>> model.add_embeddings("de", de_tokenizer, reference_embedding="default",
+            ...                      reference_tokenizer=en_tokenizer)
+        """
+        loaded = self._loaded_embeddings()
+        if name in loaded:
+            raise ValueError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
+        if (reference_embedding is None) != (reference_tokenizer is None):
+            raise ValueError("Give both reference_embedding and reference_tokenizer, or neither.")
+        if reference_embedding is not None and reference_embedding not in loaded:
+            raise ValueError(f"No embedding named {reference_embedding!r}; the model has: {', '.join(sorted(loaded))}.")
+        current = self.get_input_embeddings()
+        dim = embedding_dim or current.embedding_dim
+        embedding = nn.Embedding(len(tokenizer), dim, padding_idx=getattr(tokenizer, "pad_token_id", None))
+        with torch.no_grad():
+            embedding.weight.normal_(0.0, getattr(self.config, "initializer_range", 0.02))
+            if embedding.padding_idx is not None:
+                embedding.weight[embedding.padding_idx].zero_()
+            if reference_embedding is not None:
+                vocab, reference_vocab = tokenizer.get_vocab(), reference_tokenizer.get_vocab()
+                shared = sorted(set(vocab) & set(reference_vocab))
+                source = loaded[reference_embedding].weight
+                rows = torch.tensor([vocab[t] for t in shared], dtype=torch.long)
+                embedding.weight[rows] = source[torch.tensor([reference_vocab[t] for t in shared])].to(embedding.weight)
+                logger.info(f"Embedding {name!r}: {len(shared)} of {len(vocab)} tokens start from {reference_embedding!r}.")
+        embedding.to(device=current.weight.device, dtype=current.weight.dtype)
+        loaded[name] = embedding
+        self.set_active_embeddings(name)
+
+    def set_active_embeddings(self, name: str) -> None:
+        """Use embedding ``name`` as the model's input embedding (and tied output embedding).
+
+        Example::
+
+            >>> model.set_active_embeddings("default")
+        """
+        loaded = self._loaded_embeddings()
+        if name not in loaded:
+            raise ValueError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
+        state = self._embedding_state
+        embedding = loaded[name]
+        output = self.get_output_embeddings()
+        tied = output is not None and output.weight is self.get_input_embeddings().weight
+        state["vocab_sizes"].setdefault(state["active"], self.config.vocab_size)
+        if tied:
+            if output.bias is not None:
+                state["biases"].setdefault(state["active"], output.bias)
+                if name not in state["biases"]:
+                    state["biases"][name] = nn.Parameter(output.bias.new_zeros(embedding.num_embeddings))
+                output.bias = state["biases"][name]
+            output.weight = embedding.weight
+            output.out_features = embedding.num_embeddings
+        previous = self.get_input_embeddings()
+        self.set_input_embeddings(embedding)
+        self._input_embeddings_replaced(previous, embedding)
+        self.config.vocab_size = state["vocab_sizes"].get(name, embedding.num_embeddings)
+        state["active"] = name
+
+    def delete_embeddings(self, name: str) -> None:
+        """Delete embedding ``name`` (the default one cannot be deleted); deleting the active one
+        switches back to ``"default"``.
+
+        Example::
+
+            >>> model.delete_embeddings("de")
+        """
+        loaded = self._loaded_embeddings()
+        if name == "default" or name not in loaded:
+            raise ValueError(f"Cannot delete embedding {name!r}: deletable are {sorted(set(loaded) - {'default'})}.")
+        if self.active_embeddings == name:
+            logger.warning(f"Deleting the active embedding {name!r}; 'default' is active now.")
+            self.set_active_embeddings("default")
+        del loaded[name]
+        self._embedding_state["biases"].pop(name, None)
+
+    def save_embeddings(self, path: str, name: str, tokenizer=None) -> None:
+        """Save embedding ``name`` (and ``tokenizer``, if given) to folder ``path``.
+
+        Example::
+
+            >>> model.save_embeddings("out/de-emb", "de", tokenizer=de_tokenizer)
+        """
+        from safetensors.torch import save_file
+
+        loaded = self._loaded_embeddings()
+        if name not in loaded:
+            raise ValueError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
+        os.makedirs(path, exist_ok=True)
+        save_file({"weight": loaded[name].weight.detach().cpu().contiguous()}, os.path.join(path, EMBEDDING_FILE))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(os.path.join(path, TOKENIZER_PATH))
+
+    def load_embeddings(self, path: str, name: str):
+        """Load an embedding saved by :meth:`save_embeddings` (or AdapterHub) as ``name`` and make
+        it active; returns the tokenizer saved with it, or None.
+
+        Example::
+
+            >>> tokenizer = model.load_embeddings("out/de-emb", "de")
+        """
+        if name in self._loaded_embeddings():
+            raise ValueError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
+        safe, legacy = os.path.join(path, EMBEDDING_FILE), os.path.join(path, LEGACY_EMBEDDING_FILE)
+        if os.path.isfile(safe):
+            from safetensors.torch import load_file
+
+            weight = load_file(safe)["weight"]
+        elif os.path.isfile(legacy):
+            weight = torch.load(legacy, map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{path} holds no embedding: expected {EMBEDDING_FILE} or {LEGACY_EMBEDDING_FILE}.")
+        tokenizer = None
+        if os.path.isdir(os.path.join(path, TOKENIZER_PATH)):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, TOKENIZER_PATH))
+        current = self.get_input_embeddings().weight
+        embedding = nn.Embedding.from_pretrained(weight.to(device=current.device, dtype=current.dtype), freeze=False)
+        self._loaded_embeddings()[name] = embedding
+        self.set_active_embeddings(name)
+        return tokenizer

@@ -1,0 +1,224 @@
+"""Invertible adapters (Pfeiffer et al., 2020, "MAD-X", §2.3): an invertible map on the token
+embeddings, so a language adapter can also adapt the (tied) output embeddings.
+
+A language adapter's config with ``inv_adapter="nice"`` or ``"glow"`` adds one coupling block
+``A`` at the model's embedding output, ``e ← A(e)``, and its inverse before the output embeddings
+(the LM head), ``h ← A⁻¹(h)``: input and output vocabularies stay aligned through one
+bijection. The embedding ``e ∈ R^d`` is split into ``e₁ = e[:⌊d/2⌋]`` and ``e₂ = e[⌊d/2⌋:]``; each
+coupling network is ``Linear(n, n / f) → σ → Linear(n / f, m)`` (``f`` the
+``inv_adapter_reduction_factor``, ``σ`` the config's ``non_linearity``).
+
+NICE (additive coupling, Dinh et al., 2015)::
+
+    forward:  y₁ = e₁ + F(e₂)            y₂ = e₂ + G(y₁)
+    inverse:  e₂ = y₂ − G(y₁)            e₁ = y₁ − F(e₂)
+
+GLOW (affine coupling, Kingma & Dhariwal, 2018), with ``[s, t]`` predicted by one network and the
+scale softly clamped, ``σ_c(s) = exp(c · 0.636 · atan(s / c))``, ``c = 5``::
+
+    forward:  [s₂, t₂] = S₂(e₂), y₁ = σ_c(s₂) ⊙ e₁ + t₂      [s₁, t₁] = S₁(y₁), y₂ = σ_c(s₁) ⊙ e₂ + t₁
+    inverse:  [s₁, t₁] = S₁(y₁), e₂ = (y₂ − t₁) / σ_c(s₁)     [s₂, t₂] = S₂(e₂), e₁ = (y₁ − t₂) / σ_c(s₂)
+
+Both are exact inverses (``A⁻¹(A(e)) = e`` up to rounding). AdapterHub 1.3.0's GLOW block skips
+``S₂`` in its forward direction and slices ``[s, t]`` along the sequence axis, so it is not
+invertible; this module keeps its parameter names (``s1``, ``s2``) and shapes, so such
+checkpoints load, but computes the coupling above. Parameters start from BERT's initialisation
+(AdapterHub's), so the block is near, not exactly, the identity at first.
+
+**Which adapter runs.** The block of the first adapter of the active setup that has one (a
+``Stack("lang", "task")`` uses ``lang``'s); under ``Parallel`` / ``BatchSplit`` each branch's
+rows use their branch's first such adapter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..composition import BatchSplit, Parallel, Stack
+from .base import ComposableLayer, init_bert_weights
+
+__all__ = ["NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost"]
+
+CONTAINER = "invertible_adapters"
+
+
+def _coupling_network(size_in: int, size_out: int, non_linearity: str, reduction_factor: float) -> nn.Sequential:
+    hidden = max(1, int(size_in // reduction_factor))
+    return nn.Sequential(nn.Linear(size_in, hidden), ACT2FN[non_linearity.lower()], nn.Linear(hidden, size_out))
+
+
+class NICECoupling(nn.Module):
+    """Additive coupling: ``y₁ = e₁ + F(e₂)``, ``y₂ = e₂ + G(y₁)`` (see the module docstring).
+
+    Example::
+
+        >>> block = NICECoupling(64, "relu", 2)
+        >>> torch.allclose(block(block(e), rev=True), e, atol=1e-5)
+        True
+    """
+
+    def __init__(self, size: int, non_linearity: str, reduction_factor: float):
+        super().__init__()
+        self.split = size // 2
+        self.F = _coupling_network(size - self.split, self.split, non_linearity, reduction_factor)
+        self.G = _coupling_network(self.split, size - self.split, non_linearity, reduction_factor)
+
+    def forward(self, x: torch.Tensor, rev: bool = False) -> torch.Tensor:
+        x1, x2 = x[..., : self.split], x[..., self.split :]
+        if not rev:
+            y1 = x1 + self.F(x2)
+            return torch.cat((y1, x2 + self.G(y1)), dim=-1)
+        e2 = x2 - self.G(x1)
+        return torch.cat((x1 - self.F(e2), e2), dim=-1)
+
+
+class GLOWCoupling(nn.Module):
+    """Affine coupling with soft-clamped scales (see the module docstring).
+
+    Example::
+
+        >>> block = GLOWCoupling(64, "relu", 2)
+        >>> torch.allclose(block(block(e), rev=True), e, atol=1e-5)
+        True
+    """
+
+    clamp = 5.0
+
+    def __init__(self, size: int, non_linearity: str, reduction_factor: float):
+        super().__init__()
+        self.split = size // 2
+        rest = size - self.split
+        self.s1 = _coupling_network(self.split, 2 * rest, non_linearity, reduction_factor)
+        self.s2 = _coupling_network(rest, 2 * self.split, non_linearity, reduction_factor)
+
+    def _scale(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.clamp * 0.636 * torch.atan(s / self.clamp))
+
+    def forward(self, x: torch.Tensor, rev: bool = False) -> torch.Tensor:
+        x1, x2 = x[..., : self.split], x[..., self.split :]
+        rest = x2.shape[-1]
+        if not rev:
+            s2, t2 = self.s2(x2).split([self.split, self.split], dim=-1)
+            y1 = self._scale(s2) * x1 + t2
+            s1, t1 = self.s1(y1).split([rest, rest], dim=-1)
+            return torch.cat((y1, self._scale(s1) * x2 + t1), dim=-1)
+        s1, t1 = self.s1(x1).split([rest, rest], dim=-1)
+        e2 = (x2 - t1) / self._scale(s1)
+        s2, t2 = self.s2(e2).split([self.split, self.split], dim=-1)
+        return torch.cat(((x1 - t2) / self._scale(s2), e2), dim=-1)
+
+
+def coupling_block(config, size: int) -> nn.Module:
+    """The invertible block a bottleneck config asks for (``inv_adapter``), BERT-initialised.
+
+    Example::
+
+        >>> coupling_block(SeqBnInvConfig(), 768)
+        NICECoupling(...)
+    """
+    cls = {"nice": NICECoupling, "glow": GLOWCoupling}[config.inv_adapter]
+    block = cls(size, config.non_linearity, config.inv_adapter_reduction_factor or 2)
+    block.apply(init_bert_weights)
+    return block
+
+
+def _branches(block, batch: int) -> list[tuple[int, str | None]]:
+    """``[(rows, adapter whose block runs on them)]`` for a setup pruned to adapters with blocks."""
+    if block is None:
+        return [(batch, None)]
+    if isinstance(block, str):
+        return [(batch, block)]
+    if block.kind in (Parallel, BatchSplit):
+        sizes = block.batch_sizes or [batch // len(block.children)] * len(block.children)
+        return [branch for child, size in zip(block.children, sizes) for branch in _branches(child, size)]
+    first = next(child for child in block.children if child is not None)
+    return _branches(first, batch)
+
+
+class _InvertibleHost(ComposableLayer):
+    """Shared by both directions: which block runs on which rows."""
+
+    method = "invertible"
+    supported_blocks = (Stack, Parallel, BatchSplit)
+
+    @property
+    def blocks(self) -> nn.ModuleDict:
+        return self.__dict__["_adapters_invertible_blocks"]
+
+    def adapter_names(self) -> set[str]:
+        return set(self.blocks.keys())
+
+    def _apply(self, hidden: torch.Tensor, rev: bool) -> torch.Tensor:
+        setup = self.active_setup()
+        if setup is None:
+            return hidden
+        branches = _branches(setup, hidden.shape[0])
+        if len(branches) == 1:
+            name = branches[0][1]
+            return hidden if name is None else self.blocks[name](hidden, rev=rev)
+        parts, start = [], 0
+        for size, name in branches:
+            rows = hidden.narrow(0, start, size)
+            parts.append(rows if name is None else self.blocks[name](rows, rev=rev))
+            start += size
+        return torch.cat(parts, dim=0)
+
+
+class EmbeddingOutputHost(_InvertibleHost):
+    """Mixin for the module whose output is the embedding output (swapped in by class): applies
+    the active invertible block to that output. Owns the blocks for the model API.
+
+    Example::
+
+        >>> model.add_adapter("de", config="seq_bn_inv")
+        >>> type(model.bert.embeddings).__name__
+        'BertEmbeddingsWithAdapters'
+    """
+
+    location = "invertible_adapter"
+
+    @property
+    def adapters(self) -> nn.ModuleDict:
+        """The invertible blocks by adapter name (the common name used by the model API)."""
+        return self.blocks
+
+    def add_block(self, name: str, block: nn.Module) -> None:
+        self.blocks[name] = block
+        self._invalidate_setup_cache()
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.blocks:
+            del self.blocks[name]
+            self._invalidate_setup_cache()
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        return self._apply(output, rev=False)
+
+
+class OutputEmbeddingInputHost(_InvertibleHost):
+    """Mixin for the output embeddings (the LM head): applies the active block's inverse to its
+    input. Reads the blocks of the :class:`EmbeddingOutputHost` and owns none for the model API.
+
+    Example::
+
+        >>> type(model.lm_head).__name__
+        'LinearWithAdapters'
+    """
+
+    location = "invertible_adapter_inverse"
+
+    @property
+    def adapters(self) -> dict:
+        return {}
+
+    def delete_adapter(self, name: str) -> None:
+        self._invalidate_setup_cache()
+
+    def active_setup(self):
+        return self.__dict__["_adapters_embedding_host"].active_setup()
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return super().forward(self._apply(hidden_states, rev=True), *args, **kwargs)
