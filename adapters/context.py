@@ -91,6 +91,10 @@ class ForwardContext:
         adapter_fusion_attentions: the collected fusion attention weights, per fusion name
             and layer.
         output_adapter_gating_scores: whether to collect gating scores.
+        prefix_states: per-forward prefix keys/values, computed once per pass by the prefix
+            tuning pool: ``{adapter: {location: (layers, 2, kv_heads, length, head_dim)}}``.
+        attention_extended: whether some method adds keys/values to attention in this pass
+            (the attention wrapper and its mask function act only then).
         adapter_gating_scores: the collected gating scores, per adapter and layer.
 
     Example::
@@ -111,6 +115,8 @@ class ForwardContext:
         self.output_adapter_gating_scores = False
         self.adapter_fusion_attentions: dict = {}
         self.adapter_gating_scores: dict = {}
+        self.prefix_states: dict = {}
+        self.attention_extended = False
         # hand-over slots: a module earlier in a layer leaves a tensor for a hook later in it
         self.residuals: dict[int, Any] = {}
 

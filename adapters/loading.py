@@ -52,7 +52,13 @@ FUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
 FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
 
 # module-dict names under which methods keep per-adapter modules (state-dict key segments)
-ADAPTER_CONTAINERS = ("adapters", "loras", "shared_parameters", "modules_to_save", "invertible_adapters")
+ADAPTER_CONTAINERS = (
+    "adapters", "loras", "prefix_tunings", "prefix_gates", "prompt_tunings", "shared_parameters", "modules_to_save",
+    "invertible_adapters",
+)
+# AdapterHub saved its prefix pool once more under every layer (``<attention>.prefix_tuning.pool.``):
+# copies of ``prefix_tuning.prefix_tunings.<name>``, which is what loads
+_PREFIX_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.prefix_tunings\.")
 
 
 class AdapterLoadError(ValueError):
@@ -290,7 +296,7 @@ def load_adapter(
         state = state_from_peft(state, saved_name, _saved_module_paths(model, adapter_config))
     else:
         state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
-    state = _strip_prefix(model, state)
+    state = {k: v for k, v in _strip_prefix(model, state).items() if not _PREFIX_POOL_COPY.search(k)}
     saved_name = _name_in_keys(state, saved_name)
     staging = f"__loading__{name}"
     state = _rename_in_keys(state, _adapter_key_pattern, saved_name, staging)

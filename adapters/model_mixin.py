@@ -37,7 +37,10 @@ from .methods.lora import LoRALinear
 from .methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
 from .methods.invertible import EmbeddingOutputHost, OutputEmbeddingInputHost, coupling_block
 from .methods.phm import init_shared_parameters
+from .methods.prefix_tuning import install_prefix_tuning, record_attention_inputs
+from .methods.prompt_tuning import PromptTuning, install_prompt_tuning
 from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
+from .models.attention import use_adapter_attention
 from .models.patching import restore_class, swap_class
 from .models.targeting import closest_names, layer_of, matches_modules, pattern_value, resolve_targets
 
@@ -48,7 +51,8 @@ __all__ = ["ModelAdaptersMixin"]
 _NAME_RE = re.compile(r"^[^.,\s]+$")
 # modules this library adds (their biases are adapter weights, not the base model's)
 _OWN_MODULE_PATH = re.compile(
-    r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters|modules_to_save|invertible_adapters)(\.|$)"
+    r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters|modules_to_save"
+    r"|prefix_tuning|prompt_tuning|invertible_adapters)(\.|$)"
 )
 # inputs that carry a batch dimension and are replicated for Parallel
 _BATCH_INPUTS = (
@@ -132,6 +136,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
         if channels > 1:
             args, kwargs = self._replicate_batch(args, kwargs, channels, context)
         with context.activate():
+            args, kwargs = self._prepare_prefix_and_prompt(context, args, kwargs)
             output = super().forward(*args, **kwargs)
         if context.output_adapter_fusion_attentions and hasattr(output, "keys"):
             output.adapter_fusion_attentions = context.adapter_fusion_attentions
@@ -149,6 +154,47 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
                 f"one branch at a time (e.g. `with AdapterSetup('a'): model.generate(...)`)."
             )
         return super().generate(*args, **kwargs)
+
+    def _prepare_prefix_and_prompt(self, context: ForwardContext, args, kwargs):
+        """Compute the active prefixes once for this pass and join active soft prompts to the inputs."""
+        base = self.base_model
+        prefix_pool, prompt_pool = base._modules.get("prefix_tuning"), base._modules.get("prompt_tuning")
+        if context.setup is None or (prefix_pool is None and prompt_pool is None):
+            return args, kwargs
+        if prefix_pool is not None and prefix_pool.prepare_forward(context):
+            use_adapter_attention(self)
+            offsets = prefix_pool.position_offsets(context.setup, *self._batch_and_device(args, kwargs))
+            if offsets is not None:
+                args, kwargs = self._as_kwargs(args, kwargs)
+                kwargs["position_ids"] = self._position_ids(kwargs) + offsets[:, None]
+        if prompt_pool is not None and prompt_pool.names_in(context.setup):
+            args, kwargs = self._as_kwargs(args, kwargs)
+            kwargs = prompt_pool.prepare_forward(self, context, kwargs)
+        return args, kwargs
+
+    def _as_kwargs(self, args, kwargs):
+        kwargs = dict(kwargs)
+        for name, value in zip(_forward_parameter_names(type(self)), args):
+            kwargs[name] = value
+        return (), kwargs
+
+    def _batch_and_device(self, args, kwargs):
+        _, kwargs = self._as_kwargs(args, kwargs)
+        for name in ("input_ids", "inputs_embeds"):
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor):
+                return value.shape[0], value.device
+        raise ValueError("Prefix tuning with shift_positions needs input_ids or inputs_embeds.")
+
+    @staticmethod
+    def _position_ids(kwargs) -> torch.Tensor:
+        """The position ids the model would use: the given ones, else ``past + arange(T)``."""
+        if kwargs.get("position_ids") is not None:
+            return kwargs["position_ids"]
+        inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        return (torch.arange(inputs.shape[1], device=inputs.device) + past).unsqueeze(0)
 
     def _setup_for_forward(self):
         """``(setup, skip_layers)`` in force: the innermost AdapterSetup's (validated once), else the
@@ -243,6 +289,11 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
             bad_layers = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < num_layers]
             if bad_layers:
                 raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
+            if part.architecture == "prefix_tuning" and part.shift_positions and "position_ids" not in _forward_parameter_names(type(self)):
+                raise ValueError(
+                    f"shift_positions=True renumbers positions through position_ids, which {type(self).__name__}.forward "
+                    f"does not take; use shift_positions=False."
+                )
             if part.architecture == "bottleneck":
                 for layer in range(num_layers):
                     size = int(hidden // part.reduction_factor_for(layer))
@@ -272,6 +323,11 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
                 added = True
             if part.architecture == "bottleneck" and part.inv_adapter:
                 self._add_invertible_adapter(name, part, reference.device, dtype)
+            if part.architecture == "prefix_tuning":
+                added = self._add_prefix_modules(name, part, reference.device, dtype) or added
+            if part.architecture == "prompt_tuning":
+                self._add_prompt_modules(name, part, reference.device, dtype)
+                added = True
         bottleneck_parts = [p for p in config.configs_by_architecture() if p.architecture == "bottleneck"]
         for host in self._adapter_hosts:
             for part in bottleneck_parts:
@@ -280,6 +336,77 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
                     added = True
         if not added:
             raise ValueError(f"Adapter config {config} places no module in this model (check leave_out and positions).")
+
+    def _add_prefix_modules(self, name: str, config, device, dtype) -> bool:
+        """Create the prefix of adapter ``name`` in the pool (and its gates in the layers)."""
+        pool = install_prefix_tuning(self)
+        if not pool.add_adapter(name, config):
+            return False
+        pool.prefix_tunings[name].to(device=device, dtype=dtype).train(self.training)
+        if config.use_gating:
+            record_attention_inputs(pool)
+            for host in pool.__dict__["layer_hosts"]:
+                if pool.covers(name, host.layer_idx, host.location):
+                    host.add_gate(name, config)
+                    host.prefix_gates[name].to(device=device, dtype=dtype).train(self.training)
+        use_adapter_attention(self)
+        return True
+
+    def _add_prompt_modules(self, name: str, config, device, dtype) -> None:
+        """Create the soft prompt of adapter ``name``."""
+        init_ids = None
+        if config.prompt_init == "from_string":
+            from transformers import AutoTokenizer
+
+            source = config.tokenizer_name_or_path or getattr(self.config, "name_or_path", None)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+            except Exception as error:
+                raise ValueError(
+                    f"prompt_init='from_string' needs a tokenizer for prompt_init_text, but {source!r} could not be "
+                    f"loaded ({type(error).__name__}); set tokenizer_name_or_path in the PromptTuningConfig."
+                ) from error
+            init_ids = tokenizer(config.prompt_init_text, add_special_tokens=False)["input_ids"]
+            if not init_ids:
+                raise ValueError(f"prompt_init_text {config.prompt_init_text!r} tokenizes to no tokens.")
+        pool = install_prompt_tuning(self)
+        seed = config.init_weights_seed
+        with torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            prompt = PromptTuning(config, self.get_input_embeddings(), init_ids)
+        pool.prompt_tunings[name] = prompt.to(device=device, dtype=dtype).train(self.training)
+        pool._invalidate_setup_cache()
+
+    def eject_prefix_tuning(self, name: str) -> None:
+        """Replace the MLP reparameterisation of prefix-tuning adapter ``name`` by the flat prefix it
+        produces: the outputs stay the same, the parameter count drops to
+        ``prefix_length × layers × 2 × kv_heads × head_dim`` per location. The adapter's config
+        becomes ``flat=True`` (saved checkpoints load as flat prefixes).
+
+        Raises:
+            ValueError: no adapter of that name, or it has no prefix tuning.
+
+        Example::
+
+            >>> model.eject_prefix_tuning("prefix")
+            >>> model.save_adapter("out/prefix", "prefix")
+        """
+        self._require_adapter(name)
+        pool = self.base_model._modules.get("prefix_tuning")
+        if pool is None or name not in pool.prefix_tunings:
+            raise ValueError(f"Adapter {name!r} has no prefix tuning to eject.")
+        pool.eject(name)
+        registry = self.adapters_config
+        config = registry.adapters[name]
+        if config.architecture == "union":
+            from .configuration.base import ConfigUnion
+
+            parts = [p.replace(flat=True) if p.architecture == "prefix_tuning" else p for p in config.configs]
+            registry.adapters[name] = ConfigUnion(*parts)
+        else:
+            registry.adapters[name] = config.replace(flat=True)
+        registry.changed()
 
     def _add_lora_modules(self, name: str, config, device, dtype) -> None:
         """Attach LoRA / (IA)³ modules to every targeted linear layer, making it a host first."""

@@ -21,6 +21,7 @@ from .fusion import (
 )
 from .lora import DoRAConfig, IA3Config, LoftQConfig, LoRAConfig
 from .model_config import ModelAdaptersConfig
+from .prefix import MAMConfig, PrefixTuningConfig, PromptTuningConfig, UniPELTConfig
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -39,11 +40,15 @@ __all__ = [
     "IA3Config",
     "LoRAConfig",
     "LoftQConfig",
+    "MAMConfig",
     "ModelAdaptersConfig",
     "ParBnConfig",
+    "PrefixTuningConfig",
+    "PromptTuningConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
     "StaticAdapterFusionConfig",
     "StaticFusionConfig",
+    "UniPELTConfig",
     "register_config",
 ]

@@ -1,0 +1,479 @@
+"""Prefix tuning (Li & Liang, 2021, "Prefix-Tuning: Optimizing Continuous Prompts for
+Generation").
+
+Every attention layer ``l`` attends, besides the ``T`` real tokens, to ``P`` learned positions:
+
+    K'_l = [P^K_l ; K_l],   V'_l = [P^V_l ; V_l],   P^K_l, P^V_l ∈ R^{heads_kv × P × d_head}
+    Attn(Q_l, K'_l, V'_l) = softmax(Q_l K'_lᵀ / √d_head + [0 | M]) V'_l
+
+(``M`` is the model's own mask: causal and/or padding; every real query sees every prefix
+position). The prefix of all layers comes from one reparameterisation per adapter and location,
+computed once per forward pass (not once per layer):
+
+    [P^K_1, P^V_1, …, P^K_L, P^V_L] = W_2 f(W_1 E + b_1) + b_2,   E ∈ R^{P × d_model}  (flat=False)
+    [P^K_1, P^V_1, …, P^K_L, P^V_L] = θ                                                 (flat=True)
+
+The MLP makes training stable; after training, :meth:`eject_prefix_tuning` replaces it by the
+flat θ it produces (same outputs, far fewer parameters).
+
+With ``use_gating`` (UniPELT) layer ``l`` scales its prefix by ``g = mean_t σ(W_g h_t + b_g)`` of
+the attention input ``h`` (one gate for keys and values, or one each): ``P^K_l ← g_K P^K_l``,
+``P^V_l ← g_V P^V_l``. Like AdapterHub's (and this library's LoRA and bottleneck gates), the mean
+runs over all positions of the row.
+
+The prefix enters attention through the one attention wrapper of :mod:`adapters.models.attention`,
+after the KV-cache update: the cache holds only real tokens, and the prefix is prepended again at
+every decoding step. Grouped-query attention gets ``heads_kv`` prefix heads.
+
+Composition at one layer (state: the prefix collected so far, per batch row):
+
+* ``Stack(a, b)``: prefixes concatenate, ``[P_b ; P_a ; K]`` (order does not change attention);
+* ``Parallel`` / ``BatchSplit``: each group of batch rows gets its child's prefix; where children
+  have prefixes of different lengths the shorter ones are padded with masked positions;
+* ``Fuse``, ``Split``, ``Average``: not defined for prefixes — rejected when the setup is activated.
+
+Modules and state-dict keys follow AdapterHub: the pool at ``prefix_tuning.prefix_tunings.<name>.
+<location>_prefix`` on the base model (``wte``, ``control_trans.{0,2}`` or a flat
+``control_trans``), gates at ``<attention>.prefix_tuning.prefix_gates.<name>`` in each layer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..composition import BatchSplit, Parallel, Stack
+from ..configuration.prefix import PrefixTuningConfig
+from ..context import ForwardContext
+from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, tag_attention
+from ..models.patching import swap_class
+from .base import _IDENTITY, ComposableLayer
+
+__all__ = [
+    "PrefixTuning",
+    "FlatPrefixTuning",
+    "PrefixTuningPool",
+    "PrefixTuningLayer",
+    "PrefixShape",
+    "install_prefix_tuning",
+]
+
+
+class PrefixShape(NamedTuple):
+    """Sizes of one location's prefix: layers, key/value heads, head size, model width."""
+
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    input_size: int
+
+    @property
+    def per_position(self) -> int:
+        return self.n_layers * 2 * self.n_heads * self.head_dim
+
+
+def _to_layers(flat: torch.Tensor, prefix_length: int, shape: PrefixShape) -> torch.Tensor:
+    """``(P, L·2·H·D)`` -> ``(L, 2, H, P, D)`` (AdapterHub's and PEFT's layout of the flat vector)."""
+    states = flat.view(prefix_length, shape.n_layers, 2, shape.n_heads, shape.head_dim)
+    return states.permute(1, 2, 3, 0, 4)
+
+
+class PrefixTuning(nn.Module):
+    """The MLP reparameterisation ``W_2 f(W_1 E + b_1) + b_2`` of one location's prefix.
+
+    Example::
+
+        >>> module = PrefixTuning(PrefixShape(2, 4, 8, 32), PrefixTuningConfig(prefix_length=5))
+        >>> module().shape          # (layers, 2, heads, prefix_length, head_dim)
+        torch.Size([2, 2, 4, 5, 8])
+    """
+
+    def __init__(self, shape: PrefixShape, config: PrefixTuningConfig):
+        super().__init__()
+        self.shape, self.prefix_length = shape, config.prefix_length
+        self.wte = nn.Embedding(config.prefix_length, shape.input_size)
+        self.control_trans = nn.Sequential(
+            nn.Linear(shape.input_size, config.bottleneck_size),
+            ACT2FN[config.non_linearity.lower()],
+            nn.Linear(config.bottleneck_size, shape.per_position),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def flat_prefix(self) -> torch.Tensor:
+        """The prefix of all layers as AdapterHub's flat vector ``(P·L·2·H·D,)``, without dropout."""
+        return self.control_trans(self.wte.weight).reshape(-1)
+
+    def forward(self) -> torch.Tensor:
+        return _to_layers(self.dropout(self.control_trans(self.wte.weight)), self.prefix_length, self.shape)
+
+
+class FlatPrefixTuning(nn.Module):
+    """One location's prefix learned directly (``control_trans``, a flat vector).
+
+    Example::
+
+        >>> FlatPrefixTuning(PrefixShape(2, 4, 8, 32), PrefixTuningConfig(prefix_length=5, flat=True))().shape
+        torch.Size([2, 2, 4, 5, 8])
+    """
+
+    def __init__(self, shape: PrefixShape, config: PrefixTuningConfig):
+        super().__init__()
+        self.shape, self.prefix_length = shape, config.prefix_length
+        self.control_trans = nn.Parameter(torch.randn(config.prefix_length * shape.per_position))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def flat_prefix(self) -> torch.Tensor:
+        return self.control_trans
+
+    def forward(self) -> torch.Tensor:
+        return _to_layers(self.dropout(self.control_trans.view(self.prefix_length, -1)), self.prefix_length, self.shape)
+
+
+class PrefixTuningPool(nn.Module):
+    """All prefix-tuning adapters of one model (``base_model.prefix_tuning``).
+
+    ``prefix_tunings[name][f"{location}_prefix"]`` produces that location's prefix for every
+    layer; :meth:`prepare_forward` computes the prefixes of the active setup once per forward
+    pass and leaves them in the forward context for the layers.
+
+    Example::
+
+        >>> pool = model.base_model.prefix_tuning
+        >>> sorted(pool.prefix_tunings)
+        ['prefix']
+    """
+
+    method = "prefix_tuning"
+    layer_idx = -1
+    location = "prefix_tuning"
+
+    def __init__(self, shapes: dict[str, PrefixShape]):
+        super().__init__()
+        self.prefix_tunings = nn.ModuleDict()
+        self.__dict__["shapes"] = dict(shapes)
+        self.__dict__["layer_hosts"] = []
+        self.__dict__["_names_cache"] = {}
+        self.__dict__["_states_cache"] = {}
+
+    # -- host protocol shared with the other methods' hosts --------------------------------------
+    @property
+    def adapters(self) -> nn.ModuleDict:
+        return self.prefix_tunings
+
+    def _invalidate_setup_cache(self) -> None:
+        self.__dict__["_names_cache"] = {}
+        self.__dict__["_states_cache"] = {}
+        for host in self.__dict__["layer_hosts"]:
+            host._invalidate_setup_cache()
+
+    def add_adapter(self, name: str, config: PrefixTuningConfig) -> bool:
+        """Create the prefix of adapter ``name`` for every location the config covers."""
+        locations = [loc for loc in self.shapes if _covers(config, loc)]
+        if not locations:
+            return False
+        group = nn.ModuleDict()
+        group.config = config
+        seed = config.init_weights_seed
+        with torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for location in locations:
+                module_cls = FlatPrefixTuning if config.flat else PrefixTuning
+                group[f"{location}_prefix"] = module_cls(self.shapes[location], config)
+        self.prefix_tunings[name] = group
+        self._invalidate_setup_cache()
+        return True
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.prefix_tunings:
+            del self.prefix_tunings[name]
+        self._invalidate_setup_cache()
+
+    def config_of(self, name: str) -> PrefixTuningConfig:
+        return self.prefix_tunings[name].config
+
+    def covers(self, name: str, layer_idx: int, location: str) -> bool:
+        """Whether adapter ``name`` puts a prefix into that layer's attention at ``location``."""
+        group = self.prefix_tunings[name]
+        return f"{location}_prefix" in group and layer_idx not in group.config.leave_out
+
+    def eject(self, name: str) -> None:
+        """Replace the MLP reparameterisation of ``name`` by the flat prefix it produces."""
+        group = self.prefix_tunings[name]
+        for key, module in list(group.items()):
+            if isinstance(module, PrefixTuning):
+                flat = FlatPrefixTuning(module.shape, group.config.replace(flat=True))
+                with torch.no_grad():
+                    flat.control_trans.data = module.flat_prefix().detach().clone()
+                flat.to(device=flat.control_trans.device).train(module.training)
+                flat.control_trans.requires_grad_(module.wte.weight.requires_grad)
+                group[key] = flat
+        group.config = group.config.replace(flat=True)
+        self._invalidate_setup_cache()
+
+    # -- per forward ---------------------------------------------------------------------------
+    def names_in(self, setup) -> tuple[str, ...]:
+        """The prefix-tuning adapters of ``setup`` (cached per setup)."""
+        cache = self.__dict__["_names_cache"]
+        try:
+            return cache[setup]
+        except KeyError:
+            names = tuple(n for n in dict.fromkeys(setup.flatten()) if n in self.prefix_tunings)
+            cache[setup] = names
+            return names
+
+    def _states(self, name: str) -> dict[str, torch.Tensor]:
+        group = self.prefix_tunings[name]
+        if torch.is_grad_enabled() or group.training:
+            return {key[: -len("_prefix")]: module() for key, module in group.items()}
+        # inference: the prefix only changes when its parameters do (decoding reuses it every step)
+        version = tuple((id(p), p._version, p.device, p.dtype) for p in group.parameters())
+        cached = self.__dict__["_states_cache"].get(name)
+        if cached is None or cached[0] != version:
+            states = {key[: -len("_prefix")]: module() for key, module in group.items()}
+            self.__dict__["_states_cache"][name] = cached = (version, states)
+        return cached[1]
+
+    def prepare_forward(self, context: ForwardContext) -> bool:
+        """Compute the active prefixes into ``context.prefix_states``; True if there are any."""
+        if context.setup is None:
+            return False
+        names = self.names_in(context.setup)
+        if not names:
+            return False
+        for name in names:
+            context.prefix_states[name] = self._states(name)
+        context.attention_extended = True
+        return True
+
+    def position_offsets(self, setup, batch: int, device) -> Optional[torch.Tensor]:
+        """Per-row position offsets from adapters with ``shift_positions`` (None: all zero)."""
+        names = self.names_in(setup)
+        if not any(self.config_of(n).shift_positions for n in names):
+            return None
+        return self._offsets(setup, batch).to(device)
+
+    def _offsets(self, setup, rows: int) -> torch.Tensor:
+        if isinstance(setup, str):
+            shift = setup in self.prefix_tunings and self.config_of(setup).shift_positions
+            return torch.full((rows,), self.config_of(setup).prefix_length if shift else 0, dtype=torch.long)
+        if isinstance(setup, Stack):
+            total = torch.zeros(rows, dtype=torch.long)
+            for child in setup.children:
+                total += self._offsets(child, rows)
+            return total
+        if isinstance(setup, (Parallel, BatchSplit)):
+            if isinstance(setup, Parallel):
+                sizes = [rows // len(setup.children)] * len(setup.children)
+            else:
+                sizes = list(setup.batch_sizes)
+            return torch.cat([self._offsets(child, size) for child, size in zip(setup.children, sizes)])
+        return torch.zeros(rows, dtype=torch.long)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - driven by prepare_forward
+        raise RuntimeError("PrefixTuningPool is driven by the model's forward and is not called directly.")
+
+
+def _covers(config: PrefixTuningConfig, location: str) -> bool:
+    return {"encoder": config.encoder_prefix, "cross": config.cross_prefix}.get(location, True)
+
+
+class PrefixState(NamedTuple):
+    """The prefix collected so far for a group of batch rows.
+
+    ``keys``/``values``: ``(rows, heads, n, head_dim)`` or None (nothing yet); ``valid``:
+    ``(rows, n)`` boolean or None (all valid); ``rows``: number of batch rows; ``hidden``: the
+    attention input of those rows (for gates) or None."""
+
+    keys: Optional[torch.Tensor]
+    values: Optional[torch.Tensor]
+    valid: Optional[torch.Tensor]
+    rows: int
+    hidden: Optional[torch.Tensor]
+
+
+class _RecordsAttentionInput:
+    """Swapped onto an attention module whose layer has prefix gates: hands its input ``h`` to
+    the gates through the forward context."""
+
+    def forward(self, *args, **kwargs):
+        context = ForwardContext.get_context()
+        if context is not None and context.attention_extended:
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            context.residuals[("attention_input", id(self))] = hidden
+        return super().forward(*args, **kwargs)
+
+
+class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
+    """The prefix tuning host of one attention module (``<attention>.prefix_tuning``): composes
+    the active prefixes for its layer and hands them to the attention wrapper; owns the gates.
+
+    Example::
+
+        >>> host = model.bert.encoder.layer[0].attention.self.prefix_tuning
+        >>> host.adapter_names()
+        {'prefix'}
+    """
+
+    method = "prefix_tuning"
+    supported_blocks = (Stack, Parallel, BatchSplit)
+
+    def __init__(self, pool: PrefixTuningPool, layer_idx: int, location: str, hidden_size: int):
+        nn.Module.__init__(self)
+        self.prefix_gates = nn.ModuleDict()
+        self.__dict__["pool"] = pool  # not a submodule: the pool's keys live on the base model only
+        self.__dict__["hidden_size"] = hidden_size
+        self._init_composable(layer_idx, location)
+
+    @property
+    def adapters(self) -> nn.ModuleDict:
+        return self.prefix_gates
+
+    def adapter_names(self) -> set[str]:
+        pool = self.__dict__["pool"]
+        return {n for n in pool.prefix_tunings if pool.covers(n, self.layer_idx, self.location)}
+
+    def add_gate(self, name: str, config: PrefixTuningConfig) -> None:
+        gate = nn.Linear(self.__dict__["hidden_size"], 1 if config.shared_gating else 2)
+        nn.init.normal_(gate.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(gate.bias)
+        self.prefix_gates[name] = gate
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.prefix_gates:
+            del self.prefix_gates[name]
+        self._invalidate_setup_cache()
+
+    # -- AttentionContributor ------------------------------------------------------------------
+    def extend_keys_values(self, module, site, query, key, value, context) -> Optional[KeyValueExtension]:
+        setup = self.active_setup()
+        if setup is None:
+            return None
+        hidden = context.residuals.get(("attention_input", id(module))) if len(self.prefix_gates) else None
+        state = self.compose(setup, PrefixState(None, None, None, key.shape[0], hidden))
+        if state.keys is None:
+            return None
+        return KeyValueExtension(state.keys, state.values, state.valid)
+
+    # -- composition protocol --------------------------------------------------------------------
+    def _batch_size(self, state: PrefixState) -> int:
+        return state.rows
+
+    def compose_single(self, name: str, state: PrefixState) -> PrefixState:
+        context = ForwardContext.get_context()
+        layer_states = context.prefix_states[name][self.location][self.layer_idx]  # (2, heads, P, head_dim)
+        keys = layer_states[0].unsqueeze(0).expand(state.rows, -1, -1, -1)
+        values = layer_states[1].unsqueeze(0).expand(state.rows, -1, -1, -1)
+        if name in self.prefix_gates and state.hidden is not None:
+            gate = torch.sigmoid(self.prefix_gates[name](state.hidden)).mean(dim=1)  # (rows, 1 or 2)
+            if context.output_adapter_gating_scores:
+                scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
+                scores["prefix"] = gate.detach()
+            keys = keys * gate[:, 0].view(-1, 1, 1, 1).to(keys.dtype)
+            values = values * gate[:, -1].view(-1, 1, 1, 1).to(values.dtype)
+        valid = None
+        if state.keys is not None:
+            if state.valid is not None:
+                valid = torch.cat([state.valid.new_ones(state.rows, keys.shape[2]), state.valid], dim=1)
+            keys = torch.cat([keys, state.keys.to(keys.dtype)], dim=2)
+            values = torch.cat([values, state.values.to(values.dtype)], dim=2)
+        return state._replace(keys=keys, values=values, valid=valid)
+
+    def _compose_batch_groups(self, setup, state: PrefixState, sizes) -> PrefixState:
+        outputs, start = [], 0
+        for child, size in zip(setup.children, sizes):
+            part = PrefixState(
+                *(t.narrow(0, start, size) if t is not None else None for t in (state.keys, state.values, state.valid)),
+                size,
+                state.hidden.narrow(0, start, size) if state.hidden is not None else None,
+            )
+            outputs.append(part if child is _IDENTITY else self.compose(child, part))
+            start += size
+        lengths = [o.keys.shape[2] if o.keys is not None else 0 for o in outputs]
+        longest = max(lengths)
+        if longest == 0:
+            return state
+        template = next(o for o in outputs if o.keys is not None).keys
+        keys, values, valid = [], [], []
+        for output, length in zip(outputs, lengths):
+            pad = longest - length
+            shape = (output.rows, template.shape[1], pad, template.shape[3])
+            filler = template.new_zeros(shape)
+            own_keys = output.keys if output.keys is not None else template.new_zeros(shape[:2] + (0,) + shape[3:])
+            own_values = output.values if output.values is not None else own_keys
+            own_valid = output.valid if output.valid is not None else torch.ones(
+                output.rows, length, dtype=torch.bool, device=template.device
+            )
+            keys.append(torch.cat([filler, own_keys.to(template.dtype)], dim=2))
+            values.append(torch.cat([filler, own_values.to(template.dtype)], dim=2))
+            valid.append(torch.cat([torch.zeros(output.rows, pad, dtype=torch.bool, device=template.device), own_valid], dim=1))
+        all_valid = torch.cat(valid, dim=0)
+        return state._replace(
+            keys=torch.cat(keys, dim=0),
+            values=torch.cat(values, dim=0),
+            valid=None if bool(all_valid.all()) else all_valid,
+        )
+
+    def compose_split(self, setup, state):
+        raise ValueError("Prefix tuning adapters cannot take part in Split: a prefix belongs to whole sequences.")
+
+    def mean(self, states, weights, start):
+        raise ValueError("Prefix tuning adapters cannot take part in Average: prefixes are not averaged.")
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - driven by the attention wrapper
+        raise RuntimeError("PrefixTuningLayer is driven by the attention wrapper and is not called directly.")
+
+
+def attention_sites(base_model, spec):
+    """``(layer_idx, location, module)`` for every attention module prefixes can enter.
+
+    Encoder-only and decoder-only families have one self-attention per layer (``"self"``); an
+    encoder-decoder spec will add ``"encoder"`` and ``"cross"`` sites here.
+    """
+    return [
+        (layer_idx, "self", layer.get_submodule(spec.attention))
+        for layer_idx, layer in enumerate(base_model.get_submodule(spec.layers))
+    ]
+
+
+def install_prefix_tuning(model) -> PrefixTuningPool:
+    """Give ``model`` its prefix pool and a prefix host in every attention module (once).
+
+    Example::
+
+        >>> pool = install_prefix_tuning(model)
+    """
+    base = model.base_model
+    pool = base._modules.get("prefix_tuning")
+    if pool is not None:
+        return pool
+    config = model.config
+    n_heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    sites = attention_sites(base, model.__dict__["_adapters_spec"])
+    shapes = {}
+    for _, location, _ in sites:
+        n_layers = sum(1 for _, loc, _ in sites if loc == location)
+        shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
+    pool = PrefixTuningPool(shapes)
+    base.add_module("prefix_tuning", pool)
+    model._adapter_hosts.append(pool)
+    for layer_idx, location, attention in sites:
+        tag_attention(attention, layer_idx, location)
+        host = PrefixTuningLayer(pool, layer_idx, location, config.hidden_size)
+        attention.add_module("prefix_tuning", host)
+        host.__dict__["attention"] = attention
+        add_contributor(attention, host)
+        pool.__dict__["layer_hosts"].append(host)
+        model._adapter_hosts.append(host)
+    return pool
+
+
+def record_attention_inputs(pool: PrefixTuningPool) -> None:
+    """Make the attention modules hand their input to the gates (needed once a gated prefix exists)."""
+    for host in pool.__dict__["layer_hosts"]:
+        swap_class(host.__dict__["attention"], _RecordsAttentionInput)

@@ -1,0 +1,165 @@
+"""Prompt tuning (Lester et al., 2021, "The Power of Scale for Parameter-Efficient Prompt
+Tuning").
+
+A soft prompt ``S ∈ R^{P × d_model}`` lives in the space of the input token embeddings and is
+joined to the embedded input ``X = E[x]`` before the model runs:
+
+    combine="prefix":            [S ; X]
+    combine="prefix_after_bos":  [X_0 ; S ; X_1..]      (keeps the BOS token first)
+
+The model then sees ``P + T`` positions: the attention mask gets ``P`` ones, token type ids
+``P`` zeros, given position ids are renumbered (prompt ``0..P-1``, text from ``P``), labels get
+``P`` ignored entries (-100), and the outputs (hidden states, logits) have ``P + T`` positions.
+``Stack(a, b)`` joins the prompts ``[S_a ; S_b ; X]``.
+
+Generation works with and without the KV cache: the prompt is inserted at the first step only
+(when the cache is empty); later steps extend the mask by the prompt columns and shift the
+positions the same way, so cached and uncached decoding agree.
+
+``prompt_init="random_uniform"`` draws ``S`` from ``U(-0.5, 0.5)``; ``"from_string"`` copies the
+embeddings of the tokens of ``prompt_init_text`` (repeated to ``P`` positions).
+
+State-dict keys follow AdapterHub: ``prompt_tuning.prompt_tunings.<name>.prompt_embedding.weight``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..composition import Stack
+from ..configuration.prefix import PromptTuningConfig
+from ..context import ForwardContext
+
+__all__ = ["PromptTuning", "PromptTuningPool", "install_prompt_tuning"]
+
+
+class PromptTuning(nn.Module):
+    """One soft prompt ``S`` (``prompt_embedding.weight``, ``(P, d_model)``).
+
+    Example::
+
+        >>> PromptTuning(PromptTuningConfig(prompt_length=4), model.get_input_embeddings()).prompt_embedding.weight.shape
+        torch.Size([4, 32])
+    """
+
+    def __init__(self, config: PromptTuningConfig, input_embeddings: nn.Embedding, init_ids=None):
+        super().__init__()
+        self.config = config
+        self.prompt_embedding = nn.Embedding(config.prompt_length, input_embeddings.embedding_dim)
+        with torch.no_grad():
+            if config.prompt_init == "from_string":
+                ids = torch.tensor(list(init_ids), dtype=torch.long, device=input_embeddings.weight.device)
+                ids = ids.repeat(config.prompt_length // len(ids) + 1)[: config.prompt_length]
+                self.prompt_embedding.weight.copy_(input_embeddings(ids).to(self.prompt_embedding.weight.dtype))
+            else:
+                nn.init.uniform_(self.prompt_embedding.weight, -0.5, 0.5)
+
+    def forward(self) -> torch.Tensor:
+        return self.prompt_embedding.weight
+
+
+class PromptTuningPool(nn.Module):
+    """All soft prompts of one model (``base_model.prompt_tuning``); a host like the others.
+
+    Example::
+
+        >>> sorted(model.base_model.prompt_tuning.prompt_tunings)
+        ['prompt']
+    """
+
+    method = "prompt_tuning"
+    layer_idx = -1
+    location = "prompt_tuning"
+
+    def __init__(self):
+        super().__init__()
+        self.prompt_tunings = nn.ModuleDict()
+        self.__dict__["_names_cache"] = {}
+
+    @property
+    def adapters(self) -> nn.ModuleDict:
+        return self.prompt_tunings
+
+    def _invalidate_setup_cache(self) -> None:
+        self.__dict__["_names_cache"] = {}
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.prompt_tunings:
+            del self.prompt_tunings[name]
+        self._invalidate_setup_cache()
+
+    def names_in(self, setup) -> tuple[str, ...]:
+        cache = self.__dict__["_names_cache"]
+        if setup not in cache:
+            cache[setup] = tuple(n for n in dict.fromkeys(setup.flatten()) if n in self.prompt_tunings)
+        return cache[setup]
+
+    def prepare_forward(self, model, context: ForwardContext, kwargs: dict) -> dict:
+        """Join the active prompts to the inputs in ``kwargs`` (see the module docstring)."""
+        if context.setup is None:
+            return kwargs
+        names = self.names_in(context.setup)
+        if not names:
+            return kwargs
+        prompts = [self.prompt_tunings[n] for n in names]
+        after_bos = prompts[0].config.combine == "prefix_after_bos"
+        length = sum(p.config.prompt_length for p in prompts)
+        cache = kwargs.get("past_key_values")
+        decoding = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        at = 1 if after_bos else 0
+        kwargs = dict(kwargs)
+        if not decoding:
+            embeds = kwargs.pop("inputs_embeds", None)
+            input_ids = kwargs.pop("input_ids", None)
+            if embeds is None:
+                if input_ids is None:
+                    raise ValueError("Prompt tuning needs input_ids or inputs_embeds.")
+                embeds = model.get_input_embeddings()(input_ids)
+            prompt = torch.cat([p() for p in prompts], dim=0).to(embeds.dtype)
+            prompt = prompt.unsqueeze(0).expand(embeds.shape[0], -1, -1)
+            kwargs["inputs_embeds"] = torch.cat([embeds[:, :at], prompt, embeds[:, at:]], dim=1)
+            for key, fill in (("token_type_ids", 0), ("labels", -100)):
+                value = kwargs.get(key)
+                if isinstance(value, torch.Tensor) and value.dim() == 2:
+                    kwargs[key] = _insert(value, at, length, fill)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            kwargs["attention_mask"] = _insert(mask, 0 if decoding else at, length, 1)
+        positions = kwargs.get("position_ids")
+        if isinstance(positions, torch.Tensor):
+            if decoding:
+                kwargs["position_ids"] = positions + length
+            else:
+                head = positions[..., :at]
+                prompt_positions = (torch.arange(length, device=positions.device) + at).expand(*positions.shape[:-1], length)
+                kwargs["position_ids"] = torch.cat([head, prompt_positions, positions[..., at:] + length], dim=-1)
+        return kwargs
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - driven by the model's forward
+        raise RuntimeError("PromptTuningPool is driven by the model's forward and is not called directly.")
+
+
+def _insert(value: torch.Tensor, at: int, length: int, fill) -> torch.Tensor:
+    block = torch.full((value.shape[0], length), fill, dtype=value.dtype, device=value.device)
+    return torch.cat([value[:, :at], block, value[:, at:]], dim=1)
+
+
+def install_prompt_tuning(model) -> PromptTuningPool:
+    """Give ``model`` its prompt pool (once).
+
+    Example::
+
+        >>> install_prompt_tuning(model).prompt_tunings
+        ModuleDict()
+    """
+    base = model.base_model
+    pool = base._modules.get("prompt_tuning")
+    if pool is None:
+        pool = PromptTuningPool()
+        base.add_module("prompt_tuning", pool)
+        model._adapter_hosts.append(pool)
+    return pool
+
+
+PROMPT_BLOCKS = (Stack,)

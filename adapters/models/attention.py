@@ -1,0 +1,264 @@
+"""One attention wrapper for every architecture: methods that change attention itself (prefix
+tuning now, Llama-Adapter's gated adaption prompt later) plug in here instead of copying any
+model's attention code.
+
+transformers 5 models call attention through
+``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)``
+and build masks through ``ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation]``. For each
+backend ``X`` (``sdpa``, ``eager``, ``flash_attention_2``, ...) this module registers
+``adapters_X`` in both interfaces:
+
+* the attention function calls the *contributors* attached to the calling module (an attention
+  module tagged with its layer and location when the model is patched), which may prepend keys
+  and values (:meth:`AttentionContributor.extend_keys_values`) and adjust the output
+  (:meth:`AttentionContributor.adjust_output`), then runs backend ``X``. Keys and values arrive
+  here *after* the model's KV-cache update, so the cache holds only real tokens; the extra keys
+  are prepended on every call, prefill and decoding alike.
+* the mask function is ``X``'s, except that while a forward pass has contributions it never
+  skips a causal mask (``sdpa`` would otherwise use ``is_causal`` aligned at the top left, which
+  is wrong once keys outnumber queries). The wrapper extends the materialised mask with one
+  column per extra key — "attend" for valid ones, "masked" for padding between prefixes of
+  different lengths — whatever its form: a 4D boolean mask (``sdpa``), a 4D additive float mask
+  (``eager``; also T5-style position biases, which get zero bias for the extra keys), or a 2D
+  padding mask (flash attention).
+
+Grouped-query attention needs nothing special: contributors produce ``num_key_value_heads``
+heads, like the model's own keys. Backend ``eager`` means the calling model's own
+``eager_attention_forward`` (looked up in the module that defines the attention class), so
+model-specific eager details (GPT-2's scaling options) are kept.
+
+Example::
+
+    >>> tag_attention(model.model.layers[0].self_attn, layer_idx=0, location="self")
+    >>> use_adapter_attention(model)          # config._attn_implementation: "sdpa" -> "adapters_sdpa"
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple, Optional
+
+import torch
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from ..context import ForwardContext
+
+__all__ = [
+    "PREFIX",
+    "AttentionSite",
+    "AttentionContributor",
+    "KeyValueExtension",
+    "tag_attention",
+    "add_contributor",
+    "use_adapter_attention",
+    "adapter_attention_name",
+]
+
+PREFIX = "adapters_"
+
+
+class AttentionSite(NamedTuple):
+    """Where a tagged attention module sits: its layer and ``"self"`` / ``"encoder"`` / ``"cross"``."""
+
+    layer_idx: int
+    location: str
+
+
+class KeyValueExtension(NamedTuple):
+    """Keys/values to prepend: ``(batch, kv_heads, n, head_dim)`` each, and ``valid``, a
+    ``(batch, n)`` boolean mask of the positions that are real (None: all)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    valid: Optional[torch.Tensor] = None
+
+
+class AttentionContributor:
+    """What a method attached to an attention module can do (override either or both).
+
+    Example::
+
+        >>> class MyContributor(AttentionContributor):
+        ...     def extend_keys_values(self, module, site, query, key, value, context):
+        ...         return KeyValueExtension(extra_keys, extra_values)
+    """
+
+    def extend_keys_values(self, module, site: AttentionSite, query, key, value, context) -> Optional[KeyValueExtension]:
+        """Keys/values to attend to jointly with the real ones (one softmax), or None."""
+        return None
+
+    def adjust_output(self, module, site: AttentionSite, query, output, context) -> torch.Tensor:
+        """The attention output ``(batch, seq, heads, head_dim)`` after any change (e.g. a separately
+        normalised, gated attention over extra keys added to it)."""
+        return output
+
+
+def tag_attention(module: torch.nn.Module, layer_idx: int, location: str = "self") -> None:
+    """Mark ``module`` as attention of layer ``layer_idx`` at ``location`` (idempotent).
+
+    Example::
+
+        >>> tag_attention(layer.attention.self, 0, "self")
+    """
+    module.__dict__["_adapters_attention_site"] = AttentionSite(layer_idx, location)
+    module.__dict__.setdefault("_adapters_attention_contributors", [])
+
+
+def add_contributor(module: torch.nn.Module, contributor: AttentionContributor) -> None:
+    """Attach ``contributor`` to the tagged attention ``module``.
+
+    Example::
+
+        >>> add_contributor(layer.self_attn, layer.self_attn.prefix_tuning)
+    """
+    contributors = module.__dict__.get("_adapters_attention_contributors")
+    if contributors is None:
+        raise ValueError(f"{type(module).__name__} is not a tagged attention module; call tag_attention first.")
+    if not any(c is contributor for c in contributors):
+        contributors.append(contributor)
+
+
+# -- the registered backends ------------------------------------------------------------------------
+_EAGER_BY_CLASS: dict[type, object] = {}
+
+
+def _model_eager(module):
+    """The ``eager_attention_forward`` of the modeling file that defines ``module``'s class."""
+    cls = type(module)
+    function = _EAGER_BY_CLASS.get(cls)
+    if function is None:
+        for klass in cls.__mro__:
+            function = getattr(sys.modules.get(klass.__module__), "eager_attention_forward", None)
+            if function is not None:
+                break
+        if function is None:
+            from transformers.models.llama.modeling_llama import eager_attention_forward as function
+        _EAGER_BY_CLASS[cls] = function
+    return function
+
+
+def _inner_attention(backend: str, module):
+    if backend == "eager":
+        return _model_eager(module)
+    return ALL_ATTENTION_FUNCTIONS[backend]
+
+
+def _extend_mask(mask, valid, n_extra: int, module, query, key_length: int):
+    """The mask for ``n_extra`` keys prepended to ``key_length`` real ones."""
+    batch, q_length = query.shape[0], query.shape[2]
+    device = query.device
+    if mask is None:
+        causal = bool(getattr(module, "is_causal", False)) and q_length > 1
+        if not causal and valid is None:
+            return None  # attend to everything, the extra keys included
+        mask = torch.ones(1, 1, q_length, key_length, dtype=torch.bool, device=device)
+        if causal:  # bottom-right aligned: query i sees keys up to i + (key_length - q_length)
+            mask = torch.ones(q_length, key_length, dtype=torch.bool, device=device).tril(key_length - q_length)[None, None]
+    if mask.dim() == 2:  # flash attention: a (batch, keys) padding mask
+        extra = valid if valid is not None else torch.ones(mask.shape[0], n_extra, dtype=mask.dtype, device=mask.device)
+        return torch.cat([extra.to(mask.dtype), mask], dim=-1)
+    if valid is None:
+        extra_bool = torch.ones(1, 1, 1, n_extra, dtype=torch.bool, device=mask.device)
+    else:
+        extra_bool = valid[:, None, None, :]
+    rows = max(mask.shape[0], extra_bool.shape[0])
+    if mask.dtype == torch.bool:
+        extra = extra_bool.expand(rows, mask.shape[1], mask.shape[2], n_extra)
+    else:  # additive float mask (or position bias): 0 where attended, the dtype's minimum elsewhere
+        zero = torch.zeros((), dtype=mask.dtype, device=mask.device)
+        extra = torch.where(extra_bool, zero, torch.finfo(mask.dtype).min).expand(rows, mask.shape[1], mask.shape[2], n_extra)
+    return torch.cat([extra, mask.expand(rows, -1, -1, -1)], dim=-1)
+
+
+def _make_attention(backend: str):
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        contributors = module.__dict__.get("_adapters_attention_contributors")
+        context = ForwardContext.get_context() if contributors else None
+        if context is None or not context.attention_extended:
+            return _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
+        site = module.__dict__["_adapters_attention_site"]
+        extensions = []
+        for contributor in contributors:
+            extension = contributor.extend_keys_values(module, site, query, key, value, context)
+            if extension is not None:
+                extensions.append(extension)
+        n_extra = 0
+        if extensions:
+            key_length = key.shape[2]
+            extra_keys = torch.cat([e.keys for e in extensions], dim=2).to(key.dtype)
+            extra_values = torch.cat([e.values for e in extensions], dim=2).to(value.dtype)
+            n_extra = extra_keys.shape[2]
+            valid = None
+            if any(e.valid is not None for e in extensions):
+                valid = torch.cat(
+                    [e.valid if e.valid is not None else e.keys.new_ones(e.keys.shape[0], e.keys.shape[2], dtype=torch.bool)
+                     for e in extensions],
+                    dim=1,
+                )
+            key = torch.cat([extra_keys, key], dim=2)
+            value = torch.cat([extra_values, value], dim=2)
+            attention_mask = _extend_mask(attention_mask, valid, n_extra, module, query, key_length)
+        output, weights = _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
+        if weights is not None and n_extra:
+            weights = weights[..., n_extra:]  # the caller sees attention over its own tokens
+        for contributor in contributors:
+            output = contributor.adjust_output(module, site, query, output, context)
+        return output, weights
+
+    attention.__name__ = f"{PREFIX}{backend.replace('|', '_')}_attention"
+    attention.__doc__ = f"Backend {backend!r} with the contributions of adapter methods (see adapters.models.attention)."
+    return attention
+
+
+def _make_mask(backend: str):
+    def mask(*args, **kwargs):
+        context = ForwardContext.get_context()
+        if context is not None and context.attention_extended:
+            kwargs["allow_is_causal_skip"] = False
+        return ALL_MASK_ATTENTION_FUNCTIONS[backend](*args, **kwargs)
+
+    mask.__name__ = f"{PREFIX}{backend}_mask"
+    return mask
+
+
+def adapter_attention_name(backend: str) -> str:
+    """Register (once) and return the wrapper backend for ``backend`` (e.g. ``"adapters_sdpa"``).
+
+    Raises:
+        ValueError: ``backend`` is not a known attention implementation.
+
+    Example::
+
+        >>> adapter_attention_name("sdpa")
+        'adapters_sdpa'
+    """
+    if backend.startswith(PREFIX):
+        return backend
+    name = PREFIX + backend
+    if name not in AttentionInterface._global_mapping:
+        if backend != "eager" and backend not in ALL_ATTENTION_FUNCTIONS:
+            raise ValueError(f"Unknown attention implementation {backend!r}; cannot wrap it for prefix tuning.")
+        AttentionInterface.register(name, _make_attention(backend))
+        mask_backend = backend if backend in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"
+        AttentionMaskInterface.register(name, _make_mask(mask_backend))
+    return name
+
+
+def use_adapter_attention(model) -> None:
+    """Route ``model``'s attention through the wrapper of its current backend (idempotent).
+
+    Called when a method that contributes to attention is added, and again before each forward
+    pass with such a method active (so a later ``model.set_attn_implementation("eager")`` is
+    wrapped too instead of silently dropping the prefixes).
+
+    Example::
+
+        >>> use_adapter_attention(model)
+        >>> model.config._attn_implementation
+        'adapters_sdpa'
+    """
+    config = model.config
+    current = config._attn_implementation or "eager"
+    if not current.startswith(PREFIX):
+        config._attn_implementation = adapter_attention_name(current)
