@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import re
@@ -67,6 +68,10 @@ _BATCH_INPUTS = (
     "decoder_inputs_embeds",
     "pixel_values",
 )
+
+
+# set while generate() runs a Parallel setup whose inputs it replicated itself (number of branches)
+_pre_replicated: contextvars.ContextVar[int] = contextvars.ContextVar("adapters_pre_replicated", default=1)
 
 
 def _checkpoint_with_context(checkpoint_func):
@@ -133,7 +138,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
         context.output_adapter_fusion_attentions = kwargs.pop("output_adapter_fusion_attentions", False)
         context.output_adapter_gating_scores = kwargs.pop("output_adapter_gating_scores", False)
         channels = _parallel_channels(context.setup)
-        if channels > 1:
+        if channels > 1 and _pre_replicated.get() == channels:  # generate() replicated the inputs once
+            context.parallel_channels = channels
+        elif channels > 1:
             args, kwargs = self._replicate_batch(args, kwargs, channels, context)
         with context.activate():
             args, kwargs = self._prepare_prefix_and_prompt(context, args, kwargs)
@@ -145,15 +152,37 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
         return output
 
     def generate(self, *args, **kwargs):
-        """transformers' ``generate``; a ``Parallel`` setup is refused with a clear error, because
-        each branch would need its own copy of the generated sequence."""
+        """transformers' ``generate`` with the active setup.
+
+        With a ``Parallel`` setup of ``n`` branches, every branch continues its own copy of the
+        input: the returned sequences have ``n × batch`` rows, branch ``i`` in rows
+        ``i·batch … (i+1)·batch − 1`` (the same layout as Parallel's forward outputs).
+
+        Example::
+
+            >>> model.set_active_adapters(Parallel("a", "b"))
+            >>> out = model.generate(input_ids, max_new_tokens=8)   # rows [a's; b's]
+        """
         setup = self._setup_for_forward()[0]
-        if _parallel_channels(setup) > 1:
-            raise ValueError(
-                f"generate() with the Parallel setup {setup} is not supported in this version; generate with "
-                f"one branch at a time (e.g. `with AdapterSetup('a'): model.generate(...)`)."
-            )
-        return super().generate(*args, **kwargs)
+        channels = _parallel_channels(setup)
+        if channels == 1:
+            return super().generate(*args, **kwargs)
+        names = ("input_ids",) + tuple(n for n in _BATCH_INPUTS if n != "input_ids")
+        kwargs = dict(kwargs)
+        for name, value in zip(names, args):
+            kwargs[name] = value
+        batch = None
+        for name in _BATCH_INPUTS:
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                batch = value.shape[0] if batch is None else batch
+                if value.shape[0] == batch:
+                    kwargs[name] = value.repeat(channels, *([1] * (value.dim() - 1)))
+        token = _pre_replicated.set(channels)
+        try:
+            return super().generate(**kwargs)
+        finally:
+            _pre_replicated.reset(token)
 
     def _prepare_prefix_and_prompt(self, context: ForwardContext, args, kwargs):
         """Compute the active prefixes once for this pass and join active soft prompts to the inputs."""
@@ -167,6 +196,14 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
             if offsets is not None:
                 args, kwargs = self._as_kwargs(args, kwargs)
                 kwargs["position_ids"] = self._position_ids(kwargs) + offsets[:, None]
+            elif prefix_pool.__dict__.get("causal") and "position_ids" in _forward_parameter_names(type(self)):
+                args, kwargs = self._as_kwargs(args, kwargs)
+                mask = kwargs.get("attention_mask")
+                if kwargs.get("position_ids") is None and isinstance(mask, torch.Tensor) and mask.dim() == 2:
+                    # the prefix keys carry no position: number the real tokens from 0 in every row, so a
+                    # row's result does not depend on its (left) padding
+                    length = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
+                    kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
         if prompt_pool is not None and prompt_pool.names_in(context.setup):
             args, kwargs = self._as_kwargs(args, kwargs)
             kwargs = prompt_pool.prepare_forward(self, context, kwargs)

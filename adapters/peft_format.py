@@ -23,6 +23,7 @@ import re
 import torch
 
 from .configuration.lora import LoRAConfig
+from .configuration.prefix import PrefixTuningConfig
 
 __all__ = ["PEFT_WEIGHTS_NAME", "PEFT_LEGACY_WEIGHTS_NAME", "config_from_peft", "state_from_peft", "peft_checkpoint"]
 
@@ -54,6 +55,8 @@ def config_from_peft(meta: dict) -> LoRAConfig:
         >>> config_from_peft({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]})
     """
     peft_type = meta.get("peft_type")
+    if peft_type == "PREFIX_TUNING":
+        return _prefix_config_from_peft(meta)
     for field, fine in _UNSUPPORTED.items():
         if meta.get(field, fine) not in (fine, None, False, [], {}):
             raise ValueError(f"PEFT field {field}={meta[field]!r} is not supported in this version (only {fine!r}).")
@@ -85,6 +88,14 @@ def config_from_peft(meta: dict) -> LoRAConfig:
     raise ValueError(f"PEFT method {peft_type!r} is not supported in this version (LORA and IA3 are).")
 
 
+def _prefix_config_from_peft(meta: dict) -> PrefixTuningConfig:
+    """PEFT saves a prefix as the flat prompt it produces (``prompt_embeddings``, ``(P, L·2·kv_dim)``,
+    the MLP already applied), fed to the model as past keys/values: positions shift by ``P``."""
+    if meta.get("num_transformer_submodules", 1) != 1:
+        raise ValueError("PEFT prefix tuning for encoder-decoder models is not supported in this version.")
+    return PrefixTuningConfig(prefix_length=int(meta["num_virtual_tokens"]), flat=True, shift_positions=True)
+
+
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<param>lora_A\.weight|lora_B\.weight|lora_magnitude_vector(\.weight)?|ia3_l)$")
 
 
@@ -96,6 +107,9 @@ def state_from_peft(state: dict, name: str, saved_modules=()) -> dict:
     converted = {}
     by_length = sorted(saved_modules, key=len)
     for key, value in state.items():
+        if key == "prompt_embeddings":  # prefix tuning: the flat prefix of every layer
+            converted[f"prefix_tuning.prefix_tunings.{name}.self_prefix.control_trans"] = value.reshape(-1)
+            continue
         key = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
         owner = next((p for p in by_length if key.startswith(p + ".")), None)
         if owner is not None:

@@ -460,6 +460,7 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
         n_layers = sum(1 for _, loc, _ in sites if loc == location)
         shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
     pool = PrefixTuningPool(shapes)
+    pool.__dict__["causal"] = any(bool(getattr(module, "is_causal", False)) for _, _, module in sites)
     base.add_module("prefix_tuning", pool)
     model._adapter_hosts.append(pool)
     for layer_idx, location, attention in sites:
