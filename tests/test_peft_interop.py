@@ -123,3 +123,19 @@ def test_trained_biases_round_trip_through_peft(tmp_path):
     peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_peft_prefix_tuning_case_reproduces():
+    """PEFT's prefix (a flat prompt fed as past keys/values; positions shift by its length) loads
+    through load_adapter as a flat prefix with shift_positions and reproduces ``out``, padded row
+    included."""
+    folder = os.path.join(PEFT, "llama", "prefix")
+    model = _base("llama")
+    adapters.init(model)
+    name = model.load_adapter(folder, set_active=True)
+    config = model.adapters_config.adapters[name]
+    assert config.architecture == "prefix_tuning" and config.flat and config.shift_positions
+    with torch.no_grad():
+        out = _first_output(model(**fixture_inputs(os.path.join(PEFT, "llama"))))
+    expected = load_tensors(os.path.join(folder, "expected.safetensors"))["out"]
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
