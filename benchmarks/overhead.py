@@ -57,6 +57,11 @@ Usage::
 
     python benchmarks/overhead.py [--quick] [--arch bert|llama|all] [--rounds N]
                                   [--batch B] [--seq S] [--only NAME[,NAME...]]
+                                  [--decode | --decode-only] [--device cpu|cuda]
+
+``--decode`` adds the decoding measurement: tokens/s of greedy ``generate`` (32 new tokens, KV
+cache) of the Llama-shaped causal LM with a 30-position prefix, ours and PEFT's, relative to the
+bare model (goal: ours >= 0.95x).
 
 Adding scenarios
 ----------------
@@ -218,6 +223,26 @@ def _peft(kind: str, merge: bool = False, **config):
     return build
 
 
+def _ours_prefix(model):
+    model.add_adapter("a", config=adapters.PrefixTuningConfig(prefix_length=30))
+    return "a"
+
+
+def _peft_prefix(base):
+    """PEFT's prefix tuning with the same shape: 30 virtual tokens, MLP reparameterisation of width 512."""
+    import peft
+
+    config = base.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = config.hidden_size // heads
+    peft_config = peft.PrefixTuningConfig(
+        task_type="FEATURE_EXTRACTION", num_virtual_tokens=30, prefix_projection=True, encoder_hidden_size=512,
+        num_layers=config.num_hidden_layers, num_attention_heads=kv_heads, token_dim=kv_heads * head_dim,
+    )
+    return peft.get_peft_model(copy.deepcopy(base), peft_config), None
+
+
 def _peft_activate(model, setup, training):
     """PEFT models come with only the adapter trainable."""
 
@@ -267,6 +292,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("PEFT DoRA r8 q+v", build=_peft("lora", use_dora=True), activate=_peft_activate),
     Scenario("LoRA merged", _ours_lora(merge=True), train=None, fwd_goal=1.02),
     Scenario("PEFT LoRA merged", build=_peft("lora", merge=True), activate=_peft_activate, train=None),
+    Scenario("prefix 30", _ours_prefix, fwd_goal=1.10, fwd_ref=1.25),
+    Scenario("PEFT prefix 30", build=_peft_prefix, activate=_peft_activate, fwd_ref=1.07),
 ]
 
 
@@ -490,6 +517,56 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     return results, [(arch.name, *e) for e in errors]
 
 
+def _causal_llama():
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(SEED)
+    return LlamaForCausalLM(_llama().config).eval()
+
+
+def decode_benchmark(settings: Settings, batch: int, prompt: int = 16, new_tokens: int = 32, device: str = "cpu"):
+    """Tokens/s of greedy ``generate`` (``new_tokens`` new tokens, KV cache) of the Llama-shaped
+    causal LM with a 30-position prefix (ours and PEFT's), relative to the bare model; timed
+    alternately like the tables. Returns ``{name: ratio}`` (higher is better; goal >= 0.95)."""
+    import peft
+
+    base = _causal_llama().to(device)
+    ours = copy.deepcopy(base)
+    adapters.init(ours)
+    ours.add_adapter("a", config=adapters.PrefixTuningConfig(prefix_length=30), set_active=True)
+    config = base.config
+    kv_heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    peft_model = peft.get_peft_model(copy.deepcopy(base), peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=30, prefix_projection=True, encoder_hidden_size=512,
+        num_layers=config.num_hidden_layers, num_attention_heads=kv_heads, token_dim=kv_heads * head_dim,
+    )).eval()
+    g = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(3, config.vocab_size, (batch, prompt), generator=g).to(device)
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                  do_sample=False, pad_token_id=0)
+
+    def step(model):
+        def run():
+            with torch.no_grad():
+                model.generate(input_ids=ids, **kwargs)
+            if device != "cpu":
+                torch.cuda.synchronize()
+        return run
+
+    timings = interleaved(step(base), {"prefix 30": step(ours), "PEFT prefix 30": step(peft_model)}, 1, settings, {})
+    tokens = batch * new_tokens
+    print(f"\n== decode: LlamaForCausalLM (llama shape above), batch {batch}, prompt {prompt}, {new_tokens} new tokens, "
+          f"greedy, KV cache, {device}")
+    print(f"{'model':<20} {'tokens/s':>9} {'x base':>7} goal")
+    rows = {}
+    for name, (b, t) in timings.items():
+        rows[name] = b / t
+        goal = "" if name.startswith("PEFT") else (">=0.95 ok" if b / t >= 0.95 else ">=0.95 MISS")
+        print(f"{name:<20} {tokens / t:9.0f} {b / t:7.3f} {goal}")
+    print(f"{'base':<20} {tokens / statistics.median([b for b, _ in timings.values()]):9.0f}   1.000")
+    return rows
+
+
 def summary_line(arch_name, results) -> str:
     parts, misses, checked = [], 0, 0
     for s, fwd, train in results:
@@ -517,6 +594,9 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default 64)")
     parser.add_argument("--only", default=None, help="comma-separated scenario names to run (default: all)")
+    parser.add_argument("--decode", action="store_true", help="also measure greedy decoding speed with a prefix")
+    parser.add_argument("--decode-only", action="store_true", help="only the decoding measurement")
+    parser.add_argument("--device", default="cpu", help="device for the decoding measurement (cpu or cuda)")
     args = parser.parse_args(argv)
     scenarios = SCENARIOS
     if args.only:
@@ -541,6 +621,10 @@ def main(argv=None):
         print("--quick: smoke run (few rounds); ratios are noisy, indicative only")
     print(f"adapters {adapters.__version__}, torch {torch.__version__}, transformers {_tf_version()}")
     archs = list(ARCHS) if args.arch == "all" else [args.arch]
+    if args.decode or args.decode_only:
+        decode_benchmark(settings, batch, device=args.device)
+    if args.decode_only:
+        return 0
     all_results, all_errors = {}, []
     for name in archs:
         arch = dataclasses.replace(ARCHS[name], batch=batch, seq=seq)
