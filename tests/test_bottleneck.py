@@ -461,13 +461,18 @@ def test_compacter_cached_weight_follows_parameter_updates():
     torch.testing.assert_close(reference.detach(), changed, atol=1e-6, rtol=1e-6)
 
 
-def test_generate_with_parallel_is_refused_clearly():
+def test_generate_with_parallel_continues_each_branch():
+    """Parallel generate: every branch continues its own copy of the input; rows [a's; b's]."""
     model = _two_adapters("llama", "clm")
     model.set_active_adapters(Parallel("a", "b"))
-    with pytest.raises(ValueError, match="generate\\(\\) with the Parallel setup"):
-        model.generate(**make_inputs("llama", padded=False), max_new_tokens=2)
+    inputs = make_inputs("llama", padded=False)
+    both = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert both.shape == (4, 15)
     with AdapterSetup("a"):
-        assert model.generate(**make_inputs("llama", padded=False), max_new_tokens=2, do_sample=False).shape[1] == 14
+        only_a = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with AdapterSetup("b"):
+        only_b = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(both, torch.cat([only_a, only_b]))
     assert type(model).can_generate()
 
 

@@ -146,7 +146,7 @@ def _inner_attention(backend: str, module):
 
 def _extend_mask(mask, valid, n_extra: int, module, query, key_length: int):
     """The mask for ``n_extra`` keys prepended to ``key_length`` real ones."""
-    batch, q_length = query.shape[0], query.shape[2]
+    q_length = query.shape[2]
     device = query.device
     if mask is None:
         causal = bool(getattr(module, "is_causal", False)) and q_length > 1
