@@ -97,7 +97,7 @@ def test_fixture_adapters_load_into_models_with_heads(case):
 
 
 # -- prefix tuning ------------------------------------------------------------------------------------
-PREFIX_CASES = {"prefix_tuning", "prefix_tuning_flat", "prefix_parallel", "prefix_stack", "mam"}
+PREFIX_CASES = {"prefix_tuning", "prefix_tuning_flat", "prefix_parallel", "prefix_stack", "mam", "unipelt"}
 
 
 def _prefix_cases(arch):
@@ -120,7 +120,7 @@ def test_adapterhub_prefix_case_reproduces(case):
 @pytest.mark.parametrize("case", _prefix_cases("llama"), ids=lambda c: f"{c['arch']}-{c['case']}")
 def test_adapterhub_llama_mam_case_lacks_the_prefix(case):
     """AdapterHub 1.3.0 drops prefixes on decoder-only models when the mask has padding (fixtures
-    README): its llama MAM output is the parallel bottleneck alone. Ours with the prefix switched
+    README): its llama MAM / UniPELT output is the model without the prefix part. Ours with the prefix switched
     off reproduces that number; with the prefix (the correct result) it differs."""
     model, inputs, expected = _load_case(case)
     model.set_active_adapters("a")

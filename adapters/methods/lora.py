@@ -11,8 +11,9 @@ output scaling:
     input scale:    y = (x ⊙ s·l) Wᵀ + b,                 l ∈ R^{d_in}   (PEFT's feedforward_modules)
 
 (``s = α/√r`` with rsLoRA; ``‖·‖`` is the norm of each output row, treated as a constant in the
-backward pass as in the DoRA paper; an optional gate ``g = mean_t σ(x_t W_g)`` multiplies the LoRA
-term.) All fold into the weight: ``W' = W + s·B A``, ``W' = (m/‖W + s·B A‖) ⊙ (W + s·B A)``,
+backward pass as in the DoRA paper; an optional gate ``g = mean_t σ(x_t W_g)`` takes the place of
+``s`` in the LoRA term, ``g·B A x`` (AdapterHub's UniPELT convention, so its checkpoints
+reproduce); on (IA)³ it interpolates, ``1 + g·(s·l − 1)``.) All fold into the weight: ``W' = W + s·B A``, ``W' = (m/‖W + s·B A‖) ⊙ (W + s·B A)``,
 ``W' = diag(s·l) W, b' = s·l ⊙ b`` and ``W' = W diag(s·l)``.
 
 **Host layouts.** The host is either an ``nn.Linear`` (weight stored ``(d_out, d_in)``) or
@@ -238,7 +239,7 @@ class LoRA(nn.Module):
                 return output + nn.functional.linear(x * (factor - 1), weight)
             return output * factor
         delta = self.lora_delta(x)
-        delta = delta * self.scaling if gate is None else delta * (self.scaling * gate)
+        delta = delta * self.scaling if gate is None else delta * gate
         if self.use_dora:
             magnitude_scale = self.lora_magnitude / self.weight_norm(weight)
             unbiased = base_output if bias is None else base_output - bias
