@@ -16,6 +16,12 @@ from . import composition
 from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
 from .configuration import (
     ADAPTER_CONFIG_MAP,
+    AdaLoRAConfig,
+    HRAConfig,
+    LoHaConfig,
+    LoKrConfig,
+    OFTConfig,
+    WeightTargetingConfig,
     ADAPTERFUSION_CONFIG_MAP,
     AdapterConfig,
     AdapterFusionConfig,
@@ -44,11 +50,19 @@ from .configuration import (
 )
 from .context import AdapterSetup, ForwardContext
 from .loading import AdapterLoadError
+from .methods.adalora import AdaLoraCallback
 from .model_mixin import ModelAdaptersMixin
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
+    "AdaLoRAConfig",
+    "AdaLoraCallback",
+    "HRAConfig",
+    "LoHaConfig",
+    "LoKrConfig",
+    "OFTConfig",
+    "WeightTargetingConfig",
     "ADAPTERFUSION_CONFIG_MAP",
     "AdapterConfig",
     "AdapterFusionConfig",

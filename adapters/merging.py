@@ -312,18 +312,22 @@ def _stack_names(setup) -> list[str]:
     )
 
 
+# config architectures whose adapters fold into the weights of linear layers
+_MERGEABLE = ("lora", "loha", "lokr", "oft", "hra", "adalora")
+
+
 def _is_lora_family(config) -> bool:
-    return all(part.architecture == "lora" for part in config.configs_by_architecture())
+    return all(part.architecture in _MERGEABLE for part in config.configs_by_architecture())
 
 
 def _check_mergeable(model, name: str) -> None:
     config = model.adapters_config.adapters[name]
-    others = sorted({p.architecture for p in config.configs_by_architecture() if p.architecture != "lora"})
+    others = sorted({p.architecture for p in config.configs_by_architecture() if p.architecture not in _MERGEABLE})
     if others:
         raise ValueError(
             f"Cannot merge adapter {name!r}: its {'/'.join(others)} part has no weight to fold into; only "
-            f"LoRA / (IA)³ adapters merge. Leave it out (deactivate it, or pass adapter_names without it), or use "
-            f"unload() to drop all adapters without merging."
+            f"weight-update adapters (LoRA, (IA)³, LoHa, LoKr, OFT, HRA, AdaLoRA) merge. Leave it out (deactivate "
+            f"it, or pass adapter_names without it), or use unload() to drop all adapters without merging."
         )
     if any(getattr(p, "use_gating", False) for p in config.configs_by_architecture()):
         raise ValueError(

@@ -31,7 +31,8 @@ from .configuration.fusion import AdapterFusionConfig
 from .context import AdapterSetup, ForwardContext
 from .embeddings import EmbeddingAdaptersMixin
 from .merging import MergingMixin
-from .methods import METHOD_BLOCKS
+from .methods import METHOD_BLOCKS, WEIGHT_TRANSFORM_METHODS
+from .methods.adalora import AdaLoRAModelMixin
 from .configuration.lora import LoftQConfig
 from .methods.loftq import loftq_factors
 from .methods.lora import LoRALinear
@@ -41,6 +42,7 @@ from .methods.phm import init_shared_parameters
 from .methods.prefix_tuning import install_prefix_tuning, record_attention_inputs
 from .methods.prompt_tuning import PromptTuning, install_prompt_tuning
 from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
+from .methods.weight_transform import add_weight_transform_modules
 from .models.attention import use_adapter_attention
 from .models.patching import restore_class, swap_class
 from .models.targeting import closest_names, layer_of, matches_modules, pattern_value, resolve_targets
@@ -96,7 +98,7 @@ def _checkpoint_with_context(checkpoint_func):
     return checkpoint_in_context
 
 
-class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
+class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin):
     """Adds named adapters and their composition to a transformers model.
 
     Example::
@@ -145,6 +147,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
         with context.activate():
             args, kwargs = self._prepare_prefix_and_prompt(context, args, kwargs)
             output = super().forward(*args, **kwargs)
+        output = self._add_adalora_regularization(output, context.setup)
         if context.output_adapter_fusion_attentions and hasattr(output, "keys"):
             output.adapter_fusion_attentions = context.adapter_fusion_attentions
         if context.output_adapter_gating_scores and hasattr(output, "keys"):
@@ -354,6 +357,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin):
                 self._shared_parameters[name] = shared.to(device=reference.device, dtype=dtype)
             if part.architecture == "lora":
                 self._add_lora_modules(name, part, reference.device, dtype)
+                added = True
+            elif part.architecture in WEIGHT_TRANSFORM_METHODS:
+                add_weight_transform_modules(self, name, part, reference.device, dtype)
                 added = True
             if getattr(part, "modules_to_save", None):
                 self._add_saved_modules(name, part.modules_to_save)

@@ -22,9 +22,16 @@ from .fusion import (
 from .lora import DoRAConfig, IA3Config, LoftQConfig, LoRAConfig
 from .model_config import ModelAdaptersConfig
 from .prefix import MAMConfig, PrefixTuningConfig, PromptTuningConfig, UniPELTConfig
+from .weight_transforms import AdaLoRAConfig, HRAConfig, LoHaConfig, LoKrConfig, OFTConfig, WeightTargetingConfig
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
+    "AdaLoRAConfig",
+    "HRAConfig",
+    "LoHaConfig",
+    "LoKrConfig",
+    "OFTConfig",
+    "WeightTargetingConfig",
     "ADAPTERFUSION_CONFIG_MAP",
     "AdapterConfig",
     "AdapterFusionConfig",

@@ -102,6 +102,9 @@ class LoRA(nn.Module):
         (torch.Size([16, 64]), torch.Size([128, 8]))
     """
 
+    #: LoRA runs as base output + delta (its single-adapter forward is the host's own)
+    has_fast_path = False
+
     def __init__(
         self,
         in_features: int,
@@ -408,6 +411,16 @@ class LoRALinear(ComposableLayer):
             )
         self._invalidate_setup_cache()
 
+    def add_weight_transform(self, name: str, adapter: nn.Module) -> None:
+        """Add a weight-transform adapter (LoHa, LoKr, OFT, HRA, AdaLoRA; see
+        :mod:`adapters.methods.weight_transform`) next to any LoRA adapters of this layer."""
+        self.loras[name] = adapter
+        self._invalidate_setup_cache()
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's own forward, without adapters."""
+        return super().forward(x)
+
     def delete_adapter(self, name: str) -> None:
         if name in self.merged:
             self.unmerge(name)
@@ -430,12 +443,17 @@ class LoRALinear(ComposableLayer):
                 return super().forward(x * factor)
             if lora.composition_mode == "scale" and not hasattr(lora, "gate") and lora.out_index is None:
                 return super().forward(x) * lora.scale_vector()
+            if lora.has_fast_path and not self.merged and lora.out_index is None:
+                return lora.forward_single(self, x)  # a weight transform alone: one pass where it can
         output = super().forward(x)
         return self.compose(setup, LoRAState(x, output, output)).output
 
     def compose_single(self, name: str, state: LoRAState) -> LoRAState:
         lora = self.loras[name]
-        weight, bias = self._covered(lora) if lora.needs_weight else (None, None)
+        if lora.composition_mode == "transform":
+            weight, bias = (self._reference_covered(lora), None) if lora.needs_weight else (None, None)
+        else:
+            weight, bias = self._covered(lora) if lora.needs_weight else (None, None)
         if lora.out_index is None:
             output = lora.apply_to(state.layer_input, state.output, state.base_output, weight, bias)
         else:  # a fused projection's parts: apply on the covered columns, leave the others
@@ -457,8 +475,35 @@ class LoRALinear(ComposableLayer):
         return states[-1]._replace(output=output)
 
     # -- merging ---------------------------------------------------------------------------------
+    def _reference_covered(self, adapter) -> torch.Tensor:
+        """The covered ``(out, in)`` rows of the *reference* weight the weight transforms act on:
+        the stored weight minus the additive updates merged into it (see
+        :mod:`adapters.methods.weight_transform`); the stored weight itself when nothing is merged."""
+        weight = self.weight_out_in
+        if self.merged:
+            weight = weight.detach().clone()
+            for name in self.merged:
+                merged = self.loras[name]
+                if merged.composition_mode == "transform":
+                    delta = merged.__dict__["_merged_delta"]
+                elif merged.composition_mode == "add" and not merged.use_dora:
+                    delta = merged.delta_weight()
+                else:
+                    continue  # merged (IA)³ scalings and DoRA count as part of the reference weight
+                if merged.out_index is None:
+                    weight -= delta.to(weight.dtype)
+                else:
+                    weight[merged.out_index] -= delta.to(weight.dtype)
+        return weight if adapter.out_index is None else weight[adapter.out_index]
+
     def _merged_covered(self, lora: LoRA) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The covered ``(out, in)`` rows and bias entries with ``lora`` folded in (out of place)."""
+        if lora.composition_mode == "transform":
+            weight, bias = self._covered(lora)
+            delta = lora.__dict__.get("_merged_delta")
+            if delta is None:
+                delta = lora.delta_weight(self._reference_covered(lora) if lora.needs_weight else None)
+            return weight + delta.to(weight.dtype), bias
         weight, bias = self._covered(lora)
         delta = lora.delta_weight().to(weight.dtype)
         if lora.composition_mode == "scale":
@@ -488,6 +533,12 @@ class LoRALinear(ComposableLayer):
         lora = self.loras[name]
         if lora.use_dora:  # unmerging needs the norm the merge divided by
             lora.__dict__["_merged_norm"] = lora.weight_norm(self._covered(lora)[0])
+        if lora.composition_mode == "transform":  # kept for an exact unmerge and for the reference weight
+            reference = self._reference_covered(lora) if lora.needs_weight else None
+            was_training = lora.training
+            lora.eval()  # no dropout in a merged weight
+            lora.__dict__["_merged_delta"] = lora.delta_weight(reference).detach()
+            lora.train(was_training)
         self._write_covered(lora, *self._merged_covered(lora))
         self.merged.append(name)
         self._invalidate_setup_cache()
@@ -497,6 +548,11 @@ class LoRALinear(ComposableLayer):
         """Take adapter ``name`` out of the weight again."""
         lora = self.loras[name]
         weight, bias = self._covered(lora)
+        if lora.composition_mode == "transform":
+            self._write_covered(lora, weight - lora.__dict__.pop("_merged_delta").to(weight.dtype), bias)
+            self.merged.remove(name)
+            self._invalidate_setup_cache()
+            return
         delta = lora.delta_weight().to(weight.dtype)
         if lora.composition_mode == "scale":
             if lora.scale_input:

@@ -1,0 +1,350 @@
+"""Configs of the weight-transform methods beyond LoRA: LoHa, LoKr, OFT, HRA and AdaLoRA.
+
+The math is in :mod:`adapters.methods.loha`, :mod:`~adapters.methods.lokr`,
+:mod:`~adapters.methods.oft`, :mod:`~adapters.methods.hra` and :mod:`~adapters.methods.adalora`.
+Field names and defaults are PEFT's (0.21), so a PEFT config reads as ours one to one; the
+targeting knobs are shared by every weight-update config (:class:`WeightTargetingConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import ClassVar, Optional, Union
+
+from .base import AdapterConfig, register_config
+
+__all__ = ["WeightTargetingConfig", "LoHaConfig", "LoKrConfig", "OFTConfig", "HRAConfig", "AdaLoRAConfig"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WeightTargetingConfig(AdapterConfig):
+    """Where a weight-update adapter goes: the targeting knobs every weight-update method shares.
+
+    Placement, PEFT style: ``target_modules`` — a list of module names matched exactly or as a
+    dotted suffix, a string regex matched against the full module path, or ``"all-linear"`` —
+    minus ``exclude_modules`` (same forms), restricted to ``layers_to_transform`` (indices,
+    optionally with ``layers_pattern``, the name of the layer list). Placement, AdapterHub style
+    (used when ``target_modules`` is None): ``selfattn_lora`` with ``attn_matrices`` (any of "q",
+    "k", "v", "o"), ``intermediate_lora`` and ``output_lora``; the default targets the query and
+    value projections, PEFT's default for BERT- and Llama-like models. ``leave_out`` skips layers.
+
+    Args:
+        modules_to_save: modules of the model (e.g. a classifier head) trained and saved with the
+            adapter (PEFT's ``modules_to_save``).
+        init_weights_seed: seed for the initialisation of the adapter's parameters (None: the
+            global generator).
+
+    Example::
+
+        >>> LoHaConfig(target_modules=["q_proj", "v_proj"], layers_to_transform=[0, 1])
+    """
+
+    selfattn_lora: bool = True
+    intermediate_lora: bool = False
+    output_lora: bool = False
+    attn_matrices: tuple = ("q", "v")
+    leave_out: tuple = ()
+    target_modules: Optional[Union[tuple, str]] = None
+    exclude_modules: Optional[Union[tuple, str]] = None
+    layers_to_transform: Optional[Union[tuple, int]] = None
+    layers_pattern: Optional[str] = None
+    modules_to_save: Optional[tuple] = None
+    init_weights_seed: Optional[int] = None
+
+    def __post_init__(self):
+        for name in ("leave_out", "attn_matrices"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("target_modules", "exclude_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.modules_to_save, str):
+            object.__setattr__(self, "modules_to_save", (self.modules_to_save,))
+        if isinstance(self.layers_to_transform, int):
+            object.__setattr__(self, "layers_to_transform", (self.layers_to_transform,))
+        elif self.layers_to_transform is not None:
+            object.__setattr__(self, "layers_to_transform", tuple(self.layers_to_transform))
+        if isinstance(self.layers_pattern, (list, tuple)):
+            object.__setattr__(self, "layers_pattern", self.layers_pattern[0] if self.layers_pattern else None)
+        if not set(self.attn_matrices) <= {"q", "k", "v", "o"}:
+            raise ValueError(f"attn_matrices may contain 'q', 'k', 'v' and 'o', got {list(self.attn_matrices)}.")
+
+    @staticmethod
+    def _check_patterns(patterns: dict, what: str) -> None:
+        for pattern, value in patterns.items():
+            re.compile(pattern)
+            if value <= 0:
+                raise ValueError(f"{what} value for {pattern!r} must be positive, got {value!r}.")
+
+    @staticmethod
+    def _check_probability(value: float, name: str) -> None:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+
+
+def _check_lycoris(config, inits) -> None:
+    """The checks LoHa and LoKr share: r, alpha, dropouts, patterns and the init choice."""
+    object.__setattr__(config, "rank_pattern", dict(config.rank_pattern or {}))
+    object.__setattr__(config, "alpha_pattern", dict(config.alpha_pattern or {}))
+    name = type(config).__name__
+    if not isinstance(config.r, int) or config.r <= 0:
+        raise ValueError(f"{name} rank r must be a positive integer, got {config.r!r}.")
+    if config.alpha <= 0:
+        raise ValueError(f"{name} alpha must be positive, got {config.alpha!r}.")
+    config._check_probability(config.rank_dropout, "rank_dropout")
+    config._check_probability(config.module_dropout, "module_dropout")
+    config._check_patterns({**config.rank_pattern, **config.alpha_pattern}, "rank_pattern/alpha_pattern")
+    if not any(config.init_weights is choice or config.init_weights == choice and isinstance(choice, str) for choice in inits):
+        raise ValueError(f"{name} init_weights must be one of {inits}, got {config.init_weights!r}.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoHaConfig(WeightTargetingConfig):
+    """LoHa (Hyeon-Woo et al., 2022, "FedPara"): a Hadamard product of two rank-``r`` updates,
+    ``ΔW = (W1a W1b) ⊙ (W2a W2b) · α/r`` (rank up to ``r²`` for the parameters of two rank-r LoRAs).
+
+    Args:
+        r: rank of each factor; positive.
+        alpha: scaling numerator (``ΔW`` is scaled by ``alpha / r``).
+        rank_dropout: in training, each output row of ``ΔW`` is dropped with this probability
+            (the kept rows rescaled so that their mean factor is 1, as PEFT does).
+        module_dropout: in training, the whole adapter is skipped at a layer with this probability.
+        init_weights: True: ``W2b = 0`` (the adapter starts as the identity); False: all random.
+        rank_pattern / alpha_pattern: regex (matched against the end of the module path) to r /
+            alpha for the modules it matches.
+
+    Example::
+
+        >>> model.add_adapter("loha", config=LoHaConfig(r=4, alpha=8), set_active=True)
+    """
+
+    architecture: ClassVar[str] = "loha"
+
+    r: int = 8
+    alpha: float = 8
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    init_weights: bool = True
+    rank_pattern: dict = dataclasses.field(default_factory=dict)
+    alpha_pattern: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_lycoris(self, (True, False))
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoKrConfig(WeightTargetingConfig):
+    """LoKr (Edalati et al., 2022; LyCORIS): a Kronecker product ``ΔW = (W1 ⊗ W2) · α/r`` whose
+    factor shapes split ``d_out`` and ``d_in`` into two factors each (see :mod:`adapters.methods.lokr`).
+
+    Args:
+        r: rank used where a factor is itself decomposed (``W2 = W2a W2b`` when
+            ``r < max(W2's sides) / 2``; ``W1`` likewise with ``decompose_both``).
+        alpha: scaling numerator (``ΔW`` is scaled by ``alpha / r``).
+        decompose_both: also decompose ``W1`` into a rank-``r`` product where it is large enough.
+        decompose_factor: the preferred size of the first factor of each dimension (-1: as close
+            to the square root as the divisors allow).
+        rank_dropout: in training, each output row of ``ΔW`` is dropped with this probability.
+        rank_dropout_scale: rescale the kept rows so their mean factor is 1.
+        module_dropout: in training, the whole adapter is skipped at a layer with this probability.
+        init_weights: True: ``W1 = 0`` (identity at start); "lycoris": ``W2 = 0`` instead;
+            False: all random.
+        rank_pattern / alpha_pattern: regex to r / alpha for the modules it matches.
+
+    Example::
+
+        >>> model.add_adapter("lokr", config=LoKrConfig(r=4, decompose_both=True), set_active=True)
+    """
+
+    architecture: ClassVar[str] = "lokr"
+
+    r: int = 8
+    alpha: float = 8
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    decompose_both: bool = False
+    decompose_factor: int = -1
+    rank_dropout_scale: bool = False
+    init_weights: Union[bool, str] = True
+    rank_pattern: dict = dataclasses.field(default_factory=dict)
+    alpha_pattern: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_lycoris(self, (True, False, "lycoris"))
+        if not isinstance(self.decompose_factor, int):
+            raise ValueError(f"decompose_factor must be an integer (-1: near the square root), got {self.decompose_factor!r}.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OFTConfig(WeightTargetingConfig):
+    """OFT (Qiu et al., 2023, "Controlling Text-to-Image Diffusion by Orthogonal Finetuning"):
+    the input of the layer is rotated by a block-diagonal orthogonal matrix ``R`` built from
+    skew-symmetric blocks by the Cayley transform, i.e. ``W' = W Rᵀ`` (PEFT's convention).
+
+    Give either ``r`` (the number of blocks) or ``oft_block_size`` (their size), not both; the
+    other follows from ``d_in = r · oft_block_size``. A size that does not divide ``d_in`` is
+    moved to the nearest one that does (with a warning), as PEFT does.
+
+    Args:
+        r: number of blocks (0: derive from ``oft_block_size``).
+        oft_block_size: block size (0: derive from ``r``).
+        module_dropout: in training, this fraction of the blocks is replaced by the identity at
+            each forward pass (multiplicative dropout).
+        coft: constrained OFT: each skew-symmetric block is projected into a ball of radius
+            ``eps`` (scaled by ``1/√blocks``) around zero before use, so ``R`` stays near ``I``.
+        eps: COFT's radius.
+        block_share: one block shared by all blocks of the layer.
+        use_cayley_neumann: approximate the inverse in the Cayley transform by a truncated
+            Neumann series of ``num_cayley_neumann_terms`` terms (PEFT's default) instead of solving.
+        init_weights: True: zero blocks (``R = I``); False: random (std 0.1).
+
+    Example::
+
+        >>> model.add_adapter("oft", config=OFTConfig(oft_block_size=16), set_active=True)
+    """
+
+    architecture: ClassVar[str] = "oft"
+
+    r: int = 0
+    oft_block_size: int = 32
+    module_dropout: float = 0.0
+    coft: bool = False
+    eps: float = 6e-5
+    block_share: bool = False
+    use_cayley_neumann: bool = True
+    num_cayley_neumann_terms: int = 5
+    init_weights: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.r < 0 or self.oft_block_size < 0:
+            raise ValueError(f"OFT r and oft_block_size must be >= 0, got r={self.r}, oft_block_size={self.oft_block_size}.")
+        if (self.r == 0) == (self.oft_block_size == 0):
+            raise ValueError(
+                f"OFT needs exactly one of r ({self.r}) and oft_block_size ({self.oft_block_size}) to be non-zero, "
+                f"because r x oft_block_size = in_features; set the other to 0."
+            )
+        self._check_probability(self.module_dropout, "module_dropout")
+        if self.eps <= 0:
+            raise ValueError(f"OFT eps must be positive, got {self.eps!r}.")
+        if self.num_cayley_neumann_terms < 1:
+            raise ValueError(f"num_cayley_neumann_terms must be >= 1, got {self.num_cayley_neumann_terms!r}.")
+        if not isinstance(self.init_weights, bool):
+            raise ValueError(f"init_weights must be True or False, got {self.init_weights!r}.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HRAConfig(WeightTargetingConfig):
+    """HRA (Yuan et al., 2024, "Bridging The Gap between Low-rank and Orthogonal Adaptation via
+    Householder Reflection Adaptation"): the weight is multiplied by a chain of ``r`` Householder
+    reflections, ``W' = W H_1 ⋯ H_r``, ``H_i = I − 2 u_i u_iᵀ / ‖u_i‖²``.
+
+    Args:
+        r: number of reflections; even for the default symmetric initialisation (reflections in
+            equal pairs, so the chain starts as the identity).
+        apply_GS: orthogonalise ``u_1 … u_r`` first (Gram–Schmidt); then ``W' = W (I − 2 U Uᵀ)``.
+        init_weights: True: symmetric pairs (identity at start; odd ``r`` falls back to random
+            with a warning); False: random.
+
+    Example::
+
+        >>> model.add_adapter("hra", config=HRAConfig(r=8), set_active=True)
+    """
+
+    architecture: ClassVar[str] = "hra"
+
+    r: int = 8
+    apply_GS: bool = False
+    init_weights: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"HRA r (the number of reflections) must be a positive integer, got {self.r!r}.")
+        if not isinstance(self.init_weights, bool):
+            raise ValueError(f"init_weights must be True or False, got {self.init_weights!r}.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AdaLoRAConfig(WeightTargetingConfig):
+    """AdaLoRA (Zhang et al., 2023, "Adaptive Budget Allocation for Parameter-Efficient
+    Fine-Tuning"): an SVD-shaped update ``ΔW = P Λ Q · α/(r₀ + 1e-5)`` whose singular values are
+    pruned during training by importance, following a cubic budget schedule.
+
+    Args:
+        init_r: the rank every targeted layer starts with (``r₀``).
+        target_r: the average rank per layer at the end of the schedule.
+        lora_alpha: scaling numerator (0: use ``init_r``).
+        lora_dropout: dropout on the layer input of the update.
+        init_lora_weights: True: ``Λ = 0`` (identity at start), ``P``, ``Q`` ~ N(0, 0.02); False: random.
+        tinit / tfinal: steps before the budget starts to shrink / after it reaches ``target_r``.
+        deltaT: steps between two re-allocations.
+        beta1 / beta2: EMA factors of the sensitivity and its uncertainty.
+        orth_reg_weight: weight of ``‖PᵀP − I‖_F + ‖QQᵀ − I‖_F`` (averaged over matrices) added
+            to the training loss.
+        total_step: the number of training steps (needed by :meth:`update_and_allocate`).
+        rank_pattern: the ranks PEFT saved after allocation (module path -> kept-triplet mask);
+            set when a PEFT checkpoint is loaded.
+
+    Example::
+
+        >>> model.add_adapter("ada", config=AdaLoRAConfig(init_r=12, target_r=4, total_step=1000))
+    """
+
+    architecture: ClassVar[str] = "adalora"
+
+    init_r: int = 12
+    target_r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    init_lora_weights: bool = True
+    tinit: int = 0
+    tfinal: int = 0
+    deltaT: int = 1
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.5
+    total_step: Optional[int] = None
+    rank_pattern: Optional[dict] = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rank_pattern is not None:
+            object.__setattr__(self, "rank_pattern", {k: [bool(b) for b in v] for k, v in self.rank_pattern.items()})
+        if not isinstance(self.init_r, int) or self.init_r <= 0:
+            raise ValueError(f"AdaLoRA init_r must be a positive integer, got {self.init_r!r}.")
+        if not isinstance(self.target_r, int) or not 0 <= self.target_r <= self.init_r:
+            raise ValueError(f"AdaLoRA target_r must be an integer in [0, init_r={self.init_r}], got {self.target_r!r}.")
+        if self.lora_alpha < 0:
+            raise ValueError(f"AdaLoRA lora_alpha must be >= 0, got {self.lora_alpha!r}.")
+        self._check_probability(self.lora_dropout, "lora_dropout")
+        for name in ("beta1", "beta2"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"AdaLoRA {name} must be in (0, 1), got {getattr(self, name)!r}.")
+        if self.orth_reg_weight < 0:
+            raise ValueError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight!r}.")
+        if self.deltaT < 1 or self.tinit < 0 or self.tfinal < 0:
+            raise ValueError("AdaLoRA needs deltaT >= 1, tinit >= 0 and tfinal >= 0.")
+        if self.total_step is not None:
+            if self.total_step <= 0:
+                raise ValueError(f"AdaLoRA total_step must be positive, got {self.total_step!r}.")
+            if self.tinit >= self.total_step - self.tfinal:
+                raise ValueError(
+                    f"AdaLoRA's schedule leaves no budgeting phase: tinit={self.tinit} >= total_step - tfinal = "
+                    f"{self.total_step - self.tfinal}; decrease tinit/tfinal or increase total_step."
+                )
+
+    @property
+    def scaling(self) -> float:
+        """``α / (r₀ + 1e-5)``, PEFT's scaling of the update (``α = init_r`` when ``lora_alpha`` is 0)."""
+        alpha = self.lora_alpha if self.lora_alpha > 0 else float(self.init_r)
+        return alpha / (self.init_r + 1e-5)
+
+
+register_config("loha", LoHaConfig())
+register_config("lokr", LoKrConfig())
+register_config("oft", OFTConfig())
+register_config("hra", HRAConfig())
+register_config("adalora", AdaLoRAConfig())

@@ -1,0 +1,330 @@
+"""AdaLoRA (Zhang et al., 2023, "Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning")
+on linear layers.
+
+**The update** is parameterised like a singular value decomposition::
+
+    ΔW = P Λ Q · s,     P ∈ R^{d_out×r₀} (lora_B),  Λ = diag(λ) (lora_E ∈ R^{r₀×1}),  Q ∈ R^{r₀×d_in} (lora_A)
+    s  = α / (r₀ + 10⁻⁵)            (PEFT's scaling: α = lora_alpha, or r₀ when lora_alpha is 0)
+    y  = x Wᵀ + b + s · (dropout(x) (Q ⊙ λ)ᵀ) Pᵀ
+
+Initialisation: ``λ = 0``, ``P, Q ~ N(0, 0.02²)``, so the adapter starts as the identity.
+
+**Orthogonality.** ``P`` and ``Q`` are kept near-orthogonal by a regulariser added to the
+training loss, ``w · mean over matrices of (‖QQᵀ − I‖_F, ‖PᵀP − I‖_F)`` (``orth_reg_weight``).
+
+**Rank allocation** (:class:`RankAllocator`). Triplet ``k`` (``P[:, k]``, ``λ_k``, ``Q[k]``) of a
+layer gets an importance score from the sensitivity ``I(w) = |w · ∂L/∂w|`` of its entries,
+smoothed (``Ī ← β₁ Ī + (1−β₁) I``) and with its uncertainty (``Ū ← β₂ Ū + (1−β₂)|I − Ī|``)::
+
+    score(w) = Ī(w) Ū(w),   S_k = score(λ_k) + mean_j score(Q[k, j]) + mean_i score(P[i, k])
+
+At step ``t`` the budget (the number of non-zero ``λ`` over all layers, initially
+``b₀ = Σ r₀``, finally ``b_T = target_r · #layers``) follows a cubic schedule::
+
+    b(t) = b₀                                                        t ≤ t_init
+    b(t) = ⌊(b₀ − b_T)(1 − (t − t_init)/(T − t_final − t_init))³ + b_T⌋   t_init < t ≤ T − t_final
+    b(t) = b_T                                                       t > T − t_final
+
+Every ``ΔT`` steps within the schedule, and once at ``t = T − t_final``, the ``λ_k`` with the
+``b₀ − b(t)`` smallest scores are set to 0; after that the final mask is re-applied every step.
+Call :meth:`AdaLoRAModelMixin.update_and_allocate` after ``loss.backward()`` and before
+``optimizer.zero_grad()`` (or let :class:`AdaLoraCallback` do it in a ``Trainer``).
+Parameter names are PEFT's (``lora_A``, ``lora_B``, ``lora_E``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from ..configuration.weight_transforms import AdaLoRAConfig
+from .weight_transform import WeightTransform
+
+__all__ = ["AdaLoRA", "RankAllocator", "AdaLoRAModelMixin", "AdaLoraCallback"]
+
+
+class AdaLoRA(WeightTransform):
+    """One AdaLoRA adapter on one linear layer (see the module docstring).
+
+    Args:
+        r: this layer's number of triplets (``init_r``, or fewer where a PEFT ``rank_pattern``
+            pruned it); the scaling always uses ``init_r``.
+
+    Example::
+
+        >>> ada = AdaLoRA(64, 64, AdaLoRAConfig(init_r=6), r=6)
+        >>> ada.lora_A.shape, ada.lora_E.shape, ada.lora_B.shape
+        (torch.Size([6, 64]), torch.Size([6, 1]), torch.Size([64, 6]))
+    """
+
+    method = "adalora"
+    has_fast_path = False  # base + low-rank delta is already the cheapest form
+
+    def __init__(self, in_features: int, out_features: int, config: AdaLoRAConfig, r: int, out_slices=None):
+        super().__init__(in_features, out_features, out_slices)
+        self.r = r
+        self.scaling = config.scaling
+        self.dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.lora_A = nn.Parameter(torch.randn(r, in_features))
+        self.lora_E = nn.Parameter(torch.randn(r, 1))
+        self.lora_B = nn.Parameter(torch.randn(self.rows, r))
+        if config.init_lora_weights:
+            with torch.no_grad():
+                nn.init.zeros_(self.lora_E)
+                nn.init.normal_(self.lora_A, std=0.02)
+                nn.init.normal_(self.lora_B, std=0.02)
+
+    def delta_weight(self, weight=None) -> torch.Tensor:
+        """``P (Q ⊙ λ) · s``."""
+        return self.lora_B @ (self.lora_A * self.lora_E) * self.scaling
+
+    def delta_output(self, x: torch.Tensor, weight=None) -> torch.Tensor:
+        hidden = self.dropout(x) @ (self.lora_A * self.lora_E).t().to(x.dtype)
+        return (hidden @ self.lora_B.t().to(x.dtype)) * self.scaling
+
+    def orthogonality(self) -> torch.Tensor:
+        """``‖QQᵀ − I‖_F + ‖PᵀP − I‖_F`` (the two terms of the regulariser for this layer)."""
+        a, b = self.lora_A, self.lora_B
+        eye = torch.eye(self.r, device=a.device, dtype=a.dtype)
+        return torch.linalg.norm(a @ a.t() - eye) + torch.linalg.norm(b.t() @ b - eye)
+
+    @property
+    def current_rank(self) -> int:
+        """The number of triplets with a non-zero singular value."""
+        return int((self.lora_E.detach() != 0).sum())
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}"
+
+
+class RankAllocator:
+    """AdaLoRA's importance-based budget allocation for one adapter (see the module docstring).
+
+    Args:
+        config: the adapter's :class:`~adapters.AdaLoRAConfig` (``total_step`` required).
+        modules: the adapter's :class:`AdaLoRA` modules, one per layer.
+
+    Example::
+
+        >>> allocator = RankAllocator(config, modules)
+        >>> allocator.budget_schedule(0)
+        (72, False)
+    """
+
+    def __init__(self, config: AdaLoRAConfig, modules: list[AdaLoRA]):
+        if config.total_step is None:
+            raise ValueError("AdaLoRA rank allocation needs total_step (the number of training steps) in its config.")
+        self.config = config
+        self.modules = list(modules)
+        self.initial_budget = sum(m.r for m in self.modules)
+        self.target_budget = config.target_r * len(self.modules)
+        self.final_mask: list[torch.Tensor] | None = None
+        self.reset_importance()
+
+    def reset_importance(self) -> None:
+        """Forget the smoothed sensitivities and uncertainties."""
+        self.sensitivity: dict[int, torch.Tensor] = {}
+        self.uncertainty: dict[int, torch.Tensor] = {}
+
+    def budget_schedule(self, step: int) -> tuple[int, bool]:
+        """``(budget, whether to re-allocate at this step)``: the cubic schedule."""
+        c = self.config
+        if step <= c.tinit:
+            return self.initial_budget, False
+        if step > c.total_step - c.tfinal:
+            return self.target_budget, True
+        progress = 1 - (step - c.tinit) / (c.total_step - c.tfinal - c.tinit)
+        budget = int((self.initial_budget - self.target_budget) * progress**3 + self.target_budget)
+        return budget, step % c.deltaT == 0
+
+    @torch.no_grad()
+    def update_importance(self) -> None:
+        """Fold ``|w · ∂L/∂w|`` of every P, λ, Q entry into the EMAs (entries without a gradient count 0)."""
+        b1, b2 = self.config.beta1, self.config.beta2
+        for module in self.modules:
+            for param in (module.lora_A, module.lora_E, module.lora_B):
+                grad = param.grad if param.grad is not None else torch.zeros_like(param)
+                importance = (param * grad).abs()
+                key = id(param)
+                smoothed = self.sensitivity.get(key, torch.zeros_like(param))
+                spread = self.uncertainty.get(key, torch.zeros_like(param))
+                smoothed = b1 * smoothed + (1 - b1) * importance
+                self.uncertainty[key] = b2 * spread + (1 - b2) * (importance - smoothed).abs()
+                self.sensitivity[key] = smoothed
+
+    def _score(self, param) -> torch.Tensor:
+        key = id(param)
+        if key not in self.sensitivity:
+            return torch.zeros_like(param)
+        return self.sensitivity[key] * self.uncertainty[key]
+
+    def triplet_scores(self) -> list[torch.Tensor]:
+        """``S_k`` per layer, each ``(r,)``."""
+        return [
+            self._score(m.lora_E).view(-1) + self._score(m.lora_A).mean(dim=1) + self._score(m.lora_B).mean(dim=0)
+            for m in self.modules
+        ]
+
+    @torch.no_grad()
+    def mask_to_budget(self, budget: int) -> list[torch.Tensor]:
+        """Zero the ``λ`` of the lowest-scoring triplets so that ``budget`` remain; returns the keep-masks."""
+        scores = self.triplet_scores()
+        pruned = self.initial_budget - budget
+        if pruned <= 0:
+            masks = [torch.ones_like(s, dtype=torch.bool) for s in scores]
+        else:
+            threshold = torch.kthvalue(torch.cat(scores).float().cpu(), pruned).values.item()
+            masks = [s > threshold for s in scores]
+        for module, keep in zip(self.modules, masks):
+            module.lora_E.masked_fill_(~keep.view(-1, 1).to(module.lora_E.device), 0.0)
+        return masks
+
+    @torch.no_grad()
+    def apply_final_mask(self) -> None:
+        for module, keep in zip(self.modules, self.final_mask or []):
+            module.lora_E.masked_fill_(~keep.view(-1, 1).to(module.lora_E.device), 0.0)
+
+    def step(self, global_step: int) -> int:
+        """One allocation step (see the module docstring); returns the budget in force."""
+        c = self.config
+        end = c.total_step - c.tfinal
+        if global_step < end:
+            self.update_importance()
+            budget, reallocate = self.budget_schedule(global_step)
+            if reallocate:
+                self.mask_to_budget(budget)
+            return budget
+        if global_step == end:
+            self.update_importance()
+            self.final_mask = self.mask_to_budget(self.target_budget)
+            self.reset_importance()
+            return self.target_budget
+        if self.final_mask is None:  # resumed after the schedule ended: allocate once from scratch
+            self.final_mask = self.mask_to_budget(self.target_budget)
+        self.apply_final_mask()
+        return self.target_budget
+
+
+class AdaLoRAModelMixin:
+    """AdaLoRA's training API on the model (mixed into the model API).
+
+    Example::
+
+        >>> loss = model(**batch).loss            # includes the orthogonal regulariser in training
+        >>> loss.backward()
+        >>> optimizer.step()
+        >>> model.update_and_allocate(step)
+        >>> optimizer.zero_grad()
+    """
+
+    def _adalora_modules(self, name: str) -> list[AdaLoRA]:
+        return [h.loras[name] for h in self._adalora_hosts(name)]
+
+    def _adalora_hosts(self, name: str) -> list:
+        hosts = [h for h in self._adapter_hosts if h.method == "lora" and name in h.loras]
+        return [h for h in hosts if isinstance(h.loras[name], AdaLoRA)]
+
+    def _adalora_names(self, setup=None) -> list[str]:
+        registry = self.adapters_config
+        names = setup.flatten() if setup is not None else list(registry.adapters)
+        return [
+            n for n in names
+            if n in registry.adapters and any(p.architecture == "adalora" for p in registry.adapters[n].configs_by_architecture())
+        ]
+
+    def _adalora_config(self, name: str) -> AdaLoRAConfig:
+        return next(p for p in self.adapters_config.adapters[name].configs_by_architecture() if p.architecture == "adalora")
+
+    def update_and_allocate(self, global_step: int, adapter_name: str | None = None) -> None:
+        """AdaLoRA's budget step: update the importance scores and prune singular values to the
+        scheduled budget (PEFT's ``update_and_allocate``). Call it after ``loss.backward()`` and
+        before ``optimizer.zero_grad()``.
+
+        Args:
+            global_step: the current training step (0-based).
+            adapter_name: the AdaLoRA adapter; default: those of the active setup.
+
+        Raises:
+            ValueError: no AdaLoRA adapter is active / named, or its config lacks ``total_step``.
+
+        Example::
+
+            >>> model.update_and_allocate(step)
+        """
+        setup = self.adapters_config.active_setup
+        names = [adapter_name] if adapter_name is not None else self._adalora_names(setup) if setup is not None else []
+        if not names or any(n not in self._adalora_names() for n in names):
+            raise ValueError(
+                "update_and_allocate needs an AdaLoRA adapter: activate one (train_adapter('name')) or pass adapter_name."
+            )
+        allocators = self.__dict__.setdefault("_adapters_adalora_allocators", {})
+        for name in names:
+            modules = self._adalora_modules(name)
+            allocator = allocators.get(name)
+            if allocator is None or [id(m) for m in allocator.modules] != [id(m) for m in modules]:
+                allocator = allocators[name] = RankAllocator(self._adalora_config(name), modules)
+            allocator.step(global_step)
+
+    def adalora_ranks(self, adapter_name: str) -> dict[str, int]:
+        """The current rank (non-zero singular values) of AdaLoRA adapter ``adapter_name`` per module path.
+
+        Example::
+
+            >>> sum(model.adalora_ranks("ada").values())      # the budget in use
+        """
+        paths = {id(m): p for p, m in self.base_model.named_modules()}
+        return {paths[id(h)]: h.loras[adapter_name].current_rank for h in self._adalora_hosts(adapter_name)}
+
+    def adalora_orthogonal_regularization(self, adapter_name: str | None = None) -> torch.Tensor:
+        """``orth_reg_weight · mean over P and Q matrices of ‖·ᵀ· − I‖_F`` for the AdaLoRA adapters
+        of the active setup (or ``adapter_name``); added to the loss automatically in training.
+
+        Example::
+
+            >>> loss = task_loss + model.adalora_orthogonal_regularization("ada")
+        """
+        setup = self.adapters_config.active_setup
+        names = [adapter_name] if adapter_name is not None else self._adalora_names(setup) if setup is not None else []
+        total = torch.zeros((), device=next(self.parameters()).device)
+        for name in names:
+            modules = self._adalora_modules(name)
+            if modules:
+                weight = self._adalora_config(name).orth_reg_weight
+                total = total + weight * sum(m.orthogonality() for m in modules) / (2 * len(modules))
+        return total
+
+    def _add_adalora_regularization(self, output, setup):
+        """Add the orthogonal regulariser to ``output.loss`` when training with AdaLoRA adapters active."""
+        if not self.training or setup is None or getattr(output, "loss", None) is None:
+            return output
+        registry = self.adapters_config
+        cache = self.__dict__.setdefault("_adapters_adalora_setups", {})
+        if cache.get("version") != registry.version:  # the adapters changed: recompute per setup
+            cache.clear()
+            cache["version"] = registry.version
+        if setup not in cache:
+            cache[setup] = tuple(self._adalora_names(setup))
+        for name in cache[setup]:
+            output.loss = output.loss + self.adalora_orthogonal_regularization(name)
+        return output
+
+
+class AdaLoraCallback(TrainerCallback):
+    """A ``transformers.Trainer`` callback that runs AdaLoRA's budget step after every optimizer
+    step (before the gradients are zeroed): ``model.update_and_allocate(state.global_step)``.
+
+    Example::
+
+        >>> trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[AdaLoraCallback()])
+    """
+
+    def __init__(self, adapter_name: str | None = None):
+        self.adapter_name = adapter_name
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)
+        if model is None or not hasattr(model, "update_and_allocate"):
+            raise ValueError("AdaLoraCallback needs the Trainer's model to be an adapters model with an AdaLoRA adapter.")
+        model.update_and_allocate(state.global_step, adapter_name=self.adapter_name)
+        return control
