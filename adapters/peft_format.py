@@ -24,6 +24,7 @@ import torch
 
 from .configuration.lora import LoRAConfig
 from .configuration.prefix import PrefixTuningConfig
+from .peft_weight_transforms import PEFT_TYPES, config_from_peft_meta, convert_peft_key, peft_weight_transform_checkpoint
 
 __all__ = ["PEFT_WEIGHTS_NAME", "PEFT_LEGACY_WEIGHTS_NAME", "config_from_peft", "state_from_peft", "peft_checkpoint"]
 
@@ -80,12 +81,16 @@ def config_from_peft(meta: dict) -> LoRAConfig:
             bias=meta.get("bias") or "none",
             **common,
         )
+    if peft_type in PEFT_TYPES:  # LoHa, LoKr, OFT, HRA, AdaLoRA
+        return config_from_peft_meta(meta, common)
     if peft_type == "IA3":
         return LoRAConfig(
             r=1, alpha=1, composition_mode="scale", init_weights="ia3",
             feedforward_modules=_listify(meta.get("feedforward_modules")), **common,
         )
-    raise ValueError(f"PEFT method {peft_type!r} is not supported in this version (LORA and IA3 are).")
+    raise ValueError(
+        f"PEFT method {peft_type!r} is not supported in this version (LORA, IA3, PREFIX_TUNING, {', '.join(PEFT_TYPES)} are)."
+    )
 
 
 def _prefix_config_from_peft(meta: dict) -> PrefixTuningConfig:
@@ -96,6 +101,7 @@ def _prefix_config_from_peft(meta: dict) -> PrefixTuningConfig:
     return PrefixTuningConfig(prefix_length=int(meta["num_virtual_tokens"]), flat=True, shift_positions=True)
 
 
+_WEIGHT_TRANSFORMS = tuple(PEFT_TYPES.values())
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<param>lora_A\.weight|lora_B\.weight|lora_magnitude_vector(\.weight)?|ia3_l)$")
 
 
@@ -114,6 +120,10 @@ def state_from_peft(state: dict, name: str, saved_modules=()) -> dict:
         owner = next((p for p in by_length if key.startswith(p + ".")), None)
         if owner is not None:
             converted[f"{owner}.modules_to_save.{name}.{key[len(owner) + 1:]}"] = value
+            continue
+        ours = convert_peft_key(key, name)  # LoHa, LoKr, OFT, HRA, AdaLoRA
+        if ours is not None:
+            converted[ours] = value
             continue
         key = re.sub(r"\.(lora_A|lora_B|lora_magnitude_vector|ia3_l)\.default(\.|$)", r".\1\2", key)
         match = _PEFT_KEY.match(key)
@@ -139,6 +149,9 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         >>> config, weights = peft_checkpoint(model, "lora")
     """
     config = model.adapters_config.adapters[name]
+    transforms = [p for p in config.configs_by_architecture() if p.architecture in _WEIGHT_TRANSFORMS]
+    if len(transforms) == 1 and len(config.configs_by_architecture()) == 1:
+        return peft_weight_transform_checkpoint(model, name, transforms[0])
     parts = [p for p in config.configs_by_architecture() if p.architecture == "lora"]
     if len(parts) != 1 or len(config.configs_by_architecture()) != 1:
         raise ValueError(f"Adapter {name!r} is not a single LoRA-family adapter; only those can be written in PEFT's format.")
