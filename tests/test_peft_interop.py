@@ -12,11 +12,12 @@ from conftest import main_output, make_inputs, make_model, perturb_adapter
 from fixture_utils import PEFT, fixture_inputs, load_tensors
 
 import adapters
-from adapters import DoRAConfig, IA3Config, LoRAConfig
+from adapters import AdaLoRAConfig, DoRAConfig, HRAConfig, IA3Config, LoHaConfig, LoKrConfig, LoRAConfig, OFTConfig
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(PEFT), reason="../shared/fixtures is not present")
 
 LORA_FAMILY = ["lora", "lora_all", "lora_layers", "lora_patterns", "lora_rslora", "dora", "ia3"]
+WEIGHT_TRANSFORMS = ["loha", "lokr", "oft", "hra", "hra_gs", "adalora"]
 
 
 def _base(arch):
@@ -33,7 +34,7 @@ def _first_output(output):
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
-@pytest.mark.parametrize("case", LORA_FAMILY)
+@pytest.mark.parametrize("case", LORA_FAMILY + WEIGHT_TRANSFORMS)
 def test_peft_case_reproduces_out_and_merged_out(arch, case):
     folder = os.path.join(PEFT, arch, case)
     expected = load_tensors(os.path.join(folder, "expected.safetensors"))
@@ -139,3 +140,75 @@ def test_peft_prefix_tuning_case_reproduces():
         out = _first_output(model(**fixture_inputs(os.path.join(PEFT, "llama"))))
     expected = load_tensors(os.path.join(folder, "expected.safetensors"))["out"]
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch,head", [("bert", "base"), ("llama", "clm")])
+@pytest.mark.parametrize(
+    "config",
+    [
+        LoHaConfig(r=4, alpha=8, rank_pattern={"value|v_proj": 2}),
+        LoKrConfig(r=2, decompose_both=True, target_modules="all-linear"),
+        OFTConfig(oft_block_size=8),
+        OFTConfig(r=4, oft_block_size=0, block_share=True, coft=True, eps=1e-2, use_cayley_neumann=False),
+        HRAConfig(r=4),
+        HRAConfig(r=4, apply_GS=True),
+        AdaLoRAConfig(init_r=4, target_r=2, total_step=10),
+    ],
+    ids=["loha", "lokr-all-linear", "oft", "oft-share-coft-exact", "hra", "hra-gs", "adalora"],
+)
+def test_saved_weight_transforms_load_in_peft_with_the_same_outputs(tmp_path, arch, head, config):
+    from peft import PeftModel
+
+    model, reference = make_model(arch, head), make_model(arch, head)
+    adapters.init(model)
+    model.add_adapter("a", config=config, set_active=True)
+    perturb_adapter(model, "a", scale=0.2)
+    model.eval()
+    inputs = make_inputs(arch)
+    with torch.no_grad():
+        ours = main_output(model(**inputs))
+    model.save_adapter(str(tmp_path), "a", format="peft")
+    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=1e-5)
+    again = make_model(arch, head)
+    adapters.init(again)
+    again.load_adapter(str(tmp_path), load_as="b", set_active=True)
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(again(**inputs)), ours, atol=1e-6, rtol=1e-6)
+
+
+def test_adalora_rank_pattern_of_a_peft_checkpoint_shrinks_the_modules(tmp_path):
+    """PEFT saves an allocated AdaLoRA with each module cut to its kept triplets (rank_pattern);
+    the scaling keeps using init_r."""
+    from peft import PeftModel
+
+    model, reference = make_model("bert"), make_model("bert")
+    adapters.init(model)
+    model.add_adapter("a", config=AdaLoRAConfig(init_r=4, target_r=2, total_step=10, target_modules=["query"]), set_active=True)
+    perturb_adapter(model, "a", scale=0.2)
+    model.save_adapter(str(tmp_path), "a", format="peft")
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "adapter_model.safetensors"))
+    keep = [True, False, True, False]
+    pattern = {}
+    for key in list(weights):
+        module = key.removeprefix("base_model.model.").rsplit(".", 1)[0]
+        pattern[f"{module}.lora_E"] = keep
+        index = torch.tensor([0, 2])
+        weights[key] = weights[key][:, index] if key.endswith("lora_B") else weights[key][index]
+    meta["rank_pattern"] = pattern
+    (tmp_path / "adapter_config.json").write_text(json.dumps(meta))
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "adapter_model.safetensors"))
+    inputs = make_inputs("bert")
+    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
+    with torch.no_grad():
+        theirs = main_output(peft_model(**inputs))
+    again = make_model("bert")
+    adapters.init(again)
+    again.load_adapter(str(tmp_path), load_as="b", set_active=True)
+    assert set(again.adalora_ranks("b").values()) == {2}
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(again(**inputs)), theirs, atol=1e-5, rtol=1e-5)

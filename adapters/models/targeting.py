@@ -177,6 +177,6 @@ def pattern_value(patterns: dict, path: str, default):
     """The value of the first pattern in ``patterns`` that matches the end of ``path`` (PEFT's
     ``rank_pattern`` / ``alpha_pattern``), else ``default``."""
     for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?{pattern}$", path):
+        if re.match(rf"(.*\.)?(?:{pattern})$", path):  # grouped: "a|b" must not split the anchors
             return value
     return default
