@@ -44,7 +44,7 @@ def config_from_peft_meta(meta: dict, targeting: dict):
     if meta.get("bias", "none") not in ("none", None):
         raise ValueError(f"PEFT field bias={meta['bias']!r} is not supported for {peft_type} in this version (only 'none').")
     if meta.get("use_effective_conv2d"):
-        raise ValueError(f"PEFT field use_effective_conv2d=True applies to convolutions, which this version does not adapt.")
+        raise ValueError("PEFT field use_effective_conv2d=True applies to convolutions, which this version does not adapt.")
     if peft_type in ("LOHA", "LOKR"):
         fields = dict(
             r=meta.get("r", 8), alpha=meta.get("alpha", 8), rank_dropout=meta.get("rank_dropout") or 0.0,

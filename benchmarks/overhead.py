@@ -243,6 +243,37 @@ def _peft_prefix(base):
     return peft.get_peft_model(copy.deepcopy(base), peft_config), None
 
 
+# the weight-transform methods: (ours, PEFT's) config with the same knobs, on the LoRA targets
+_TRANSFORMS = {
+    "LoHa r8": (lambda t: adapters.LoHaConfig(r=8, alpha=16, target_modules=t), lambda peft, t: peft.LoHaConfig(r=8, alpha=16, target_modules=t)),
+    "LoKr r8": (lambda t: adapters.LoKrConfig(r=8, alpha=16, target_modules=t), lambda peft, t: peft.LoKrConfig(r=8, alpha=16, target_modules=t)),
+    "OFT b32": (lambda t: adapters.OFTConfig(oft_block_size=32, target_modules=t), lambda peft, t: peft.OFTConfig(oft_block_size=32, target_modules=t)),
+    "HRA r8": (lambda t: adapters.HRAConfig(r=8, target_modules=t), lambda peft, t: peft.HRAConfig(r=8, target_modules=t)),
+    "AdaLoRA r12": (
+        lambda t: adapters.AdaLoRAConfig(init_r=12, target_r=8, total_step=1000, target_modules=t),
+        lambda peft, t: peft.AdaLoraConfig(init_r=12, target_r=8, total_step=1000, target_modules=t),
+    ),
+}
+
+
+def _ours_transform(label: str):
+    def prepare(model):
+        model.add_adapter("a", config=_TRANSFORMS[label][0](list(_LORA_MODULES[_arch_of(model)])))
+        return "a"
+
+    return prepare
+
+
+def _peft_transform(label: str):
+    def build(base):
+        import peft
+
+        config = _TRANSFORMS[label][1](peft, list(_LORA_MODULES[_arch_of(base)]))
+        return peft.get_peft_model(copy.deepcopy(base), config), None
+
+    return build
+
+
 def _peft_activate(model, setup, training):
     """PEFT models come with only the adapter trainable."""
 
@@ -294,6 +325,14 @@ SCENARIOS: list[Scenario] = [
     Scenario("PEFT LoRA merged", build=_peft("lora", merge=True), activate=_peft_activate, train=None),
     Scenario("prefix 30", _ours_prefix, fwd_goal=1.10, fwd_ref=1.25),
     Scenario("PEFT prefix 30", build=_peft_prefix, activate=_peft_activate, fwd_ref=1.07),
+    *[
+        scenario
+        for label in _TRANSFORMS
+        for scenario in (
+            Scenario(f"{label} q+v", _ours_transform(label)),
+            Scenario(f"PEFT {label} q+v", build=_peft_transform(label), activate=_peft_activate),
+        )
+    ],
 ]
 
 
