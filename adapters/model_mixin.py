@@ -457,7 +457,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         prefix = "" if self.base_model is self else self.base_model_prefix + "."
         targets = resolve_targets(self.base_model, spec, config, prefix)
         for pattern in {**config.rank_pattern, **config.alpha_pattern}:
-            if not any(pattern_value({pattern: 1}, t.path, None) for t in targets):
+            if not any(pattern_value({pattern: 1}, prefix + t.path, None) for t in targets):
                 logger.warning(f"rank/alpha pattern {pattern!r} of adapter {name!r} matches none of its target modules.")
         saved = [p for p, m in self.base_model.named_modules() if isinstance(m, SavedModuleHost)]
         for target in targets:
@@ -474,8 +474,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                 swap_class(host, LoRALinear)
                 host.init_adapter_layer(target.layer_idx, target.location)
                 self._adapter_hosts.append(host)
-            r = pattern_value(config.rank_pattern, target.path, config.r)
-            alpha = pattern_value(config.alpha_pattern, target.path, config.alpha)
+            r = pattern_value(config.rank_pattern, prefix + target.path, config.r)
+            alpha = pattern_value(config.alpha_pattern, prefix + target.path, config.alpha)
             scale_input = config.feedforward_modules is not None and matches_modules(
                 target.path, config.feedforward_modules, prefix
             )

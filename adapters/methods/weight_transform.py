@@ -121,8 +121,8 @@ def _build(config, in_features: int, out_features: int, target, path_prefix: str
 
     method, slices = config.architecture, target.out_slices
     if method in ("loha", "lokr"):
-        r = pattern_value(config.rank_pattern, target.path, config.r)
-        alpha = pattern_value(config.alpha_pattern, target.path, config.alpha)
+        r = pattern_value(config.rank_pattern, path_prefix + target.path, config.r)
+        alpha = pattern_value(config.alpha_pattern, path_prefix + target.path, config.alpha)
         return (LoHa if method == "loha" else LoKr)(in_features, out_features, config, r, alpha, slices)
     if method == "oft":
         return OFT(in_features, out_features, config, slices)
