@@ -130,6 +130,10 @@ def peft_weight_transform_checkpoint(model, name: str, part) -> tuple[dict, dict
         for param_name, param in adapter.named_parameters(recurse=False):
             key = f"{_PREFIX}{path}.{param_name}" + (".weight" if param_name == "oft_R" else "")
             weights[key] = param.detach()
+    saved = [h for h in model._adapter_hosts if h.method == "modules_to_save" and name in h.modules_to_save]
+    for host in saved:  # modules_to_save: PEFT stores the copy under the module's own path
+        for key, value in host.modules_to_save[name].state_dict().items():
+            weights[f"{_PREFIX}{host.location}.{key}"] = value.detach()
     fields = {
         f: getattr(part, f) for f in (
             "r", "alpha", "rank_dropout", "module_dropout", "init_weights", "decompose_both", "decompose_factor",
@@ -159,7 +163,7 @@ def peft_weight_transform_checkpoint(model, name: str, part) -> tuple[dict, dict
         "base_model_name_or_path": getattr(model.config, "name_or_path", None) or None,
         "inference_mode": True,
         "task_type": None,
-        "modules_to_save": None,
+        "modules_to_save": [h.location for h in saved] or None,
         "bias": "none",
         **fields,
     }

@@ -466,3 +466,31 @@ def test_weight_transforms_share_one_host_with_lora():
     query = model.encoder.layer[0].attention.self.query
     assert set(query.loras) == {"lora", "oft"} and isinstance(query.loras["oft"], WeightTransform)
     assert "encoder.layer.0.attention.self.query.loras.oft.oft_R" in dict(model.named_parameters())
+
+
+def test_modules_to_save_travels_with_a_weight_transform_through_peft(tmp_path):
+    from peft import PeftModel
+
+    from conftest import main_output
+
+    model, reference = make_model("bert", "seq_cls"), make_model("bert", "seq_cls")
+    adapters.init(model)
+    model.add_adapter("a", config=HRAConfig(r=4, modules_to_save=["classifier"]), set_active=True)
+    perturb_adapter(model, "a", scale=0.2)
+    with torch.no_grad():
+        for param in model.classifier.modules_to_save["a"].parameters():
+            param.add_(0.3)
+    model.train_adapter("a")
+    assert model.classifier.modules_to_save["a"].weight.requires_grad
+    model.eval()
+    inputs = make_inputs("bert")
+    with torch.no_grad():
+        ours = main_output(model(**inputs))
+    model.save_adapter(str(tmp_path), "a", format="peft")
+    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=1e-5)
+    again = make_model("bert", "seq_cls")
+    adapters.init(again)
+    again.load_adapter(str(tmp_path), load_as="b", set_active=True)
+    torch.testing.assert_close(run(again, inputs), ours, atol=1e-6, rtol=1e-6)
