@@ -59,7 +59,6 @@ class AdaLoRA(WeightTransform):
     """
 
     method = "adalora"
-    has_fast_path = False  # base + low-rank delta is already the cheapest form
 
     def __init__(self, in_features: int, out_features: int, config: AdaLoRAConfig, r: int, out_slices=None):
         super().__init__(in_features, out_features, out_slices)
@@ -82,6 +81,16 @@ class AdaLoRA(WeightTransform):
     def delta_output(self, x: torch.Tensor, weight=None) -> torch.Tensor:
         hidden = self.dropout(x) @ (self.lora_A * self.lora_E).t().to(x.dtype)
         return (hidden @ self.lora_B.t().to(x.dtype)) * self.scaling
+
+    def forward_single(self, host, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus the update, the second product accumulated into it in one GEMM."""
+        output = host.base_forward(x)
+        if self.skipped():
+            return output
+        hidden = nn.functional.linear(self.dropout(x), (self.lora_A * self.lora_E).to(x.dtype))
+        flat = output.reshape(-1, output.shape[-1])
+        update = torch.addmm(flat, hidden.reshape(-1, self.r), self.lora_B.t().to(x.dtype), alpha=self.scaling)
+        return update.view(output.shape)
 
     def orthogonality(self) -> torch.Tensor:
         """``‖QQᵀ − I‖_F + ‖PᵀP − I‖_F`` (the two terms of the regulariser for this layer)."""
