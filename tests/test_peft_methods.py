@@ -224,7 +224,24 @@ def test_parallel_batchsplit_and_split_give_each_slice_its_adapter():
     split = run(model, inputs, BatchSplit("oft", "loha", batch_sizes=[1, 1]))
     torch.testing.assert_close(split[:1], single["oft"][:1], atol=1e-5, rtol=0)
     torch.testing.assert_close(split[1:], single["loha"][1:], atol=1e-5, rtol=0)
-    run(model, inputs, Split("oft", "loha", splits=[5, 7]))  # runs; per-position semantics shared with LoRA
+    model.add_adapter("bn", config=SeqBnConfig(reduction_factor=4))
+    perturb_adapter(model, "bn", scale=0.2)
+    mixed = run(model, inputs, Parallel("oft", "bn"))
+    torch.testing.assert_close(mixed[2:], run(model, inputs, "bn"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[:2], single["oft"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("first,second", [("oft", "lokr"), ("hra", "adalora"), ("loha", "oft")])
+def test_split_routes_sequence_segments(first, second):
+    # only the FFN output projection of the last layer: position-wise after attention, so segments compare directly
+    model = patched("bert")
+    last = {"selfattn_lora": False, "output_lora": True, "leave_out": [0]}
+    _add(model, first, first, **last)
+    _add(model, second, second, **last)
+    inputs = make_inputs("bert")
+    out = run(model, inputs, Split(first, second, splits=[4, 8]))
+    torch.testing.assert_close(out[:, :4], run(model, inputs, first)[:, :4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, 4:], run(model, inputs, second)[:, 4:], atol=1e-5, rtol=0)
 
 
 def test_stack_with_a_bottleneck_adapter_applies_the_bottleneck_to_the_transformed_layers():
