@@ -116,12 +116,14 @@ class LoKr(WeightTransform):
         return delta if mask is None else delta * mask.unsqueeze(1)
 
     def delta_output(self, x: torch.Tensor, weight=None) -> torch.Tensor:
-        """``vec(W1 X W2ᵀ) · α/r`` per token, ``X`` the token's input as a ``c×d`` matrix."""
+        """``vec(W1 X W2ᵀ) · α/r`` per token, ``X`` the token's input as a ``c×d`` matrix, as two
+        large GEMMs over all tokens (``X W2ᵀ``, then ``W1 ·``) rather than many tiny ones."""
         w1, w2 = self.factors()
-        (c, d) = self.shape[1]
-        blocks = x.reshape(*x.shape[:-1], c, d)
-        out = torch.matmul(torch.matmul(w1.to(x.dtype), blocks), w2.t().to(x.dtype))  # (..., a, b)
-        out = out.flatten(-2) * self.scaling
+        (a, b), (c, d) = self.shape
+        tokens = x.reshape(-1, d)  # every token's c rows of d
+        right = (tokens @ w2.t().to(x.dtype)).view(-1, c, b)  # X W2ᵀ per token
+        both = right.transpose(1, 2).reshape(-1, c) @ w1.t().to(x.dtype)  # (W1 X W2ᵀ)ᵀ rows
+        out = both.view(-1, b, a).transpose(1, 2).reshape(*x.shape[:-1], a * b) * self.scaling
         mask = self._row_mask(out)
         return out if mask is None else out * mask
 
