@@ -37,6 +37,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .composition import Stack
+from .methods import WEIGHT_TRANSFORM_METHODS
 
 __all__ = [
     "MergingMixin",
@@ -165,8 +166,7 @@ def magnitude_prune(task_tensors: list[torch.Tensor], weights: WeightsLike, dens
         >>> magnitude_prune([torch.tensor([3.0, -1.0])], [2.0], 0.5)
         tensor([6., -0.])
     """
-    pruned = [prune(t, density, "magnitude") for t in task_tensors]
-    return _weighted(torch.stack(pruned), weights).sum(dim=0)
+    return task_arithmetic([prune(t, density, "magnitude") for t in task_tensors], weights)
 
 
 def ties(
@@ -199,8 +199,7 @@ def dare_linear(task_tensors: list[torch.Tensor], weights: WeightsLike, density:
         >>> torch.manual_seed(0)
         >>> dare_linear([torch.ones(4)], [1.0], density=0.5)  # kept entries become 2
     """
-    pruned = [prune(t, density, "random", rescale=True) for t in task_tensors]
-    return _weighted(torch.stack(pruned), weights).sum(dim=0)
+    return task_arithmetic([prune(t, density, "random", rescale=True) for t in task_tensors], weights)
 
 
 def dare_ties(
@@ -313,7 +312,7 @@ def _stack_names(setup) -> list[str]:
 
 
 # config architectures whose adapters fold into the weights of linear layers
-_MERGEABLE = ("lora", "loha", "lokr", "oft", "hra", "adalora")
+_MERGEABLE = ("lora", *WEIGHT_TRANSFORM_METHODS)
 
 
 def _is_lora_family(config) -> bool:

@@ -45,18 +45,13 @@ from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .methods.weight_transform import add_weight_transform_modules
 from .models.attention import use_adapter_attention
 from .models.patching import restore_class, swap_class
-from .models.targeting import closest_names, layer_of, matches_modules, pattern_value, resolve_targets
+from .models.targeting import OWN_MODULES, closest_names, layer_of, matches_modules, pattern_value, resolve_targets
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["ModelAdaptersMixin"]
 
 _NAME_RE = re.compile(r"^[^.,\s]+$")
-# modules this library adds (their biases are adapter weights, not the base model's)
-_OWN_MODULE_PATH = re.compile(
-    r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters|modules_to_save"
-    r"|prefix_tuning|prompt_tuning|invertible_adapters)(\.|$)"
-)
 # inputs that carry a batch dimension and are replicated for Parallel
 _BATCH_INPUTS = (
     "input_ids",
@@ -171,16 +166,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         if channels == 1:
             return super().generate(*args, **kwargs)
         names = ("input_ids",) + tuple(n for n in _BATCH_INPUTS if n != "input_ids")
-        kwargs = dict(kwargs)
-        for name, value in zip(names, args):
-            kwargs[name] = value
-        batch = None
-        for name in _BATCH_INPUTS:
-            value = kwargs.get(name)
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                batch = value.shape[0] if batch is None else batch
-                if value.shape[0] == batch:
-                    kwargs[name] = value.repeat(channels, *([1] * (value.dim() - 1)))
+        kwargs, _ = _replicate_inputs(names, args, kwargs, channels)
         token = _pre_replicated.set(channels)
         try:
             return super().generate(**kwargs)
@@ -250,17 +236,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         return registry.active_setup, registry.skip_layers
 
     def _replicate_batch(self, args, kwargs, channels: int, context: ForwardContext):
-        names = _forward_parameter_names(type(self))
-        kwargs = dict(kwargs)
-        for name, value in zip(names, args):
-            kwargs[name] = value
-        batch = None
-        for name in _BATCH_INPUTS:
-            value = kwargs.get(name)
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                batch = value.shape[0] if batch is None else batch
-                if value.shape[0] == batch:
-                    kwargs[name] = value.repeat(channels, *([1] * (value.dim() - 1)))
+        kwargs, batch = _replicate_inputs(_forward_parameter_names(type(self)), args, kwargs, channels)
         context.parallel_channels = channels
         context.original_batch_size = batch
         return (), kwargs
@@ -451,29 +427,40 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             registry.adapters[name] = config.replace(flat=True)
         registry.changed()
 
-    def _add_lora_modules(self, name: str, config, device, dtype) -> None:
-        """Attach LoRA / (IA)³ modules to every targeted linear layer, making it a host first."""
+    def _linear_hosts(self, config) -> tuple[list, str]:
+        """``([(target, host)], prefix)``: the linear layers ``config`` targets, each made a
+        :class:`LoRALinear` host (LoRA and the weight-transform methods share it); ``prefix`` is the
+        base model's path in the model. Raises before changing anything if a target lies inside a
+        module adapters keep copies of (``modules_to_save``)."""
         spec = self.__dict__["_adapters_spec"]
         prefix = "" if self.base_model is self else self.base_model_prefix + "."
         targets = resolve_targets(self.base_model, spec, config, prefix)
-        for pattern in {**config.rank_pattern, **config.alpha_pattern}:
-            if not any(pattern_value({pattern: 1}, prefix + t.path, None) for t in targets):
-                logger.warning(f"rank/alpha pattern {pattern!r} of adapter {name!r} matches none of its target modules.")
         saved = [p for p, m in self.base_model.named_modules() if isinstance(m, SavedModuleHost)]
         for target in targets:
             inside = [p for p in saved if target.path.startswith(p + ".")]
             if inside:
                 raise ValueError(
                     f"Module {target.path!r} lies inside {inside[0]!r}, of which adapters keep their own copies "
-                    f"(modules_to_save); a LoRA there would be missing from those copies. Exclude it "
+                    f"(modules_to_save); an adapter there would be missing from those copies. Exclude it "
                     f"(exclude_modules)."
                 )
+        pairs = []
         for target in targets:
             host = target.module
             if not isinstance(host, LoRALinear):
                 swap_class(host, LoRALinear)
                 host.init_adapter_layer(target.layer_idx, target.location)
                 self._adapter_hosts.append(host)
+            pairs.append((target, host))
+        return pairs, prefix
+
+    def _add_lora_modules(self, name: str, config, device, dtype) -> None:
+        """Attach LoRA / (IA)³ modules to every targeted linear layer, making it a host first."""
+        pairs, prefix = self._linear_hosts(config)
+        for pattern in {**config.rank_pattern, **config.alpha_pattern}:
+            if not any(pattern_value({pattern: 1}, prefix + t.path, None) for t, _ in pairs):
+                logger.warning(f"rank/alpha pattern {pattern!r} of adapter {name!r} matches none of its target modules.")
+        for target, host in pairs:
             r = pattern_value(config.rank_pattern, prefix + target.path, config.r)
             alpha = pattern_value(config.alpha_pattern, prefix + target.path, config.alpha)
             scale_input = config.feedforward_modules is not None and matches_modules(
@@ -489,7 +476,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         (PEFT's ``modules_to_save``; anywhere in the model, heads included)."""
         from .methods.base import ComposableLayer
 
-        modules = {p: m for p, m in self.named_modules() if p and not _OWN_MODULE_PATH.search(p)}
+        modules = {p: m for p, m in self.named_modules() if p and not OWN_MODULES.search(p)}
         found = [p for p in modules if matches_modules(p, module_names)]
         found = [p for p in found if not any(p.startswith(q + ".") for q in found)]  # outermost only
         if not found:
@@ -600,7 +587,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         biases = {}
         for path, module in self.base_model.named_modules():
             bias = module._parameters.get("bias") if "loras" not in path.split(".") else None
-            if bias is not None and ("all" in modes or id(module) in hosts) and not _OWN_MODULE_PATH.search(path):
+            if bias is not None and ("all" in modes or id(module) in hosts) and not OWN_MODULES.search(path):
                 biases[f"{path}.bias" if path else "bias"] = bias
         return biases
 
@@ -1143,6 +1130,22 @@ def _forward_parameter_names(cls) -> tuple[str, ...]:
     original = next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin))
     params = inspect.signature(original.forward).parameters
     return tuple(n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _replicate_inputs(names, args, kwargs, channels: int) -> tuple[dict, Optional[int]]:
+    """``(kwargs, batch)``: the call's arguments as keywords (positional ones named by ``names``),
+    each batch input repeated ``channels`` times along the batch; ``batch`` is the original size."""
+    kwargs = dict(kwargs)
+    for name, value in zip(names, args):
+        kwargs[name] = value
+    batch = None
+    for name in _BATCH_INPUTS:
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            batch = value.shape[0] if batch is None else batch
+            if value.shape[0] == batch:
+                kwargs[name] = value.repeat(channels, *([1] * (value.dim() - 1)))
+    return kwargs, batch
 
 
 def _parallel_channels(setup) -> int:

@@ -39,6 +39,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..configuration.weight_transforms import AdaLoRAConfig
+from .lora import accumulate_low_rank
 from .weight_transform import WeightTransform
 
 __all__ = ["AdaLoRA", "RankAllocator", "AdaLoRAModelMixin", "AdaLoraCallback"]
@@ -88,9 +89,7 @@ class AdaLoRA(WeightTransform):
         if self.skipped():
             return output
         hidden = nn.functional.linear(self.dropout(x), (self.lora_A * self.lora_E).to(x.dtype))
-        flat = output.reshape(-1, output.shape[-1])
-        update = torch.addmm(flat, hidden.reshape(-1, self.r), self.lora_B.t().to(x.dtype), alpha=self.scaling)
-        return update.view(output.shape)
+        return accumulate_low_rank(output, hidden, self.lora_B.to(x.dtype), self.scaling)
 
     def orthogonality(self) -> torch.Tensor:
         """``‖QQᵀ − I‖_F + ‖PᵀP − I‖_F`` (the two terms of the regulariser for this layer)."""

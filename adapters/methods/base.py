@@ -29,7 +29,7 @@ import torch
 from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..context import ForwardContext
 
-__all__ = ["ComposableLayer", "prune_setup", "init_bert_weights"]
+__all__ = ["ComposableLayer", "prune_setup", "batch_branches", "first_child", "init_bert_weights"]
 
 
 def init_bert_weights(module: torch.nn.Module) -> None:
@@ -74,6 +74,30 @@ def prune_setup(setup, present: set):
     if isinstance(setup, Parallel):
         return _Pruned(Parallel, children)
     raise TypeError(f"Unknown composition block {setup!r}.")
+
+
+def batch_branches(block, batch: int, choose) -> list:
+    """``[(rows, name or None)]``: which adapter acts on which consecutive rows of a batch, for a
+    setup pruned to one host. ``Parallel`` / ``BatchSplit`` split the rows among their children;
+    any other block hands all its rows to the child ``choose(block)`` picks (a host whose adapter
+    replaces something, rather than composing, decides which one).
+
+    Example::
+
+        >>> batch_branches(prune_setup(Parallel("a", "b"), {"a", "b"}), 4, choose=first_child)
+        [(2, 'a'), (2, 'b')]
+    """
+    if block is None or isinstance(block, str):
+        return [(batch, block)]
+    if block.kind in (Parallel, BatchSplit):
+        sizes = block.batch_sizes or [batch // len(block.children)] * len(block.children)
+        return [branch for child, size in zip(block.children, sizes) for branch in batch_branches(child, size, choose)]
+    return batch_branches(choose(block), batch, choose)
+
+
+def first_child(block):
+    """The first child of a pruned block that runs here (a ``choose`` for :func:`batch_branches`)."""
+    return next(child for child in block.children if child is not None)
 
 
 class _Pruned:

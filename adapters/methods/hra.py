@@ -73,8 +73,8 @@ class HRA(WeightTransform):
             q, _ = torch.linalg.qr(self.hra_u)
             return q, 2 * torch.eye(self.r, device=q.device, dtype=q.dtype)
         y = self.hra_u / self.hra_u.norm(dim=0)
-        inverse = torch.triu(y.t() @ y, diagonal=1) + 0.5 * torch.eye(self.r, device=y.device, dtype=y.dtype)
         eye = torch.eye(self.r, device=y.device, dtype=y.dtype)
+        inverse = torch.triu(y.t() @ y, diagonal=1) + 0.5 * eye
         return y, torch.linalg.solve_triangular(inverse, eye, upper=True)
 
     def reflection_matrix(self) -> torch.Tensor:

@@ -37,7 +37,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..composition import BatchSplit, Parallel, Stack
-from .base import ComposableLayer, init_bert_weights
+from .base import ComposableLayer, batch_branches, first_child, init_bert_weights
 
 __all__ = ["NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost"]
 
@@ -124,19 +124,6 @@ def coupling_block(config, size: int) -> nn.Module:
     return block
 
 
-def _branches(block, batch: int) -> list[tuple[int, str | None]]:
-    """``[(rows, adapter whose block runs on them)]`` for a setup pruned to adapters with blocks."""
-    if block is None:
-        return [(batch, None)]
-    if isinstance(block, str):
-        return [(batch, block)]
-    if block.kind in (Parallel, BatchSplit):
-        sizes = block.batch_sizes or [batch // len(block.children)] * len(block.children)
-        return [branch for child, size in zip(block.children, sizes) for branch in _branches(child, size)]
-    first = next(child for child in block.children if child is not None)
-    return _branches(first, batch)
-
-
 class _InvertibleHost(ComposableLayer):
     """Shared by both directions: which block runs on which rows."""
 
@@ -154,7 +141,7 @@ class _InvertibleHost(ComposableLayer):
         setup = self.active_setup()
         if setup is None:
             return hidden
-        branches = _branches(setup, hidden.shape[0])
+        branches = batch_branches(setup, hidden.shape[0], first_child)
         if len(branches) == 1:
             name = branches[0][1]
             return hidden if name is None else self.blocks[name](hidden, rev=rev)

@@ -198,9 +198,7 @@ class LoRA(nn.Module):
         """``output + s·dropout(x) Aᵀ Bᵀ`` for a plain LoRA; the second product accumulates into
         ``output`` in one GEMM (``addmm``), so the update costs two small matmuls and no extra
         pass over the output."""
-        hidden = nn.functional.linear(self.dropout(x), self.lora_A)
-        flat = output.reshape(-1, output.shape[-1])
-        return torch.addmm(flat, hidden.reshape(-1, self.r), self.lora_B.t(), alpha=self.scaling).view(output.shape)
+        return accumulate_low_rank(output, nn.functional.linear(self.dropout(x), self.lora_A), self.lora_B, self.scaling)
 
     def scale_vector(self) -> torch.Tensor:
         """(IA)³'s ``s·l`` as a vector (``l`` itself when ``s = 1``, saving a multiplication)."""
@@ -316,6 +314,18 @@ class LoRAGroup(NamedTuple):
         if self.composition_mode == "scale":
             return self.lora_B.view(-1) * self.scaling
         return (self.lora_B @ self.lora_A) * self.scaling
+
+
+def accumulate_low_rank(output: torch.Tensor, hidden: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``output + scaling · hidden Bᵀ`` as one GEMM accumulating into ``output`` (``addmm``), with
+    ``hidden = x Aᵀ`` of shape ``(..., r)``.
+
+    Example::
+
+        >>> accumulate_low_rank(x @ W.t(), x @ A.t(), B, 2.0)   # == x Wᵀ + 2 x Aᵀ Bᵀ
+    """
+    flat = output.reshape(-1, output.shape[-1])
+    return torch.addmm(flat, hidden.reshape(-1, hidden.shape[-1]), lora_B.t(), alpha=scaling).view(output.shape)
 
 
 def _check_slices(out_slices, out_features: int, scale_input: bool):
@@ -502,7 +512,7 @@ class LoRALinear(ComposableLayer):
             weight, bias = self._covered(lora)
             delta = lora.__dict__.get("_merged_delta")
             if delta is None:
-                delta = lora.delta_weight(self._reference_covered(lora) if lora.needs_weight else None)
+                delta = self._transform_delta(lora)
             return weight + delta.to(weight.dtype), bias
         weight, bias = self._covered(lora)
         delta = lora.delta_weight().to(weight.dtype)
@@ -514,6 +524,17 @@ class LoRALinear(ComposableLayer):
             combined = weight + delta
             return (lora.lora_magnitude / torch.linalg.norm(combined, dim=1)).unsqueeze(1) * combined, bias
         return weight + delta, bias
+
+    def _transform_delta(self, adapter) -> torch.Tensor:
+        """A weight transform's ``ΔW`` on the reference weight, without dropout (a merged weight
+        has none)."""
+        reference = self._reference_covered(adapter) if adapter.needs_weight else None
+        was_training = adapter.training
+        adapter.eval()
+        try:
+            return adapter.delta_weight(reference)
+        finally:
+            adapter.train(was_training)
 
     @torch.no_grad()
     def merged_weight(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -534,11 +555,7 @@ class LoRALinear(ComposableLayer):
         if lora.use_dora:  # unmerging needs the norm the merge divided by
             lora.__dict__["_merged_norm"] = lora.weight_norm(self._covered(lora)[0])
         if lora.composition_mode == "transform":  # kept for an exact unmerge and for the reference weight
-            reference = self._reference_covered(lora) if lora.needs_weight else None
-            was_training = lora.training
-            lora.eval()  # no dropout in a merged weight
-            lora.__dict__["_merged_delta"] = lora.delta_weight(reference).detach()
-            lora.train(was_training)
+            lora.__dict__["_merged_delta"] = self._transform_delta(lora).detach()
         self._write_covered(lora, *self._merged_covered(lora))
         self.merged.append(name)
         self._invalidate_setup_cache()

@@ -158,10 +158,6 @@ class OFT(WeightTransform):
         blocks = x.reshape(*x.shape[:-1], self.r, self.block_size)
         return torch.einsum("...nk,nkc->...nc", blocks, rotation).reshape(x.shape)
 
-    def rotation_matrix(self) -> torch.Tensor:
-        """The full block-diagonal ``R``, ``(d_in, d_in)``."""
-        return torch.block_diag(*self._all_blocks())
-
     # -- the host's protocol -------------------------------------------------------------------------
     def skipped(self) -> bool:
         return False  # module dropout acts per block, inside the rotation

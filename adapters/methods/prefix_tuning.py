@@ -50,7 +50,7 @@ from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
 from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, tag_attention
 from ..models.patching import swap_class
-from .base import _IDENTITY, ComposableLayer
+from .base import ComposableLayer
 
 __all__ = [
     "PrefixTuning",
@@ -320,6 +320,7 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
 
     method = "prefix_tuning"
     supported_blocks = (Stack, Parallel, BatchSplit)
+    BATCH_FIELDS = ("keys", "values", "valid", "hidden")
 
     def __init__(self, pool: PrefixTuningPool, layer_idx: int, location: str, hidden_size: int):
         nn.Module.__init__(self)
@@ -385,12 +386,8 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
     def _compose_batch_groups(self, setup, state: PrefixState, sizes) -> PrefixState:
         outputs, start = [], 0
         for child, size in zip(setup.children, sizes):
-            part = PrefixState(
-                *(t.narrow(0, start, size) if t is not None else None for t in (state.keys, state.values, state.valid)),
-                size,
-                state.hidden.narrow(0, start, size) if state.hidden is not None else None,
-            )
-            outputs.append(part if child is _IDENTITY else self.compose(child, part))
+            part = self.slice_state(state, self.BATCH_FIELDS, 0, start, start + size)._replace(rows=size)
+            outputs.append(self.compose(child, part))
             start += size
         lengths = [o.keys.shape[2] if o.keys is not None else 0 for o in outputs]
         longest = max(lengths)
@@ -410,11 +407,11 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
             keys.append(torch.cat([filler, own_keys.to(template.dtype)], dim=2))
             values.append(torch.cat([filler, own_values.to(template.dtype)], dim=2))
             valid.append(torch.cat([torch.zeros(output.rows, pad, dtype=torch.bool, device=template.device), own_valid], dim=1))
-        all_valid = torch.cat(valid, dim=0)
+        every_row_valid = longest == min(lengths) and all(o.valid is None for o in outputs)  # no device sync
         return state._replace(
             keys=torch.cat(keys, dim=0),
             values=torch.cat(values, dim=0),
-            valid=None if bool(all_valid.all()) else all_valid,
+            valid=None if every_row_valid else torch.cat(valid, dim=0),
         )
 
     def compose_split(self, setup, state):

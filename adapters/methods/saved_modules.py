@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Split
-from .base import ComposableLayer
+from .base import ComposableLayer, batch_branches
 
 __all__ = ["SavedModuleHost", "plain_copy", "check_saved_module_setup"]
 
@@ -99,7 +99,7 @@ class SavedModuleHost(ComposableLayer):
         if isinstance(setup, str):
             return self.modules_to_save[setup](*args, **kwargs)
         batch = _batch_size(args, kwargs)
-        branches = _branches(setup, batch)
+        branches = batch_branches(setup, batch, _only_child)
         if len(branches) == 1:
             return self._run(branches[0][1], args, kwargs)
         outputs, start = [], 0
@@ -115,19 +115,12 @@ class SavedModuleHost(ComposableLayer):
         return self.modules_to_save[name](*args, **kwargs)
 
 
-def _branches(block, batch: int) -> list[tuple[int, str | None]]:
-    """``[(rows, adapter whose copy runs on them or None)]`` for a block pruned to this host."""
-    if block is None:
-        return [(batch, None)]
-    if isinstance(block, str):
-        return [(batch, block)]
-    if block.kind in (Parallel, BatchSplit):
-        sizes = block.batch_sizes or [batch // len(block.children)] * len(block.children)
-        return [branch for child, size in zip(block.children, sizes) for branch in _branches(child, size)]
+def _only_child(block):
+    """The one child of a non-batch block that has a copy here (``choose`` for batch_branches)."""
     present = [child for child in block.children if child is not None]
     if len(present) != 1:  # check_saved_module_setup refuses these setups when they are activated
         raise ValueError(f"{block}: several adapters replace the same module on the same rows.")
-    return _branches(present[0], batch)
+    return present[0]
 
 
 def _batch_size(args, kwargs) -> int:

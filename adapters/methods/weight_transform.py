@@ -144,20 +144,10 @@ def add_weight_transform_modules(model, name: str, config, device, dtype) -> Non
 
         >>> add_weight_transform_modules(model, "loha", LoHaConfig(r=4), device, dtype)
     """
-    from ..models.patching import swap_class
-    from ..models.targeting import resolve_targets
-    from .lora import LoRALinear
-
-    spec = model.__dict__["_adapters_spec"]
-    prefix = "" if model.base_model is model else model.base_model_prefix + "."
-    for target in resolve_targets(model.base_model, spec, config, prefix):
-        host = target.module
-        if not isinstance(host, LoRALinear):
-            swap_class(host, LoRALinear)
-            host.init_adapter_layer(target.layer_idx, target.location)
-            model._adapter_hosts.append(host)
+    pairs, prefix = model._linear_hosts(config)
+    for target, host in pairs:
         seed = config.init_weights_seed
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        with torch.random.fork_rng(enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             adapter = _build(config, host.in_features, host.out_features, target, prefix)

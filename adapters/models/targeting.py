@@ -30,8 +30,11 @@ from .spec import ArchitectureSpec
 
 __all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "layer_of", "closest_names"]
 
-# modules created by this library are never targets
-_OWN_MODULES = re.compile(r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|modules_to_save|invertible_adapters)(\.|$)")
+# modules this library adds: never targets, and their biases are adapter weights, not the base model's
+OWN_MODULES = re.compile(
+    r"(^|\.)(adapters|loras|adapter_fusion_layer|shared_parameters|attention_adapters|output_adapters|modules_to_save"
+    r"|prefix_tuning|prompt_tuning|invertible_adapters)(\.|$)"
+)
 
 
 class Target(NamedTuple):
@@ -76,7 +79,7 @@ def _linear_modules(base_model: nn.Module) -> dict[str, nn.Module]:
     return {
         path: module
         for path, module in base_model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and not _OWN_MODULES.search(path)
+        if isinstance(module, (nn.Linear, Conv1D)) and not OWN_MODULES.search(path)
     }
 
 
