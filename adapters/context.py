@@ -117,6 +117,7 @@ class ForwardContext:
         self.adapter_gating_scores: dict = {}
         self.prefix_states: dict = {}
         self.attention_extended = False
+        self.pending_prompt = None  # (position, prompt) for the embedding module to join, see prompt_tuning
         # hand-over slots: a module earlier in a layer leaves a tensor for a hook later in it
         self.residuals: dict[int, Any] = {}
 

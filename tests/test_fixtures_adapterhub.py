@@ -130,3 +130,26 @@ def test_adapterhub_llama_mam_case_lacks_the_prefix(case):
         without_prefix = model(**inputs).last_hidden_state
     torch.testing.assert_close(without_prefix, expected, atol=1e-4, rtol=0)
     assert (with_prefix - expected).abs().max() > 1e-2
+
+
+# -- prompt tuning ------------------------------------------------------------------------------------
+def test_adapterhub_prompt_tuning_case_reproduces():
+    """The soft prompt joins the embedding module's output as in AdapterHub: the unpadded row
+    reproduces exactly. In the padded row AdapterHub lets the prompt *positions* attend to the
+    padding (it extends its 4-d mask with rows and columns that attend everywhere), so that row's
+    result depends on its padding, a defect we do not copy; given that mask explicitly, our model
+    reproduces the padded row too, which pins the difference down to exactly that."""
+    case = next(c for c in adapterhub_manifest()["cases"] if c["arch"] == "bert" and c["case"] == "prompt_tuning")
+    model, inputs, expected = _load_case(case)
+    model.set_active_adapters("a")
+    with torch.no_grad():
+        ours = model(**inputs).last_hidden_state
+        length = ours.shape[1] - inputs["input_ids"].shape[1]
+        torch.testing.assert_close(ours[0], expected[0], atol=1e-4, rtol=0)
+        assert (ours[1] - expected[1]).abs().max() > 1e-3
+        padded = inputs["attention_mask"].bool()
+        keys = torch.cat([torch.ones(padded.shape[0], length, dtype=torch.bool), padded], dim=1)
+        adapterhub_mask = keys[:, None, None, :].expand(-1, 1, keys.shape[1], -1).clone()
+        adapterhub_mask[:, :, :length, :] = True  # the prompt's queries see every key, padding included
+        emulated = model(input_ids=inputs["input_ids"], attention_mask=adapterhub_mask).last_hidden_state
+    torch.testing.assert_close(emulated, expected, atol=1e-4, rtol=0)

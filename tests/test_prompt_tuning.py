@@ -1,5 +1,6 @@
-"""Prompt tuning: the soft prompt joined to the input embeddings, on encoders and decoders
-(Llama and GPT-2 included), with the attention mask, labels and generate() handled."""
+"""Prompt tuning: the soft prompt joined to the embedded input (the embedding module's output on
+the BERT family, the input embeddings elsewhere), on encoders and decoders (Llama and GPT-2
+included), with the attention mask, labels and generate() handled."""
 
 from __future__ import annotations
 
@@ -19,21 +20,33 @@ def _with_prompt(arch, head="base", config=CONFIG):
     return model
 
 
+ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert"}  # embedding module with positions and a norm
+
+
 def _definition(arch, head, prompt, inputs, at=0):
-    """The unmodified model on ``[X[:at]; S; X[at:]]`` with the mask extended by ones."""
+    """The unmodified model with ``S`` joined at position ``at`` and the mask extended by ones:
+    to the embedding module's output on the BERT family (AdapterHub), to the input embeddings
+    elsewhere (PEFT)."""
     model = make_model(arch, head)
-    embeds = model.get_input_embeddings()(inputs["input_ids"])
-    batch = embeds.shape[0]
-    joined = torch.cat([embeds[:, :at], prompt.unsqueeze(0).expand(batch, -1, -1), embeds[:, at:]], dim=1)
+    batch = inputs["input_ids"].shape[0]
+
+    def join(hidden):
+        return torch.cat([hidden[:, :at], prompt.unsqueeze(0).expand(batch, -1, -1), hidden[:, at:]], dim=1)
+
     mask = inputs["attention_mask"]
-    ones = torch.ones(batch, prompt.shape[0], dtype=mask.dtype)
+    mask = torch.cat([mask[:, :at], torch.ones(batch, prompt.shape[0], dtype=mask.dtype), mask[:, at:]], dim=1)
     with torch.no_grad():
-        out = model(inputs_embeds=joined, attention_mask=torch.cat([mask[:, :at], ones, mask[:, at:]], dim=1))
+        if arch in ENCODERS:
+            hook = model.base_model.embeddings.register_forward_hook(lambda module, args, output: join(output))
+            out = model(input_ids=inputs["input_ids"], attention_mask=mask)
+            hook.remove()
+        else:
+            out = model(inputs_embeds=join(model.get_input_embeddings()(inputs["input_ids"])), attention_mask=mask)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_prompt_joins_the_input_embeddings(arch):
+def test_prompt_joins_the_embedded_input(arch):
     head = "clm" if arch in DECODERS else "base"
     model = _with_prompt(arch, head)
     inputs = make_inputs(arch)
@@ -49,6 +62,15 @@ def test_prefix_after_bos_keeps_the_first_token_first(arch):
     inputs = make_inputs(arch)
     prompt = model.base_model.prompt_tuning.prompt_tunings["t"].prompt_embedding.weight.detach()
     torch.testing.assert_close(run(model, inputs), _definition(arch, "base", prompt, inputs, at=1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_a_right_padded_row_equals_the_row_alone(arch):
+    model = _with_prompt(arch)
+    inputs = make_inputs(arch)  # row 1 ends in 3 padding tokens
+    batched = run(model, inputs)
+    alone = run(model, {"input_ids": inputs["input_ids"][1:, :-3], "attention_mask": inputs["attention_mask"][1:, :-3]})
+    torch.testing.assert_close(batched[1:, :-3], alone, atol=1e-5, rtol=0)
 
 
 def test_stacked_prompts_concatenate():

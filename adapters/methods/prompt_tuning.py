@@ -1,14 +1,23 @@
 """Prompt tuning (Lester et al., 2021, "The Power of Scale for Parameter-Efficient Prompt
 Tuning").
 
-A soft prompt ``S ∈ R^{P × d_model}`` lives in the space of the input token embeddings and is
-joined to the embedded input ``X = E[x]`` before the model runs:
+A soft prompt ``S ∈ R^{P × d_model}`` lives in the space of the token embeddings and is joined
+to the embedded input ``X``:
 
     combine="prefix":            [S ; X]
     combine="prefix_after_bos":  [X_0 ; S ; X_1..]      (keeps the BOS token first)
 
-The model then sees ``P + T`` positions: the attention mask gets ``P`` ones, token type ids
-``P`` zeros, given position ids are renumbered (prompt ``0..P-1``, text from ``P``), labels get
+Where ``X`` is taken depends on how the model embeds positions:
+
+* models whose embedding module adds absolute positions, token types and a norm (the BERT
+  family): ``X`` is that module's *output*, as in AdapterHub, so the text keeps its pretrained
+  positions ``0..T-1`` and the prompt enters the layers as it is (AdapterHub checkpoints
+  reproduce);
+* the others (Llama-style rotary models, GPT-2): ``X = E[x]``, the input embeddings, as in PEFT;
+  the model then numbers the ``P + T`` positions itself, and given position ids are renumbered
+  (prompt ``0..P-1``, text from ``P``); token type ids get ``P`` zeros.
+
+Either way the model sees ``P + T`` positions: the attention mask gets ``P`` ones, labels get
 ``P`` ignored entries (-100), and the outputs (hidden states, logits) have ``P + T`` positions.
 ``Stack(a, b)`` joins the prompts ``[S_a ; S_b ; X]``.
 
@@ -110,19 +119,26 @@ class PromptTuningPool(nn.Module):
         at = 1 if after_bos else 0
         kwargs = dict(kwargs)
         if not decoding:
+            prompt = torch.cat([p() for p in prompts], dim=0)
+            labels = kwargs.get("labels")
+            if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+                kwargs["labels"] = _insert(labels, at, length, -100)
+            if self.__dict__.get("embedding_output_module") is not None:
+                context.pending_prompt = (at, prompt)  # joined by _join_pending_prompt
+                if kwargs.get("attention_mask") is None or kwargs["attention_mask"].dim() == 2:
+                    # the model builds its mask for the P + T positions the layers will see
+                    kwargs["attention_mask"] = _insert(_attention_mask(kwargs), at, length, 1)
+                return kwargs
             embeds = kwargs.pop("inputs_embeds", None)
             input_ids = kwargs.pop("input_ids", None)
             if embeds is None:
                 if input_ids is None:
                     raise ValueError("Prompt tuning needs input_ids or inputs_embeds.")
                 embeds = model.get_input_embeddings()(input_ids)
-            prompt = torch.cat([p() for p in prompts], dim=0).to(embeds.dtype)
-            prompt = prompt.unsqueeze(0).expand(embeds.shape[0], -1, -1)
-            kwargs["inputs_embeds"] = torch.cat([embeds[:, :at], prompt, embeds[:, at:]], dim=1)
-            for key, fill in (("token_type_ids", 0), ("labels", -100)):
-                value = kwargs.get(key)
-                if isinstance(value, torch.Tensor) and value.dim() == 2:
-                    kwargs[key] = _insert(value, at, length, fill)
+            kwargs["inputs_embeds"] = _join(embeds, at, prompt)
+            token_types = kwargs.get("token_type_ids")
+            if isinstance(token_types, torch.Tensor) and token_types.dim() == 2:
+                kwargs["token_type_ids"] = _insert(token_types, at, length, 0)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             kwargs["attention_mask"] = _insert(mask, 0 if decoding else at, length, 1)
@@ -138,6 +154,30 @@ class PromptTuningPool(nn.Module):
 
     def forward(self, *args, **kwargs):  # pragma: no cover - driven by the model's forward
         raise RuntimeError("PromptTuningPool is driven by the model's forward and is not called directly.")
+
+
+def _join(hidden: torch.Tensor, at: int, prompt: torch.Tensor) -> torch.Tensor:
+    """``[hidden[:, :at] ; prompt ; hidden[:, at:]]`` with the prompt repeated over the batch."""
+    prompt = prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+    return torch.cat([hidden[:, :at], prompt, hidden[:, at:]], dim=1)
+
+
+def _attention_mask(kwargs: dict) -> torch.Tensor:
+    """The given attention mask, or all ones for the input's shape when none is given."""
+    if kwargs.get("attention_mask") is not None:
+        return kwargs["attention_mask"]
+    reference = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+    return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+
+
+def _join_pending_prompt(module, args, output):
+    """Forward hook of the embedding module: join the prompt the pool left for this pass."""
+    context = ForwardContext.get_context()
+    pending = getattr(context, "pending_prompt", None)
+    if pending is None:
+        return output
+    context.pending_prompt = None
+    return _join(output, *pending)
 
 
 def _insert(value: torch.Tensor, at: int, length: int, fill) -> torch.Tensor:
@@ -157,6 +197,11 @@ def install_prompt_tuning(model) -> PromptTuningPool:
     pool = base._modules.get("prompt_tuning")
     if pool is None:
         pool = PromptTuningPool()
+        embeddings = base.get_submodule(model.__dict__["_adapters_spec"].embeddings)
+        if embeddings is not model.get_input_embeddings():
+            # the embedding module adds positions and a norm: join the prompt to its output
+            pool.__dict__["embedding_output_module"] = embeddings
+            embeddings.register_forward_hook(_join_pending_prompt)
         base.add_module("prompt_tuning", pool)
         model._adapter_hosts.append(pool)
     return pool
