@@ -53,6 +53,19 @@ from .loading import AdapterLoadError
 from .methods.adalora import AdaLoraCallback
 from .model_mixin import ModelAdaptersMixin
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
+from .heads import MultiHeadOutput, PredictionHead, register_custom_head
+from .models.adapter_model import (
+    AutoAdapterModel,
+    BertAdapterModel,
+    DistilBertAdapterModel,
+    GPT2AdapterModel,
+    LlamaAdapterModel,
+    MistralAdapterModel,
+    Qwen2AdapterModel,
+    RobertaAdapterModel,
+    XLMRobertaAdapterModel,
+    convert_to_adapter_model,
+)
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -105,4 +118,18 @@ __all__ = [
     "init",
     "parse_composition",
     "register_architecture",
+    # flexible heads (adapters.heads, adapters.models.adapter_model)
+    "AutoAdapterModel",
+    "BertAdapterModel",
+    "DistilBertAdapterModel",
+    "GPT2AdapterModel",
+    "LlamaAdapterModel",
+    "MistralAdapterModel",
+    "MultiHeadOutput",
+    "PredictionHead",
+    "Qwen2AdapterModel",
+    "RobertaAdapterModel",
+    "XLMRobertaAdapterModel",
+    "convert_to_adapter_model",
+    "register_custom_head",
 ]

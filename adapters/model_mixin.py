@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 import re
 from typing import Optional, Union
 
@@ -780,6 +781,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         registry.active_setup = setup
         registry.skip_layers = frozenset(skip_layers) if skip_layers else None
         registry.changed()
+        follow = getattr(self, "_heads_follow_setup", None)  # AdapterModels: the head of that name becomes active
+        if follow is not None:
+            follow(setup)
 
     def _validate_setup(self, setup: AdapterCompositionBlock) -> None:
         registry = self.adapters_config
@@ -1050,6 +1054,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         from .loading import save_adapter
 
         save_adapter(self, save_directory, adapter_name, meta_dict=meta_dict, use_safetensors=use_safetensors, format=format)
+        heads = getattr(self, "heads", None)
+        if with_head and heads is not None and adapter_name in heads:
+            self.save_head(save_directory, adapter_name, use_safetensors=use_safetensors)
 
     def load_adapter(
         self,
@@ -1070,12 +1077,26 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
 
             >>> name = model.load_adapter("out/task", set_active=True)
         """
-        from .loading import load_adapter
+        from .loading import _resolve_folder, load_adapter
 
-        return load_adapter(
-            self, adapter_name_or_path, config=config, load_as=load_as, set_active=set_active,
+        with_head = kwargs.pop("with_head", True)
+        head = None
+        if with_head and getattr(self, "heads", None) is not None:
+            from .heads.model_mixin import HEAD_CONFIG_NAME
+
+            folder = _resolve_folder(adapter_name_or_path, **kwargs)
+            if os.path.isfile(os.path.join(folder, HEAD_CONFIG_NAME)):  # checked before anything changes
+                head = self._prepare_head(folder, load_as=load_as, overwrite_ok=overwrite_ok)
+            adapter_name_or_path = folder
+        name = load_adapter(
+            self, adapter_name_or_path, config=config, load_as=load_as, set_active=False,
             leave_out=leave_out, overwrite_ok=overwrite_ok, **kwargs,
         )
+        if head is not None:
+            self._insert_loaded_head(*head, set_active=True)
+        if set_active:
+            self.set_active_adapters(name)
+        return name
 
     def save_adapter_fusion(self, save_directory: str, adapter_names, use_safetensors: bool = True) -> None:
         """Save a fusion layer (AdapterHub layout: ``adapter_fusion_config.json`` + weights).

@@ -1,0 +1,30 @@
+"""Flexible prediction heads (AdapterHub's ``heads`` package): head classes, their registry and
+the head API of the AdapterModel classes."""
+
+from .base import HEAD_TYPES, MultiHeadOutput, PredictionHead, register_custom_head
+from .classification import (
+    ClassificationHead,
+    MultiLabelClassificationHead,
+    MultipleChoiceHead,
+    QuestionAnsweringHead,
+    TaggingHead,
+)
+from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead
+from .model_mixin import FlexibleHeadsMixin, heads_from_setup
+
+__all__ = [
+    "HEAD_TYPES",
+    "BertStyleMaskedLMHead",
+    "CausalLMHead",
+    "ClassificationHead",
+    "FlexibleHeadsMixin",
+    "MaskedLMHead",
+    "MultiHeadOutput",
+    "MultiLabelClassificationHead",
+    "MultipleChoiceHead",
+    "PredictionHead",
+    "QuestionAnsweringHead",
+    "TaggingHead",
+    "heads_from_setup",
+    "register_custom_head",
+]

@@ -1,0 +1,667 @@
+"""Named prediction heads on an AdapterModel: adding, choosing, running, saving and loading them.
+
+Which head runs (first match wins):
+
+1. the ``head=`` argument of the forward call;
+2. the ``head_setup`` of an enclosing :class:`~adapters.AdapterSetup`;
+3. ``model.active_head``, which follows the adapters: activating a setup (``set_active_adapters``,
+   ``train_adapter``) whose last / outer adapter has the name of a head makes that head active
+   (``Stack("lang", "task")`` -> head ``task``; ``Parallel("a", "b")`` -> heads ``a`` and ``b``;
+   ``BatchSplit("a", "b", batch_sizes=...)`` -> head ``a`` on the first rows, ``b`` on the rest).
+
+With ``Parallel`` (the batch replicated once per branch) every branch goes through its own head
+(or the one active head) and the result is a :class:`~adapters.heads.MultiHeadOutput`: a list of
+per-branch outputs, ``loss`` the sum of the branch losses.
+
+Head checkpoints use AdapterHub's layout: ``head_config.json`` (``{"config": {"head_type": ...},
+"name", "hidden_size", "model_type", "model_class", "model_name", "version"}``) and
+``model_head.safetensors`` (legacy ``pytorch_model_head.bin``) with keys ``heads.<name>.<i>...``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput, logging
+
+from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Stack
+from ..context import AdapterSetup, ForwardContext
+from .base import HEAD_TYPES, MultiHeadOutput, PredictionHead, head_class, register_custom_head
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["FlexibleHeadsMixin", "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME", "HEAD_SAFE_WEIGHTS_NAME", "heads_from_setup"]
+
+HEAD_CONFIG_NAME = "head_config.json"
+HEAD_WEIGHTS_NAME = "pytorch_model_head.bin"
+HEAD_SAFE_WEIGHTS_NAME = "model_head.safetensors"
+
+
+def heads_from_setup(setup) -> Union[list, BatchSplit, None]:
+    """The heads an adapter setup names (AdapterHub's rule): the last adapter of a Stack, every
+    branch's last adapter of a Parallel, a BatchSplit of the parts' last adapters.
+
+    Example::
+
+        >>> heads_from_setup(Stack("lang", "task"))
+        ['task']
+        >>> heads_from_setup(Parallel("a", Stack("b", "c")))
+        ['a', 'c']
+    """
+    block = setup
+    if isinstance(block, Stack):
+        block = block.children[-1]
+    if isinstance(block, str):
+        return [block]
+    if isinstance(block, Parallel):
+        return [child if isinstance(child, str) else child.last() for child in block.children]
+    if isinstance(block, BatchSplit):
+        names = [child if isinstance(child, str) else child.last() for child in block.children]
+        return BatchSplit(*names, batch_sizes=list(block.batch_sizes))
+    return None
+
+
+def _split_rows(value, parts: list[int], total: int):
+    """``value`` cut along its first dimension into ``len(parts)`` pieces in proportion to
+    ``parts`` (rows per example may be more than one: multiple-choice flattening)."""
+    rows = value.shape[0]
+    if rows % total:
+        raise ValueError(f"Cannot split {rows} rows into parts of sizes {parts}.")
+    scale = rows // total
+    pieces, start = [], 0
+    for size in parts:
+        pieces.append(value[start : start + size * scale])
+        start += size * scale
+    return pieces
+
+
+class FlexibleHeadsMixin:
+    """The head API of the AdapterModel classes (AdapterHub's names and signatures).
+
+    Example::
+
+        >>> model = AutoAdapterModel.from_pretrained("path/to/bert")
+        >>> model.add_classification_head("sentiment", num_labels=3)
+        >>> model.add_adapter("sentiment", config="seq_bn")
+        >>> model.train_adapter("sentiment")     # head "sentiment" is active now
+    """
+
+    head_types: tuple[str, ...] = ()
+    #: how the sequence representation of classification heads is taken: "first" token or "last"
+    #: non-padding token
+    cls_pooling: str = "first"
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def _active_heads(self):
+        return self.__dict__.setdefault("_adapters_active_heads", None)
+
+    @_active_heads.setter
+    def _active_heads(self, value) -> None:
+        self.__dict__["_adapters_active_heads"] = value
+
+    @property
+    def active_head(self) -> Union[str, list, BatchSplit, None]:
+        """The active head: a name, a list of names (several heads, or one per Parallel branch), a
+        :class:`~adapters.BatchSplit` of names, or None. Settable.
+
+        Example::
+
+            >>> model.active_head = "sentiment"
+            >>> model.active_head = ["a", "b"]        # with Parallel("a", "b")
+        """
+        heads = self._active_heads
+        if isinstance(heads, list) and len(heads) == 1:
+            return heads[0]
+        return heads
+
+    @active_head.setter
+    def active_head(self, heads) -> None:
+        self._active_heads = self._check_head_setup(heads)
+
+    def _check_head_setup(self, heads):
+        if heads is None or heads == "" or heads == []:
+            return None
+        names = [heads] if isinstance(heads, str) else list(heads)
+        if not all(isinstance(n, str) for n in names):
+            raise ValueError(f"A head setup is a head name, a list of names or a BatchSplit of names; got {heads!r}.")
+        unknown = [n for n in names if n not in self.heads]
+        if unknown:
+            raise ValueError(f"No head named {unknown[0]!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+        return heads if isinstance(heads, BatchSplit) else names
+
+    def _heads_follow_setup(self, setup) -> None:
+        """Called when an adapter setup is activated: activate the heads it names, if they all exist."""
+        names = heads_from_setup(setup) if setup is not None else None
+        if names and all(n in self.heads for n in names):
+            self._active_heads = names if isinstance(names, BatchSplit) else list(names)
+        elif names:
+            logger.info(f"No prediction head matches adapter setup {setup}; active head stays {self.active_head!r}.")
+
+    # -- adding and removing ---------------------------------------------------------------------------
+    def _check_head_type(self, head_type: str) -> None:
+        builtin = head_type in HEAD_TYPES and not getattr(HEAD_TYPES[head_type], "_custom", False)
+        if builtin and head_type not in self.head_types:
+            raise ValueError(
+                f"{type(self).__name__} ({self.config.model_type}) does not support {head_type!r} heads; "
+                f"it supports: {', '.join(self.head_types)}."
+            )
+
+    def _check_new_head(self, head_name: str, overwrite_ok: bool) -> None:
+        if not isinstance(head_name, str) or not head_name or "." in head_name:
+            raise ValueError(f"Invalid head name {head_name!r}: use a non-empty name without dots.")
+        if head_name in self.heads and not overwrite_ok:
+            raise ValueError(
+                f"A head named {head_name!r} exists already; pass overwrite_ok=True to replace it or choose another name."
+            )
+
+    def _build_head(self, head_type: str, head_name: str, **kwargs) -> PredictionHead:
+        """A new, initialised head (not yet part of the model)."""
+        self._check_head_type(head_type)
+        cls = head_class(head_type)
+        reference = next(self.base_model.parameters())
+        try:
+            head = cls(self, head_name, **kwargs)
+        except TypeError as error:
+            raise ValueError(f"Invalid arguments for a {head_type!r} head: {error}.") from error
+        head.config.setdefault("head_type", head_type)
+        if head.config["head_type"] != head_type:  # a built-in class registered as a custom head
+            head.config["head_type"] = head_type
+        if isinstance(head, PredictionHead):
+            head.init_weights(self)
+        else:
+            head.apply(self._init_weights)
+        return head.to(device=reference.device, dtype=reference.dtype if reference.is_floating_point() else None)
+
+    def add_prediction_head(self, head: nn.Module, overwrite_ok: bool = False, set_active: bool = True) -> None:
+        """Insert a built head under ``head.name`` (tying its output embedding where the model ties
+        word embeddings) and make it active.
+
+        Example::
+
+            >>> model.add_prediction_head(MyHead(model, "mine"))
+        """
+        self._check_new_head(head.name, overwrite_ok)
+        if getattr(head, "config", None) is None or "head_type" not in head.config:
+            raise ValueError("A prediction head needs a config dict with a 'head_type' (see PredictionHead).")
+        self.heads[head.name] = head
+        self._tie_head(head)
+        self._sync_head_configs()
+        if set_active:
+            self._active_heads = [head.name]
+        logger.info(f"Added head {head.name!r} with config {head.config}.")
+
+    def add_prediction_head_from_config(
+        self, head_name: str, config: dict, overwrite_ok: bool = False, set_active: bool = True
+    ) -> None:
+        """Add a head from its config dict (as stored in ``head_config.json``).
+
+        Example::
+
+            >>> model.add_prediction_head_from_config("cls", {"head_type": "classification", "num_labels": 3})
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        head_type, kwargs = _head_arguments(config)
+        head = self._build_head(head_type, head_name, **kwargs)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok, set_active=set_active)
+
+    def add_classification_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 2,
+        activation_function: Optional[str] = "tanh",
+        overwrite_ok: bool = False,
+        multilabel: bool = False,
+        id2label: Optional[dict] = None,
+        use_pooler: bool = False,
+        dropout_prob: Optional[float] = None,
+    ) -> None:
+        """Add a sequence classification head (``multilabel=True``: independent sigmoid per label,
+        BCE loss) and make it active.
+
+        Raises:
+            ValueError: the name exists (and not ``overwrite_ok``), or the arguments do not fit
+                (``num_labels < 1``, unknown activation, ``use_pooler`` on a model without pooler).
+                The model is left unchanged.
+
+        Example::
+
+            >>> model.add_classification_head("sst2", num_labels=2, id2label={0: "neg", 1: "pos"})
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        if use_pooler and getattr(self.base_model, "pooler", None) is None:
+            raise ValueError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
+        head = self._build_head(
+            "multilabel_classification" if multilabel else "classification", head_name, num_labels=num_labels,
+            layers=layers, activation_function=activation_function, id2label=id2label, use_pooler=use_pooler,
+            dropout_prob=dropout_prob,
+        )
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_multiple_choice_head(
+        self,
+        head_name: str,
+        num_choices: int = 2,
+        layers: int = 2,
+        activation_function: Optional[str] = "tanh",
+        overwrite_ok: bool = False,
+        id2label: Optional[dict] = None,
+        use_pooler: bool = False,
+    ) -> None:
+        """Add a multiple choice head (inputs of shape ``(batch, num_choices, seq)``).
+
+        Example::
+
+            >>> model.add_multiple_choice_head("swag", num_choices=4)
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        if use_pooler and getattr(self.base_model, "pooler", None) is None:
+            raise ValueError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
+        head = self._build_head(
+            "multiple_choice", head_name, num_choices=num_choices, layers=layers,
+            activation_function=activation_function, id2label=id2label, use_pooler=use_pooler,
+        )
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_tagging_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: Optional[str] = "tanh",
+        overwrite_ok: bool = False,
+        id2label: Optional[dict] = None,
+    ) -> None:
+        """Add a token classification head.
+
+        Example::
+
+            >>> model.add_tagging_head("ner", num_labels=9)
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        head = self._build_head(
+            "tagging", head_name, num_labels=num_labels, layers=layers, activation_function=activation_function,
+            id2label=id2label,
+        )
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_qa_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: Optional[str] = "tanh",
+        overwrite_ok: bool = False,
+        id2label: Optional[dict] = None,
+    ) -> None:
+        """Add an extractive question answering head (start and end logits).
+
+        Example::
+
+            >>> model.add_qa_head("squad")
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        head = self._build_head(
+            "question_answering", head_name, num_labels=num_labels, layers=layers,
+            activation_function=activation_function, id2label=id2label,
+        )
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_masked_lm_head(
+        self, head_name: str, activation_function: Optional[str] = "gelu", overwrite_ok: bool = False, **kwargs
+    ) -> None:
+        """Add a BERT-style masked LM head (``dense -> act -> LayerNorm -> decoder``; the decoder is
+        tied to the input embeddings where the model ties word embeddings).
+
+        Example::
+
+            >>> model.add_masked_lm_head("mlm")
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        head = self._build_head("masked_lm", head_name, activation_function=activation_function, **kwargs)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def add_causal_lm_head(
+        self,
+        head_name: str,
+        activation_function: Optional[str] = "gelu",
+        overwrite_ok: bool = False,
+        layers: int = 2,
+        layer_norm: bool = True,
+        bias: bool = True,
+        **kwargs,
+    ) -> None:
+        """Add a causal LM head; ``generate`` uses it. The defaults are AdapterHub's (a transform
+        layer with a norm before the output embedding); ``layers=1, bias=False`` gives the plain LM
+        head of decoder models (``logits = h Eᵀ``, tied where the model ties word embeddings).
+
+        Example::
+
+            >>> model.add_causal_lm_head("lm", layers=1, bias=False)
+            >>> model.generate(input_ids, max_new_tokens=16)
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        head = self._build_head(
+            "causal_lm", head_name, activation_function=activation_function if layers > 1 else None, layers=layers,
+            layer_norm=layer_norm and layers > 1, bias=bias, **kwargs,
+        )
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+
+    def register_custom_head(self, identifier: str, head_class: type) -> None:
+        """Register a custom head class (for every model; see :func:`adapters.register_custom_head`).
+
+        Example::
+
+            >>> model.register_custom_head("mean_pool", MeanPoolHead)
+        """
+        register_custom_head(identifier, head_class)
+
+    def add_custom_head(self, head_type: str, head_name: str, overwrite_ok: bool = False, set_active: bool = True, **kwargs) -> None:
+        """Add a head of a registered custom type (``head_class(model, head_name, **kwargs)``).
+
+        Raises:
+            ValueError: ``head_type`` is not registered (register it with
+                :func:`adapters.register_custom_head`), or the name exists.
+
+        Example::
+
+            >>> adapters.register_custom_head("mean_pool", MeanPoolHead)
+            >>> model.add_custom_head("mean_pool", "pooled", num_labels=3)
+        """
+        self._check_new_head(head_name, overwrite_ok)
+        head = self._build_head(head_type, head_name, **kwargs)
+        self.add_prediction_head(head, overwrite_ok=overwrite_ok, set_active=set_active)
+
+    def delete_head(self, head_name: str) -> None:
+        """Delete a head (the active head setting drops it).
+
+        Raises:
+            ValueError: no head of that name.
+
+        Example::
+
+            >>> model.delete_head("sentiment")
+        """
+        if head_name not in self.heads:
+            raise ValueError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+        del self.heads[head_name]
+        active = self._active_heads
+        if active is not None and head_name in list(active):
+            self._active_heads = None
+        self._sync_head_configs()
+
+    def _sync_head_configs(self) -> None:
+        """Keep ``config.prediction_heads`` (what ``save_pretrained`` stores) and the tied-weight
+        table equal to the heads."""
+        self.config.prediction_heads = {name: copy.deepcopy(head.config) for name, head in self.heads.items()}
+        self.all_tied_weights_keys = self.get_expanded_tied_weights_keys(all_submodels=False)
+
+    # -- tied output embeddings --------------------------------------------------------------------------
+    @property
+    def _tied_weights_keys(self) -> dict:
+        """transformers' tied-weight table: each tied LM head's output embedding -> the input
+        embedding (``save_pretrained`` stores the matrix once, ``from_pretrained`` re-ties)."""
+        heads = self.__dict__.get("_modules", {}).get("heads")
+        if heads is None:
+            return {}
+        source = self._input_embedding_key()
+        tied = {}
+        for name, head in heads.items():
+            output = head.get_output_embeddings() if hasattr(head, "get_output_embeddings") else None
+            if output is not None and self._ties_head(head):
+                index = next(i for i, m in head.named_children() if m is output)
+                tied[f"heads.{re.escape(name)}.{index}.weight"] = source
+        return tied
+
+    def _input_embedding_key(self) -> str:
+        embedding = self.get_input_embeddings()
+        for path, module in self.named_modules():
+            if module is embedding:
+                return f"{path}.weight"
+        raise ValueError("The model's input embedding is not one of its modules.")
+
+    def _ties_head(self, head) -> bool:
+        output = head.get_output_embeddings()
+        embedding = self.get_input_embeddings()
+        return (
+            bool(getattr(self.config, "tie_word_embeddings", False))
+            and output is not None
+            and tuple(output.weight.shape) == tuple(embedding.weight.shape)
+        )
+
+    def _tie_head(self, head) -> None:
+        if self._ties_head(head):
+            head.get_output_embeddings().weight = self.get_input_embeddings().weight
+
+    def tie_weights(self, missing_keys=None, recompute_mapping: bool = True):
+        """transformers' tying, then every LM head's output embedding to the input embedding."""
+        result = super().tie_weights(missing_keys=missing_keys, recompute_mapping=recompute_mapping)
+        heads = self.__dict__.get("_modules", {}).get("heads")
+        for head in (heads or {}).values():
+            self._tie_head(head)
+        return result
+
+    def get_output_embeddings(self) -> Optional[nn.Module]:
+        """The active head's output embedding (LM heads), else None."""
+        active = self._active_heads
+        if isinstance(active, list) and len(active) == 1 and active[0] in self.heads:
+            head = self.heads[active[0]]
+            return head.get_output_embeddings() if hasattr(head, "get_output_embeddings") else None
+        return None
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        """Replace the active LM head's output embedding (used when resizing the vocabulary)."""
+        active = self._active_heads
+        if isinstance(active, list) and len(active) == 1 and hasattr(self.heads[active[0]], "set_output_embeddings"):
+            self.heads[active[0]].set_output_embeddings(new_embeddings)
+
+    # -- running -------------------------------------------------------------------------------------------
+    def _heads_in_force(self, head_name=None):
+        if head_name is not None:
+            heads = head_name
+        elif AdapterSetup.get_context_head_setup() is not None and len(self.heads) > 0:
+            heads = AdapterSetup.get_context_head_setup()
+        else:
+            heads = self._active_heads
+        return self._check_head_setup(heads)
+
+    def forward_head(self, outputs, head_name=None, cls_output=None, attention_mask=None, **kwargs):
+        """Run the head(s) in force (see the module docstring) on the base model's ``outputs``;
+        without any head, return ``outputs`` unchanged.
+
+        ``kwargs`` carry ``labels`` (or ``start_positions`` / ``end_positions``) and
+        ``pooled_output``; tensors with a batch dimension are split along with the rows under
+        ``Parallel`` and ``BatchSplit``.
+
+        Raises:
+            ValueError: an unknown head, or as many Parallel branches as neither one head nor
+                one head per branch.
+
+        Example::
+
+            >>> outputs = model.base_model(**batch)
+            >>> model.forward_head(outputs, head_name="sentiment", labels=labels)
+        """
+        heads = self._heads_in_force(head_name)
+        if not heads:
+            return outputs
+        context = ForwardContext.get_context()
+        channels = context.parallel_channels if context is not None else 1
+        if channels > 1:
+            if len(heads) == 1:
+                heads = list(heads) * channels
+            elif len(heads) != channels:
+                raise ValueError(
+                    f"The active setup runs {channels} Parallel branches but {len(heads)} heads are active ({list(heads)}); "
+                    f"activate one head, or one per branch."
+                )
+            return self._forward_parts(list(heads), [1] * channels, outputs, cls_output, attention_mask, kwargs)
+        if isinstance(heads, BatchSplit):
+            return self._forward_parts(list(heads), list(heads.batch_sizes), outputs, cls_output, attention_mask, kwargs)
+        if len(heads) > 1:
+            results = [self.heads[name](outputs, cls_output, attention_mask, True, **kwargs) for name in heads]
+            return _multi_output(results, outputs)
+        return self.heads[heads[0]](outputs, cls_output, attention_mask, True, **kwargs)
+
+    def _forward_parts(self, names, sizes, outputs, cls_output, attention_mask, kwargs):
+        """Head ``names[i]`` on the i-th block of rows (blocks in proportion to ``sizes``)."""
+        total = sum(sizes)
+        rows = outputs[0].shape[0]
+        if rows % total:
+            raise ValueError(f"The batch of {rows} rows cannot be split into parts of sizes {sizes}.")
+
+        def split(value):
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return _split_rows(value, sizes, total)
+            return [value] * len(sizes)
+
+        base_fields = {k: split(v) for k, v in outputs.items()}
+        cls_parts, mask_parts = split(cls_output), split(attention_mask)
+        kwarg_parts = {k: split(v) for k, v in kwargs.items()}
+        results = []
+        for i, name in enumerate(names):
+            part = type(outputs)(**{k: v[i] for k, v in base_fields.items()})
+            results.append(
+                self.heads[name](part, cls_parts[i], mask_parts[i], True, **{k: v[i] for k, v in kwarg_parts.items()})
+            )
+        return _multi_output(results, outputs)
+
+    def get_labels_dict(self, head_name: Optional[str] = None) -> Optional[dict]:
+        """``{id: label}`` of a head (default: the active one), or None for heads without labels.
+
+        Example::
+
+            >>> model.get_labels_dict("sst2")
+            {0: 'neg', 1: 'pos'}
+        """
+        name = head_name or self.active_head
+        if not isinstance(name, str) or name not in self.heads:
+            raise ValueError(f"No head named {name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+        label2id = self.heads[name].config.get("label2id")
+        return {index: label for label, index in label2id.items()} if label2id else None
+
+    def get_labels(self, head_name: Optional[str] = None) -> Optional[list]:
+        """The labels a head predicts, in id order (None for heads without labels).
+
+        Example::
+
+            >>> model.get_labels("sst2")
+            ['neg', 'pos']
+        """
+        labels = self.get_labels_dict(head_name)
+        return [labels[i] for i in sorted(labels)] if labels else None
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def save_head(self, save_directory: str, head_name: Optional[str] = None, use_safetensors: bool = True) -> None:
+        """Save one head in AdapterHub's layout (``head_config.json`` + ``model_head.safetensors``).
+
+        Raises:
+            ValueError: no head of that name.
+
+        Example::
+
+            >>> model.save_head("out/sentiment_head", "sentiment")
+        """
+        from ..loading import _meta, _write_weights
+
+        head_name = head_name or self.active_head
+        if not isinstance(head_name, str) or head_name not in self.heads:
+            raise ValueError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+        os.makedirs(save_directory, exist_ok=True)
+        meta = _meta(self, head_name)
+        meta["config"] = copy.deepcopy(self.heads[head_name].config)
+        with open(os.path.join(save_directory, HEAD_CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(dict(sorted(meta.items())), f, indent=2, sort_keys=True)
+        state = {f"heads.{head_name}.{k}": v for k, v in self.heads[head_name].state_dict().items()}
+        _write_weights(state, save_directory, use_safetensors, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
+        logger.info(f"Saved head {head_name!r} to {save_directory}.")
+
+    def save_all_heads(self, save_directory: str, use_safetensors: bool = True) -> None:
+        """Save every head into ``save_directory/<head name>``.
+
+        Example::
+
+            >>> model.save_all_heads("out/heads")
+        """
+        for name in self.heads:
+            self.save_head(os.path.join(save_directory, name), name, use_safetensors=use_safetensors)
+
+    def load_head(self, save_directory: str, load_as: Optional[str] = None, id2label: Optional[dict] = None,
+                  overwrite_ok: bool = False, set_active: bool = True) -> str:
+        """Load a head saved by :meth:`save_head` (or AdapterHub); returns its name.
+
+        Raises:
+            AdapterLoadError: the folder has no head, the head was saved for another hidden size,
+                its type does not fit this model, a head of that name exists (and not
+                ``overwrite_ok``), or the weights do not match the config. The model is left unchanged.
+
+        Example::
+
+            >>> name = model.load_head("out/sentiment_head", load_as="sentiment2")
+        """
+        name, head = self._prepare_head(save_directory, load_as=load_as, id2label=id2label, overwrite_ok=overwrite_ok)
+        self._insert_loaded_head(name, head, set_active=set_active)
+        return name
+
+    def _prepare_head(self, save_directory: str, load_as=None, id2label=None, overwrite_ok=False):
+        """Read and check a head folder; returns ``(name, head)`` without changing the model."""
+        from ..loading import AdapterLoadError, _check_hidden_size, _copy_checked, _read_json, _read_weights, _resolve_folder
+
+        folder = _resolve_folder(save_directory)
+        config_path = os.path.join(folder, HEAD_CONFIG_NAME)
+        meta = _read_json(config_path)
+        _check_hidden_size(self, meta, config_path)
+        saved_name = meta.get("name") or os.path.basename(os.path.normpath(folder))
+        name = load_as or saved_name
+        try:
+            self._check_new_head(name, overwrite_ok)
+            config = dict(meta["config"])
+            if id2label is not None:
+                config["id2label"] = id2label
+            head_type, kwargs = _head_arguments(config)
+            head = self._build_head(head_type, name, **kwargs)
+        except (KeyError, TypeError, ValueError) as error:
+            raise AdapterLoadError(f"{config_path}: {error}") from error
+        state, weights_path = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
+        prefixes = (f"heads.{saved_name}.", f"{self.base_model_prefix}.heads.{saved_name}.")
+        state = {k[len(p):]: v for k, v in state.items() for p in prefixes if k.startswith(p)}
+        params = dict(head.named_parameters())
+        tied = [k for k, m in head.named_children() if self._ties_head(head) and m is head.get_output_embeddings()]
+        tied_keys = {f"{k}.weight" for k in tied}
+        if tied_keys:
+            # the output embedding of a tied LM head is this model's input embedding: not taken from the file
+            state = {k: v for k, v in state.items() if k not in tied_keys}
+            params = {k: v for k, v in params.items() if k not in tied_keys}
+        _copy_checked(params, state, weights_path, shown=lambda key: f"heads.{saved_name}.{key}")
+        return name, head
+
+    def _insert_loaded_head(self, name: str, head: nn.Module, set_active: bool = True) -> None:
+        if name in self.heads:
+            self.delete_head(name)
+        self.add_prediction_head(head, overwrite_ok=True, set_active=set_active)
+        logger.info(f"Loaded head {name!r}.")
+
+
+def _head_arguments(config: dict) -> tuple[str, dict]:
+    """``(head_type, kwargs)`` for building a head from its saved config (label2id becomes id2label)."""
+    config = dict(config)
+    head_type = config.pop("head_type")
+    label2id = config.pop("label2id", None)
+    if "id2label" not in config and label2id:
+        config["id2label"] = {int(index): label for label, index in label2id.items()}
+    elif config.get("id2label"):
+        config["id2label"] = {int(index): label for index, label in config["id2label"].items()}
+    return head_type, config
+
+
+def _multi_output(results: list, outputs) -> MultiHeadOutput:
+    losses = [r.get("loss") if isinstance(r, ModelOutput) else None for r in results]
+    loss = torch.stack([l.reshape(()) for l in losses]).sum() if results and all(l is not None for l in losses) else None
+    return MultiHeadOutput(head_outputs=results, loss=loss, past_key_values=getattr(outputs, "past_key_values", None))

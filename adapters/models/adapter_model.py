@@ -1,0 +1,369 @@
+"""AdapterModel classes: a transformers base model with adapters and named, flexible heads.
+
+``BertAdapterModel``, ``LlamaAdapterModel``, ... are generated from one table
+(:data:`ADAPTER_MODEL_TABLE`): each is a subclass of the architecture's own ``XPreTrainedModel``
+(so ``config_class``, ``base_model_prefix``, weight initialisation and attention backends are
+transformers' own) that holds the base model (``BertModel``, ``LlamaModel``, ...) under its usual
+prefix and a ``heads`` ``nn.ModuleDict``. There is no copied forward code: ``forward`` runs the
+base model and hands its output to the heads (:class:`~adapters.heads.FlexibleHeadsMixin`).
+Every instance is patched with :func:`adapters.init` at construction, so adapters work at once.
+
+``from_pretrained`` loads
+
+* plain base-model checkpoints (``AutoModel.save_pretrained``: keys without prefix) and
+  checkpoints of transformers' own head models (``BertForSequenceClassification``,
+  ``LlamaForCausalLM``, ...; keys under the base-model prefix) — transformers maps the prefix;
+* the head of a transformers head model becomes a flexible head named ``"default"`` with the
+  same weights and outputs (AdapterHub's *static head conversion*, :data:`STATIC_HEAD_CONVERSIONS`);
+  :func:`convert_to_adapter_model` does the same for a model in memory;
+* checkpoints written by an AdapterModel's ``save_pretrained`` (heads rebuilt from
+  ``config.prediction_heads``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, GenerationMixin, PreTrainedModel
+from transformers.utils import logging
+
+from ..heads.model_mixin import FlexibleHeadsMixin, _head_arguments
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "ADAPTER_MODEL_TABLE",
+    "ADAPTER_MODEL_CLASSES",
+    "AutoAdapterModel",
+    "STATIC_HEAD_CONVERSIONS",
+    "convert_to_adapter_model",
+]
+
+_ENCODER_HEADS = (
+    "classification", "multilabel_classification", "tagging", "multiple_choice", "question_answering", "masked_lm",
+)
+_DECODER_HEADS = ("classification", "multilabel_classification", "tagging", "question_answering", "causal_lm")
+
+# model_type -> (class name, config class name, heads it supports, sequence pooling for classification)
+ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
+    "bert": ("BertAdapterModel", "BertConfig", _ENCODER_HEADS, "first"),
+    "roberta": ("RobertaAdapterModel", "RobertaConfig", _ENCODER_HEADS, "first"),
+    "xlm-roberta": ("XLMRobertaAdapterModel", "XLMRobertaConfig", _ENCODER_HEADS, "first"),
+    "distilbert": ("DistilBertAdapterModel", "DistilBertConfig", _ENCODER_HEADS, "first"),
+    "llama": ("LlamaAdapterModel", "LlamaConfig", _DECODER_HEADS, "last"),
+    "mistral": ("MistralAdapterModel", "MistralConfig", _DECODER_HEADS, "last"),
+    "qwen2": ("Qwen2AdapterModel", "Qwen2Config", _DECODER_HEADS, "last"),
+    "gpt2": ("GPT2AdapterModel", "GPT2Config", _DECODER_HEADS, "last"),
+}
+
+
+def _conversions() -> dict:
+    """transformers head class name -> (flexible head config, {flex layer index: static module path},
+    extra {flex key: static key})."""
+
+    def cls(layers=1, act=None, pooler=False, **extra):
+        return {"head_type": "classification", "layers": layers, "activation_function": act, "use_pooler": pooler, **extra}
+
+    def one(head_type, **extra):
+        return {"head_type": head_type, "layers": 1, "activation_function": None, **extra}
+
+    table = {}
+    mlm = {"head_type": "masked_lm", "layers": 2, "layer_norm": True, "bias": True}
+    for prefix in ("Bert", "Roberta", "XLMRoberta"):
+        roberta = prefix != "Bert"
+        table[f"{prefix}ForSequenceClassification"] = (
+            (cls(2, "tanh"), {1: "classifier.dense", 4: "classifier.out_proj"}, {})
+            if roberta
+            else (cls(1, None, True), {1: "classifier"}, {})
+        )
+        table[f"{prefix}ForMultipleChoice"] = (
+            {"head_type": "multiple_choice", "layers": 1, "activation_function": None, "use_pooler": True}, {1: "classifier"}, {}
+        )
+        table[f"{prefix}ForTokenClassification"] = (one("tagging"), {1: "classifier"}, {})
+        table[f"{prefix}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+        table[f"{prefix}ForMaskedLM"] = (
+            (dict(mlm, activation_function="gelu"), {0: "lm_head.dense", 2: "lm_head.layer_norm", 3: "lm_head.decoder"},
+             {"3.bias": "lm_head.bias"})
+            if roberta
+            else (dict(mlm, activation_function="$hidden_act"),
+                  {0: "cls.predictions.transform.dense", 2: "cls.predictions.transform.LayerNorm", 3: "cls.predictions.decoder"},
+                  {"3.bias": "cls.predictions.bias"})
+        )
+    table["DistilBertForSequenceClassification"] = (cls(2, "relu"), {1: "pre_classifier", 4: "classifier"}, {})
+    table["DistilBertForMultipleChoice"] = (
+        {"head_type": "multiple_choice", "layers": 2, "activation_function": "relu"}, {1: "pre_classifier", 4: "classifier"}, {}
+    )
+    table["DistilBertForTokenClassification"] = (one("tagging"), {1: "classifier"}, {})
+    table["DistilBertForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+    table["DistilBertForMaskedLM"] = (
+        dict(mlm, activation_function="$activation"), {0: "vocab_transform", 2: "vocab_layer_norm", 3: "vocab_projector"}, {}
+    )
+    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2"):
+        table[f"{prefix}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})
+        table[f"{prefix}ForTokenClassification"] = (one("tagging"), {1: "classifier" if prefix == "GPT2" else "score"}, {})
+        table[f"{prefix}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+        lm_class = "GPT2LMHeadModel" if prefix == "GPT2" else f"{prefix}ForCausalLM"
+        table[lm_class] = ({"head_type": "causal_lm", "layers": 1, "bias": False}, {0: "lm_head"}, {})
+    return table
+
+
+#: transformers head class -> (flexible head config, {flex layer index: static module path}, extra keys)
+STATIC_HEAD_CONVERSIONS = _conversions()
+
+
+def _pretrained_base_class(base_class: type) -> type:
+    return next(c for c in base_class.__mro__[1:] if issubclass(c, PreTrainedModel) and c.__name__.endswith("PreTrainedModel"))
+
+
+def _base_model_class(config) -> type:
+    return transformers.MODEL_MAPPING[type(config)]
+
+
+class _AdapterModelBody(FlexibleHeadsMixin):
+    """What every generated AdapterModel class has (the table fills in the rest)."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        setattr(self, self.base_model_prefix, _base_model_class(config)(config))
+        self.heads = nn.ModuleDict()
+        self.post_init()
+        import adapters  # the package imports this module
+
+        adapters.init(self)
+        for name, head_config in dict(getattr(config, "prediction_heads", None) or {}).items():
+            head_type, head_kwargs = _head_arguments(head_config)
+            head = self._build_head(head_type, name, **head_kwargs)
+            self.add_prediction_head(head, overwrite_ok=True, set_active=False)
+        if len(self.heads) == 1:
+            self._active_heads = list(self.heads)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        head: Optional[str] = None,
+        labels: Optional[torch.Tensor] = None,
+        start_positions: Optional[torch.Tensor] = None,
+        end_positions: Optional[torch.Tensor] = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ):
+        """Run the base model, then the head(s) in force on its output (no head: the base model's
+        output). ``head`` picks a head for this call; ``labels`` / ``start_positions`` /
+        ``end_positions`` give the loss. Multiple-choice inputs ``(batch, choices, seq)`` are
+        flattened for the base model.
+
+        Example::
+
+            >>> out = model(**batch, labels=labels)              # active head
+            >>> out = model(**batch, head="ner")                  # another head, this call only
+        """
+        kwargs.pop("return_dict", None)
+        head_kwargs = {"labels": labels, "start_positions": start_positions, "end_positions": end_positions}
+        if input_ids is not None and input_ids.dim() == 3 or inputs_embeds is not None and inputs_embeds.dim() == 4:
+            head_kwargs["num_choices"] = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            input_ids, attention_mask, inputs_embeds, kwargs = _flatten_choices(input_ids, attention_mask, inputs_embeds, kwargs)
+        outputs = self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        head_kwargs = {k: v for k, v in head_kwargs.items() if v is not None}
+        if logits_to_keep:
+            head_kwargs["logits_to_keep"] = logits_to_keep
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is not None:
+            head_kwargs["pooled_output"] = pooled
+        cls_output = self._sequence_representation(outputs[0], input_ids, attention_mask)
+        return self.forward_head(outputs, head_name=head, cls_output=cls_output, attention_mask=attention_mask, **head_kwargs)
+
+    def _sequence_representation(self, hidden: torch.Tensor, input_ids, attention_mask) -> torch.Tensor:
+        """The vector classification heads read: the first token's (encoders), or the last
+        non-padding token's (decoders; found as transformers' own ``...ForSequenceClassification``
+        finds it: the rightmost token that is not ``pad_token_id``, else the attention mask)."""
+        if self.cls_pooling == "first":
+            return hidden[:, 0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        pad = getattr(self.config, "pad_token_id", None)
+        if input_ids is not None and pad is not None and input_ids.shape[1] == hidden.shape[1]:
+            last = (positions * (input_ids != pad).to(torch.int32)).argmax(-1)
+        elif attention_mask is not None and attention_mask.shape[-1] >= hidden.shape[1]:
+            mask = attention_mask[:, -hidden.shape[1]:]
+            last = (positions * (mask != 0).to(torch.int32)).argmax(-1)
+        else:
+            last = torch.full_like(rows, hidden.shape[1] - 1)
+        return hidden[rows, last]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a base-model checkpoint, a transformers head-model checkpoint (its head becomes the
+        flexible head ``"default"``) or an AdapterModel checkpoint.
+
+        Example::
+
+            >>> model = BertAdapterModel.from_pretrained("path/to/bert-sst2")   # BertForSequenceClassification
+            >>> model.active_head
+            'default'
+        """
+        config = kwargs.get("config")
+        if not isinstance(config, transformers.PretrainedConfig):
+            config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+        architecture = next(iter(getattr(config, "architectures", None) or []), None)
+        if architecture in STATIC_HEAD_CONVERSIONS and not getattr(config, "prediction_heads", None):
+            static = getattr(transformers, architecture).from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            return convert_to_adapter_model(static, adapter_model_class=cls)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return cls.cls_pooling == "last"
+
+
+def _flatten_choices(input_ids, attention_mask, inputs_embeds, kwargs):
+    """``(batch, choices, seq[, hidden])`` inputs as ``(batch·choices, seq[, hidden])``."""
+
+    def flat(value, dims):
+        return value.reshape(-1, *value.shape[-dims:]) if isinstance(value, torch.Tensor) and value.dim() > dims else value
+
+    kwargs = {k: flat(v, 1) if k in ("token_type_ids", "position_ids") else v for k, v in kwargs.items()}
+    return flat(input_ids, 1), flat(attention_mask, 1), flat(inputs_embeds, 2), kwargs
+
+
+def _make_class(model_type: str) -> type:
+    name, config_name, head_types, pooling = ADAPTER_MODEL_TABLE[model_type]
+    config_class = getattr(transformers, config_name)
+    base = _pretrained_base_class(transformers.MODEL_MAPPING[config_class])
+    bases = (_AdapterModelBody, base) + ((GenerationMixin,) if pooling == "last" else ())
+    doc = (
+        f"{base.__name__[: -len('PreTrainedModel')]} with adapters and flexible heads "
+        f"({', '.join(head_types)}).\n\n    Example::\n\n"
+        f"        >>> model = adapters.{name}.from_pretrained(\"path/to/checkpoint\")\n"
+        f"        >>> model.add_classification_head(\"task\", num_labels=2)\n"
+    )
+    return type(
+        name, bases, {"__module__": __name__, "__qualname__": name, "__doc__": doc, "head_types": head_types, "cls_pooling": pooling}
+    )
+
+
+#: model_type -> generated AdapterModel class
+ADAPTER_MODEL_CLASSES: dict[str, type] = {model_type: _make_class(model_type) for model_type in ADAPTER_MODEL_TABLE}
+globals().update({cls.__name__: cls for cls in ADAPTER_MODEL_CLASSES.values()})
+__all__ += [cls.__name__ for cls in ADAPTER_MODEL_CLASSES.values()]
+
+
+def _adapter_model_class(config) -> type:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTER_MODEL_CLASSES:
+        raise ValueError(
+            f"No AdapterModel class for model type {model_type!r}; available: {', '.join(sorted(ADAPTER_MODEL_CLASSES))}."
+        )
+    return ADAPTER_MODEL_CLASSES[model_type]
+
+
+class AutoAdapterModel:
+    """Picks the AdapterModel class of a checkpoint's model type.
+
+    Example::
+
+        >>> model = AutoAdapterModel.from_pretrained("path/to/llama")
+        >>> model.add_causal_lm_head("lm", layers=1, bias=False)
+    """
+
+    def __init__(self):
+        raise EnvironmentError("AutoAdapterModel is used through AutoAdapterModel.from_pretrained / from_config.")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a checkpoint into the AdapterModel class of its model type (see the class docs)."""
+        config = kwargs.get("config")
+        if not isinstance(config, transformers.PretrainedConfig):
+            config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+        return _adapter_model_class(config).from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        """A randomly initialised AdapterModel for ``config``.
+
+        Example::
+
+            >>> model = AutoAdapterModel.from_config(BertConfig(num_hidden_layers=2))
+        """
+        return _adapter_model_class(config)._from_config(config, **kwargs)
+
+
+def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Optional[type] = None, head_name: str = "default"):
+    """An AdapterModel holding ``model``'s base model (the same module, not a copy) and, where
+    ``model`` is a transformers head model (``BertForSequenceClassification``, ``LlamaForCausalLM``,
+    ...), its head as flexible head ``head_name`` with the same weights (AdapterHub's static head
+    conversion). Adapters already added to the base model stay.
+
+    Raises:
+        ValueError: no AdapterModel class for the model type, or its head class has no conversion
+            (the message lists the convertible ones).
+
+    Example::
+
+        >>> static = BertForSequenceClassification.from_pretrained("path")
+        >>> model = adapters.convert_to_adapter_model(static)
+        >>> torch.equal(model(**batch).logits, static(**batch).logits)
+        True
+    """
+    cls = adapter_model_class or _adapter_model_class(model.config)
+    base = model.base_model
+    architecture = type(model).__name__
+    if base is not model and architecture not in STATIC_HEAD_CONVERSIONS:
+        convertible = sorted(k for k in STATIC_HEAD_CONVERSIONS if k.startswith(architecture.split("For")[0][:4]))
+        raise ValueError(f"No flexible-head conversion for {architecture}; convertible classes include: {', '.join(convertible)}.")
+    config = copy.deepcopy(model.config)
+    config.prediction_heads = {}
+    config.architectures = [cls.__name__]
+    with torch.device("meta"):
+        new = cls(config)
+    new.__dict__.pop("_adapters_registry", None)
+    setattr(new, new.base_model_prefix, base)
+    new.__dict__.update({k: base.__dict__[k] for k in ("_adapters_registry", "_adapters_hosts", "_adapters_spec") if k in base.__dict__})
+    if "_adapters_registry" not in base.__dict__:  # a model that never had adapters: patch it now
+        import adapters
+
+        for key in ("_adapters_hosts", "_adapters_spec"):
+            new.__dict__.pop(key, None)
+        adapters.init(new)
+    new.train(model.training)
+    if base is not model:
+        head_config, layers, extra = STATIC_HEAD_CONVERSIONS[architecture]
+        head_config = _resolve_head_config(head_config, model)
+        head_type, head_kwargs = _head_arguments(head_config)
+        head = new._build_head(head_type, head_name, **head_kwargs)
+        static_state = model.state_dict()
+        with torch.no_grad():
+            for index, path in layers.items():
+                for key, param in head[index].named_parameters(recurse=False):
+                    param.copy_(static_state[f"{path}.{key}"])
+            for key, static_key in extra.items():
+                if static_key in static_state:
+                    head.get_parameter(key).copy_(static_state[static_key])
+        new.add_prediction_head(head, overwrite_ok=True, set_active=True)
+    return new
+
+
+def _resolve_head_config(head_config: dict, model) -> dict:
+    """Fill in a conversion's head config from the static model: labels and activations named by
+    config attribute (``"$hidden_act"``)."""
+    config = dict(head_config)
+    act = config.get("activation_function")
+    if isinstance(act, str) and act.startswith("$"):
+        config["activation_function"] = getattr(model.config, act[1:])
+    id2label = getattr(model.config, "id2label", None) or {}
+    if config["head_type"] == "multiple_choice":
+        config["num_choices"] = 2  # transformers' multiple-choice models score any number of choices
+    elif config["head_type"] not in ("masked_lm", "causal_lm"):
+        config["num_labels"] = model.config.num_labels if config["head_type"] != "question_answering" else 2
+        if config["head_type"] != "question_answering":
+            config["id2label"] = {int(k): v for k, v in id2label.items()}
+    else:
+        config["vocab_size"] = model.config.vocab_size
+    return config
