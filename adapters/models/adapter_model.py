@@ -138,8 +138,8 @@ class _AdapterModelBody(FlexibleHeadsMixin):
             head_type, head_kwargs = _head_arguments(head_config)
             head = self._build_head(head_type, name, **head_kwargs)
             self.add_prediction_head(head, overwrite_ok=True, set_active=False)
-        if len(self.heads) == 1:
-            self._active_heads = list(self.heads)
+        if len(self.heads) > 0:  # as AdapterHub: the last head restored is active
+            self._active_heads = [list(self.heads)[-1]]
 
     def forward(
         self,
