@@ -1044,7 +1044,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     ):
         """Save adapter ``adapter_name`` to a folder in AdapterHub's layout
         (``adapter_config.json`` + ``adapter.safetensors``), or with ``format="peft"`` in PEFT's
-        (LoRA-family adapters; loadable by ``peft.PeftModel.from_pretrained``).
+        (LoRA-family adapters; loadable by ``peft.PeftModel.from_pretrained``). On an AdapterModel,
+        ``with_head=True`` also saves the head of the same name (``head_config.json`` +
+        ``model_head.safetensors``).
 
         Example::
 
@@ -1071,7 +1073,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         """Load an adapter saved by :meth:`save_adapter` or by AdapterHub (also legacy
         ``pytorch_adapter.bin``, read with ``torch.load(weights_only=True)``).
 
-        Returns the name under which it was loaded. On any error the model is left unchanged.
+        Returns the name under which it was loaded. On any error the model is left unchanged. On an
+        AdapterModel, a head saved next to the adapter is loaded too (under the same name) unless
+        ``with_head=False``.
 
         Example::
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput, logging
 
-from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Stack
+from ..composition import BatchSplit, Parallel, Stack
 from ..context import AdapterSetup, ForwardContext
 from .base import HEAD_TYPES, MultiHeadOutput, PredictionHead, head_class, register_custom_head
 
