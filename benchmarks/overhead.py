@@ -20,8 +20,13 @@ from configs, random init, fixed seed, no downloads), two ratios are reported:
 
 How it is measured
 ------------------
-``torch.set_num_threads(2)``; ``time.perf_counter``. All model variants of one architecture are
-built first (each its own instance), then every step is warmed up (``warmup`` iterations).
+``torch.set_num_threads(2)``; ``time.perf_counter`` (``--clock wall``, the default, for a quiet
+machine). ``--clock cpu`` instead runs torch on one thread and reads that thread's CPU time
+(``time.thread_time``), which other processes on a busy machine barely disturb: use it when the
+machine is shared. All model variants of one architecture are built first (each its own
+instance), then every step is warmed up (``warmup`` iterations). Every variant, the base model
+too, is ``BASE_COPIES`` identical instances timed in turn: where the allocator places a model's
+weights alone moves its speed by up to 3%, so one instance is no reference.
 Then, for ``--rounds`` rounds, the base model and the scenario models are timed *alternately*::
 
     base, scenario_1, base, scenario_2, base, ..., scenario_N, base
@@ -79,6 +84,7 @@ import argparse
 import copy
 import dataclasses
 import gc
+import itertools
 import os
 import statistics
 import sys
@@ -98,6 +104,7 @@ import adapters  # noqa: E402
 from adapters import Fuse, Parallel, Stack  # noqa: E402
 
 SEED = 0
+BASE_COPIES = 3  # identical instances of every variant (the base too), timed in turn (see ``rotating``)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,11 +354,32 @@ class Settings:
     warmup: int
 
 
+# The clock: wall time (perf_counter) by default; ``--clock cpu`` switches to the CPU time of
+# the calling thread with torch on one thread, which other processes on a busy machine barely move.
+_clock = time.perf_counter
+
+
 def _time_iters(step: Callable[[], None], iters: int) -> float:
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(iters):
         step()
-    return (time.perf_counter() - start) / iters
+    return (_clock() - start) / iters
+
+
+def rotating(steps: list[Callable[[], None]]) -> Callable[[], None]:
+    """One step that runs ``steps`` in turn, call after call.
+
+    Every variant (the base model too) is timed as several identical instances: where the
+    allocator happens to place a model's weights alone moves its speed by a few percent (two deep
+    copies of one model differ by up to 3% here), and one instance would carry that offset into
+    its ratio.
+    """
+    calls = itertools.count()
+
+    def step():
+        steps[next(calls) % len(steps)]()
+
+    return step
 
 
 def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: dict) -> dict:
@@ -488,8 +516,8 @@ def _variants(base, scenarios, training, inputs, make_step, errors, phase):
         if training and s.train is None:
             continue
         try:
-            model = build_variant(base, s, training=training)
-            steps[s.name] = make_step(model, inputs)
+            models = [build_variant(base, s, training=training) for _ in range(BASE_COPIES)]
+            steps[s.name] = rotating([make_step(model, inputs) for model in models])
         except Exception:
             errors.append((s.name, phase, traceback.format_exc()))
     return steps
@@ -516,12 +544,11 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     ):
         t0 = time.perf_counter()
         if training:
-            # Full fine-tuning baseline: its own instance (AdamW changes its weights), all trainable.
-            base_ft = copy.deepcopy(base).train()
-            base_ft.requires_grad_(True)
-            base_step = train_step(base_ft, inputs)
+            # Full fine-tuning baseline: own instances (AdamW changes their weights), all trainable.
+            copies = [copy.deepcopy(base).train().requires_grad_(True) for _ in range(BASE_COPIES)]
+            base_step = rotating([train_step(c, inputs) for c in copies])
         else:
-            base_step = forward_step(base, inputs)
+            base_step = rotating([forward_step(copy.deepcopy(base), inputs) for _ in range(BASE_COPIES)])
         steps = _variants(base, scenarios, training, inputs, make_step, errors, phase)
         step_errors: dict = {}
         timings[phase] = interleaved(base_step, steps, iters, settings, step_errors)
@@ -635,6 +662,12 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="comma-separated scenario names to run (default: all)")
     parser.add_argument("--decode", action="store_true", help="also measure greedy decoding speed with a prefix")
     parser.add_argument("--decode-only", action="store_true", help="only the decoding measurement")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: wall-clock time, 2 threads (quiet machine); cpu: CPU time of one thread (busy machine)",
+    )
     parser.add_argument("--device", default="cpu", help="device for the decoding measurement (cpu or cuda)")
     args = parser.parse_args(argv)
     scenarios = SCENARIOS
@@ -645,7 +678,12 @@ def main(argv=None):
             parser.error(f"unknown scenario(s) {unknown}; known: {[s.name for s in SCENARIOS]}")
         scenarios = [s for s in SCENARIOS if s.name in wanted]
 
-    torch.set_num_threads(2)
+    global _clock
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+        _clock = time.thread_time
+    else:
+        torch.set_num_threads(2)
     torch.manual_seed(SEED)
     if args.quick:
         settings = Settings(rounds=2, fwd_iters=1, train_iters=1, warmup=1)
