@@ -523,15 +523,26 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         host = base.get_submodule(spec.embedding_output or spec.embeddings)
         if not isinstance(host, EmbeddingOutputHost):
             self._install_embedding_host(host)
-        output = self.get_output_embeddings()
-        if output is not None and not isinstance(output, OutputEmbeddingInputHost):
-            swap_class(output, OutputEmbeddingInputHost)
-            output.__dict__["_adapters_invertible_blocks"] = base._modules[INVERTIBLE_CONTAINER]
-            output.__dict__["_adapters_embedding_host"] = host
-            output._init_composable(-1, OutputEmbeddingInputHost.location)
-            self._adapter_hosts.append(output)
+        for output in self._language_model_outputs():
+            self._invert_before(output)
         size = getattr(self.config, "embedding_size", None) or self.config.hidden_size
         host.add_block(name, coupling_block(config, size).to(device=device, dtype=dtype).train(self.training))
+
+    def _language_model_outputs(self) -> list[nn.Module]:
+        """The output embeddings the invertible adapters' inverse runs before (the LM head's)."""
+        output = self.get_output_embeddings()
+        return [] if output is None else [output]
+
+    def _invert_before(self, output: nn.Module) -> None:
+        """Run the active invertible block's inverse on ``output``'s input (once per module)."""
+        if isinstance(output, OutputEmbeddingInputHost):
+            return
+        spec = self.__dict__["_adapters_spec"]
+        swap_class(output, OutputEmbeddingInputHost)
+        output.__dict__["_adapters_invertible_blocks"] = self.base_model._modules[INVERTIBLE_CONTAINER]
+        output.__dict__["_adapters_embedding_host"] = self.base_model.get_submodule(spec.embedding_output or spec.embeddings)
+        output._init_composable(-1, OutputEmbeddingInputHost.location)
+        self._adapter_hosts.append(output)
 
     def _install_embedding_host(self, module: nn.Module) -> None:
         swap_class(module, EmbeddingOutputHost)

@@ -164,6 +164,35 @@ def test_masked_lm_head_is_dense_gelu_layernorm_decoder():
     torch.testing.assert_close(out.loss, F.cross_entropy(logits[:, 2], labels[:, 2]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("head_first", [True, False])
+def test_invertible_inverse_runs_before_every_lm_heads_decoder(head_first):
+    """MAD-X: an LM head's decoder reads A⁻¹ of its input, whether the head or the invertible
+    adapter came first, and for a second LM head too."""
+    model = adapter_model("bert")
+    if head_first:
+        model.add_masked_lm_head("mlm")
+    model.add_adapter("lang", config="seq_bn_inv")
+    if not head_first:
+        model.add_masked_lm_head("mlm")
+    model.add_masked_lm_head("mlm2")
+    perturb_adapter(model, "lang")
+    model.set_active_adapters("lang")
+    block = model.base_model.invertible_adapters["lang"]
+    inputs = make_inputs("bert")
+    for name in ("mlm", "mlm2"):
+        head = model.heads[name]
+        with torch.no_grad():
+            logits = model(**inputs, head=name).logits
+            h = F.gelu(F.linear(hidden(model, inputs), head[0].weight, head[0].bias))
+            h = F.layer_norm(h, h.shape[-1:], head[2].weight, head[2].bias, model.config.layer_norm_eps)
+            expected = F.linear(block(h, rev=True), head[3].weight, head[3].bias)
+        torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    decoder = model.heads["mlm2"][3]
+    assert any(host is decoder for host in model._adapter_hosts)
+    model.delete_head("mlm2")
+    assert not any(host is decoder for host in model._adapter_hosts)
+
+
 # -- AdapterModel classes and static head conversion -------------------------------------------------------
 @pytest.mark.parametrize("arch,head", ARCH_HEADS)
 def test_checkpoints_of_transformers_models_load_with_the_same_outputs(arch, head, tmp_path):

@@ -32,6 +32,7 @@ from transformers.utils import ModelOutput, logging
 
 from ..composition import BatchSplit, Parallel, Stack
 from ..context import AdapterSetup, ForwardContext
+from ..methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
 from .base import HEAD_TYPES, MultiHeadOutput, PredictionHead, head_class, register_custom_head
 
 logger = logging.get_logger(__name__)
@@ -192,6 +193,9 @@ class FlexibleHeadsMixin:
             raise ValueError("A prediction head needs a config dict with a 'head_type' (see PredictionHead).")
         self.heads[head.name] = head
         self._tie_head(head)
+        output = head.get_output_embeddings() if hasattr(head, "get_output_embeddings") else None
+        if output is not None and INVERTIBLE_CONTAINER in self.base_model._modules:
+            self._invert_before(output)  # invertible adapters added before this LM head
         self._sync_head_configs()
         if set_active:
             self._active_heads = [head.name]
@@ -391,6 +395,8 @@ class FlexibleHeadsMixin:
         """
         if head_name not in self.heads:
             raise ValueError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+        removed = set(map(id, self.heads[head_name].modules()))
+        self._adapter_hosts[:] = [host for host in self._adapter_hosts if id(host) not in removed]
         del self.heads[head_name]
         active = self._active_heads
         if active is not None and head_name in list(active):
@@ -447,6 +453,12 @@ class FlexibleHeadsMixin:
         for head in (heads or {}).values():
             self._tie_head(head)
         return result
+
+    def _language_model_outputs(self) -> list[nn.Module]:
+        """Every LM head's output embedding: each runs the invertible adapters' inverse first."""
+        heads = self.__dict__.get("_modules", {}).get("heads") or {}
+        outputs = [h.get_output_embeddings() for h in heads.values() if hasattr(h, "get_output_embeddings")]
+        return [output for output in outputs if output is not None]
 
     def get_output_embeddings(self) -> Optional[nn.Module]:
         """The active head's output embedding (LM heads), else None."""
