@@ -63,6 +63,7 @@ Usage::
     python benchmarks/overhead.py [--quick] [--arch bert|llama|all] [--rounds N]
                                   [--batch B] [--seq S] [--only NAME[,NAME...]]
                                   [--decode | --decode-only] [--device cpu|cuda]
+                                  [--phase both|forward|train] [--clock wall|cpu]
 
 ``--decode`` adds the decoding measurement: tokens/s of greedy ``generate`` (32 new tokens, KV
 cache) of the Llama-shaped causal LM with a 30-position prefix, ours and PEFT's, relative to the
@@ -352,6 +353,7 @@ class Settings:
     fwd_iters: int
     train_iters: int
     warmup: int
+    phases: tuple = ("forward", "train")
 
 
 # The clock: wall time (perf_counter) by default; ``--clock cpu`` switches to the CPU time of
@@ -537,11 +539,13 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
         flush=True,
     )
     errors: list = []
-    timings = {}
+    timings = {"forward": {}, "train": {}}
     for phase, training, make_step, iters in (
         ("forward", False, forward_step, settings.fwd_iters),
         ("train", True, train_step, settings.train_iters),
     ):
+        if phase not in settings.phases:
+            continue
         t0 = time.perf_counter()
         if training:
             # Full fine-tuning baseline: own instances (AdamW changes their weights), all trainable.
@@ -561,7 +565,7 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     for s in scenarios:
         cell = {}
         for phase in ("forward", "train"):
-            if phase == "train" and s.train is None:
+            if (phase == "train" and s.train is None) or phase not in settings.phases:
                 cell[phase] = None
             elif s.name in timings[phase]:
                 b, t = timings[phase][s.name]
@@ -662,6 +666,7 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="comma-separated scenario names to run (default: all)")
     parser.add_argument("--decode", action="store_true", help="also measure greedy decoding speed with a prefix")
     parser.add_argument("--decode-only", action="store_true", help="only the decoding measurement")
+    parser.add_argument("--phase", choices=["both", "forward", "train"], default="both", help="which timings to take")
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -691,6 +696,8 @@ def main(argv=None):
         settings = Settings(rounds=10, fwd_iters=5, train_iters=2, warmup=2)
     if args.rounds is not None:
         settings.rounds = max(1, args.rounds)
+    if args.phase != "both":
+        settings.phases = (args.phase,)
     batch = args.batch if args.batch is not None else 8
     seq = args.seq if args.seq is not None else 64
 
