@@ -175,17 +175,8 @@ class MultipleChoiceHead(PredictionHead):
         return _with_base_outputs(MultipleChoiceModelOutput, outputs, loss=loss, logits=logits)
 
 
-@register_head_type("tagging")
-class TaggingHead(PredictionHead):
-    """Token classification: ``logits = MLP(h_t)`` for every token; loss CE over tokens, skipping
-    padding (``attention_mask == 0``) and ``-100`` labels.
-
-    Example::
-
-        >>> model.add_tagging_head("ner", num_labels=9)
-        >>> model(**batch, labels=tags).logits.shape
-        torch.Size([b, t, 9])
-    """
+class _PerTokenHead(PredictionHead):
+    """An MLP applied to every token's hidden state (tagging, extractive QA)."""
 
     def __init__(
         self,
@@ -208,6 +199,19 @@ class TaggingHead(PredictionHead):
             },
         )
         self.build_mlp(model, num_labels)
+
+
+@register_head_type("tagging")
+class TaggingHead(_PerTokenHead):
+    """Token classification: ``logits = MLP(h_t)`` for every token; loss CE over tokens, skipping
+    padding (``attention_mask == 0``) and ``-100`` labels.
+
+    Example::
+
+        >>> model.add_tagging_head("ner", num_labels=9)
+        >>> model(**batch, labels=tags).logits.shape
+        torch.Size([b, t, 9])
+    """
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
         logits = super().forward(outputs[0])
@@ -224,7 +228,7 @@ class TaggingHead(PredictionHead):
 
 
 @register_head_type("question_answering")
-class QuestionAnsweringHead(PredictionHead):
+class QuestionAnsweringHead(_PerTokenHead):
     """Extractive QA: two scores per token, split into ``start_logits`` and ``end_logits``; loss
     the mean of the start and end cross-entropies (positions beyond the sequence are ignored).
 
@@ -235,29 +239,10 @@ class QuestionAnsweringHead(PredictionHead):
         >>> out.start_logits.shape, out.loss
     """
 
-    def __init__(
-        self,
-        model,
-        head_name: str,
-        num_labels: int = 2,
-        layers: int = 1,
-        activation_function: Optional[str] = "tanh",
-        id2label: Optional[dict] = None,
-        dropout_prob: Optional[float] = None,
-    ):
-        super().__init__(
-            head_name,
-            {
-                "num_labels": num_labels,
-                "layers": layers,
-                "activation_function": activation_function,
-                "label2id": _label2id(id2label, num_labels if isinstance(num_labels, int) else 0),
-                "dropout_prob": dropout_prob,
-            },
-        )
+    def __init__(self, model, head_name: str, num_labels: int = 2, **kwargs):
         if num_labels != 2:
             raise ValueError(f"A question answering head predicts start and end: num_labels must be 2, got {num_labels!r}.")
-        self.build_mlp(model, num_labels)
+        super().__init__(model, head_name, num_labels, **kwargs)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
         logits = super().forward(outputs[0])
