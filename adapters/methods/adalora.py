@@ -88,8 +88,8 @@ class AdaLoRA(WeightTransform):
         output = host.base_forward(x)
         if self.skipped():
             return output
-        hidden = nn.functional.linear(self.dropout(x), (self.lora_A * self.lora_E).to(x.dtype))
-        return accumulate_low_rank(output, hidden, self.lora_B.to(x.dtype), self.scaling)
+        lora_A = (self.lora_A * self.lora_E).to(x.dtype)
+        return accumulate_low_rank(output, self.dropout(x), lora_A, self.lora_B.to(x.dtype), self.scaling, in_place=True)
 
     def orthogonality(self) -> torch.Tensor:
         """``‖QQᵀ − I‖_F + ‖PᵀP − I‖_F`` (the two terms of the regulariser for this layer)."""
