@@ -18,9 +18,9 @@ setup(
         "huggingface_hub",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "peft==0.21.*", "sentencepiece"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "peft==0.21.*", "sentencepiece", "accelerate>=1.1"],
         "docs": ["sphinx"],
-        "examples": ["sentencepiece", "tqdm"],
+        "examples": ["sentencepiece", "tqdm", "accelerate>=1.1"],
     },
     license="Apache-2.0",
     classifiers=[

@@ -66,6 +66,7 @@ from .models.adapter_model import (
     XLMRobertaAdapterModel,
     convert_to_adapter_model,
 )
+from .trainer import AdapterTrainer
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -81,6 +82,7 @@ __all__ = [
     "AdapterFusionConfig",
     "AdapterLoadError",
     "AdapterSetup",
+    "AdapterTrainer",
     "ArchitectureSpec",
     "Average",
     "BatchSplit",

@@ -1,0 +1,295 @@
+"""Training adapters with transformers' ``Trainer``: :class:`AdapterTrainer`.
+
+``Trainer`` saves, resumes and restores whole models. An adapter run changes only a few weights
+(the adapters, fusion layers and heads), so :class:`AdapterTrainer` keeps its checkpoints to those:
+
+``checkpoint-<step>/``
+    ``<adapter>/``            every adapter, in the AdapterHub layout of :meth:`save_adapter`
+                              (``adapter_config.json``, ``adapter.safetensors``), loadable with
+                              ``model.load_adapter("checkpoint-500/<adapter>")``;
+    ``<fusion>/``             every fusion layer (:meth:`save_adapter_fusion`'s layout);
+    ``<head>/``               every flexible prediction head, where the model has ``heads``;
+    ``trainable_weights.safetensors``
+                              the trainable weights that belong to none of those: a transformers
+                              head (``classifier.*`` of ``BertForSequenceClassification``), input
+                              embeddings trained with ``train_embeddings=True``;
+    ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``,
+    ``training_args.bin``     written by ``Trainer`` as for any run.
+
+No full-model weights file is written. Resuming (``trainer.train(resume_from_checkpoint=...)``)
+and ``load_best_model_at_end`` copy the saved weights *in place* into the model's existing
+parameters: their identity, ``requires_grad`` flags and the active setup stay as they are, and the
+checkpoint must hold exactly the adapters and fusions the model has (build the model the same way
+before resuming). A bad checkpoint raises an error naming the file and leaves the weights as they
+were.
+
+While a fusion layer trains (:meth:`train_adapter_fusion`), the fusion's value regulariser
+``0.01 · ||I − W_V||²`` (:meth:`get_fusion_regularization_loss`) is added to the training loss.
+
+A patched model's ``forward`` takes ``*args, **kwargs``; transformers reads label names and the
+dataset columns to keep from ``forward``'s signature, so the trainer reads them from the model's
+own (unpatched) class instead.
+
+Not supported: DeepSpeed, FSDP and SageMaker model parallelism, which save sharded full states.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import logging
+from transformers.utils.generic import can_return_loss, find_labels
+
+from .model_mixin import ModelAdaptersMixin
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["AdapterTrainer", "TRAINABLE_WEIGHTS_NAME"]
+
+TRAINABLE_WEIGHTS_NAME = "trainable_weights.safetensors"
+
+
+def _unpatched_class(model: nn.Module) -> type:
+    """The model's class before ``adapters.init`` put the mixin in front of it."""
+    return next(c for c in type(model).__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin))
+
+
+class AdapterTrainer(Trainer):
+    """A ``transformers.Trainer`` for adapter training: checkpoints hold only adapters, fusions and
+    heads (see the module docstring), resuming and ``load_best_model_at_end`` restore them, and
+    the fusion value regulariser joins the loss while a fusion trains.
+
+    Prepare the model as for a hand-written loop (``train_adapter`` / ``train_adapter_fusion``)
+    before creating the trainer; all other arguments are ``Trainer``'s.
+
+    Raises:
+        ValueError: the model is not an adapters model (call ``adapters.init(model)``), or it has
+            no active adapter setup (call ``model.train_adapter(...)`` first), or DeepSpeed /
+            FSDP is enabled.
+
+    Example::
+
+        >>> import adapters
+        >>> from adapters import AdapterTrainer
+        >>> from transformers import TrainingArguments
+        >>> adapters.init(model)
+        >>> model.add_adapter("task", config="seq_bn")
+        >>> model.train_adapter("task")
+        >>> args = TrainingArguments("out", max_steps=1000, save_steps=200, eval_strategy="steps",
+        ...                          eval_steps=200, load_best_model_at_end=True)
+        >>> trainer = AdapterTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+        >>> trainer.train()                                   # or resume_from_checkpoint=True
+        >>> model.load_adapter("out/checkpoint-400/task")     # checkpoints hold adapter folders
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None, args=None, *pargs, **kwargs):
+        if model is None:
+            raise ValueError("AdapterTrainer needs a model: pass model=... (model_init is not supported).")
+        if not isinstance(model, ModelAdaptersMixin):
+            raise ValueError(
+                f"AdapterTrainer needs an adapters model, got {type(model).__name__}: call adapters.init(model) "
+                f"(or use AutoAdapterModel), add adapters and call model.train_adapter(...) first."
+            )
+        if model.active_adapters is None:
+            raise ValueError(
+                "The model has no active adapter setup: call model.train_adapter('name') (or train_adapter_fusion) "
+                "before creating the AdapterTrainer. To train the whole model, use transformers.Trainer."
+            )
+        super().__init__(model, args, *pargs, **kwargs)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
+        # transformers reads these from forward's signature, which the patch hides behind *args, **kwargs
+        original = _unpatched_class(model)
+        if self.args.label_names is None:
+            self.label_names = find_labels(original)
+        self.can_return_loss = can_return_loss(original)
+        if self._signature_columns is None:
+            columns = list(inspect.signature(original.forward).parameters)
+            self._signature_columns = [c for c in columns if c != "self"] + list({"label", "label_ids", *self.label_names})
+
+    # -- the loss ------------------------------------------------------------------------------------
+    @property
+    def _adapters_model(self) -> ModelAdaptersMixin:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _trains_fusion(self, model: ModelAdaptersMixin) -> bool:
+        return any(
+            param.requires_grad
+            for host in model._adapter_hosts
+            if host.method == "bottleneck"
+            for param in host.adapter_fusion_layer.parameters()
+        )
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """``Trainer``'s loss, plus the fusion value regulariser while a fusion layer trains.
+
+        The regulariser is added once per optimiser step: where ``Trainer`` treats the loss as
+        already normalised over the accumulated batch, it is divided by the accumulation steps.
+
+        Example::
+
+            >>> model.train_adapter_fusion(Fuse("a", "b"))
+            >>> trainer.compute_loss(model, batch)  # task loss + 0.01 · ||I − W_V||² per layer
+        """
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        unwrapped = self._adapters_model
+        if unwrapped.training and self._trains_fusion(unwrapped):
+            regularization = unwrapped.get_fusion_regularization_loss().to(loss.device)
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            if scaled:
+                regularization = regularization / self.current_gradient_accumulation_steps
+            loss = loss + regularization
+        return (loss, outputs) if return_outputs else loss
+
+    # -- saving --------------------------------------------------------------------------------------
+    def _head_modules(self, model) -> dict:
+        heads = getattr(model, "heads", None)
+        return dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {}
+
+    def _other_trainable_parameters(self, model) -> dict[str, nn.Parameter]:
+        """Trainable parameters outside every adapter, fusion and flexible head, by name."""
+        owned = set()
+        for name in model.adapters_config.adapters:
+            owned.update(id(p) for p in model._adapter_parameters(name))
+            owned.update(id(p) for p in model._bias_parameters(name).values())
+        for host in model._adapter_hosts:
+            if host.method == "bottleneck":
+                owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
+        for head in self._head_modules(model).values():
+            owned.update(id(p) for p in head.parameters())
+        return {k: p for k, p in model.named_parameters() if p.requires_grad and id(p) not in owned}
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        """Write the adapters, fusions, heads and other trainable weights (not the base model) to
+        ``output_dir``, with the tokenizer / processor and the training arguments."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        logger.info(f"Saving adapter checkpoint to {output_dir}")
+        model = self._adapters_model
+        model.save_all_adapters(output_dir)
+        model.save_all_adapter_fusions(output_dir)
+        if self._head_modules(model):
+            model.save_all_heads(output_dir)
+        others = self._other_trainable_parameters(model)
+        if others:
+            from safetensors.torch import save_file
+
+            state = {k: p.detach().cpu().contiguous() for k, p in others.items()}
+            save_file(state, os.path.join(output_dir, TRAINABLE_WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    # -- loading -------------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume: copy the checkpoint's adapter, fusion and head weights into the model."""
+        load_checkpoint_weights(self._adapters_model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: copy the best checkpoint's weights into the model."""
+        best = self.state.best_model_checkpoint
+        logger.info(f"Loading the best adapters from {best} (score: {self.state.best_metric}).")
+        load_checkpoint_weights(self._adapters_model, best)
+
+
+def _checkpoint_entries(folder: str) -> tuple[dict, dict, dict]:
+    """{name: subfolder} for the adapters, fusions and heads a checkpoint folder holds."""
+    from .loading import CONFIG_NAME, FUSION_CONFIG_NAME, _read_json
+
+    adapter_folders, fusion_folders, head_folders = {}, {}, {}
+    for entry in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, entry)
+        if os.path.isfile(os.path.join(sub, CONFIG_NAME)):
+            adapter_folders[_read_json(os.path.join(sub, CONFIG_NAME)).get("name") or entry] = sub
+        if os.path.isfile(os.path.join(sub, FUSION_CONFIG_NAME)):
+            fusion_folders[_read_json(os.path.join(sub, FUSION_CONFIG_NAME)).get("name") or entry] = sub
+        if os.path.isfile(os.path.join(sub, "head_config.json")):
+            head_folders[entry] = sub
+    return adapter_folders, fusion_folders, head_folders
+
+
+def _check_same_names(kind: str, in_model, in_checkpoint, folder: str) -> None:
+    lacking, extra = sorted(set(in_model) - set(in_checkpoint)), sorted(set(in_checkpoint) - set(in_model))
+    if lacking or extra:
+        raise ValueError(
+            f"{folder} does not match the model's {kind}s: the model has {sorted(in_model)}, the checkpoint "
+            f"{sorted(in_checkpoint)}. Build the model with the same {kind}s (add_adapter / add_adapter_fusion "
+            f"with the same configs) before resuming or loading the best checkpoint."
+        )
+
+
+def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str) -> None:
+    """Copy an :class:`AdapterTrainer` checkpoint's weights into ``model``'s existing parameters.
+
+    Every adapter and fusion of the model must be in the checkpoint and vice versa; every key and
+    shape is checked. On any error the model keeps the weights it had.
+
+    Example::
+
+        >>> load_checkpoint_weights(model, "out/checkpoint-500")
+    """
+    from safetensors.torch import load_file
+
+    from .loading import (
+        FUSION_SAFE_WEIGHTS_NAME,
+        FUSION_WEIGHTS_NAME,
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_NAME,
+        _adapter_key_pattern,
+        _copy_checked,
+        _fusion_key_pattern,
+        _read_weights,
+        _select_parameters,
+        _strip_prefix,
+    )
+
+    if not folder or not os.path.isdir(folder):
+        raise ValueError(f"Can't find an adapter checkpoint at {folder!r}: it is not a folder.")
+    adapter_folders, fusion_folders, _ = _checkpoint_entries(folder)
+    if not adapter_folders:
+        raise ValueError(
+            f"{folder} holds no adapter folders (<name>/adapter_config.json): it was not written by AdapterTrainer."
+        )
+    registry = model.adapters_config
+    _check_same_names("adapter", registry.adapters, adapter_folders, folder)
+    _check_same_names("fusion", registry.fusions, fusion_folders, folder)
+
+    # (parameters, state, file) for every part; copied only after all files were read
+    parts = []
+    for name, sub in adapter_folders.items():
+        state, path = _read_weights(sub, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+        params = {**_select_parameters(model, _adapter_key_pattern(name)), **model._bias_parameters(name)}
+        parts.append((params, _strip_prefix(model, state), path))
+    for name, sub in fusion_folders.items():
+        state, path = _read_weights(sub, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
+        parts.append((_select_parameters(model, _fusion_key_pattern(name)), _strip_prefix(model, state), path))
+    others_path = os.path.join(folder, TRAINABLE_WEIGHTS_NAME)
+    if os.path.isfile(others_path):
+        named = dict(model.named_parameters())
+        state = load_file(others_path, device="cpu")
+        unknown = sorted(set(state) - set(named))
+        if unknown:
+            raise ValueError(f"{others_path} holds weights the model does not have, e.g. {unknown[:3]}; was it saved from another model?")
+        parts.append(({k: named[k] for k in state}, state, others_path))
+
+    backup = [{k: p.detach().clone() for k, p in params.items()} for params, _, _ in parts]
+    try:
+        for params, state, path in parts:
+            _copy_checked(params, state, path)
+    except Exception:
+        with torch.no_grad():
+            for (params, _, _), saved in zip(parts, backup):
+                for key, param in params.items():
+                    param.copy_(saved[key])
+        raise
+    logger.info(f"Loaded {len(adapter_folders)} adapter(s) and {len(fusion_folders)} fusion(s) from {folder}.")
