@@ -3,18 +3,18 @@
 ``Trainer`` saves, resumes and restores whole models. An adapter run changes only a few weights
 (the adapters, fusion layers and heads), so :class:`AdapterTrainer` keeps its checkpoints to those:
 
-``checkpoint-<step>/``
-    ``<adapter>/``            every adapter, in the AdapterHub layout of :meth:`save_adapter`
-                              (``adapter_config.json``, ``adapter.safetensors``), loadable with
-                              ``model.load_adapter("checkpoint-500/<adapter>")``;
-    ``<fusion>/``             every fusion layer (:meth:`save_adapter_fusion`'s layout);
-    ``<head>/``               every flexible prediction head, where the model has ``heads``;
-    ``trainable_weights.safetensors``
-                              the trainable weights that belong to none of those: a transformers
-                              head (``classifier.*`` of ``BertForSequenceClassification``), input
-                              embeddings trained with ``train_embeddings=True``;
-    ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``,
-    ``training_args.bin``     written by ``Trainer`` as for any run.
+``checkpoint-<step>/`` holds:
+
+* ``<adapter>/``: every adapter, in the AdapterHub layout of :meth:`save_adapter`
+  (``adapter_config.json``, ``adapter.safetensors``), loadable with
+  ``model.load_adapter("checkpoint-500/<adapter>")``;
+* ``<fusion>/``: every fusion layer (:meth:`save_adapter_fusion`'s layout);
+* ``<head>/``: every flexible prediction head, where the model has ``heads`` (``save_all_heads``);
+* ``trainable_weights.safetensors``: the trainable weights outside adapters and fusions: heads
+  (a transformers head such as ``classifier.*`` of ``BertForSequenceClassification``, or
+  flexible heads), input embeddings trained with ``train_embeddings=True``;
+* ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``,
+  ``training_args.bin``: written by ``Trainer`` as for any run.
 
 No full-model weights file is written. Resuming (``trainer.train(resume_from_checkpoint=...)``)
 and ``load_best_model_at_end`` copy the saved weights *in place* into the model's existing
@@ -155,7 +155,7 @@ class AdapterTrainer(Trainer):
         return dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {}
 
     def _other_trainable_parameters(self, model) -> dict[str, nn.Parameter]:
-        """Trainable parameters outside every adapter, fusion and flexible head, by name."""
+        """Trainable parameters outside every adapter and fusion (heads included), by name."""
         owned = set()
         for name in model.adapters_config.adapters:
             owned.update(id(p) for p in model._adapter_parameters(name))
@@ -163,8 +163,6 @@ class AdapterTrainer(Trainer):
         for host in model._adapter_hosts:
             if host.method == "bottleneck":
                 owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
-        for head in self._head_modules(model).values():
-            owned.update(id(p) for p in head.parameters())
         return {k: p for k, p in model.named_parameters() if p.requires_grad and id(p) not in owned}
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
@@ -178,8 +176,8 @@ class AdapterTrainer(Trainer):
         model = self._adapters_model
         model.save_all_adapters(output_dir)
         model.save_all_adapter_fusions(output_dir)
-        if self._head_modules(model):
-            model.save_all_heads(output_dir)
+        if self._head_modules(model) and hasattr(model, "save_all_heads"):
+            model.save_all_heads(output_dir)  # for users; resuming reads trainable_weights.safetensors
         others = self._other_trainable_parameters(model)
         if others:
             from safetensors.torch import save_file
@@ -202,20 +200,18 @@ class AdapterTrainer(Trainer):
         load_checkpoint_weights(self._adapters_model, best)
 
 
-def _checkpoint_entries(folder: str) -> tuple[dict, dict, dict]:
-    """{name: subfolder} for the adapters, fusions and heads a checkpoint folder holds."""
+def _checkpoint_entries(folder: str) -> tuple[dict, dict]:
+    """{name: subfolder} for the adapters and fusions a checkpoint folder holds."""
     from .loading import CONFIG_NAME, FUSION_CONFIG_NAME, _read_json
 
-    adapter_folders, fusion_folders, head_folders = {}, {}, {}
+    adapter_folders, fusion_folders = {}, {}
     for entry in sorted(os.listdir(folder)):
         sub = os.path.join(folder, entry)
         if os.path.isfile(os.path.join(sub, CONFIG_NAME)):
             adapter_folders[_read_json(os.path.join(sub, CONFIG_NAME)).get("name") or entry] = sub
         if os.path.isfile(os.path.join(sub, FUSION_CONFIG_NAME)):
             fusion_folders[_read_json(os.path.join(sub, FUSION_CONFIG_NAME)).get("name") or entry] = sub
-        if os.path.isfile(os.path.join(sub, "head_config.json")):
-            head_folders[entry] = sub
-    return adapter_folders, fusion_folders, head_folders
+    return adapter_folders, fusion_folders
 
 
 def _check_same_names(kind: str, in_model, in_checkpoint, folder: str) -> None:
@@ -255,7 +251,7 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str) -> None:
 
     if not folder or not os.path.isdir(folder):
         raise ValueError(f"Can't find an adapter checkpoint at {folder!r}: it is not a folder.")
-    adapter_folders, fusion_folders, _ = _checkpoint_entries(folder)
+    adapter_folders, fusion_folders = _checkpoint_entries(folder)
     if not adapter_folders:
         raise ValueError(
             f"{folder} holds no adapter folders (<name>/adapter_config.json): it was not written by AdapterTrainer."

@@ -13,10 +13,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args):
+def _run(*args, script="quickstart.py"):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "quickstart.py"), *args],
+        [sys.executable, os.path.join(ROOT, "examples", script), *args],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -34,3 +34,25 @@ def test_quickstart_real_model_learns():
     assert "all-MiniLM-L6-v2" in out and "outputs identical: True" in out
     accuracy = float(out.split("held-out accuracy")[1].split("->")[1].split()[0])
     assert accuracy >= 0.8, out
+
+
+def _madx_table(out: str) -> dict[str, float]:
+    """The accuracy table printed by madx_cross_lingual.py, by the start of each row's label."""
+    rows = {}
+    for line in out.splitlines():
+        for key in ("A, A's setup", "B, A's setup", "B, B's embeddings with A's adapter", "B, MAD-X", "chance"):
+            if line.startswith(key):
+                rows[key] = float(line.split()[-1])
+    return rows
+
+
+def test_madx_cross_lingual_tiny():
+    """The tiny MAD-X run: the task is learned on A, B read through A's setup is at chance (its
+    tokens are a secret permutation of A's), and B's embeddings + language adapter recover most of
+    it without any labelled B example."""
+    rows = _madx_table(_run("--tiny", script="madx_cross_lingual.py"))
+    assert len(rows) == 5, rows
+    chance = rows["chance"]
+    assert rows["A, A's setup"] >= 0.75, rows
+    assert abs(rows["B, A's setup"] - chance) <= 0.1, rows
+    assert rows["B, MAD-X"] >= chance + 0.25, rows
