@@ -70,7 +70,7 @@ SETTINGS = {
     ),
     "real": dict(
         pretrain_steps=0, lang_steps=150, lang_b_steps=400, task_steps=150, batch=16,
-        pretrain_lr=0.0, lang_lr=1e-3, embedding_lr=5e-3, task_lr=1e-3,
+        pretrain_lr=0.0, lang_lr=1e-3, embedding_lr=1e-2, task_lr=1e-3,
         lang_config="seq_bn_inv[reduction_factor=2]", task_config="seq_bn",
     ),
 }
@@ -400,7 +400,10 @@ def main() -> int:
     #    trained by MLM on B; the transformer and the MLM head stay frozen
     t = time.perf_counter()
     model.add_embeddings("lang_b", language_b, reference_embedding="default", reference_tokenizer=tokenizer_a)
-    model.add_adapter("lang_b", config=settings["lang_config"])
+    # B's adapter starts as a copy of A's: the frozen layers then expect A-like embeddings from the
+    # first step, which is what pulls B's new embeddings into A's space
+    model.save_adapter(os.path.join(workdir.name, "lang_a"), "lang_a")
+    model.load_adapter(os.path.join(workdir.name, "lang_a"), load_as="lang_b")
     model.train_adapter("lang_b", train_embeddings=True)
     mlm_head.requires_grad_(False)
     embedding = model.get_input_embeddings().weight

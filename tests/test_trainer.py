@@ -257,3 +257,22 @@ def test_bad_inputs(tmp_path):
         adapters.trainer.load_checkpoint_weights(other, str(tmp_path / "missing"))
     for key, value in trained_weights(other).items():
         assert torch.equal(value, before[key]), key
+
+
+def test_failed_load_rolls_back_weights_already_copied(tmp_path):
+    """The adapter file is fine and copied first; the head file has a wrong shape: the adapter's
+    weights go back to what they were."""
+    from safetensors.torch import save_file
+
+    model = make_model()
+    AdapterTrainer(model=model, args=make_args(tmp_path, max_steps=3), train_dataset=make_data(N_TRAIN, 1)).train()
+    head_file = tmp_path / "checkpoint-3" / TRAINABLE_WEIGHTS_NAME
+    state = load_file(head_file)
+    state["classifier.weight"] = torch.zeros(3, 32)
+    save_file(state, head_file)
+    other = make_model(adapter_seed=3)
+    before = trained_weights(other)
+    with pytest.raises(adapters.AdapterLoadError, match="shape"):
+        adapters.trainer.load_checkpoint_weights(other, str(tmp_path / "checkpoint-3"))
+    for key, value in trained_weights(other).items():
+        assert torch.equal(value, before[key]), key
