@@ -276,3 +276,33 @@ def test_failed_load_rolls_back_weights_already_copied(tmp_path):
         adapters.trainer.load_checkpoint_weights(other, str(tmp_path / "checkpoint-3"))
     for key, value in trained_weights(other).items():
         assert torch.equal(value, before[key]), key
+
+
+def test_flexible_heads_are_saved_and_restored(tmp_path):
+    """An AdapterModel's flexible head: written with save_all_heads for users and restored on
+    resume / load_best from trainable_weights.safetensors."""
+
+    def adapter_model(seed):
+        torch.manual_seed(0)
+        config = transformers.BertConfig(
+            vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        )
+        model = adapters.BertAdapterModel(config)
+        torch.manual_seed(seed)
+        model.add_adapter("task", config="seq_bn")
+        model.add_classification_head("task", num_labels=2)
+        model.train_adapter("task")
+        return model
+
+    model = adapter_model(0)
+    AdapterTrainer(model=model, args=make_args(tmp_path, max_steps=3), train_dataset=make_data(N_TRAIN, 1)).train()
+    checkpoint = tmp_path / "checkpoint-3"
+    assert any(name.startswith("task/head") for name in files_under(checkpoint)), files_under(checkpoint)
+    assert any(key.startswith("heads.task.") for key in load_file(checkpoint / TRAINABLE_WEIGHTS_NAME))
+
+    fresh = adapter_model(9)
+    assert any(not torch.equal(v, trained_weights(model)[k]) for k, v in trained_weights(fresh).items())
+    adapters.trainer.load_checkpoint_weights(fresh, str(checkpoint))
+    expected = trained_weights(model)
+    for key, value in trained_weights(fresh).items():
+        assert torch.equal(value, expected[key]), key
