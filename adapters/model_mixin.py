@@ -121,6 +121,24 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _shared_parameters(self) -> nn.ModuleDict:
         return self.base_model.shared_parameters
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            return
+        original = next((c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin)), None)
+        if original is None:
+            return
+
+        def forward(self, *args, **kwargs):
+            return ModelAdaptersMixin.forward(self, *args, **kwargs)
+
+        # the patched class shows its original forward's signature: transformers reads label names
+        # and the dataset columns a Trainer keeps, and generate() the inputs it may pass, from it
+        forward.__signature__ = inspect.signature(original.forward)
+        forward.__doc__ = ModelAdaptersMixin.forward.__doc__
+        forward.__qualname__ = f"{cls.__qualname__}.forward"
+        cls.forward = forward
+
     def forward(self, *args, **kwargs):
         """The model's forward, inside a forward context with the active adapter setup.
 

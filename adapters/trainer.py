@@ -26,16 +26,11 @@ were.
 While a fusion layer trains (:meth:`train_adapter_fusion`), the fusion's value regulariser
 ``0.01 · ||I − W_V||²`` (:meth:`get_fusion_regularization_loss`) is added to the training loss.
 
-A patched model's ``forward`` takes ``*args, **kwargs``; transformers reads label names and the
-dataset columns to keep from ``forward``'s signature, so the trainer reads them from the model's
-own (unpatched) class instead.
-
 Not supported: DeepSpeed, FSDP and SageMaker model parallelism, which save sharded full states.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Optional
 
@@ -44,7 +39,6 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
-from transformers.utils.generic import can_return_loss, find_labels
 
 from .model_mixin import ModelAdaptersMixin
 
@@ -53,11 +47,6 @@ logger = logging.get_logger(__name__)
 __all__ = ["AdapterTrainer", "TRAINABLE_WEIGHTS_NAME"]
 
 TRAINABLE_WEIGHTS_NAME = "trainable_weights.safetensors"
-
-
-def _unpatched_class(model: nn.Module) -> type:
-    """The model's class before ``adapters.init`` put the mixin in front of it."""
-    return next(c for c in type(model).__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin))
 
 
 class AdapterTrainer(Trainer):
@@ -104,14 +93,6 @@ class AdapterTrainer(Trainer):
         super().__init__(model, args, *pargs, **kwargs)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
-        # transformers reads these from forward's signature, which the patch hides behind *args, **kwargs
-        original = _unpatched_class(model)
-        if self.args.label_names is None:
-            self.label_names = find_labels(original)
-        self.can_return_loss = can_return_loss(original)
-        if self._signature_columns is None:
-            columns = list(inspect.signature(original.forward).parameters)
-            self._signature_columns = [c for c in columns if c != "self"] + list({"label", "label_ids", *self.label_names})
 
     # -- the loss ------------------------------------------------------------------------------------
     @property
