@@ -17,6 +17,7 @@ from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, pars
 from .configuration import (
     ADAPTER_CONFIG_MAP,
     AdaLoRAConfig,
+    AdaptionPromptConfig,
     HRAConfig,
     LoHaConfig,
     LoKrConfig,
@@ -72,6 +73,7 @@ __all__ = [
     "ADAPTER_CONFIG_MAP",
     "AdaLoRAConfig",
     "AdaLoraCallback",
+    "AdaptionPromptConfig",
     "HRAConfig",
     "LoHaConfig",
     "LoKrConfig",

@@ -95,6 +95,9 @@ class ForwardContext:
             tuning pool: ``{adapter: {location: (layers, 2, kv_heads, length, head_dim)}}``.
         attention_extended: whether some method adds keys/values to attention in this pass
             (the attention wrapper and its mask function act only then).
+        attention_adjusted: whether some method changes attention outputs in this pass without
+            adding keys (Llama-Adapter's adaption prompts): the attention wrapper acts, the mask
+            function stays the backend's own.
         adapter_gating_scores: the collected gating scores, per adapter and layer.
 
     Example::
@@ -118,6 +121,7 @@ class ForwardContext:
         self.prefix_states: dict = {}
         self.attention_extended = False
         self.pending_prompt = None  # (position, prompt) for the embedding module to join, see prompt_tuning
+        self.attention_adjusted = False
         # hand-over slots: a module earlier in a layer leaves a tensor for a hook later in it
         self.residuals: dict[int, Any] = {}
 

@@ -29,7 +29,14 @@ from . import __version__
 from .composition import Fuse
 from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
-from .peft_format import PEFT_LEGACY_WEIGHTS_NAME, PEFT_WEIGHTS_NAME, config_from_peft, peft_checkpoint, state_from_peft
+from .peft_format import (
+    PEFT_LEGACY_WEIGHTS_NAME,
+    PEFT_WEIGHTS_NAME,
+    check_peft_adaption_prompt_model,
+    config_from_peft,
+    peft_checkpoint,
+    state_from_peft,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -54,7 +61,7 @@ FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
 # module-dict names under which methods keep per-adapter modules (state-dict key segments)
 ADAPTER_CONTAINERS = (
     "adapters", "loras", "prefix_tunings", "prefix_gates", "prompt_tunings", "shared_parameters", "modules_to_save",
-    "invertible_adapters",
+    "invertible_adapters", "adaption_prompts",
 )
 # AdapterHub saved its prefix pool once more under every layer (``<attention>.prefix_tuning.pool.``):
 # copies of ``prefix_tuning.prefix_tunings.<name>``, which is what loads
@@ -286,6 +293,11 @@ def load_adapter(
     if leave_out:
         adapter_config = adapter_config.replace(leave_out=tuple(sorted(set(adapter_config.leave_out) | set(leave_out))))
     _check_hidden_size(model, meta, config_path)
+    if is_peft and adapter_config.architecture == "adaption_prompt":
+        try:
+            check_peft_adaption_prompt_model(model)
+        except ValueError as error:
+            raise AdapterLoadError(f"{config_path}: {error}") from error
     saved_name = "default" if is_peft else meta.get("name") or os.path.basename(os.path.normpath(folder))
     name = load_as or (os.path.basename(os.path.normpath(folder)) if is_peft else saved_name)
     model._check_name(name)

@@ -34,6 +34,7 @@ from .embeddings import EmbeddingAdaptersMixin
 from .merging import MergingMixin
 from .methods import METHOD_BLOCKS, WEIGHT_TRANSFORM_METHODS
 from .methods.adalora import AdaLoRAModelMixin
+from .methods.adaption_prompt import adaption_prompt_active, add_adaption_prompt, check_adaption_prompt_config
 from .configuration.lora import LoftQConfig
 from .methods.loftq import loftq_factors
 from .methods.lora import LoRALinear
@@ -195,6 +196,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _prepare_prefix_and_prompt(self, context: ForwardContext, args, kwargs):
         """Compute the active prefixes once for this pass and join active soft prompts to the inputs."""
         base = self.base_model
+        if adaption_prompt_active(self, context):
+            context.attention_adjusted = True
+            use_adapter_attention(self)
         prefix_pool, prompt_pool = base._modules.get("prefix_tuning"), base._modules.get("prompt_tuning")
         if context.setup is None or (prefix_pool is None and prompt_pool is None):
             return args, kwargs
@@ -324,6 +328,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             bad_layers = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < num_layers]
             if bad_layers:
                 raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
+            if part.architecture == "adaption_prompt":
+                check_adaption_prompt_config(self, part)
             if part.architecture == "prefix_tuning" and part.shift_positions and "position_ids" not in _forward_parameter_names(type(self)):
                 raise ValueError(
                     f"shift_positions=True renumbers positions through position_ids, which {type(self).__name__}.forward "
@@ -365,6 +371,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                 added = self._add_prefix_modules(name, part, reference.device, dtype) or added
             if part.architecture == "prompt_tuning":
                 self._add_prompt_modules(name, part, reference.device, dtype)
+                added = True
+            if part.architecture == "adaption_prompt":
+                add_adaption_prompt(self, name, part, reference.device, dtype)
                 added = True
         bottleneck_parts = [p for p in config.configs_by_architecture() if p.architecture == "bottleneck"]
         for host in self._adapter_hosts:

@@ -21,16 +21,26 @@ from __future__ import annotations
 import re
 
 import torch
+from transformers.utils import logging
 
+from .configuration.adaption_prompt import AdaptionPromptConfig
 from .configuration.lora import LoRAConfig
 from .configuration.prefix import PrefixTuningConfig
 from .peft_weight_transforms import PEFT_TYPES, config_from_peft_meta, convert_peft_key, peft_weight_transform_checkpoint
 
-__all__ = ["PEFT_WEIGHTS_NAME", "PEFT_LEGACY_WEIGHTS_NAME", "config_from_peft", "state_from_peft", "peft_checkpoint"]
+__all__ = [
+    "PEFT_WEIGHTS_NAME",
+    "PEFT_LEGACY_WEIGHTS_NAME",
+    "config_from_peft",
+    "state_from_peft",
+    "peft_checkpoint",
+    "check_peft_adaption_prompt_model",
+]
 
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 _PREFIX = "base_model.model."
+logger = logging.get_logger(__name__)
 
 # PEFT fields that would need behaviour this version lacks, with the value that is fine
 _UNSUPPORTED = {
@@ -58,6 +68,10 @@ def config_from_peft(meta: dict) -> LoRAConfig:
     peft_type = meta.get("peft_type")
     if peft_type == "PREFIX_TUNING":
         return _prefix_config_from_peft(meta)
+    if peft_type == "ADAPTION_PROMPT":
+        return AdaptionPromptConfig(
+            adapter_len=int(meta["adapter_len"]), adapter_layers=int(meta["adapter_layers"]), target_modules=meta.get("target_modules")
+        )
     for field, fine in _UNSUPPORTED.items():
         if meta.get(field, fine) not in (fine, None, False, [], {}):
             raise ValueError(f"PEFT field {field}={meta[field]!r} is not supported in this version (only {fine!r}).")
@@ -89,7 +103,8 @@ def config_from_peft(meta: dict) -> LoRAConfig:
             feedforward_modules=_listify(meta.get("feedforward_modules")), **common,
         )
     raise ValueError(
-        f"PEFT method {peft_type!r} is not supported in this version (LORA, IA3, PREFIX_TUNING, {', '.join(PEFT_TYPES)} are)."
+        f"PEFT method {peft_type!r} is not supported in this version (LORA, IA3, PREFIX_TUNING, ADAPTION_PROMPT, "
+        f"{', '.join(PEFT_TYPES)} are)."
     )
 
 
@@ -117,6 +132,11 @@ def state_from_peft(state: dict, name: str, saved_modules=()) -> dict:
             converted[f"prefix_tuning.prefix_tunings.{name}.self_prefix.control_trans"] = value.reshape(-1)
             continue
         key = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        if key.endswith((".adaption_prompt", ".adaption_gate")):  # Llama-Adapter: on the attention module itself
+            attention, param = key.rsplit(".", 1)
+            ours = "prompt" if param == "adaption_prompt" else "gate"
+            converted[f"{attention}.adaption_prompt.adaption_prompts.{name}.{ours}"] = value.reshape(value.shape[-2:]) if ours == "prompt" else value
+            continue
         owner = next((p for p in by_length if key.startswith(p + ".")), None)
         if owner is not None:
             converted[f"{owner}.modules_to_save.{name}.{key[len(owner) + 1:]}"] = value
@@ -149,6 +169,8 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         >>> config, weights = peft_checkpoint(model, "lora")
     """
     config = model.adapters_config.adapters[name]
+    if config.architecture == "adaption_prompt":
+        return _adaption_prompt_checkpoint(model, name, config)
     transforms = [p for p in config.configs_by_architecture() if p.architecture in _WEIGHT_TRANSFORMS]
     if len(transforms) == 1 and len(config.configs_by_architecture()) == 1:
         return peft_weight_transform_checkpoint(model, name, transforms[0])
@@ -214,3 +236,60 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
             init_lora_weights=True,
         )
     return meta, {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+
+
+# model types whose Llama-Adapter PEFT computes as this library does (PEFT's GPT-2 variant adds the
+# prompt's share after the output projection, without projecting it)
+PEFT_ADAPTION_PROMPT_MODEL_TYPES = ("llama", "mistral")
+
+
+def check_peft_adaption_prompt_model(model) -> None:
+    """Raise a ValueError unless PEFT's adaption prompt computes on ``model`` what ours does.
+
+    Example::
+
+        >>> check_peft_adaption_prompt_model(llama_model)
+    """
+    model_type = model.config.model_type
+    if model_type not in PEFT_ADAPTION_PROMPT_MODEL_TYPES:
+        reason = (
+            "PEFT's GPT-2 variant adds the prompt's attention after the output projection without projecting it"
+            if model_type == "gpt2"
+            else "PEFT has no adaption prompt for it"
+        )
+        raise ValueError(
+            f"Adaption prompts in PEFT's format are exchanged for {', '.join(PEFT_ADAPTION_PROMPT_MODEL_TYPES)} models only, "
+            f"not {model_type!r}: {reason}. Use the AdapterHub-style format (format='adapterhub') instead."
+        )
+    if getattr(model.config, "attention_bias", False):
+        logger.warning(
+            "This model's o_proj has a bias: PEFT's adaption prompt adds it a second time (it projects the prompt's "
+            "share with the whole o_proj), this library does not. Outputs differ from PEFT's by that bias."
+        )
+
+
+def _adaption_prompt_checkpoint(model, name: str, config) -> tuple[dict, dict]:
+    """PEFT's layout for Llama-Adapter: ``<attention>.adaption_prompt`` ``(1, n, d_model)`` and
+    ``<attention>.adaption_gate`` ``(1,)`` in each adapted layer."""
+    check_peft_adaption_prompt_model(model)
+    spec = model.__dict__["_adapters_spec"]
+    top_prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    layers = model.base_model.get_submodule(spec.layers)
+    weights = {}
+    for layer_idx, layer in enumerate(layers):
+        host = layer.get_submodule(spec.attention)._modules.get("adaption_prompt")
+        if host is None or name not in host.adaption_prompts:
+            continue
+        key = f"{_PREFIX}{top_prefix}{spec.layers}.{layer_idx}.{spec.attention}"
+        weights[f"{key}.adaption_prompt"] = host.adaption_prompts[name].prompt.detach().unsqueeze(0)
+        weights[f"{key}.adaption_gate"] = host.adaption_prompts[name].gate.detach()
+    meta = {
+        "peft_type": "ADAPTION_PROMPT",
+        "adapter_len": config.adapter_len,
+        "adapter_layers": config.adapter_layers if config.adapter_layers is not None else len(layers),
+        "target_modules": spec.attention.rsplit(".", 1)[-1],
+        "base_model_name_or_path": getattr(model.config, "name_or_path", None) or None,
+        "inference_mode": True,
+        "task_type": None,
+    }
+    return meta, {k: v.cpu().contiguous() for k, v in weights.items()}

@@ -1,5 +1,6 @@
 """Method configs, fusion configs and the per-model registry."""
 
+from .adaption_prompt import AdaptionPromptConfig
 from .base import ADAPTER_CONFIG_MAP, AdapterConfig, ConfigUnion, register_config
 from .bottleneck import (
     BnConfig,
@@ -27,6 +28,7 @@ from .weight_transforms import AdaLoRAConfig, HRAConfig, LoHaConfig, LoKrConfig,
 __all__ = [
     "ADAPTER_CONFIG_MAP",
     "AdaLoRAConfig",
+    "AdaptionPromptConfig",
     "HRAConfig",
     "LoHaConfig",
     "LoKrConfig",

@@ -1,6 +1,7 @@
 """Adapter methods, one module per family, and which composition blocks each supports."""
 
 from .adalora import AdaLoRA
+from .adaption_prompt import AdaptionPrompt, AdaptionPromptLayer
 from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
 from .fusion import AdapterFusion
 from .hra import HRA
@@ -21,6 +22,7 @@ METHOD_BLOCKS: dict[str, tuple[type, ...]] = {
     "lora": LoRALinear.supported_blocks,
     "prefix_tuning": PrefixTuningLayer.supported_blocks,
     "prompt_tuning": PROMPT_BLOCKS,
+    "adaption_prompt": AdaptionPromptLayer.supported_blocks,
     **{method: LoRALinear.supported_blocks for method in WEIGHT_TRANSFORM_METHODS},
 }
 
@@ -34,6 +36,8 @@ __all__ = [
     "OFT",
     "HRA",
     "AdaLoRA",
+    "AdaptionPrompt",
+    "AdaptionPromptLayer",
     "Adapter",
     "ParallelAdapter",
     "BottleneckLayer",

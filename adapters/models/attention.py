@@ -1,6 +1,6 @@
 """One attention wrapper for every architecture: methods that change attention itself (prefix
-tuning now, Llama-Adapter's gated adaption prompt later) plug in here instead of copying any
-model's attention code.
+tuning, Llama-Adapter's gated adaption prompt) plug in here instead of copying any model's
+attention code.
 
 transformers 5 models call attention through
 ``ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)``
@@ -175,7 +175,7 @@ def _make_attention(backend: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         contributors = module.__dict__.get("_adapters_attention_contributors")
         context = ForwardContext.get_context() if contributors else None
-        if context is None or not context.attention_extended:
+        if context is None or not (context.attention_extended or context.attention_adjusted):
             return _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
         site = module.__dict__["_adapters_attention_site"]
         extensions = []
