@@ -229,7 +229,8 @@ def save_adapter(
     format: str = "adapterhub",
 ) -> None:
     """Save one adapter (see the module docstring for the layout); ``format="peft"`` writes
-    PEFT's layout instead (LoRA-family adapters), which ``peft.PeftModel.from_pretrained`` loads.
+    PEFT's layout instead (LoRA-family adapters, the weight transforms, Llama-Adapter on
+    Llama/Mistral), which ``peft.PeftModel.from_pretrained`` loads.
 
     Example::
 

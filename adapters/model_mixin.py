@@ -1102,9 +1102,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     ):
         """Save adapter ``adapter_name`` to a folder in AdapterHub's layout
         (``adapter_config.json`` + ``adapter.safetensors``), or with ``format="peft"`` in PEFT's
-        (LoRA-family adapters; loadable by ``peft.PeftModel.from_pretrained``). On an AdapterModel,
-        ``with_head=True`` also saves the head of the same name (``head_config.json`` +
-        ``model_head.safetensors``).
+        (LoRA-family adapters, the weight transforms, Llama-Adapter on Llama/Mistral; loadable by
+        ``peft.PeftModel.from_pretrained``). On an AdapterModel, ``with_head=True`` also saves the
+        head of the same name (``head_config.json`` + ``model_head.safetensors``).
 
         Example::
 

@@ -14,6 +14,13 @@ holds and that this version does not implement (``layer_replication``, ...) rais
 them. Trained biases (``bias="all"`` / ``"lora_only"``) travel with the adapter as ``<module>.bias``
 keys; the copies of ``modules_to_save`` as the module's own keys (``...classifier.weight``), which
 become ``classifier.modules_to_save.<name>.weight`` here.
+
+Llama-Adapter (``ADAPTION_PROMPT``): PEFT keeps ``adapter_len``, ``adapter_layers`` and
+``target_modules`` (:class:`~adapters.AdaptionPromptConfig` uses the same names) and stores
+``<attention>.adaption_prompt`` ``(1, adapter_len, d_model)`` and ``<attention>.adaption_gate``
+``(1,)`` per adapted layer; here they are ``<attention>.adaption_prompt.adaption_prompts.<name>.
+prompt`` / ``.gate``. Exchanged for Llama and Mistral models only, where PEFT computes what this
+library does (see :func:`check_peft_adaption_prompt_model`).
 """
 
 from __future__ import annotations

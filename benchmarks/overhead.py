@@ -74,8 +74,9 @@ Adding scenarios
 A scenario is an entry of ``SCENARIOS``: a name, a ``prepare(model)`` function that adds
 adapters to an ``adapters.init``-ed model and returns the setup to activate, the kind of
 training call (``"adapter"``, ``"fusion"`` or ``None`` to skip the train step), and the
-goals / AdapterHub references for both ratios. LoRA, IA3, DoRA, prefix tuning or PEFT
-comparisons are further entries (a PEFT comparison can use ``build`` to construct its own
+goals / AdapterHub references for both ratios. LoRA, IA3, DoRA, prefix tuning, Llama-Adapter
+(adaption prompts, Llama only: PEFT has it for Llama-family models) or PEFT comparisons are
+further entries (a PEFT comparison can use ``build`` to construct its own
 model variant instead of the default ``adapters.init`` path).
 """
 
@@ -251,6 +252,29 @@ def _peft_prefix(base):
     return peft.get_peft_model(copy.deepcopy(base), peft_config), None
 
 
+def _ours_adaption_prompt(model):
+    """Llama-Adapter: 10 prompt vectors in every layer, gates opened (a trained adapter)."""
+    model.add_adapter("a", config=adapters.AdaptionPromptConfig(adapter_len=10))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".adaption_prompts.a.gate"):
+                param.fill_(0.5)
+    return "a"
+
+
+def _peft_adaption_prompt(base):
+    """PEFT's Llama-Adapter with the same shape: 10 prompt vectors in every layer."""
+    import peft
+
+    peft_config = peft.AdaptionPromptConfig(adapter_len=10, adapter_layers=base.config.num_hidden_layers)
+    model = peft.get_peft_model(copy.deepcopy(base), peft_config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("adaption_gate"):
+                param.fill_(0.5)
+    return model, None
+
+
 # the weight-transform methods: (ours, PEFT's) config with the same knobs, on the LoRA targets
 _TRANSFORMS = {
     "LoHa r8": (lambda t: adapters.LoHaConfig(r=8, alpha=16, target_modules=t), lambda peft, t: peft.LoHaConfig(r=8, alpha=16, target_modules=t)),
@@ -333,6 +357,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("PEFT LoRA merged", build=_peft("lora", merge=True), activate=_peft_activate, train=None),
     Scenario("prefix 30", _ours_prefix, fwd_goal=1.10, fwd_ref=1.25),
     Scenario("PEFT prefix 30", build=_peft_prefix, activate=_peft_activate, fwd_ref=1.07),
+    Scenario("Llama-Adapter 10", _ours_adaption_prompt, archs=("llama",)),
+    Scenario("PEFT Llama-Adapter 10", build=_peft_adaption_prompt, activate=_peft_activate, archs=("llama",)),
     *[
         scenario
         for label in _TRANSFORMS

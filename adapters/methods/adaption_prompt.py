@@ -56,7 +56,7 @@ Modules and state-dict keys: ``<attention>.adaption_prompt.adaption_prompts.<nam
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
