@@ -460,8 +460,11 @@ def _strip_adapters(model) -> None:
     modules = list(model.modules())
     for module in modules:
         for child_name, child in list(module._modules.items()):
-            if isinstance(child, BottleneckHost):
+            # hosts and pools this library created (patched transformers modules keep their module name)
+            if isinstance(child, BottleneckHost) or type(child).__module__.startswith(f"{__package__}."):
                 del module._modules[child_name]
+        for key in [k for k in module.__dict__ if k.startswith("_adapters_attention_") or k == "_adaption_prompt_sites"]:
+            del module.__dict__[key]  # attention tags of modules that were not class-swapped
     for module in modules:
         if "_adapters_original_class" not in module.__dict__:
             continue
@@ -476,6 +479,11 @@ def _strip_adapters(model) -> None:
         restore_class(module)
     if isinstance(base._modules.get("shared_parameters"), nn.ModuleDict):
         del base._modules["shared_parameters"]
+    from .models.attention import PREFIX
+
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if isinstance(implementation, str) and implementation.startswith(PREFIX):  # the attention wrapper's backend
+        model.config._attn_implementation = implementation[len(PREFIX):]
 
 
 def _unmerge_from_host(host, names: set) -> None:

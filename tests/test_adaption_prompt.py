@@ -498,3 +498,18 @@ def test_configs_that_do_not_fit_leave_the_model_unchanged(config, message):
     with pytest.raises(ValueError, match=message):
         model.add_adapter("ap", config=config)
     assert not model.adapters_config.adapters and set(model.state_dict()) == keys
+
+
+def test_merge_is_refused_and_unload_restores_the_plain_model():
+    model = _with_prompt("llama", "clm")
+    inputs = make_inputs("llama")
+    with pytest.raises(ValueError, match="has no LoRA"):
+        model.merge_adapter("ap")
+    with pytest.raises(ValueError, match="adaption_prompt part has no weight to fold into"):
+        model.merge_and_unload()
+    plain = model.unload()
+    reference = make_model("llama", "clm")
+    assert type(plain) is type(reference) and plain.config._attn_implementation == "sdpa"
+    assert set(plain.state_dict()) == set(reference.state_dict())
+    assert not any("adaption" in name for name, _ in plain.named_modules())
+    torch.testing.assert_close(run(plain, inputs), run(reference, inputs), atol=0, rtol=0)
