@@ -182,7 +182,6 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             >>> out = model.generate(input_ids, max_new_tokens=8)   # rows [a's; b's]
         """
         setup = self._setup_for_forward()[0]
-        kwargs = self._generation_position_ids(args, kwargs)
         channels = _parallel_channels(setup)
         if channels == 1:
             return super().generate(*args, **kwargs)
@@ -193,25 +192,6 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             return super().generate(**kwargs)
         finally:
             _pre_replicated.reset(token)
-
-    def _generation_position_ids(self, args, kwargs) -> dict:
-        """``kwargs`` with the ``position_ids`` transformers' ``generate`` derives from the
-        attention mask for the unpatched model (it looks for them in ``forward``'s signature,
-        which the mixin's ``forward(*args, **kwargs)`` hides): real tokens of every row count
-        from 0, so a left-padded row generates what it would alone wherever positions matter
-        (absolute position embeddings, adaption prompts next to RoPE queries)."""
-        mask = kwargs.get("attention_mask")
-        inputs = kwargs.get("input_ids", args[0] if args else None)
-        if (
-            kwargs.get("position_ids") is not None
-            or not isinstance(mask, torch.Tensor)
-            or mask.dim() != 2
-            or not isinstance(inputs, torch.Tensor)
-            or getattr(self.config, "is_encoder_decoder", False)
-            or "position_ids" not in _forward_parameter_names(type(self))
-        ):
-            return kwargs
-        return {**kwargs, "position_ids": self._prepare_position_ids_for_generation(inputs, kwargs)}
 
     def _prepare_prefix_and_prompt(self, context: ForwardContext, args, kwargs):
         """Compute the active prefixes once for this pass and join active soft prompts to the inputs."""
