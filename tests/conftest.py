@@ -67,6 +67,15 @@ def make_inputs(arch: str, batch: int = 2, seq: int = 12, seed: int = 1, padded:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def left_padded_prompt():
+    """Two 6-token prompts for generate(); the second starts with 2 padding tokens."""
+    ids = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    ids[1, :2] = 0
+    return ids, mask
+
+
 def main_output(output) -> torch.Tensor:
     """last_hidden_state for bare models, logits for models with heads."""
     return output.logits if hasattr(output, "logits") and output.logits is not None else output.last_hidden_state

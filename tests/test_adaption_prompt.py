@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from conftest import ARCHS, DECODERS, make_inputs, make_model, patched, run
+from conftest import ARCHS, DECODERS, left_padded_prompt, make_inputs, make_model, patched, run
 from fixture_utils import PEFT, fixture_inputs, load_tensors
 from transformers.pytorch_utils import Conv1D
 
@@ -203,18 +203,10 @@ def test_eager_equals_sdpa(arch):
 
 
 # -- KV cache and generate -------------------------------------------------------------------------
-def _left_padded_prompt():
-    ids = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(5))
-    mask = torch.ones(2, 6, dtype=torch.long)
-    mask[1, :2] = 0
-    ids[1, :2] = 0
-    return ids, mask
-
-
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gpt2"])
 def test_generate_with_and_without_cache_agree(arch):
     model = _with_prompt(arch, "clm")
-    ids, mask = _left_padded_prompt()
+    ids, mask = left_padded_prompt()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     cached = model.generate(**kwargs, use_cache=True)
     uncached = model.generate(**kwargs, use_cache=False)
@@ -230,7 +222,7 @@ def test_generate_with_and_without_cache_agree(arch):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_greedy_generate_equals_step_by_step_argmax_and_padded_row_generates_as_alone(arch):
     model = _with_prompt(arch, "clm")
-    ids, mask = _left_padded_prompt()
+    ids, mask = left_padded_prompt()
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     seq, m = ids, mask
     for _ in range(4):
@@ -389,7 +381,7 @@ def test_composes_with_bottleneck_in_stack_and_parallel():
 
 def test_parallel_generate_continues_each_branch():
     model = _two_prompts("llama", "clm")
-    ids, mask = _left_padded_prompt()
+    ids, mask = left_padded_prompt()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     model.set_active_adapters(Parallel("a", "b"))
     both = model.generate(**kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCH_HEADS, ARCHS, DECODERS, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import ARCH_HEADS, ARCHS, DECODERS, left_padded_prompt, make_inputs, make_model, patched, perturb_adapter, run
 from transformers import DynamicCache
 
 import adapters
@@ -133,18 +133,10 @@ def test_gradients_reach_prefix_and_checkpointing_gives_the_same(arch, config):
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
 
 
-def _left_padded_prompt():
-    ids = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(5))
-    mask = torch.ones(2, 6, dtype=torch.long)
-    mask[1, :2] = 0
-    ids[1, :2] = 0
-    return ids, mask
-
-
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gpt2"])
 def test_generate_with_and_without_cache_agree(arch):
     model = _with_prefix(arch, "clm", MLP)
-    ids, mask = _left_padded_prompt()
+    ids, mask = left_padded_prompt()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
     cached = model.generate(**kwargs, use_cache=True)
     uncached = model.generate(**kwargs, use_cache=False)
@@ -162,7 +154,7 @@ def test_generate_with_and_without_cache_agree(arch):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_greedy_generate_equals_step_by_step_argmax_without_cache(arch):
     model = _with_prefix(arch, "clm", MLP)
-    ids, mask = _left_padded_prompt()
+    ids, mask = left_padded_prompt()
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     seq, m = ids, mask
     for _ in range(4):
@@ -228,7 +220,7 @@ def test_fuse_split_average_with_prefixes_are_refused(block):
 
 def test_parallel_generate_continues_each_branch():
     model = _two_prefixes("llama", "clm")
-    ids, mask = _left_padded_prompt()
+    ids, mask = left_padded_prompt()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     model.set_active_adapters(Parallel("a", "b"))
     both = model.generate(**kwargs)
