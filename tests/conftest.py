@@ -27,13 +27,14 @@ CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(**_DECODER),
     "mistral": lambda: transformers.MistralConfig(**_DECODER),
     "qwen2": lambda: transformers.Qwen2Config(**_DECODER),
+    "qwen3": lambda: transformers.Qwen3Config(**_DECODER, head_dim=8),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3")
 ARCHS = tuple(CONFIGS)
 
 HEAD_CLASSES = {

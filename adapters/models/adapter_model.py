@@ -58,6 +58,7 @@ ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "mistral": ("MistralAdapterModel", "MistralConfig", _DECODER_HEADS, "last"),
     "qwen2": ("Qwen2AdapterModel", "Qwen2Config", _DECODER_HEADS, "last"),
     "gpt2": ("GPT2AdapterModel", "GPT2Config", _DECODER_HEADS, "last"),
+    "qwen3": ("Qwen3AdapterModel", "Qwen3Config", _DECODER_HEADS, "last"),
 }
 
 
@@ -102,7 +103,7 @@ def _conversions() -> dict:
     table["DistilBertForMaskedLM"] = (
         dict(mlm, activation_function="$activation"), {0: "vocab_transform", 2: "vocab_layer_norm", 3: "vocab_projector"}, {}
     )
-    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2"):
+    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3"):
         table[f"{prefix}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})
         table[f"{prefix}ForTokenClassification"] = (one("tagging"), {1: "classifier" if prefix == "GPT2" else "score"}, {})
         table[f"{prefix}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})

@@ -1,7 +1,11 @@
-"""Llama family (Llama, Mistral, Qwen2): pre-LN decoder layers computing
+"""Llama family (Llama, Mistral, Qwen2, Qwen3): pre-LN decoder layers computing
 ``x + self_attn(input_layernorm(x))`` and then ``x + mlp(post_attention_layernorm(x))``;
 adapters live in new ``attention_adapters`` / ``output_adapters`` children of each layer
-(AdapterHub's keys)."""
+(AdapterHub's keys).
+
+Qwen3 differs only inside attention (RMS norms ``q_norm`` / ``k_norm`` on each head of the
+projected queries and keys, before rotary embeddings); prefix-tuning keys are prepended after
+that, as learned, already normalised keys, like PEFT's past-key-value prefixes."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ __all__ = ["LLAMA"]
 LLAMA = register_architecture(
     ArchitectureSpec(
         name="llama",
-        model_types=("llama", "mistral", "qwen2"),
+        model_types=("llama", "mistral", "qwen2", "qwen3"),
         layers="layers",
         residual_hooks=(
             ResidualHook(
