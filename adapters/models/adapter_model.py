@@ -54,6 +54,7 @@ ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "roberta": ("RobertaAdapterModel", "RobertaConfig", _ENCODER_HEADS, "first"),
     "xlm-roberta": ("XLMRobertaAdapterModel", "XLMRobertaConfig", _ENCODER_HEADS, "first"),
     "distilbert": ("DistilBertAdapterModel", "DistilBertConfig", _ENCODER_HEADS, "first"),
+    "electra": ("ElectraAdapterModel", "ElectraConfig", _ENCODER_HEADS, "first"),
     "llama": ("LlamaAdapterModel", "LlamaConfig", _DECODER_HEADS, "last"),
     "mistral": ("MistralAdapterModel", "MistralConfig", _DECODER_HEADS, "last"),
     "qwen2": ("Qwen2AdapterModel", "Qwen2Config", _DECODER_HEADS, "last"),
@@ -102,6 +103,14 @@ def _conversions() -> dict:
     table["DistilBertForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
     table["DistilBertForMaskedLM"] = (
         dict(mlm, activation_function="$activation"), {0: "vocab_transform", 2: "vocab_layer_norm", 3: "vocab_projector"}, {}
+    )
+    # ELECTRA: gelu classification head on the first token; generator head dense -> gelu -> LN in embedding_size
+    table["ElectraForSequenceClassification"] = (cls(2, "gelu"), {1: "classifier.dense", 4: "classifier.out_proj"}, {})
+    table["ElectraForTokenClassification"] = (one("tagging"), {1: "classifier"}, {})
+    table["ElectraForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+    table["ElectraForMaskedLM"] = (
+        dict(mlm, activation_function="gelu"),
+        {0: "generator_predictions.dense", 2: "generator_predictions.LayerNorm", 3: "generator_lm_head"}, {}
     )
     for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3"):
         table[f"{prefix}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})

@@ -1,7 +1,12 @@
-"""BERT family (BERT, RoBERTa, XLM-RoBERTa, CamemBERT): post-LN encoder layers.
+"""BERT family (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, ELECTRA): post-LN encoder layers.
 
 The output blocks compute ``LayerNorm(dropout(dense(a)) + input_tensor)`` and own the adapters
 (keys ``...attention.output.adapters.<name>`` and ``...output.adapters.<name>``, as AdapterHub).
+
+ELECTRA has BERT's layers; only its embeddings may be narrower than the layers
+(``embedding_size < hidden_size``, then ``embeddings_project`` maps them up). Invertible
+adapters and prompt tuning act on the ``embeddings`` output, in ``embedding_size`` — the space
+the masked-LM head's ``generator_lm_head`` reads too, so the inverse runs there.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ __all__ = ["BERT"]
 BERT = register_architecture(
     ArchitectureSpec(
         name="bert",
-        model_types=("bert", "roberta", "xlm-roberta", "camembert"),
+        model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra"),
         layers="encoder.layer",
         residual_hooks=(
             ResidualHook(
