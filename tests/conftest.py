@@ -17,6 +17,8 @@ _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, n
 _ENCODER = dict(_COMMON, intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 _DECODER = dict(_COMMON, intermediate_size=64, num_key_value_heads=2, pad_token_id=0)
 
+_SLIDING_FULL = ["sliding_attention", "full_attention"]
+
 CONFIGS = {
     "bert": lambda: transformers.BertConfig(**_ENCODER),
     "roberta": lambda: transformers.RobertaConfig(**_ENCODER, pad_token_id=1),
@@ -24,18 +26,30 @@ CONFIGS = {
     "distilbert": lambda: transformers.DistilBertConfig(
         vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=64, dropout=0.0, attention_dropout=0.0
     ),
+    "electra": lambda: transformers.ElectraConfig(**_ENCODER, embedding_size=16),  # embeddings_project 16 -> 32
     "llama": lambda: transformers.LlamaConfig(**_DECODER),
     "mistral": lambda: transformers.MistralConfig(**_DECODER),
     "qwen2": lambda: transformers.Qwen2Config(**_DECODER),
     "qwen3": lambda: transformers.Qwen3Config(**_DECODER, head_dim=8),
+    # sliding window 4 < 12 tokens in layer 0; Gemma 2 also soft-caps attention (and final) logits
+    "gemma2": lambda: transformers.Gemma2Config(**_DECODER, head_dim=8, sliding_window=4, layer_types=_SLIDING_FULL),
+    "gemma3_text": lambda: transformers.Gemma3TextConfig(**_DECODER, head_dim=8, sliding_window=4, layer_types=_SLIDING_FULL),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
-ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3")
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text")
 ARCHS = tuple(CONFIGS)
+# architectures added after the first eight: the tests that run only on a few representatives
+# (PEFT methods, merging) run on these too
+NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text")
+# architectures without an AdapterModel class (Gemma's causal LM soft-caps its final logits, which
+# the flexible causal_lm head does not do)
+NO_ADAPTER_MODEL = ("gemma2", "gemma3_text")
+# architectures whose transformers class cannot run sdpa (Gemma 2: attention-logit soft-capping)
+NO_SDPA = ("gemma2",)
 
 HEAD_CLASSES = {
     "base": transformers.AutoModel,

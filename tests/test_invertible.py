@@ -28,8 +28,18 @@ def test_coupling_blocks_are_exact_inverses(cls, size):
 
 
 def _embedding_output(model, inputs, setup):
-    with torch.no_grad(), AdapterSetup(setup):
-        return model(**inputs, output_hidden_states=True).hidden_states[0]
+    """The output of the spec's embedding module (ELECTRA: before ``embeddings_project``, which may
+    map ``embedding_size`` up to ``hidden_size``)."""
+    spec = model._adapters_spec
+    seen = []
+    module = model.base_model.get_submodule(spec.embedding_output or spec.embeddings)
+    hook = module.register_forward_hook(lambda module, args, output: seen.append(output))
+    try:
+        with torch.no_grad(), AdapterSetup(setup):
+            model(**inputs)
+    finally:
+        hook.remove()
+    return seen[0]
 
 
 def _head_input(model, inputs, setup):
@@ -56,6 +66,9 @@ def test_block_runs_on_the_embedding_output_and_its_inverse_before_the_lm_head(a
     head = model.get_output_embeddings()
     hidden = _head_input(model, inputs, "lang")  # a pre-hook sees the input before the inverse
     expected = torch.nn.functional.linear(block(hidden, rev=True), head.weight, head.bias)
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 soft-caps its logits
+    if cap is not None:
+        expected = torch.tanh(expected / cap) * cap
     torch.testing.assert_close(run(model, inputs, "lang"), expected, atol=1e-5, rtol=0)
     assert (expected - torch.nn.functional.linear(hidden, head.weight, head.bias)).abs().max() > 1e-3
 

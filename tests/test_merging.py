@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import make_inputs, make_model, patched, perturb_adapter, run
+from conftest import NEW_ARCHS, make_inputs, make_model, patched, perturb_adapter, run
 
 import adapters
 from adapters import Average, IA3Config, LoRAConfig, Parallel, Stack
@@ -432,7 +432,7 @@ def test_unload_gives_back_the_original_model_bit_for_bit():
     [(torch.float32, 5e-5), (torch.float16, 5e-2), (torch.bfloat16, 5e-1)],
     ids=["fp32", "fp16", "bf16"],
 )
-@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("arch", ["bert", "llama", *NEW_ARCHS])
 def test_merging_changes_outputs_only_by_the_dtype_rounding(arch, dtype, atol):
     model = make_model(arch).to(dtype)
     adapters.init(model)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_inputs, make_model, patched, perturb_adapter, run
+from conftest import NEW_ARCHS, make_inputs, make_model, patched, perturb_adapter, run
 
 import adapters
 from adapters import (
@@ -136,7 +136,7 @@ def _add(model, name, method, **overrides):
 
 
 # -- single adapters -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2", *NEW_ARCHS])
 @pytest.mark.parametrize("method", METHODS)
 def test_initialised_adapter_is_the_identity_and_trained_one_matches_its_definition(arch, method):
     model = patched(arch)
