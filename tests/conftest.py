@@ -34,17 +34,19 @@ CONFIGS = {
     # sliding window 4 < 12 tokens in layer 0; Gemma 2 also soft-caps attention (and final) logits
     "gemma2": lambda: transformers.Gemma2Config(**_DECODER, head_dim=8, sliding_window=4, layer_types=_SLIDING_FULL),
     "gemma3_text": lambda: transformers.Gemma3TextConfig(**_DECODER, head_dim=8, sliding_window=4, layer_types=_SLIDING_FULL),
+    # fused qkv_proj / gate_up_proj; as many key/value heads as query heads (Phi-3-mini)
+    "phi3": lambda: transformers.Phi3Config(**dict(_DECODER, num_key_value_heads=HEADS), resid_pdrop=0.0),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3")
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
-NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text")
+NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3")
 # architectures without an AdapterModel class (Gemma's causal LM soft-caps its final logits, which
 # the flexible causal_lm head does not do)
 NO_ADAPTER_MODEL = ("gemma2", "gemma3_text")

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_inputs, make_model, patched, perturb_adapter, run
-from transformers import DynamicCache
+from conftest import CONFIGS, make_inputs, make_model, patched, perturb_adapter, run
+from transformers import AutoModel, DynamicCache
 
-from adapters import PrefixTuningConfig
+import adapters
+from adapters import LoRAConfig, PrefixTuningConfig
 
 
 def _set_softcap(model, cap):
@@ -66,3 +67,52 @@ def test_gemma_prefix_is_seen_by_every_query_in_sliding_window_layers(arch):
         assert (capped - ours).abs().max() > 1e-3
         expected = _sliding_window_reference(arch, prefixes, inputs, softcap=0.1)
         torch.testing.assert_close(capped[real], expected[real], atol=1e-5, rtol=0)
+
+
+# -- Phi-3: fused qkv_proj, parts of different sizes under grouped-query attention -------------------
+def _phi3_gqa(seed=0):
+    torch.manual_seed(seed)
+    config = CONFIGS["phi3"]()
+    config.num_key_value_heads = 2  # q: 4 heads x 8 = 32 columns, k and v: 16 each
+    model = AutoModel.from_config(config).eval()
+    adapters.init(model)
+    return model
+
+
+def _fused_lora_reference(model, name, seed=0):
+    """A fresh copy whose qkv_proj weights are ``W[S_i] + s·B_i A_i`` for each covered part ``S_i``."""
+    reference = _phi3_gqa(seed)
+    with torch.no_grad():
+        for layer, ref_layer in zip(model.layers, reference.layers):
+            lora = layer.self_attn.qkv_proj.loras[name]
+            blocks_a = lora.lora_A.unflatten(0, (lora.groups, -1))
+            blocks_b = lora.lora_B.unflatten(0, (lora.groups, -1))
+            for (start, stop), a, b in zip(lora.out_slices, blocks_a, blocks_b):
+                ref_layer.self_attn.qkv_proj.weight[start:stop] += lora.scaling * b @ a
+    return reference
+
+
+def test_phi3_lora_on_the_key_and_value_parts_of_a_gqa_qkv_proj_matches_its_definition():
+    model = _phi3_gqa()
+    model.add_adapter("kv", config=LoRAConfig(r=2, attn_matrices=["k", "v"]), set_active=True)
+    lora = model.layers[0].self_attn.qkv_proj.loras["kv"]
+    assert lora.out_slices == ((32, 48), (48, 64))
+    perturb_adapter(model, "kv", scale=0.3)
+    inputs = make_inputs("phi3")
+    out = run(model, inputs)
+    assert (out - run(_phi3_gqa(), inputs)).abs().max() > 1e-3
+    torch.testing.assert_close(out, run(_fused_lora_reference(model, "kv"), inputs), atol=1e-5, rtol=0)
+    model.merge_adapter("kv")  # merging writes the same rows
+    torch.testing.assert_close(run(model, inputs), out, atol=1e-5, rtol=0)
+
+
+def test_phi3_lora_on_parts_of_different_sizes_is_refused_and_changes_nothing():
+    model = _phi3_gqa()
+    before = dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"different sizes \(q: 32, v: 16.*target_modules=\['qkv_proj'\]"):
+        model.add_adapter("qv", config=LoRAConfig(r=2, attn_matrices=["q", "v"]))
+    assert "qv" not in model.adapters_config.adapters
+    assert model.state_dict().keys() == before.keys()
+    # the whole fused module, as PEFT adapts it, is fine
+    model.add_adapter("all", config=LoRAConfig(r=2, selfattn_lora=False, target_modules=["qkv_proj"]), set_active=True)
+    assert model.layers[0].self_attn.qkv_proj.loras["all"].out_slices is None

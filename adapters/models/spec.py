@@ -71,7 +71,12 @@ class ArchitectureSpec:
         attention: the self-attention module.
         query, key, value: its q/k/v projections. Where several name the same module (GPT-2's
             fused ``c_attn``), that module's output is those parts concatenated in q, k, v order,
-            in equal sizes, and LoRA adapts only the selected parts.
+            in equal sizes unless ``fused_qkv_heads`` says otherwise, and LoRA adapts only the
+            selected parts.
+        fused_qkv_heads: for a fused q/k/v projection whose parts differ in size (grouped-query
+            attention, Phi-3's ``qkv_proj``): the config attributes holding the head counts of
+            the q, k and v parts (a missing or None attribute falls back to the first one); the
+            parts' sizes are proportional to them.
         attn_output: the attention output projection.
         ffn_in: the FFN input projection(s).
         ffn_out: the FFN output projection.
@@ -103,6 +108,7 @@ class ArchitectureSpec:
     intermediate_lora: tuple[str, ...] = ()
     output_lora: tuple[str, ...] = ()
     embedding_output: Optional[str] = None
+    fused_qkv_heads: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}

@@ -11,7 +11,8 @@ Linear layers are ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2's, weight st
 
 **Fused projections.** Where a spec names one module for several of ``query`` / ``key`` /
 ``value`` (GPT-2's ``attn.c_attn``), that module's output is those projections concatenated in
-q, k, v order, in equal parts. AdapterHub-style placement then covers only the parts named in
+q, k, v order, in equal parts (or in proportion to the head counts the spec names in
+``fused_qkv_heads``: Phi-3's ``qkv_proj`` under grouped-query attention). AdapterHub-style placement then covers only the parts named in
 ``attn_matrices``: the :class:`Target` carries their output column ranges (``out_slices``), e.g.
 ``((0, d), (2d, 3d))`` for ``["q", "v"]``. PEFT-style ``target_modules`` name whole modules and
 cover the whole output (``out_slices`` None), as PEFT does.
@@ -100,19 +101,38 @@ def fused_parts(spec: ArchitectureSpec, location: str) -> tuple[str, ...]:
     return parts if len(parts) > 1 else ()
 
 
-def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, letters) -> Optional[tuple]:
+def _fused_part_sizes(spec: ArchitectureSpec, parts, out: int, location: str, config) -> list[int]:
+    """The output sizes of the ``parts`` of the fused module at ``location``."""
+    if spec.fused_qkv_heads:
+        first = getattr(config, spec.fused_qkv_heads[0])
+        heads = dict(zip("qkv", (getattr(config, name, None) or first for name in spec.fused_qkv_heads)))
+        counts = [heads[letter] for letter in parts]
+    else:
+        counts = [1] * len(parts)
+    if out % sum(counts):
+        raise ValueError(
+            f"{spec.name}: {location} fuses {', '.join(parts)} in proportions {counts} but its output size {out} "
+            f"does not split that way; check the architecture spec."
+        )
+    return [out // sum(counts) * count for count in counts]
+
+
+def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, letters, config=None) -> Optional[tuple]:
     """Output column ranges of the parts ``letters`` of the fused module at ``location``."""
     parts = fused_parts(spec, location)
     if not parts:
         return None
-    out = _out_features(module)
-    if out % len(parts):
+    sizes = _fused_part_sizes(spec, parts, _out_features(module), location, config)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    chosen = [(letter, start, size) for letter, start, size in zip(parts, starts, sizes) if letter in letters]
+    if len({size for _, _, size in chosen}) > 1:
         raise ValueError(
-            f"{spec.name}: {location} fuses {', '.join(parts)} but its output size {out} does not split into "
-            f"{len(parts)} equal parts; check the architecture spec."
+            f"{spec.name}: attn_matrices {sorted(letters)} select parts of the fused {location} of different sizes "
+            f"({', '.join(f'{letter}: {size}' for letter, _, size in chosen)}; grouped-query attention), and one "
+            f"LoRA update per part needs equal parts. Select parts of one size (e.g. ['k', 'v']), or adapt the whole "
+            f"module with target_modules=[{location.rsplit('.', 1)[-1]!r}] (as PEFT does)."
         )
-    size = out // len(parts)
-    return tuple((i * size, (i + 1) * size) for i, letter in enumerate(parts) if letter in letters)
+    return tuple((start, start + size) for _, start, size in chosen)
 
 
 def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_prefix: str = "") -> list[Target]:
@@ -138,7 +158,11 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
         for path, module in linears.items():
             layer_idx, location = layer_of(path, spec)
             if layer_idx >= 0 and location in suffixes and layer_idx not in config.leave_out:
-                slices = _fused_slices(spec, location, module, letters_at[location]) if location in letters_at else None
+                slices = (
+                    _fused_slices(spec, location, module, letters_at[location], base_model.config)
+                    if location in letters_at
+                    else None
+                )
                 chosen.append(Target(path, module, layer_idx, location, slices))
         return chosen
 
