@@ -328,6 +328,15 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             bad_layers = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < num_layers]
             if bad_layers:
                 raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
+            spec = self.__dict__["_adapters_spec"]
+            attention_methods = {"prefix_tuning": "Prefix tuning", "adaption_prompt": "Llama-Adapter (adaption prompt)"}
+            if part.architecture in attention_methods and not spec.attention_interface:
+                raise ValueError(
+                    f"{attention_methods[part.architecture]} is not available for {spec.name} ({type(self).__name__}): its "
+                    f"attention does not call transformers' attention interface, through which this method enters "
+                    f"without copying attention code. Use another method (bottleneck adapters, LoRA, prompt tuning) "
+                    f"for this model."
+                )
             if part.architecture == "adaption_prompt":
                 check_adaption_prompt_config(self, part)
             if part.architecture == "prefix_tuning" and part.shift_positions and "position_ids" not in _forward_parameter_names(type(self)):

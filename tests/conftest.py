@@ -36,20 +36,27 @@ CONFIGS = {
     "gemma3_text": lambda: transformers.Gemma3TextConfig(**_DECODER, head_dim=8, sliding_window=4, layer_types=_SLIDING_FULL),
     # fused qkv_proj / gate_up_proj; as many key/value heads as query heads (Phi-3-mini)
     "phi3": lambda: transformers.Phi3Config(**dict(_DECODER, num_key_value_heads=HEADS), resid_pdrop=0.0),
+    # parallel residual; rotary on 4 of each head's 8 dimensions
+    "gptj": lambda: transformers.GPTJConfig(
+        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, rotary_dim=4, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj")
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
-NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3")
+NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj")
 # architectures without an AdapterModel class (Gemma's causal LM soft-caps its final logits, which
 # the flexible causal_lm head does not do)
 NO_ADAPTER_MODEL = ("gemma2", "gemma3_text")
+# architectures whose attention does not call transformers' attention interface: prefix tuning is refused
+NO_PREFIX = ("gptj",)
 # architectures whose transformers class cannot run sdpa (Gemma 2: attention-logit soft-capping)
 NO_SDPA = ("gemma2",)
 

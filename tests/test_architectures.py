@@ -116,3 +116,49 @@ def test_phi3_lora_on_parts_of_different_sizes_is_refused_and_changes_nothing():
     # the whole fused module, as PEFT adapts it, is fine
     model.add_adapter("all", config=LoRAConfig(r=2, selfattn_lora=False, target_modules=["qkv_proj"]), set_active=True)
     assert model.layers[0].self_attn.qkv_proj.loras["all"].out_slices is None
+
+
+# -- GPT-J: parallel residual, attention outside the attention interface -------------------------------
+def _gptj_block0(model, inputs, setup):
+    """Block 0's input ``x``, branch outputs (as the block sums them) and output, under ``setup``."""
+    block, seen = model.h[0], {}
+    hooks = [
+        block.ln_1.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0])),
+        block.attn.register_forward_hook(lambda m, args, out: seen.__setitem__("attn", out[0])),
+        block.mlp.register_forward_hook(lambda m, args, out: seen.__setitem__("mlp", out)),
+        block.register_forward_hook(lambda m, args, out: seen.__setitem__("y", out[0] if isinstance(out, tuple) else out)),
+    ]
+    try:
+        run(model, inputs, setup)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def test_gptj_adapters_run_on_both_parallel_branches_with_the_block_input_as_residual():
+    model = patched("gptj")
+    model.add_adapter("a", config="double_seq_bn", set_active=True)  # both positions
+    perturb_adapter(model, "a")
+    inputs = make_inputs("gptj")
+    plain = _gptj_block0(make_model("gptj"), inputs, None)  # the same weights, no adapters
+    adapted = _gptj_block0(model, inputs, "a")
+    torch.testing.assert_close(adapted["x"], plain["x"], atol=0, rtol=0)  # block 0 reads the embeddings
+    # y = x + A_attn(attn(ln_1 x)) + A_mlp(mlp(ln_1 x)), with Houlsby's A(h) = h + up(act(down(h)))
+    torch.testing.assert_close(adapted["y"], adapted["x"] + adapted["attn"] + adapted["mlp"], atol=1e-5, rtol=0)
+    for branch, host in (("attn", model.h[0].attention_adapters), ("mlp", model.h[0].output_adapters)):
+        adapter = host.adapters["a"]
+        with torch.no_grad():
+            expected = plain[branch] + adapter.adapter_up(adapter.adapter_down(plain[branch]))
+        assert (expected - plain[branch]).abs().max() > 1e-3
+        torch.testing.assert_close(adapted[branch], expected, atol=1e-5, rtol=0)
+
+
+def test_gptj_refuses_prefix_tuning_and_stays_unchanged():
+    model = patched("gptj", "clm")
+    before = dict(model.state_dict())
+    for config in (PrefixTuningConfig(prefix_length=4), "mam", "unipelt"):
+        with pytest.raises(ValueError, match="Prefix tuning is not available for gptj.*attention interface"):
+            model.add_adapter("p", config=config)
+        assert "p" not in model.adapters_config.adapters and model.state_dict().keys() == before.keys()
+    assert model.config._attn_implementation == "eager"

@@ -61,6 +61,7 @@ ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "gpt2": ("GPT2AdapterModel", "GPT2Config", _DECODER_HEADS, "last"),
     "qwen3": ("Qwen3AdapterModel", "Qwen3Config", _DECODER_HEADS, "last"),
     "phi3": ("Phi3AdapterModel", "Phi3Config", _DECODER_HEADS, "last"),
+    "gptj": ("GPTJAdapterModel", "GPTJConfig", _DECODER_HEADS, "last"),
 }
 
 
@@ -113,12 +114,12 @@ def _conversions() -> dict:
         dict(mlm, activation_function="gelu"),
         {0: "generator_predictions.dense", 2: "generator_predictions.LayerNorm", 3: "generator_lm_head"}, {}
     )
-    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3"):
+    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ"):
         table[f"{prefix}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})
         table[f"{prefix}ForTokenClassification"] = (one("tagging"), {1: "classifier" if prefix == "GPT2" else "score"}, {})
         table[f"{prefix}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
         lm_class = "GPT2LMHeadModel" if prefix == "GPT2" else f"{prefix}ForCausalLM"
-        table[lm_class] = ({"head_type": "causal_lm", "layers": 1, "bias": False}, {0: "lm_head"}, {})
+        table[lm_class] = ({"head_type": "causal_lm", "layers": 1, "bias": prefix == "GPTJ"}, {0: "lm_head"}, {})
     return table
 
 

@@ -77,6 +77,9 @@ class ArchitectureSpec:
             attention, Phi-3's ``qkv_proj``): the config attributes holding the head counts of
             the q, k and v parts (a missing or None attribute falls back to the first one); the
             parts' sizes are proportional to them.
+        attention_interface: whether the attention module calls transformers' attention
+            interface (``ALL_ATTENTION_FUNCTIONS``); methods that work through the attention
+            wrapper (prefix tuning) are refused where it does not.
         attn_output: the attention output projection.
         ffn_in: the FFN input projection(s).
         ffn_out: the FFN output projection.
@@ -109,6 +112,7 @@ class ArchitectureSpec:
     output_lora: tuple[str, ...] = ()
     embedding_output: Optional[str] = None
     fused_qkv_heads: tuple[str, ...] = ()
+    attention_interface: bool = True
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
