@@ -27,6 +27,12 @@ CONFIGS = {
         vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=64, dropout=0.0, attention_dropout=0.0
     ),
     "electra": lambda: transformers.ElectraConfig(**_ENCODER, embedding_size=16),  # embeddings_project 16 -> 32
+    # global attention in layer 0, local (sliding window 6 of 12 tokens) in layer 1
+    "modernbert": lambda: transformers.ModernBertConfig(
+        **dict(_COMMON, intermediate_size=64), global_attn_every_n_layers=2, local_attention=6, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, attention_dropout=0.0, mlp_dropout=0.0,
+        embedding_dropout=0.0,
+    ),
     "llama": lambda: transformers.LlamaConfig(**_DECODER),
     "mistral": lambda: transformers.MistralConfig(**_DECODER),
     "qwen2": lambda: transformers.Qwen2Config(**_DECODER),
@@ -46,15 +52,15 @@ CONFIGS = {
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
-ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert")
 DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj")
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
-NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj")
+NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert")
 # architectures without an AdapterModel class (Gemma's causal LM soft-caps its final logits, which
-# the flexible causal_lm head does not do)
-NO_ADAPTER_MODEL = ("gemma2", "gemma3_text")
+# the flexible causal_lm head does not do; ModernBERT's heads pool and normalise in their own way)
+NO_ADAPTER_MODEL = ("gemma2", "gemma3_text", "modernbert")
 # architectures whose attention does not call transformers' attention interface: prefix tuning is refused
 NO_PREFIX = ("gptj",)
 # architectures whose transformers class cannot run sdpa (Gemma 2: attention-logit soft-capping)

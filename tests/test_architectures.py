@@ -162,3 +162,22 @@ def test_gptj_refuses_prefix_tuning_and_stays_unchanged():
             model.add_adapter("p", config=config)
         assert "p" not in model.adapters_config.adapters and model.state_dict().keys() == before.keys()
     assert model.config._attn_implementation == "eager"
+
+
+# -- ModernBERT: fused Wqkv of three equal parts -------------------------------------------------------
+def test_modernbert_lora_on_query_and_value_parts_of_wqkv_matches_its_definition():
+    model = patched("modernbert")
+    model.add_adapter("qv", config=LoRAConfig(r=2, attn_matrices=["q", "v"]), set_active=True)
+    assert model.layers[0].attn.Wqkv.loras["qv"].out_slices == ((0, 32), (64, 96))
+    perturb_adapter(model, "qv", scale=0.3)
+    inputs = make_inputs("modernbert")
+    reference = make_model("modernbert")
+    with torch.no_grad():
+        for layer, ref_layer in zip(model.layers, reference.layers):
+            lora = layer.attn.Wqkv.loras["qv"]
+            blocks = zip(lora.out_slices, lora.lora_A.unflatten(0, (2, -1)), lora.lora_B.unflatten(0, (2, -1)))
+            for (start, stop), a, b in blocks:
+                ref_layer.attn.Wqkv.weight[start:stop] += lora.scaling * b @ a
+    out = run(model, inputs)
+    assert (out - run(make_model("modernbert"), inputs)).abs().max() > 1e-3
+    torch.testing.assert_close(out, run(reference, inputs), atol=1e-5, rtol=0)
