@@ -61,7 +61,8 @@ NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "moder
 # architectures without an AdapterModel class (Gemma's causal LM soft-caps its final logits, which
 # the flexible causal_lm head does not do; ModernBERT's heads pool and normalise in their own way)
 NO_ADAPTER_MODEL = ("gemma2", "gemma3_text", "modernbert")
-# architectures whose attention does not call transformers' attention interface: prefix tuning is refused
+# architectures whose attention does not call transformers' attention interface: prefix tuning and
+# Llama-Adapter are refused
 NO_PREFIX = ("gptj",)
 # architectures whose transformers class cannot run sdpa (Gemma 2: attention-logit soft-capping)
 NO_SDPA = ("gemma2",)

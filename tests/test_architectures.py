@@ -10,7 +10,7 @@ from conftest import CONFIGS, make_inputs, make_model, patched, perturb_adapter,
 from transformers import AutoModel, DynamicCache
 
 import adapters
-from adapters import LoRAConfig, PrefixTuningConfig
+from adapters import AdaptionPromptConfig, LoRAConfig, PrefixTuningConfig
 
 
 def _set_softcap(model, cap):
@@ -154,11 +154,12 @@ def test_gptj_adapters_run_on_both_parallel_branches_with_the_block_input_as_res
         torch.testing.assert_close(adapted[branch], expected, atol=1e-5, rtol=0)
 
 
-def test_gptj_refuses_prefix_tuning_and_stays_unchanged():
+def test_gptj_refuses_attention_methods_and_stays_unchanged():
     model = patched("gptj", "clm")
     before = dict(model.state_dict())
-    for config in (PrefixTuningConfig(prefix_length=4), "mam", "unipelt"):
-        with pytest.raises(ValueError, match="Prefix tuning is not available for gptj.*attention interface"):
+    for config in (PrefixTuningConfig(prefix_length=4), "mam", "unipelt", AdaptionPromptConfig(adapter_len=2)):
+        method = "Llama-Adapter" if isinstance(config, AdaptionPromptConfig) else "Prefix tuning"
+        with pytest.raises(ValueError, match=f"{method}.* is not available for gptj.*attention interface"):
             model.add_adapter("p", config=config)
         assert "p" not in model.adapters_config.adapters and model.state_dict().keys() == before.keys()
     assert model.config._attn_implementation == "eager"
