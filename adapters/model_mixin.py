@@ -47,7 +47,15 @@ from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .methods.weight_transform import add_weight_transform_modules
 from .models.attention import use_adapter_attention
 from .models.patching import restore_class, swap_class
-from .models.targeting import OWN_MODULES, closest_names, layer_of, matches_modules, pattern_value, resolve_targets
+from .models.targeting import (
+    OWN_MODULES,
+    closest_names,
+    fused_part_ranges,
+    layer_of,
+    matches_modules,
+    pattern_value,
+    resolve_targets,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -316,6 +324,20 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             self.set_active_adapters(adapter_name)
         return None
 
+    def _check_fused_kv_parts_equal(self, spec) -> None:
+        """Llama-Adapter projects its prompts through the key/value rows of a fused q/k/v projection
+        taken as equal parts; refuse layouts whose parts differ (Phi-3 with grouped-query attention)."""
+        if not spec.fused_qkv_heads or spec.key is None:
+            return
+        layer = self.base_model.get_submodule(spec.layers)[0]
+        ranges = fused_part_ranges(spec, spec.key, layer.get_submodule(spec.key), self.config)
+        if len({size for _, size in ranges.values()}) > 1:
+            raise ValueError(
+                f"Llama-Adapter is not available for {spec.name} with grouped-query attention: the fused {spec.key} "
+                f"has parts of different sizes ({', '.join(f'{k}: {size}' for k, (_, size) in ranges.items())}). "
+                f"Use prefix tuning, LoRA or bottleneck adapters for this model."
+            )
+
     def _check_config_fits(self, config: AdapterConfig) -> None:
         hidden = self.config.hidden_size
         num_layers = len(self.base_model.get_submodule(self.__dict__["_adapters_spec"].layers))
@@ -339,6 +361,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                 )
             if part.architecture == "adaption_prompt":
                 check_adaption_prompt_config(self, part)
+                self._check_fused_kv_parts_equal(spec)
             if part.architecture == "prefix_tuning" and part.shift_positions and "position_ids" not in _forward_parameter_names(type(self)):
                 raise ValueError(
                     f"shift_positions=True renumbers positions through position_ids, which {type(self).__name__}.forward "

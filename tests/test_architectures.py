@@ -182,3 +182,11 @@ def test_modernbert_lora_on_query_and_value_parts_of_wqkv_matches_its_definition
     out = run(model, inputs)
     assert (out - run(make_model("modernbert"), inputs)).abs().max() > 1e-3
     torch.testing.assert_close(out, run(reference, inputs), atol=1e-5, rtol=0)
+
+
+def test_phi3_with_gqa_refuses_llama_adapter_and_stays_unchanged():
+    model = _phi3_gqa()
+    before = dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"Llama-Adapter is not available for phi3 with grouped-query attention.*q: 32, k: 16"):
+        model.add_adapter("ap", config=AdaptionPromptConfig(adapter_len=2))
+    assert "ap" not in model.adapters_config.adapters and model.state_dict().keys() == before.keys()

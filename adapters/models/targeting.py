@@ -29,7 +29,10 @@ from transformers.pytorch_utils import Conv1D
 
 from .spec import ArchitectureSpec
 
-__all__ = ["Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "layer_of", "closest_names"]
+__all__ = [
+    "Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "fused_part_ranges", "layer_of",
+    "closest_names",
+]
 
 # modules this library adds: never targets, and their biases are adapter weights, not the base model's
 OWN_MODULES = re.compile(
@@ -115,6 +118,22 @@ def _fused_part_sizes(spec: ArchitectureSpec, parts, out: int, location: str, co
             f"does not split that way; check the architecture spec."
         )
     return [out // sum(counts) * count for count in counts]
+
+
+def fused_part_ranges(spec: ArchitectureSpec, location: str, module: nn.Module, config) -> dict[str, tuple[int, int]]:
+    """``{letter: (first output row, size)}`` of each part of the fused projection at ``location``
+    (empty unless ``spec`` fuses several of q, k, v there).
+
+    Example::
+
+        >>> fused_part_ranges(PHI3, "self_attn.qkv_proj", qkv_proj, config)   # 4 query, 2 kv heads of 8
+        {'q': (0, 32), 'k': (32, 16), 'v': (48, 16)}
+    """
+    parts = fused_parts(spec, location)
+    if not parts:
+        return {}
+    sizes = _fused_part_sizes(spec, parts, _out_features(module), location, config)
+    return {letter: (sum(sizes[:i]), size) for i, (letter, size) in enumerate(zip(parts, sizes))}
 
 
 def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, letters, config=None) -> Optional[tuple]:
