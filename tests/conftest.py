@@ -27,6 +27,11 @@ CONFIGS = {
         vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=64, dropout=0.0, attention_dropout=0.0
     ),
     "electra": lambda: transformers.ElectraConfig(**_ENCODER, embedding_size=16),  # embeddings_project 16 -> 32
+    # disentangled attention: content-to-position and position-to-content scores
+    "deberta-v2": lambda: transformers.DebertaV2Config(
+        **_ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+        max_relative_positions=16, position_buckets=8, pad_token_id=0,
+    ),
     # global attention in layer 0, local (sliding window 6 of 12 tokens) in layer 1
     "modernbert": lambda: transformers.ModernBertConfig(
         **dict(_COMMON, intermediate_size=64), global_attn_every_n_layers=2, local_attention=6, pad_token_id=0,
@@ -52,18 +57,18 @@ CONFIGS = {
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
-ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert")
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2")
 DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj")
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
-NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert")
+NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2")
 # architectures without an AdapterModel class (Gemma's causal LM soft-caps its final logits, which
-# the flexible causal_lm head does not do; ModernBERT's heads pool and normalise in their own way)
-NO_ADAPTER_MODEL = ("gemma2", "gemma3_text", "modernbert")
+# the flexible causal_lm head does not do; ModernBERT's and DeBERTa's heads pool in their own way)
+NO_ADAPTER_MODEL = ("gemma2", "gemma3_text", "modernbert", "deberta-v2")
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
-NO_PREFIX = ("gptj",)
+NO_PREFIX = ("gptj", "deberta-v2")
 # architectures whose transformers class cannot run sdpa (Gemma 2: attention-logit soft-capping)
 NO_SDPA = ("gemma2",)
 

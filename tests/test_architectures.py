@@ -154,15 +154,20 @@ def test_gptj_adapters_run_on_both_parallel_branches_with_the_block_input_as_res
         torch.testing.assert_close(adapted[branch], expected, atol=1e-5, rtol=0)
 
 
-def test_gptj_refuses_attention_methods_and_stays_unchanged():
-    model = patched("gptj", "clm")
+@pytest.mark.parametrize("arch,head", [("gptj", "clm"), ("deberta-v2", "mlm")])
+def test_attention_methods_are_refused_where_attention_bypasses_the_interface(arch, head):
+    """GPT-J computes attention itself; DeBERTa's disentangled attention adds relative-position scores
+    in its own code: prefixes have no way into their softmax without copying that code."""
+    model = patched(arch, head)
     before = dict(model.state_dict())
     for config in (PrefixTuningConfig(prefix_length=4), "mam", "unipelt", AdaptionPromptConfig(adapter_len=2)):
         method = "Llama-Adapter" if isinstance(config, AdaptionPromptConfig) else "Prefix tuning"
-        with pytest.raises(ValueError, match=f"{method}.* is not available for gptj.*attention interface"):
+        with pytest.raises(ValueError, match=f"{method}.* is not available for {arch}.*attention interface"):
             model.add_adapter("p", config=config)
         assert "p" not in model.adapters_config.adapters and model.state_dict().keys() == before.keys()
-    assert model.config._attn_implementation == "eager"
+    assert not model.config._attn_implementation.startswith("adapters_")
+    model.add_adapter("ok", config="seq_bn")  # the other methods are fine
+    assert "ok" in model.adapters_config.adapters
 
 
 # -- ModernBERT: fused Wqkv of three equal parts -------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..configuration.model_config import ModelAdaptersConfig
-from . import bert, distilbert, gemma, gpt2, gptj, llama, modernbert, phi3  # noqa: F401  (registers the specs)
+from . import bert, deberta, distilbert, gemma, gpt2, gptj, llama, modernbert, phi3  # noqa: F401  (registers the specs)
 from .patching import install_architecture, swap_class
 from .spec import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, register_architecture, spec_for_model
 
