@@ -36,7 +36,7 @@ class EmbeddingAdaptersMixin:
     def _embedding_state(self) -> dict:
         base = self.base_model.__dict__
         if "_adapters_embeddings" not in base:
-            base["_adapters_embeddings"] = {"loaded": {}, "biases": {}, "vocab_sizes": {}, "active": "default"}
+            base["_adapters_embeddings"] = {"loaded": {}, "vocab_sizes": {}, "active": "default"}
         return base["_adapters_embeddings"]
 
     @property
@@ -115,15 +115,17 @@ class EmbeddingAdaptersMixin:
             raise ValueError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
         state = self._embedding_state
         embedding = loaded[name]
-        output = self.get_output_embeddings()
-        tied = output is not None and output.weight is self.get_input_embeddings().weight
+        current = self.get_input_embeddings().weight
         state["vocab_sizes"].setdefault(state["active"], self.config.vocab_size)
-        if tied:
+        # every tied output embedding follows, not only the active head's: an AdapterModel may hold
+        # an MLM head while a classification head is active
+        for output in self._tied_output_embeddings(current):
             if output.bias is not None:
-                state["biases"].setdefault(state["active"], output.bias)
-                if name not in state["biases"]:
-                    state["biases"][name] = nn.Parameter(output.bias.new_zeros(embedding.num_embeddings))
-                output.bias = state["biases"][name]
+                biases = output.__dict__.setdefault("_adapters_embedding_biases", {})  # one bias per embedding
+                biases.setdefault(state["active"], output.bias)
+                if name not in biases:
+                    biases[name] = nn.Parameter(output.bias.new_zeros(embedding.num_embeddings))
+                output.bias = biases[name]
             output.weight = embedding.weight
             output.out_features = embedding.num_embeddings
         previous = self.get_input_embeddings()
@@ -147,7 +149,16 @@ class EmbeddingAdaptersMixin:
             logger.warning(f"Deleting the active embedding {name!r}; 'default' is active now.")
             self.set_active_embeddings("default")
         del loaded[name]
-        self._embedding_state["biases"].pop(name, None)
+        for output in self._output_embedding_modules():
+            output.__dict__.get("_adapters_embedding_biases", {}).pop(name, None)
+
+    def _output_embedding_modules(self) -> list:
+        """The model's output embeddings: every LM head's of an AdapterModel, else the model's own."""
+        return self._language_model_outputs()
+
+    def _tied_output_embeddings(self, weight: torch.Tensor) -> list:
+        """The output embeddings whose weight is ``weight`` (tied to the input embedding)."""
+        return [output for output in self._output_embedding_modules() if getattr(output, "weight", None) is weight]
 
     def save_embeddings(self, path: str, name: str, tokenizer=None) -> None:
         """Save embedding ``name`` (and ``tokenizer``, if given) to folder ``path``.

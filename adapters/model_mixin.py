@@ -589,6 +589,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
 
     def _language_model_outputs(self) -> list[nn.Module]:
         """The output embeddings the invertible adapters' inverse runs before (the LM head's)."""
+        below = getattr(super(), "_language_model_outputs", None)
+        if below is not None:  # an AdapterModel (this mixin comes first in its MRO): every LM head's
+            return below()
         output = self.get_output_embeddings()
         return [] if output is None else [output]
 

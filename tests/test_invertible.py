@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import ARCH_HEADS, HIDDEN, make_inputs, patched, perturb_adapter, run
 
 from adapters import AdapterSetup, BatchSplit, Parallel, SeqBnConfig, SeqBnInvConfig, Stack
@@ -173,3 +174,61 @@ def test_new_embeddings_switch_retie_and_round_trip(tmp_path, arch, head):
         fresh.add_embeddings("half", new, reference_embedding="default")
     with pytest.raises(ValueError, match="No embedding named 'nope'"):
         fresh.set_active_embeddings("nope")
+
+
+def test_every_tied_lm_head_follows_the_active_embeddings(tmp_path):
+    """An AdapterModel with an MLM head and a classification head: switching embeddings while the
+    classification head is active still re-ties the MLM head's decoder (with a bias per
+    embedding), so MLM logits are computed over the active vocabulary with its embedding matrix."""
+    from conftest import CONFIGS
+
+    from adapters import AutoAdapterModel
+
+    reference = _tokenizer(tmp_path, [f"w{i}" for i in range(60)])
+    new = _tokenizer(tmp_path, [f"v{i}" for i in range(40)])
+    torch.manual_seed(0)
+    model = AutoAdapterModel.from_config(CONFIGS["bert"]()).eval()
+    model.add_masked_lm_head("mlm")
+    model.add_classification_head("task", num_labels=3)  # active head: "task"
+    decoder = model.heads["mlm"][3]
+    default_bias = decoder.bias
+    model.add_embeddings("new", new, reference_embedding="default", reference_tokenizer=reference)
+    new_weight = model.get_input_embeddings().weight
+    assert decoder.weight is new_weight and decoder.bias.shape == (len(new),)
+    ids = torch.tensor([[2, 7, 9, 3]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, head="mlm").logits
+        h = model.base_model(input_ids=ids).last_hidden_state
+        head = model.heads["mlm"]
+        h = F.layer_norm(F.gelu(F.linear(h, head[0].weight, head[0].bias)), h.shape[-1:], head[2].weight, head[2].bias, model.config.layer_norm_eps)
+        expected = F.linear(h, new_weight, decoder.bias)
+    assert logits.shape[-1] == len(new)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    model.set_active_embeddings("default")  # still with "task" active
+    assert decoder.weight is model.get_input_embeddings().weight and decoder.bias is default_bias
+    model.delete_embeddings("new")
+    assert "new" not in decoder.__dict__["_adapters_embedding_biases"]
+
+
+def test_invertible_adapter_added_while_a_classification_head_is_active_inverts_every_lm_head():
+    """The inverse runs before the MLM head's decoder even when the adapter is added while another
+    (non-LM) head is active."""
+    from conftest import CONFIGS
+
+    from adapters import AutoAdapterModel
+
+    torch.manual_seed(0)
+    model = AutoAdapterModel.from_config(CONFIGS["bert"]()).eval()
+    model.add_masked_lm_head("mlm")
+    model.add_classification_head("task", num_labels=3)  # active head: "task"
+    model.add_adapter("lang", config="seq_bn_inv")
+    perturb_adapter(model, "lang")
+    model.set_active_adapters("lang")
+    block = model.base_model.invertible_adapters["lang"]
+    head, ids = model.heads["mlm"], torch.tensor([[2, 7, 9, 3]])
+    with torch.no_grad():
+        logits = model(input_ids=ids, head="mlm").logits
+        h = model.base_model(input_ids=ids).last_hidden_state
+        h = F.layer_norm(F.gelu(F.linear(h, head[0].weight, head[0].bias)), h.shape[-1:], head[2].weight, head[2].bias, model.config.layer_norm_eps)
+        expected = F.linear(block(h, rev=True), head[3].weight, head[3].bias)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
