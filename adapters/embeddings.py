@@ -3,8 +3,9 @@
 A model keeps named embedding matrices besides its own (``"default"``). ``add_embeddings``
 creates one for a tokenizer's vocabulary, optionally copying the rows of tokens the vocabulary
 shares with a reference embedding; ``set_active_embeddings`` makes one the model's input
-embedding. Where the model ties its output embeddings (an LM head) to the input embedding, the
-head is re-tied to the active one (with a bias per embedding where the head has a bias) and
+embedding. Where the model ties its output embeddings (an LM head; on an AdapterModel every LM
+head, whichever head is active) to the input embedding, each is re-tied to the active one (with
+a bias per embedding where the head has a bias) and
 ``config.vocab_size`` follows, so MLM / CLM losses see the new vocabulary. Inactive embeddings
 are not part of the model's state dict; ``save_embeddings`` / ``load_embeddings`` store them
 (``embedding.safetensors``, the tokenizer in ``tokenizer/``; AdapterHub's ``embedding.pt`` is
