@@ -186,8 +186,11 @@ def _make_attention(backend: str):
         n_extra = 0
         if extensions:
             key_length = key.shape[2]
-            extra_keys = torch.cat([e.keys for e in extensions], dim=2).to(key.dtype)
-            extra_values = torch.cat([e.values for e in extensions], dim=2).to(value.dtype)
+            if len(extensions) == 1:  # the common case: no copy before the join below
+                extra_keys, extra_values = extensions[0].keys.to(key.dtype), extensions[0].values.to(value.dtype)
+            else:
+                extra_keys = torch.cat([e.keys for e in extensions], dim=2).to(key.dtype)
+                extra_values = torch.cat([e.values for e in extensions], dim=2).to(value.dtype)
             n_extra = extra_keys.shape[2]
             valid = None
             if any(e.valid is not None for e in extensions):
@@ -214,7 +217,10 @@ def _make_attention(backend: str):
 def _make_mask(backend: str):
     def mask(*args, **kwargs):
         context = ForwardContext.get_context()
-        if context is not None and context.attention_extended:
+        q_length = kwargs.get("q_length", args[1] if len(args) > 1 else None)
+        if context is not None and context.attention_extended and q_length != 1:
+            # several queries: keep the mask, since sdpa's is_causal would align it top-left over the
+            # longer keys; one query (a decoding step) sees every key, so skipping stays right
             kwargs["allow_is_causal_skip"] = False
         return ALL_MASK_ATTENTION_FUNCTIONS[backend](*args, **kwargs)
 
