@@ -134,7 +134,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
             return
-        original = next((c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin)), None)
+        original = _original_class(cls)
         if original is None:
             return
 
@@ -193,8 +193,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         channels = _parallel_channels(setup)
         if channels == 1:
             return super().generate(*args, **kwargs)
-        names = ("input_ids",) + tuple(n for n in _BATCH_INPUTS if n != "input_ids")
-        kwargs, _ = _replicate_inputs(names, args, kwargs, channels)
+        # positional arguments by generate's own names (inputs, generation_config, ...), the inputs as input_ids
+        kwargs, _ = _replicate_inputs(("input_ids",) + _generate_parameter_names(type(self))[1:], args, kwargs, channels)
         token = _pre_replicated.set(channels)
         try:
             return super().generate(**kwargs)
@@ -1223,11 +1223,25 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             self.save_adapter_fusion(os.path.join(save_directory, name), name, use_safetensors=use_safetensors)
 
 
+def _original_class(cls) -> Optional[type]:
+    """The transformers class behind a patched (or AdapterModel) class: the first module class in
+    its MRO that is not an adapters mixin."""
+    return next((c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin)), None)
+
+
+def _positional_names(function) -> tuple[str, ...]:
+    params = inspect.signature(function).parameters
+    return tuple(n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+@functools.lru_cache(maxsize=None)
+def _generate_parameter_names(cls) -> tuple[str, ...]:
+    return _positional_names(super(ModelAdaptersMixin, cls).generate)
+
+
 @functools.lru_cache(maxsize=None)
 def _forward_parameter_names(cls) -> tuple[str, ...]:
-    original = next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, ModelAdaptersMixin))
-    params = inspect.signature(original.forward).parameters
-    return tuple(n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    return _positional_names(_original_class(cls).forward)
 
 
 def _replicate_inputs(names, args, kwargs, channels: int) -> tuple[dict, Optional[int]]:

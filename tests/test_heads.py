@@ -330,6 +330,10 @@ def test_custom_heads_register_run_and_round_trip(tmp_path):
     assert torch.equal(other.heads["pool"][0].weight, head[0].weight)
     with pytest.raises(ValueError, match="built-in head type"):
         adapters.register_custom_head("classification", MeanPoolHead)
+    # a built-in class registered under a new name leaves the built-in type built in
+    adapters.register_custom_head("my_classifier", ClassificationHead)
+    with pytest.raises(ValueError, match="built-in head type"):
+        adapters.register_custom_head("classification", MeanPoolHead)
 
 
 # -- which head runs -----------------------------------------------------------------------------------------

@@ -242,6 +242,11 @@ def test_parallel_generate_continues_each_branch():
     with AdapterSetup("b"):
         only_b = model.generate(**kwargs)
     assert torch.equal(both, torch.cat([only_a, only_b]))
+    # positional arguments keep their meaning: input_ids, then a GenerationConfig
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids, config, attention_mask=mask), both)
 
 
 # -- eject, gates, checkpoints ----------------------------------------------------------------------

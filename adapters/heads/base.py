@@ -29,6 +29,8 @@ __all__ = ["PredictionHead", "MultiHeadOutput", "register_custom_head", "HEAD_TY
 
 # head_type -> head class; filled by the built-in head modules and register_custom_head
 HEAD_TYPES: dict[str, type] = {}
+# the head types added by register_custom_head (a built-in class may be registered under a new name)
+CUSTOM_HEAD_TYPES: set[str] = set()
 
 
 def register_head_type(head_type: str):
@@ -65,10 +67,10 @@ def register_custom_head(identifier: str, head_class: type) -> None:
         >>> adapters.register_custom_head("mean_pool", MeanPoolHead)
         >>> model.add_custom_head("mean_pool", "sentiment", num_labels=3)
     """
-    if identifier in HEAD_TYPES and not getattr(HEAD_TYPES[identifier], "_custom", False):
+    if identifier in HEAD_TYPES and identifier not in CUSTOM_HEAD_TYPES:
         raise ValueError(f"{identifier!r} is a built-in head type; register the custom head under another name.")
     HEAD_TYPES[identifier] = head_class
-    head_class._custom = True
+    CUSTOM_HEAD_TYPES.add(identifier)
 
 
 def head_class(head_type: str) -> type:

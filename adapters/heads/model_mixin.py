@@ -33,7 +33,7 @@ from transformers.utils import ModelOutput, logging
 from ..composition import BatchSplit, Parallel, Stack
 from ..context import AdapterSetup, ForwardContext
 from ..methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
-from .base import HEAD_TYPES, MultiHeadOutput, PredictionHead, head_class, register_custom_head
+from .base import CUSTOM_HEAD_TYPES, HEAD_TYPES, MultiHeadOutput, PredictionHead, head_class, register_custom_head
 
 logger = logging.get_logger(__name__)
 
@@ -147,7 +147,7 @@ class FlexibleHeadsMixin:
 
     # -- adding and removing ---------------------------------------------------------------------------
     def _check_head_type(self, head_type: str) -> None:
-        builtin = head_type in HEAD_TYPES and not getattr(HEAD_TYPES[head_type], "_custom", False)
+        builtin = head_type in HEAD_TYPES and head_type not in CUSTOM_HEAD_TYPES
         if builtin and head_type not in self.head_types:
             raise ValueError(
                 f"{type(self).__name__} ({self.config.model_type}) does not support {head_type!r} heads; "
@@ -171,9 +171,7 @@ class FlexibleHeadsMixin:
             head = cls(self, head_name, **kwargs)
         except TypeError as error:
             raise ValueError(f"Invalid arguments for a {head_type!r} head: {error}.") from error
-        head.config.setdefault("head_type", head_type)
-        if head.config["head_type"] != head_type:  # a built-in class registered as a custom head
-            head.config["head_type"] = head_type
+        head.config["head_type"] = head_type  # also for a built-in class registered under a custom name
         if isinstance(head, PredictionHead):
             head.init_weights(self)
         else:
