@@ -51,7 +51,6 @@ from .configuration import (
 )
 from .context import AdapterSetup, ForwardContext
 from .loading import AdapterLoadError
-from .methods.adalora import AdaLoraCallback
 from .model_mixin import ModelAdaptersMixin
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
 from .heads import MultiHeadOutput, PredictionHead, register_custom_head
@@ -71,7 +70,6 @@ from .models.adapter_model import (
     XLMRobertaAdapterModel,
     convert_to_adapter_model,
 )
-from .trainer import AdapterTrainer
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -145,3 +143,13 @@ __all__ = [
     "convert_to_adapter_model",
     "register_custom_head",
 ]
+
+
+def __getattr__(name):
+    # transformers' Trainer (and with it accelerate and peft) takes seconds to import: load the
+    # Trainer integration only when it is asked for
+    if name in ("AdapterTrainer", "AdaLoraCallback"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'adapters' has no attribute {name!r}")

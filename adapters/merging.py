@@ -453,7 +453,7 @@ def _strip_adapters(model) -> None:
     """Remove every module, attribute and class the library added; the model becomes the plain
     transformers model again (same classes, same state-dict keys)."""
     from .methods.base import ComposableLayer
-    from .models.patching import BottleneckHost, restore_class
+    from .models.patching import restore_class
 
     _unwrap_checkpointing(model)
     base = model.base_model
@@ -461,7 +461,7 @@ def _strip_adapters(model) -> None:
     for module in modules:
         for child_name, child in list(module._modules.items()):
             # hosts and pools this library created (patched transformers modules keep their module name)
-            if isinstance(child, BottleneckHost) or type(child).__module__.startswith(f"{__package__}."):
+            if type(child).__module__.startswith(f"{__package__}."):
                 del module._modules[child_name]
         for key in [k for k in module.__dict__ if k.startswith("_adapters_attention_") or k == "_adaption_prompt_sites"]:
             del module.__dict__[key]  # attention tags of modules that were not class-swapped

@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
@@ -44,7 +44,7 @@ from .model_mixin import ModelAdaptersMixin
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["AdapterTrainer", "TRAINABLE_WEIGHTS_NAME"]
+__all__ = ["AdapterTrainer", "AdaLoraCallback", "TRAINABLE_WEIGHTS_NAME"]
 
 TRAINABLE_WEIGHTS_NAME = "trainable_weights.safetensors"
 
@@ -131,10 +131,6 @@ class AdapterTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # -- saving --------------------------------------------------------------------------------------
-    def _head_modules(self, model) -> dict:
-        heads = getattr(model, "heads", None)
-        return dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {}
-
     def _other_trainable_parameters(self, model) -> dict[str, nn.Parameter]:
         """Trainable parameters outside every adapter and fusion (heads included), by name."""
         owned = set()
@@ -157,7 +153,7 @@ class AdapterTrainer(Trainer):
         model = self._adapters_model
         model.save_all_adapters(output_dir)
         model.save_all_adapter_fusions(output_dir)
-        if self._head_modules(model) and hasattr(model, "save_all_heads"):
+        if hasattr(model, "save_all_heads"):  # flexible heads (none: nothing is written)
             model.save_all_heads(output_dir)  # for users; resuming reads trainable_weights.safetensors
         others = self._other_trainable_parameters(model)
         if others:
@@ -270,3 +266,23 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str) -> None:
                     param.copy_(saved[key])
         raise
     logger.info(f"Loaded {len(adapter_folders)} adapter(s) and {len(fusion_folders)} fusion(s) from {folder}.")
+
+
+class AdaLoraCallback(TrainerCallback):
+    """A ``transformers.Trainer`` callback that runs AdaLoRA's budget step after every optimizer
+    step (before the gradients are zeroed): ``model.update_and_allocate(state.global_step)``.
+
+    Example::
+
+        >>> trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[AdaLoraCallback()])
+    """
+
+    def __init__(self, adapter_name: str | None = None):
+        self.adapter_name = adapter_name
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)
+        if model is None or not hasattr(model, "update_and_allocate"):
+            raise ValueError("AdaLoraCallback needs the Trainer's model to be an adapters model with an AdaLoRA adapter.")
+        model.update_and_allocate(state.global_step, adapter_name=self.adapter_name)
+        return control

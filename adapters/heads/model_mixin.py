@@ -162,6 +162,13 @@ class FlexibleHeadsMixin:
                 f"A head named {head_name!r} exists already; pass overwrite_ok=True to replace it or choose another name."
             )
 
+    def _add_head(self, head_type: str, head_name: str, overwrite_ok: bool, set_active: bool = True, **kwargs) -> None:
+        """Check the name (and a requested pooler), build the head and add it: the ``add_*_head`` methods."""
+        self._check_new_head(head_name, overwrite_ok)
+        if kwargs.get("use_pooler") and getattr(self.base_model, "pooler", None) is None:
+            raise ValueError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
+        self.add_prediction_head(self._build_head(head_type, head_name, **kwargs), overwrite_ok=overwrite_ok, set_active=set_active)
+
     def _build_head(self, head_type: str, head_name: str, **kwargs) -> PredictionHead:
         """A new, initialised head (not yet part of the model)."""
         self._check_head_type(head_type)
@@ -237,15 +244,11 @@ class FlexibleHeadsMixin:
 
             >>> model.add_classification_head("sst2", num_labels=2, id2label={0: "neg", 1: "pos"})
         """
-        self._check_new_head(head_name, overwrite_ok)
-        if use_pooler and getattr(self.base_model, "pooler", None) is None:
-            raise ValueError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
-        head = self._build_head(
-            "multilabel_classification" if multilabel else "classification", head_name, num_labels=num_labels,
+        self._add_head(
+            "multilabel_classification" if multilabel else "classification", head_name, overwrite_ok, num_labels=num_labels,
             layers=layers, activation_function=activation_function, id2label=id2label, use_pooler=use_pooler,
             dropout_prob=dropout_prob,
         )
-        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
     def add_multiple_choice_head(
         self,
@@ -263,14 +266,10 @@ class FlexibleHeadsMixin:
 
             >>> model.add_multiple_choice_head("swag", num_choices=4)
         """
-        self._check_new_head(head_name, overwrite_ok)
-        if use_pooler and getattr(self.base_model, "pooler", None) is None:
-            raise ValueError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
-        head = self._build_head(
-            "multiple_choice", head_name, num_choices=num_choices, layers=layers,
+        self._add_head(
+            "multiple_choice", head_name, overwrite_ok, num_choices=num_choices, layers=layers,
             activation_function=activation_function, id2label=id2label, use_pooler=use_pooler,
         )
-        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
     def add_tagging_head(
         self,
@@ -287,12 +286,10 @@ class FlexibleHeadsMixin:
 
             >>> model.add_tagging_head("ner", num_labels=9)
         """
-        self._check_new_head(head_name, overwrite_ok)
-        head = self._build_head(
-            "tagging", head_name, num_labels=num_labels, layers=layers, activation_function=activation_function,
-            id2label=id2label,
+        self._add_head(
+            "tagging", head_name, overwrite_ok, num_labels=num_labels, layers=layers,
+            activation_function=activation_function, id2label=id2label,
         )
-        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
     def add_qa_head(
         self,
@@ -309,12 +306,10 @@ class FlexibleHeadsMixin:
 
             >>> model.add_qa_head("squad")
         """
-        self._check_new_head(head_name, overwrite_ok)
-        head = self._build_head(
-            "question_answering", head_name, num_labels=num_labels, layers=layers,
+        self._add_head(
+            "question_answering", head_name, overwrite_ok, num_labels=num_labels, layers=layers,
             activation_function=activation_function, id2label=id2label,
         )
-        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
     def add_masked_lm_head(
         self, head_name: str, activation_function: Optional[str] = "gelu", overwrite_ok: bool = False, **kwargs
@@ -326,9 +321,7 @@ class FlexibleHeadsMixin:
 
             >>> model.add_masked_lm_head("mlm")
         """
-        self._check_new_head(head_name, overwrite_ok)
-        head = self._build_head("masked_lm", head_name, activation_function=activation_function, **kwargs)
-        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
+        self._add_head("masked_lm", head_name, overwrite_ok, activation_function=activation_function, **kwargs)
 
     def add_causal_lm_head(
         self,
@@ -349,12 +342,10 @@ class FlexibleHeadsMixin:
             >>> model.add_causal_lm_head("lm", layers=1, bias=False)
             >>> model.generate(input_ids, max_new_tokens=16)
         """
-        self._check_new_head(head_name, overwrite_ok)
-        head = self._build_head(
-            "causal_lm", head_name, activation_function=activation_function if layers > 1 else None, layers=layers,
-            layer_norm=layer_norm and layers > 1, bias=bias, **kwargs,
+        self._add_head(
+            "causal_lm", head_name, overwrite_ok, activation_function=activation_function if layers > 1 else None,
+            layers=layers, layer_norm=layer_norm and layers > 1, bias=bias, **kwargs,
         )
-        self.add_prediction_head(head, overwrite_ok=overwrite_ok)
 
     def register_custom_head(self, identifier: str, head_class: type) -> None:
         """Register a custom head class (for every model; see :func:`adapters.register_custom_head`).
@@ -377,9 +368,7 @@ class FlexibleHeadsMixin:
             >>> adapters.register_custom_head("mean_pool", MeanPoolHead)
             >>> model.add_custom_head("mean_pool", "pooled", num_labels=3)
         """
-        self._check_new_head(head_name, overwrite_ok)
-        head = self._build_head(head_type, head_name, **kwargs)
-        self.add_prediction_head(head, overwrite_ok=overwrite_ok, set_active=set_active)
+        self._add_head(head_type, head_name, overwrite_ok, set_active=set_active, **kwargs)
 
     def delete_head(self, head_name: str) -> None:
         """Delete a head (the active head setting drops it).

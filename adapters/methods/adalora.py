@@ -28,7 +28,7 @@ At step ``t`` the budget (the number of non-zero ``λ`` over all layers, initial
 Every ``ΔT`` steps within the schedule, and once at ``t = T − t_final``, the ``λ_k`` with the
 ``b₀ − b(t)`` smallest scores are set to 0; after that the final mask is re-applied every step.
 Call :meth:`AdaLoRAModelMixin.update_and_allocate` after ``loss.backward()`` and before
-``optimizer.zero_grad()`` (or let :class:`AdaLoraCallback` do it in a ``Trainer``).
+``optimizer.zero_grad()`` (or let :class:`~adapters.trainer.AdaLoraCallback` do it in a ``Trainer``).
 Parameter names are PEFT's (``lora_A``, ``lora_B``, ``lora_E``).
 """
 
@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
 from ..configuration.weight_transforms import AdaLoRAConfig
 from .lora import accumulate_low_rank
 from .weight_transform import WeightTransform
 
-__all__ = ["AdaLoRA", "RankAllocator", "AdaLoRAModelMixin", "AdaLoraCallback"]
+__all__ = ["AdaLoRA", "RankAllocator", "AdaLoRAModelMixin"]
 
 
 class AdaLoRA(WeightTransform):
@@ -316,23 +315,3 @@ class AdaLoRAModelMixin:
         for name in cache[setup]:
             output.loss = output.loss + self.adalora_orthogonal_regularization(name)
         return output
-
-
-class AdaLoraCallback(TrainerCallback):
-    """A ``transformers.Trainer`` callback that runs AdaLoRA's budget step after every optimizer
-    step (before the gradients are zeroed): ``model.update_and_allocate(state.global_step)``.
-
-    Example::
-
-        >>> trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[AdaLoraCallback()])
-    """
-
-    def __init__(self, adapter_name: str | None = None):
-        self.adapter_name = adapter_name
-
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        model = getattr(model, "module", model)
-        if model is None or not hasattr(model, "update_and_allocate"):
-            raise ValueError("AdaLoraCallback needs the Trainer's model to be an adapters model with an AdaLoRA adapter.")
-        model.update_and_allocate(state.global_step, adapter_name=self.adapter_name)
-        return control

@@ -65,7 +65,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..context import ForwardContext
-from ..models.attention import AttentionContributor, add_contributor, tag_attention
+from ..models.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
 from .base import ComposableLayer
 
 __all__ = [
@@ -360,8 +360,6 @@ def add_adaption_prompt(model, name: str, config, device, dtype) -> None:
 
         >>> add_adaption_prompt(model, "llama_adapter", AdaptionPromptConfig(adapter_layers=2), "cpu", torch.float32)
     """
-    from ..models.attention import use_adapter_attention
-
     check_adaption_prompt_config(model, config)
     sites = install_adaption_prompt(model)
     layers = adapted_layers(config, len(sites.hosts))

@@ -152,9 +152,10 @@ def _extend_mask(mask, valid, n_extra: int, module, query, key_length: int):
         causal = bool(getattr(module, "is_causal", False)) and q_length > 1
         if not causal and valid is None:
             return None  # attend to everything, the extra keys included
-        mask = torch.ones(1, 1, q_length, key_length, dtype=torch.bool, device=device)
+        mask = torch.ones(q_length, key_length, dtype=torch.bool, device=device)
         if causal:  # bottom-right aligned: query i sees keys up to i + (key_length - q_length)
-            mask = torch.ones(q_length, key_length, dtype=torch.bool, device=device).tril(key_length - q_length)[None, None]
+            mask = mask.tril(key_length - q_length)
+        mask = mask[None, None]
     if mask.dim() == 2:  # flash attention: a (batch, keys) padding mask
         extra = valid if valid is not None else torch.ones(mask.shape[0], n_extra, dtype=mask.dtype, device=mask.device)
         return torch.cat([extra.to(mask.dtype), mask], dim=-1)

@@ -21,41 +21,24 @@ already-normalised keys.
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+import dataclasses
+
+from .llama import LLAMA
+from .spec import register_architecture
 
 __all__ = ["GEMMA"]
 
+# Llama's layer and projections; the sub-block output a bottleneck reads is its post-norm's
 GEMMA = register_architecture(
-    ArchitectureSpec(
+    dataclasses.replace(
+        LLAMA,
         name="gemma",
         model_types=("gemma2", "gemma3_text"),
-        layers="layers",
         residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="input_layernorm",
-                sublayer="post_attention_layernorm",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="pre_feedforward_layernorm",
-                sublayer="post_feedforward_layernorm",
+            dataclasses.replace(LLAMA.residual_hooks[0], sublayer="post_attention_layernorm"),
+            dataclasses.replace(
+                LLAMA.residual_hooks[1], residual_source="pre_feedforward_layernorm", sublayer="post_feedforward_layernorm"
             ),
         ),
-        attention="self_attn",
-        query="self_attn.q_proj",
-        key="self_attn.k_proj",
-        value="self_attn.v_proj",
-        attn_output="self_attn.o_proj",
-        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
-        ffn_out="mlp.down_proj",
-        embeddings="embed_tokens",
-        intermediate_lora=("mlp.down_proj",),
-        output_lora=("mlp.up_proj",),
-        pre_ln=True,
     )
 )

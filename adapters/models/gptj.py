@@ -15,43 +15,28 @@ for it with an error; every other method works.
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+import dataclasses
+
+from .gpt2 import GPT2
+from .spec import register_architecture
 
 __all__ = ["GPTJ"]
 
+# GPT-2's block layout with one norm for both sub-blocks and separate projections
 GPTJ = register_architecture(
-    ArchitectureSpec(
+    dataclasses.replace(
+        GPT2,
         name="gptj",
         model_types=("gptj",),
-        layers="h",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="ln_1",
-                sublayer="attn",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="ln_1",
-                sublayer="mlp",
-            ),
-        ),
-        attention="attn",
+        residual_hooks=(GPT2.residual_hooks[0], dataclasses.replace(GPT2.residual_hooks[1], residual_source="ln_1")),
         query="attn.q_proj",
         key="attn.k_proj",
         value="attn.v_proj",
         attn_output="attn.out_proj",
         ffn_in=("mlp.fc_in",),
         ffn_out="mlp.fc_out",
-        embeddings="wte",
-        embedding_output="drop",  # token embeddings after dropout: what the first block reads
         intermediate_lora=("mlp.fc_in",),
         output_lora=("mlp.fc_out",),
-        pre_ln=True,
         attention_interface=False,
     )
 )

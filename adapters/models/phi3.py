@@ -17,42 +17,25 @@ each layer and run on the sub-block outputs, before the model's residual dropout
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+import dataclasses
+
+from .llama import LLAMA
+from .spec import register_architecture
 
 __all__ = ["PHI3"]
 
+# Llama's layer with fused [q | k | v] and [gate | up] projections
 PHI3 = register_architecture(
-    ArchitectureSpec(
+    dataclasses.replace(
+        LLAMA,
         name="phi3",
         model_types=("phi3",),
-        layers="layers",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="input_layernorm",
-                sublayer="self_attn",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="post_attention_layernorm",
-                sublayer="mlp",
-            ),
-        ),
-        attention="self_attn",
         query="self_attn.qkv_proj",
         key="self_attn.qkv_proj",
         value="self_attn.qkv_proj",
         fused_qkv_heads=("num_attention_heads", "num_key_value_heads", "num_key_value_heads"),
-        attn_output="self_attn.o_proj",
         ffn_in=("mlp.gate_up_proj",),
-        ffn_out="mlp.down_proj",
-        embeddings="embed_tokens",
         intermediate_lora=("mlp.gate_up_proj",),
         output_lora=("mlp.down_proj",),
-        pre_ln=True,
     )
 )
