@@ -25,8 +25,12 @@ machine). ``--clock cpu`` instead runs torch on one thread and reads that thread
 (``time.thread_time``), which other processes on a busy machine barely disturb: use it when the
 machine is shared. All model variants of one architecture are built first (each its own
 instance), then every step is warmed up (``warmup`` iterations). Every variant, the base model
-too, is ``BASE_COPIES`` identical instances timed in turn: where the allocator places a model's
-weights alone moves its speed by up to 3%, so one instance is no reference.
+too, is ``BASE_COPIES`` identical instances timed in turn. Where the allocator places a model's
+weights alone moves its speed by up to 5% (two deep copies of one model measured that far apart),
+so in the forward phase every instance *shares the base model's weight storage*
+(:func:`base_copy`): all variants read the very same weight memory and differ only in what the
+method adds. Variants that write their weights (merged LoRA) get their own copies, and so do the
+train phase's instances (full fine-tuning updates its weights).
 Then, for ``--rounds`` rounds, the base model and the scenario models are timed *alternately*::
 
     base, scenario_1, base, scenario_2, base, ..., scenario_N, base
@@ -108,6 +112,22 @@ from adapters import Fuse, Parallel, Stack  # noqa: E402
 
 SEED = 0
 BASE_COPIES = 3  # identical instances of every variant (the base too), timed in turn (see ``rotating``)
+
+
+# Forward-phase instances share the base model's weight storage (see the module docstring);
+# switched on while the forward phase's variants are built.
+_SHARE_WEIGHTS = False
+
+
+def base_copy(base: torch.nn.Module, writes_weights: bool = False) -> torch.nn.Module:
+    """A new instance of ``base`` for one variant: its own modules and parameter objects (so
+    freezing or patching it leaves ``base`` alone), over the *same* weight storage while the
+    forward phase is built, unless the variant ``writes_weights`` (merging); a full deep copy
+    otherwise."""
+    if writes_weights or not _SHARE_WEIGHTS:
+        return copy.deepcopy(base)
+    memo = {id(p): torch.nn.Parameter(p.data, requires_grad=p.requires_grad) for p in base.parameters()}
+    return copy.deepcopy(base, memo)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,7 +245,7 @@ def _peft(kind: str, merge: bool = False, **config):
             peft_config = peft.IA3Config(target_modules=_IA3_MODULES[arch], feedforward_modules=[])
         else:
             peft_config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=_LORA_MODULES[arch], **config)
-        model = peft.get_peft_model(copy.deepcopy(base), peft_config)
+        model = peft.get_peft_model(base_copy(base, writes_weights=merge), peft_config)
         if merge:
             model.merge_adapter()
         return model, None
@@ -250,7 +270,7 @@ def _peft_prefix(base):
         task_type="FEATURE_EXTRACTION", num_virtual_tokens=30, prefix_projection=True, encoder_hidden_size=512,
         num_layers=config.num_hidden_layers, num_attention_heads=kv_heads, token_dim=kv_heads * head_dim,
     )
-    return peft.get_peft_model(copy.deepcopy(base), peft_config), None
+    return peft.get_peft_model(base_copy(base), peft_config), None
 
 
 def _ours_adaption_prompt(model):
@@ -268,7 +288,7 @@ def _peft_adaption_prompt(base):
     import peft
 
     peft_config = peft.AdaptionPromptConfig(adapter_len=10, adapter_layers=base.config.num_hidden_layers)
-    model = peft.get_peft_model(copy.deepcopy(base), peft_config)
+    model = peft.get_peft_model(base_copy(base), peft_config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("adaption_gate"):
@@ -302,7 +322,7 @@ def _peft_transform(label: str):
         import peft
 
         config = _TRANSFORMS[label][1](peft, list(_LORA_MODULES[_arch_of(base)]))
-        return peft.get_peft_model(copy.deepcopy(base), config), None
+        return peft.get_peft_model(base_copy(base), config), None
 
     return build
 
@@ -326,6 +346,8 @@ class Scenario:
         ``training``, freezes everything but the trained parameters; ``model.train(training)``
         is called afterwards.
     archs: architectures (keys of ``ARCHS``) the scenario runs on.
+    writes_weights: ``prepare`` changes the base weights (merging), so the variant needs its
+        own copy of them (see :func:`base_copy`).
     """
 
     name: str
@@ -338,10 +360,11 @@ class Scenario:
     build: Optional[Callable] = None
     activate: Optional[Callable] = None
     archs: tuple = field(default=("bert", "llama"))
+    writes_weights: bool = False
 
 
 def _identical_copy(base):
-    return copy.deepcopy(base), None
+    return base_copy(base), None
 
 
 SCENARIOS: list[Scenario] = [
@@ -361,7 +384,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("PEFT IA3", build=_peft("ia3"), activate=_peft_activate, fwd_ref=1.05),
     Scenario("DoRA r8 q+v", _ours_lora(use_dora=True)),
     Scenario("PEFT DoRA r8 q+v", build=_peft("lora", use_dora=True), activate=_peft_activate),
-    Scenario("LoRA merged", _ours_lora(merge=True), train=None, fwd_goal=1.02),
+    Scenario("LoRA merged", _ours_lora(merge=True), train=None, fwd_goal=1.02, writes_weights=True),
     Scenario("PEFT LoRA merged", build=_peft("lora", merge=True), activate=_peft_activate, train=None),
     Scenario("prefix 30", _ours_prefix, fwd_goal=1.10, fwd_ref=1.25),
     Scenario("PEFT prefix 30", build=_peft_prefix, activate=_peft_activate, fwd_ref=1.07),
@@ -501,7 +524,7 @@ def build_variant(base, scenario: Scenario, training: bool):
             scenario.activate(model, setup, training)
         model.train(training)
         return model
-    model = copy.deepcopy(base)
+    model = base_copy(base, writes_weights=scenario.writes_weights)
     adapters.init(model)
     torch.manual_seed(SEED)
     setup = scenario.prepare(model)
@@ -559,7 +582,12 @@ def _variants(base, scenarios, training, inputs, make_step, errors, phase):
     return steps
 
 
+def _weights_checksum(model) -> float:
+    return sum(p.detach().double().sum().item() for p in model.parameters())
+
+
 def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
+    global _SHARE_WEIGHTS
     base = arch.make_model()
     base.eval()
     inputs = make_inputs(arch)
@@ -574,6 +602,7 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     )
     errors: list = []
     timings = {"forward": {}, "train": {}}
+    checksum = _weights_checksum(base)
     for phase, training, make_step, iters in (
         ("forward", False, forward_step, settings.fwd_iters),
         ("train", True, train_step, settings.train_iters),
@@ -581,18 +610,22 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
         if phase not in settings.phases:
             continue
         t0 = time.perf_counter()
+        _SHARE_WEIGHTS = not training
         if training:
             # Full fine-tuning baseline: own instances (AdamW changes their weights), all trainable.
             copies = [copy.deepcopy(base).train().requires_grad_(True) for _ in range(BASE_COPIES)]
             base_step = rotating([train_step(c, inputs) for c in copies])
         else:
-            base_step = rotating([forward_step(copy.deepcopy(base), inputs) for _ in range(BASE_COPIES)])
+            base_step = rotating([forward_step(base_copy(base), inputs) for _ in range(BASE_COPIES)])
         steps = _variants(base, scenarios, training, inputs, make_step, errors, phase)
+        _SHARE_WEIGHTS = False
         step_errors: dict = {}
         timings[phase] = interleaved(base_step, steps, iters, settings, step_errors)
         errors.extend((name, phase, tb) for name, tb in step_errors.items())
         del steps, base_step
         gc.collect()
+        if _weights_checksum(base) != checksum:
+            raise RuntimeError(f"a {phase}-phase variant wrote into the shared base weights; mark it writes_weights=True")
         print(f"  {phase} phase: {time.perf_counter() - t0:.0f} s", flush=True)
 
     results = []
