@@ -191,8 +191,8 @@ def _check_hidden_size(model, meta: dict, path: str) -> None:
         logger.warning(f"{path} was saved for model type {saved_type!r}; loading into {model.config.model_type!r}.")
 
 
-def _copy_checked(params: dict, state: dict, path: str, ignore_unexpected=lambda key: False, shown=lambda key: key) -> None:
-    """Check ``state`` against ``params`` (same keys and shapes) and copy it in.
+def _check_state(params: dict, state: dict, path: str, ignore_unexpected=lambda key: False, shown=lambda key: key) -> None:
+    """Raise an AdapterLoadError unless ``state`` fits ``params`` (same keys and shapes).
 
     ``shown`` maps a key to the form used in messages (the name in the file, not the staging name).
     """
@@ -214,9 +214,18 @@ def _copy_checked(params: dict, state: dict, path: str, ignore_unexpected=lambda
                 f"{path}: weight {shown(key)} has shape {tuple(state[key].shape)} but the model expects {tuple(param.shape)}; "
                 f"was it saved for another model size or config?"
             )
+
+
+def _copy_state(params: dict, state: dict) -> None:
     with torch.no_grad():
         for key, param in params.items():
             param.copy_(state[key].to(device=param.device, dtype=param.dtype))
+
+
+def _copy_checked(params: dict, state: dict, path: str, ignore_unexpected=lambda key: False, shown=lambda key: key) -> None:
+    """Check ``state`` against ``params`` (see :func:`_check_state`), then copy it in."""
+    _check_state(params, state, path, ignore_unexpected, shown)
+    _copy_state(params, state)
 
 
 # -- adapters --------------------------------------------------------------------------------------------

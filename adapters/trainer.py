@@ -219,7 +219,8 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str) -> None:
         SAFE_WEIGHTS_NAME,
         WEIGHTS_NAME,
         _adapter_key_pattern,
-        _copy_checked,
+        _check_state,
+        _copy_state,
         _fusion_key_pattern,
         _read_weights,
         _select_parameters,
@@ -255,16 +256,10 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str) -> None:
             raise ValueError(f"{others_path} holds weights the model does not have, e.g. {unknown[:3]}; was it saved from another model?")
         parts.append(({k: named[k] for k in state}, state, others_path))
 
-    backup = [{k: p.detach().clone() for k, p in params.items()} for params, _, _ in parts]
-    try:
-        for params, state, path in parts:
-            _copy_checked(params, state, path)
-    except Exception:
-        with torch.no_grad():
-            for (params, _, _), saved in zip(parts, backup):
-                for key, param in params.items():
-                    param.copy_(saved[key])
-        raise
+    for params, state, path in parts:  # every file checked before any weight changes
+        _check_state(params, state, path)
+    for params, state, _ in parts:
+        _copy_state(params, state)
     logger.info(f"Loaded {len(adapter_folders)} adapter(s) and {len(fusion_folders)} fusion(s) from {folder}.")
 
 
