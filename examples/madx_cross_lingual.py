@@ -134,19 +134,29 @@ TEMPLATES = [
 ]
 
 
+# Which other topic a sentence of each topic borrows its place and second clause from, and how
+# often. The pattern is lopsided on purpose: each topic borrows and is borrowed from with its own
+# frequencies, so no relabelling of the topics preserves it. A vocabulary permutation keeps it, and
+# that is what lets MLM on B's unlabelled text tell B's topic clusters apart *by role*: with
+# topics that all behave alike, any matching of B's clusters to A's fits B's text equally well.
+BORROWING = {"animals": ("food", 0.4), "food": ("music", 0.15), "vehicles": ("animals", 0.3), "music": (None, 0.0)}
+
+
 def make_sentences(lexicon: dict, n: int, seed: int) -> list[tuple[str, int]]:
-    """``n`` (sentence, topic index) pairs, balanced over topics. One sentence in five takes its
-    place word from another topic, so the label rests on the noun and the verb."""
+    """``n`` (sentence, topic index) pairs, balanced over topics. Some sentences take their place
+    word and their second clause from a partner topic (:data:`BORROWING`), so the label rests on
+    the first noun and verb."""
     rng = random.Random(seed)
     topics = [t for t in lexicon if t != "any"]
     rows = []
     for i in range(n):
         label = i % len(topics)
         words = lexicon[topics[label]]
-        place_topic = rng.choice(topics) if rng.random() < 0.2 else topics[label]
+        partner, rate = BORROWING[topics[label]]
+        other = lexicon[partner] if partner is not None and rng.random() < rate else words
         text = rng.choice(TEMPLATES).format(
             noun=rng.choice(words["noun"]), noun2=rng.choice(words["noun"]), verb=rng.choice(words["verb"]),
-            verb2=rng.choice(words["verb"]), place=rng.choice(lexicon[place_topic]["place"]),
+            verb2=rng.choice(words["verb"]), place=rng.choice(other["place"]),
             adj=rng.choice(lexicon["any"]["adj"]), adv=rng.choice(lexicon["any"]["adv"]),
         )
         rows.append((text, label))
