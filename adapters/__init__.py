@@ -53,6 +53,7 @@ from .context import AdapterSetup, ForwardContext
 from .loading import AdapterLoadError
 from .model_mixin import ModelAdaptersMixin
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
+from .interface import AdapterMethod, AdapterModelInterface
 from .heads import MultiHeadOutput, PredictionHead, register_custom_head
 from .models.adapter_model import (
     AutoAdapterModel,
@@ -85,6 +86,8 @@ __all__ = [
     "AdapterConfig",
     "AdapterFusionConfig",
     "AdapterLoadError",
+    "AdapterMethod",
+    "AdapterModelInterface",
     "AdapterSetup",
     "AdapterTrainer",
     "ArchitectureSpec",

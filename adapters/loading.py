@@ -263,6 +263,9 @@ def save_adapter(
         json.dump(dict(sorted(meta.items())), f, indent=2, sort_keys=True)
     state = {**_select_parameters(model, _adapter_key_pattern(adapter_name)), **model._bias_parameters(adapter_name)}
     _write_weights(state, save_directory, use_safetensors, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+    interface = model.__dict__.get("_adapters_interface")
+    if interface is not None:  # where the weight keys point: adapters.init(model, interface=folder) restores it
+        interface.save(save_directory, model.config)
     logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
 
 
@@ -290,6 +293,7 @@ def load_adapter(
     folder = _resolve_folder(adapter_name_or_path, **hub_kwargs)
     config_path = os.path.join(folder, CONFIG_NAME)
     meta = _read_json(config_path)
+    _check_interface(model, folder)
     is_peft = "peft_type" in meta
     try:
         if config is not None:
@@ -342,6 +346,25 @@ def load_adapter(
         model.set_active_adapters(name)
     logger.info(f"Loaded adapter {name!r} from {folder}.")
     return name
+
+
+def _check_interface(model, folder: str) -> None:
+    """Warn when the adapter was saved from a model described by another AdapterModelInterface
+    (its weight keys follow that interface's module paths)."""
+    from .interface import INTERFACE_CONFIG_NAME, AdapterModelInterface
+
+    path = os.path.join(folder, INTERFACE_CONFIG_NAME)
+    if not os.path.isfile(path):
+        return
+    try:
+        saved = AdapterModelInterface.load(path)
+    except ValueError as error:
+        raise AdapterLoadError(f"{path}: {error}") from error
+    if saved != model.__dict__.get("_adapters_interface"):
+        logger.warning(
+            f"{folder} was saved from a model initialised with another AdapterModelInterface; if its weights do not "
+            f"load, initialise the model with that interface: adapters.init(model, interface={folder!r})."
+        )
 
 
 def _saved_module_paths(model, config) -> list[str]:

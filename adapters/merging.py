@@ -443,7 +443,7 @@ def _unwrap_checkpointing(model) -> None:
 _ADDED_ENTRIES = (
     "_setup_cache", "merged", "_hidden_size", "_attention_dropout", "_shared_parameters",
     "_adapter_residual_slots", "_adapter_host", "_adapters_registry", "_adapters_hosts", "_adapters_spec",
-    "model_frozen",
+    "_adapters_interface", "model_frozen",
 )
 _ADDED_CHILDREN = ("loras", "adapters", "adapter_fusion_layer", "modules_to_save", "invertible_adapters")
 _HOST_ENTRIES = ("layer_idx", "location")  # ComposableLayer hosts only

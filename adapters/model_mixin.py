@@ -351,6 +351,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             if bad_layers:
                 raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
             spec = self.__dict__["_adapters_spec"]
+            interface = self.__dict__.get("_adapters_interface")
+            if interface is not None:
+                interface.check_method(part, type(self).__name__)
             attention_methods = {"prefix_tuning": "Prefix tuning", "adaption_prompt": "Llama-Adapter (adaption prompt)"}
             if part.architecture in attention_methods and not spec.attention_interface:
                 raise ValueError(
@@ -1106,6 +1109,23 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         return "\n".join(lines)
 
     # -- checkpoints (see adapters.loading) ---------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``; a model initialised with an
+        :class:`~adapters.AdapterModelInterface` also gets AdapterHub's ``adapter_interface.json``
+        (the interface is in ``config.json`` too, where ``adapters.init`` finds it after
+        ``from_pretrained``).
+
+        Example::
+
+            >>> model.save_pretrained("out/model")
+            >>> adapters.init(MyModel.from_pretrained("out/model"))   # the saved interface is used
+        """
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        interface = self.__dict__.get("_adapters_interface")
+        if interface is not None:
+            interface.save(save_directory, self.config)
+        return result
+
     def save_adapter(
         self,
         save_directory: str,

@@ -337,11 +337,11 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
         new = cls(config)
     new.__dict__.pop("_adapters_registry", None)
     setattr(new, new.base_model_prefix, base)
-    new.__dict__.update({k: base.__dict__[k] for k in ("_adapters_registry", "_adapters_hosts", "_adapters_spec") if k in base.__dict__})
+    new.__dict__.update({k: base.__dict__[k] for k in ("_adapters_registry", "_adapters_hosts", "_adapters_spec", "_adapters_interface") if k in base.__dict__})
     if "_adapters_registry" not in base.__dict__:  # a model that never had adapters: patch it now
         import adapters
 
-        for key in ("_adapters_hosts", "_adapters_spec"):
+        for key in ("_adapters_hosts", "_adapters_spec", "_adapters_interface"):
             new.__dict__.pop(key, None)
         adapters.init(new)
     new.train(model.training)
