@@ -263,6 +263,13 @@ class AdapterModelInterface:
 
     @property
     def embedding_methods(self) -> tuple[str, ...]:
+        """The enabled families that act on the embeddings (they need ``model_embeddings``).
+
+        Example::
+
+            >>> tiny_interface.embedding_methods
+            ('prompt_tuning', 'invertible')
+        """
         return tuple(m for m in self.adapter_methods if m in ("prompt_tuning", "invertible"))
 
     # -- (de)serialisation ------------------------------------------------------------------------
@@ -461,7 +468,13 @@ class AdapterModelInterface:
         )
 
     def resolve_base_model(self, model: nn.Module) -> nn.Module:
-        """The module the ``model_*`` paths are relative to."""
+        """The module the ``model_*`` paths are relative to.
+
+        Example::
+
+            >>> interface.resolve_base_model(causal_lm) is causal_lm.model
+            True
+        """
         if self.base_model is None:
             return getattr(model, "base_model", model)
         _check_path(model, self.base_model, "base_model", "the model")
