@@ -63,9 +63,9 @@ ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
 NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2")
-# architectures without an AdapterModel class (Gemma's causal LM soft-caps its final logits, which
-# the flexible causal_lm head does not do; ModernBERT's and DeBERTa's heads pool in their own way)
-NO_ADAPTER_MODEL = ("gemma2", "gemma3_text", "modernbert", "deberta-v2")
+# architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
+# way: cls or mean pooling, a bias-free norm in the classification head)
+NO_ADAPTER_MODEL = ("modernbert",)
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")

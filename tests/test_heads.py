@@ -488,3 +488,71 @@ def test_every_architecture_has_an_adapter_model_class():
         model = adapter_model(arch)
         assert isinstance(model, adapters.ModelAdaptersMixin) and hasattr(model, "heads")
     assert isinstance(ClassificationHead, type)
+
+
+# -- Gemma 2/3 and DeBERTa-v2 AdapterModels: the head classes the generic test does not reach -------------
+def _static(arch: str, class_name: str, **config_changes):
+    import transformers
+
+    torch.manual_seed(0)
+    config = CONFIGS[arch]()
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    model = getattr(transformers, class_name)(config).eval()
+    torch.manual_seed(7)
+    for module in model.modules():  # non-zero biases, so a dropped one shows
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            torch.nn.init.normal_(module.bias)
+    return model
+
+
+@pytest.mark.parametrize(
+    "arch, class_name, changes",
+    [
+        ("deberta-v2", "DebertaV2ForTokenClassification", {}),
+        ("deberta-v2", "DebertaV2ForQuestionAnswering", {}),
+        ("deberta-v2", "DebertaV2ForMaskedLM", {"legacy": False}),  # transform in lm_predictions, tied decoder
+        ("gemma2", "Gemma2ForTokenClassification", {}),
+        ("gemma3_text", "Gemma3ForCausalLM", {"final_logit_softcapping": 0.5}),
+        ("gemma3_text", "Gemma3TextForSequenceClassification", {"num_labels": 3}),
+    ],
+)
+def test_more_transformers_heads_convert_with_the_same_outputs(arch, class_name, changes, tmp_path):
+    static = _static(arch, class_name, **changes)
+    static.save_pretrained(tmp_path)
+    model = AutoAdapterModel.from_pretrained(tmp_path).eval()
+    assert model.active_head == "default"
+    inputs = make_inputs(arch)
+    with torch.no_grad():
+        expected, out = static(**inputs), model(**inputs)
+    for field in ("logits", "start_logits", "end_logits"):
+        if getattr(expected, field, None) is not None:
+            assert torch.equal(getattr(out, field), getattr(expected, field)), field
+
+
+def test_deberta_multiple_choice_converts_with_the_same_outputs():
+    static = _static("deberta-v2", "DebertaV2ForMultipleChoice")
+    model = adapters.convert_to_adapter_model(static)
+    inputs = {k: torch.stack([v, v.flip(0)], dim=1) for k, v in make_inputs("deberta-v2").items()}
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, static(**inputs).logits)
+
+
+def test_causal_lm_head_soft_caps_like_gemma2():
+    """logits = c · tanh(E h / c), with c = config.final_logit_softcapping unless the head says otherwise."""
+    model = adapter_model("gemma2")
+    model.config.final_logit_softcapping = 0.5  # small, so the cap shows on these logits
+    model.add_causal_lm_head("capped", layers=1, bias=False)
+    model.add_causal_lm_head("plain", layers=1, bias=False, logit_softcapping=0)
+    assert model.heads["capped"].config["logit_softcapping"] == 0.5 and model.heads["plain"].config["logit_softcapping"] is None
+    inputs = make_inputs("gemma2")
+    states = hidden(model, inputs)
+    raw = states @ model.get_input_embeddings().weight.T
+    with torch.no_grad():
+        capped, plain = model(**inputs, head="capped").logits, model(**inputs, head="plain").logits
+    torch.testing.assert_close(plain, raw, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(capped, 0.5 * torch.tanh(raw / 0.5), rtol=1e-5, atol=1e-5)
+    assert capped.abs().max() <= 0.5
+    with pytest.raises(ValueError, match="logit_softcapping"):
+        model.add_causal_lm_head("bad", logit_softcapping=-1.0)
+    assert "bad" not in model.heads

@@ -8,6 +8,9 @@ matrix (one shared parameter), so a one-layer causal LM head computes ``logits =
 like the model's own LM head. The children are numbered as in AdapterHub (``heads.<name>.3.weight``
 is the output embedding of a two-layer head with a norm), so its head checkpoints load.
 
+``logit_softcapping=c`` soft-caps the logits, ``c · tanh(logits / c)``, as Gemma 2's LM head does
+(a causal head reads ``config.final_logit_softcapping`` by default; ``0`` turns it off).
+
 Losses: the causal head shifts by one (position ``t`` predicts token ``t + 1``) before the
 cross-entropy; the masked head does not. ``-100`` labels are ignored in both.
 """
@@ -37,6 +40,7 @@ class CausalLMHead(PredictionHead):
     """
 
     shift_labels_default = True
+    softcapping_from_model = True
 
     def __init__(
         self,
@@ -50,8 +54,14 @@ class CausalLMHead(PredictionHead):
         bias: bool = False,
         shift_labels: Optional[bool] = None,
         dropout_prob: Optional[float] = None,
+        logit_softcapping: Optional[float] = None,
     ):
         config = model.config
+        if logit_softcapping is None and self.softcapping_from_model:
+            # Gemma 2 soft-caps its final logits (config.final_logit_softcapping): so does its LM head here
+            logit_softcapping = getattr(config, "final_logit_softcapping", None)
+        if logit_softcapping is not None and (not isinstance(logit_softcapping, (int, float)) or logit_softcapping < 0):
+            raise ValueError(f"logit_softcapping must be a positive number (0: off), got {logit_softcapping!r}.")
         super().__init__(
             head_name,
             {
@@ -64,6 +74,7 @@ class CausalLMHead(PredictionHead):
                 "shift_labels": self.shift_labels_default if shift_labels is None else shift_labels,
                 "label2id": None,
                 "dropout_prob": dropout_prob,
+                "logit_softcapping": logit_softcapping or None,
             },
         )
         self._build(model)
@@ -110,6 +121,9 @@ class CausalLMHead(PredictionHead):
         if isinstance(keep, int) and keep > 0 and kwargs.get("labels") is None:
             hidden = hidden[:, -keep:]  # generate only needs the last position's logits
         logits = super().forward(hidden)
+        cap = self.config.get("logit_softcapping")
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
         labels = kwargs.get("labels")
         loss = self.loss(logits, labels) if labels is not None else None
         return self._output(loss, logits, outputs)
@@ -137,6 +151,7 @@ class MaskedLMHead(CausalLMHead):
     """
 
     shift_labels_default = False
+    softcapping_from_model = False
 
     def __init__(
         self,
@@ -150,10 +165,11 @@ class MaskedLMHead(CausalLMHead):
         bias: bool = True,
         shift_labels: Optional[bool] = None,
         dropout_prob: Optional[float] = None,
+        logit_softcapping: Optional[float] = None,
     ):
         super().__init__(
             model, head_name, vocab_size, embedding_size, layers, activation_function, layer_norm, bias, shift_labels,
-            dropout_prob,
+            dropout_prob, logit_softcapping,
         )
 
     @staticmethod

@@ -336,6 +336,8 @@ class FlexibleHeadsMixin:
         """Add a causal LM head; ``generate`` uses it. The defaults are AdapterHub's (a transform
         layer with a norm before the output embedding); ``layers=1, bias=False`` gives the plain LM
         head of decoder models (``logits = h Eᵀ``, tied where the model ties word embeddings).
+        ``logit_softcapping=c`` returns ``c · tanh(logits / c)``; by default it is the model's
+        ``config.final_logit_softcapping`` (Gemma 2), ``0`` turns it off.
 
         Example::
 

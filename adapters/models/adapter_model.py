@@ -62,6 +62,12 @@ ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "qwen3": ("Qwen3AdapterModel", "Qwen3Config", _DECODER_HEADS, "last"),
     "phi3": ("Phi3AdapterModel", "Phi3Config", _DECODER_HEADS, "last"),
     "gptj": ("GPTJAdapterModel", "GPTJConfig", _DECODER_HEADS, "last"),
+    # Gemma's LM head soft-caps its final logits: the causal_lm head does so (logit_softcapping)
+    "gemma2": ("Gemma2AdapterModel", "Gemma2Config", _DECODER_HEADS, "last"),
+    "gemma3_text": ("Gemma3TextAdapterModel", "Gemma3TextConfig", _DECODER_HEADS, "last"),
+    # DeBERTa's classification heads pool the first token through a dense layer (ContextPooler):
+    # a two-layer classification head with the pooler's activation
+    "deberta-v2": ("DebertaV2AdapterModel", "DebertaV2Config", _ENCODER_HEADS, "first"),
 }
 
 
@@ -114,13 +120,37 @@ def _conversions() -> dict:
         dict(mlm, activation_function="gelu"),
         {0: "generator_predictions.dense", 2: "generator_predictions.LayerNorm", 3: "generator_lm_head"}, {}
     )
-    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ"):
-        table[f"{prefix}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})
-        table[f"{prefix}ForTokenClassification"] = (one("tagging"), {1: "classifier" if prefix == "GPT2" else "score"}, {})
-        table[f"{prefix}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ", "Gemma2", "Gemma3"):
+        # Gemma 3's text-only classes are Gemma3Text...; its Gemma3For... classification classes are multimodal
+        text = "Gemma3Text" if prefix == "Gemma3" else prefix
+        table[f"{text}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})
+        table[f"{text}ForTokenClassification"] = (one("tagging"), {1: "classifier" if prefix == "GPT2" else "score"}, {})
+        table[f"{text}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
         lm_class = "GPT2LMHeadModel" if prefix == "GPT2" else f"{prefix}ForCausalLM"
-        table[lm_class] = ({"head_type": "causal_lm", "layers": 1, "bias": prefix == "GPTJ"}, {0: "lm_head"}, {})
-    return table
+        table[lm_class] = (
+            {"head_type": "causal_lm", "layers": 1, "bias": prefix == "GPTJ", "logit_softcapping": "$final_logit_softcapping"},
+            {0: "lm_head"}, {},
+        )
+    # DeBERTa-v2/v3: ContextPooler (dropout -> dense -> pooler_hidden_act on the first token) -> dropout -> classifier
+    pooler = {1: "pooler.dense", 4: "classifier"}
+    table["DebertaV2ForSequenceClassification"] = (cls(2, "$pooler_hidden_act"), pooler, {})
+    table["DebertaV2ForMultipleChoice"] = (
+        {"head_type": "multiple_choice", "layers": 2, "activation_function": "$pooler_hidden_act"}, pooler, {}
+    )
+    table["DebertaV2ForTokenClassification"] = (one("tagging"), {1: "classifier"}, {})
+    table["DebertaV2ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+    # legacy=True (the default): BERT's transform + decoder; legacy=False: transform in lm_predictions.lm_head,
+    # decoder = the (tied) word embeddings plus a bias
+    table["DebertaV2ForMaskedLM"] = (
+        dict(mlm, activation_function="$hidden_act"),
+        {
+            0: ("cls.predictions.transform.dense", "lm_predictions.lm_head.dense"),
+            2: ("cls.predictions.transform.LayerNorm", "lm_predictions.lm_head.LayerNorm"),
+            3: ("cls.predictions.decoder", "deberta.embeddings.word_embeddings"),
+        },
+        {"3.bias": ("cls.predictions.bias", "lm_predictions.lm_head.bias")},
+    )
+    return {name: value for name, value in table.items() if hasattr(transformers, name)}
 
 
 #: transformers head class -> (flexible head config, {flex layer index: static module path}, extra keys)
@@ -256,7 +286,13 @@ def _make_class(model_type: str) -> type:
         f"        >>> model.add_classification_head(\"task\", num_labels=2)\n"
     )
     return type(
-        name, bases, {"__module__": __name__, "__qualname__": name, "__doc__": doc, "head_types": head_types, "cls_pooling": pooling}
+        name,
+        bases,
+        {
+            "__module__": __name__, "__qualname__": name, "__doc__": doc, "head_types": head_types, "cls_pooling": pooling,
+            # Gemma3PreTrainedModel's own config_class is the multimodal Gemma3Config
+            "config_class": config_class,
+        },
     )
 
 
@@ -354,21 +390,40 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
         with torch.no_grad():
             for index, path in layers.items():
                 for key, param in head[index].named_parameters(recurse=False):
-                    param.copy_(static_state[f"{path}.{key}"])
-            for key, static_key in extra.items():
-                if static_key in static_state:
+                    static_key = _first_present(static_state, path, key)
+                    if static_key is not None:
+                        param.copy_(static_state[static_key])
+                    elif f"{index}.{key}" not in extra:
+                        raise ValueError(
+                            f"Cannot convert {architecture}'s head: the checkpoint has no {path}.{key} for the flexible "
+                            f"head's {index}.{key}."
+                        )
+            for key, static_keys in extra.items():
+                static_key = _first_present(static_state, static_keys)
+                if static_key is not None:
                     head.get_parameter(key).copy_(static_state[static_key])
         new.add_prediction_head(head, overwrite_ok=True, set_active=True)
     return new
 
 
+def _first_present(state: dict, paths, key: Optional[str] = None) -> Optional[str]:
+    """The first of ``paths`` (a key, or alternatives) present in ``state`` (with ``.key`` appended
+    when given); None if none is (a parameter the model does not have, e.g. a bias of a layer saved
+    without one)."""
+    for path in (paths,) if isinstance(paths, str) else paths:
+        candidate = f"{path}.{key}" if key else path
+        if candidate in state:
+            return candidate
+    return None
+
+
 def _resolve_head_config(head_config: dict, model) -> dict:
-    """Fill in a conversion's head config from the static model: labels and activations named by
-    config attribute (``"$hidden_act"``)."""
-    config = dict(head_config)
-    act = config.get("activation_function")
-    if isinstance(act, str) and act.startswith("$"):
-        config["activation_function"] = getattr(model.config, act[1:])
+    """Fill in a conversion's head config from the static model: labels, and values named by
+    config attribute (``"$hidden_act"``, ``"$final_logit_softcapping"``; a missing one is None)."""
+    config = {
+        key: getattr(model.config, value[1:], None) if isinstance(value, str) and value.startswith("$") else value
+        for key, value in head_config.items()
+    }
     id2label = getattr(model.config, "id2label", None) or {}
     if config["head_type"] == "multiple_choice":
         config["num_choices"] = 2  # transformers' multiple-choice models score any number of choices
