@@ -25,7 +25,7 @@ extensions = [
     "sphinx.ext.viewcode",
 ]
 
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "support_table.rst"]  # included from architecture.rst
 root_doc = "index"
 language = "en"
 
