@@ -270,8 +270,12 @@ def save_adapter(
 
 
 def _layer_index_of(model, key: str) -> Optional[int]:
-    match = re.match(rf"^{re.escape(model.__dict__['_adapters_spec'].layers)}\.(\d+)\.", key)
-    return int(match.group(1)) if match else None
+    """The layer index of a base-model key (decoder layers after the encoder's), or None."""
+    from .models.targeting import first_layers, layer_of
+
+    spec = model.__dict__["_adapters_spec"]
+    layer_idx = layer_of(key, spec, None, first_layers(model.base_model, spec))[0]
+    return layer_idx if layer_idx >= 0 else None
 
 
 def load_adapter(

@@ -47,9 +47,11 @@ from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .methods.weight_transform import add_weight_transform_modules
 from .models.attention import use_adapter_attention
 from .models.patching import restore_class, swap_class
+from .models.spec import num_layers as count_layers
 from .models.targeting import (
     OWN_MODULES,
     closest_names,
+    first_layers,
     fused_part_ranges,
     layer_of,
     matches_modules,
@@ -237,7 +239,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
 
     def _batch_and_device(self, args, kwargs):
         _, kwargs = self._as_kwargs(args, kwargs)
-        for name in ("input_ids", "inputs_embeds"):
+        for name in ("input_ids", "inputs_embeds", "input_features", "pixel_values", "decoder_input_ids"):
             value = kwargs.get(name)
             if isinstance(value, torch.Tensor):
                 return value.shape[0], value.device
@@ -340,7 +342,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
 
     def _check_config_fits(self, config: AdapterConfig) -> None:
         hidden = self.config.hidden_size
-        num_layers = len(self.base_model.get_submodule(self.__dict__["_adapters_spec"].layers))
+        num_layers = count_layers(self.base_model, self.__dict__["_adapters_spec"])
         for part in config.configs_by_architecture():
             if part.architecture not in METHOD_BLOCKS:
                 raise ValueError(
@@ -570,7 +572,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             if not isinstance(module, SavedModuleHost):
                 swap_class(module, SavedModuleHost)
                 inner = path[len(prefix):] if path.startswith(prefix) else path
-                module.init_adapter_layer(layer_of(inner, self.__dict__["_adapters_spec"])[0], path)
+                spec = self.__dict__["_adapters_spec"]
+                module.init_adapter_layer(layer_of(inner, spec, None, first_layers(self.base_model, spec))[0], path)
                 self._adapter_hosts.append(module)
             module.add_copy(name)
             module.modules_to_save[name].train(self.training)

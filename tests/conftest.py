@@ -18,6 +18,16 @@ _ENCODER = dict(_COMMON, intermediate_size=64, hidden_dropout_prob=0.0, attentio
 _DECODER = dict(_COMMON, intermediate_size=64, num_key_value_heads=2, pad_token_id=0)
 
 _SLIDING_FULL = ["sliding_attention", "full_attention"]
+_T5 = dict(
+    vocab_size=VOCAB, d_model=HIDDEN, d_kv=6, d_ff=64, num_layers=LAYERS, num_decoder_layers=LAYERS, num_heads=HEADS,
+    relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+)
+_BART = dict(
+    vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS, encoder_attention_heads=HEADS,
+    decoder_attention_heads=HEADS, encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=0.0, attention_dropout=0.0,
+    activation_dropout=0.0, max_position_embeddings=64,
+)
+_BART_TOKENS = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
 
 CONFIGS = {
     "bert": lambda: transformers.BertConfig(**_ENCODER),
@@ -56,9 +66,20 @@ CONFIGS = {
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
+    # encoder-decoders: T5 with d_kv * heads (24) != d_model (32); mT5 with a gated-GELU FFN; BART
+    # post-LN, mBART pre-LN; Whisper reads 8 mel bins over 16 frames
+    "t5": lambda: transformers.T5Config(**_T5),
+    "mt5": lambda: transformers.MT5Config(**dict(_T5, d_kv=8, feed_forward_proj="gated-gelu")),
+    "bart": lambda: transformers.BartConfig(**_BART, **_BART_TOKENS),
+    "mbart": lambda: transformers.MBartConfig(**_BART, **_BART_TOKENS),
+    "whisper": lambda: transformers.WhisperConfig(
+        **dict(_BART, max_target_positions=32, decoder_start_token_id=1, num_mel_bins=8, max_source_positions=8),
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    ),
 }
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2")
 DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj")
+ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
@@ -77,11 +98,21 @@ HEAD_CLASSES = {
     "seq_cls": transformers.AutoModelForSequenceClassification,
     "mlm": transformers.AutoModelForMaskedLM,
     "clm": transformers.AutoModelForCausalLM,
+    "seq2seq": transformers.AutoModelForSeq2SeqLM,
 }
+# Whisper's heads: the speech seq2seq model; its sequence classifier is an encoder-only model
+_HEAD_OVERRIDES = {("whisper", "seq2seq"): transformers.AutoModelForSpeechSeq2Seq}
+NO_SEQ_CLS = ("whisper",)
+# architectures whose inputs are not token ids (prompt tuning is refused)
+NO_PROMPT = ("whisper",)
 # (arch, head) pairs the tests run: every arch bare and with its natural heads
-ARCH_HEADS = [(a, "base") for a in ARCHS] + [(a, "seq_cls") for a in ARCHS] + [(a, "mlm") for a in ENCODERS] + [
-    (a, "clm") for a in DECODERS
-]
+ARCH_HEADS = (
+    [(a, "base") for a in ARCHS]
+    + [(a, "seq_cls") for a in ARCHS if a not in NO_SEQ_CLS]
+    + [(a, "mlm") for a in ENCODERS]
+    + [(a, "clm") for a in DECODERS]
+    + [(a, "seq2seq") for a in ENCODER_DECODERS]
+)
 
 
 def make_model(arch: str, head: str = "base", seed: int = 0):
@@ -90,7 +121,7 @@ def make_model(arch: str, head: str = "base", seed: int = 0):
     config = CONFIGS[arch]()
     if head == "seq_cls":
         config.num_labels = 3
-    model = HEAD_CLASSES[head].from_config(config)
+    model = _HEAD_OVERRIDES.get((arch, head), HEAD_CLASSES[head]).from_config(config)
     return model.eval()
 
 
@@ -100,7 +131,17 @@ def make_inputs(arch: str, batch: int = 2, seq: int = 12, seed: int = 1, padded:
     attention_mask = torch.ones(batch, seq, dtype=torch.long)
     if padded and batch > 1:
         attention_mask[1, -3:] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    if arch not in ENCODER_DECODERS:
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    # encoder-decoders: the decoder reads as many tokens as the encoder (the sequence classifiers
+    # pool the decoder at the encoder input's end-of-sequence tokens, which end every row)
+    decoder_input_ids = torch.randint(3, VOCAB, (batch, seq), generator=generator)
+    if arch == "whisper":
+        features = torch.randn(batch, 8, 16, generator=generator)
+        return {"input_features": features, "decoder_input_ids": decoder_input_ids}
+    eos = CONFIGS[arch]().eos_token_id
+    input_ids[torch.arange(batch), attention_mask.sum(-1) - 1] = eos
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids}
 
 
 def left_padded_prompt():

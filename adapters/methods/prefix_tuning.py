@@ -48,6 +48,7 @@ from transformers.activations import ACT2FN
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
+from ..models.spec import layer_stacks
 from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, tag_attention
 from ..models.patching import swap_class
 from .base import ComposableLayer
@@ -322,11 +323,13 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
     supported_blocks = (Stack, Parallel, BatchSplit)
     BATCH_FIELDS = ("keys", "values", "valid", "hidden")
 
-    def __init__(self, pool: PrefixTuningPool, layer_idx: int, location: str, hidden_size: int):
+    def __init__(self, pool: PrefixTuningPool, layer_idx: int, location: str, hidden_size: int, index: Optional[int] = None):
         nn.Module.__init__(self)
         self.prefix_gates = nn.ModuleDict()
         self.__dict__["pool"] = pool  # not a submodule: the pool's keys live on the base model only
         self.__dict__["hidden_size"] = hidden_size
+        # row of this layer in its location's prefix (decoder layers: counted from the decoder's first)
+        self.__dict__["prefix_index"] = layer_idx if index is None else index
         self._init_composable(layer_idx, location)
 
     @property
@@ -365,7 +368,7 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
 
     def compose_single(self, name: str, state: PrefixState) -> PrefixState:
         context = ForwardContext.get_context()
-        layer_states = context.prefix_states[name][self.location][self.layer_idx]  # (2, heads, P, head_dim)
+        layer_states = context.prefix_states[name][self.location][self.__dict__["prefix_index"]]  # (2, heads, P, head_dim)
         keys = layer_states[0].unsqueeze(0).expand(state.rows, -1, -1, -1)
         values = layer_states[1].unsqueeze(0).expand(state.rows, -1, -1, -1)
         if name in self.prefix_gates and state.hidden is not None:
@@ -425,15 +428,37 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
 
 
 def attention_sites(base_model, spec):
-    """``(layer_idx, location, module)`` for every attention module prefixes can enter.
+    """``(layer_idx, location, module, index)`` for every attention module prefixes can enter;
+    ``index`` counts the modules of one location from 0 (the row in that location's prefix).
 
-    Encoder-only and decoder-only families have one self-attention per layer (``"self"``); an
-    encoder-decoder spec will add ``"encoder"`` and ``"cross"`` sites here.
+    Encoder-only and decoder-only families have one self-attention per layer (``"self"``). An
+    encoder-decoder has its encoder self-attention at ``"encoder"`` (the config's
+    ``encoder_prefix``), its decoder self-attention at ``"self"`` and its cross-attention at
+    ``"cross"`` (``cross_prefix``: the prefix joins the keys and values computed from the encoder
+    output), as in AdapterHub.
     """
-    return [
-        (layer_idx, "self", layer.get_submodule(spec.attention))
-        for layer_idx, layer in enumerate(base_model.get_submodule(spec.layers))
-    ]
+    sites = []
+    for stack, first, layers in layer_stacks(base_model, spec):
+        for offset, layer in enumerate(layers):
+            sites.append((first + offset, stack.attention_location, layer.get_submodule(stack.attention), offset))
+            if stack.cross_attention:
+                sites.append((first + offset, "cross", layer.get_submodule(stack.cross_attention), offset))
+    return sites
+
+
+def _attention_dims(module, config) -> tuple[int, int]:
+    """``(key/value heads, head size)`` of an attention module: the config's where it says
+    (grouped-query attention, explicit ``head_dim``), else the module's own (T5's ``d_kv`` can
+    differ from ``d_model / heads``; BART's encoder and decoder may differ in head count)."""
+    heads = getattr(module, "num_heads", None) or getattr(module, "n_heads", None) or config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = (
+        getattr(config, "head_dim", None)
+        or getattr(module, "key_value_proj_dim", None)
+        or getattr(module, "head_dim", None)
+        or config.hidden_size // heads
+    )
+    return kv_heads, head_dim
 
 
 def install_prefix_tuning(model) -> PrefixTuningPool:
@@ -448,21 +473,26 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
     if pool is not None:
         return pool
     config = model.config
-    n_heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    sites = attention_sites(base, model.__dict__["_adapters_spec"])
+    spec = model.__dict__["_adapters_spec"]
+    sites = attention_sites(base, spec)
     shapes = {}
-    for _, location, _ in sites:
-        n_layers = sum(1 for _, loc, _ in sites if loc == location)
-        shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
+    for _, location, module, _ in sites:
+        if location not in shapes:
+            n_layers = sum(1 for _, loc, _, _ in sites if loc == location)
+            if spec.is_encoder_decoder:
+                kv_heads, head_dim = _attention_dims(module, config)
+            else:
+                n_heads = config.num_attention_heads
+                kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
+                head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+            shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
     pool = PrefixTuningPool(shapes)
-    pool.__dict__["causal"] = any(bool(getattr(module, "is_causal", False)) for _, _, module in sites)
+    pool.__dict__["causal"] = any(bool(getattr(module, "is_causal", False)) for _, _, module, _ in sites)
     base.add_module("prefix_tuning", pool)
     model._adapter_hosts.append(pool)
-    for layer_idx, location, attention in sites:
+    for layer_idx, location, attention, index in sites:
         tag_attention(attention, layer_idx, location)
-        host = PrefixTuningLayer(pool, layer_idx, location, config.hidden_size)
+        host = PrefixTuningLayer(pool, layer_idx, location, config.hidden_size, index)
         attention.add_module("prefix_tuning", host)
         host.__dict__["attention"] = attention
         add_contributor(attention, host)

@@ -19,8 +19,8 @@ backend ``X`` (``sdpa``, ``eager``, ``flash_attention_2``, ...) this module regi
   is wrong once keys outnumber queries). The wrapper extends the materialised mask with one
   column per extra key — "attend" for valid ones, "masked" for padding between prefixes of
   different lengths — whatever its form: a 4D boolean mask (``sdpa``), a 4D additive float mask
-  (``eager``; also T5-style position biases, which get zero bias for the extra keys), or a 2D
-  padding mask (flash attention).
+  (``eager``), or a 2D padding mask (flash attention). A ``position_bias`` argument (T5's
+  relative position bias, added to the scores by the backend) gets zero bias for the extra keys.
 
 Grouped-query attention needs nothing special: contributors produce ``num_key_value_heads``
 heads, like the model's own keys. Backend ``eager`` means the calling model's own
@@ -203,6 +203,12 @@ def _make_attention(backend: str):
             key = torch.cat([extra_keys, key], dim=2)
             value = torch.cat([extra_values, value], dim=2)
             attention_mask = _extend_mask(attention_mask, valid, n_extra, module, query, key_length)
+            position_bias = kwargs.get("position_bias")
+            if position_bias is not None:
+                # T5's relative position bias covers the real keys only; the extra keys have no
+                # position relative to the queries, so they get zero bias
+                pad = position_bias.new_zeros(*position_bias.shape[:-1], n_extra)
+                kwargs["position_bias"] = torch.cat([pad, position_bias], dim=-1)
         output, weights = _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
         if weights is not None and n_extra:
             weights = weights[..., n_extra:]  # the caller sees attention over its own tokens

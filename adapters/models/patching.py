@@ -19,7 +19,7 @@ from torch import nn
 
 from ..context import ForwardContext
 from ..methods.bottleneck import BottleneckLayer
-from .spec import ArchitectureSpec, ResidualHook
+from .spec import ArchitectureSpec, ResidualHook, layer_stacks
 
 __all__ = ["swap_class", "restore_class", "install_residual_hook", "BottleneckHost"]
 
@@ -136,9 +136,11 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
 
 
 def install_architecture(base_model: nn.Module, spec: ArchitectureSpec, shared_parameters) -> list:
-    """Install every residual hook of ``spec`` in every layer; returns the hosts."""
+    """Install every residual hook of ``spec`` in every layer of every stack (encoder and decoder
+    of an encoder-decoder family, numbered as AdapterHub numbers them); returns the hosts."""
     hosts = []
-    for layer_idx, layer in enumerate(base_model.get_submodule(spec.layers)):
-        for hook in spec.residual_hooks:
-            hosts.append(install_residual_hook(layer, hook, layer_idx, base_model.config, shared_parameters))
+    for stack, first, layers in layer_stacks(base_model, spec):
+        for offset, layer in enumerate(layers):
+            for hook in stack.residual_hooks:
+                hosts.append(install_residual_hook(layer, hook, first + offset, base_model.config, shared_parameters))
     return hosts

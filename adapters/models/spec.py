@@ -12,14 +12,36 @@ sub-block produces ``h`` which is added to the residual stream ``x``:
 ``x`` itself is taken from the input of ``residual_source`` (argument ``residual_arg``, or the
 keyword ``residual_kwarg``), which is swapped for a subclass that hands it over through the
 forward context.
+
+**Encoder-decoder families** (T5, BART, Whisper) have two layer stacks. Their spec describes the
+encoder stack with the usual fields and the decoder stack in ``decoder``, a :class:`DecoderSpec`
+with the same per-layer fields plus the cross-attention block (``cross_attention`` and its q/k/v/o
+projections). Code that walks layers goes through :meth:`ArchitectureSpec.stacks` (and
+:func:`layer_stacks` for a model), which yields one :class:`LayerStack` per stack: one for
+single-stack families, two (``"encoder"``, ``"decoder"``) for encoder-decoder ones.
+
+Layer numbering follows AdapterHub's ``iter_layers``: encoder layers ``0 … E−1``, decoder layers
+``E … E+D−1``, so ``leave_out=[0]`` leaves out the first encoder layer and ``leave_out=[E]`` the
+first decoder layer. A model with only one of the stacks (``T5EncoderModel``) numbers its layers
+from 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional
 
-__all__ = ["ResidualHook", "ArchitectureSpec", "register_architecture", "spec_for_model", "SUPPORTED_MODEL_TYPES"]
+__all__ = [
+    "ResidualHook",
+    "ArchitectureSpec",
+    "DecoderSpec",
+    "LayerStack",
+    "layer_stacks",
+    "num_layers",
+    "register_architecture",
+    "spec_for_model",
+    "SUPPORTED_MODEL_TYPES",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +79,81 @@ class ResidualHook:
 
 
 @dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+    """The decoder stack of an encoder-decoder family (paths: ``layers`` relative to the base
+    model, everything else relative to one decoder layer).
+
+    Args:
+        layers: the decoder's ``nn.ModuleList`` of layers.
+        residual_hooks: the bottleneck positions of a decoder layer (``mh_adapter``,
+            ``cross_adapter``, ``output_adapter``).
+        attention, query, key, value, attn_output: the decoder self-attention and its projections.
+        cross_attention: the cross-attention module (queries from the decoder, keys and values
+            from the encoder output).
+        cross_query, cross_key, cross_value, cross_attn_output: its projections.
+        ffn_in, ffn_out, intermediate_lora, output_lora: as in :class:`ArchitectureSpec`.
+
+    Example::
+
+        >>> DecoderSpec(layers="decoder.layers", residual_hooks=(...), attention="self_attn",
+        ...             query="self_attn.q_proj", ..., cross_attention="encoder_attn", ...)
+    """
+
+    layers: str
+    residual_hooks: tuple[ResidualHook, ...]
+    attention: str
+    query: Optional[str]
+    key: Optional[str]
+    value: Optional[str]
+    attn_output: str
+    cross_attention: str
+    cross_query: str
+    cross_key: str
+    cross_value: str
+    cross_attn_output: str
+    ffn_in: tuple[str, ...]
+    ffn_out: str
+    intermediate_lora: tuple[str, ...] = ()
+    output_lora: tuple[str, ...] = ()
+
+
+class LayerStack(NamedTuple):
+    """One stack of layers as the patching code sees it (see :meth:`ArchitectureSpec.stacks`).
+
+    ``role`` is ``"layers"`` (single-stack families), ``"encoder"`` or ``"decoder"``;
+    ``attention_location`` is where prefix tuning files the stack's self-attention (``"self"``, or
+    ``"encoder"`` for an encoder-decoder's encoder: the config's ``encoder_prefix``). The
+    ``cross_*`` fields are None except for a decoder.
+    """
+
+    role: str
+    layers: str
+    residual_hooks: tuple
+    attention: str
+    query: Optional[str]
+    key: Optional[str]
+    value: Optional[str]
+    attn_output: str
+    ffn_in: tuple
+    ffn_out: str
+    intermediate_lora: tuple
+    output_lora: tuple
+    attention_location: str = "self"
+    cross_attention: Optional[str] = None
+    cross_query: Optional[str] = None
+    cross_key: Optional[str] = None
+    cross_value: Optional[str] = None
+    cross_attn_output: Optional[str] = None
+
+    def attention_matrices(self) -> dict[str, list[str]]:
+        """``{"q": [paths], "k": ..., "v": ..., "o": ...}``: the projections AdapterHub's
+        ``attn_matrices`` select in one layer of this stack (self- and cross-attention alike)."""
+        own = {"q": self.query, "k": self.key, "v": self.value, "o": self.attn_output}
+        cross = {"q": self.cross_query, "k": self.cross_key, "v": self.cross_value, "o": self.cross_attn_output}
+        return {letter: [p for p in (own[letter], cross[letter]) if p] for letter in "qkvo"}
+
+
+@dataclasses.dataclass(frozen=True)
 class ArchitectureSpec:
     """Where an architecture family keeps the parts adapters attach to.
 
@@ -89,6 +186,14 @@ class ArchitectureSpec:
         pre_ln: whether layers normalise before their sub-blocks.
         intermediate_lora, output_lora: the linear layers LoRA's ``intermediate_lora`` and
             ``output_lora`` place adapters on (AdapterHub's placement, so its checkpoints load).
+        decoder: for encoder-decoder families, the decoder stack (then the fields above describe
+            the encoder stack, and ``embeddings`` the encoder's input embeddings).
+        encoder, decoder_module: encoder-decoder only: the encoder and decoder modules (relative
+            to the base model). The encoder's forward joins soft prompts to its input and opens
+            the adapters' forward context when ``generate`` runs it on its own; the decoder's
+            extends the cross-attention mask by the prompt's positions.
+        prompt_tuning: whether the model reads token embeddings that prompt tuning can extend
+            (False for Whisper, which reads audio features).
 
     Example::
 
@@ -113,9 +218,75 @@ class ArchitectureSpec:
     embedding_output: Optional[str] = None
     fused_qkv_heads: tuple[str, ...] = ()
     attention_interface: bool = True
+    decoder: Optional[DecoderSpec] = None
+    encoder: Optional[str] = None
+    decoder_module: Optional[str] = None
+    prompt_tuning: bool = True
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """Whether the family has an encoder and a decoder stack."""
+        return self.decoder is not None
+
+    def stacks(self) -> tuple[LayerStack, ...]:
+        """The layer stacks, in AdapterHub's numbering order (encoder first).
+
+        Example::
+
+            >>> [s.role for s in T5.stacks()]
+            ['encoder', 'decoder']
+        """
+        first = LayerStack(
+            "encoder" if self.decoder else "layers", self.layers, self.residual_hooks, self.attention, self.query,
+            self.key, self.value, self.attn_output, self.ffn_in, self.ffn_out, self.intermediate_lora,
+            self.output_lora, "encoder" if self.decoder else "self",
+        )
+        if self.decoder is None:
+            return (first,)
+        d = self.decoder
+        second = LayerStack(
+            "decoder", d.layers, d.residual_hooks, d.attention, d.query, d.key, d.value, d.attn_output, d.ffn_in,
+            d.ffn_out, d.intermediate_lora, d.output_lora, "self", d.cross_attention, d.cross_query, d.cross_key,
+            d.cross_value, d.cross_attn_output,
+        )
+        return first, second
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
+
+
+def layer_stacks(base_model, spec: ArchitectureSpec) -> list[tuple[LayerStack, int, object]]:
+    """``[(stack, first layer index, nn.ModuleList)]`` for the stacks ``base_model`` has, numbered
+    as AdapterHub numbers them (a missing stack, e.g. the decoder of ``T5EncoderModel``, is
+    skipped and takes no numbers).
+
+    Example::
+
+        >>> [(s.role, first, len(layers)) for s, first, layers in layer_stacks(t5, T5)]
+        [('encoder', 0, 2), ('decoder', 2, 2)]
+    """
+    found, first = [], 0
+    for stack in spec.stacks():
+        try:
+            layers = base_model.get_submodule(stack.layers)
+        except AttributeError:
+            if not spec.is_encoder_decoder:
+                raise
+            continue
+        found.append((stack, first, layers))
+        first += len(layers)
+    return found
+
+
+def num_layers(base_model, spec: ArchitectureSpec) -> int:
+    """The number of layers of all stacks together.
+
+    Example::
+
+        >>> num_layers(t5, T5)   # 2 encoder + 2 decoder layers
+        4
+    """
+    return sum(len(layers) for _, _, layers in layer_stacks(base_model, spec))
 
 
 def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:

@@ -27,10 +27,11 @@ from typing import NamedTuple, Optional
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .spec import ArchitectureSpec
+from .spec import ArchitectureSpec, LayerStack, layer_stacks
 
 __all__ = [
     "Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "fused_part_ranges", "layer_of",
+    "locate", "Located", "first_layers",
     "closest_names",
 ]
 
@@ -53,18 +54,65 @@ class Target(NamedTuple):
     out_slices: Optional[tuple[tuple[int, int], ...]] = None
 
 
-def layer_of(path: str, spec: ArchitectureSpec, layers_pattern: Optional[str] = None) -> tuple[int, str]:
+class Located(NamedTuple):
+    """Where a base-model path lies: its stack (None outside the layer lists), its layer index in
+    AdapterHub's numbering over all stacks (-1 outside), its index inside its own stack, and its
+    path inside the layer (the whole path outside)."""
+
+    stack: Optional[LayerStack]
+    layer_idx: int
+    local_idx: int
+    location: str
+
+
+def first_layers(base_model: nn.Module, spec: ArchitectureSpec) -> dict[str, int]:
+    """``{stack layers path: index of its first layer}`` for :func:`layer_of` on ``base_model``.
+
+    Example::
+
+        >>> first_layers(t5, T5)
+        {'encoder.block': 0, 'decoder.block': 2}
+    """
+    return {stack.layers: first for stack, first, _ in layer_stacks(base_model, spec)}
+
+
+def locate(path: str, spec: ArchitectureSpec, firsts: Optional[dict] = None, layers_pattern: Optional[str] = None) -> Located:
+    """Where ``path`` lies (see :class:`Located`); ``firsts`` from :func:`first_layers` numbers the
+    decoder layers of an encoder-decoder after the encoder's. With ``layers_pattern`` (PEFT's) the
+    layer index is the one in the path.
+
+    Example::
+
+        >>> locate("decoder.block.0.layer.1.EncDecAttention.q", T5, {"encoder.block": 0, "decoder.block": 2})
+        Located(stack=LayerStack(role='decoder', ...), layer_idx=2, local_idx=0, location='layer.1.EncDecAttention.q')
+    """
+    if layers_pattern:
+        match = re.search(rf"(^|\.){re.escape(layers_pattern)}\.(\d+)\.(.+)$", path)
+        if match is None:
+            return Located(None, -1, -1, path)
+        return Located(None, int(match.group(2)), int(match.group(2)), match.group(3))
+    for stack in spec.stacks():
+        match = re.search(rf"(^|\.){re.escape(stack.layers)}\.(\d+)\.(.+)$", path)
+        if match is not None:
+            local = int(match.group(2))
+            return Located(stack, (firsts or {}).get(stack.layers, 0) + local, local, match.group(3))
+    return Located(None, -1, -1, path)
+
+
+def layer_of(
+    path: str, spec: ArchitectureSpec, layers_pattern: Optional[str] = None, firsts: Optional[dict] = None
+) -> tuple[int, str]:
     """``(layer index, path inside the layer)`` of a base-model path; ``(-1, path)`` outside the
-    layer list.
+    layer lists. For encoder-decoder families pass ``firsts`` (:func:`first_layers`) so decoder
+    layers are numbered after the encoder's.
 
     Example::
 
         >>> layer_of("encoder.layer.1.attention.self.query", BERT)
         (1, 'attention.self.query')
     """
-    prefix = re.escape(layers_pattern) if layers_pattern else re.escape(spec.layers)
-    match = re.search(rf"(^|\.){prefix}\.(\d+)\.(.+)$", path)
-    return (int(match.group(2)), match.group(3)) if match else (-1, path)
+    located = locate(path, spec, firsts, layers_pattern)
+    return located.layer_idx, located.location
 
 
 def matches_modules(path: str, spec, path_prefix: str = "") -> bool:
@@ -161,28 +209,32 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
     may be written against either root, as PEFT writes them against the top model.
     """
     linears = _linear_modules(base_model)
+    firsts = first_layers(base_model, spec)
     if config.target_modules is None:
-        letters_at: dict[str, set] = {}  # location -> the attention matrices placed there
-        if config.selfattn_lora:
-            by_letter = {"q": spec.query, "k": spec.key, "v": spec.value, "o": spec.attn_output}
-            for letter in config.attn_matrices:
-                if by_letter[letter]:
-                    letters_at.setdefault(by_letter[letter], set()).add(letter)
-        suffixes = set(letters_at)
-        if config.intermediate_lora:
-            suffixes.update(spec.intermediate_lora)
-        if config.output_lora:
-            suffixes.update(spec.output_lora)
+        # per stack: location -> the attention matrices placed there (self- and cross-attention:
+        # AdapterHub's "selfattn" LoRA covers every attention module of an encoder-decoder)
+        letters_at: dict[str, dict[str, set]] = {}
+        suffixes: dict[str, set] = {}
+        for stack in spec.stacks():
+            at = letters_at.setdefault(stack.layers, {})
+            if config.selfattn_lora:
+                matrices = stack.attention_matrices()
+                for letter in config.attn_matrices:
+                    for location in matrices[letter]:
+                        at.setdefault(location, set()).add(letter)
+            suffixes[stack.layers] = set(at)
+            if config.intermediate_lora:
+                suffixes[stack.layers].update(stack.intermediate_lora)
+            if config.output_lora:
+                suffixes[stack.layers].update(stack.output_lora)
         chosen = []
         for path, module in linears.items():
-            layer_idx, location = layer_of(path, spec)
-            if layer_idx >= 0 and location in suffixes and layer_idx not in config.leave_out:
-                slices = (
-                    _fused_slices(spec, location, module, letters_at[location], base_model.config)
-                    if location in letters_at
-                    else None
-                )
-                chosen.append(Target(path, module, layer_idx, location, slices))
+            stack, layer_idx, _, location = locate(path, spec, firsts)
+            if stack is None or location not in suffixes[stack.layers] or layer_idx in config.leave_out:
+                continue
+            at = letters_at[stack.layers]
+            slices = _fused_slices(spec, location, module, at[location], base_model.config) if location in at else None
+            chosen.append(Target(path, module, layer_idx, location, slices))
         return chosen
 
     wanted = config.target_modules
@@ -192,12 +244,16 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
             continue
         if config.exclude_modules is not None and matches_modules(path, config.exclude_modules, path_prefix):
             continue
-        layer_idx, location = layer_of(path, spec, config.layers_pattern)
-        if config.layers_to_transform is not None and layer_idx not in config.layers_to_transform:
+        located = locate(path, spec, firsts, config.layers_pattern)
+        # layers_to_transform is PEFT's: the index in the path (per stack); leave_out AdapterHub's
+        if config.layers_to_transform is not None and located.local_idx not in config.layers_to_transform:
             continue
+        layer_idx = located.layer_idx
+        if spec.is_encoder_decoder and config.layers_pattern:  # number over both stacks, as leave_out does
+            layer_idx = layer_of(path, spec, None, firsts)[0]
         if layer_idx in config.leave_out:
             continue
-        targets.append(Target(path, module, layer_idx, location))
+        targets.append(Target(path, module, layer_idx, located.location))
     if not targets:
         probe = wanted if isinstance(wanted, str) else " ".join(wanted)
         raise ValueError(
