@@ -481,9 +481,15 @@ def _strip_adapters(model) -> None:
         del base._modules["shared_parameters"]
     from .models.attention import PREFIX
 
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if isinstance(implementation, str) and implementation.startswith(PREFIX):  # the attention wrapper's backend
-        model.config._attn_implementation = implementation[len(PREFIX):]
+    configs = {id(model.config): model.config}  # and the copies parts keep (T5's stacks)
+    for module in modules:
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            configs.setdefault(id(config), config)
+    for config in configs.values():
+        implementation = getattr(config, "_attn_implementation", None)
+        if isinstance(implementation, str) and implementation.startswith(PREFIX):  # the attention wrapper's backend
+            config._attn_implementation = implementation[len(PREFIX):]
 
 
 def _unmerge_from_host(host, names: set) -> None:

@@ -76,6 +76,7 @@ _BATCH_INPUTS = (
     "decoder_attention_mask",
     "decoder_inputs_embeds",
     "pixel_values",
+    "input_features",
 )
 
 
@@ -226,10 +227,43 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     # row's result does not depend on its (left) padding
                     length = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
                     kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        if prompt_pool is not None and prompt_pool.names_in(context.setup):
+        encoder_decoder = self.__dict__["_adapters_spec"].is_encoder_decoder  # the encoder joins the prompt itself
+        if prompt_pool is not None and not encoder_decoder and prompt_pool.names_in(context.setup):
             args, kwargs = self._as_kwargs(args, kwargs)
             kwargs = prompt_pool.prepare_forward(self, context, kwargs)
         return args, kwargs
+
+    def _open_stack_context(self, module, args, kwargs):
+        """``(context or None, kwargs)``: for an encoder run on its own (``generate`` encodes once before
+        decoding), a forward context like the model's forward opens, with the prefixes computed;
+        None when the model's forward opened one already."""
+        _, kwargs = _as_module_kwargs(module, args, kwargs)
+        context = ForwardContext.get_context()
+        if context is not None and context.registry is self.adapters_config:
+            return None, kwargs
+        context = ForwardContext(self, *self._setup_for_forward())
+        context.registry = self.adapters_config
+        channels = _parallel_channels(context.setup)
+        if channels > 1 and _pre_replicated.get() == channels:
+            context.parallel_channels = channels
+        elif channels > 1:
+            kwargs, batch = _replicate_inputs((), (), kwargs, channels)
+            context.parallel_channels, context.original_batch_size = channels, batch
+        prefix_pool = self.base_model._modules.get("prefix_tuning")
+        if context.setup is not None and prefix_pool is not None and prefix_pool.prepare_forward(context):
+            use_adapter_attention(self)
+        return context, kwargs
+
+    def _prompt_length(self, context) -> tuple[int, int]:
+        """``(position, length)`` of the active soft prompts in the encoder input (length 0: none)."""
+        pool = self.base_model._modules.get("prompt_tuning")
+        if context is None or context.setup is None or pool is None:
+            return 0, 0
+        names = pool.names_in(context.setup)
+        if not names:
+            return 0, 0
+        prompts = [pool.prompt_tunings[n] for n in names]
+        return int(prompts[0].config.combine == "prefix_after_bos"), sum(p.config.prompt_length for p in prompts)
 
     def _as_kwargs(self, args, kwargs):
         kwargs = dict(kwargs)
@@ -363,6 +397,18 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     f"attention does not call transformers' attention interface, through which this method enters "
                     f"without copying attention code. Use another method (bottleneck adapters, LoRA, prompt tuning) "
                     f"for this model."
+                )
+            if part.architecture == "prompt_tuning" and not spec.prompt_tuning:
+                raise ValueError(
+                    f"Prompt tuning is not available for {spec.name} ({type(self).__name__}): its encoder reads "
+                    f"{'audio features' if spec.name == 'whisper' else 'non-token inputs'}, not token embeddings a soft "
+                    f"prompt could join. Use prefix tuning (encoder_prefix reaches the encoder), LoRA or bottleneck "
+                    f"adapters for this model."
+                )
+            if part.architecture == "adaption_prompt" and spec.is_encoder_decoder:
+                raise ValueError(
+                    f"Llama-Adapter (adaption prompt) is defined for decoder-only models; {spec.name} is an "
+                    f"encoder-decoder. Use prefix tuning (it covers encoder, decoder and cross-attention) instead."
                 )
             if part.architecture == "adaption_prompt":
                 check_adaption_prompt_config(self, part)
@@ -1313,3 +1359,81 @@ def _fusion_names(setup) -> list[str]:
 
 def _uses_fusion(setup, fusion_name: str) -> bool:
     return fusion_name in _fusion_names(setup)
+
+
+def _as_module_kwargs(module, args, kwargs) -> tuple[tuple, dict]:
+    """``((), kwargs)``: ``module``'s call with its positional arguments named."""
+    if not args:
+        return (), dict(kwargs)
+    kwargs = dict(kwargs)
+    for name, value in zip(_module_parameter_names(module.__dict__["_adapters_original_class"]), args):
+        kwargs[name] = value
+    return (), kwargs
+
+
+@functools.lru_cache(maxsize=None)
+def _module_parameter_names(cls) -> tuple[str, ...]:
+    return _positional_names(cls.forward)
+
+
+class EncoderEntryMixin:
+    """Swapped onto the encoder of an encoder-decoder model.
+
+    * Soft prompts (prompt tuning) are joined to the encoder's input here: ``[S ; E[x]]`` and the
+      attention mask gets ``P`` ones; the decoder is unchanged.
+    * Run on its own (``generate`` encodes once, through ``model.get_encoder()``, before decoding),
+      the encoder opens the model's forward context itself, so its adapters and prefixes run too.
+    """
+
+    def forward(self, *args, **kwargs):
+        model = self.__dict__["_adapters_model"]
+        context, kwargs = model._open_stack_context(self, args, kwargs)
+        if context is None:
+            return super().forward(**self._with_prompt(model, ForwardContext.get_context(), kwargs))
+        with context.activate():
+            return super().forward(**self._with_prompt(model, context, kwargs))
+
+    def _with_prompt(self, model, context, kwargs):
+        pool = model.base_model._modules.get("prompt_tuning")
+        if context is None or context.setup is None or pool is None or not pool.names_in(context.setup):
+            return kwargs
+        return pool.prepare_forward(self, context, kwargs)
+
+
+class DecoderEntryMixin:
+    """Swapped onto the decoder of an encoder-decoder model: while soft prompts lengthen the encoder
+    output by ``P`` positions, the cross-attention mask (given for the ``T`` input tokens) gets ``P``
+    ones at the prompt's place."""
+
+    def forward(self, *args, **kwargs):
+        model = self.__dict__["_adapters_model"]
+        at, length = model._prompt_length(ForwardContext.get_context())
+        if length:
+            _, kwargs = _as_module_kwargs(self, args, kwargs)
+            args = ()
+            mask, states = kwargs.get("encoder_attention_mask"), kwargs.get("encoder_hidden_states")
+            if (
+                isinstance(mask, torch.Tensor) and mask.dim() == 2 and isinstance(states, torch.Tensor)
+                and states.shape[1] == mask.shape[1] + length
+            ):
+                block = mask.new_ones(mask.shape[0], length)
+                kwargs["encoder_attention_mask"] = torch.cat([mask[:, :at], block, mask[:, at:]], dim=1)
+        return super().forward(*args, **kwargs)
+
+
+def install_stack_entries(model, spec) -> None:
+    """Swap :class:`EncoderEntryMixin` / :class:`DecoderEntryMixin` onto the encoder and decoder of an
+    encoder-decoder ``model`` (those it has).
+
+    Example::
+
+        >>> install_stack_entries(t5, T5)
+        >>> type(t5.encoder).__name__
+        'T5StackWithAdapters'
+    """
+    base = model.base_model
+    for path, mixin in ((spec.encoder, EncoderEntryMixin), (spec.decoder_module, DecoderEntryMixin)):
+        module = base._modules.get(path) if path else None
+        if module is not None:
+            swap_class(module, mixin)
+            module.__dict__["_adapters_model"] = model

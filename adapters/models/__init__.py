@@ -44,7 +44,7 @@ def init(model: nn.Module, interface=None) -> nn.Module:
         >>> adapters.init(custom_model, interface=AdapterModelInterface(...))
     """
     from ..interface import CONFIG_KEY, AdapterModelInterface, interface_from_config
-    from ..model_mixin import ModelAdaptersMixin, _checkpoint_with_context  # the mixin imports this package
+    from ..model_mixin import ModelAdaptersMixin, _checkpoint_with_context, install_stack_entries  # imports this package
 
     if "_adapters_registry" in model.__dict__:
         if interface is not None and AdapterModelInterface.load(interface) != model.__dict__.get("_adapters_interface"):
@@ -78,6 +78,8 @@ def init(model: nn.Module, interface=None) -> nn.Module:
         target.__dict__["_adapters_interface"] = interface
     if interface is not None:
         setattr(model.config, CONFIG_KEY, interface.to_dict())
+    if spec.is_encoder_decoder:
+        install_stack_entries(model, spec)
     # layers may already have a checkpointing function (gradient_checkpointing_enable before init)
     for module in model.modules():
         func = module.__dict__.get("_gradient_checkpointing_func")

@@ -271,7 +271,18 @@ def use_adapter_attention(model) -> None:
         >>> model.config._attn_implementation
         'adapters_sdpa'
     """
-    config = model.config
-    current = config._attn_implementation or "eager"
-    if not current.startswith(PREFIX):
-        config._attn_implementation = adapter_attention_name(current)
+    configs = model.__dict__.get("_adapters_attention_configs")
+    if configs is None:
+        # the model's config and any separate ones its parts read (T5's encoder and decoder stacks
+        # keep copies of the config, and their attention reads the copy)
+        configs = {id(model.config): model.config}
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "_attn_implementation"):
+                configs.setdefault(id(config), config)
+        configs = list(configs.values())
+        model.__dict__["_adapters_attention_configs"] = configs
+    for config in configs:
+        current = config._attn_implementation or "eager"
+        if not current.startswith(PREFIX):
+            config._attn_implementation = adapter_attention_name(current)
