@@ -10,6 +10,9 @@ import transformers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
+# the models are tiny: one thread per test process is faster than several competing for the cores
+# (pytest -n runs several processes)
+torch.set_num_threads(1)
 
 HIDDEN, LAYERS, HEADS, VOCAB = 32, 2, 4, 99
 
@@ -85,8 +88,9 @@ ARCHS = tuple(CONFIGS)
 # (PEFT methods, merging) run on these too
 NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2")
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
-# way: cls or mean pooling, a bias-free norm in the classification head)
-NO_ADAPTER_MODEL = ("modernbert",)
+# way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
+# no seq2seq head yet)
+NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS)
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")
@@ -142,6 +146,21 @@ def make_inputs(arch: str, batch: int = 2, seq: int = 12, seed: int = 1, padded:
     eos = CONFIGS[arch]().eos_token_id
     input_ids[torch.arange(batch), attention_mask.sum(-1) - 1] = eos
     return {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids}
+
+
+def cls_head(arch: str) -> str:
+    """``"seq_cls"``, or ``"base"`` where the architecture has no sequence classifier with a decoder."""
+    return "base" if arch in NO_SEQ_CLS else "seq_cls"
+
+
+def n_layers(arch: str) -> int:
+    """The number of layers adapters count (encoder-decoders: encoder and decoder layers together)."""
+    return 2 * LAYERS if arch in ENCODER_DECODERS else LAYERS
+
+
+def batch_of(inputs: dict) -> int:
+    """The batch size of ``make_inputs`` output."""
+    return next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
 
 
 def left_padded_prompt():

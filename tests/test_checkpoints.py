@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import ARCHS, main_output, make_inputs, make_model, patched, perturb_adapter
+from conftest import ARCHS, cls_head, main_output, make_inputs, make_model, patched, perturb_adapter
 
 import adapters
 from adapters import AdapterLoadError, Fuse
@@ -37,7 +37,7 @@ def assert_unchanged(model, before):
 @pytest.mark.parametrize("config", ["double_seq_bn", "scaled_par_bn", "compacter"])
 @pytest.mark.parametrize("use_safetensors", [True, False])
 def test_save_load_round_trip_is_bit_identical(tmp_path, arch, config, use_safetensors):
-    model = patched(arch, "seq_cls")
+    model = patched(arch, cls_head(arch))
     config = adapters.AdapterConfig.load(config, **({"reduction_factor": 4} if config == "compacter" else {}))
     model.add_adapter("a", config=config, set_active=True)
     perturb_adapter(model, "a")  # includes Compacter's shared phm_rule
@@ -48,7 +48,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, arch, config, use_safet
     weights = "adapter.safetensors" if use_safetensors else "pytorch_adapter.bin"
     assert sorted(os.listdir(tmp_path / "a")) == sorted(["adapter_config.json", weights])
 
-    fresh = patched(arch, "seq_cls")
+    fresh = patched(arch, cls_head(arch))
     with torch.no_grad():
         fresh.load_state_dict({k: v for k, v in model.state_dict().items() if ".adapters." not in k and "shared_parameters" not in k}, strict=False)
     name = fresh.load_adapter(str(tmp_path / "a"), set_active=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, LAYERS, main_output, make_inputs, patched, perturb_adapter, run
+from conftest import ARCHS, LAYERS, cls_head, main_output, make_inputs, patched, perturb_adapter, run
 
 from adapters import Average, BatchSplit, IA3Config, LoRAConfig, Parallel, Split, Stack
 
@@ -56,7 +56,7 @@ def test_stack_of_ia3_multiplies_the_scalings():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_parallel_and_batchsplit_rows_equal_each_adapter_alone(arch):
-    model = lora_pair(arch, "seq_cls")
+    model = lora_pair(arch, cls_head(arch))
     inputs = make_inputs(arch)
     alone = {n: run(model, inputs, n) for n in "ab"}
     parallel = run(model, inputs, Parallel("a", "b"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, DECODERS, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import ARCHS, DECODERS, ENCODER_DECODERS, NO_PROMPT, make_inputs, make_model, patched, perturb_adapter, run
 
 from adapters import PromptTuningConfig, Stack
 
@@ -40,18 +40,19 @@ def _definition(arch, head, prompt, inputs, at=0):
             hook = model.base_model.embeddings.register_forward_hook(lambda module, args, output: join(output))
             out = model(input_ids=inputs["input_ids"], attention_mask=mask)
             hook.remove()
-        else:
-            out = model(inputs_embeds=join(model.get_input_embeddings()(inputs["input_ids"])), attention_mask=mask)
+        else:  # encoder-decoders: the prompt joins the encoder input, the decoder reads its own tokens
+            extra = {"decoder_input_ids": inputs["decoder_input_ids"]} if arch in ENCODER_DECODERS else {}
+            out = model(inputs_embeds=join(model.get_input_embeddings()(inputs["input_ids"])), attention_mask=mask, **extra)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_PROMPT])
 def test_prompt_joins_the_embedded_input(arch):
     head = "clm" if arch in DECODERS else "base"
     model = _with_prompt(arch, head)
     inputs = make_inputs(arch)
     out = run(model, inputs)
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert out.shape[1] == inputs["input_ids"].shape[1] + (0 if arch in ENCODER_DECODERS else 3)
     prompt = model.base_model.prompt_tuning.prompt_tunings["t"].prompt_embedding.weight.detach()
     torch.testing.assert_close(out, _definition(arch, head, prompt, inputs), atol=1e-5, rtol=0)
 
