@@ -36,8 +36,9 @@ def test_initialised_lora_and_ia3_are_the_identity(arch, config):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stack_adds_the_deltas_on_the_same_weight(arch):
-    model = lora_pair(arch)
-    inputs = make_inputs(arch)
+    # float64: T5 does not scale its attention logits, which amplifies float32 rounding differences
+    model = lora_pair(arch).to(torch.float64)
+    inputs = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in make_inputs(arch).items()}
     stacked = run(model, inputs, Stack("a", "b"))
     model.merge_adapter("a")
     model.merge_adapter("b")  # W + ΔW_a + ΔW_b
