@@ -432,7 +432,7 @@ def test_unload_gives_back_the_original_model_bit_for_bit():
     [(torch.float32, 5e-5), (torch.float16, 5e-2), (torch.bfloat16, 5e-1)],
     ids=["fp32", "fp16", "bf16"],
 )
-@pytest.mark.parametrize("arch", ["bert", "llama", *NEW_ARCHS])
+@pytest.mark.parametrize("arch", ["bert", "llama", *NEW_ARCHS, "bart"])  # T5: unscaled attention logits amplify half-precision rounding past these bounds
 def test_merging_changes_outputs_only_by_the_dtype_rounding(arch, dtype, atol):
     model = make_model(arch).to(dtype)
     adapters.init(model)

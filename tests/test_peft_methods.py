@@ -136,7 +136,7 @@ def _add(model, name, method, **overrides):
 
 
 # -- single adapters -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2", *NEW_ARCHS])
+@pytest.mark.parametrize("arch", ["bert", "llama", "gpt2", *NEW_ARCHS, "t5", "bart", "whisper"])
 @pytest.mark.parametrize("method", METHODS)
 def test_initialised_adapter_is_the_identity_and_trained_one_matches_its_definition(arch, method):
     model = patched(arch)
