@@ -48,9 +48,9 @@ from transformers.activations import ACT2FN
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
-from ..models.spec import layer_stacks
 from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, tag_attention
 from ..models.patching import swap_class
+from ..models.spec import layer_stacks
 from .base import ComposableLayer
 
 __all__ = [
