@@ -335,7 +335,7 @@ def install_adaption_prompt(model) -> AdaptionPromptSites:
     layers = base.get_submodule(spec.layers)
     fused = spec.key == spec.value
     sites = AdaptionPromptSites()
-    for layer_idx, location, attention in attention_sites(base, spec):
+    for layer_idx, location, attention, _ in attention_sites(base, spec):
         layer = layers[layer_idx]
         if fused:  # one projection computes [q | k | v] in equal parts (GPT-2's c_attn)
             module = layer.get_submodule(spec.key)
