@@ -1383,6 +1383,13 @@ class EncoderEntryMixin:
       attention mask gets ``P`` ones; the decoder is unchanged.
     * Run on its own (``generate`` encodes once, through ``model.get_encoder()``, before decoding),
       the encoder opens the model's forward context itself, so its adapters and prefixes run too.
+
+    Example::
+
+        >>> adapters.init(t5)                     # swaps it onto t5.encoder
+        >>> t5.set_active_adapters("prompt")
+        >>> t5.get_encoder()(input_ids=ids).last_hidden_state.shape   # P + T positions
+        torch.Size([2, 15, 32])
     """
 
     def forward(self, *args, **kwargs):
@@ -1403,7 +1410,14 @@ class EncoderEntryMixin:
 class DecoderEntryMixin:
     """Swapped onto the decoder of an encoder-decoder model: while soft prompts lengthen the encoder
     output by ``P`` positions, the cross-attention mask (given for the ``T`` input tokens) gets ``P``
-    ones at the prompt's place."""
+    ones at the prompt's place.
+
+    Example::
+
+        >>> adapters.init(bart)                   # swaps it onto bart.model.decoder
+        >>> type(bart.model.decoder).__name__
+        'BartDecoderWithAdapters'
+    """
 
     def forward(self, *args, **kwargs):
         model = self.__dict__["_adapters_model"]

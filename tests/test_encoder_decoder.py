@@ -310,3 +310,16 @@ def test_t5_encoder_model_numbers_its_layers_from_zero():
     inputs = make_inputs("t5")
     out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_lora_in_peft_format_loads_in_peft_with_the_same_outputs(tmp_path, arch):
+    peft = pytest.importorskip("peft")
+    model = patched(arch, "seq2seq")
+    model.add_adapter("l", config=LoRAConfig(r=4, attn_matrices=["q", "v"]), set_active=True)  # self- and cross-attention
+    perturb_adapter(model, "l", scale=0.1)
+    inputs = make_inputs(arch)
+    model.save_adapter(str(tmp_path), "l", format="peft")
+    theirs = peft.PeftModel.from_pretrained(make_model(arch, "seq2seq"), str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(**inputs).logits, run(model, inputs), atol=1e-5, rtol=1e-5)

@@ -124,6 +124,12 @@ class LayerStack(NamedTuple):
     ``attention_location`` is where prefix tuning files the stack's self-attention (``"self"``, or
     ``"encoder"`` for an encoder-decoder's encoder: the config's ``encoder_prefix``). The
     ``cross_*`` fields are None except for a decoder.
+
+    Example::
+
+        >>> encoder, decoder = T5.stacks()
+        >>> decoder.role, decoder.attention_location, decoder.cross_attention
+        ('decoder', 'self', 'layer.1.EncDecAttention')
     """
 
     role: str
@@ -147,7 +153,13 @@ class LayerStack(NamedTuple):
 
     def attention_matrices(self) -> dict[str, list[str]]:
         """``{"q": [paths], "k": ..., "v": ..., "o": ...}``: the projections AdapterHub's
-        ``attn_matrices`` select in one layer of this stack (self- and cross-attention alike)."""
+        ``attn_matrices`` select in one layer of this stack (self- and cross-attention alike).
+
+        Example::
+
+            >>> BART.stacks()[1].attention_matrices()["q"]
+            ['self_attn.q_proj', 'encoder_attn.q_proj']
+        """
         own = {"q": self.query, "k": self.key, "v": self.value, "o": self.attn_output}
         cross = {"q": self.cross_query, "k": self.cross_key, "v": self.cross_value, "o": self.cross_attn_output}
         return {letter: [p for p in (own[letter], cross[letter]) if p] for letter in "qkvo"}

@@ -57,7 +57,13 @@ class Target(NamedTuple):
 class Located(NamedTuple):
     """Where a base-model path lies: its stack (None outside the layer lists), its layer index in
     AdapterHub's numbering over all stacks (-1 outside), its index inside its own stack, and its
-    path inside the layer (the whole path outside)."""
+    path inside the layer (the whole path outside).
+
+    Example::
+
+        >>> locate("encoder.block.1.layer.0.SelfAttention.q", T5).layer_idx
+        1
+    """
 
     stack: Optional[LayerStack]
     layer_idx: int
