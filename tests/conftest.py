@@ -109,6 +109,8 @@ _HEAD_OVERRIDES = {("whisper", "seq2seq"): transformers.AutoModelForSpeechSeq2Se
 NO_SEQ_CLS = ("whisper",)
 # architectures whose inputs are not token ids (prompt tuning is refused)
 NO_PROMPT = ("whisper",)
+# Llama-Adapter is defined for decoder-only models: refused on encoder-decoders
+NO_ADAPTION_PROMPT = ENCODER_DECODERS
 # (arch, head) pairs the tests run: every arch bare and with its natural heads
 ARCH_HEADS = (
     [(a, "base") for a in ARCHS]

@@ -12,7 +12,7 @@ import torch
 from conftest import (
     ARCHS,
     DECODERS,
-    ENCODER_DECODERS,
+    NO_ADAPTION_PROMPT,
     NO_PREFIX,
     NO_SDPA,
     left_padded_prompt,
@@ -158,7 +158,7 @@ def _merge_terms(*term_dicts):
 
 
 # -- definition ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_PREFIX + ENCODER_DECODERS])
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_PREFIX + NO_ADAPTION_PROMPT])
 def test_zero_gate_is_the_base_model(arch):
     model = patched(arch)
     model.add_adapter("ap", config=ALL_LAYERS, set_active=True)
@@ -202,7 +202,7 @@ def test_left_padded_row_equals_row_alone(arch):
     torch.testing.assert_close(out[0], full[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_PREFIX + NO_SDPA + ENCODER_DECODERS])
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_PREFIX + NO_SDPA + NO_ADAPTION_PROMPT])
 def test_eager_equals_sdpa(arch):
     inputs = make_inputs(arch)
     sdpa, eager = _with_prompt(arch), _with_prompt(arch)

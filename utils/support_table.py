@@ -53,9 +53,9 @@ COLUMNS = (
     Column("Bottleneck, Compacter"),
     Column("LoRA, DoRA, (IA)³"),
     # tests/test_peft_methods.py runs the weight transforms on these representatives
-    Column("LoHa, LoKr, OFT, HRA, AdaLoRA", tested_on=("bert", "llama", "gpt2", "NEW_ARCHS")),
+    Column("LoHa, LoKr, OFT, HRA, AdaLoRA", tested_on=("bert", "llama", "gpt2", "NEW_ARCHS", "t5", "bart", "whisper")),
     Column("Prefix tuning", excluded_by=("NO_PREFIX",)),
-    Column("Llama-Adapter", excluded_by=("NO_PREFIX",)),
+    Column("Llama-Adapter", excluded_by=("NO_PREFIX", "NO_ADAPTION_PROMPT")),
     Column("Prompt tuning", excluded_by=("NO_PROMPT",)),
     Column("Composition (Stack, Fuse, Parallel, ...)"),
     Column("AdapterModel class", excluded_by=("NO_ADAPTER_MODEL",)),
@@ -74,6 +74,7 @@ KINDS = (
 REASONS = {
     "NO_PREFIX": "attention does not call transformers' attention interface, through which prefixes enter",
     "NO_PROMPT": "no input embeddings a soft prompt can join",
+    "NO_ADAPTION_PROMPT": "defined for decoder-only models; refused on encoder-decoders (prefix tuning covers them)",
     "NO_ADAPTER_MODEL": "no AdapterModel class; adapters work on transformers' own head models",
     "NO_SDPA": "transformers' class cannot run sdpa (eager is used)",
 }
