@@ -65,6 +65,11 @@ CONFIGS = {
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, rotary_dim=4, resid_pdrop=0.0,
         embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
+    # fused query_key_value interleaved per head; parallel residual; rotary on half of each head
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        **dict(_COMMON, intermediate_size=64), rotary_pct=0.5, hidden_dropout=0.0, attention_dropout=0.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
@@ -81,12 +86,12 @@ CONFIGS = {
     ),
 }
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj", "gpt_neox")
 ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
-NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2")
+NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox")
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
 # way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
 # no seq2seq head yet)

@@ -195,3 +195,52 @@ def test_phi3_with_gqa_refuses_llama_adapter_and_stays_unchanged():
     with pytest.raises(ValueError, match=r"Llama-Adapter is not available for phi3 with grouped-query attention.*q: 32, k: 16"):
         model.add_adapter("ap", config=AdaptionPromptConfig(adapter_len=2))
     assert "ap" not in model.adapters_config.adapters and model.state_dict().keys() == before.keys()
+
+
+# -- GPT-NeoX: fused query_key_value interleaved per head ---------------------------------------------
+def _per_head(weight, heads=4):
+    """``query_key_value``'s ``(3·hidden, in)`` rows as ``(heads, [q, k, v], head_dim, in)``, the model's view."""
+    return weight.view(heads, 3, -1, weight.shape[-1])
+
+
+def test_gpt_neox_lora_on_the_query_part_changes_exactly_the_query_rows_of_every_head():
+    model = patched("gpt_neox", "clm")
+    model.add_adapter("q", config=LoRAConfig(r=2, attn_matrices=["q"]), set_active=True)
+    host = model.gpt_neox.layers[0].attention.query_key_value
+    assert host.loras["q"].out_slices == (((0, 8), (24, 32), (48, 56), (72, 80)),)  # 4 heads of 8: [q_h k_h v_h]
+    perturb_adapter(model, "q", scale=0.3)
+    merged, _ = host.merged_weight("q")
+    delta = _per_head(merged - host.weight)
+    assert delta[:, 0].abs().min(dim=-1).values.gt(0).all()  # every query row of every head moves
+    assert delta[:, 1:].abs().max() == 0  # keys and values stay
+    # reference: the unmodified model with W_q of head h += s·B_h A (B's rows follow the heads)
+    reference = make_model("gpt_neox", "clm")
+    with torch.no_grad():
+        for layer, ref_layer in zip(model.gpt_neox.layers, reference.gpt_neox.layers):
+            lora = layer.attention.query_key_value.loras["q"]
+            update = (lora.scaling * lora.lora_B @ lora.lora_A).view(4, 8, -1)
+            _per_head(ref_layer.attention.query_key_value.weight)[:, 0] += update
+    inputs = make_inputs("gpt_neox")
+    out = run(model, inputs)
+    assert (out - run(make_model("gpt_neox", "clm"), inputs)).abs().max() > 1e-3
+    torch.testing.assert_close(out, run(reference, inputs), atol=1e-5, rtol=0)
+    model.merge_adapter("q")
+    assert host.merged == ["q"]
+    torch.testing.assert_close(run(model, inputs), out, atol=1e-5, rtol=0)
+
+
+def test_gpt_neox_llama_adapter_projects_prompts_through_the_key_and_value_rows_of_every_head():
+    model = patched("gpt_neox", "clm")
+    model.add_adapter("ap", config=AdaptionPromptConfig(adapter_len=3, adapter_layers=1))
+    host = model.gpt_neox.layers[-1].attention.adaption_prompt
+    prompt = torch.randn(3, 32)
+    qkv = model.gpt_neox.layers[-1].attention.query_key_value
+    with torch.no_grad():
+        # the model's split: view (..., heads, 3·head_dim), then chunk into q, k, v
+        full = torch.nn.functional.linear(prompt, qkv.weight, qkv.bias).view(3, 4, 3, 8)
+        from adapters.methods.adaption_prompt import _project
+
+        keys = _project(host.__dict__["key_projection"], prompt).view(3, 4, 8)
+        values = _project(host.__dict__["value_projection"], prompt).view(3, 4, 8)
+    torch.testing.assert_close(keys, full[:, :, 1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(values, full[:, :, 2], atol=1e-6, rtol=0)

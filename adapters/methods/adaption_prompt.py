@@ -66,6 +66,7 @@ from transformers.pytorch_utils import Conv1D
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..context import ForwardContext
 from ..models.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
+from ..models.targeting import fused_part_rows
 from .base import ComposableLayer
 
 __all__ = [
@@ -106,6 +107,7 @@ class _Projection(NamedTuple):
     module: nn.Module
     start: int  # first output row
     size: int  # number of output rows (kv_heads · d_head)
+    rows: torch.Tensor | None = None  # the output rows where they are not one run (interleaved heads)
 
 
 def _projection(module: nn.Module, part: int, parts: int) -> _Projection:
@@ -114,12 +116,23 @@ def _projection(module: nn.Module, part: int, parts: int) -> _Projection:
     return _Projection(module, part * size, size)
 
 
+def _spread_projection(module: nn.Module, ranges) -> _Projection:
+    """The rows of a part spread over a fused projection's output (one range per head)."""
+    rows = torch.cat([torch.arange(start, stop) for start, stop in ranges])
+    return _Projection(module, 0, len(rows), rows)
+
+
 def _project(projection: _Projection, prompt: torch.Tensor) -> torch.Tensor:
     """``P W[rows]ᵀ + b[rows]`` with the module's frozen weight (adapters on it do not act)."""
     module = projection.module
     weight = module.weight.t() if isinstance(module, Conv1D) else module.weight
-    weight = weight.narrow(0, projection.start, projection.size)
-    bias = module.bias.narrow(0, projection.start, projection.size) if module.bias is not None else None
+    if projection.rows is not None:
+        rows = projection.rows.to(weight.device)
+        weight = weight.index_select(0, rows)
+        bias = module.bias.index_select(0, rows) if module.bias is not None else None
+    else:
+        weight = weight.narrow(0, projection.start, projection.size)
+        bias = module.bias.narrow(0, projection.start, projection.size) if module.bias is not None else None
     return F.linear(prompt.to(weight.dtype), weight, bias)
 
 
@@ -337,7 +350,11 @@ def install_adaption_prompt(model) -> AdaptionPromptSites:
     sites = AdaptionPromptSites()
     for layer_idx, location, attention, _ in attention_sites(base, spec):
         layer = layers[layer_idx]
-        if fused:  # one projection computes [q | k | v] in equal parts (GPT-2's c_attn)
+        if fused and spec.fused_qkv_layout == "interleaved_heads":  # per head [q_h k_h v_h] (GPT-NeoX)
+            module = layer.get_submodule(spec.key)
+            rows = fused_part_rows(spec, spec.key, module, config)
+            key, value = _spread_projection(module, rows["k"]), _spread_projection(module, rows["v"])
+        elif fused:  # one projection computes [q | k | v] in equal parts (GPT-2's c_attn)
             module = layer.get_submodule(spec.key)
             parts = 3 if spec.query == spec.key else 2
             key, value = _projection(module, parts - 2, parts), _projection(module, parts - 1, parts)

@@ -35,6 +35,11 @@ has one output per group. Merging writes ``W[S_i] += s·B_i A_i`` into the cover
 Without ``out_slices`` the adapter covers the whole output as one group (PEFT's semantics for a
 fused module named in ``target_modules``).
 
+A part need not be contiguous: GPT-NeoX's ``query_key_value`` interleaves the parts per head,
+``[q_1 k_1 v_1 | q_2 k_2 v_2 | …]``, so its q part ``S_q`` is one run of ``d_head`` rows per head. Such
+an entry of ``out_slices`` is a tuple of ranges; ``S_i`` is their union, in head order, and the
+equations above hold as written.
+
 Composition on one layer, with ``o`` the output so far:
 
 * ``Stack(a, b)``: apply in order: ``o + Δ_a(x) + Δ_b(x)`` — deltas add on the same weight,
@@ -90,7 +95,8 @@ class LoRA(nn.Module):
             from the covered rows).
         scale_input: (IA)³ only: scale the layer input instead of its output.
         out_slices: ``((start, stop), ...)``: the output column ranges this adapter covers, one
-            group of equal size each (a fused projection's parts); None: the whole output.
+            group of equal size each (a fused projection's parts); an entry may be a tuple of
+            ranges (a part spread over the output, one range per head); None: the whole output.
 
     Example::
 
@@ -124,9 +130,7 @@ class LoRA(nn.Module):
         self.out_features = out_features
         self.out_slices = _check_slices(out_slices, out_features, self.scale_input)
         self.groups = len(self.out_slices) if self.out_slices else 1
-        index = None
-        if self.out_slices:
-            index = torch.cat([torch.arange(start, stop) for start, stop in self.out_slices])
+        index = _slices_index(self.out_slices)
         # the covered output columns (None: all); a buffer so it follows .to(device), never saved
         self.register_buffer("out_index", index, persistent=False)
         rows = out_features if index is None else len(index)
@@ -192,7 +196,9 @@ class LoRA(nn.Module):
     @property
     def is_plain(self) -> bool:
         """A LoRA over the whole output without gate or DoRA: ``output + s·x Aᵀ Bᵀ`` and nothing else."""
-        return self.composition_mode == "add" and self.groups == 1 and not self.use_dora and not hasattr(self, "gate")
+        return (
+            self.composition_mode == "add" and self.out_index is None and not self.use_dora and not hasattr(self, "gate")
+        )
 
     def add_delta(self, x: torch.Tensor, output: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """``output + s·dropout(x) Aᵀ Bᵀ`` for a plain LoRA: two small GEMMs and no extra pass over
@@ -275,8 +281,9 @@ class LoRA(nn.Module):
             return self.lora_A, self.lora_B
         dense = self.lora_B.new_zeros(self.out_features, self.groups * self.r)
         rows = self.lora_B.shape[0] // self.groups
-        for i, (start, stop) in enumerate(self.out_slices):
-            dense[start:stop, i * self.r : (i + 1) * self.r] = self.lora_B[i * rows : (i + 1) * rows]
+        for i in range(self.groups):
+            part = self.out_index[i * rows : (i + 1) * rows]
+            dense[part, i * self.r : (i + 1) * self.r] = self.lora_B[i * rows : (i + 1) * rows]
         return self.lora_A, dense
 
     def group_views(self) -> list[LoRAGroup]:
@@ -339,16 +346,45 @@ def accumulate_low_rank(
     return output
 
 
+def _part_ranges(part) -> tuple:
+    """The ``(start, stop)`` ranges of one ``out_slices`` entry: a range, or a tuple of ranges."""
+    return (part,) if isinstance(part[0], int) else part
+
+
 def _check_slices(out_slices, out_features: int, scale_input: bool):
+    """``out_slices`` normalised to ints, or a ValueError: one entry per part, each a ``(start, stop)``
+    column range or a tuple of ranges (a part spread over the output, e.g. one range per head),
+    all parts of one size."""
     if not out_slices:
         return None
-    out_slices = tuple((int(start), int(stop)) for start, stop in out_slices)
     if scale_input:
         raise ValueError("(IA)³ input scaling acts on the whole layer input; it cannot be restricted to output slices.")
-    sizes = {stop - start for start, stop in out_slices}
-    if len(sizes) != 1 or min(sizes) <= 0 or any(not 0 <= s < e <= out_features for s, e in out_slices):
-        raise ValueError(f"out_slices {list(out_slices)} must be non-empty column ranges of equal size within 0..{out_features}.")
-    return out_slices
+    try:
+        parts = tuple(
+            (int(part[0]), int(part[1])) if not isinstance(part[0], (tuple, list)) else tuple((int(s), int(e)) for s, e in part)
+            for part in out_slices
+        )
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"out_slices {out_slices!r} must be (start, stop) column ranges or tuples of them.") from None
+    ranges = [r for part in parts for r in _part_ranges(part)]
+    sizes = {sum(stop - start for start, stop in _part_ranges(part)) for part in parts}
+    rows = [row for start, stop in ranges for row in range(start, stop)]
+    if (
+        len(sizes) != 1 or any(stop <= start for start, stop in ranges)
+        or any(not 0 <= s < e <= out_features for s, e in ranges) or len(set(rows)) != len(rows)
+    ):
+        raise ValueError(
+            f"out_slices {list(out_slices)} must be non-overlapping, non-empty column ranges within 0..{out_features}, "
+            f"parts of equal size."
+        )
+    return parts
+
+
+def _slices_index(out_slices) -> torch.Tensor | None:
+    """The covered output rows, part after part (the order of ``B``'s rows), or None."""
+    if not out_slices:
+        return None
+    return torch.cat([torch.arange(start, stop) for part in out_slices for start, stop in _part_ranges(part)])
 
 
 class LoRALinear(ComposableLayer):

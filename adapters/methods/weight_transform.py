@@ -64,12 +64,12 @@ class WeightTransform(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, out_slices=None, module_dropout: float = 0.0):
         super().__init__()
-        from .lora import _check_slices
+        from .lora import _check_slices, _slices_index
 
         self.in_features = in_features
         self.out_features = out_features
         self.out_slices = _check_slices(out_slices, out_features, False)
-        index = torch.cat([torch.arange(s, e) for s, e in self.out_slices]) if self.out_slices else None
+        index = _slices_index(self.out_slices)
         self.register_buffer("out_index", index, persistent=False)
         #: the number of output rows the adapter covers
         self.rows = out_features if index is None else len(index)

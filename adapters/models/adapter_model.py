@@ -68,6 +68,7 @@ ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     # DeBERTa's classification heads pool the first token through a dense layer (ContextPooler):
     # a two-layer classification head with the pooler's activation
     "deberta-v2": ("DebertaV2AdapterModel", "DebertaV2Config", _ENCODER_HEADS, "first"),
+    "gpt_neox": ("GPTNeoXAdapterModel", "GPTNeoXConfig", _DECODER_HEADS, "last"),
 }
 
 
@@ -120,11 +121,11 @@ def _conversions() -> dict:
         dict(mlm, activation_function="gelu"),
         {0: "generator_predictions.dense", 2: "generator_predictions.LayerNorm", 3: "generator_lm_head"}, {}
     )
-    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ", "Gemma2", "Gemma3"):
+    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ", "Gemma2", "Gemma3", "GPTNeoX"):
         # Gemma 3's text-only classes are Gemma3Text...; its Gemma3For... classification classes are multimodal
         text = "Gemma3Text" if prefix == "Gemma3" else prefix
         table[f"{text}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})
-        table[f"{text}ForTokenClassification"] = (one("tagging"), {1: "classifier" if prefix == "GPT2" else "score"}, {})
+        table[f"{text}ForTokenClassification"] = (one("tagging"), {1: "classifier" if prefix in ("GPT2", "GPTNeoX") else "score"}, {})
         table[f"{text}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
         lm_class = "GPT2LMHeadModel" if prefix == "GPT2" else f"{prefix}ForCausalLM"
         table[lm_class] = (

@@ -186,6 +186,11 @@ class ArchitectureSpec:
             attention, Phi-3's ``qkv_proj``): the config attributes holding the head counts of
             the q, k and v parts (a missing or None attribute falls back to the first one); the
             parts' sizes are proportional to them.
+        fused_qkv_layout: how a fused q/k/v projection orders its output rows: ``"concatenated"``
+            (``[q | k | v]``: GPT-2, Phi-3, ModernBERT) or ``"interleaved_heads"`` (per head
+            ``[q_h | k_h | v_h]``, head after head: GPT-NeoX's ``query_key_value``). With
+            interleaved heads a part is spread over the output (``num_attention_heads`` runs of
+            ``head_dim`` rows), and LoRA covers exactly those rows.
         attention_interface: whether the attention module calls transformers' attention
             interface (``ALL_ATTENTION_FUNCTIONS``); methods that work through the attention
             wrapper (prefix tuning) are refused where it does not.
@@ -229,6 +234,7 @@ class ArchitectureSpec:
     output_lora: tuple[str, ...] = ()
     embedding_output: Optional[str] = None
     fused_qkv_heads: tuple[str, ...] = ()
+    fused_qkv_layout: str = "concatenated"
     attention_interface: bool = True
     decoder: Optional[DecoderSpec] = None
     encoder: Optional[str] = None
@@ -262,6 +268,14 @@ class ArchitectureSpec:
             d.cross_value, d.cross_attn_output,
         )
         return first, second
+
+
+    def __post_init__(self):
+        if self.fused_qkv_layout not in ("concatenated", "interleaved_heads"):
+            raise ValueError(
+                f"ArchitectureSpec {self.name}: fused_qkv_layout must be 'concatenated' or 'interleaved_heads', "
+                f"got {self.fused_qkv_layout!r}."
+            )
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}

@@ -14,7 +14,8 @@ Linear layers are ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2's, weight st
 q, k, v order, in equal parts (or in proportion to the head counts the spec names in
 ``fused_qkv_heads``: Phi-3's ``qkv_proj`` under grouped-query attention). AdapterHub-style placement then covers only the parts named in
 ``attn_matrices``: the :class:`Target` carries their output column ranges (``out_slices``), e.g.
-``((0, d), (2d, 3d))`` for ``["q", "v"]``. PEFT-style ``target_modules`` name whole modules and
+``((0, d), (2d, 3d))`` for ``["q", "v"]``; where a spec interleaves the parts per head
+(``fused_qkv_layout="interleaved_heads"``, GPT-NeoX), a part is a tuple of per-head ranges. PEFT-style ``target_modules`` name whole modules and
 cover the whole output (``out_slices`` None), as PEFT does.
 """
 
@@ -30,7 +31,8 @@ from transformers.pytorch_utils import Conv1D
 from .spec import ArchitectureSpec, LayerStack, layer_stacks
 
 __all__ = [
-    "Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "fused_part_ranges", "layer_of",
+    "Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "fused_part_ranges", "fused_part_rows",
+    "layer_of",
     "locate", "Located", "first_layers",
     "closest_names",
 ]
@@ -176,7 +178,8 @@ def _fused_part_sizes(spec: ArchitectureSpec, parts, out: int, location: str, co
 
 def fused_part_ranges(spec: ArchitectureSpec, location: str, module: nn.Module, config) -> dict[str, tuple[int, int]]:
     """``{letter: (first output row, size)}`` of each part of the fused projection at ``location``
-    (empty unless ``spec`` fuses several of q, k, v there).
+    (empty unless ``spec`` fuses several of q, k, v there); for a concatenated layout only (see
+    :func:`fused_part_rows` for any layout).
 
     Example::
 
@@ -186,26 +189,60 @@ def fused_part_ranges(spec: ArchitectureSpec, location: str, module: nn.Module, 
     parts = fused_parts(spec, location)
     if not parts:
         return {}
+    if spec.fused_qkv_layout != "concatenated":
+        raise ValueError(f"{spec.name}: {location} interleaves its parts per head; use fused_part_rows.")
     sizes = _fused_part_sizes(spec, parts, _out_features(module), location, config)
     return {letter: (sum(sizes[:i]), size) for i, (letter, size) in enumerate(zip(parts, sizes))}
 
 
-def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, letters, config=None) -> Optional[tuple]:
-    """Output column ranges of the parts ``letters`` of the fused module at ``location``."""
+def fused_part_rows(spec: ArchitectureSpec, location: str, module: nn.Module, config) -> dict[str, tuple]:
+    """``{letter: ((start, stop), ...)}``: the output row ranges of each part of the fused
+    projection at ``location``, in the order the model reads them (empty unless ``spec`` fuses
+    several of q, k, v there). One range per part for ``[q | k | v]``; one range per head for
+    GPT-NeoX's per-head interleaved ``[q_1 k_1 v_1 | q_2 k_2 v_2 | ...]``.
+
+    Example::
+
+        >>> fused_part_rows(GPT_NEOX, "attention.query_key_value", qkv, config)   # 2 heads of 4
+        {'q': ((0, 4), (12, 16)), 'k': ((4, 8), (16, 20)), 'v': ((8, 12), (20, 24))}
+    """
     parts = fused_parts(spec, location)
     if not parts:
+        return {}
+    out = _out_features(module)
+    if spec.fused_qkv_layout == "concatenated":
+        return {letter: ((start, start + size),) for letter, (start, size) in fused_part_ranges(spec, location, module, config).items()}
+    heads = config.num_attention_heads
+    if out % (heads * len(parts)):
+        raise ValueError(
+            f"{spec.name}: {location} interleaves {', '.join(parts)} over {heads} heads but its output size {out} "
+            f"does not split that way; check the architecture spec."
+        )
+    size = out // (heads * len(parts))
+    stride = size * len(parts)
+    return {
+        letter: tuple((h * stride + i * size, h * stride + (i + 1) * size) for h in range(heads))
+        for i, letter in enumerate(parts)
+    }
+
+
+def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, letters, config=None) -> Optional[tuple]:
+    """The parts ``letters`` of the fused module at ``location`` as LoRA ``out_slices``: one entry
+    per part, a ``(start, stop)`` range, or a tuple of ranges where the part is spread over the
+    output (interleaved heads)."""
+    rows = fused_part_rows(spec, location, module, config)
+    if not rows:
         return None
-    sizes = _fused_part_sizes(spec, parts, _out_features(module), location, config)
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    chosen = [(letter, start, size) for letter, start, size in zip(parts, starts, sizes) if letter in letters]
-    if len({size for _, _, size in chosen}) > 1:
+    chosen = [(letter, ranges) for letter, ranges in rows.items() if letter in letters]
+    sizes = {letter: sum(stop - start for start, stop in ranges) for letter, ranges in chosen}
+    if len(set(sizes.values())) > 1:
         raise ValueError(
             f"{spec.name}: attn_matrices {sorted(letters)} select parts of the fused {location} of different sizes "
-            f"({', '.join(f'{letter}: {size}' for letter, _, size in chosen)}; grouped-query attention), and one "
+            f"({', '.join(f'{letter}: {size}' for letter, size in sizes.items())}; grouped-query attention), and one "
             f"LoRA update per part needs equal parts. Select parts of one size (e.g. ['k', 'v']), or adapt the whole "
             f"module with target_modules=[{location.rsplit('.', 1)[-1]!r}] (as PEFT does)."
         )
-    return tuple((start, start + size) for _, start, size in chosen)
+    return tuple(ranges[0] if len(ranges) == 1 else ranges for _, ranges in chosen)
 
 
 def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_prefix: str = "") -> list[Target]:
