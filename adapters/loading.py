@@ -10,6 +10,12 @@ Weight keys are written relative to the base model (``encoder.layer.0.output.ada
 and read with or without the head model's prefix (``bert.``), so checkpoints move freely between
 a bare model and the same model with a head.
 
+Keys written against transformers 4 module paths load too: where transformers 5 renamed a model's
+modules (ViT's ``encoder.layer.N.attention.attention.query`` is ``layers.N.attention.q_proj``
+now), a key the adapter does not have is renamed with transformers' own checkpoint-conversion
+mapping for the model — the renaming ``from_pretrained`` applies to the base weights — and then
+with the spec's ``legacy_key_renames`` (adapter modules in blocks transformers dissolved).
+
 Loading is atomic: the adapter is built under a temporary name, every key and shape is checked
 against the file, and only then renamed; any problem raises :class:`AdapterLoadError` naming the
 file and leaves the model as it was.
@@ -333,8 +339,10 @@ def load_adapter(
     model.add_adapter(staging, adapter_config)
     try:
         skipped = set(adapter_config.get("leave_out", ()))
+        params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
+        state = _with_renamed_legacy_keys(model, state, params)
         _copy_checked(
-            {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)},
+            params,
             state,
             weights_path,
             ignore_unexpected=lambda key: _layer_index_of(model, key) in skipped,
@@ -369,6 +377,34 @@ def _check_interface(model, folder: str) -> None:
             f"{folder} was saved from a model initialised with another AdapterModelInterface; if its weights do not "
             f"load, initialise the model with that interface: adapters.init(model, interface={folder!r})."
         )
+
+
+def _with_renamed_legacy_keys(model, state: dict, expected) -> dict:
+    """``state`` with each key the adapter does not have renamed as transformers renames checkpoint
+    keys of ``model`` written against older module paths (its conversion mapping's renamings, in
+    order), then by the spec's ``legacy_key_renames``; keys that match already stay as they are.
+
+    Example::
+
+        >>> _with_renamed_legacy_keys(vit, {"encoder.layer.0.attention.attention.query.loras.a.lora_A": A}, params)
+        {'layers.0.attention.q_proj.loras.a.lora_A': A}
+    """
+    unknown = [key for key in state if key not in expected]
+    if not unknown:
+        return state
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    spec_renames = model.__dict__["_adapters_spec"].legacy_key_renames
+    state = dict(state)
+    for key in unknown:
+        new_key = rename_source_key(key, renamings, [])[0]
+        for pattern, replacement in spec_renames:
+            new_key = re.sub(pattern, replacement, new_key)
+        if new_key != key and new_key in expected and new_key not in state:
+            state[new_key] = state.pop(key)
+    return state
 
 
 def _saved_module_paths(model, config) -> list[str]:

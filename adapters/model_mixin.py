@@ -485,6 +485,14 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _add_prompt_modules(self, name: str, config, device, dtype) -> None:
         """Create the soft prompt of adapter ``name``."""
         init_ids = None
+        token_embeddings = self.get_input_embeddings()
+        if not isinstance(token_embeddings, nn.Embedding):  # ViT: patch embeddings, no vocabulary
+            if config.prompt_init == "from_string":
+                raise ValueError(
+                    f"prompt_init='from_string' copies token embeddings, but {type(self).__name__} embeds "
+                    f"{type(token_embeddings).__name__} inputs, not tokens; use prompt_init='random_uniform'."
+                )
+            token_embeddings = self.config.hidden_size  # the prompt joins the embedding output
         if config.prompt_init == "from_string":
             from transformers import AutoTokenizer
 
@@ -504,7 +512,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         with torch.random.fork_rng(enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            prompt = PromptTuning(config, self.get_input_embeddings(), init_ids)
+            prompt = PromptTuning(config, token_embeddings, init_ids)
         pool.prompt_tunings[name] = prompt.to(device=device, dtype=dtype).train(self.training)
         pool._invalidate_setup_cache()
 

@@ -15,6 +15,7 @@ transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 
 HIDDEN, LAYERS, HEADS, VOCAB = 32, 2, 4, 99
+IMAGE_SIZE = 8
 
 _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS)
 _ENCODER = dict(_COMMON, intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -70,6 +71,10 @@ CONFIGS = {
         **dict(_COMMON, intermediate_size=64), rotary_pct=0.5, hidden_dropout=0.0, attention_dropout=0.0,
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
+    # 8x8 images in 2x2 patches: 16 patches + [CLS]
+    "vit": lambda: transformers.ViTConfig(
+        **_ENCODER, image_size=IMAGE_SIZE, patch_size=2, num_channels=3
+    ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
@@ -88,14 +93,16 @@ CONFIGS = {
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2")
 DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj", "gpt_neox")
 ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
+# architectures that read images (pixel_values) instead of tokens
+IMAGE_ARCHS = ("vit",)
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
 NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox")
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
 # way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
-# no seq2seq head yet)
-NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS)
+# no seq2seq head yet, the image models no image-classification head)
+NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS, *IMAGE_ARCHS)
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")
@@ -132,12 +139,18 @@ def make_model(arch: str, head: str = "base", seed: int = 0):
     config = CONFIGS[arch]()
     if head == "seq_cls":
         config.num_labels = 3
-    model = _HEAD_OVERRIDES.get((arch, head), HEAD_CLASSES[head]).from_config(config)
+    if arch in IMAGE_ARCHS and head == "seq_cls":
+        model = transformers.AutoModelForImageClassification.from_config(config)
+    else:
+        model = _HEAD_OVERRIDES.get((arch, head), HEAD_CLASSES[head]).from_config(config)
     return model.eval()
 
 
 def make_inputs(arch: str, batch: int = 2, seq: int = 12, seed: int = 1, padded: bool = True):
+    """Token ids and an attention mask (the second row padded); ``pixel_values`` for image models."""
     generator = torch.Generator().manual_seed(seed)
+    if arch in IMAGE_ARCHS:
+        return {"pixel_values": torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)}
     input_ids = torch.randint(3, VOCAB, (batch, seq), generator=generator)
     attention_mask = torch.ones(batch, seq, dtype=torch.long)
     if padded and batch > 1:

@@ -244,3 +244,62 @@ def test_gpt_neox_llama_adapter_projects_prompts_through_the_key_and_value_rows_
         values = _project(host.__dict__["value_projection"], prompt).view(3, 4, 8)
     torch.testing.assert_close(keys, full[:, :, 1], atol=1e-6, rtol=0)
     torch.testing.assert_close(values, full[:, :, 2], atol=1e-6, rtol=0)
+
+
+# -- ViT: checkpoints written against transformers 4's module paths -------------------------------------
+# transformers 4 module path -> transformers 5 (written out here, independently of the loader's mapping)
+_VIT_4X_PATHS = (
+    (r"(^|\.)layers\.(\d+)\.output_adapters\.", r"\1encoder.layer.\2.output.output_adapters."),  # AdapterHub's ViTOutput
+    (r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+)
+
+
+def test_vit_adapters_saved_against_transformers_4_module_paths_load_with_identical_outputs(tmp_path):
+    import json
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    model = patched("vit", "seq_cls")
+    config = adapters.ConfigUnion(
+        adapters.DoubleSeqBnConfig(), LoRAConfig(r=2, attn_matrices=["q", "v", "o"], intermediate_lora=True, output_lora=True)
+    )
+    model.add_adapter("a", config=config, set_active=True)
+    perturb_adapter(model, "a")
+    inputs = make_inputs("vit")
+    expected = run(model, inputs)
+    model.save_adapter(str(tmp_path / "new"), "a")
+    state = load_file(str(tmp_path / "new" / "adapter.safetensors"))
+    old_state = {}
+    for key, value in state.items():
+        for pattern, replacement in _VIT_4X_PATHS:
+            key = re.sub(pattern, replacement, key)
+        old_state["vit." + key] = value  # AdapterHub wrote keys from the head model's root
+    assert any(".attention.attention.query.loras.a." in k for k in old_state)
+    assert any(".encoder.layer.1.output.output_adapters.adapters.a." in k for k in old_state)
+    assert not any(".layers." in k or "mlp.fc" in k for k in old_state)
+    (tmp_path / "old").mkdir()
+    save_file(old_state, str(tmp_path / "old" / "adapter.safetensors"))
+    meta = json.loads((tmp_path / "new" / "adapter_config.json").read_text())
+    (tmp_path / "old" / "adapter_config.json").write_text(json.dumps(meta))
+    fresh = patched("vit", "seq_cls")
+    assert (run(fresh, inputs) - expected).abs().max() > 1e-3
+    fresh.load_adapter(str(tmp_path / "old"), set_active=True)
+    torch.testing.assert_close(run(fresh, inputs), expected, atol=0, rtol=0)
+    # a key that matches nothing, old or new, is still reported
+    old_state["vit.encoder.layer.0.nowhere.adapters.a.weight"] = torch.zeros(1)
+    save_file(old_state, str(tmp_path / "old" / "adapter.safetensors"))
+    with pytest.raises(adapters.AdapterLoadError, match="nowhere"):
+        patched("vit", "seq_cls").load_adapter(str(tmp_path / "old"), load_as="b")
+
+
+def test_vit_prompt_from_string_is_refused_for_patch_embeddings():
+    model = patched("vit")
+    with pytest.raises(ValueError, match="from_string.*ViTPatchEmbeddings.*random_uniform"):
+        model.add_adapter("p", config=adapters.PromptTuningConfig(prompt_length=2, prompt_init="from_string", prompt_init_text="a cat"))
+    assert "p" not in model.adapters_config.adapters

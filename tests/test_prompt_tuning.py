@@ -6,7 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, DECODERS, ENCODER_DECODERS, NO_PROMPT, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import (
+    ARCHS,
+    DECODERS,
+    ENCODER_DECODERS,
+    IMAGE_ARCHS,
+    NO_PROMPT,
+    make_inputs,
+    make_model,
+    patched,
+    perturb_adapter,
+    run,
+)
 
 from adapters import PromptTuningConfig, Stack
 
@@ -28,11 +39,16 @@ def _definition(arch, head, prompt, inputs, at=0):
     to the embedding module's output on the BERT family (AdapterHub), to the input embeddings
     elsewhere (PEFT)."""
     model = make_model(arch, head)
-    batch = inputs["input_ids"].shape[0]
+    batch = next(iter(inputs.values())).shape[0]
 
     def join(hidden):
         return torch.cat([hidden[:, :at], prompt.unsqueeze(0).expand(batch, -1, -1), hidden[:, at:]], dim=1)
 
+    if arch in IMAGE_ARCHS:  # ViT: joined to the [CLS] + patch embeddings with their positions (AdapterHub)
+        model.base_model.embeddings.register_forward_hook(lambda module, args, output: join(output))
+        with torch.no_grad():
+            out = model(**inputs)
+        return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
     mask = inputs["attention_mask"]
     mask = torch.cat([mask[:, :at], torch.ones(batch, prompt.shape[0], dtype=mask.dtype), mask[:, at:]], dim=1)
     with torch.no_grad():
@@ -52,7 +68,10 @@ def test_prompt_joins_the_embedded_input(arch):
     model = _with_prompt(arch, head)
     inputs = make_inputs(arch)
     out = run(model, inputs)
-    assert out.shape[1] == inputs["input_ids"].shape[1] + (0 if arch in ENCODER_DECODERS else 3)
+    if arch in IMAGE_ARCHS:
+        assert out.shape[1] == run(make_model(arch, head), inputs).shape[1] + 3
+    else:
+        assert out.shape[1] == inputs["input_ids"].shape[1] + (0 if arch in ENCODER_DECODERS else 3)
     prompt = model.base_model.prompt_tuning.prompt_tunings["t"].prompt_embedding.weight.detach()
     torch.testing.assert_close(out, _definition(arch, head, prompt, inputs), atol=1e-5, rtol=0)
 

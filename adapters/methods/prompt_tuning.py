@@ -52,10 +52,13 @@ class PromptTuning(nn.Module):
         torch.Size([4, 32])
     """
 
-    def __init__(self, config: PromptTuningConfig, input_embeddings: nn.Embedding, init_ids=None):
+    def __init__(self, config: PromptTuningConfig, input_embeddings: nn.Embedding | int, init_ids=None):
+        """``input_embeddings``: the token embedding the prompt lives beside, or just its width
+        where the model embeds no tokens (ViT's patches; ``prompt_init="random_uniform"`` only)."""
         super().__init__()
         self.config = config
-        self.prompt_embedding = nn.Embedding(config.prompt_length, input_embeddings.embedding_dim)
+        dim = input_embeddings if isinstance(input_embeddings, int) else input_embeddings.embedding_dim
+        self.prompt_embedding = nn.Embedding(config.prompt_length, dim)
         with torch.no_grad():
             if config.prompt_init == "from_string":
                 ids = torch.tensor(list(init_ids), dtype=torch.long, device=input_embeddings.weight.device)
@@ -125,9 +128,10 @@ class PromptTuningPool(nn.Module):
                 kwargs["labels"] = _insert(labels, at, length, -100)
             if self.__dict__.get("embedding_output_module") is not None:
                 context.pending_prompt = (at, prompt)  # joined by _join_pending_prompt
-                if kwargs.get("attention_mask") is None or kwargs["attention_mask"].dim() == 2:
+                mask = _attention_mask(kwargs)
+                if mask is not None and mask.dim() == 2:
                     # the model builds its mask for the P + T positions the layers will see
-                    kwargs["attention_mask"] = _insert(_attention_mask(kwargs), at, length, 1)
+                    kwargs["attention_mask"] = _insert(mask, at, length, 1)
                 return kwargs
             embeds = kwargs.pop("inputs_embeds", None)
             input_ids = kwargs.pop("input_ids", None)
@@ -162,11 +166,13 @@ def _join(hidden: torch.Tensor, at: int, prompt: torch.Tensor) -> torch.Tensor:
     return torch.cat([hidden[:, :at], prompt, hidden[:, at:]], dim=1)
 
 
-def _attention_mask(kwargs: dict) -> torch.Tensor:
-    """The given attention mask, or all ones for the input's shape when none is given."""
+def _attention_mask(kwargs: dict) -> torch.Tensor | None:
+    """The given attention mask, or all ones for the input's shape when none is given (None for pixel inputs)."""
     if kwargs.get("attention_mask") is not None:
         return kwargs["attention_mask"]
-    reference = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+    reference = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+    if reference is None:  # pixel inputs (ViT): the model attends everywhere without a mask
+        return None
     return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
 
 

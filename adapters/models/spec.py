@@ -191,6 +191,11 @@ class ArchitectureSpec:
             ``[q_h | k_h | v_h]``, head after head: GPT-NeoX's ``query_key_value``). With
             interleaved heads a part is spread over the output (``num_attention_heads`` runs of
             ``head_dim`` rows), and LoRA covers exactly those rows.
+        legacy_key_renames: ``(pattern, replacement)`` regex pairs that :func:`adapters.load_adapter`
+            applies to adapter checkpoint keys after transformers' own checkpoint-conversion
+            renames (which move keys whose modules transformers 5 renamed): for adapter modules
+            that sat where transformers has no base weight to rename (AdapterHub's ViT kept its
+            FFN adapters in ``ViTOutput``, a block transformers 5 dissolved).
         attention_interface: whether the attention module calls transformers' attention
             interface (``ALL_ATTENTION_FUNCTIONS``); methods that work through the attention
             wrapper (prefix tuning) are refused where it does not.
@@ -235,6 +240,7 @@ class ArchitectureSpec:
     embedding_output: Optional[str] = None
     fused_qkv_heads: tuple[str, ...] = ()
     fused_qkv_layout: str = "concatenated"
+    legacy_key_renames: tuple[tuple[str, str], ...] = ()
     attention_interface: bool = True
     decoder: Optional[DecoderSpec] = None
     encoder: Optional[str] = None
