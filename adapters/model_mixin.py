@@ -390,6 +390,12 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             interface = self.__dict__.get("_adapters_interface")
             if interface is not None:
                 interface.check_method(part, type(self).__name__)
+            refusal = dict(spec.refused_methods).get(part.architecture)
+            if refusal is not None:
+                raise ValueError(
+                    f"{part.architecture} is not available for {spec.name} ({type(self).__name__}): {refusal}. Use "
+                    f"another method (bottleneck adapters, LoRA, prefix tuning) for this model."
+                )
             attention_methods = {"prefix_tuning": "Prefix tuning", "adaption_prompt": "Llama-Adapter (adaption prompt)"}
             if part.architecture in attention_methods and not spec.attention_interface:
                 raise ValueError(

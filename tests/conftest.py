@@ -75,6 +75,15 @@ CONFIGS = {
     "vit": lambda: transformers.ViTConfig(
         **_ENCODER, image_size=IMAGE_SIZE, patch_size=2, num_channels=3
     ),
+    # CLIP's towers on their own: causal text encoder (pooled at the end-of-text token) and vision encoder
+    "clip_text_model": lambda: transformers.CLIPTextConfig(
+        **dict(_COMMON, intermediate_size=64), max_position_embeddings=32, attention_dropout=0.0, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
+    ),
+    "clip_vision_model": lambda: transformers.CLIPVisionConfig(
+        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=64,
+        image_size=IMAGE_SIZE, patch_size=2, num_channels=3, attention_dropout=0.0,
+    ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
@@ -94,15 +103,20 @@ ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbe
 DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj", "gpt_neox")
 ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
 # architectures that read images (pixel_values) instead of tokens
-IMAGE_ARCHS = ("vit",)
+IMAGE_ARCHS = ("vit", "clip_vision_model")
+# architectures without a prediction-head class in transformers (CLIP's towers): their tests run bare
+NO_HEADS = ("clip_text_model", "clip_vision_model")
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
-NEW_ARCHS = ("qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox")
+NEW_ARCHS = (
+    "qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox", "vit",
+    "clip_text_model", "clip_vision_model",
+)
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
 # way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
-# no seq2seq head yet, the image models no image-classification head)
-NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS, *IMAGE_ARCHS)
+# no seq2seq head yet, the image models and CLIP's towers no image-classification / contrastive head)
+NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS, *IMAGE_ARCHS, *NO_HEADS)
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")
@@ -118,9 +132,11 @@ HEAD_CLASSES = {
 }
 # Whisper's heads: the speech seq2seq model; its sequence classifier is an encoder-only model
 _HEAD_OVERRIDES = {("whisper", "seq2seq"): transformers.AutoModelForSpeechSeq2Seq}
-NO_SEQ_CLS = ("whisper",)
-# architectures whose inputs are not token ids (prompt tuning is refused)
-NO_PROMPT = ("whisper",)
+# ... and CLIP's towers have no classification head class of their own
+NO_SEQ_CLS = ("whisper", *NO_HEADS)
+# architectures that refuse prompt tuning: Whisper's inputs are not token ids; CLIP's text tower
+# pools at the end-of-text position in input_ids, which a prompt would move
+NO_PROMPT = ("whisper", "clip_text_model")
 # Llama-Adapter is defined for decoder-only models: refused on encoder-decoders
 NO_ADAPTION_PROMPT = ENCODER_DECODERS
 # (arch, head) pairs the tests run: every arch bare and with its natural heads

@@ -303,3 +303,34 @@ def test_vit_prompt_from_string_is_refused_for_patch_embeddings():
     with pytest.raises(ValueError, match="from_string.*ViTPatchEmbeddings.*random_uniform"):
         model.add_adapter("p", config=adapters.PromptTuningConfig(prompt_length=2, prompt_init="from_string", prompt_init_text="a cat"))
     assert "p" not in model.adapters_config.adapters
+
+
+# -- CLIP's towers -------------------------------------------------------------------------------------
+def test_clip_text_refuses_prompt_tuning_and_stays_unchanged():
+    model = patched("clip_text_model")
+    before = dict(model.state_dict())
+    with pytest.raises(ValueError, match="prompt_tuning is not available for clip_text_model.*end-of-text token"):
+        model.add_adapter("p", config=adapters.PromptTuningConfig(prompt_length=2))
+    assert "p" not in model.adapters_config.adapters and model.state_dict().keys() == before.keys()
+
+
+@pytest.mark.parametrize("arch,tower", [("clip_text_model", "text_model"), ("clip_vision_model", "vision_model")])
+def test_clip_tower_adapters_saved_with_transformers_4_paths_load_with_identical_outputs(tmp_path, arch, tower):
+    """transformers 4's CLIPTextModel / CLIPVisionModel held the tower under ``text_model.`` /
+    ``vision_model.``; AdapterHub's keys carry that level, transformers 5 drops it on load."""
+    from safetensors.torch import load_file, save_file
+
+    model = patched(arch)
+    config = adapters.ConfigUnion(adapters.SeqBnConfig(reduction_factor=4), LoRAConfig(r=2, output_lora=True))
+    model.add_adapter("a", config=config, set_active=True)
+    perturb_adapter(model, "a")
+    inputs = make_inputs(arch)
+    expected = run(model, inputs)
+    model.save_adapter(str(tmp_path), "a")
+    weights = tmp_path / "adapter.safetensors"
+    state = load_file(str(weights))
+    assert all(k.startswith("encoder.layers.") for k in state)
+    save_file({f"{tower}.{k}": v for k, v in state.items()}, str(weights))
+    fresh = patched(arch)
+    fresh.load_adapter(str(tmp_path), set_active=True)
+    torch.testing.assert_close(run(fresh, inputs), expected, atol=0, rtol=0)

@@ -44,7 +44,10 @@ def test_stack_adds_the_deltas_on_the_same_weight(arch):
     model.merge_adapter("b")  # W + ΔW_a + ΔW_b
     torch.testing.assert_close(run(model, inputs), stacked, atol=1e-4, rtol=1e-4)
     model.reset_adapter()
-    torch.testing.assert_close(run(model, inputs, Stack("b", "a")), stacked, atol=1e-5, rtol=1e-5)
+    # the order of two float additions: rounding relative to the output's scale (CLIP's vision tower
+    # returns its last states unnormalised, |x| ~ 60 here)
+    scale = stacked.abs().max().clamp(min=1).item()
+    torch.testing.assert_close(run(model, inputs, Stack("b", "a")), stacked, atol=1e-5 * scale, rtol=1e-5)
 
 
 def test_stack_of_ia3_multiplies_the_scalings():

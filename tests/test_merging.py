@@ -453,7 +453,8 @@ def test_merging_changes_outputs_only_by_the_dtype_rounding(arch, dtype, atol):
         assert ((host.weight.double() - merged).abs() <= allowed).all()
     merged_out = run(model, inputs).float()
     error = (merged_out - unmerged).abs().max().item()
-    assert error <= atol, error
+    # relative to the output's scale (CLIP's vision tower returns its last states unnormalised)
+    assert error <= atol * unmerged.abs().max().clamp(min=1).item(), error
     plain = make_model(arch).to(dtype)
     assert (run(plain, inputs).float() - merged_out).abs().max() > 5 * atol  # the merge did something
 

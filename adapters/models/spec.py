@@ -196,6 +196,9 @@ class ArchitectureSpec:
             renames (which move keys whose modules transformers 5 renamed): for adapter modules
             that sat where transformers has no base weight to rename (AdapterHub's ViT kept its
             FFN adapters in ``ViTOutput``, a block transformers 5 dissolved).
+        refused_methods: ``(method, reason)`` pairs: adapter methods (config ``architecture`` ids
+            such as ``"prompt_tuning"``) this family cannot take, with the reason
+            :meth:`add_adapter` gives in its error.
         attention_interface: whether the attention module calls transformers' attention
             interface (``ALL_ATTENTION_FUNCTIONS``); methods that work through the attention
             wrapper (prefix tuning) are refused where it does not.
@@ -241,6 +244,7 @@ class ArchitectureSpec:
     fused_qkv_heads: tuple[str, ...] = ()
     fused_qkv_layout: str = "concatenated"
     legacy_key_renames: tuple[tuple[str, str], ...] = ()
+    refused_methods: tuple[tuple[str, str], ...] = ()
     attention_interface: bool = True
     decoder: Optional[DecoderSpec] = None
     encoder: Optional[str] = None
