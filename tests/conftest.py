@@ -40,6 +40,10 @@ CONFIGS = {
     "distilbert": lambda: transformers.DistilBertConfig(
         vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=64, dropout=0.0, attention_dropout=0.0
     ),
+    # one shared group of 2 distinct layers, run LAYERS times (4 layer applications); embeddings 16 wide
+    "albert": lambda: transformers.AlbertConfig(
+        **_ENCODER, inner_group_num=2, embedding_size=16, classifier_dropout_prob=0.0, pad_token_id=0
+    ),
     "electra": lambda: transformers.ElectraConfig(**_ENCODER, embedding_size=16),  # embeddings_project 16 -> 32
     # disentangled attention: content-to-position and position-to-content scores
     "deberta-v2": lambda: transformers.DebertaV2Config(
@@ -99,7 +103,7 @@ CONFIGS = {
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
-ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2")
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2", "albert")
 DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj", "gpt_neox")
 ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
 # architectures that read images (pixel_values) instead of tokens
@@ -111,7 +115,7 @@ ARCHS = tuple(CONFIGS)
 # (PEFT methods, merging) run on these too
 NEW_ARCHS = (
     "qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox", "vit",
-    "clip_text_model", "clip_vision_model",
+    "clip_text_model", "clip_vision_model", "albert",
 )
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
 # way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
@@ -120,6 +124,11 @@ NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS, *IMAGE_ARCHS, *NO_HEADS)
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")
+# architectures whose layers run several times per pass (ALBERT's shared group): no adapter acts after
+# the last layer application only
+SHARED_DEPTH = ("albert",)
+# architectures whose transformers classes do not support gradient checkpointing
+NO_CHECKPOINTING = ("albert",)
 # architectures whose transformers class cannot run sdpa (Gemma 2: attention-logit soft-capping)
 NO_SDPA = ("gemma2",)
 

@@ -334,3 +334,63 @@ def test_clip_tower_adapters_saved_with_transformers_4_paths_load_with_identical
     fresh = patched(arch)
     fresh.load_adapter(str(tmp_path), set_active=True)
     torch.testing.assert_close(run(fresh, inputs), expected, atol=0, rtol=0)
+
+
+# -- ALBERT: one shared layer group, run num_hidden_layers times -------------------------------------------
+def test_albert_adapters_belong_to_the_shared_layers_and_run_at_every_application():
+    model = patched("albert", "mlm")
+    config = model.config
+    assert (config.num_hidden_groups, config.inner_group_num, config.num_hidden_layers) == (1, 2, 2)
+    model.add_adapter("a", config="double_seq_bn", set_active=True)
+    assert set(model.get_adapter("a")) == {0, 1}  # the two distinct layers, not the four applications
+    calls = []
+    layers = model.albert.encoder.albert_layer_groups[0].albert_layers
+    hosts = [layer.attention.attention_adapters for layer in layers] + [layer.output_adapters for layer in layers]
+    handles = [h.adapters["a"].register_forward_hook(lambda m, args, out: calls.append(m)) for h in hosts]
+    run(model, make_inputs("albert"))
+    for handle in handles:
+        handle.remove()
+    assert all(sum(c is h.adapters["a"] for c in calls) == 2 for h in hosts)  # once per group pass
+    # leave_out names distinct layers: 0 removes the adapter from layer 0 at every depth
+    model.add_adapter("b", config=adapters.SeqBnConfig(leave_out=[0]))
+    assert set(model.get_adapter("b")) == {1}
+    with pytest.raises(ValueError, match=r"leave_out \[2\] names layers the model does not have \(it has 2\)"):
+        model.add_adapter("c", config=adapters.SeqBnConfig(leave_out=[2]))
+
+
+def test_albert_lora_on_the_shared_query_equals_the_updated_shared_weight():
+    model = patched("albert")
+    model.add_adapter("q", config=LoRAConfig(r=2, attn_matrices=["q"]), set_active=True)
+    perturb_adapter(model, "q", scale=0.3)
+    reference = make_model("albert")
+    with torch.no_grad():
+        shared = zip(model.encoder.albert_layer_groups[0].albert_layers, reference.encoder.albert_layer_groups[0].albert_layers)
+        for layer, ref_layer in shared:
+            lora = layer.attention.query.loras["q"]
+            ref_layer.attention.query.weight += lora.scaling * lora.lora_B @ lora.lora_A
+    inputs = make_inputs("albert")
+    out = run(model, inputs)
+    assert (out - run(make_model("albert"), inputs)).abs().max() > 1e-3
+    torch.testing.assert_close(out, run(reference, inputs), atol=1e-5, rtol=0)
+
+
+def test_albert_prompt_and_invertible_adapters_live_in_the_embedding_width():
+    model = patched("albert", "mlm")
+    assert model.config.embedding_size == 16 != model.config.hidden_size
+    model.add_adapter("p", config=adapters.PromptTuningConfig(prompt_length=2))
+    assert model.albert.prompt_tuning.prompt_tunings["p"].prompt_embedding.weight.shape == (2, 16)
+    model.add_adapter("i", config="seq_bn_inv", set_active=True)
+    perturb_adapter(model, "i")
+    invertible = model.albert.invertible_adapters["i"]
+    assert 2 * invertible.F[0].in_features == 16  # NICE couples the two halves of the 16-wide embedding
+    inputs = make_inputs("albert")
+    assert run(model, inputs).shape == (2, 12, 99)
+
+
+def test_albert_with_several_layer_groups_is_refused_at_init():
+    config = CONFIGS["albert"]()
+    config.num_hidden_groups = 2
+    model = AutoModel.from_config(config)
+    with pytest.raises(ValueError, match=r"num_hidden_groups=2 but adapters needs num_hidden_groups=1 for albert"):
+        adapters.init(model)
+    assert "_adapters_registry" not in model.__dict__

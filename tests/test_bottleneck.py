@@ -12,7 +12,23 @@ import threading
 
 import pytest
 import torch
-from conftest import ARCHS, ARCH_HEADS, DECODERS, LAYERS, NO_SEQ_CLS, batch_of, main_output, n_layers, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import (
+    ARCH_HEADS,
+    ARCHS,
+    DECODERS,
+    LAYERS,
+    NO_CHECKPOINTING,
+    NO_SEQ_CLS,
+    SHARED_DEPTH,
+    batch_of,
+    main_output,
+    make_inputs,
+    make_model,
+    n_layers,
+    patched,
+    perturb_adapter,
+    run,
+)
 
 import adapters
 from adapters import AdapterSetup, Average, BatchSplit, Fuse, Parallel, Split, Stack
@@ -106,7 +122,7 @@ def test_batchsplit_rows_equal_their_adapter_alone(arch, head):
     torch.testing.assert_close(out[1:], run(model, inputs, "b")[1:], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in SHARED_DEPTH])
 def test_split_segments_equal_their_adapter_on_that_segment(arch):
     # adapters only after the last FFN: everything before is shared, so segments compare directly
     model = _two_adapters(arch, leave_out=list(range(n_layers(arch) - 1)))
@@ -246,7 +262,7 @@ def test_train_adapter_moves_only_the_adapter_and_head(arch, head):
     assert summary["a"]["train"] and not summary["b"]["train"] and summary["a"]["active"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_CHECKPOINTING])
 def test_gradient_checkpointing_gives_the_same_gradients(arch):
     def grads(checkpointing):
         model = patched(arch, "base" if arch in NO_SEQ_CLS else "seq_cls", seed=4)

@@ -31,7 +31,7 @@ def _with_prompt(arch, head="base", config=CONFIG):
     return model
 
 
-ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "electra"}  # embedding module with positions and a norm
+ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert"}  # embedding module with positions and a norm
 
 
 def _definition(arch, head, prompt, inputs, at=0):

@@ -6,7 +6,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..configuration.model_config import ModelAdaptersConfig
-from . import bart, bert, clip, deberta, distilbert, gemma, gpt2, gpt_neox, gptj, llama, modernbert, phi3, t5, vit, whisper  # noqa: F401  (registers the specs)
+from . import albert, bart, bert, clip, deberta, distilbert, gemma, gpt2, gpt_neox, gptj, llama, modernbert, phi3, t5, vit, whisper  # noqa: F401  (registers the specs)
 from .patching import install_architecture, swap_class
 from .spec import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, register_architecture, spec_for_model
 

@@ -69,6 +69,7 @@ ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     # a two-layer classification head with the pooler's activation
     "deberta-v2": ("DebertaV2AdapterModel", "DebertaV2Config", _ENCODER_HEADS, "first"),
     "gpt_neox": ("GPTNeoXAdapterModel", "GPTNeoXConfig", _DECODER_HEADS, "last"),
+    "albert": ("AlbertAdapterModel", "AlbertConfig", _ENCODER_HEADS, "first"),
 }
 
 
@@ -120,6 +121,15 @@ def _conversions() -> dict:
     table["ElectraForMaskedLM"] = (
         dict(mlm, activation_function="gelu"),
         {0: "generator_predictions.dense", 2: "generator_predictions.LayerNorm", 3: "generator_lm_head"}, {}
+    )
+    # ALBERT: BERT's pooled classification head; MLM head dense -> act -> LN in embedding_size
+    table["AlbertForSequenceClassification"] = (cls(1, None, True), {1: "classifier"}, {})
+    table["AlbertForMultipleChoice"] = table["BertForMultipleChoice"]
+    table["AlbertForTokenClassification"] = (one("tagging"), {1: "classifier"}, {})
+    table["AlbertForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+    table["AlbertForMaskedLM"] = (
+        dict(mlm, activation_function="$hidden_act"),
+        {0: "predictions.dense", 2: "predictions.LayerNorm", 3: "predictions.decoder"}, {"3.bias": "predictions.bias"}
     )
     for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ", "Gemma2", "Gemma3", "GPTNeoX"):
         # Gemma 3's text-only classes are Gemma3Text...; its Gemma3For... classification classes are multimodal

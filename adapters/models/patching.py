@@ -118,7 +118,8 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
     """Give ``layer`` the bottleneck position ``hook``; returns its host."""
     if hook.create_host:
         host = BottleneckHost()
-        layer.add_module(hook.host, host)
+        parent, _, name = hook.host.rpartition(".")  # a nested host: ALBERT's attention.attention_adapters
+        (layer.get_submodule(parent) if parent else layer).add_module(name, host)
     else:
         host = layer.get_submodule(hook.host)
         swap_class(host, BottleneckLayer)

@@ -199,6 +199,8 @@ class ArchitectureSpec:
         refused_methods: ``(method, reason)`` pairs: adapter methods (config ``architecture`` ids
             such as ``"prompt_tuning"``) this family cannot take, with the reason
             :meth:`add_adapter` gives in its error.
+        config_requirements: ``(config attribute, required value, reason)`` triples that
+            :func:`adapters.init` checks (ALBERT: a single shared layer group).
         attention_interface: whether the attention module calls transformers' attention
             interface (``ALL_ATTENTION_FUNCTIONS``); methods that work through the attention
             wrapper (prefix tuning) are refused where it does not.
@@ -245,6 +247,7 @@ class ArchitectureSpec:
     fused_qkv_layout: str = "concatenated"
     legacy_key_renames: tuple[tuple[str, str], ...] = ()
     refused_methods: tuple[tuple[str, str], ...] = ()
+    config_requirements: tuple[tuple[str, object, str], ...] = ()
     attention_interface: bool = True
     decoder: Optional[DecoderSpec] = None
     encoder: Optional[str] = None
@@ -351,4 +354,12 @@ def spec_for_model(model) -> ArchitectureSpec:
             f"Model type {model_type!r} ({type(model).__name__}) is not supported by adapters. "
             f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES())}."
         )
-    return _REGISTRY[model_type]
+    spec = _REGISTRY[model_type]
+    for attribute, required, reason in spec.config_requirements:
+        value = getattr(model.config, attribute, None)
+        if value != required:
+            raise ValueError(
+                f"{type(model).__name__} has {attribute}={value!r} but adapters needs {attribute}={required!r} for "
+                f"{spec.name}: {reason}."
+            )
+    return spec
