@@ -366,10 +366,10 @@ def test_init_twice_is_a_no_op_and_keeps_class_names():
 
 
 def test_unsupported_model_gets_an_error_naming_supported_types():
-    from transformers import GPTNeoXConfig, GPTNeoXModel
+    from transformers import OPTConfig, OPTModel
 
-    model = GPTNeoXModel(GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
-    with pytest.raises(ValueError, match="gpt_neox.*Supported model types: .*bert.*llama"):
+    model = OPTModel(OPTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32))
+    with pytest.raises(ValueError, match="'opt'.*Supported model types: .*bert.*llama"):
         adapters.init(model)
 
 
