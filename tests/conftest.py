@@ -115,7 +115,7 @@ ARCHS = tuple(CONFIGS)
 # (PEFT methods, merging) run on these too
 NEW_ARCHS = (
     "qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox", "vit",
-    "clip_text_model", "clip_vision_model", "albert",
+    "clip_text_model", "albert",  # the vision tower has the text tower's layers (same spec rows)
 )
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
 # way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
@@ -156,6 +156,11 @@ ARCH_HEADS = (
     + [(a, "clm") for a in DECODERS]
     + [(a, "seq2seq") for a in ENCODER_DECODERS]
 )
+# the latest architectures (GPT-NeoX, ViT, CLIP's towers, ALBERT) run the heaviest bottleneck
+# matrices with their natural head only (the bare model runs inside it), to keep the suite fast;
+# every method, block and head conversion is still run on each of them
+LIGHT_ARCHS = {"gpt_neox": "clm", "vit": "seq_cls", "clip_text_model": "base", "clip_vision_model": "base", "albert": "mlm"}
+ARCH_HEADS_LIGHT = [(a, h) for a, h in ARCH_HEADS if LIGHT_ARCHS.get(a, h) == h]
 
 
 def make_model(arch: str, head: str = "base", seed: int = 0):

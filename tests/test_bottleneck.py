@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 from conftest import (
-    ARCH_HEADS,
+    ARCH_HEADS_LIGHT,
     ARCHS,
     DECODERS,
     LAYERS,
@@ -50,7 +50,7 @@ def config_for_tiny(config, **overrides):
 
 
 # -- identity and effect ----------------------------------------------------------------------------
-@pytest.mark.parametrize("arch,head", ARCH_HEADS)
+@pytest.mark.parametrize("arch,head", ARCH_HEADS_LIGHT)
 @pytest.mark.parametrize("config", BOTTLENECK_CONFIGS)
 def test_zero_initialised_adapter_leaves_output_unchanged(arch, head, config):
     model = patched(arch, head)
@@ -84,14 +84,14 @@ def _two_adapters(arch, head="base", config="seq_bn", **config_overrides):
     return model
 
 
-@pytest.mark.parametrize("arch,head", ARCH_HEADS)
+@pytest.mark.parametrize("arch,head", ARCH_HEADS_LIGHT)
 def test_stack_of_one_equals_the_adapter(arch, head):
     model = _two_adapters(arch, head)
     inputs = make_inputs(arch)
     assert torch.equal(run(model, inputs, Stack("a")), run(model, inputs, "a"))
 
 
-@pytest.mark.parametrize("arch,head", ARCH_HEADS)
+@pytest.mark.parametrize("arch,head", ARCH_HEADS_LIGHT)
 def test_parallel_branch_i_equals_adapter_i_alone(arch, head):
     model = _two_adapters(arch, head, config="double_seq_bn")
     inputs = make_inputs(arch)
@@ -113,7 +113,7 @@ def test_parallel_with_labels_computes_a_loss_over_all_branches(arch):
     torch.testing.assert_close(output.loss, expected)
 
 
-@pytest.mark.parametrize("arch,head", ARCH_HEADS)
+@pytest.mark.parametrize("arch,head", ARCH_HEADS_LIGHT)
 def test_batchsplit_rows_equal_their_adapter_alone(arch, head):
     model = _two_adapters(arch, head)
     inputs = make_inputs(arch, batch=3)

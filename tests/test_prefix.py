@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
-    ARCH_HEADS,
+    ARCH_HEADS_LIGHT,
     ARCHS,
     DECODERS,
     NO_PREFIX,
@@ -78,7 +78,7 @@ def test_shift_positions_equals_past_key_values_with_default_positions(arch):
     torch.testing.assert_close(run(model, inputs), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch,head", [(a, h) for a, h in ARCH_HEADS if a not in NO_PREFIX])
+@pytest.mark.parametrize("arch,head", [(a, h) for a, h in ARCH_HEADS_LIGHT if a not in NO_PREFIX])
 def test_prefix_runs_on_every_architecture_and_head(arch, head):
     model = _with_prefix(arch, head, MLP)
     inputs = make_inputs(arch)
