@@ -106,8 +106,8 @@ CONFIGS = {
 ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2", "albert")
 DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj", "gpt_neox")
 ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
-# architectures that read images (pixel_values) instead of tokens
-IMAGE_ARCHS = ("vit", "clip_vision_model")
+# architectures that read images (pixel_values) instead of tokens (the support table's "vision" kind)
+VISION = ("vit", "clip_vision_model")
 # architectures without a prediction-head class in transformers (CLIP's towers): their tests run bare
 NO_HEADS = ("clip_text_model", "clip_vision_model")
 ARCHS = tuple(CONFIGS)
@@ -120,7 +120,7 @@ NEW_ARCHS = (
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
 # way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
 # no seq2seq head yet, the image models and CLIP's towers no image-classification / contrastive head)
-NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS, *IMAGE_ARCHS, *NO_HEADS)
+NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS, *VISION, *NO_HEADS)
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")
@@ -169,7 +169,7 @@ def make_model(arch: str, head: str = "base", seed: int = 0):
     config = CONFIGS[arch]()
     if head == "seq_cls":
         config.num_labels = 3
-    if arch in IMAGE_ARCHS and head == "seq_cls":
+    if arch in VISION and head == "seq_cls":
         model = transformers.AutoModelForImageClassification.from_config(config)
     else:
         model = _HEAD_OVERRIDES.get((arch, head), HEAD_CLASSES[head]).from_config(config)
@@ -179,7 +179,7 @@ def make_model(arch: str, head: str = "base", seed: int = 0):
 def make_inputs(arch: str, batch: int = 2, seq: int = 12, seed: int = 1, padded: bool = True):
     """Token ids and an attention mask (the second row padded); ``pixel_values`` for image models."""
     generator = torch.Generator().manual_seed(seed)
-    if arch in IMAGE_ARCHS:
+    if arch in VISION:
         return {"pixel_values": torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)}
     input_ids = torch.randint(3, VOCAB, (batch, seq), generator=generator)
     attention_mask = torch.ones(batch, seq, dtype=torch.long)

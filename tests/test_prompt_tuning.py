@@ -10,8 +10,8 @@ from conftest import (
     ARCHS,
     DECODERS,
     ENCODER_DECODERS,
-    IMAGE_ARCHS,
     NO_PROMPT,
+    VISION,
     make_inputs,
     make_model,
     patched,
@@ -44,7 +44,7 @@ def _definition(arch, head, prompt, inputs, at=0):
     def join(hidden):
         return torch.cat([hidden[:, :at], prompt.unsqueeze(0).expand(batch, -1, -1), hidden[:, at:]], dim=1)
 
-    if arch in IMAGE_ARCHS:  # ViT: joined to the [CLS] + patch embeddings with their positions (AdapterHub)
+    if arch in VISION:  # ViT: joined to the [CLS] + patch embeddings with their positions (AdapterHub)
         model.base_model.embeddings.register_forward_hook(lambda module, args, output: join(output))
         with torch.no_grad():
             out = model(**inputs)
@@ -68,7 +68,7 @@ def test_prompt_joins_the_embedded_input(arch):
     model = _with_prompt(arch, head)
     inputs = make_inputs(arch)
     out = run(model, inputs)
-    if arch in IMAGE_ARCHS:
+    if arch in VISION:
         assert out.shape[1] == run(make_model(arch, head), inputs).shape[1] + 3
     else:
         assert out.shape[1] == inputs["input_ids"].shape[1] + (0 if arch in ENCODER_DECODERS else 3)

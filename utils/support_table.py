@@ -68,12 +68,13 @@ KINDS = (
     ("DECODERS", "decoder"),
     ("ENCODER_DECODERS", "encoder-decoder"),
     ("VISION", "vision"),
+    ("NO_HEADS", "CLIP tower"),
 )
 
 #: the footnote text for each exclusion list
 REASONS = {
     "NO_PREFIX": "attention does not call transformers' attention interface, through which prefixes enter",
-    "NO_PROMPT": "no input embeddings a soft prompt can join",
+    "NO_PROMPT": "the model cannot take a soft prompt (Whisper reads audio features; CLIP's text tower pools at the end-of-text position in input_ids)",
     "NO_ADAPTION_PROMPT": "defined for decoder-only models; refused on encoder-decoders (prefix tuning covers them)",
     "NO_ADAPTER_MODEL": "no AdapterModel class; adapters work on transformers' own head models",
     "NO_SDPA": "transformers' class cannot run sdpa (eager is used)",
