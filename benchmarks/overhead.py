@@ -3,8 +3,9 @@
 What is measured
 ----------------
 For every scenario (an adapter setup such as ``seq_bn``, ``Stack`` of two bottleneck adapters,
-``Fuse`` of three, ...) and every architecture (BERT-shaped and Llama-shaped ``*Model`` built
-from configs, random init, fixed seed, no downloads), two ratios are reported:
+``Fuse`` of three, ...) and every architecture (BERT-shaped, Llama-shaped and T5-shaped ``*Model``
+built from configs, random init, fixed seed, no downloads; T5 runs encoder and decoder on 64
+tokens each), two ratios are reported:
 
 * **fwd x**: time of one inference forward pass (``model.eval()``, ``torch.no_grad()``) of the
   adapter model divided by the time of the same forward pass of the *bare* base model (an
@@ -174,9 +175,22 @@ def _llama() -> torch.nn.Module:
     return LlamaModel(config)
 
 
+def _t5() -> torch.nn.Module:
+    """T5-small's layout at the width of the others: 6 encoder and 6 decoder blocks."""
+    from transformers import T5Config, T5Model
+
+    config = T5Config(
+        vocab_size=32128, d_model=384, d_kv=32, d_ff=1536, num_layers=6, num_heads=12, dropout_rate=0.0,
+        feed_forward_proj="relu",
+    )
+    torch.manual_seed(SEED)
+    return T5Model(config)
+
+
 ARCHS = {
     "bert": Arch("bert", _bert, vocab_size=30522),
     "llama": Arch("llama", _llama, vocab_size=32000),
+    "t5": Arch("t5", _t5, vocab_size=32128),
 }
 
 
@@ -211,12 +225,14 @@ def _parallel2(model):
 
 
 # LoRA family: the same configuration in adapters and in PEFT, per architecture
-_LORA_MODULES = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
-_IA3_MODULES = {"bert": ["key", "value", "intermediate.dense"], "llama": ["k_proj", "v_proj", "mlp.down_proj"]}
+_LORA_MODULES = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"], "t5": ["q", "v"]}
+_IA3_MODULES = {
+    "bert": ["key", "value", "intermediate.dense"], "llama": ["k_proj", "v_proj", "mlp.down_proj"], "t5": ["k", "v", "wi"]
+}
 
 
 def _arch_of(model) -> str:
-    return "llama" if model.config.model_type == "llama" else "bert"
+    return model.config.model_type if model.config.model_type in ("llama", "t5") else "bert"
 
 
 def _ours_lora(merge: bool = False, **config):
@@ -359,7 +375,7 @@ class Scenario:
     train_ref: Optional[float] = None
     build: Optional[Callable] = None
     activate: Optional[Callable] = None
-    archs: tuple = field(default=("bert", "llama"))
+    archs: tuple = field(default=("bert", "llama", "t5"))
     writes_weights: bool = False
 
 
@@ -387,7 +403,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("LoRA merged", _ours_lora(merge=True), train=None, fwd_goal=1.02, writes_weights=True),
     Scenario("PEFT LoRA merged", build=_peft("lora", merge=True), activate=_peft_activate, train=None),
     Scenario("prefix 30", _ours_prefix, fwd_goal=1.10, fwd_ref=1.25),
-    Scenario("PEFT prefix 30", build=_peft_prefix, activate=_peft_activate, fwd_ref=1.07),
+    Scenario("PEFT prefix 30", build=_peft_prefix, activate=_peft_activate, fwd_ref=1.07, archs=("bert", "llama")),
     Scenario("Llama-Adapter 10", _ours_adaption_prompt, archs=("llama",)),
     Scenario("PEFT Llama-Adapter 10", build=_peft_adaption_prompt, activate=_peft_activate, archs=("llama",)),
     *[
@@ -489,7 +505,10 @@ def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: 
 def make_inputs(arch: Arch) -> dict:
     g = torch.Generator().manual_seed(SEED)
     input_ids = torch.randint(0, arch.vocab_size, (arch.batch, arch.seq), generator=g)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if arch.name == "t5":
+        inputs["decoder_input_ids"] = torch.randint(0, arch.vocab_size, (arch.batch, arch.seq), generator=g)
+    return inputs
 
 
 def forward_step(model, inputs):
@@ -726,7 +745,7 @@ def summary_line(arch_name, results) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few rounds/iterations: a smoke run, noisy ratios")
-    parser.add_argument("--arch", choices=["bert", "llama", "all"], default="all")
+    parser.add_argument("--arch", choices=["bert", "llama", "t5", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 10, quick 2)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
     parser.add_argument("--seq", type=int, default=None, help="sequence length (default 64)")
