@@ -28,10 +28,10 @@ machine is shared. All model variants of one architecture are built first (each 
 instance), then every step is warmed up (``warmup`` iterations). Every variant, the base model
 too, is ``BASE_COPIES`` identical instances timed in turn. Where the allocator places a model's
 weights alone moves its speed by up to 5% (two deep copies of one model measured that far apart),
-so in the forward phase every instance *shares the base model's weight storage*
-(:func:`base_copy`): all variants read the very same weight memory and differ only in what the
-method adds. Variants that write their weights (merged LoRA) get their own copies, and so do the
-train phase's instances (full fine-tuning updates its weights).
+so every variant instance *shares the base model's weight storage* (:func:`base_copy`): all
+variants read the very same weight memory and differ only in what the method adds. Variants that
+write their weights (merged LoRA) get their own copies, and so do the full fine-tuning instances
+of the train phase (AdamW updates their weights); the forward phase's base instances share too.
 Then, for ``--rounds`` rounds, the base model and the scenario models are timed *alternately*::
 
     base, scenario_1, base, scenario_2, base, ..., scenario_N, base
@@ -123,7 +123,7 @@ _SHARE_WEIGHTS = False
 def base_copy(base: torch.nn.Module, writes_weights: bool = False) -> torch.nn.Module:
     """A new instance of ``base`` for one variant: its own modules and parameter objects (so
     freezing or patching it leaves ``base`` alone), over the *same* weight storage while the
-    forward phase is built, unless the variant ``writes_weights`` (merging); a full deep copy
+    variants are built, unless the variant ``writes_weights`` (merging); a full deep copy
     otherwise."""
     if writes_weights or not _SHARE_WEIGHTS:
         return copy.deepcopy(base)
@@ -629,7 +629,7 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
         if phase not in settings.phases:
             continue
         t0 = time.perf_counter()
-        _SHARE_WEIGHTS = not training
+        _SHARE_WEIGHTS = True  # every instance but the full fine-tuning ones shares the base weights
         if training:
             # Full fine-tuning baseline: own instances (AdamW changes their weights), all trainable.
             copies = [copy.deepcopy(base).train().requires_grad_(True) for _ in range(BASE_COPIES)]
