@@ -119,6 +119,7 @@ class ForwardContext:
         self.adapter_fusion_attentions: dict = {}
         self.adapter_gating_scores: dict = {}
         self.prefix_states: dict = {}
+        self.padded_position_bias = None  # (bias, n_extra, padded): T5's layers share one bias
         self.attention_extended = False
         self.pending_prompt = None  # (position, prompt) for the embedding module to join, see prompt_tuning
         self.attention_adjusted = False

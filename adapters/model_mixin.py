@@ -161,14 +161,11 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         context = ForwardContext.get_context()
         if context is not None and context.registry is self.adapters_config:
             return super().forward(*args, **kwargs)  # nested call (head model -> base model)
-        context = ForwardContext(self, *self._setup_for_forward())
-        context.registry = self.adapters_config
+        context = self._new_context()
         context.output_adapter_fusion_attentions = kwargs.pop("output_adapter_fusion_attentions", False)
         context.output_adapter_gating_scores = kwargs.pop("output_adapter_gating_scores", False)
-        channels = _parallel_channels(context.setup)
-        if channels > 1 and _pre_replicated.get() == channels:  # generate() replicated the inputs once
-            context.parallel_channels = channels
-        elif channels > 1:
+        channels = self._channels_to_replicate(context)
+        if channels:
             args, kwargs = self._replicate_batch(args, kwargs, channels, context)
         with context.activate():
             args, kwargs = self._prepare_prefix_and_prompt(context, args, kwargs)
@@ -233,6 +230,22 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             kwargs = prompt_pool.prepare_forward(self, context, kwargs)
         return args, kwargs
 
+    def _new_context(self) -> ForwardContext:
+        """A forward context with the active setup, marked as this model's."""
+        context = ForwardContext(self, *self._setup_for_forward())
+        context.registry = self.adapters_config
+        return context
+
+    @staticmethod
+    def _channels_to_replicate(context) -> int:
+        """The Parallel channels whose inputs this call must replicate (0: none). Inputs that
+        generate() replicated once already are only recorded in ``context``."""
+        channels = _parallel_channels(context.setup)
+        if channels > 1 and _pre_replicated.get() == channels:
+            context.parallel_channels = channels
+            return 0
+        return channels if channels > 1 else 0
+
     def _open_stack_context(self, module, args, kwargs):
         """``(context or None, kwargs)``: for an encoder run on its own (``generate`` encodes once before
         decoding), a forward context like the model's forward opens, with the prefixes computed;
@@ -241,12 +254,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         context = ForwardContext.get_context()
         if context is not None and context.registry is self.adapters_config:
             return None, kwargs
-        context = ForwardContext(self, *self._setup_for_forward())
-        context.registry = self.adapters_config
-        channels = _parallel_channels(context.setup)
-        if channels > 1 and _pre_replicated.get() == channels:
-            context.parallel_channels = channels
-        elif channels > 1:
+        context = self._new_context()
+        channels = self._channels_to_replicate(context)
+        if channels:
             kwargs, batch = _replicate_inputs((), (), kwargs, channels)
             context.parallel_channels, context.original_batch_size = channels, batch
         prefix_pool = self.base_model._modules.get("prefix_tuning")

@@ -172,6 +172,18 @@ def _extend_mask(mask, valid, n_extra: int, module, query, key_length: int):
     return torch.cat([extra, mask.expand(rows, -1, -1, -1)], dim=-1)
 
 
+def _padded_position_bias(bias: torch.Tensor, n_extra: int, context) -> torch.Tensor:
+    """``bias`` with ``n_extra`` zero columns in front: T5's relative position bias covers the real
+    keys only, and the extra keys have no position relative to the queries. T5 computes the bias
+    once and hands the same tensor to every layer, so the padded one is kept for the pass."""
+    cached = context.padded_position_bias
+    if cached is not None and cached[0] is bias and cached[1] == n_extra:
+        return cached[2]
+    padded = torch.cat([bias.new_zeros(*bias.shape[:-1], n_extra), bias], dim=-1)
+    context.padded_position_bias = (bias, n_extra, padded)
+    return padded
+
+
 def _make_attention(backend: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         contributors = module.__dict__.get("_adapters_attention_contributors")
@@ -205,10 +217,7 @@ def _make_attention(backend: str):
             attention_mask = _extend_mask(attention_mask, valid, n_extra, module, query, key_length)
             position_bias = kwargs.get("position_bias")
             if position_bias is not None:
-                # T5's relative position bias covers the real keys only; the extra keys have no
-                # position relative to the queries, so they get zero bias
-                pad = position_bias.new_zeros(*position_bias.shape[:-1], n_extra)
-                kwargs["position_bias"] = torch.cat([pad, position_bias], dim=-1)
+                kwargs["position_bias"] = _padded_position_bias(position_bias, n_extra, context)
         output, weights = _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
         if weights is not None and n_extra:
             weights = weights[..., n_extra:]  # the caller sees attention over its own tokens
