@@ -1400,7 +1400,27 @@ def _module_parameter_names(cls) -> tuple[str, ...]:
     return _positional_names(cls.forward)
 
 
-class EncoderEntryMixin:
+class _ShowsStackSignature:
+    """The swapped stack shows its own ``forward`` signature: ``generate`` reads the encoder's to
+    route model inputs (Whisper's ``input_features``) to it."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            return  # the entry mixin itself
+        entry = next(c for c in cls.__mro__ if "forward" in c.__dict__)
+        original = next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, _ShowsStackSignature))
+
+        def forward(self, *args, **kwargs):
+            return entry.forward(self, *args, **kwargs)
+
+        forward.__signature__ = inspect.signature(original.forward)
+        forward.__doc__ = entry.forward.__doc__
+        forward.__qualname__ = f"{cls.__qualname__}.forward"
+        cls.forward = forward
+
+
+class EncoderEntryMixin(_ShowsStackSignature):
     """Swapped onto the encoder of an encoder-decoder model.
 
     * Soft prompts (prompt tuning) are joined to the encoder's input here: ``[S ; E[x]]`` and the
@@ -1431,7 +1451,7 @@ class EncoderEntryMixin:
         return pool.prepare_forward(self, context, kwargs)
 
 
-class DecoderEntryMixin:
+class DecoderEntryMixin(_ShowsStackSignature):
     """Swapped onto the decoder of an encoder-decoder model: while soft prompts lengthen the encoder
     output by ``P`` positions, the cross-attention mask (given for the ``T`` input tokens) gets ``P``
     ones at the prompt's place.

@@ -118,9 +118,9 @@ NEW_ARCHS = (
     "clip_text_model", "albert",  # the vision tower has the text tower's layers (same spec rows)
 )
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
-# way: cls or mean pooling, a bias-free norm in the classification head; the encoder-decoders have
-# no seq2seq head yet, the image models and CLIP's towers no image-classification / contrastive head)
-NO_ADAPTER_MODEL = ("modernbert", *ENCODER_DECODERS, *VISION, *NO_HEADS)
+# way: cls or mean pooling, a bias-free norm in the classification head; the image models and CLIP's
+# towers have no image-classification / contrastive head)
+NO_ADAPTER_MODEL = ("modernbert", *VISION, *NO_HEADS)
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")

@@ -9,7 +9,7 @@ from .classification import (
     QuestionAnsweringHead,
     TaggingHead,
 )
-from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead
+from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
 from .model_mixin import FlexibleHeadsMixin, heads_from_setup
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "MultipleChoiceHead",
     "PredictionHead",
     "QuestionAnsweringHead",
+    "Seq2SeqLMHead",
     "TaggingHead",
     "heads_from_setup",
     "register_custom_head",

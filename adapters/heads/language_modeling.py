@@ -1,5 +1,5 @@
-"""Language-modelling heads: causal LM (next-token prediction, usable with ``generate``) and
-masked LM (BERT-style).
+"""Language-modelling heads: causal LM (next-token prediction, usable with ``generate``),
+sequence-to-sequence LM (on the decoder of an encoder-decoder) and masked LM (BERT-style).
 
 Both are a stack of ``layers - 1`` transforms ``h -> LayerNorm(act(W h + b))`` (the norm only with
 ``layer_norm=True``) followed by the output embedding ``logits = E h (+ c)`` over the vocabulary.
@@ -12,7 +12,14 @@ is the output embedding of a two-layer head with a norm), so its head checkpoint
 (a causal head reads ``config.final_logit_softcapping`` by default; ``0`` turns it off).
 
 Losses: the causal head shifts by one (position ``t`` predicts token ``t + 1``) before the
-cross-entropy; the masked head does not. ``-100`` labels are ignored in both.
+cross-entropy; the masked and the seq2seq head do not (the seq2seq decoder reads the labels shifted
+right, so position ``t`` already predicts ``labels[t]``). ``-100`` labels are ignored in all.
+
+The seq2seq head reads the decoder's last hidden state ``s``. Where the model's config says
+``scale_decoder_outputs`` (T5 v1.0: its output embedding is the tied input embedding) it
+projects ``s · d^{-1/2}`` instead, exactly as ``T5ForConditionalGeneration`` does; BART's
+``final_logits_bias`` is the output layer's bias (a head converted from
+``BartForConditionalGeneration`` has ``bias=True`` and carries it).
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.nn import CrossEntropyLoss
-from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput, Seq2SeqLMOutput
 
 from .base import PredictionHead, activation, register_head_type
 
-__all__ = ["CausalLMHead", "MaskedLMHead"]
+__all__ = ["CausalLMHead", "MaskedLMHead", "Seq2SeqLMHead"]
 
 
 @register_head_type("causal_lm")
@@ -80,7 +87,8 @@ class CausalLMHead(PredictionHead):
         self._build(model)
 
     def _build(self, model) -> None:
-        hidden, size, layers = model.config.hidden_size, self.config["embedding_size"], self.config["layers"]
+        hidden, layers = model.config.hidden_size, self.config["layers"]
+        size = self.config.get("embedding_size") or hidden  # AdapterHub's seq2seq head has no embedding_size
         if not isinstance(layers, int) or layers < 1:
             raise ValueError(f"An LM head needs layers >= 1, got {layers!r}.")
         act_name = self.config.get("activation_function")
@@ -115,8 +123,12 @@ class CausalLMHead(PredictionHead):
             logits, labels = logits[..., :-1, :], labels[..., 1:]
         return CrossEntropyLoss()(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1))
 
+    def _head_input(self, outputs) -> torch.Tensor:
+        """The hidden states the layers read: the base model's last hidden states."""
+        return outputs[0]
+
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
-        hidden = outputs[0]
+        hidden = self._head_input(outputs)
         keep = kwargs.get("logits_to_keep") or 0
         if isinstance(keep, int) and keep > 0 and kwargs.get("labels") is None:
             hidden = hidden[:, -keep:]  # generate only needs the last position's logits
@@ -179,6 +191,78 @@ class MaskedLMHead(CausalLMHead):
             logits=logits,
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
+        )
+
+
+@register_head_type("seq2seq_lm")
+class Seq2SeqLMHead(CausalLMHead):
+    """Language modelling head on the decoder of an encoder-decoder (T5, BART, Whisper, ...);
+    ``generate`` uses it. ``layers=1`` (the default) is the model's own LM head: ``logits = s Eᵀ``
+    with ``E`` the tied word embeddings, T5's ``d^{-1/2}`` scaling where its config asks for it,
+    plus a bias with ``bias=True`` (BART's ``final_logits_bias``). The labels are not shifted:
+    the decoder reads them shifted right (``decoder_input_ids``, made from ``labels`` when not
+    given), so ``logits[:, t]`` is scored against ``labels[:, t]``.
+
+    The config keys are AdapterHub's, so head checkpoints load in both libraries.
+
+    Example::
+
+        >>> model = adapters.T5AdapterModel.from_pretrained("path/to/t5")
+        >>> model.add_seq2seq_lm_head("summarize")
+        >>> model(input_ids=ids, attention_mask=mask, labels=target_ids).loss
+        >>> model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20)
+    """
+
+    shift_labels_default = False
+    softcapping_from_model = False
+
+    def __init__(
+        self,
+        model,
+        head_name: str,
+        vocab_size: Optional[int] = None,
+        layers: int = 1,
+        activation_function: Optional[str] = None,
+        layer_norm: bool = False,
+        bias: bool = False,
+        shift_labels: Optional[bool] = None,
+    ):
+        PredictionHead.__init__(
+            self,
+            head_name,
+            {
+                "vocab_size": vocab_size or model.config.vocab_size,
+                "layers": layers,
+                "activation_function": activation_function,
+                "layer_norm": layer_norm,
+                "bias": bias,
+                "shift_labels": self.shift_labels_default if shift_labels is None else shift_labels,
+                "label2id": None,
+            },
+        )
+        # T5 v1.0 rescales the decoder output before its tied output embedding (transformers 5:
+        # config.scale_decoder_outputs); a property of the model, not of the head, as in AdapterHub
+        self.scale_decoder_outputs = bool(getattr(model.config, "scale_decoder_outputs", False))
+        self._build(model)
+
+    def _head_input(self, outputs) -> torch.Tensor:
+        hidden = outputs[0]
+        if self.scale_decoder_outputs:
+            hidden = hidden * hidden.shape[-1] ** -0.5
+        return hidden
+
+    @staticmethod
+    def _output(loss, logits, outputs):
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=getattr(outputs, "past_key_values", None),
+            decoder_hidden_states=getattr(outputs, "decoder_hidden_states", None),
+            decoder_attentions=getattr(outputs, "decoder_attentions", None),
+            cross_attentions=getattr(outputs, "cross_attentions", None),
+            encoder_last_hidden_state=getattr(outputs, "encoder_last_hidden_state", None),
+            encoder_hidden_states=getattr(outputs, "encoder_hidden_states", None),
+            encoder_attentions=getattr(outputs, "encoder_attentions", None),
         )
 
 

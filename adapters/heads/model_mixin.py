@@ -349,6 +349,37 @@ class FlexibleHeadsMixin:
             layers=layers, layer_norm=layer_norm and layers > 1, bias=bias, **kwargs,
         )
 
+    def add_seq2seq_lm_head(
+        self,
+        head_name: str,
+        layers: int = 1,
+        activation_function: Optional[str] = None,
+        layer_norm: bool = False,
+        bias: bool = False,
+        overwrite_ok: bool = False,
+    ) -> None:
+        """Add a sequence-to-sequence LM head on the decoder of an encoder-decoder (T5, BART,
+        Whisper, ...); ``generate`` uses it. The default (``layers=1``) is the model's own LM head:
+        the output embedding tied to the word embeddings, T5's ``d^{-1/2}`` output scaling where
+        its config asks for it; ``bias=True`` adds a bias (BART's ``final_logits_bias``).
+        ``labels`` give the loss; without ``decoder_input_ids`` the decoder reads the labels
+        shifted right, as in transformers.
+
+        Raises:
+            ValueError: the model is not an encoder-decoder, the name exists (and not
+                ``overwrite_ok``), or ``layers < 1``. The model is left unchanged.
+
+        Example::
+
+            >>> model.add_seq2seq_lm_head("translate")
+            >>> model(input_ids=ids, labels=target_ids).loss
+            >>> model.generate(input_ids=ids, max_new_tokens=20)
+        """
+        self._add_head(
+            "seq2seq_lm", head_name, overwrite_ok, layers=layers, activation_function=activation_function,
+            layer_norm=layer_norm, bias=bias,
+        )
+
     def register_custom_head(self, identifier: str, head_class: type) -> None:
         """Register a custom head class (for every model; see :func:`adapters.register_custom_head`).
 

@@ -72,6 +72,17 @@ ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
     "albert": ("AlbertAdapterModel", "AlbertConfig", _ENCODER_HEADS, "first"),
 }
 
+# encoder-decoders: heads on the decoder's last hidden states; classification pools the decoder state at
+# the last <eos> of input_ids ("eos"), as transformers' T5/BART ...ForSequenceClassification do
+_SEQ2SEQ_HEADS = ("seq2seq_lm", "classification", "multilabel_classification", "question_answering")
+ADAPTER_MODEL_TABLE.update({
+    "t5": ("T5AdapterModel", "T5Config", _SEQ2SEQ_HEADS, "eos"),
+    "mt5": ("MT5AdapterModel", "MT5Config", _SEQ2SEQ_HEADS, "eos"),
+    "bart": ("BartAdapterModel", "BartConfig", _SEQ2SEQ_HEADS, "eos"),
+    "mbart": ("MBartAdapterModel", "MBartConfig", _SEQ2SEQ_HEADS, "eos"),
+    "whisper": ("WhisperAdapterModel", "WhisperConfig", ("seq2seq_lm",), "eos"),
+})
+
 
 def _conversions() -> dict:
     """transformers head class name -> (flexible head config, {flex layer index: static module path},
@@ -164,8 +175,28 @@ def _conversions() -> dict:
     return {name: value for name, value in table.items() if hasattr(transformers, name)}
 
 
+def _seq2seq_conversions() -> dict:
+    """The encoder-decoders' head classes, as :func:`_conversions` lists the others."""
+    lm = {"head_type": "seq2seq_lm", "layers": 1, "activation_function": None, "layer_norm": False}
+    # T5ClassificationHead / BartClassificationHead: dropout -> dense -> tanh -> dropout -> out_proj
+    classification = {"head_type": "classification", "layers": 2, "activation_function": "tanh", "use_pooler": False}
+    dense_out = {1: "classification_head.dense", 4: "classification_head.out_proj"}
+    qa = {"head_type": "question_answering", "layers": 1, "activation_function": None}
+    table = {}
+    for prefix in ("T5", "MT5", "Bart", "MBart"):
+        bart = prefix.endswith("Bart")
+        # BART adds final_logits_bias (a buffer of shape (1, vocab)) to the logits: the head's bias
+        table[f"{prefix}ForConditionalGeneration"] = (
+            dict(lm, bias=bart), {0: "lm_head"}, {"0.bias": "final_logits_bias"} if bart else {}
+        )
+        table[f"{prefix}ForSequenceClassification"] = (classification, dense_out, {})
+        table[f"{prefix}ForQuestionAnswering"] = (qa, {1: "qa_outputs"}, {})
+    table["WhisperForConditionalGeneration"] = (dict(lm, bias=False), {0: "proj_out"}, {})
+    return {name: value for name, value in table.items() if hasattr(transformers, name)}
+
+
 #: transformers head class -> (flexible head config, {flex layer index: static module path}, extra keys)
-STATIC_HEAD_CONVERSIONS = _conversions()
+STATIC_HEAD_CONVERSIONS = {**_conversions(), **_seq2seq_conversions()}
 
 
 def _pretrained_base_class(base_class: type) -> type:
@@ -221,17 +252,22 @@ class _AdapterModelBody(FlexibleHeadsMixin):
         if input_ids is not None and input_ids.dim() == 3 or inputs_embeds is not None and inputs_embeds.dim() == 4:
             head_kwargs["num_choices"] = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             input_ids, attention_mask, inputs_embeds, kwargs = _flatten_choices(input_ids, attention_mask, inputs_embeds, kwargs)
-        outputs = self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        outputs = self.base_model(**self._base_model_inputs(inputs, head, labels))
         head_kwargs = {k: v for k, v in head_kwargs.items() if v is not None}
         if logits_to_keep:
             head_kwargs["logits_to_keep"] = logits_to_keep
         pooled = getattr(outputs, "pooler_output", None)
         if pooled is not None:
             head_kwargs["pooled_output"] = pooled
-        cls_output = self._sequence_representation(outputs[0], input_ids, attention_mask)
+        cls_output = self._sequence_representation(outputs[0], input_ids, attention_mask, head=head)
         return self.forward_head(outputs, head_name=head, cls_output=cls_output, attention_mask=attention_mask, **head_kwargs)
 
-    def _sequence_representation(self, hidden: torch.Tensor, input_ids, attention_mask) -> torch.Tensor:
+    def _base_model_inputs(self, inputs: dict, head: Optional[str], labels) -> dict:
+        """The base model's keyword arguments (encoder-decoders add the decoder's inputs)."""
+        return inputs
+
+    def _sequence_representation(self, hidden: torch.Tensor, input_ids, attention_mask, head=None) -> torch.Tensor:
         """The vector classification heads read: the first token's (encoders), or the last
         non-padding token's (decoders; found as transformers' own ``...ForSequenceClassification``
         finds it: the rightmost token that is not ``pad_token_id``, else the attention mask)."""
@@ -272,7 +308,89 @@ class _AdapterModelBody(FlexibleHeadsMixin):
 
     @classmethod
     def can_generate(cls) -> bool:
-        return cls.cls_pooling == "last"
+        return cls.cls_pooling in ("last", "eos")
+
+
+class _EncoderDecoderBody(_AdapterModelBody):
+    """What the encoder-decoder AdapterModel classes (T5, BART, Whisper, ...) add: the heads read
+    the decoder's last hidden states, and the decoder gets its inputs as transformers' own head
+    models give them.
+
+    * ``decoder_input_ids`` (when neither they nor ``decoder_inputs_embeds`` are given) are the
+      ``labels`` shifted right when a ``seq2seq_lm`` head runs with labels
+      (``...ForConditionalGeneration``), else ``input_ids`` shifted right (T5's and BART's
+      sequence classifiers and QA models);
+    * classification heads read the decoder state at the last ``<eos>`` of ``input_ids``
+      (``BartForSequenceClassification``, ``T5ForSequenceClassification``).
+
+    ``encoder_outputs``, ``past_key_values``, ``use_cache``, ``decoder_attention_mask``, ... pass
+    through to the base model, so ``generate`` encodes once and decodes with the KV cache.
+    """
+
+    def _base_model_inputs(self, inputs: dict, head: Optional[str], labels) -> dict:
+        inputs = {k: v for k, v in inputs.items() if v is not None}  # Whisper's encoder reads input_features
+        if inputs.get("decoder_input_ids") is None and inputs.get("decoder_inputs_embeds") is None:
+            if labels is not None and self._runs_head_type(head, ("seq2seq_lm",)):
+                inputs["decoder_input_ids"] = self.prepare_decoder_input_ids_from_labels(labels)
+            elif inputs.get("input_ids") is not None:
+                inputs["decoder_input_ids"] = self.prepare_decoder_input_ids_from_labels(inputs["input_ids"])
+        return inputs
+
+    def _runs_head_type(self, head: Optional[str], head_types: tuple) -> bool:
+        heads = self._heads_in_force(head) or []
+        return any(self.heads[name].config.get("head_type") in head_types for name in heads)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` shifted one position right behind the decoder's start token (``-100`` becomes
+        the pad token), by the architecture's own function — mBART wraps the last non-pad token
+        (the language code) to the front instead. Data collators for seq2seq call this.
+
+        Example::
+
+            >>> model.prepare_decoder_input_ids_from_labels(torch.tensor([[5, 6, 1]]))
+            tensor([[0, 5, 6]])
+        """
+        return _DECODER_INPUT_SHIFTS[self.config.model_type](self, labels)
+
+    def _sequence_representation(self, hidden: torch.Tensor, input_ids, attention_mask, head=None):
+        """The decoder state at the last ``<eos>`` of each row of ``input_ids`` (computed only when a
+        classification head runs; the decoder must be as long as the input, as when the decoder
+        inputs are ``input_ids`` shifted right)."""
+        if not self._runs_head_type(head, ("classification", "multilabel_classification")):
+            return None
+        if input_ids is None or tuple(input_ids.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(
+                f"{type(self).__name__}'s classification heads read the decoder state at the last <eos> token of "
+                f"input_ids: pass input_ids and leave decoder_input_ids out (they default to input_ids shifted right)."
+            )
+        eos = input_ids.eq(self.config.eos_token_id)
+        counts = eos.sum(1)
+        if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
+            raise ValueError(
+                f"Every row of input_ids must hold the same number (at least one) of <eos> tokens "
+                f"(eos_token_id={self.config.eos_token_id}); got {counts.tolist()}."
+            )
+        return hidden[eos].view(hidden.shape[0], -1, hidden.shape[-1])[:, -1]
+
+
+def _shift_tokens(module_name: str, with_start: bool = True):
+    """The architecture's own ``shift_tokens_right`` (BART, mBART, Whisper)."""
+    import importlib
+
+    function = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}").shift_tokens_right
+    if with_start:
+        return lambda model, ids: function(ids, model.config.pad_token_id, model.config.decoder_start_token_id)
+    return lambda model, ids: function(ids, model.config.pad_token_id)
+
+
+# model_type -> (model, ids) -> ids shifted right for the decoder, by transformers' own functions
+_DECODER_INPUT_SHIFTS = {
+    "t5": lambda model, ids: model._shift_right(ids),  # T5PreTrainedModel's
+    "mt5": lambda model, ids: model._shift_right(ids),
+    "bart": _shift_tokens("bart"),
+    "mbart": _shift_tokens("mbart", with_start=False),  # wraps the language code to the front
+    "whisper": _shift_tokens("whisper"),
+}
 
 
 def _flatten_choices(input_ids, attention_mask, inputs_embeds, kwargs):
@@ -289,7 +407,8 @@ def _make_class(model_type: str) -> type:
     name, config_name, head_types, pooling = ADAPTER_MODEL_TABLE[model_type]
     config_class = getattr(transformers, config_name)
     base = _pretrained_base_class(transformers.MODEL_MAPPING[config_class])
-    bases = (_AdapterModelBody, base) + ((GenerationMixin,) if pooling == "last" else ())
+    body = _EncoderDecoderBody if pooling == "eos" else _AdapterModelBody
+    bases = (body, base) + ((GenerationMixin,) if pooling in ("last", "eos") else ())
     doc = (
         f"{base.__name__[: -len('PreTrainedModel')]} with adapters and flexible heads "
         f"({', '.join(head_types)}).\n\n    Example::\n\n"
@@ -372,11 +491,12 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
         True
     """
     cls = adapter_model_class or _adapter_model_class(model.config)
-    base = model.base_model
     architecture = type(model).__name__
-    if base is not model and architecture not in STATIC_HEAD_CONVERSIONS:
+    if model.base_model is not model and architecture not in STATIC_HEAD_CONVERSIONS:
         convertible = sorted(k for k in STATIC_HEAD_CONVERSIONS if k.startswith(architecture.split("For")[0][:4]))
         raise ValueError(f"No flexible-head conversion for {architecture}; convertible classes include: {', '.join(convertible)}.")
+    has_head = model.base_model is not model or architecture in STATIC_HEAD_CONVERSIONS
+    base = _base_of(model) if has_head else model
     config = copy.deepcopy(model.config)
     config.prediction_heads = {}
     config.architectures = [cls.__name__]
@@ -391,8 +511,12 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
         for key in ("_adapters_hosts", "_adapters_spec", "_adapters_interface"):
             new.__dict__.pop(key, None)
         adapters.init(new)
+    elif new.__dict__["_adapters_spec"].is_encoder_decoder:
+        from ..model_mixin import install_stack_entries
+
+        install_stack_entries(new, new.__dict__["_adapters_spec"])  # the encoder opens the new model's context
     new.train(model.training)
-    if base is not model:
+    if has_head:
         head_config, layers, extra = STATIC_HEAD_CONVERSIONS[architecture]
         head_config = _resolve_head_config(head_config, model)
         head_type, head_kwargs = _head_arguments(head_config)
@@ -411,10 +535,39 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
                         )
             for key, static_keys in extra.items():
                 static_key = _first_present(static_state, static_keys)
-                if static_key is not None:
-                    head.get_parameter(key).copy_(static_state[static_key])
+                if static_key is not None:  # BART's final_logits_bias is (1, vocab): the head's bias (vocab,)
+                    parameter = head.get_parameter(key)
+                    parameter.copy_(static_state[static_key].reshape(parameter.shape))
         new.add_prediction_head(head, overwrite_ok=True, set_active=True)
     return new
+
+
+def _base_of(model: PreTrainedModel) -> nn.Module:
+    """The base model of a transformers head model. T5's LM and QA models hold ``shared``,
+    ``encoder`` and ``decoder`` themselves (no ``T5Model`` inside, so ``model.base_model`` is the
+    model): their modules — adapters included — are gathered into a ``T5Model`` built on the meta
+    device, the same module objects, not copies."""
+    if model.base_model is not model:
+        return model.base_model
+    head_modules = {path.split(".")[0] for path in STATIC_HEAD_CONVERSIONS[type(model).__name__][1].values()}
+    with torch.device("meta"):
+        shell = _base_model_class(model.config)(model.config)
+    missing = [name for name in shell._modules if name not in model._modules]
+    if missing:
+        raise ValueError(f"Cannot convert {type(model).__name__}: it has no {', '.join(missing)} for its base model.")
+    for name, module in model._modules.items():
+        if name not in head_modules:
+            shell._modules[name] = module
+    if "_adapters_registry" in model.__dict__:  # adapters added to the head model: the shell carries them
+        from ..model_mixin import ModelAdaptersMixin
+        from .patching import swap_class
+
+        swap_class(shell, ModelAdaptersMixin, keep_name=True)
+        for key in ("_adapters_registry", "_adapters_hosts", "_adapters_spec", "_adapters_interface"):
+            shell.__dict__[key] = model.__dict__[key]
+    shell.config = model.config
+    shell.train(model.training)
+    return shell
 
 
 def _first_present(state: dict, paths, key: Optional[str] = None) -> Optional[str]:
@@ -438,7 +591,7 @@ def _resolve_head_config(head_config: dict, model) -> dict:
     id2label = getattr(model.config, "id2label", None) or {}
     if config["head_type"] == "multiple_choice":
         config["num_choices"] = 2  # transformers' multiple-choice models score any number of choices
-    elif config["head_type"] not in ("masked_lm", "causal_lm"):
+    elif config["head_type"] not in ("masked_lm", "causal_lm", "seq2seq_lm"):
         config["num_labels"] = model.config.num_labels if config["head_type"] != "question_answering" else 2
         if config["head_type"] != "question_answering":
             config["id2label"] = {int(k): v for k, v in id2label.items()}
