@@ -76,6 +76,13 @@ from .models.adapter_model import (
     XLMRobertaAdapterModel,
     convert_to_adapter_model,
 )
+from .models.adapter_model import (  # encoder-decoders (seq2seq_lm heads)
+    BartAdapterModel,
+    MBartAdapterModel,
+    MT5AdapterModel,
+    T5AdapterModel,
+    WhisperAdapterModel,
+)
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -156,6 +163,7 @@ __all__ = [
     "convert_to_adapter_model",
     "register_custom_head",
 ]
+__all__ += ["BartAdapterModel", "MBartAdapterModel", "MT5AdapterModel", "T5AdapterModel", "WhisperAdapterModel"]
 
 
 def __getattr__(name):

@@ -427,7 +427,8 @@ class FlexibleHeadsMixin:
         """Keep ``config.prediction_heads`` (what ``save_pretrained`` stores) and the tied-weight
         table equal to the heads."""
         self.config.prediction_heads = {name: copy.deepcopy(head.config) for name, head in self.heads.items()}
-        self.all_tied_weights_keys = self.get_expanded_tied_weights_keys(all_submodels=False)
+        # all submodels: the base model's own ties (T5's encoder/decoder embed_tokens -> shared) stay
+        self.all_tied_weights_keys = self.get_expanded_tied_weights_keys(all_submodels=True)
 
     # -- tied output embeddings --------------------------------------------------------------------------
     @property

@@ -409,11 +409,14 @@ def _make_class(model_type: str) -> type:
     base = _pretrained_base_class(transformers.MODEL_MAPPING[config_class])
     body = _EncoderDecoderBody if pooling == "eos" else _AdapterModelBody
     bases = (body, base) + ((GenerationMixin,) if pooling in ("last", "eos") else ())
+    example = (
+        'model.add_seq2seq_lm_head("task")' if "seq2seq_lm" in head_types else 'model.add_classification_head("task", num_labels=2)'
+    )
     doc = (
         f"{base.__name__[: -len('PreTrainedModel')]} with adapters and flexible heads "
         f"({', '.join(head_types)}).\n\n    Example::\n\n"
         f"        >>> model = adapters.{name}.from_pretrained(\"path/to/checkpoint\")\n"
-        f"        >>> model.add_classification_head(\"task\", num_labels=2)\n"
+        f"        >>> {example}\n"
     )
     return type(
         name,
