@@ -68,6 +68,7 @@ from ..context import ForwardContext
 from ..models.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
 from ..models.targeting import fused_part_rows
 from .base import ComposableLayer
+from .caching import reuse_while_unchanged
 
 __all__ = [
     "AdaptionPrompt",
@@ -202,18 +203,13 @@ class AdaptionPromptLayer(ComposableLayer, AttentionContributor, nn.Module):
         prompt = self.adaption_prompts[name].prompt
         key, value = self.__dict__["key_projection"], self.__dict__["value_projection"]
         tensors = [prompt, key.module.weight, key.module.bias, value.module.weight, value.module.bias]
-        cacheable = not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
-        if cacheable:
-            version = tuple((id(t), t._version, t.device, t.dtype) if t is not None else None for t in tensors)
-            cached = self.__dict__["_kv_cache"].get(name)
-            if cached is not None and cached[0] == version:
-                return cached[1]
         head_dim = self.__dict__["head_dim"]
-        keys = _project(key, prompt).unflatten(-1, (-1, head_dim)).transpose(0, 1)
-        values = _project(value, prompt).unflatten(-1, (-1, head_dim)).transpose(0, 1)
-        if cacheable:
-            self.__dict__["_kv_cache"][name] = (version, (keys, values))
-        return keys, values
+
+        def project():
+            keys = _project(key, prompt).unflatten(-1, (-1, head_dim)).transpose(0, 1)
+            return keys, _project(value, prompt).unflatten(-1, (-1, head_dim)).transpose(0, 1)
+
+        return reuse_while_unchanged(self.__dict__["_kv_cache"], name, tensors, project)
 
     def prompt_share(self, name: str, query: torch.Tensor) -> torch.Tensor:
         """``g · softmax(Q K^Pᵀ / √d_head) V^P`` for ``query`` ``(rows, heads, q, d_head)``;

@@ -32,6 +32,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..configuration.weight_transforms import HRAConfig
+from .caching import reuse_while_unchanged
 from .weight_transform import WeightTransform
 
 logger = logging.get_logger(__name__)
@@ -68,7 +69,11 @@ class HRA(WeightTransform):
                 nn.init.kaiming_uniform_(self.hra_u, a=math.sqrt(5))
 
     def wy_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Y, T)`` with ``H = I − Y T Yᵀ`` (see the module docstring)."""
+        """``(Y, T)`` with ``H = I − Y T Yᵀ`` (see the module docstring); inference reuses them
+        while ``hra_u`` is unchanged."""
+        return reuse_while_unchanged(self.__dict__.setdefault("_kept", {}), "wy", [self.hra_u], self._compute_wy_factors)
+
+    def _compute_wy_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.apply_GS:
             q, _ = torch.linalg.qr(self.hra_u)
             return q, 2 * torch.eye(self.r, device=q.device, dtype=q.dtype)

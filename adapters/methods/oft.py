@@ -16,7 +16,9 @@ transform. Exactly, as PEFT solves it: ``R_k = (I − Q_k)(I + Q_k)⁻¹``. With
 
     R_k = I + 2 Σ_{i=1}^{m−1} Q_k^i + Q_k^m,   m = max(3, t−1)    (t ≥ 3;  t = 2: I + 2Q_k;  t = 1: I)
 
-which is orthogonal up to ``O(‖Q_k‖^{t})``. ``block_share``: one ``Q`` for all blocks. COFT
+which is orthogonal up to ``O(‖Q_k‖^{t})``. It is evaluated in Horner form,
+``R_k = I + 2 Q_k (I + Q_k (⋯ (I + Q_k/2)))`` with ``m − 1`` nested factors: one fused
+``I + a·Q T`` product per power instead of a product, a scaling and a sum. ``block_share``: one ``Q`` for all blocks. COFT
 (``coft``): before use, each ``Q_k`` is projected onto the Frobenius ball of radius
 ``eps/√n`` (written back into the parameter, as PEFT does), keeping ``R`` near the identity.
 Module dropout (training): a random fraction ``p`` of the blocks is replaced by ``I``.
@@ -36,6 +38,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..configuration.weight_transforms import OFTConfig
+from .caching import reuse_while_unchanged
 from .weight_transform import WeightTransform
 
 logger = logging.get_logger(__name__)
@@ -133,15 +136,14 @@ class OFT(WeightTransform):
         rotation = eye + 2 * q
         if terms == 2:
             return rotation
-        last = max(3, terms - 1)
-        power = q
-        for i in range(2, last + 1):
-            power = torch.bmm(power, q)
-            rotation = rotation + (power if i == last else 2 * power)
-        return rotation
+        inner = torch.add(eye, q, alpha=0.5)  # I + Q/2, the innermost factor
+        for _ in range(max(3, terms - 1) - 2):
+            inner = torch.baddbmm(eye, q, inner)  # I + Q·inner
+        return torch.baddbmm(eye, q, inner, alpha=2.0)
 
     def _all_blocks(self) -> torch.Tensor:
-        rotation = self.blocks()
+        # inference reuses the blocks while oft_R is unchanged (every decoding step would rebuild them)
+        rotation = reuse_while_unchanged(self.__dict__.setdefault("_kept", {}), "blocks", [self.oft_R], self.blocks)
         if self.block_share:
             rotation = rotation.expand(self.r, -1, -1)
         if self.training and self.module_dropout > 0 and self.r > 1:  # multiplicative dropout

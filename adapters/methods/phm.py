@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..configuration.bottleneck import BnConfig
+from .caching import reuse_while_unchanged
 
 __all__ = ["PHMLayer", "init_shared_parameters", "kronecker_product"]
 
@@ -163,18 +164,13 @@ class PHMLayer(nn.Module):
     def weight_matrix(self) -> torch.Tensor:
         """The dense ``d_in × d_out`` matrix ``Σ_i A_i ⊗ B_i``.
 
-        When no gradient is being recorded the matrix is cached and rebuilt only after one of its
-        factors changed (tracked by the tensors' version counters, which every in-place update such
-        as an optimizer step or ``load_state_dict`` bumps).
+        While no gradient can flow into its factors the matrix is kept and rebuilt only after one of
+        them changed (:func:`~adapters.methods.caching.reuse_while_unchanged`).
         """
-        if torch.is_grad_enabled() or torch.is_inference_mode_enabled():
-            return kronecker_product(self._rule(), self._weight_factors()).sum(0)
-        key = tuple((id(t), t._version) for t in self._sources())
-        cached = self.__dict__.get("_dense_weight")
-        if cached is None or cached[0] != key:
-            cached = (key, kronecker_product(self._rule(), self._weight_factors()).sum(0))
-            self.__dict__["_dense_weight"] = cached
-        return cached[1]
+        return reuse_while_unchanged(
+            self.__dict__.setdefault("_kept", {}), "dense_weight", list(self._sources()),
+            lambda: kronecker_product(self._rule(), self._weight_factors()).sum(0),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.matmul(x, self.weight_matrix())
