@@ -52,6 +52,7 @@ from ..models.attention import AttentionContributor, KeyValueExtension, add_cont
 from ..models.patching import swap_class
 from ..models.spec import layer_stacks
 from .base import ComposableLayer
+from .caching import reuse_while_unchanged
 
 __all__ = [
     "PrefixTuning",
@@ -77,9 +78,13 @@ class PrefixShape(NamedTuple):
 
 
 def _to_layers(flat: torch.Tensor, prefix_length: int, shape: PrefixShape) -> torch.Tensor:
-    """``(P, L·2·H·D)`` -> ``(L, 2, H, P, D)`` (AdapterHub's and PEFT's layout of the flat vector)."""
+    """``(P, L·2·H·D)`` -> ``(L, 2, H, P, D)`` (AdapterHub's and PEFT's layout of the flat vector).
+
+    Made contiguous once here, so that each layer's ``(H, P, D)`` keys are one dense block: the
+    attention wrapper joins them to the real keys at every layer of every pass (every decoding
+    step), and ``torch.cat`` from a transposed view costs about three times as much."""
     states = flat.view(prefix_length, shape.n_layers, 2, shape.n_heads, shape.head_dim)
-    return states.permute(1, 2, 3, 0, 4)
+    return states.permute(1, 2, 3, 0, 4).contiguous()
 
 
 class PrefixTuning(nn.Module):
@@ -228,15 +233,11 @@ class PrefixTuningPool(nn.Module):
 
     def _states(self, name: str) -> dict[str, torch.Tensor]:
         group = self.prefix_tunings[name]
-        if torch.is_grad_enabled() or group.training:
-            return {key[: -len("_prefix")]: module() for key, module in group.items()}
-        # inference: the prefix only changes when its parameters do (decoding reuses it every step)
-        version = tuple((id(p), p._version, p.device, p.dtype) for p in group.parameters())
-        cached = self.__dict__["_states_cache"].get(name)
-        if cached is None or cached[0] != version:
-            states = {key[: -len("_prefix")]: module() for key, module in group.items()}
-            self.__dict__["_states_cache"][name] = cached = (version, states)
-        return cached[1]
+        # the prefix only changes when its parameters do (decoding reuses it every step)
+        return reuse_while_unchanged(
+            self.__dict__["_states_cache"], name, list(group.parameters()),
+            lambda: {key[: -len("_prefix")]: module() for key, module in group.items()}, reusable=not group.training,
+        )
 
     def prepare_forward(self, context: ForwardContext) -> bool:
         """Compute the active prefixes into ``context.prefix_states``; True if there are any."""
@@ -356,6 +357,10 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
         setup = self.active_setup()
         if setup is None:
             return None
+        if isinstance(setup, str) and not self.prefix_gates:  # one ungated prefix: no engine (each decoding step)
+            layer_states = context.prefix_states[setup][self.location][self.__dict__["prefix_index"]]
+            rows = key.shape[0]
+            return KeyValueExtension(layer_states[0].expand(rows, -1, -1, -1), layer_states[1].expand(rows, -1, -1, -1), None)
         hidden = context.residuals.get(("attention_input", id(module))) if len(self.prefix_gates) else None
         state = self.compose(setup, PrefixState(None, None, None, key.shape[0], hidden))
         if state.keys is None:

@@ -200,7 +200,9 @@ def _make_attention(backend: str):
         if extensions:
             key_length = key.shape[2]
             if len(extensions) == 1:  # the common case: no copy before the join below
-                extra_keys, extra_values = extensions[0].keys.to(key.dtype), extensions[0].values.to(value.dtype)
+                extra_keys, extra_values = extensions[0].keys, extensions[0].values
+                if extra_keys.dtype != key.dtype:
+                    extra_keys, extra_values = extra_keys.to(key.dtype), extra_values.to(value.dtype)
             else:
                 extra_keys = torch.cat([e.keys for e in extensions], dim=2).to(key.dtype)
                 extra_values = torch.cat([e.values for e in extensions], dim=2).to(value.dtype)
