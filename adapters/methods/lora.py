@@ -331,15 +331,17 @@ def accumulate_low_rank(
     Two GEMMs and no extra pass over ``output``: ``A xᵀ`` (``r × tokens``) first, because the
     tall-skinny ``x Aᵀ`` (``tokens × r``) runs at a fraction of the speed on CPU BLAS (measured:
     87 µs against 133 µs for 512 tokens, d = 384, r = 8), then ``addmm`` accumulates
-    ``s · (A xᵀ)ᵀ Bᵀ`` onto ``output``, in place where allowed. Autograd allows that: a linear
-    layer keeps its input, not its output, for the backward pass.
+    ``s · (A xᵀ)ᵀ Bᵀ`` onto ``output``, in place where allowed and no gradient is recorded.
 
     Example::
 
         >>> accumulate_low_rank(x @ W.t(), x, A, B, 2.0)   # == x Wᵀ + 2 x Aᵀ Bᵀ
     """
     hidden_t = torch.mm(lora_A, x.reshape(-1, x.shape[-1]).t())
-    if not (in_place and output.is_contiguous()):
+    # recorded by autograd, an in-place update of the output's 2-D view makes the backward pass
+    # copy the whole output through a CopySlices node (measured: the LoRA share of a train step
+    # grows by half), so training takes the out-of-place form
+    if not (in_place and output.is_contiguous() and not torch.is_grad_enabled()):
         flat = output.reshape(-1, output.shape[-1])
         return torch.addmm(flat, hidden_t.t(), lora_B.t(), alpha=scaling).view(output.shape)
     output.view(-1, output.shape[-1]).addmm_(hidden_t.t(), lora_B.t(), alpha=scaling)
@@ -499,7 +501,8 @@ class LoRALinear(ComposableLayer):
                 factor = lora.scale_vector() if gate is None else 1 + gate * (lora.scale_vector() - 1)
                 return super().forward(x * factor)
             if lora.composition_mode == "scale" and not hasattr(lora, "gate") and lora.out_index is None:
-                return super().forward(x) * lora.scale_vector()
+                output = super().forward(x)  # a fresh tensor; scaled in place unless autograd needs it as it is
+                return output.mul_(lora.scale_vector()) if not torch.is_grad_enabled() else output * lora.scale_vector()
             if lora.has_fast_path and not self.merged and lora.out_index is None:
                 return lora.forward_single(self, x)  # a weight transform alone: one pass where it can
         output = super().forward(x)
