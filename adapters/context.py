@@ -119,7 +119,8 @@ class ForwardContext:
         self.adapter_fusion_attentions: dict = {}
         self.adapter_gating_scores: dict = {}
         self.prefix_states: dict = {}
-        self.padded_position_bias = None  # (bias, n_extra, padded): T5's layers share one bias
+        # tensors built once per pass for all layers (see models.attention._once_per_pass)
+        self.pass_cache: dict = {}
         self.attention_extended = False
         self.pending_prompt = None  # (position, prompt) for the embedding module to join, see prompt_tuning
         self.attention_adjusted = False

@@ -112,6 +112,23 @@ def test_padded_rows_equal_rows_run_alone(arch, side):
     torch.testing.assert_close(out[0], full[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_extended_mask_is_built_once_per_pass(arch, monkeypatch):
+    """transformers hands every layer the same mask tensor: the wrapper extends it once per pass."""
+    from adapters.models import attention
+
+    model = _with_prefix(arch, "base", MLP)
+    calls = []
+    extend = attention._extend_mask
+    monkeypatch.setattr(attention, "_extend_mask", lambda *args: calls.append(1) or extend(*args))
+    ids, mask = left_padded_prompt()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    out = run(model, batch)
+    assert len(calls) == 1 and model.config.num_hidden_layers > 1
+    monkeypatch.setattr(attention, "_extend_mask", extend)
+    torch.testing.assert_close(run(model, batch), out, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a not in NO_SDPA + NO_PREFIX])
 def test_eager_equals_sdpa(arch):
     inputs = make_inputs(arch)

@@ -172,16 +172,22 @@ def _extend_mask(mask, valid, n_extra: int, module, query, key_length: int):
     return torch.cat([extra, mask.expand(rows, -1, -1, -1)], dim=-1)
 
 
-def _padded_position_bias(bias: torch.Tensor, n_extra: int, context) -> torch.Tensor:
+def _padded_position_bias(bias: torch.Tensor, n_extra: int) -> torch.Tensor:
     """``bias`` with ``n_extra`` zero columns in front: T5's relative position bias covers the real
-    keys only, and the extra keys have no position relative to the queries. T5 computes the bias
-    once and hands the same tensor to every layer, so the padded one is kept for the pass."""
-    cached = context.padded_position_bias
-    if cached is not None and cached[0] is bias and cached[1] == n_extra:
-        return cached[2]
-    padded = torch.cat([bias.new_zeros(*bias.shape[:-1], n_extra), bias], dim=-1)
-    context.padded_position_bias = (bias, n_extra, padded)
-    return padded
+    keys only, and the extra keys have no position relative to the queries."""
+    return torch.cat([bias.new_zeros(*bias.shape[:-1], n_extra), bias], dim=-1)
+
+
+def _once_per_pass(context, kind: str, sources: tuple, params: tuple, build):
+    """``build()``, kept for the rest of the forward pass: transformers builds the attention mask
+    (and T5 its position bias) once and hands the same tensor to every layer, so their extended
+    versions are built once per pass too. Keyed by the identity of the ``sources`` tensors (kept
+    alive with the entry, so an identity cannot be reused) and the plain values ``params``."""
+    key = (kind, tuple(id(s) for s in sources), params)
+    entry = context.pass_cache.get(key)
+    if entry is None:
+        entry = context.pass_cache[key] = (sources, build())
+    return entry[1]
 
 
 def _make_attention(backend: str):
@@ -216,10 +222,16 @@ def _make_attention(backend: str):
                 )
             key = torch.cat([extra_keys, key], dim=2)
             value = torch.cat([extra_values, value], dim=2)
-            attention_mask = _extend_mask(attention_mask, valid, n_extra, module, query, key_length)
+            mask, causal = attention_mask, bool(getattr(module, "is_causal", False))
+            attention_mask = _once_per_pass(
+                context, "mask", (mask, valid), (n_extra, causal, tuple(query.shape[:3]), key_length),
+                lambda: _extend_mask(mask, valid, n_extra, module, query, key_length),
+            )
             position_bias = kwargs.get("position_bias")
             if position_bias is not None:
-                kwargs["position_bias"] = _padded_position_bias(position_bias, n_extra, context)
+                kwargs["position_bias"] = _once_per_pass(
+                    context, "bias", (position_bias,), (n_extra,), lambda: _padded_position_bias(position_bias, n_extra)
+                )
         output, weights = _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
         if weights is not None and n_extra:
             weights = weights[..., n_extra:]  # the caller sees attention over its own tokens
