@@ -67,7 +67,7 @@ from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..context import ForwardContext
 from ..models.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
 from ..models.targeting import fused_part_rows
-from .base import ComposableLayer
+from .base import ComposableLayer, setup_members
 from .caching import reuse_while_unchanged
 
 __all__ = [
@@ -276,13 +276,7 @@ class AdaptionPromptSites:
 
     def names_in(self, setup) -> tuple[str, ...]:
         """The adapters of ``setup`` that have a prompt in some layer."""
-        try:
-            return self._names[setup]
-        except KeyError:
-            present = set().union(*(host.adapter_names() for host in self.hosts))
-            names = tuple(n for n in dict.fromkeys(setup.flatten()) if n in present)
-            self._names[setup] = names
-            return names
+        return setup_members(setup, lambda: set().union(*(host.adapter_names() for host in self.hosts)), self._names)
 
 
 def _attention_name(spec) -> str:

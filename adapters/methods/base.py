@@ -76,6 +76,24 @@ def prune_setup(setup, present: set):
     raise TypeError(f"Unknown composition block {setup!r}.")
 
 
+def setup_members(setup, present, cache: dict) -> tuple[str, ...]:
+    """The adapters of ``setup`` (depth first, each once) that ``present()`` contains — for the
+    model-wide pools (prefix tuning, prompt tuning, Llama-Adapter), which look this up in every
+    forward pass; kept in ``cache`` per setup (clear it when the pool's adapters change).
+
+    Example::
+
+        >>> setup_members(Stack("lang", "prefix"), lambda: {"prefix"}, {})
+        ('prefix',)
+    """
+    try:
+        return cache[setup]
+    except KeyError:
+        container = present()
+        names = cache[setup] = tuple(n for n in dict.fromkeys(setup.flatten()) if n in container)
+        return names
+
+
 def batch_branches(block, batch: int, choose) -> list:
     """``[(rows, name or None)]``: which adapter acts on which consecutive rows of a batch, for a
     setup pruned to one host. ``Parallel`` / ``BatchSplit`` split the rows among their children;

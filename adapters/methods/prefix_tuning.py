@@ -51,7 +51,7 @@ from ..context import ForwardContext
 from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, tag_attention
 from ..models.patching import swap_class
 from ..models.spec import layer_stacks
-from .base import ComposableLayer
+from .base import ComposableLayer, setup_members
 from .caching import reuse_while_unchanged
 
 __all__ = [
@@ -223,13 +223,7 @@ class PrefixTuningPool(nn.Module):
     # -- per forward ---------------------------------------------------------------------------
     def names_in(self, setup) -> tuple[str, ...]:
         """The prefix-tuning adapters of ``setup`` (cached per setup)."""
-        cache = self.__dict__["_names_cache"]
-        try:
-            return cache[setup]
-        except KeyError:
-            names = tuple(n for n in dict.fromkeys(setup.flatten()) if n in self.prefix_tunings)
-            cache[setup] = names
-            return names
+        return setup_members(setup, lambda: self.prefix_tunings, self.__dict__["_names_cache"])
 
     def _states(self, name: str) -> dict[str, torch.Tensor]:
         group = self.prefix_tunings[name]

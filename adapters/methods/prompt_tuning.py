@@ -39,6 +39,7 @@ from torch import nn
 from ..composition import Stack
 from ..configuration.prefix import PromptTuningConfig
 from ..context import ForwardContext
+from .base import setup_members
 
 __all__ = ["PromptTuning", "PromptTuningPool", "install_prompt_tuning"]
 
@@ -102,10 +103,8 @@ class PromptTuningPool(nn.Module):
         self._invalidate_setup_cache()
 
     def names_in(self, setup) -> tuple[str, ...]:
-        cache = self.__dict__["_names_cache"]
-        if setup not in cache:
-            cache[setup] = tuple(n for n in dict.fromkeys(setup.flatten()) if n in self.prompt_tunings)
-        return cache[setup]
+        """The prompt-tuning adapters of ``setup`` (cached per setup)."""
+        return setup_members(setup, lambda: self.prompt_tunings, self.__dict__["_names_cache"])
 
     def prepare_forward(self, model, context: ForwardContext, kwargs: dict) -> dict:
         """Join the active prompts to the inputs in ``kwargs`` (see the module docstring)."""
