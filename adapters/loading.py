@@ -174,10 +174,18 @@ def _write_weights(state: dict, folder: str, use_safetensors: bool, safe_name: s
         torch.save(state, os.path.join(folder, legacy_name))
 
 
+def _hidden_size(model) -> int:
+    """``config.hidden_size``, or for a config without one (CLIP's), its first tower's."""
+    from .models.spec import hidden_size_of
+
+    spec = model.__dict__.get("_adapters_spec")
+    return hidden_size_of(model.config, spec) if spec is not None else model.config.hidden_size
+
+
 def _meta(model, name: str) -> dict:
     return {
         "name": name,
-        "hidden_size": model.config.hidden_size,
+        "hidden_size": _hidden_size(model),
         "model_type": model.config.model_type,
         "model_class": type(model).__name__,
         "model_name": getattr(model.config, "name_or_path", "") or "",
@@ -187,9 +195,9 @@ def _meta(model, name: str) -> dict:
 
 def _check_hidden_size(model, meta: dict, path: str) -> None:
     saved = meta.get("hidden_size")
-    if saved is not None and saved != model.config.hidden_size:
+    if saved is not None and saved != _hidden_size(model):
         raise AdapterLoadError(
-            f"{path}: saved for hidden size {saved} but this model has hidden size {model.config.hidden_size}; "
+            f"{path}: saved for hidden size {saved} but this model has hidden size {_hidden_size(model)}; "
             f"an adapter only loads into a model of the size it was trained with."
         )
     saved_type = meta.get("model_type")

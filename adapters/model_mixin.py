@@ -48,6 +48,7 @@ from .methods.weight_transform import add_weight_transform_modules
 from .models.attention import use_adapter_attention
 from .models.patching import restore_class, swap_class
 from .models.spec import num_layers as count_layers
+from .models.spec import stack_configs
 from .models.targeting import (
     OWN_MODULES,
     closest_names,
@@ -78,6 +79,8 @@ _BATCH_INPUTS = (
     "pixel_values",
     "input_features",
 )
+# inputs with a batch of their own: a dual encoder (CLIP) reads N texts and M images in one call
+_SEPARATE_BATCH_INPUTS = ("pixel_values",)
 
 
 # set while generate() runs a Parallel setup whose inputs it replicated itself (number of branches)
@@ -170,6 +173,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         with context.activate():
             args, kwargs = self._prepare_prefix_and_prompt(context, args, kwargs)
             output = super().forward(*args, **kwargs)
+        parallel_output = self.__dict__["_adapters_spec"].parallel_output
+        if parallel_output is not None and context.parallel_channels > 1:
+            output = parallel_output(self, output, context.parallel_channels)
         output = self._add_adalora_regularization(output, context.setup)
         if context.output_adapter_fusion_attentions and hasattr(output, "keys"):
             output.adapter_fusion_attentions = context.adapter_fusion_attentions
@@ -385,8 +391,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             )
 
     def _check_config_fits(self, config: AdapterConfig) -> None:
-        hidden = self.config.hidden_size
-        num_layers = count_layers(self.base_model, self.__dict__["_adapters_spec"])
+        layer_configs = stack_configs(self.base_model, self.__dict__["_adapters_spec"])  # per layer (CLIP: per tower)
+        num_layers = len(layer_configs)
         for part in config.configs_by_architecture():
             if part.architecture not in METHOD_BLOCKS:
                 raise ValueError(
@@ -435,7 +441,15 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     f"does not take; use shift_positions=False."
                 )
             if part.architecture == "bottleneck":
+                widths = {c.hidden_size for c in layer_configs}
+                if part.phm_layer and part.shared_W_phm and len(widths) > 1:
+                    raise ValueError(
+                        f"Compacter with shared_W_phm=True shares one pair of PHM weights across all layers, but "
+                        f"{spec.name}'s layer stacks differ in hidden size ({', '.join(map(str, sorted(widths)))}); use "
+                        f"shared_W_phm=False (the default; the shared PHM rules fit every width)."
+                    )
                 for layer in range(num_layers):
+                    hidden = layer_configs[layer].hidden_size
                     size = int(hidden // part.reduction_factor_for(layer))
                     if size < 1:
                         raise ValueError(
@@ -453,7 +467,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         added = False
         for part in config.configs_by_architecture():
             if part.architecture == "bottleneck" and part.phm_layer:
-                shared = init_shared_parameters(part, self.config.hidden_size)
+                shared = init_shared_parameters(part, self._first_stack_config().hidden_size)
                 self._shared_parameters[name] = shared.to(device=reference.device, dtype=dtype)
             if part.architecture == "lora":
                 self._add_lora_modules(name, part, reference.device, dtype)
@@ -482,6 +496,27 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     added = True
         if not added:
             raise ValueError(f"Adapter config {config} places no module in this model (check leave_out and positions).")
+
+    def get_input_embeddings(self) -> nn.Module:
+        """transformers' input embedding; for a model transformers leaves it undefined for
+        (``CLIPModel``, two towers), the spec's token embedding (CLIP: the text tower's).
+
+        Example::
+
+            >>> clip.get_input_embeddings() is clip.text_model.embeddings.token_embedding
+            True
+        """
+        try:
+            return super().get_input_embeddings()
+        except NotImplementedError:
+            spec = self.__dict__.get("_adapters_spec")
+            if spec is None:
+                raise
+            return self.base_model.get_submodule(spec.embeddings)
+
+    def _first_stack_config(self):
+        """The config of the first layer stack (the model config, or CLIP's ``text_config``)."""
+        return stack_configs(self.base_model, self.__dict__["_adapters_spec"])[0]
 
     def _add_prefix_modules(self, name: str, config, device, dtype) -> bool:
         """Create the prefix of adapter ``name`` in the pool (and its gates in the layers)."""
@@ -660,7 +695,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             self._install_embedding_host(host)
         for output in self._language_model_outputs():
             self._invert_before(output)
-        size = getattr(self.config, "embedding_size", None) or self.config.hidden_size
+        first = self._first_stack_config()  # the stack whose input embeddings the host reads (CLIP: text)
+        size = getattr(first, "embedding_size", None) or first.hidden_size
         host.add_block(name, coupling_block(config, size).to(device=device, dtype=dtype).train(self.training))
 
     def _language_model_outputs(self) -> list[nn.Module]:
@@ -1347,8 +1383,9 @@ def _replicate_inputs(names, args, kwargs, channels: int) -> tuple[dict, Optiona
     for name in _BATCH_INPUTS:
         value = kwargs.get(name)
         if isinstance(value, torch.Tensor) and value.dim() > 0:
+            separate = name in _SEPARATE_BATCH_INPUTS and batch is not None and value.shape[0] != batch
             batch = value.shape[0] if batch is None else batch
-            if value.shape[0] == batch:
+            if value.shape[0] == batch or separate:  # CLIP's images: M rows beside N texts
                 kwargs[name] = value.repeat(channels, *([1] * (value.dim() - 1)))
     return kwargs, batch
 
@@ -1479,9 +1516,32 @@ class DecoderEntryMixin(_ShowsStackSignature):
         return super().forward(*args, **kwargs)
 
 
+class StackEntryMixin:
+    """Swapped onto a part of the model that callers run on their own (CLIP's ``text_model`` in
+    ``get_text_features``, ``vision_model`` in ``get_image_features``): run outside the model's
+    forward, it opens the model's forward context itself (active setup, prefixes, Parallel
+    replication of its inputs); inside it, it runs as it is.
+
+    Example::
+
+        >>> adapters.init(clip)                   # swaps it onto clip.text_model and clip.vision_model
+        >>> clip.set_active_adapters("a")
+        >>> clip.get_text_features(input_ids=ids)  # the text tower's adapters run
+    """
+
+    def forward(self, *args, **kwargs):
+        model = self.__dict__["_adapters_model"]
+        context, kwargs = model._open_stack_context(self, args, kwargs)
+        if context is None:
+            return super().forward(**kwargs)
+        with context.activate():
+            return super().forward(**kwargs)
+
+
 def install_stack_entries(model, spec) -> None:
     """Swap :class:`EncoderEntryMixin` / :class:`DecoderEntryMixin` onto the encoder and decoder of an
-    encoder-decoder ``model`` (those it has).
+    encoder-decoder ``model`` (those it has), and :class:`StackEntryMixin` onto the spec's
+    ``entry_modules`` (CLIP's towers).
 
     Example::
 
@@ -1490,7 +1550,9 @@ def install_stack_entries(model, spec) -> None:
         'T5StackWithAdapters'
     """
     base = model.base_model
-    for path, mixin in ((spec.encoder, EncoderEntryMixin), (spec.decoder_module, DecoderEntryMixin)):
+    entries = [(spec.encoder, EncoderEntryMixin), (spec.decoder_module, DecoderEntryMixin)]
+    entries += [(path, StackEntryMixin) for path in spec.entry_modules]
+    for path, mixin in entries:
         module = base._modules.get(path) if path else None
         if module is not None:
             swap_class(module, mixin)

@@ -88,6 +88,18 @@ CONFIGS = {
         hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=64,
         image_size=IMAGE_SIZE, patch_size=2, num_channels=3, attention_dropout=0.0,
     ),
+    # both CLIP towers in one model (text first, then vision); the towers differ in width (32 / 48)
+    "clip": lambda: transformers.CLIPConfig(
+        text_config=dict(
+            **dict(_COMMON, intermediate_size=64), max_position_embeddings=32, attention_dropout=0.0, pad_token_id=0,
+            bos_token_id=1, eos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=48, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=64,
+            image_size=IMAGE_SIZE, patch_size=2, num_channels=3, attention_dropout=0.0,
+        ),
+        projection_dim=16,
+    ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
@@ -108,14 +120,18 @@ DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text
 ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
 # architectures that read images (pixel_values) instead of tokens (the support table's "vision" kind)
 VISION = ("vit", "clip_vision_model")
-# architectures without a prediction-head class in transformers (CLIP's towers): their tests run bare
-NO_HEADS = ("clip_text_model", "clip_vision_model")
+# architectures without a prediction-head class in transformers (CLIP's towers; CLIPModel, whose
+# only head class, CLIPForImageClassification, drops the text tower): their tests run bare
+NO_HEADS = ("clip_text_model", "clip_vision_model", "clip")
+# dual encoders: text and image inputs in one call (CLIPModel)
+DUAL = ("clip",)
 ARCHS = tuple(CONFIGS)
 # architectures added after the first eight: the tests that run only on a few representatives
 # (PEFT methods, merging) run on these too
 NEW_ARCHS = (
     "qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox", "vit",
     "clip_text_model", "albert",  # the vision tower has the text tower's layers (same spec rows)
+    "clip",
 )
 # architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
 # way: cls or mean pooling, a bias-free norm in the classification head; the image models and CLIP's
@@ -145,9 +161,9 @@ _HEAD_OVERRIDES = {("whisper", "seq2seq"): transformers.AutoModelForSpeechSeq2Se
 NO_SEQ_CLS = ("whisper", *NO_HEADS)
 # architectures that refuse prompt tuning: Whisper's inputs are not token ids; CLIP's text tower
 # pools at the end-of-text position in input_ids, which a prompt would move
-NO_PROMPT = ("whisper", "clip_text_model")
-# Llama-Adapter is defined for decoder-only models: refused on encoder-decoders
-NO_ADAPTION_PROMPT = ENCODER_DECODERS
+NO_PROMPT = ("whisper", "clip_text_model", "clip")
+# Llama-Adapter is defined for decoder-only models: refused on encoder-decoders and CLIPModel
+NO_ADAPTION_PROMPT = (*ENCODER_DECODERS, "clip")
 # (arch, head) pairs the tests run: every arch bare and with its natural heads
 ARCH_HEADS = (
     [(a, "base") for a in ARCHS]
@@ -159,7 +175,10 @@ ARCH_HEADS = (
 # the latest architectures (GPT-NeoX, ViT, CLIP's towers, ALBERT) run the heaviest bottleneck
 # matrices with their natural head only (the bare model runs inside it), to keep the suite fast;
 # every method, block and head conversion is still run on each of them
-LIGHT_ARCHS = {"gpt_neox": "clm", "vit": "seq_cls", "clip_text_model": "base", "clip_vision_model": "base", "albert": "mlm"}
+LIGHT_ARCHS = {
+    "gpt_neox": "clm", "vit": "seq_cls", "clip_text_model": "base", "clip_vision_model": "base", "albert": "mlm",
+    "clip": "base",
+}
 ARCH_HEADS_LIGHT = [(a, h) for a, h in ARCH_HEADS if LIGHT_ARCHS.get(a, h) == h]
 
 
@@ -185,6 +204,9 @@ def make_inputs(arch: str, batch: int = 2, seq: int = 12, seed: int = 1, padded:
     attention_mask = torch.ones(batch, seq, dtype=torch.long)
     if padded and batch > 1:
         attention_mask[1, -3:] = 0
+    if arch in DUAL:  # as many images as texts (the rows Parallel and BatchSplit split)
+        pixel_values = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
     if arch not in ENCODER_DECODERS:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
     # encoder-decoders: the decoder reads as many tokens as the encoder (the sequence classifiers
@@ -204,8 +226,9 @@ def cls_head(arch: str) -> str:
 
 
 def n_layers(arch: str) -> int:
-    """The number of layers adapters count (encoder-decoders: encoder and decoder layers together)."""
-    return 2 * LAYERS if arch in ENCODER_DECODERS else LAYERS
+    """The number of layers adapters count (encoder-decoders: encoder and decoder layers together;
+    CLIPModel: text and vision layers)."""
+    return 2 * LAYERS if arch in ENCODER_DECODERS or arch in DUAL else LAYERS
 
 
 def batch_of(inputs: dict) -> int:
@@ -223,7 +246,14 @@ def left_padded_prompt():
 
 
 def main_output(output) -> torch.Tensor:
-    """last_hidden_state for bare models, logits for models with heads."""
+    """last_hidden_state for bare models, logits for models with heads; for CLIPModel both towers'
+    final states along the sequence (row ``i``: image ``i``'s positions, then text ``i``'s, the
+    narrower tower's states padded with zeros to the wider width)."""
+    if getattr(output, "text_model_output", None) is not None:
+        text, vision = output.text_model_output.last_hidden_state, output.vision_model_output.last_hidden_state
+        width = max(text.shape[-1], vision.shape[-1])
+        pad = lambda states: torch.nn.functional.pad(states, (0, width - states.shape[-1]))  # noqa: E731
+        return torch.cat([pad(vision), pad(text)], dim=1)
     return output.logits if hasattr(output, "logits") and output.logits is not None else output.last_hidden_state
 
 

@@ -50,7 +50,7 @@ from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
 from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, tag_attention
 from ..models.patching import swap_class
-from ..models.spec import layer_stacks
+from ..models.spec import layer_stacks, stack_config
 from .base import ComposableLayer, setup_members
 from .caching import reuse_while_unchanged
 
@@ -434,14 +434,21 @@ def attention_sites(base_model, spec):
     encoder-decoder has its encoder self-attention at ``"encoder"`` (the config's
     ``encoder_prefix``), its decoder self-attention at ``"self"`` and its cross-attention at
     ``"cross"`` (``cross_prefix``: the prefix joins the keys and values computed from the encoder
-    output), as in AdapterHub.
+    output), as in AdapterHub. CLIP's towers have a location each (``"clip_text_model_self"``,
+    ``"clip_vision_model_self"``: AdapterHub's keys), sized by the tower's config.
     """
+    return [site[:4] for site in _sites_with_configs(base_model, spec)]
+
+
+def _sites_with_configs(base_model, spec):
+    """:func:`attention_sites` with the config of each site's stack appended."""
     sites = []
     for stack, first, layers in layer_stacks(base_model, spec):
+        config = stack_config(base_model.config, stack)
         for offset, layer in enumerate(layers):
-            sites.append((first + offset, stack.attention_location, layer.get_submodule(stack.attention), offset))
+            sites.append((first + offset, stack.attention_location, layer.get_submodule(stack.attention), offset, config))
             if stack.cross_attention:
-                sites.append((first + offset, "cross", layer.get_submodule(stack.cross_attention), offset))
+                sites.append((first + offset, "cross", layer.get_submodule(stack.cross_attention), offset, config))
     return sites
 
 
@@ -471,13 +478,12 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
     pool = base._modules.get("prefix_tuning")
     if pool is not None:
         return pool
-    config = model.config
     spec = model.__dict__["_adapters_spec"]
-    sites = attention_sites(base, spec)
+    sites = _sites_with_configs(base, spec)
     shapes = {}
-    for _, location, module, _ in sites:
+    for _, location, module, _, config in sites:
         if location not in shapes:
-            n_layers = sum(1 for _, loc, _, _ in sites if loc == location)
+            n_layers = sum(1 for site in sites if site[1] == location)
             if spec.is_encoder_decoder:
                 kv_heads, head_dim = _attention_dims(module, config)
             else:
@@ -486,10 +492,10 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
                 head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
             shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
     pool = PrefixTuningPool(shapes)
-    pool.__dict__["causal"] = any(bool(getattr(module, "is_causal", False)) for _, _, module, _ in sites)
+    pool.__dict__["causal"] = any(bool(getattr(site[2], "is_causal", False)) for site in sites)
     base.add_module("prefix_tuning", pool)
     model._adapter_hosts.append(pool)
-    for layer_idx, location, attention, index in sites:
+    for layer_idx, location, attention, index, config in sites:
         tag_attention(attention, layer_idx, location)
         host = PrefixTuningLayer(pool, layer_idx, location, config.hidden_size, index)
         attention.add_module("prefix_tuning", host)

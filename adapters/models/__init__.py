@@ -78,7 +78,7 @@ def init(model: nn.Module, interface=None) -> nn.Module:
         target.__dict__["_adapters_interface"] = interface
     if interface is not None:
         setattr(model.config, CONFIG_KEY, interface.to_dict())
-    if spec.is_encoder_decoder:
+    if spec.is_encoder_decoder or spec.entry_modules:
         install_stack_entries(model, spec)
     # layers may already have a checkpointing function (gradient_checkpointing_enable before init)
     for module in model.modules():

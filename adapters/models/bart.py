@@ -70,7 +70,7 @@ def bart_like_spec(name: str, model_types: tuple, pre_ln: bool, **kwargs) -> Arc
         pre_ln=pre_ln,
         encoder="encoder",
         decoder_module="decoder",
-        decoder=DecoderSpec(
+        second_stack=DecoderSpec(
             layers="decoder.layers",
             residual_hooks=(_hook("mh_adapter", pre_ln), _hook("cross_adapter", pre_ln), _hook("output_adapter", pre_ln)),
             attention="self_attn",

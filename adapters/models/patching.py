@@ -19,7 +19,7 @@ from torch import nn
 
 from ..context import ForwardContext
 from ..methods.bottleneck import BottleneckLayer
-from .spec import ArchitectureSpec, ResidualHook, layer_stacks
+from .spec import ArchitectureSpec, ResidualHook, layer_stacks, stack_config
 
 __all__ = ["swap_class", "restore_class", "install_residual_hook", "BottleneckHost"]
 
@@ -138,10 +138,12 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
 
 def install_architecture(base_model: nn.Module, spec: ArchitectureSpec, shared_parameters) -> list:
     """Install every residual hook of ``spec`` in every layer of every stack (encoder and decoder
-    of an encoder-decoder family, numbered as AdapterHub numbers them); returns the hosts."""
+    of an encoder-decoder family, CLIP's two towers; numbered as AdapterHub numbers them), each
+    sized by its stack's config; returns the hosts."""
     hosts = []
     for stack, first, layers in layer_stacks(base_model, spec):
+        config = stack_config(base_model.config, stack)
         for offset, layer in enumerate(layers):
             for hook in stack.residual_hooks:
-                hosts.append(install_residual_hook(layer, hook, first + offset, base_model.config, shared_parameters))
+                hosts.append(install_residual_hook(layer, hook, first + offset, config, shared_parameters))
     return hosts

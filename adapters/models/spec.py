@@ -13,29 +13,42 @@ sub-block produces ``h`` which is added to the residual stream ``x``:
 keyword ``residual_kwarg``), which is swapped for a subclass that hands it over through the
 forward context.
 
-**Encoder-decoder families** (T5, BART, Whisper) have two layer stacks. Their spec describes the
-encoder stack with the usual fields and the decoder stack in ``decoder``, a :class:`DecoderSpec`
-with the same per-layer fields plus the cross-attention block (``cross_attention`` and its q/k/v/o
-projections). Code that walks layers goes through :meth:`ArchitectureSpec.stacks` (and
-:func:`layer_stacks` for a model), which yields one :class:`LayerStack` per stack: one for
-single-stack families, two (``"encoder"``, ``"decoder"``) for encoder-decoder ones.
+**Two-stack families** describe their first stack with the usual fields and the second in
+``second_stack``, a :class:`StackSpec` with the same per-layer fields:
 
-Layer numbering follows AdapterHub's ``iter_layers``: encoder layers ``0 … E−1``, decoder layers
-``E … E+D−1``, so ``leave_out=[0]`` leaves out the first encoder layer and ``leave_out=[E]`` the
-first decoder layer. A model with only one of the stacks (``T5EncoderModel``) numbers its layers
-from 0.
+* encoder-decoders (T5, BART, Whisper): the second stack is the decoder (role ``"decoder"``,
+  :data:`DecoderSpec`), whose layers also have a cross-attention block (``cross_attention`` and its
+  q/k/v/o projections);
+* dual encoders (CLIP): the second stack is a second tower run beside the first (role
+  ``"vision"``), without cross-attention. Each tower reads its own sub-config
+  (``sub_config="vision_config"``): its hidden size, heads and dropout size the adapters of its
+  layers.
+
+Code that walks layers goes through :meth:`ArchitectureSpec.stacks` (and :func:`layer_stacks` for
+a model), which yields one :class:`LayerStack` per stack: one for single-stack families, two
+(``"encoder"``, ``"decoder"``; ``"text"``, ``"vision"``) for two-stack ones.
+
+Layer numbering follows AdapterHub's ``iter_layers``: first-stack layers ``0 … E−1``, second-stack
+layers ``E … E+D−1`` (decoder after encoder; CLIP's vision layers after its text layers), so
+``leave_out=[0]`` leaves out the first layer of the first stack and ``leave_out=[E]`` the first
+layer of the second. A model with only one of the stacks (``T5EncoderModel``,
+``CLIPForImageClassification``) numbers its layers from 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 __all__ = [
     "ResidualHook",
     "ArchitectureSpec",
     "DecoderSpec",
+    "StackSpec",
     "LayerStack",
+    "stack_config",
+    "stack_configs",
+    "hidden_size_of",
     "layer_stacks",
     "num_layers",
     "register_architecture",
@@ -79,24 +92,29 @@ class ResidualHook:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderSpec:
-    """The decoder stack of an encoder-decoder family (paths: ``layers`` relative to the base
-    model, everything else relative to one decoder layer).
+class StackSpec:
+    """The second layer stack of a two-stack family (paths: ``layers`` relative to the base model,
+    everything else relative to one layer of the stack).
 
     Args:
-        layers: the decoder's ``nn.ModuleList`` of layers.
-        residual_hooks: the bottleneck positions of a decoder layer (``mh_adapter``,
-            ``cross_adapter``, ``output_adapter``).
-        attention, query, key, value, attn_output: the decoder self-attention and its projections.
-        cross_attention: the cross-attention module (queries from the decoder, keys and values
-            from the encoder output).
-        cross_query, cross_key, cross_value, cross_attn_output: its projections.
+        layers: the stack's ``nn.ModuleList`` of layers.
+        residual_hooks: the bottleneck positions of a layer (``mh_adapter``, ``output_adapter``
+            and, in a decoder, ``cross_adapter``).
+        attention, query, key, value, attn_output: the self-attention and its projections.
         ffn_in, ffn_out, intermediate_lora, output_lora: as in :class:`ArchitectureSpec`.
+        cross_attention: a decoder's cross-attention module (queries from the decoder, keys and
+            values from the encoder output); None for a stack without cross-attention.
+        cross_query, cross_key, cross_value, cross_attn_output: its projections.
+        role: ``"decoder"`` (an encoder-decoder's decoder) or a name for a tower (``"vision"``).
+        sub_config: the attribute of the model config that configures this stack (CLIP's
+            ``"vision_config"``); None: the model config itself.
+        attention_location: where prefix tuning files the stack's self-attention (its prefix key is
+            ``<location>_prefix``).
 
     Example::
 
-        >>> DecoderSpec(layers="decoder.layers", residual_hooks=(...), attention="self_attn",
-        ...             query="self_attn.q_proj", ..., cross_attention="encoder_attn", ...)
+        >>> StackSpec(layers="vision_model.encoder.layers", residual_hooks=(...), attention="self_attn",
+        ...           ..., role="vision", sub_config="vision_config")
     """
 
     layers: str
@@ -106,24 +124,34 @@ class DecoderSpec:
     key: Optional[str]
     value: Optional[str]
     attn_output: str
-    cross_attention: str
-    cross_query: str
-    cross_key: str
-    cross_value: str
-    cross_attn_output: str
     ffn_in: tuple[str, ...]
     ffn_out: str
     intermediate_lora: tuple[str, ...] = ()
     output_lora: tuple[str, ...] = ()
+    cross_attention: Optional[str] = None
+    cross_query: Optional[str] = None
+    cross_key: Optional[str] = None
+    cross_value: Optional[str] = None
+    cross_attn_output: Optional[str] = None
+    role: str = "decoder"
+    sub_config: Optional[str] = None
+    attention_location: str = "self"
+
+
+#: The decoder stack of an encoder-decoder family: a :class:`StackSpec` with ``role="decoder"``
+#: (the default) and the cross-attention fields set.
+DecoderSpec = StackSpec
 
 
 class LayerStack(NamedTuple):
     """One stack of layers as the patching code sees it (see :meth:`ArchitectureSpec.stacks`).
 
-    ``role`` is ``"layers"`` (single-stack families), ``"encoder"`` or ``"decoder"``;
-    ``attention_location`` is where prefix tuning files the stack's self-attention (``"self"``, or
-    ``"encoder"`` for an encoder-decoder's encoder: the config's ``encoder_prefix``). The
-    ``cross_*`` fields are None except for a decoder.
+    ``role`` is ``"layers"`` (single-stack families), ``"encoder"`` / ``"decoder"`` or a tower's
+    name (``"text"``, ``"vision"``); ``attention_location`` is where prefix tuning files the stack's
+    self-attention (``"self"``, ``"encoder"`` for an encoder-decoder's encoder: the config's
+    ``encoder_prefix``, or a tower's own location). The ``cross_*`` fields are None except for a
+    decoder; ``sub_config`` names the config attribute that configures the stack (None: the
+    model config).
 
     Example::
 
@@ -150,6 +178,7 @@ class LayerStack(NamedTuple):
     cross_key: Optional[str] = None
     cross_value: Optional[str] = None
     cross_attn_output: Optional[str] = None
+    sub_config: Optional[str] = None
 
     def attention_matrices(self) -> dict[str, list[str]]:
         """``{"q": [paths], "k": ..., "v": ..., "o": ...}``: the projections AdapterHub's
@@ -213,8 +242,20 @@ class ArchitectureSpec:
         pre_ln: whether layers normalise before their sub-blocks.
         intermediate_lora, output_lora: the linear layers LoRA's ``intermediate_lora`` and
             ``output_lora`` place adapters on (AdapterHub's placement, so its checkpoints load).
-        decoder: for encoder-decoder families, the decoder stack (then the fields above describe
-            the encoder stack, and ``embeddings`` the encoder's input embeddings).
+        second_stack: for two-stack families, the second stack (:class:`StackSpec`): an
+            encoder-decoder's decoder (then the fields above describe the encoder stack, and
+            ``embeddings`` the encoder's input embeddings), or a dual encoder's second tower.
+        first_role, sub_config, attention_location: the first stack's role (default
+            ``"encoder"`` beside a decoder, else ``"layers"``), the config attribute configuring it
+            (CLIP's ``"text_config"``) and its prefix-tuning location (default ``"encoder"``
+            beside a decoder, else ``"self"``).
+        entry_modules: modules (relative to the base model) that callers may run on their own,
+            outside the model's forward (CLIP's ``get_text_features`` runs ``text_model``): run so,
+            they open the model's forward context themselves, so adapters and Parallel
+            replication apply there too.
+        parallel_output: ``(model, output, channels) -> output``: called after a forward pass under
+            ``Parallel`` with ``channels`` branches, for outputs that combine rows of different
+            inputs (CLIP's image-text similarities): restores one block per branch.
         encoder, decoder_module: encoder-decoder only: the encoder and decoder modules (relative
             to the base model). The encoder's forward joins soft prompts to its input and opens
             the adapters' forward context when ``generate`` runs it on its own; the decoder's
@@ -249,36 +290,54 @@ class ArchitectureSpec:
     refused_methods: tuple[tuple[str, str], ...] = ()
     config_requirements: tuple[tuple[str, object, str], ...] = ()
     attention_interface: bool = True
-    decoder: Optional[DecoderSpec] = None
+    second_stack: Optional[StackSpec] = None
     encoder: Optional[str] = None
     decoder_module: Optional[str] = None
     prompt_tuning: bool = True
+    first_role: Optional[str] = None
+    sub_config: Optional[str] = None
+    attention_location: Optional[str] = None
+    entry_modules: tuple[str, ...] = ()
+    parallel_output: Optional[Callable] = None
+
+    @property
+    def decoder(self) -> Optional[StackSpec]:
+        """The decoder stack of an encoder-decoder family (None for other families)."""
+        stack = self.second_stack
+        return stack if stack is not None and stack.role == "decoder" else None
 
     @property
     def is_encoder_decoder(self) -> bool:
         """Whether the family has an encoder and a decoder stack."""
         return self.decoder is not None
 
+    @property
+    def is_multi_stack(self) -> bool:
+        """Whether the family has two layer stacks (encoder-decoders, dual encoders)."""
+        return self.second_stack is not None
+
     def stacks(self) -> tuple[LayerStack, ...]:
-        """The layer stacks, in AdapterHub's numbering order (encoder first).
+        """The layer stacks, in AdapterHub's numbering order (encoder first; CLIP: text first).
 
         Example::
 
             >>> [s.role for s in T5.stacks()]
             ['encoder', 'decoder']
         """
+        beside_decoder = self.is_encoder_decoder
         first = LayerStack(
-            "encoder" if self.decoder else "layers", self.layers, self.residual_hooks, self.attention, self.query,
-            self.key, self.value, self.attn_output, self.ffn_in, self.ffn_out, self.intermediate_lora,
-            self.output_lora, "encoder" if self.decoder else "self",
+            self.first_role or ("encoder" if beside_decoder else "layers"), self.layers, self.residual_hooks,
+            self.attention, self.query, self.key, self.value, self.attn_output, self.ffn_in, self.ffn_out,
+            self.intermediate_lora, self.output_lora,
+            self.attention_location or ("encoder" if beside_decoder else "self"), sub_config=self.sub_config,
         )
-        if self.decoder is None:
+        if self.second_stack is None:
             return (first,)
-        d = self.decoder
+        d = self.second_stack
         second = LayerStack(
-            "decoder", d.layers, d.residual_hooks, d.attention, d.query, d.key, d.value, d.attn_output, d.ffn_in,
-            d.ffn_out, d.intermediate_lora, d.output_lora, "self", d.cross_attention, d.cross_query, d.cross_key,
-            d.cross_value, d.cross_attn_output,
+            d.role, d.layers, d.residual_hooks, d.attention, d.query, d.key, d.value, d.attn_output, d.ffn_in,
+            d.ffn_out, d.intermediate_lora, d.output_lora, d.attention_location, d.cross_attention, d.cross_query,
+            d.cross_key, d.cross_value, d.cross_attn_output, d.sub_config,
         )
         return first, second
 
@@ -296,8 +355,8 @@ _REGISTRY: dict[str, ArchitectureSpec] = {}
 
 def layer_stacks(base_model, spec: ArchitectureSpec) -> list[tuple[LayerStack, int, object]]:
     """``[(stack, first layer index, nn.ModuleList)]`` for the stacks ``base_model`` has, numbered
-    as AdapterHub numbers them (a missing stack, e.g. the decoder of ``T5EncoderModel``, is
-    skipped and takes no numbers).
+    as AdapterHub numbers them (a missing stack, e.g. the decoder of ``T5EncoderModel`` or the text
+    tower of ``CLIPForImageClassification``, is skipped and takes no numbers).
 
     Example::
 
@@ -309,12 +368,52 @@ def layer_stacks(base_model, spec: ArchitectureSpec) -> list[tuple[LayerStack, i
         try:
             layers = base_model.get_submodule(stack.layers)
         except AttributeError:
-            if not spec.is_encoder_decoder:
+            if not spec.is_multi_stack:
                 raise
             continue
         found.append((stack, first, layers))
         first += len(layers)
     return found
+
+
+def stack_config(config, stack: LayerStack):
+    """The config that sizes ``stack``'s layers: the model config, or its sub-config
+    ``stack.sub_config`` (CLIP's ``text_config`` / ``vision_config``).
+
+    Example::
+
+        >>> text, vision = CLIP.stacks()
+        >>> stack_config(clip.config, vision).hidden_size
+        768
+    """
+    return getattr(config, stack.sub_config) if stack.sub_config else config
+
+
+def stack_configs(base_model, spec: ArchitectureSpec) -> list:
+    """The config of every layer of ``base_model`` in AdapterHub's numbering (see
+    :func:`stack_config`): entry ``i`` sizes layer ``i``.
+
+    Example::
+
+        >>> [c.hidden_size for c in stack_configs(clip, CLIP)]   # 2 text layers, then 2 vision layers
+        [512, 512, 768, 768]
+    """
+    return [stack_config(base_model.config, stack) for stack, _, layers in layer_stacks(base_model, spec) for _ in layers]
+
+
+def hidden_size_of(config, spec: ArchitectureSpec) -> int:
+    """The model's hidden size as adapter checkpoints record it: ``config.hidden_size``, or for a
+    family whose config has none (CLIP), the first stack's.
+
+    Example::
+
+        >>> hidden_size_of(clip.config, CLIP) == clip.config.text_config.hidden_size
+        True
+    """
+    size = getattr(config, "hidden_size", None)
+    if size is None:
+        size = stack_config(config, spec.stacks()[0]).hidden_size
+    return size
 
 
 def num_layers(base_model, spec: ArchitectureSpec) -> int:

@@ -58,7 +58,7 @@ T5 = register_architecture(
         pre_ln=True,
         encoder="encoder",
         decoder_module="decoder",
-        decoder=DecoderSpec(
+        second_stack=DecoderSpec(
             layers="decoder.block",
             residual_hooks=(
                 _sublayer_hook("mh_adapter", 0, "SelfAttention"),
