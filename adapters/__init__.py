@@ -83,6 +83,7 @@ from .models.adapter_model import (  # encoder-decoders (seq2seq_lm heads)
     T5AdapterModel,
     WhisperAdapterModel,
 )
+from .models.adapter_model import CLIPAdapterModel, ModernBertAdapterModel, ViTAdapterModel
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -162,6 +163,10 @@ __all__ = [
     "XLMRobertaAdapterModel",
     "convert_to_adapter_model",
     "register_custom_head",
+    # image models, ModernBERT's own heads, CLIP
+    "CLIPAdapterModel",
+    "ModernBertAdapterModel",
+    "ViTAdapterModel",
 ]
 __all__ += ["BartAdapterModel", "MBartAdapterModel", "MT5AdapterModel", "T5AdapterModel", "WhisperAdapterModel"]
 

@@ -9,8 +9,15 @@ from .classification import (
     QuestionAnsweringHead,
     TaggingHead,
 )
+from .image import ImageClassificationHead
 from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
 from .model_mixin import FlexibleHeadsMixin, heads_from_setup
+from .modernbert import (
+    ModernBertClassificationHead,
+    ModernBertMaskedLMHead,
+    ModernBertMultiLabelClassificationHead,
+    ModernBertTaggingHead,
+)
 
 __all__ = [
     "HEAD_TYPES",
@@ -18,6 +25,11 @@ __all__ = [
     "CausalLMHead",
     "ClassificationHead",
     "FlexibleHeadsMixin",
+    "ImageClassificationHead",
+    "ModernBertClassificationHead",
+    "ModernBertMaskedLMHead",
+    "ModernBertMultiLabelClassificationHead",
+    "ModernBertTaggingHead",
     "MaskedLMHead",
     "MultiHeadOutput",
     "MultiLabelClassificationHead",

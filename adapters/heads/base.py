@@ -162,11 +162,12 @@ class PredictionHead(nn.Sequential):
         self.name = name
         self.config = {"head_type": type(self).head_type, **(config or {})}
 
-    def build_mlp(self, model, num_outputs: Optional[int]) -> None:
+    def build_mlp(self, model, num_outputs: Optional[int], hidden: Optional[int] = None) -> None:
         """Add AdapterHub's numbered ``[Dropout, Linear, act] * (layers-1) + [Dropout, Linear]``
         stack; the last Linear maps to ``num_outputs`` (None: to the hidden size, followed by the
-        activation)."""
-        layers, hidden = self.config["layers"], model.config.hidden_size
+        activation). ``hidden``: the width of the states the head reads (default: the model's
+        hidden size; CLIP's image heads read the vision tower's)."""
+        layers, hidden = self.config["layers"], hidden or model.config.hidden_size
         if not isinstance(layers, int) or layers < 1:
             raise ValueError(f"A head needs layers >= 1, got {layers!r}.")
         if num_outputs is not None and (not isinstance(num_outputs, int) or num_outputs < 1):

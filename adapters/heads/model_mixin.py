@@ -94,6 +94,9 @@ class FlexibleHeadsMixin:
     """
 
     head_types: tuple[str, ...] = ()
+    #: head type -> the class this model builds for it instead of the registered one (ModernBERT's
+    #: own heads)
+    head_classes: dict = {}
     #: how the sequence representation of classification heads is taken: "first" token or "last"
     #: non-padding token
     cls_pooling: str = "first"
@@ -172,7 +175,8 @@ class FlexibleHeadsMixin:
     def _build_head(self, head_type: str, head_name: str, **kwargs) -> PredictionHead:
         """A new, initialised head (not yet part of the model)."""
         self._check_head_type(head_type)
-        cls = head_class(head_type)
+        cls = self.head_classes.get(head_type) if head_type not in CUSTOM_HEAD_TYPES else None
+        cls = cls or head_class(head_type)
         reference = next(self.base_model.parameters())
         try:
             head = cls(self, head_name, **kwargs)
@@ -248,6 +252,33 @@ class FlexibleHeadsMixin:
             "multilabel_classification" if multilabel else "classification", head_name, overwrite_ok, num_labels=num_labels,
             layers=layers, activation_function=activation_function, id2label=id2label, use_pooler=use_pooler,
             dropout_prob=dropout_prob,
+        )
+
+    def add_image_classification_head(
+        self,
+        head_name: str,
+        num_labels: int = 2,
+        layers: int = 1,
+        activation_function: Optional[str] = "tanh",
+        overwrite_ok: bool = False,
+        multilabel: bool = False,
+        id2label: Optional[dict] = None,
+        use_pooler: bool = False,
+        dropout_prob: Optional[float] = None,
+        pooling: str = "cls",
+    ) -> None:
+        """Add an image classification head (AdapterHub's ``image_classification``: an MLP on the
+        [CLS] final state, or with ``pooling="mean_patches"`` on the mean of the patch states) and
+        make it active.
+
+        Example::
+
+            >>> model.add_image_classification_head("cifar10", num_labels=10)
+        """
+        self._add_head(
+            "image_classification", head_name, overwrite_ok, num_labels=num_labels, layers=layers,
+            activation_function=activation_function, multilabel=multilabel, id2label=id2label, use_pooler=use_pooler,
+            dropout_prob=dropout_prob, pooling=pooling,
         )
 
     def add_multiple_choice_head(

@@ -83,6 +83,20 @@ ADAPTER_MODEL_TABLE.update({
     "whisper": ("WhisperAdapterModel", "WhisperConfig", ("seq2seq_lm",), "eos"),
 })
 
+# image models and ModernBERT (their forward and heads: _EXTRA_BASES below)
+ADAPTER_MODEL_TABLE.update(
+    {
+        "vit": ("ViTAdapterModel", "ViTConfig", ("image_classification",), "first"),
+        # ModernBERT's own heads (cls / mean pooling, a prediction head before the output layer)
+        "modernbert": (
+            "ModernBertAdapterModel", "ModernBertConfig",
+            ("classification", "multilabel_classification", "tagging", "masked_lm"), "first",
+        ),
+        # both towers; heads read the vision tower (image classification), no heads: CLIP's outputs
+        "clip": ("CLIPAdapterModel", "CLIPConfig", ("image_classification",), "first"),
+    }
+)
+
 
 def _conversions() -> dict:
     """transformers head class name -> (flexible head config, {flex layer index: static module path},
@@ -197,6 +211,33 @@ def _seq2seq_conversions() -> dict:
 
 #: transformers head class -> (flexible head config, {flex layer index: static module path}, extra keys)
 STATIC_HEAD_CONVERSIONS = {**_conversions(), **_seq2seq_conversions()}
+
+
+def _image_and_modernbert_conversions() -> dict:
+    """ViT's classifier on the [CLS] final state; ModernBERT's heads (prediction head ``head.dense``
+    / ``head.norm``, then ``classifier`` or ``decoder``; see :mod:`adapters.heads.modernbert`)."""
+    image = {"head_type": "image_classification", "layers": 1, "activation_function": None}
+    transform = {0: "head.dense", 2: "head.norm"}
+    table = {
+        "ViTForImageClassification": (image, {1: "classifier"}, {}),
+        "ModernBertForSequenceClassification": (
+            {"head_type": "classification", "layers": 2, "activation_function": "$classifier_activation",
+             "pooling": "$classifier_pooling", "dropout_prob": "$classifier_dropout"},
+            {**transform, 4: "classifier"}, {},
+        ),
+        "ModernBertForTokenClassification": (
+            {"head_type": "tagging", "layers": 2, "activation_function": "$classifier_activation",
+             "dropout_prob": "$classifier_dropout"},
+            {**transform, 4: "classifier"}, {},
+        ),
+        "ModernBertForMaskedLM": (
+            {"head_type": "masked_lm", "activation_function": "$classifier_activation"}, {**transform, 3: "decoder"}, {}
+        ),
+    }
+    return {name: value for name, value in table.items() if hasattr(transformers, name)}
+
+
+STATIC_HEAD_CONVERSIONS.update(_image_and_modernbert_conversions())
 
 
 def _pretrained_base_class(base_class: type) -> type:
@@ -403,15 +444,143 @@ def _flatten_choices(input_ids, attention_mask, inputs_embeds, kwargs):
     return flat(input_ids, 1), flat(attention_mask, 1), flat(inputs_embeds, 2), kwargs
 
 
+class _ImageInputs:
+    """The forward of an image model's AdapterModel (ViT): ``pixel_values`` in, heads on the
+    [CLS] final state (``cls_output``) or the pooler output."""
+
+    def forward(self, pixel_values: Optional[torch.Tensor] = None, head: Optional[str] = None,
+                labels: Optional[torch.Tensor] = None, **kwargs):
+        """Run the base model on ``pixel_values``, then the head(s) in force (no head: the base
+        model's output); ``labels`` give the loss.
+
+        Example::
+
+            >>> out = model(pixel_values=images, labels=labels)
+        """
+        kwargs.pop("return_dict", None)
+        outputs = self.base_model(pixel_values=pixel_values, **kwargs)
+        return self._image_heads(outputs, head, labels)
+
+    def _image_heads(self, outputs, head, labels):
+        head_kwargs = {} if labels is None else {"labels": labels}
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is not None:
+            head_kwargs["pooled_output"] = pooled
+        return self.forward_head(outputs, head_name=head, cls_output=outputs[0][:, 0], **head_kwargs)
+
+
+class _CLIPInputs(_ImageInputs):
+    """The forward of ``CLIPAdapterModel``: texts and images -> ``CLIPModel``'s output (similarities,
+    embeddings; under ``Parallel`` one block per branch); images alone -> the vision tower, texts
+    alone -> the text tower. Heads (image classification) read the vision tower's final states."""
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's token embedding."""
+        return self.base_model.text_model.get_input_embeddings()
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                return_loss: Optional[bool] = None, head: Optional[str] = None,
+                labels: Optional[torch.Tensor] = None, **kwargs):
+        """Run CLIP on what is given (see the class docstring), then the head(s) in force on the vision
+        tower's output when images were given.
+
+        Example::
+
+            >>> out = model(input_ids=ids, pixel_values=images)        # CLIPOutput
+            >>> model.add_image_classification_head("cls", num_labels=10)
+            >>> model(pixel_values=images, labels=labels).loss
+        """
+        kwargs.pop("return_dict", None)
+        clip = self.base_model
+        text_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if input_ids is not None and pixel_values is not None:
+            outputs = clip(pixel_values=pixel_values, return_loss=return_loss, **text_inputs, **kwargs)
+            vision = outputs.vision_model_output
+        elif pixel_values is not None:
+            outputs = vision = clip.vision_model(pixel_values=pixel_values, **kwargs)
+        elif input_ids is not None:
+            outputs, vision = clip.text_model(**text_inputs, **kwargs), None
+        else:
+            raise ValueError("CLIPAdapterModel needs input_ids (texts), pixel_values (images) or both.")
+        if not self._heads_in_force(head):
+            return outputs
+        if vision is None:
+            raise ValueError("The active head classifies images; pass pixel_values (or call with head=None).")
+        return self._image_heads(vision, head, labels)
+
+
+class _ModernBertHeads:
+    """ModernBERT's own heads (:mod:`adapters.heads.modernbert`) under the usual head types, and
+    ``add_*_head`` defaults taken from the model config (``classifier_activation``,
+    ``classifier_pooling``)."""
+
+    @property
+    def head_classes(self) -> dict:
+        from ..heads.modernbert import MODERNBERT_HEADS
+
+        return MODERNBERT_HEADS
+
+    def add_classification_head(self, head_name: str, num_labels: int = 2, layers: int = 2,
+                                activation_function: Optional[str] = None, overwrite_ok: bool = False,
+                                multilabel: bool = False, id2label: Optional[dict] = None, use_pooler: bool = False,
+                                dropout_prob: Optional[float] = None, pooling: Optional[str] = None) -> None:
+        """Add ModernBERT's classification head (``pooling``: ``"cls"`` or ``"mean"``, by default
+        ``config.classifier_pooling``; the activation by default ``config.classifier_activation``).
+
+        Example::
+
+            >>> model.add_classification_head("sst2", num_labels=2, pooling="mean")
+        """
+        self._add_head(
+            "multilabel_classification" if multilabel else "classification", head_name, overwrite_ok,
+            num_labels=num_labels, layers=layers, activation_function=activation_function, id2label=id2label,
+            use_pooler=use_pooler, dropout_prob=dropout_prob, pooling=pooling,
+        )
+
+    def add_tagging_head(self, head_name: str, num_labels: int = 2, layers: int = 2,
+                         activation_function: Optional[str] = None, overwrite_ok: bool = False,
+                         id2label: Optional[dict] = None) -> None:
+        """Add ModernBERT's token classification head.
+
+        Example::
+
+            >>> model.add_tagging_head("ner", num_labels=9)
+        """
+        self._add_head(
+            "tagging", head_name, overwrite_ok, num_labels=num_labels, layers=layers,
+            activation_function=activation_function, id2label=id2label,
+        )
+
+    def add_masked_lm_head(self, head_name: str, activation_function: Optional[str] = None,
+                           overwrite_ok: bool = False, **kwargs) -> None:
+        """Add ModernBERT's masked LM head (the decoder tied to the token embeddings where the
+        model ties them).
+
+        Example::
+
+            >>> model.add_masked_lm_head("mlm")
+        """
+        self._add_head("masked_lm", head_name, overwrite_ok, activation_function=activation_function, **kwargs)
+
+
+# model types whose AdapterModel class takes its forward or heads from a class of its own
+_EXTRA_BASES = {"vit": _ImageInputs, "clip": _CLIPInputs, "modernbert": _ModernBertHeads}
+
+
 def _make_class(model_type: str) -> type:
     name, config_name, head_types, pooling = ADAPTER_MODEL_TABLE[model_type]
     config_class = getattr(transformers, config_name)
     base = _pretrained_base_class(transformers.MODEL_MAPPING[config_class])
     body = _EncoderDecoderBody if pooling == "eos" else _AdapterModelBody
-    bases = (body, base) + ((GenerationMixin,) if pooling in ("last", "eos") else ())
+    extra = (_EXTRA_BASES[model_type],) if model_type in _EXTRA_BASES else ()
+    bases = extra + (body, base) + ((GenerationMixin,) if pooling in ("last", "eos") else ())
     example = (
         'model.add_seq2seq_lm_head("task")' if "seq2seq_lm" in head_types else 'model.add_classification_head("task", num_labels=2)'
     )
+    if head_types == ("image_classification",):  # ViT, CLIP
+        example = 'model.add_image_classification_head("task", num_labels=2)'
+
     doc = (
         f"{base.__name__[: -len('PreTrainedModel')]} with adapters and flexible heads "
         f"({', '.join(head_types)}).\n\n    Example::\n\n"
