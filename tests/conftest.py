@@ -120,9 +120,8 @@ DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text
 ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
 # architectures that read images (pixel_values) instead of tokens (the support table's "vision" kind)
 VISION = ("vit", "clip_vision_model")
-# architectures without a prediction-head class in transformers (CLIP's towers; CLIPModel, whose
-# only head class, CLIPForImageClassification, drops the text tower): their tests run bare
-NO_HEADS = ("clip_text_model", "clip_vision_model", "clip")
+# architectures without a prediction-head class in transformers (CLIP's towers): their tests run bare
+NO_HEADS = ("clip_text_model", "clip_vision_model")
 # dual encoders: text and image inputs in one call (CLIPModel)
 DUAL = ("clip",)
 ARCHS = tuple(CONFIGS)
@@ -133,10 +132,8 @@ NEW_ARCHS = (
     "clip_text_model", "albert",  # the vision tower has the text tower's layers (same spec rows)
     "clip",
 )
-# architectures without an AdapterModel class (ModernBERT's heads pool and normalise in their own
-# way: cls or mean pooling, a bias-free norm in the classification head; the image models and CLIP's
-# towers have no image-classification / contrastive head)
-NO_ADAPTER_MODEL = ("modernbert", *VISION, *NO_HEADS)
+# architectures without an AdapterModel class: CLIP's towers on their own (CLIPAdapterModel holds both)
+NO_ADAPTER_MODEL = ("clip_text_model", "clip_vision_model")
 # architectures whose attention does not call transformers' attention interface: prefix tuning and
 # Llama-Adapter are refused
 NO_PREFIX = ("gptj", "deberta-v2")
@@ -157,8 +154,9 @@ HEAD_CLASSES = {
 }
 # Whisper's heads: the speech seq2seq model; its sequence classifier is an encoder-only model
 _HEAD_OVERRIDES = {("whisper", "seq2seq"): transformers.AutoModelForSpeechSeq2Seq}
-# ... and CLIP's towers have no classification head class of their own
-NO_SEQ_CLS = ("whisper", *NO_HEADS)
+# ... and CLIP's towers have no classification head class of their own (CLIPModel's only one,
+# CLIPForImageClassification, drops the text tower)
+NO_SEQ_CLS = ("whisper", *NO_HEADS, *DUAL)
 # architectures that refuse prompt tuning: Whisper's inputs are not token ids; CLIP's text tower
 # pools at the end-of-text position in input_ids, which a prompt would move
 NO_PROMPT = ("whisper", "clip_text_model", "clip")

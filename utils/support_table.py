@@ -69,13 +69,14 @@ KINDS = (
     ("ENCODER_DECODERS", "encoder-decoder"),
     ("VISION", "vision"),
     ("NO_HEADS", "CLIP tower"),
+    ("DUAL", "dual encoder (text + image)"),
 )
 
 #: the footnote text for each exclusion list
 REASONS = {
     "NO_PREFIX": "attention does not call transformers' attention interface, through which prefixes enter",
-    "NO_PROMPT": "the model cannot take a soft prompt (Whisper reads audio features; CLIP's text tower pools at the end-of-text position in input_ids)",
-    "NO_ADAPTION_PROMPT": "defined for decoder-only models; refused on encoder-decoders (prefix tuning covers them)",
+    "NO_PROMPT": "the model cannot take a soft prompt (Whisper reads audio features; CLIP's text tower, alone or in CLIPModel, pools at the end-of-text position in input_ids)",
+    "NO_ADAPTION_PROMPT": "defined for decoder-only models; refused on encoder-decoders and CLIPModel (prefix tuning covers them)",
     "NO_ADAPTER_MODEL": "no AdapterModel class; adapters work on transformers' own head models",
     "NO_SDPA": "transformers' class cannot run sdpa (eager is used)",
 }
