@@ -208,33 +208,50 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             _pre_replicated.reset(token)
 
     def _prepare_prefix_and_prompt(self, context: ForwardContext, args, kwargs):
-        """Compute the active prefixes once for this pass and join active soft prompts to the inputs."""
-        base = self.base_model
+        """Compute the active prefixes once for this pass and join active soft prompts to the
+        inputs; both read the inputs by name, so positional arguments become keyword ones then."""
         if adaption_prompt_active(self, context):
             context.attention_adjusted = True
             use_adapter_attention(self)
+        base = self.base_model
         prefix_pool, prompt_pool = base._modules.get("prefix_tuning"), base._modules.get("prompt_tuning")
         if context.setup is None or (prefix_pool is None and prompt_pool is None):
             return args, kwargs
-        if prefix_pool is not None and prefix_pool.prepare_forward(context):
+        prefixes = prefix_pool is not None and prefix_pool.prepare_forward(context)
+        prompts = (  # encoder-decoders: the encoder joins the prompt itself (EncoderEntryMixin)
+            prompt_pool is not None
+            and not self.__dict__["_adapters_spec"].is_encoder_decoder
+            and bool(prompt_pool.names_in(context.setup))
+        )
+        if not (prefixes or prompts):
+            return args, kwargs
+        _, kwargs = self._as_kwargs(args, kwargs)
+        if prefixes:
             use_adapter_attention(self)
-            offsets = prefix_pool.position_offsets(context.setup, *self._batch_and_device(args, kwargs))
-            if offsets is not None:
-                args, kwargs = self._as_kwargs(args, kwargs)
-                kwargs["position_ids"] = self._position_ids(kwargs) + offsets[:, None]
-            elif prefix_pool.__dict__.get("causal") and "position_ids" in _forward_parameter_names(type(self)):
-                args, kwargs = self._as_kwargs(args, kwargs)
-                mask = kwargs.get("attention_mask")
-                if kwargs.get("position_ids") is None and isinstance(mask, torch.Tensor) and mask.dim() == 2:
-                    # the prefix keys carry no position: number the real tokens from 0 in every row, so a
-                    # row's result does not depend on its (left) padding
-                    length = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
-                    kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        encoder_decoder = self.__dict__["_adapters_spec"].is_encoder_decoder  # the encoder joins the prompt itself
-        if prompt_pool is not None and not encoder_decoder and prompt_pool.names_in(context.setup):
-            args, kwargs = self._as_kwargs(args, kwargs)
+            self._set_prefix_positions(prefix_pool, context, kwargs)
+        if prompts:
             kwargs = prompt_pool.prepare_forward(self, context, kwargs)
-        return args, kwargs
+        return (), kwargs
+
+    def _set_prefix_positions(self, prefix_pool, context: ForwardContext, kwargs: dict) -> None:
+        """The ``position_ids`` active prefixes ask for: shifted by the prefix length
+        (``shift_positions``, PEFT's convention), or, in causal models without given positions,
+        each row's real tokens numbered from 0 — the prefix keys carry no position, so a row's
+        result does not depend on its (left) padding."""
+        offsets = prefix_pool.position_offsets(context.setup, *self._batch_and_device(kwargs))
+        if offsets is not None:
+            kwargs["position_ids"] = self._position_ids(kwargs) + offsets[:, None]
+            return
+        mask = kwargs.get("attention_mask")
+        if (
+            prefix_pool.__dict__.get("causal")
+            and "position_ids" in _forward_parameter_names(type(self))
+            and kwargs.get("position_ids") is None
+            and isinstance(mask, torch.Tensor)
+            and mask.dim() == 2
+        ):
+            length = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
 
     def _new_context(self) -> ForwardContext:
         """A forward context with the active setup, marked as this model's."""
@@ -287,8 +304,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             kwargs[name] = value
         return (), kwargs
 
-    def _batch_and_device(self, args, kwargs):
-        _, kwargs = self._as_kwargs(args, kwargs)
+    @staticmethod
+    def _batch_and_device(kwargs):
         for name in ("input_ids", "inputs_embeds", "input_features", "pixel_values", "decoder_input_ids"):
             value = kwargs.get(name)
             if isinstance(value, torch.Tensor):
@@ -1483,9 +1500,7 @@ class EncoderEntryMixin(_ShowsStackSignature):
 
     def _with_prompt(self, model, context, kwargs):
         pool = model.base_model._modules.get("prompt_tuning")
-        if context is None or context.setup is None or pool is None or not pool.names_in(context.setup):
-            return kwargs
-        return pool.prepare_forward(self, context, kwargs)
+        return kwargs if context is None or pool is None else pool.prepare_forward(self, context, kwargs)
 
 
 class DecoderEntryMixin(_ShowsStackSignature):
