@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from transformers.utils import logging
@@ -283,13 +283,19 @@ def save_adapter(
     logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
 
 
-def _layer_index_of(model, key: str) -> Optional[int]:
-    """The layer index of a base-model key (decoder layers after the encoder's), or None."""
+def _layer_index_finder(model) -> Callable[[str], Optional[int]]:
+    """``key -> layer index`` of base-model keys (second-stack layers after the first stack's;
+    None outside the layers), with the stacks' offsets looked up once."""
     from .models.targeting import first_layers, layer_of
 
     spec = model.__dict__["_adapters_spec"]
-    layer_idx = layer_of(key, spec, None, first_layers(model.base_model, spec))[0]
-    return layer_idx if layer_idx >= 0 else None
+    offsets = first_layers(model.base_model, spec)
+
+    def layer_index(key: str) -> Optional[int]:
+        layer_idx = layer_of(key, spec, None, offsets)[0]
+        return layer_idx if layer_idx >= 0 else None
+
+    return layer_index
 
 
 def load_adapter(
@@ -346,14 +352,14 @@ def load_adapter(
     state = _rename_in_keys(state, _adapter_key_pattern, saved_name, staging)
     model.add_adapter(staging, adapter_config)
     try:
-        skipped = set(adapter_config.get("leave_out", ()))
+        skipped, layer_index = set(adapter_config.get("leave_out", ())), _layer_index_finder(model)
         params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
         state = _with_renamed_legacy_keys(model, state, params)
         _copy_checked(
             params,
             state,
             weights_path,
-            ignore_unexpected=lambda key: _layer_index_of(model, key) in skipped,
+            ignore_unexpected=lambda key: layer_index(key) in skipped,
             shown=lambda key: key.replace(f".{staging}.", f".{saved_name}."),
         )
     except Exception:
