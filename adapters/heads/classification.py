@@ -45,6 +45,22 @@ def _label2id(id2label: Optional[dict], count: int) -> dict:
     return {label: int(index) for index, label in id2label.items()}
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, multilabel: bool = False) -> torch.Tensor:
+    """Cross-entropy over the labels, MSE for a single output (regression), binary cross-entropy
+    with logits for ``multilabel``.
+
+    Example::
+
+        >>> classification_loss(torch.zeros(2, 3), torch.tensor([0, 2]), num_labels=3)
+        tensor(1.0986)
+    """
+    if num_labels == 1:
+        return MSELoss()(logits.view(-1), labels.view(-1).to(logits.dtype))
+    if multilabel:
+        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+    return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+
+
 def _with_base_outputs(output_class, outputs, **fields):
     return output_class(
         **fields,
@@ -103,9 +119,7 @@ class ClassificationHead(PredictionHead):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CE over the labels (MSE when the head has a single output: regression)."""
-        if self.config["num_labels"] == 1:
-            return MSELoss()(logits.view(-1), labels.view(-1).to(logits.dtype))
-        return CrossEntropyLoss()(logits.view(-1, self.config["num_labels"]), labels.view(-1))
+        return classification_loss(logits, labels, self.config["num_labels"])
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
         logits = super().forward(_pooled(self, outputs, cls_output, kwargs))
@@ -126,7 +140,7 @@ class MultiLabelClassificationHead(ClassificationHead):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy with logits over every label."""
-        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+        return classification_loss(logits, labels, self.config["num_labels"], multilabel=True)
 
 
 @register_head_type("multiple_choice")

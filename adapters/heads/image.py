@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .base import PredictionHead, register_head_type
+from .classification import _label2id, _pooled, _with_base_outputs, classification_loss
 
 __all__ = ["ImageClassificationHead", "head_width"]
 
@@ -78,8 +78,7 @@ class ImageClassificationHead(PredictionHead):
                 "layers": layers,
                 "activation_function": activation_function,
                 "multilabel": multilabel,
-                "label2id": {f"LABEL_{i}": i for i in range(labels)} if id2label is None
-                else {label: int(index) for index, label in id2label.items()},
+                "label2id": _label2id(id2label, labels),
                 "use_pooler": use_pooler,
                 "bias": bias,
                 "dropout_prob": dropout_prob,
@@ -89,30 +88,14 @@ class ImageClassificationHead(PredictionHead):
         self.build_mlp(model, num_labels, hidden=head_width(model))
 
     def _representation(self, outputs, cls_output, kwargs) -> torch.Tensor:
-        if self.config.get("use_pooler"):
-            pooled = kwargs.get("pooled_output")
-            if pooled is None:
-                raise ValueError(
-                    f"Head {self.name!r} has use_pooler=True but the base model returned no pooler output; add the "
-                    f"head with use_pooler=False."
-                )
-            return pooled
         if self.config.get("pooling") == "mean_patches":
             return outputs[0][:, 1:].mean(dim=1)
-        return cls_output if cls_output is not None else outputs[0][:, 0]
+        return _pooled(self, outputs, cls_output, kwargs)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
         logits = super().forward(self._representation(outputs, cls_output, kwargs))
         labels = kwargs.get("labels")
         loss = None
         if labels is not None:
-            if self.config["num_labels"] == 1:
-                loss = MSELoss()(logits.view(-1), labels.view(-1).to(logits.dtype))
-            elif self.config.get("multilabel"):
-                loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
-            else:
-                loss = CrossEntropyLoss()(logits.view(-1, self.config["num_labels"]), labels.view(-1))
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=getattr(outputs, "hidden_states", None),
-            attentions=getattr(outputs, "attentions", None),
-        )
+            loss = classification_loss(logits, labels, self.config["num_labels"], bool(self.config.get("multilabel")))
+        return _with_base_outputs(ImageClassifierOutput, outputs, loss=loss, logits=logits)
