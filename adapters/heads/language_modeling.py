@@ -24,6 +24,7 @@ projects ``s · d^{-1/2}`` instead, exactly as ``T5ForConditionalGeneration`` do
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -48,6 +49,7 @@ class CausalLMHead(PredictionHead):
 
     shift_labels_default = True
     softcapping_from_model = True
+    output_class = CausalLMOutputWithPast
 
     def __init__(
         self,
@@ -140,15 +142,11 @@ class CausalLMHead(PredictionHead):
         loss = self.loss(logits, labels) if labels is not None else None
         return self._output(loss, logits, outputs)
 
-    @staticmethod
-    def _output(loss, logits, outputs):
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=getattr(outputs, "past_key_values", None),
-            hidden_states=getattr(outputs, "hidden_states", None),
-            attentions=getattr(outputs, "attentions", None),
-        )
+    def _output(self, loss, logits, outputs):
+        """``output_class`` with this head's loss and logits; its other fields (past key values,
+        hidden states, attentions, ...) are the base model output's."""
+        passed = {f.name: getattr(outputs, f.name, None) for f in dataclasses.fields(self.output_class)}
+        return self.output_class(**{**passed, "loss": loss, "logits": logits})
 
 
 @register_head_type("masked_lm")
@@ -164,6 +162,7 @@ class MaskedLMHead(CausalLMHead):
 
     shift_labels_default = False
     softcapping_from_model = False
+    output_class = MaskedLMOutput
 
     def __init__(
         self,
@@ -182,15 +181,6 @@ class MaskedLMHead(CausalLMHead):
         super().__init__(
             model, head_name, vocab_size, embedding_size, layers, activation_function, layer_norm, bias, shift_labels,
             dropout_prob, logit_softcapping,
-        )
-
-    @staticmethod
-    def _output(loss, logits, outputs):
-        return MaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=getattr(outputs, "hidden_states", None),
-            attentions=getattr(outputs, "attentions", None),
         )
 
 
@@ -215,6 +205,7 @@ class Seq2SeqLMHead(CausalLMHead):
 
     shift_labels_default = False
     softcapping_from_model = False
+    output_class = Seq2SeqLMOutput
 
     def __init__(
         self,
@@ -250,20 +241,6 @@ class Seq2SeqLMHead(CausalLMHead):
         if self.scale_decoder_outputs:
             hidden = hidden * hidden.shape[-1] ** -0.5
         return hidden
-
-    @staticmethod
-    def _output(loss, logits, outputs):
-        return Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=getattr(outputs, "past_key_values", None),
-            decoder_hidden_states=getattr(outputs, "decoder_hidden_states", None),
-            decoder_attentions=getattr(outputs, "decoder_attentions", None),
-            cross_attentions=getattr(outputs, "cross_attentions", None),
-            encoder_last_hidden_state=getattr(outputs, "encoder_last_hidden_state", None),
-            encoder_hidden_states=getattr(outputs, "encoder_hidden_states", None),
-            encoder_attentions=getattr(outputs, "encoder_attentions", None),
-        )
 
 
 # AdapterHub's class name for the masked LM head
