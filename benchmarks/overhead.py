@@ -56,7 +56,10 @@ base model for ``fwd``, as fast as full fine-tuning for ``train``). ``goal`` is 
 target for that ratio, followed by ``ok`` or ``MISS``; ``AH1.3`` is the figure AdapterHub
 ``adapters`` 1.3.0 reaches measured the same way (reference only). ``-`` means no goal /
 reference exists for that cell. Absolute base timings (ms per iteration) are printed above each
-table, and a one-line summary per architecture at the end.
+table, and a one-line summary per architecture at the end. Below each table, the *spread* of every
+row: half the interquartile range of its per-pair ratios (scenario sample / paired base), the
+row's own noise — two rows whose ratios differ by less than their spreads are not told apart by
+that run.
 
 ``--quick`` is a smoke run of every code path at the real shapes: 1 warm-up, 2 rounds of 1
 iteration (about a minute on a quiet 2-core machine). Its ratios are noisy (a few percent):
@@ -99,7 +102,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -457,9 +460,26 @@ def rotating(steps: list[Callable[[], None]]) -> Callable[[], None]:
     return step
 
 
+class Timing(NamedTuple):
+    """One scenario's timings: median base and scenario seconds per iteration, and the spread of
+    the per-sample ratios (half their interquartile range: how far the ratio moved from pair to
+    pair, the row's own noise)."""
+
+    base: float
+    scenario: float
+    spread: float
+
+
+def _half_iqr(values: list) -> float:
+    if len(values) < 4:
+        return float("nan")
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / 2
+
+
 def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: dict) -> dict:
-    """Time ``base_step`` and every scenario step alternately; return, per scenario name,
-    ``(median base seconds/it, median scenario seconds/it)``.
+    """Time ``base_step`` and every scenario step alternately; return a :class:`Timing` per
+    scenario name.
 
     A round is ``base, s1, base, s2, base, ..., sN, base`` (the scenario order rotates every
     round); each scenario sample is paired with the mean of the two base samples around it, so
@@ -496,7 +516,7 @@ def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: 
                 samples[name][1].append(t)
             before = after
     return {
-        name: (statistics.median(b), statistics.median(t))
+        name: Timing(statistics.median(b), statistics.median(t), _half_iqr([x / y for x, y in zip(t, b)]))
         for name, (b, t) in samples.items()
         if name in steps and t
     }
@@ -564,6 +584,10 @@ def build_variant(base, scenario: Scenario, training: bool):
 # ------------------------------------------------------------------------------------------------
 def _fmt_ratio(x):
     return "  err " if x == "err" else ("   -  " if x is None else f"{x:6.3f}")
+
+
+def _fmt_spread(x):
+    return "-" if x is None or x != x else f"{x:.3f}"
 
 
 def _fmt_goal(goal, x):
@@ -647,21 +671,22 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
             raise RuntimeError(f"a {phase}-phase variant wrote into the shared base weights; mark it writes_weights=True")
         print(f"  {phase} phase: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    results = []
+    results, spreads = [], {}
     for s in scenarios:
         cell = {}
         for phase in ("forward", "train"):
             if (phase == "train" and s.train is None) or phase not in settings.phases:
                 cell[phase] = None
             elif s.name in timings[phase]:
-                b, t = timings[phase][s.name]
-                cell[phase] = t / b
+                timing = timings[phase][s.name]
+                cell[phase] = timing.scenario / timing.base
+                spreads[s.name, phase] = timing.spread
             else:
                 cell[phase] = "err"
         results.append((s, cell["forward"], cell["train"]))
 
     def med(phase):
-        xs = [b for b, _ in timings[phase].values()]
+        xs = [timing.base for timing in timings[phase].values()]
         return f"{statistics.median(xs) * 1e3:.0f} ms" if xs else "-"
 
     print(f"base forward {med('forward')}/it, base full fine-tuning step {med('train')}/it")
@@ -670,6 +695,11 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     print("-" * len(HEADER))
     for s, fwd, train in results:
         print(_row(s, fwd, train))
+    print("spread (half the interquartile range of the per-pair ratios), fwd / train:")
+    print("  " + "; ".join(
+        f"{s.name} {_fmt_spread(spreads.get((s.name, 'forward')))} / {_fmt_spread(spreads.get((s.name, 'train')))}"
+        for s, _, _ in results
+    ))
     return results, [(arch.name, *e) for e in errors]
 
 
@@ -713,13 +743,13 @@ def decode_benchmark(settings: Settings, batch: int, prompt: int = 16, new_token
     tokens = batch * new_tokens
     print(f"\n== decode: LlamaForCausalLM (llama shape above), batch {batch}, prompt {prompt}, {new_tokens} new tokens, "
           f"greedy, KV cache, {device}")
-    print(f"{'model':<20} {'tokens/s':>9} {'x base':>7} goal")
+    print(f"{'model':<20} {'tokens/s':>9} {'x base':>7} {'spread':>6} goal")
     rows = {}
-    for name, (b, t) in timings.items():
+    for name, (b, t, spread) in timings.items():
         rows[name] = b / t
         goal = "" if name.startswith("PEFT") else (">=0.95 ok" if b / t >= 0.95 else ">=0.95 MISS")
-        print(f"{name:<20} {tokens / t:9.0f} {b / t:7.3f} {goal}")
-    print(f"{'base':<20} {tokens / statistics.median([b for b, _ in timings.values()]):9.0f}   1.000")
+        print(f"{name:<20} {tokens / t:9.0f} {b / t:7.3f} {_fmt_spread(spread):>6} {goal}")
+    print(f"{'base':<20} {tokens / statistics.median([timing.base for timing in timings.values()]):9.0f}   1.000")
     return rows
 
 
