@@ -16,6 +16,13 @@ What each block means for each method family is documented in ``docs/composition
 module only builds, parses and structurally validates the trees. Validation against a concrete
 model (do the adapters exist, can their methods take part in the block) lives in
 :mod:`adapters.model_mixin`.
+
+Example::
+
+    >>> from adapters.composition import Fuse, Stack, parse_composition
+    >>> parse_composition("lang,task")
+    Stack[lang, task]
+    >>> model.active_adapters = Stack("lang", Fuse("a", "b"))
 """
 
 from __future__ import annotations
@@ -85,17 +92,35 @@ class AdapterCompositionBlock(Sequence):
     __str__ = __repr__
 
     def first(self) -> str:
-        """Name of the first adapter (depth first)."""
+        """Name of the first adapter (depth first).
+
+        Example::
+
+            >>> Stack(Parallel("a", "b"), "c").first()
+            'a'
+        """
         child = self.children[0]
         return child if isinstance(child, str) else child.first()
 
     def last(self) -> str:
-        """Name of the last adapter (depth first)."""
+        """Name of the last adapter (depth first).
+
+        Example::
+
+            >>> Stack("a", Fuse("b", "c")).last()
+            'c'
+        """
         child = self.children[-1]
         return child if isinstance(child, str) else child.last()
 
     def flatten(self) -> list[str]:
-        """All adapter names in the tree, in order, without duplicates."""
+        """All adapter names in the tree, in order, without duplicates.
+
+        Example::
+
+            >>> Stack("a", Parallel("b", Stack("a", "c"))).flatten()
+            ['a', 'b', 'c']
+        """
         names: list[str] = []
         for child in self.children:
             for name in [child] if isinstance(child, str) else child.flatten():
@@ -137,7 +162,13 @@ class Parallel(AdapterCompositionBlock):
 
     @property
     def parallel_channels(self) -> int:
-        """Number of branches, i.e. how often the batch is replicated."""
+        """Number of branches, i.e. how often the batch is replicated.
+
+        Example::
+
+            >>> Parallel("a", "b", "c").parallel_channels
+            3
+        """
         return len(self.children)
 
 
@@ -162,7 +193,15 @@ class Fuse(AdapterCompositionBlock):
 
     @property
     def name(self) -> str:
-        """Name of the fusion layer this block uses."""
+        """Name of the fusion layer this block uses.
+
+        Example::
+
+            >>> Fuse("a", Stack("x", "b")).name
+            'a,b'
+            >>> Fuse("a", "b", name="my_fusion").name
+            'my_fusion'
+        """
         if self._name:
             return self._name
         return ",".join(c if isinstance(c, str) else c.last() for c in self.children)

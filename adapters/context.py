@@ -61,19 +61,42 @@ class AdapterSetup:
 
     @staticmethod
     def get_context() -> "AdapterSetup | None":
-        """The innermost active :class:`AdapterSetup`, or None."""
+        """The innermost active :class:`AdapterSetup`, or None.
+
+        Example::
+
+            >>> with AdapterSetup("a") as outer, AdapterSetup("b"):
+            ...     AdapterSetup.get_context().adapter_setup
+            Stack[b]
+            >>> AdapterSetup.get_context() is None
+            True
+        """
         stack = _setup_stack.get()
         return stack[-1] if stack else None
 
     @classmethod
     def get_context_adapter_setup(cls) -> AdapterCompositionBlock | None:
-        """The adapter setup of the innermost active :class:`AdapterSetup`, or None."""
+        """The adapter setup of the innermost active :class:`AdapterSetup`, or None.
+
+        Example::
+
+            >>> with AdapterSetup(Parallel("a", "b")):
+            ...     AdapterSetup.get_context_adapter_setup()
+            Parallel[a, b]
+        """
         context = cls.get_context()
         return context.adapter_setup if context is not None else None
 
     @classmethod
     def get_context_head_setup(cls):
-        """The head setup of the innermost active :class:`AdapterSetup`, or None."""
+        """The head setup of the innermost active :class:`AdapterSetup`, or None.
+
+        Example::
+
+            >>> with AdapterSetup("a", head_setup="sentiment"):
+            ...     AdapterSetup.get_context_head_setup()
+            'sentiment'
+        """
         context = cls.get_context()
         return context.head_setup if context is not None else None
 
@@ -129,7 +152,15 @@ class ForwardContext:
 
     @staticmethod
     def get_context() -> "ForwardContext | None":
-        """The context of the forward pass running in this thread/task, or None."""
+        """The context of the forward pass running in this thread/task, or None.
+
+        Example::
+
+            >>> ForwardContext.get_context() is None      # outside a forward pass
+            True
+            >>> def hook(module, args, output):           # inside one (a forward hook)
+            ...     print(ForwardContext.get_context().parallel_channels)
+        """
         return _forward_context.get()
 
     @contextmanager
@@ -138,6 +169,12 @@ class ForwardContext:
 
         Used when a forward pass is replayed outside its original call (gradient checkpointing
         recomputes layers during backward).
+
+        Example::
+
+            >>> context = ForwardContext.get_context()    # saved during the forward pass
+            >>> with context.activate():                  # later, e.g. in a recomputation
+            ...     layer(hidden_states)
         """
         token = _forward_context.set(self)
         try:

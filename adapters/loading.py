@@ -75,7 +75,17 @@ _PREFIX_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.prefix_tunings\.")
 
 
 class AdapterLoadError(ValueError):
-    """A checkpoint could not be loaded; the message names the file and the problem."""
+    """A checkpoint could not be loaded; the message names the file and the problem.
+
+    A subclass of ``ValueError``; the model is left as it was.
+
+    Example::
+
+        >>> try:
+        ...     model.load_adapter("./not_an_adapter")
+        ... except AdapterLoadError as error:
+        ...     print(error)         # which file is missing or wrong, and how to fix it
+    """
 
 
 # -- key selection -----------------------------------------------------------------------------------

@@ -125,7 +125,14 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     # -- plumbing --------------------------------------------------------------------------------
     @property
     def adapters_config(self):
-        """The :class:`~adapters.configuration.ModelAdaptersConfig` registry of this model."""
+        """The :class:`~adapters.configuration.ModelAdaptersConfig` registry of this model.
+
+        Example::
+
+            >>> model.add_adapter("a", config="lora")
+            >>> list(model.adapters_config.adapters)
+            ['a']
+        """
         return self.__dict__["_adapters_registry"]
 
     @property
@@ -160,6 +167,12 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         Extra keyword arguments: ``output_adapter_fusion_attentions`` and
         ``output_adapter_gating_scores`` return the fusion attention weights / gating scores
         as ``adapter_fusion_attentions`` / ``adapter_gating_scores`` on the output.
+
+        Example::
+
+            >>> model.active_adapters = Fuse("a", "b")
+            >>> out = model(**batch, output_adapter_fusion_attentions=True)
+            >>> out.adapter_fusion_attentions["a,b"][0]["output_adapter"].shape   # (B, L, 2)
         """
         context = ForwardContext.get_context()
         if context is not None and context.registry is self.adapters_config:

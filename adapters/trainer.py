@@ -276,6 +276,16 @@ class AdaLoraCallback(TrainerCallback):
         self.adapter_name = adapter_name
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        """The Trainer's hook after each optimizer step: the budget step for ``state.global_step``.
+
+        Raises:
+            ValueError: the Trainer's model is not an adapters model with AdaLoRA support.
+
+        Example::
+
+            >>> callback = AdaLoraCallback("ada")   # the Trainer calls it; by hand it reads:
+            >>> callback.on_optimizer_step(args, state, control, model=model)   # update_and_allocate(state.global_step)
+        """
         model = getattr(model, "module", model)
         if model is None or not hasattr(model, "update_and_allocate"):
             raise ValueError("AdaLoraCallback needs the Trainer's model to be an adapters model with an AdaLoRA adapter.")

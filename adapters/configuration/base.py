@@ -182,11 +182,27 @@ class AdapterConfig:
         return resolved.replace(**overrides) if overrides else resolved
 
     def configs_by_architecture(self) -> list["AdapterConfig"]:
-        """The single-method configs this config consists of (a union has several)."""
+        """The single-method configs this config consists of (a union has several).
+
+        Example::
+
+            >>> [type(c).__name__ for c in MAMConfig().configs_by_architecture()]
+            ['PrefixTuningConfig', 'ParBnConfig']
+            >>> len(SeqBnConfig().configs_by_architecture())
+            1
+        """
         return [self]
 
     def get(self, key: str, default=None):
-        """Dict-style access, for code written against AdapterHub's configs."""
+        """Dict-style access, for code written against AdapterHub's configs.
+
+        Example::
+
+            >>> SeqBnConfig().get("reduction_factor")
+            16
+            >>> SeqBnConfig().get("no_such_field", 0)
+            0
+        """
         return getattr(self, key, default)
 
     def __getitem__(self, key: str):
@@ -220,7 +236,14 @@ class ConfigUnion(AdapterConfig):
 
     @staticmethod
     def validate(configs) -> None:
-        """Raise if two parts of a union would configure the same place."""
+        """Raise if two parts of a union would configure the same place.
+
+        Example::
+
+            >>> ConfigUnion.validate([SeqBnConfig(), SeqBnConfig()])
+            Traceback (most recent call last):
+            ValueError: SeqBnConfig and SeqBnConfig in a ConfigUnion both place bottleneck adapters at the same positions ...
+        """
         if not configs:
             raise ValueError("ConfigUnion needs at least one config.")
         for config in configs:
@@ -243,7 +266,13 @@ class ConfigUnion(AdapterConfig):
                 raise ValueError(f"ConfigUnion has two {a.architecture} configs; a union can hold each method once.")
 
     def replace(self, **changes) -> "ConfigUnion":
-        """Apply field changes to every part that has those fields."""
+        """Apply field changes to every part that has those fields.
+
+        Example::
+
+            >>> MAMConfig().replace(reduction_factor=4).configs[1].reduction_factor
+            4
+        """
         parts = []
         for config in self.configs:
             names = {f.name for f in dataclasses.fields(config)}
@@ -251,7 +280,14 @@ class ConfigUnion(AdapterConfig):
         return ConfigUnion(*parts)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"architecture": "union", "configs": [...]}``."""
+        """``{"architecture": "union", "configs": [...]}``.
+
+        Example::
+
+            >>> d = MAMConfig().to_dict()
+            >>> d["architecture"], d["configs"][0]["architecture"]
+            ('union', 'prefix_tuning')
+        """
         return {"architecture": "union", "configs": [c.to_dict() for c in self.configs]}
 
     @classmethod
@@ -259,6 +295,13 @@ class ConfigUnion(AdapterConfig):
         return cls(*[AdapterConfig.from_dict(c) for c in data.get("configs", [])])
 
     def configs_by_architecture(self) -> list[AdapterConfig]:
+        """The parts of the union, in order.
+
+        Example::
+
+            >>> len(ConfigUnion(PrefixTuningConfig(), ParBnConfig()).configs_by_architecture())
+            2
+        """
         return list(self.configs)
 
     def __getitem__(self, key):

@@ -136,7 +136,14 @@ class BnConfig(AdapterConfig):
             raise ValueError(f"Unknown non_linearity {self.non_linearity!r}; use a name from transformers' ACT2FN.")
 
     def reduction_factor_for(self, layer_idx: int) -> float:
-        """The reduction factor that applies to layer ``layer_idx``."""
+        """The reduction factor that applies to layer ``layer_idx``.
+
+        Example::
+
+            >>> config = SeqBnConfig(reduction_factor={"0": 4, "default": 16})
+            >>> config.reduction_factor_for(0), config.reduction_factor_for(3)
+            (4, 16)
+        """
         factor = self.reduction_factor
         if isinstance(factor, Mapping):
             if str(layer_idx) in factor:

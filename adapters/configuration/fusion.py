@@ -50,11 +50,23 @@ class AdapterFusionConfig:
     dropout_prob: Optional[float] = None
 
     def to_dict(self) -> dict:
-        """JSON-serialisable dict in AdapterHub's ``adapter_fusion_config.json`` layout."""
+        """JSON-serialisable dict in AdapterHub's ``adapter_fusion_config.json`` layout.
+
+        Example::
+
+            >>> DynamicFusionConfig().to_dict()["temperature"]
+            False
+        """
         return dict(sorted(dataclasses.asdict(self).items()))
 
     def replace(self, **changes) -> "AdapterFusionConfig":
-        """A copy with some fields changed."""
+        """A copy with some fields changed.
+
+        Example::
+
+            >>> StaticFusionConfig().replace(temperature=True).temperature
+            True
+        """
         return dataclasses.replace(self, **changes)
 
     @classmethod

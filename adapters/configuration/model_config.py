@@ -30,15 +30,41 @@ class ModelAdaptersConfig:
         self._validated: dict = {}
 
     def changed(self) -> None:
+        """Record that adapters, fusions or the active setup changed: bumps ``version`` and drops
+        the cached validations of setups (the model's methods call it after every change).
+
+        Example::
+
+            >>> registry = model.adapters_config
+            >>> version = registry.version
+            >>> registry.changed()
+            >>> registry.version == version + 1
+            True
+        """
         self.version += 1
         self._validated.clear()
 
     def get(self, name: str) -> Optional[AdapterConfig]:
-        """The config of adapter ``name`` or None."""
+        """The config of adapter ``name`` or None.
+
+        Example::
+
+            >>> model.add_adapter("a", config="seq_bn")
+            >>> model.adapters_config.get("a").reduction_factor
+            16
+        """
         return self.adapters.get(name)
 
     def get_fusion(self, name: str):
-        """``(config, adapter_names)`` of fusion ``name`` or None."""
+        """``(config, adapter_names)`` of fusion ``name`` or None.
+
+        Example::
+
+            >>> model.add_adapter_fusion(Fuse("a", "b"))
+            >>> config, names = model.adapters_config.get_fusion("a,b")
+            >>> names
+            ('a', 'b')
+        """
         return self.fusions.get(name)
 
     def __contains__(self, name: str) -> bool:

@@ -338,7 +338,13 @@ class AdaLoRAConfig(WeightTargetingConfig):
 
     @property
     def scaling(self) -> float:
-        """``α / (r₀ + 1e-5)``, PEFT's scaling of the update (``α = init_r`` when ``lora_alpha`` is 0)."""
+        """``α / (r₀ + 1e-5)``, PEFT's scaling of the update (``α = init_r`` when ``lora_alpha`` is 0).
+
+        Example::
+
+            >>> round(AdaLoRAConfig(init_r=8, lora_alpha=16).scaling, 4)
+            2.0
+        """
         alpha = self.lora_alpha if self.lora_alpha > 0 else float(self.init_r)
         return alpha / (self.init_r + 1e-5)
 

@@ -104,7 +104,13 @@ class MultiHeadOutput(ModelOutput):
 
     @property
     def logits(self) -> torch.Tensor:
-        """The heads' logits stacked along the batch dimension."""
+        """The heads' logits stacked along the batch dimension.
+
+        Example::
+
+            >>> model.set_active_adapters(Parallel("a", "b"))
+            >>> model(**batch).logits.shape          # (2 * B, num_labels)
+        """
         return torch.vstack([output["logits"] for output in self.head_outputs])
 
     def __getitem__(self, key):
@@ -166,7 +172,15 @@ class PredictionHead(nn.Sequential):
         """Add AdapterHub's numbered ``[Dropout, Linear, act] * (layers-1) + [Dropout, Linear]``
         stack; the last Linear maps to ``num_outputs`` (None: to the hidden size, followed by the
         activation). ``hidden``: the width of the states the head reads (default: the model's
-        hidden size; CLIP's image heads read the vision tower's)."""
+        hidden size; CLIP's image heads read the vision tower's).
+
+        Example::
+
+            >>> class TwoLayerHead(PredictionHead):
+            ...     def __init__(self, model, head_name, num_labels=2):
+            ...         super().__init__(head_name, {"num_labels": num_labels, "layers": 2, "activation_function": "tanh"})
+            ...         self.build_mlp(model, num_labels)   # Dropout, Linear, Tanh, Dropout, Linear
+        """
         layers, hidden = self.config["layers"], hidden or model.config.hidden_size
         if not isinstance(layers, int) or layers < 1:
             raise ValueError(f"A head needs layers >= 1, got {layers!r}.")
@@ -187,16 +201,39 @@ class PredictionHead(nn.Sequential):
             self.add_module(str(index), module)
 
     def init_weights(self, model) -> None:
-        """Initialise the head's layers the way the model initialises its own."""
+        """Initialise the head's layers the way the model initialises its own.
+
+        Example::
+
+            >>> head = TwoLayerHead(model, "task")   # a custom head, see build_mlp
+            >>> head.init_weights(model)             # model._init_weights on every layer
+        """
         for module in self.modules():
             if module is not self:
                 model._init_weights(module)
         self.train(model.training)
 
     def get_output_embeddings(self) -> Optional[nn.Module]:
-        """The head's output embedding layer (LM heads), else None."""
+        """The head's output embedding layer (LM heads), else None.
+
+        Example::
+
+            >>> model.add_masked_lm_head("mlm")
+            >>> model.heads["mlm"].get_output_embeddings()      # the Linear tied to the input embedding
+            >>> model.heads["sentiment"].get_output_embeddings() is None
+            True
+        """
         return None
 
     def get_label_names(self) -> list[str]:
-        """The keyword arguments that carry this head's targets."""
+        """The keyword arguments that carry this head's targets.
+
+        Example::
+
+            >>> model.heads["sentiment"].get_label_names()
+            ['labels']
+            >>> model.add_qa_head("qa")
+            >>> model.heads["qa"].get_label_names()
+            ['start_positions', 'end_positions']
+        """
         return ["labels"]

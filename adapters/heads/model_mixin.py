@@ -499,7 +499,15 @@ class FlexibleHeadsMixin:
             head.get_output_embeddings().weight = self.get_input_embeddings().weight
 
     def tie_weights(self, missing_keys=None, recompute_mapping: bool = True):
-        """transformers' tying, then every LM head's output embedding to the input embedding."""
+        """transformers' tying, then every LM head's output embedding to the input embedding.
+
+        Example::
+
+            >>> model.add_causal_lm_head("lm")
+            >>> model.tie_weights()          # also called by from_pretrained / resize_token_embeddings
+            >>> model.heads["lm"].get_output_embeddings().weight is model.get_input_embeddings().weight
+            True
+        """
         result = super().tie_weights(missing_keys=missing_keys, recompute_mapping=recompute_mapping)
         heads = self.__dict__.get("_modules", {}).get("heads")
         for head in (heads or {}).values():
@@ -513,7 +521,14 @@ class FlexibleHeadsMixin:
         return [output for output in outputs if output is not None]
 
     def get_output_embeddings(self) -> Optional[nn.Module]:
-        """The active head's output embedding (LM heads), else None."""
+        """The active head's output embedding (LM heads), else None.
+
+        Example::
+
+            >>> model.add_masked_lm_head("mlm")      # becomes the active head
+            >>> model.get_output_embeddings() is model.heads["mlm"].get_output_embeddings()
+            True
+        """
         active = self._active_heads
         if isinstance(active, list) and len(active) == 1 and active[0] in self.heads:
             head = self.heads[active[0]]
@@ -521,7 +536,13 @@ class FlexibleHeadsMixin:
         return None
 
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        """Replace the active LM head's output embedding (used when resizing the vocabulary)."""
+        """Replace the active LM head's output embedding (used when resizing the vocabulary).
+
+        Example::
+
+            >>> model.add_causal_lm_head("lm")
+            >>> model.resize_token_embeddings(len(tokenizer))   # calls set_output_embeddings
+        """
         active = self._active_heads
         if isinstance(active, list) and len(active) == 1 and hasattr(self.heads[active[0]], "set_output_embeddings"):
             self.heads[active[0]].set_output_embeddings(new_embeddings)

@@ -349,6 +349,14 @@ class _AdapterModelBody(FlexibleHeadsMixin):
 
     @classmethod
     def can_generate(cls) -> bool:
+        """Whether ``generate()`` is available: for the decoder families (pooling at the last token),
+        whose language-modelling heads continue a sequence; transformers asks this.
+
+        Example::
+
+            >>> GPT2AdapterModel.can_generate(), BertAdapterModel.can_generate()
+            (True, False)
+        """
         return cls.cls_pooling in ("last", "eos")
 
 
@@ -627,7 +635,13 @@ class AutoAdapterModel:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a checkpoint into the AdapterModel class of its model type (see the class docs)."""
+        """Load a checkpoint into the AdapterModel class of its model type (see the class docs).
+
+        Example::
+
+            >>> model = AutoAdapterModel.from_pretrained("roberta-base")   # a RobertaAdapterModel
+            >>> model.add_classification_head("sentiment", num_labels=2)
+        """
         config = kwargs.get("config")
         if not isinstance(config, transformers.PretrainedConfig):
             config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}

@@ -308,7 +308,13 @@ class ArchitectureSpec:
 
     @property
     def is_encoder_decoder(self) -> bool:
-        """Whether the family has an encoder and a decoder stack."""
+        """Whether the family has an encoder and a decoder stack.
+
+        Example::
+
+            >>> spec_for_model(t5_model).is_encoder_decoder, spec_for_model(bert_model).is_encoder_decoder
+            (True, False)
+        """
         return self.decoder is not None
 
     @property
@@ -441,7 +447,13 @@ def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
 
 
 def SUPPORTED_MODEL_TYPES() -> list[str]:
-    """The model types :func:`adapters.init` can patch."""
+    """The model types :func:`adapters.init` can patch.
+
+    Example::
+
+        >>> "llama" in adapters.SUPPORTED_MODEL_TYPES()
+        True
+    """
     return sorted(_REGISTRY)
 
 
