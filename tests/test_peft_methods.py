@@ -244,6 +244,23 @@ def test_split_routes_sequence_segments(first, second):
     torch.testing.assert_close(out[:, 4:], run(model, inputs, second)[:, 4:], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_average_of_hra_lokr_and_adalora_equals_its_definition(arch):
+    # the composition table of docs/peft_methods.rst claims W + Σ_i w_i ΔW_i(W) for every method
+    model = patched(arch)
+    names = ["hra", "lokr", "adalora", "hra_gs"]
+    for name in names:
+        _add(model, name, name)
+    inputs = make_inputs(arch)
+    weights = [0.3, -0.5, 1.2, 0.4]
+    averaged = run(model, inputs, Average(*names, weights=weights, normalize_weights=False))
+    expected = run(reference_model(model, arch, dict(zip(names, weights))), inputs)
+    torch.testing.assert_close(averaged, expected, atol=3e-5, rtol=1e-4)
+    normalised = run(model, inputs, Average("hra", "lokr", weights=[1.0, 3.0]))
+    expected = run(reference_model(model, arch, {"hra": 0.25, "lokr": 0.75}), inputs)
+    torch.testing.assert_close(normalised, expected, atol=3e-5, rtol=1e-4)
+
+
 def test_stack_with_a_bottleneck_adapter_applies_the_bottleneck_to_the_transformed_layers():
     model = patched("bert")
     _add(model, "hra", "hra")
