@@ -483,7 +483,14 @@ class _CLIPInputs(_ImageInputs):
     alone -> the text tower. Heads (image classification) read the vision tower's final states."""
 
     def get_input_embeddings(self) -> nn.Module:
-        """The text tower's token embedding."""
+        """The text tower's token embedding.
+
+        Example::
+
+            >>> model = CLIPAdapterModel.from_pretrained("openai/clip-vit-base-patch32")
+            >>> model.get_input_embeddings() is model.base_model.text_model.get_input_embeddings()
+            True
+        """
         return self.base_model.text_model.get_input_embeddings()
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
@@ -525,6 +532,14 @@ class _ModernBertHeads:
 
     @property
     def head_classes(self) -> dict:
+        """Head type -> ModernBERT's head class for it (``add_*_head`` builds these).
+
+        Example::
+
+            >>> model = ModernBertAdapterModel.from_pretrained("answerdotai/ModernBERT-base")
+            >>> model.head_classes["classification"].__name__
+            'ModernBertClassificationHead'
+        """
         from ..heads.modernbert import MODERNBERT_HEADS
 
         return MODERNBERT_HEADS

@@ -302,7 +302,13 @@ class ArchitectureSpec:
 
     @property
     def decoder(self) -> Optional[StackSpec]:
-        """The decoder stack of an encoder-decoder family (None for other families)."""
+        """The decoder stack of an encoder-decoder family (None for other families).
+
+        Example::
+
+            >>> T5.decoder.role, CLIP.decoder        # CLIP's second stack is a second encoder
+            ('decoder', None)
+        """
         stack = self.second_stack
         return stack if stack is not None and stack.role == "decoder" else None
 
@@ -319,7 +325,13 @@ class ArchitectureSpec:
 
     @property
     def is_multi_stack(self) -> bool:
-        """Whether the family has two layer stacks (encoder-decoders, dual encoders)."""
+        """Whether the family has two layer stacks (encoder-decoders, dual encoders).
+
+        Example::
+
+            >>> T5.is_multi_stack, CLIP.is_multi_stack, BERT.is_multi_stack
+            (True, True, False)
+        """
         return self.second_stack is not None
 
     def stacks(self) -> tuple[LayerStack, ...]:
