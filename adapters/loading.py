@@ -41,6 +41,7 @@ from .peft_format import (
     check_peft_adaption_prompt_model,
     config_from_peft,
     peft_checkpoint,
+    prefix_from_peft,
     state_from_peft,
 )
 
@@ -353,6 +354,11 @@ def load_adapter(
         raise AdapterLoadError(f"An adapter named {name!r} exists already; pass load_as=... or overwrite_ok=True.")
     if is_peft:
         state, weights_path = _read_weights(folder, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME)
+        if adapter_config.architecture == "prefix_tuning" and "prompt_embeddings" in state:
+            try:
+                state["prompt_embeddings"] = prefix_from_peft(model, meta, state["prompt_embeddings"])
+            except (ValueError, KeyError) as error:
+                raise AdapterLoadError(f"{config_path}: {error}") from error
         state = state_from_peft(state, saved_name, _saved_module_paths(model, adapter_config))
     else:
         state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)

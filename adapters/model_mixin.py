@@ -42,7 +42,7 @@ from .methods.lora import LoRALinear
 from .methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
 from .methods.invertible import EmbeddingOutputHost, OutputEmbeddingInputHost, coupling_block
 from .methods.phm import init_shared_parameters
-from .methods.prefix_tuning import install_prefix_tuning, record_attention_inputs
+from .methods.prefix_tuning import POSITION_OFFSETS, install_prefix_tuning, record_attention_inputs
 from .methods.prompt_tuning import PromptTuning, install_prompt_tuning
 from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .methods.weight_transform import add_weight_transform_modules
@@ -252,6 +252,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         each row's real tokens numbered from 0 — the prefix keys carry no position, so a row's
         result does not depend on its (left) padding."""
         offsets = prefix_pool.position_offsets(context.setup, *self._batch_and_device(kwargs))
+        if offsets is not None and self.__dict__["_adapters_spec"].is_encoder_decoder:
+            context.residuals[POSITION_OFFSETS] = offsets  # the decoder's position embedding reads them
+            return
         if offsets is not None:
             kwargs["position_ids"] = self._position_ids(kwargs) + offsets[:, None]
             return
@@ -465,7 +468,14 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             if part.architecture == "adaption_prompt":
                 check_adaption_prompt_config(self, part)
                 self._check_fused_kv_parts_equal(spec)
-            if part.architecture == "prefix_tuning" and part.shift_positions and "position_ids" not in _forward_parameter_names(type(self)):
+            if part.architecture == "prefix_tuning" and part.shift_positions and spec.is_encoder_decoder:
+                if part.encoder_prefix or part.cross_prefix:
+                    raise ValueError(
+                        f"shift_positions=True on {spec.name} describes a prefix fed to the decoder as past keys/values "
+                        f"(PEFT's layout): only the decoder's self-attention carries it. Set encoder_prefix=False and "
+                        f"cross_prefix=False, or shift_positions=False."
+                    )
+            elif part.architecture == "prefix_tuning" and part.shift_positions and "position_ids" not in _forward_parameter_names(type(self)):
                 raise ValueError(
                     f"shift_positions=True renumbers positions through position_ids, which {type(self).__name__}.forward "
                     f"does not take; use shift_positions=False."

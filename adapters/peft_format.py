@@ -42,6 +42,7 @@ __all__ = [
     "state_from_peft",
     "peft_checkpoint",
     "check_peft_adaption_prompt_model",
+    "prefix_from_peft",
 ]
 
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -115,12 +116,87 @@ def config_from_peft(meta: dict) -> LoRAConfig:
     )
 
 
+def _peft_submodules(meta: dict) -> int:
+    """PEFT's ``num_transformer_submodules`` (unset: 2 for ``SEQ_2_SEQ_LM``, else 1, as PEFT decides)."""
+    submodules = meta.get("num_transformer_submodules")
+    if submodules is None:
+        submodules = 2 if meta.get("task_type") == "SEQ_2_SEQ_LM" else 1
+    return int(submodules)
+
+
 def _prefix_config_from_peft(meta: dict) -> PrefixTuningConfig:
     """PEFT saves a prefix as the flat prompt it produces (``prompt_embeddings``, ``(P, L·2·kv_dim)``,
-    the MLP already applied), fed to the model as past keys/values: positions shift by ``P``."""
-    if meta.get("num_transformer_submodules", 1) != 1:
-        raise ValueError("PEFT prefix tuning for encoder-decoder models is not supported in this version.")
-    return PrefixTuningConfig(prefix_length=int(meta["num_virtual_tokens"]), flat=True, shift_positions=True)
+    the MLP already applied), fed to the model as past keys/values: positions shift by ``P``. On an
+    encoder-decoder (``num_transformer_submodules=2``) that cache is the decoder's: only the
+    decoder self-attention gets a prefix (see :func:`prefix_from_peft`)."""
+    seq2seq = _peft_submodules(meta) == 2
+    return PrefixTuningConfig(
+        prefix_length=int(meta["num_virtual_tokens"]), flat=True, shift_positions=True,
+        encoder_prefix=not seq2seq, cross_prefix=not seq2seq,
+    )
+
+
+def _peft_prefix_rows(n_layers: int, peft_layers: int) -> list[int]:
+    """The row of PEFT's prefix that decoder layer ``i`` of an encoder-decoder reads, for each ``i``.
+
+    PEFT 0.21 views the prefix as ``(P, 2L, H, D)``, concatenates it with itself along the ``2L``
+    axis and cuts the result into groups of four (self key, self value, cross key, cross value),
+    one per decoder layer; the cross-attention part is dropped again. Layer ``i`` therefore reads
+    rows ``4i, 4i+1`` of the doubled axis, i.e. the keys and values PEFT stores for its layer
+    ``2i mod L`` (with even ``L`` the odd rows are never read)."""
+    return [(2 * i) % peft_layers for i in range(n_layers)]
+
+
+def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
+    """PEFT's ``prompt_embeddings`` ``(P, L·2·H·D)`` -> this library's flat prefix of the model's
+    prefix sites (decoder-only: every layer; encoder-decoder: the decoder's self-attention, layer
+    ``i`` from PEFT's row ``2i mod L``, see :func:`_peft_prefix_rows`).
+
+    Raises:
+        ValueError: the checkpoint's sizes or layout do not fit ``model`` (the message says which).
+
+    Example::
+
+        >>> flat = prefix_from_peft(t5, meta, weights["prompt_embeddings"])
+    """
+    from .methods.prefix_tuning import prefix_shapes
+
+    spec = model.__dict__["_adapters_spec"]
+    submodules = _peft_submodules(meta)
+    if spec.is_encoder_decoder and submodules != 2:
+        raise ValueError(
+            f"PEFT prefix with num_transformer_submodules={submodules} on the encoder-decoder {spec.name}: PEFT builds "
+            f"the decoder's cache correctly only with 2 (task_type='SEQ_2_SEQ_LM')."
+        )
+    if not spec.is_encoder_decoder and submodules != 1:
+        raise ValueError(
+            f"PEFT prefix with num_transformer_submodules={submodules} is for encoder-decoder models; {spec.name} has "
+            f"one stack of layers (1)."
+        )
+    shape = prefix_shapes(model)["self"]
+    length, peft_layers = int(meta["num_virtual_tokens"]), int(meta["num_layers"])
+    heads, token_dim = int(meta["num_attention_heads"]), int(meta["token_dim"])
+    if heads != shape.n_heads or token_dim != shape.n_heads * shape.head_dim:
+        raise ValueError(
+            f"PEFT prefix for {heads} key/value heads of size {token_dim // max(heads, 1)} (num_attention_heads={heads}, "
+            f"token_dim={token_dim}), but this model's attention has {shape.n_heads} of size {shape.head_dim}."
+        )
+    if tuple(prompt.shape) != (length, peft_layers * 2 * token_dim):
+        raise ValueError(
+            f"PEFT prompt_embeddings has shape {tuple(prompt.shape)}, expected {(length, peft_layers * 2 * token_dim)} "
+            f"(num_virtual_tokens, num_layers·2·token_dim)."
+        )
+    per_layer = prompt.reshape(length, peft_layers, 2 * token_dim)
+    if not spec.is_encoder_decoder:
+        if peft_layers != shape.n_layers:
+            raise ValueError(f"PEFT prefix for num_layers={peft_layers}, but this model has {shape.n_layers} layers.")
+        return prompt
+    if shape.n_layers > peft_layers:
+        raise ValueError(
+            f"PEFT prefix for num_layers={peft_layers}, but this model's decoder has {shape.n_layers} layers (PEFT's "
+            f"cache would miss the last ones)."
+        )
+    return per_layer[:, _peft_prefix_rows(shape.n_layers, peft_layers)].reshape(length, -1)
 
 
 _WEIGHT_TRANSFORMS = tuple(PEFT_TYPES.values())
@@ -178,12 +254,17 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
     config = model.adapters_config.adapters[name]
     if config.architecture == "adaption_prompt":
         return _adaption_prompt_checkpoint(model, name, config)
+    if config.architecture == "prefix_tuning":
+        return _prefix_checkpoint(model, name, config)
     transforms = [p for p in config.configs_by_architecture() if p.architecture in _WEIGHT_TRANSFORMS]
     if len(transforms) == 1 and len(config.configs_by_architecture()) == 1:
         return peft_weight_transform_checkpoint(model, name, transforms[0])
     parts = [p for p in config.configs_by_architecture() if p.architecture == "lora"]
     if len(parts) != 1 or len(config.configs_by_architecture()) != 1:
-        raise ValueError(f"Adapter {name!r} is not a single LoRA-family adapter; only those can be written in PEFT's format.")
+        raise ValueError(
+            f"Adapter {name!r} is not a single LoRA-family, weight-transform, prefix-tuning or Llama-Adapter adapter; "
+            f"only those can be written in PEFT's format."
+        )
     part = parts[0]
     if part.use_gating:
         raise ValueError(f"Adapter {name!r} is gated; PEFT has no gated LoRA, so it cannot be written in PEFT's format.")
@@ -300,3 +381,82 @@ def _adaption_prompt_checkpoint(model, name: str, config) -> tuple[dict, dict]:
         "task_type": None,
     }
     return meta, {k: v.cpu().contiguous() for k, v in weights.items()}
+
+
+def _peft_task_type(model) -> str:
+    """The PEFT ``task_type`` whose model class feeds the prefix to ``model`` the way it runs."""
+    if model.__dict__["_adapters_spec"].is_encoder_decoder:
+        return "SEQ_2_SEQ_LM"
+    if model.can_generate():
+        return "CAUSAL_LM"
+    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
+                         ("ForQuestionAnswering", "QUESTION_ANS")):
+        if type(model).__name__.removesuffix("WithAdapters").endswith(suffix):
+            return task
+    return "FEATURE_EXTRACTION"
+
+
+def _prefix_checkpoint(model, name: str, config: PrefixTuningConfig) -> tuple[dict, dict]:
+    """PEFT's layout for a prefix: ``prompt_embeddings`` ``(P, L·2·H·D)``, the flat prefix of every
+    layer (an MLP reparameterisation written as the prefix it produces), with the config PEFT needs
+    to rebuild it. PEFT feeds it to the model as past keys/values, so only prefixes that compute the
+    same are written: ungated, in every layer, with ``shift_positions``, and on an encoder-decoder in
+    the decoder's self-attention only."""
+    spec = model.__dict__["_adapters_spec"]
+    problems = []
+    if config.use_gating:
+        problems.append("it is gated (PEFT has no prefix gates)")
+    if config.leave_out:
+        problems.append(f"it leaves out layers {list(config.leave_out)} (PEFT's prefix covers every layer)")
+    if spec.is_encoder_decoder and (config.encoder_prefix or config.cross_prefix):
+        problems.append(
+            "it has prefixes in the encoder or in cross-attention (PEFT's encoder-decoder prefix reaches the decoder's "
+            "self-attention only; use encoder_prefix=False, cross_prefix=False)"
+        )
+    if not config.shift_positions:
+        problems.append(
+            "it has shift_positions=False (PEFT feeds the prefix as past keys/values, which numbers the tokens from "
+            "prefix_length on; use shift_positions=True)"
+        )
+    if problems:
+        raise ValueError(f"Prefix adapter {name!r} cannot be written in PEFT's format: {'; '.join(problems)}.")
+    group = model.base_model.prefix_tuning.prefix_tunings[name]
+    shape = group["self_prefix"].shape
+    length, token_dim = config.prefix_length, shape.n_heads * shape.head_dim
+    with torch.no_grad():
+        ours = group["self_prefix"].flat_prefix().detach().reshape(length, shape.n_layers, 2 * token_dim)
+    peft_layers = shape.n_layers
+    if spec.is_encoder_decoder:
+        peft_layers = _peft_layers_for(model, ours)
+        stored = ours.new_zeros(length, peft_layers, 2 * token_dim)  # rows PEFT never reads stay zero
+        stored[:, _peft_prefix_rows(shape.n_layers, peft_layers)] = ours
+        ours = stored
+    meta = {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": _peft_task_type(model),
+        "num_virtual_tokens": length,
+        "num_layers": peft_layers,
+        "token_dim": token_dim,
+        "num_attention_heads": shape.n_heads,
+        "encoder_hidden_size": token_dim,
+        "num_transformer_submodules": 2 if spec.is_encoder_decoder else 1,
+        "prefix_projection": False,
+        "base_model_name_or_path": getattr(model.config, "name_or_path", None) or None,
+        "inference_mode": True,
+    }
+    return meta, {"prompt_embeddings": ours.reshape(length, -1).cpu().contiguous()}
+
+
+def _peft_layers_for(model, ours: torch.Tensor) -> int:
+    """PEFT's ``num_layers`` for a decoder prefix ``ours`` ``(P, D, 2·token_dim)``: the model's own
+    layer count (what PEFT picks itself) where layer ``i`` reading row ``2i mod L`` can give every
+    decoder layer its prefix (always with odd ``L``; with even ``L`` layers ``i`` and ``i + L/2``
+    must have equal prefixes), else the smallest odd count ``≥ D`` (``2i mod L`` is then one-to-one)."""
+    n_layers = ours.shape[1]
+    own = getattr(model.config, "num_hidden_layers", None)
+    if own is not None and own >= n_layers:
+        rows = _peft_prefix_rows(n_layers, own)
+        first = {}
+        if all(torch.equal(ours[:, first.setdefault(row, i)], ours[:, i]) for i, row in enumerate(rows)):
+            return own
+    return n_layers if n_layers % 2 else n_layers + 1

@@ -48,7 +48,7 @@ from transformers.activations import ACT2FN
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
-from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, tag_attention
+from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, set_position_bias_module, tag_attention
 from ..models.patching import swap_class
 from ..models.spec import layer_stacks, stack_config
 from .base import ComposableLayer, setup_members
@@ -61,6 +61,7 @@ __all__ = [
     "PrefixTuningLayer",
     "PrefixShape",
     "install_prefix_tuning",
+    "prefix_shapes",
 ]
 
 
@@ -303,6 +304,34 @@ class _RecordsAttentionInput:
         return super().forward(*args, **kwargs)
 
 
+# where the model's forward leaves the per-row position offsets of an encoder-decoder's decoder
+POSITION_OFFSETS = "prefix_position_offsets"
+
+
+class _ShiftsPositions:
+    """Swapped onto the position embedding of an encoder-decoder's decoder
+    (``spec.decoder.position_embeddings``, called with ``position_ids``): while prefixes with
+    ``shift_positions`` are active, row ``b``'s decoder tokens are numbered from its prefix length
+    on, as when the prefix is fed to the decoder as past keys/values (PEFT). The encoder's
+    positions stay as they are."""
+
+    def forward(self, *args, **kwargs):
+        context = ForwardContext.get_context()
+        offsets = context.residuals.get(POSITION_OFFSETS) if context is not None else None
+        if offsets is None:
+            return super().forward(*args, **kwargs)
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was called without position_ids; prefix tuning's shift_positions needs them to "
+                f"renumber the decoder's tokens (this transformers version computes positions differently)."
+            )
+        kwargs["position_ids"] = position_ids + offsets.to(position_ids.device)[:, None]  # (rows, T)
+        output = super().forward(*args, **kwargs)
+        # BART-like embeddings treat position_ids as one row (unsqueeze(0)): (1, rows, T, d) -> (rows, T, d)
+        return output.squeeze(0) if output.dim() == 4 else output
+
+
 class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
     """The prefix tuning host of one attention module (``<attention>.prefix_tuning``): composes
     the active prefixes for its layer and hands them to the attention wrapper; owns the gates.
@@ -351,15 +380,23 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
         setup = self.active_setup()
         if setup is None:
             return None
+        pool = self.__dict__["pool"]
         if isinstance(setup, str) and not self.prefix_gates:  # one ungated prefix: no engine (each decoding step)
             layer_states = context.prefix_states[setup][self.location][self.__dict__["prefix_index"]]
             rows = key.shape[0]
-            return KeyValueExtension(layer_states[0].expand(rows, -1, -1, -1), layer_states[1].expand(rows, -1, -1, -1), None)
+            positioned = pool.config_of(setup).shift_positions
+            return KeyValueExtension(layer_states[0].expand(rows, -1, -1, -1), layer_states[1].expand(rows, -1, -1, -1), None, positioned)
         hidden = context.residuals.get(("attention_input", id(module))) if len(self.prefix_gates) else None
         state = self.compose(setup, PrefixState(None, None, None, key.shape[0], hidden))
         if state.keys is None:
             return None
-        return KeyValueExtension(state.keys, state.values, state.valid)
+        # the prefix sits at positions 0 … n−1 when every prefix of the setup shifts the real tokens
+        positioned = all(pool.config_of(n).shift_positions for n in pool.names_in(context.setup) if self.covers_name(n))
+        return KeyValueExtension(state.keys, state.values, state.valid, positioned)
+
+    def covers_name(self, name: str) -> bool:
+        """Whether adapter ``name`` puts a prefix into this attention module."""
+        return self.__dict__["pool"].covers(name, self.layer_idx, self.location)
 
     # -- composition protocol --------------------------------------------------------------------
     def _batch_size(self, state: PrefixState) -> int:
@@ -467,6 +504,30 @@ def _attention_dims(module, config) -> tuple[int, int]:
     return kv_heads, head_dim
 
 
+def prefix_shapes(model, sites=None) -> dict[str, PrefixShape]:
+    """The prefix shape of every location of ``model`` (``{"self": PrefixShape(...), ...}``).
+
+    Example::
+
+        >>> prefix_shapes(llama)["self"]
+        PrefixShape(n_layers=2, n_heads=2, head_dim=8, input_size=32)
+    """
+    spec = model.__dict__["_adapters_spec"]
+    sites = _sites_with_configs(model.base_model, spec) if sites is None else sites
+    shapes = {}
+    for _, location, module, _, config in sites:
+        if location not in shapes:
+            n_layers = sum(1 for site in sites if site[1] == location)
+            if spec.is_encoder_decoder:
+                kv_heads, head_dim = _attention_dims(module, config)
+            else:
+                n_heads = config.num_attention_heads
+                kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
+                head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+            shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
+    return shapes
+
+
 def install_prefix_tuning(model) -> PrefixTuningPool:
     """Give ``model`` its prefix pool and a prefix host in every attention module (once).
 
@@ -480,17 +541,7 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
         return pool
     spec = model.__dict__["_adapters_spec"]
     sites = _sites_with_configs(base, spec)
-    shapes = {}
-    for _, location, module, _, config in sites:
-        if location not in shapes:
-            n_layers = sum(1 for site in sites if site[1] == location)
-            if spec.is_encoder_decoder:
-                kv_heads, head_dim = _attention_dims(module, config)
-            else:
-                n_heads = config.num_attention_heads
-                kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-                head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-            shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
+    shapes = prefix_shapes(model, sites)
     pool = PrefixTuningPool(shapes)
     pool.__dict__["causal"] = any(bool(getattr(site[2], "is_causal", False)) for site in sites)
     base.add_module("prefix_tuning", pool)
@@ -503,6 +554,17 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
         add_contributor(attention, host)
         pool.__dict__["layer_hosts"].append(host)
         model._adapter_hosts.append(host)
+    for location in shapes:  # T5: the first layer of a stack owns the relative position bias of all its layers
+        modules = [site[2] for site in sites if site[1] == location]
+        owner = next((m for m in modules if getattr(m, "has_relative_attention_bias", False)), None)
+        for module in modules if owner is not None else ():
+            set_position_bias_module(module, owner)
+    decoder = spec.decoder
+    if decoder is not None and decoder.position_embeddings:  # shift_positions renumbers the decoder's tokens here
+        try:
+            swap_class(base.get_submodule(decoder.position_embeddings), _ShiftsPositions)
+        except AttributeError:  # a model without the decoder (T5EncoderModel)
+            pass
     return pool
 
 

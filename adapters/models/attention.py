@@ -20,7 +20,10 @@ backend ``X`` (``sdpa``, ``eager``, ``flash_attention_2``, ...) this module regi
   column per extra key — "attend" for valid ones, "masked" for padding between prefixes of
   different lengths — whatever its form: a 4D boolean mask (``sdpa``), a 4D additive float mask
   (``eager``), or a 2D padding mask (flash attention). A ``position_bias`` argument (T5's
-  relative position bias, added to the scores by the backend) gets zero bias for the extra keys.
+  relative position bias, added to the scores by the backend) gets zero bias for the extra keys,
+  or, for keys that sit at positions ``0 … n−1`` before the real tokens (an extension marked
+  ``positioned``: prefix tuning's ``shift_positions``, i.e. a prefix fed as past keys/values), the
+  model's own bias of those positions.
 
 Grouped-query attention needs nothing special: contributors produce ``num_key_value_heads``
 heads, like the model's own keys. Backend ``eager`` means the calling model's own
@@ -51,6 +54,7 @@ __all__ = [
     "KeyValueExtension",
     "tag_attention",
     "add_contributor",
+    "set_position_bias_module",
     "use_adapter_attention",
     "adapter_attention_name",
 ]
@@ -67,11 +71,15 @@ class AttentionSite(NamedTuple):
 
 class KeyValueExtension(NamedTuple):
     """Keys/values to prepend: ``(batch, kv_heads, n, head_dim)`` each, and ``valid``, a
-    ``(batch, n)`` boolean mask of the positions that are real (None: all)."""
+    ``(batch, n)`` boolean mask of the positions that are real (None: all). ``positioned``: the
+    keys take positions ``0 … n−1`` and the real tokens are numbered from ``n`` on (as if the keys
+    were cached before them); where the model adds a relative position bias, they get the bias of
+    those positions instead of none."""
 
     keys: torch.Tensor
     values: torch.Tensor
     valid: Optional[torch.Tensor] = None
+    positioned: bool = False
 
 
 class AttentionContributor:
@@ -172,10 +180,21 @@ def _extend_mask(mask, valid, n_extra: int, module, query, key_length: int):
     return torch.cat([extra, mask.expand(rows, -1, -1, -1)], dim=-1)
 
 
-def _padded_position_bias(bias: torch.Tensor, n_extra: int) -> torch.Tensor:
-    """``bias`` with ``n_extra`` zero columns in front: T5's relative position bias covers the real
-    keys only, and the extra keys have no position relative to the queries."""
-    return torch.cat([bias.new_zeros(*bias.shape[:-1], n_extra), bias], dim=-1)
+def _padded_position_bias(bias: torch.Tensor, n_extra: int, module, key_length: int, positioned: bool) -> torch.Tensor:
+    """``bias`` with ``n_extra`` columns in front: T5's relative position bias covers the real keys
+    only. Unpositioned extra keys have no position relative to the queries (zero bias); positioned
+    ones sit at ``0 … n_extra−1`` with the queries at ``n_extra + past + i``, and get the bias the
+    model's own ``compute_bias`` gives those distances (the module of the stack that owns the bias
+    table, recorded by :func:`set_position_bias_module`)."""
+    owner = module.__dict__.get("_adapters_position_bias_module") if positioned else None
+    if owner is None:
+        extra = bias.new_zeros(*bias.shape[:-1], n_extra)
+    else:
+        queries = bias.shape[-2]
+        past = key_length - queries  # real tokens before the queries (the KV cache)
+        extra = owner.compute_bias(queries, n_extra, device=bias.device, past_seen_tokens=n_extra + past).to(bias.dtype)
+        extra = extra.expand(*bias.shape[:-1], n_extra)
+    return torch.cat([extra, bias], dim=-1)
 
 
 def _once_per_pass(context, kind: str, sources: tuple, params: tuple, build):
@@ -188,6 +207,18 @@ def _once_per_pass(context, kind: str, sources: tuple, params: tuple, build):
     if entry is None:
         entry = context.pass_cache[key] = (sources, build())
     return entry[1]
+
+
+def set_position_bias_module(module: torch.nn.Module, owner: torch.nn.Module) -> None:
+    """Record ``owner`` (an attention module with ``compute_bias(queries, keys, device,
+    past_seen_tokens)``, T5's first layer of a stack) as the source of position bias for
+    positioned extra keys in the tagged attention ``module``.
+
+    Example::
+
+        >>> set_position_bias_module(t5.decoder.block[1].layer[0].SelfAttention, t5.decoder.block[0].layer[0].SelfAttention)
+    """
+    module.__dict__["_adapters_position_bias_module"] = owner
 
 
 def _make_attention(backend: str):
@@ -229,8 +260,10 @@ def _make_attention(backend: str):
             )
             position_bias = kwargs.get("position_bias")
             if position_bias is not None:
+                positioned = all(e.positioned for e in extensions)
                 kwargs["position_bias"] = _once_per_pass(
-                    context, "bias", (position_bias,), (n_extra,), lambda: _padded_position_bias(position_bias, n_extra)
+                    context, "bias", (position_bias,), (n_extra, positioned, key_length),
+                    lambda: _padded_position_bias(position_bias, n_extra, module, key_length, positioned),
                 )
         output, weights = _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
         if weights is not None and n_extra:

@@ -78,6 +78,7 @@ def bart_like_spec(name: str, model_types: tuple, pre_ln: bool, **kwargs) -> Arc
             cross_attention="encoder_attn",
             **_attention("encoder_attn", "cross_"),
             **_FFN,
+            position_embeddings="decoder.embed_positions",
         ),
         **kwargs,
     )

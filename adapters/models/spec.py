@@ -110,6 +110,9 @@ class StackSpec:
             ``"vision_config"``); None: the model config itself.
         attention_location: where prefix tuning files the stack's self-attention (its prefix key is
             ``<location>_prefix``).
+        position_embeddings: a decoder's position embedding module (relative to the base model),
+            called with ``position_ids``; prefix tuning's ``shift_positions`` offsets them. None
+            where positions are relative (T5's position bias).
 
     Example::
 
@@ -136,6 +139,7 @@ class StackSpec:
     role: str = "decoder"
     sub_config: Optional[str] = None
     attention_location: str = "self"
+    position_embeddings: Optional[str] = None
 
 
 #: The decoder stack of an encoder-decoder family: a :class:`StackSpec` with ``role="decoder"``
