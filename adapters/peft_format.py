@@ -1,4 +1,5 @@
-"""PEFT's checkpoint layout for the LoRA family (LoRA, rsLoRA, DoRA, (IA)³), read and written.
+"""PEFT's checkpoint layout for the LoRA family (LoRA, rsLoRA, DoRA, (IA)³), Llama-Adapter and
+prefix tuning, read and written.
 
 A PEFT folder holds ``adapter_config.json`` (with ``peft_type``) and ``adapter_model.safetensors``
 whose keys are the wrapped model's module paths behind ``base_model.model.`` with the adapter
@@ -21,6 +22,14 @@ Llama-Adapter (``ADAPTION_PROMPT``): PEFT keeps ``adapter_len``, ``adapter_layer
 ``(1,)`` per adapted layer; here they are ``<attention>.adaption_prompt.adaption_prompts.<name>.
 prompt`` / ``.gate``. Exchanged for Llama and Mistral models only, where PEFT computes what this
 library does (see :func:`check_peft_adaption_prompt_model`).
+
+Prefix tuning (``PREFIX_TUNING``): PEFT stores the prefix it feeds to the model as past keys/values,
+``prompt_embeddings`` ``(P, L·2·token_dim)`` (an MLP reparameterisation already applied), with
+``num_virtual_tokens``, ``num_layers``, ``num_attention_heads`` (key/value heads) and ``token_dim``
+(heads × head size). Here it is a flat prefix with ``shift_positions`` (the real tokens are numbered
+from ``P``). On an encoder-decoder (``num_transformer_submodules=2``) the cache is the decoder's:
+only the decoder self-attention gets a prefix (``encoder_prefix=cross_prefix=False``), decoder
+layer ``i`` the one PEFT stores for layer ``2i mod L`` (see :func:`_peft_prefix_rows`).
 """
 
 from __future__ import annotations
@@ -384,16 +393,13 @@ def _adaption_prompt_checkpoint(model, name: str, config) -> tuple[dict, dict]:
 
 
 def _peft_task_type(model) -> str:
-    """The PEFT ``task_type`` whose model class feeds the prefix to ``model`` the way it runs."""
+    """The PEFT ``task_type`` whose model class feeds the prefix to ``model`` as it runs here:
+    ``SEQ_2_SEQ_LM`` (encoder-decoders), ``CAUSAL_LM`` (models that generate), else
+    ``FEATURE_EXTRACTION`` (passes the prefix to any other model, heads included, untouched;
+    PEFT's ``SEQ_CLS`` would also expect a trained copy of the classifier)."""
     if model.__dict__["_adapters_spec"].is_encoder_decoder:
         return "SEQ_2_SEQ_LM"
-    if model.can_generate():
-        return "CAUSAL_LM"
-    for suffix, task in (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
-                         ("ForQuestionAnswering", "QUESTION_ANS")):
-        if type(model).__name__.removesuffix("WithAdapters").endswith(suffix):
-            return task
-    return "FEATURE_EXTRACTION"
+    return "CAUSAL_LM" if model.can_generate() else "FEATURE_EXTRACTION"
 
 
 def _prefix_checkpoint(model, name: str, config: PrefixTuningConfig) -> tuple[dict, dict]:
