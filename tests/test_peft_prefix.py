@@ -15,7 +15,7 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import _BART, _BART_TOKENS, _T5, main_output, make_inputs, make_model, perturb_adapter
+from conftest import _BART, _BART_TOKENS, _T5, make_inputs, make_model, perturb_adapter
 
 import adapters
 from adapters import AdapterLoadError, BatchSplit, PrefixTuningConfig
