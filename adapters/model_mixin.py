@@ -679,7 +679,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             host.add_lora(name, config, r, alpha, scale_input=scale_input, out_slices=target.out_slices)
             if config.init_weights == "loftq":
                 self._loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})))
-            host.loras[name].to(device=device, dtype=dtype).train(self.training)
+            weight = getattr(host, "weight", None)  # the adapted layer's dtype (T5 in float16 keeps wo in float32)
+            own_dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else dtype
+            host.loras[name].to(device=device, dtype=own_dtype).train(self.training)
 
     def _add_saved_modules(self, name: str, module_names) -> None:
         """Give adapter ``name`` its own trainable copy of every module ``module_names`` matches

@@ -313,7 +313,9 @@ class BottleneckLayer(ComposableLayer):
         """
         state = BottleneckState(hidden_states, residual_input, hidden_states, layer_norm)
         state = self.compose(setup, state)
-        return self._finish(state.last, state.hidden_states, hidden_states, state.input_tensor, layer_norm, residual_added_by_model)
+        output = self._finish(state.last, state.hidden_states, hidden_states, state.input_tensor, layer_norm, residual_added_by_model)
+        # adapters compute in their own dtype (see _run_adapter); the block keeps the sub-block's
+        return output if output.dtype == hidden_states.dtype else output.to(hidden_states.dtype)
 
     def _finish(self, last, hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model):
         """The ``post`` step of the adapter that ended each part of the batch / sequence."""
@@ -342,6 +344,11 @@ class BottleneckLayer(ComposableLayer):
 
     def _run_adapter(self, name: str, hidden_states, residual):
         adapter = self.adapters[name]
+        dtype = next(adapter.parameters()).dtype
+        if hidden_states.dtype != dtype or residual.dtype != dtype:
+            # mixed precision at the hook: T5 in float16 keeps its FFN output projection (``wo``) in
+            # float32, so the sub-block output arrives in float32 beside a float16 residual stream
+            hidden_states, residual = hidden_states.to(dtype), residual.to(dtype)
         context = ForwardContext.get_context()
         gating = context is not None and context.output_adapter_gating_scores
         output = adapter(hidden_states, residual_input=residual, output_gating=gating)
@@ -377,11 +384,11 @@ class BottleneckLayer(ComposableLayer):
         ups = torch.stack(ups, dim=2)
         context = ForwardContext.get_context()
         if context is not None and context.output_adapter_fusion_attentions:
-            fused, attentions = fusion(query, ups, ups, residual, output_attentions=True)
+            fused, attentions = fusion(query.to(ups.dtype), ups, ups, residual.to(ups.dtype), output_attentions=True)
             per_layer = context.adapter_fusion_attentions.setdefault(setup.name, {}).setdefault(self.layer_idx, {})
             per_layer[self.location] = attentions
         else:
-            fused = fusion(query, ups, ups, residual)
+            fused = fusion(query.to(ups.dtype), ups, ups, residual.to(ups.dtype))
         return state._replace(hidden_states=fused, adapter_residual=residual, last=last)
 
     def mean(self, states, weights, start) -> BottleneckState:

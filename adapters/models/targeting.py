@@ -281,8 +281,14 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
         return chosen
 
     wanted = config.target_modules
+    # PEFT's "all-linear" leaves out the output layer (T5's lm_head lies inside its base model, and
+    # is tied to the input embeddings: merging into it would change them too)
+    get_output = getattr(base_model, "get_output_embeddings", None)
+    output_layer = get_output() if callable(get_output) else None
     targets = []
     for path, module in linears.items():
+        if wanted == "all-linear" and module is output_layer:
+            continue
         if wanted != "all-linear" and not matches_modules(path, wanted, path_prefix):
             continue
         if config.exclude_modules is not None and matches_modules(path, config.exclude_modules, path_prefix):
