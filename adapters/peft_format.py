@@ -29,7 +29,7 @@ Prefix tuning (``PREFIX_TUNING``): PEFT stores the prefix it feeds to the model 
 (heads × head size). Here it is a flat prefix with ``shift_positions`` (the real tokens are numbered
 from ``P``). On an encoder-decoder (``num_transformer_submodules=2``) the cache is the decoder's:
 only the decoder self-attention gets a prefix (``encoder_prefix=cross_prefix=False``), decoder
-layer ``i`` the one PEFT stores for layer ``2i mod L`` (see :func:`_peft_prefix_rows`).
+layer ``i`` the one PEFT stores for layer ``2i mod L`` (see :func:`prefix_from_peft`).
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def _peft_prefix_rows(n_layers: int, peft_layers: int) -> list[int]:
 def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
     """PEFT's ``prompt_embeddings`` ``(P, L·2·H·D)`` -> this library's flat prefix of the model's
     prefix sites (decoder-only: every layer; encoder-decoder: the decoder's self-attention, layer
-    ``i`` from PEFT's row ``2i mod L``, see :func:`_peft_prefix_rows`).
+    ``i`` from PEFT's row ``2i mod L``: PEFT doubles the ``2L`` key/value rows and cuts them into
+    groups of four per decoder layer).
 
     Raises:
         ValueError: the checkpoint's sizes or layout do not fit ``model`` (the message says which).
