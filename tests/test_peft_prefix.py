@@ -164,9 +164,9 @@ def test_peft_round_trip_keeps_peft_layer_count_when_it_can(tmp_path):
     assert not ours[:, 1].any()  # a row PEFT never reads
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_saved_decoder_only_prefix_loads_in_peft_with_the_same_outputs(tmp_path, arch):
-    model = make_model(arch, "clm")
+@pytest.mark.parametrize("arch,head,task", [("llama", "clm", "CAUSAL_LM"), ("gpt2", "clm", "CAUSAL_LM"), ("bert", "seq_cls", "FEATURE_EXTRACTION")])
+def test_saved_single_stack_prefix_loads_in_peft_with_the_same_outputs(tmp_path, arch, head, task):
+    model = make_model(arch, head)
     adapters.init(model)
     model.add_adapter("p", PrefixTuningConfig(prefix_length=4, bottleneck_size=16, shift_positions=True), set_active=True)
     perturb_adapter(model, "p", scale=0.3)
@@ -175,13 +175,14 @@ def test_saved_decoder_only_prefix_loads_in_peft_with_the_same_outputs(tmp_path,
         ours = model(**inputs).logits
     model.save_adapter(str(tmp_path), "p", format="peft")
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert (meta["task_type"], meta["num_layers"], meta["num_transformer_submodules"]) == ("CAUSAL_LM", 2, 1)
-    peft_model = peft.PeftModel.from_pretrained(make_model(arch, "clm"), str(tmp_path)).eval()
+    assert (meta["task_type"], meta["num_layers"], meta["num_transformer_submodules"]) == (task, 2, 1)
+    peft_model = peft.PeftModel.from_pretrained(make_model(arch, head), str(tmp_path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**inputs).logits, ours, atol=1e-5, rtol=1e-5)
-    prompt = dict(input_ids=inputs["input_ids"][:1, :6], max_new_tokens=5, do_sample=False)
-    assert torch.equal(peft_model.generate(**prompt), model.generate(**prompt))
-    again = make_model(arch, "clm")
+    if head == "clm":
+        prompt = dict(input_ids=inputs["input_ids"][:1, :6], max_new_tokens=5, do_sample=False)
+        assert torch.equal(peft_model.generate(**prompt), model.generate(**prompt))
+    again = make_model(arch, head)
     adapters.init(again)
     again.load_adapter(str(tmp_path), load_as="q", set_active=True)
     with torch.no_grad():
