@@ -395,7 +395,13 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
         return KeyValueExtension(state.keys, state.values, state.valid, positioned)
 
     def covers_name(self, name: str) -> bool:
-        """Whether adapter ``name`` puts a prefix into this attention module."""
+        """Whether adapter ``name`` puts a prefix into this attention module.
+
+        Example::
+
+            >>> t5.decoder.block[0].layer[1].EncDecAttention.prefix_tuning.covers_name("peft_prefix")
+            False
+        """
         return self.__dict__["pool"].covers(name, self.layer_idx, self.location)
 
     # -- composition protocol --------------------------------------------------------------------
