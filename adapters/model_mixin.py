@@ -306,13 +306,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _prompt_length(self, context) -> tuple[int, int]:
         """``(position, length)`` of the active soft prompts in the encoder input (length 0: none)."""
         pool = self.base_model._modules.get("prompt_tuning")
-        if context is None or context.setup is None or pool is None:
-            return 0, 0
-        names = pool.names_in(context.setup)
-        if not names:
-            return 0, 0
-        prompts = [pool.prompt_tunings[n] for n in names]
-        return int(prompts[0].config.combine == "prefix_after_bos"), sum(p.config.prompt_length for p in prompts)
+        return (0, 0) if context is None or pool is None else pool.span(context.setup)
 
     def _as_kwargs(self, args, kwargs):
         kwargs = dict(kwargs)
@@ -1485,8 +1479,8 @@ class _ShowsStackSignature:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__:
-            return  # the entry mixin itself
+        if "forward" in cls.__dict__ or not issubclass(cls, nn.Module):
+            return  # an entry mixin itself, not yet swapped onto a module class
         entry = next(c for c in cls.__mro__ if "forward" in c.__dict__)
         original = next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, _ShowsStackSignature))
 
@@ -1499,7 +1493,33 @@ class _ShowsStackSignature:
         cls.forward = forward
 
 
-class EncoderEntryMixin(_ShowsStackSignature):
+class StackEntryMixin:
+    """Swapped onto a part of the model that callers run on their own (CLIP's ``text_model`` in
+    ``get_text_features``, ``vision_model`` in ``get_image_features``): run outside the model's
+    forward, it opens the model's forward context itself (active setup, prefixes, Parallel
+    replication of its inputs); inside it, it runs as it is.
+
+    Example::
+
+        >>> adapters.init(clip)                   # swaps it onto clip.text_model and clip.vision_model
+        >>> clip.set_active_adapters("a")
+        >>> clip.get_text_features(input_ids=ids)  # the text tower's adapters run
+    """
+
+    def forward(self, *args, **kwargs):
+        model = self.__dict__["_adapters_model"]
+        context, kwargs = model._open_stack_context(self, args, kwargs)
+        if context is None:
+            return super().forward(**self._entry_inputs(model, ForwardContext.get_context(), kwargs))
+        with context.activate():
+            return super().forward(**self._entry_inputs(model, context, kwargs))
+
+    def _entry_inputs(self, model, context, kwargs: dict) -> dict:
+        """The inputs the part runs on (as given; the encoder joins soft prompts)."""
+        return kwargs
+
+
+class EncoderEntryMixin(_ShowsStackSignature, StackEntryMixin):
     """Swapped onto the encoder of an encoder-decoder model.
 
     * Soft prompts (prompt tuning) are joined to the encoder's input here: ``[S ; E[x]]`` and the
@@ -1515,15 +1535,7 @@ class EncoderEntryMixin(_ShowsStackSignature):
         torch.Size([2, 15, 32])
     """
 
-    def forward(self, *args, **kwargs):
-        model = self.__dict__["_adapters_model"]
-        context, kwargs = model._open_stack_context(self, args, kwargs)
-        if context is None:
-            return super().forward(**self._with_prompt(model, ForwardContext.get_context(), kwargs))
-        with context.activate():
-            return super().forward(**self._with_prompt(model, context, kwargs))
-
-    def _with_prompt(self, model, context, kwargs):
+    def _entry_inputs(self, model, context, kwargs: dict) -> dict:
         pool = model.base_model._modules.get("prompt_tuning")
         return kwargs if context is None or pool is None else pool.prepare_forward(self, context, kwargs)
 
@@ -1554,28 +1566,6 @@ class DecoderEntryMixin(_ShowsStackSignature):
                 block = mask.new_ones(mask.shape[0], length)
                 kwargs["encoder_attention_mask"] = torch.cat([mask[:, :at], block, mask[:, at:]], dim=1)
         return super().forward(*args, **kwargs)
-
-
-class StackEntryMixin:
-    """Swapped onto a part of the model that callers run on their own (CLIP's ``text_model`` in
-    ``get_text_features``, ``vision_model`` in ``get_image_features``): run outside the model's
-    forward, it opens the model's forward context itself (active setup, prefixes, Parallel
-    replication of its inputs); inside it, it runs as it is.
-
-    Example::
-
-        >>> adapters.init(clip)                   # swaps it onto clip.text_model and clip.vision_model
-        >>> clip.set_active_adapters("a")
-        >>> clip.get_text_features(input_ids=ids)  # the text tower's adapters run
-    """
-
-    def forward(self, *args, **kwargs):
-        model = self.__dict__["_adapters_model"]
-        context, kwargs = model._open_stack_context(self, args, kwargs)
-        if context is None:
-            return super().forward(**kwargs)
-        with context.activate():
-            return super().forward(**kwargs)
 
 
 def install_stack_entries(model, spec) -> None:

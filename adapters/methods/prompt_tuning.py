@@ -106,19 +106,29 @@ class PromptTuningPool(nn.Module):
         """The prompt-tuning adapters of ``setup`` (cached per setup)."""
         return setup_members(setup, lambda: self.prompt_tunings, self.__dict__["_names_cache"])
 
+    def span(self, setup) -> tuple[int, int]:
+        """``(position, length)`` of the prompts ``setup`` joins to the input: position 1 with
+        ``combine="prefix_after_bos"`` (of the first prompt), else 0; length 0 when none is active.
+
+        Example::
+
+            >>> pool.span(Stack("prompt"))      # a 4-position prompt, combine="prefix"
+            (0, 4)
+        """
+        names = self.names_in(setup) if setup is not None else ()
+        if not names:
+            return 0, 0
+        prompts = [self.prompt_tunings[n] for n in names]
+        return int(prompts[0].config.combine == "prefix_after_bos"), sum(p.config.prompt_length for p in prompts)
+
     def prepare_forward(self, model, context: ForwardContext, kwargs: dict) -> dict:
         """Join the active prompts to the inputs in ``kwargs`` (see the module docstring)."""
-        if context.setup is None:
+        at, length = self.span(context.setup)
+        if not length:
             return kwargs
-        names = self.names_in(context.setup)
-        if not names:
-            return kwargs
-        prompts = [self.prompt_tunings[n] for n in names]
-        after_bos = prompts[0].config.combine == "prefix_after_bos"
-        length = sum(p.config.prompt_length for p in prompts)
+        prompts = [self.prompt_tunings[n] for n in self.names_in(context.setup)]
         cache = kwargs.get("past_key_values")
         decoding = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
-        at = 1 if after_bos else 0
         kwargs = dict(kwargs)
         if not decoding:
             prompt = torch.cat([p() for p in prompts], dim=0)
