@@ -205,10 +205,10 @@ def _meta(model, name: str) -> dict:
 
 
 def _check_hidden_size(model, meta: dict, path: str) -> None:
-    saved = meta.get("hidden_size")
-    if saved is not None and saved != _hidden_size(model):
+    saved, size = meta.get("hidden_size"), _hidden_size(model)
+    if saved is not None and saved != size:
         raise AdapterLoadError(
-            f"{path}: saved for hidden size {saved} but this model has hidden size {_hidden_size(model)}; "
+            f"{path}: saved for hidden size {saved} but this model has hidden size {size}; "
             f"an adapter only loads into a model of the size it was trained with."
         )
     saved_type = meta.get("model_type")

@@ -439,12 +439,9 @@ def _unwrap_checkpointing(model) -> None:
         module._gradient_checkpointing_func = original
 
 
-# instance-dict entries the library adds to the modules it patches
-_ADDED_ENTRIES = (
-    "_setup_cache", "merged", "_hidden_size", "_attention_dropout", "_shared_parameters",
-    "_adapter_residual_slots", "_adapter_host", "_adapters_registry", "_adapters_hosts", "_adapters_spec",
-    "_adapters_interface", "model_frozen",
-)
+# instance-dict entries the library adds to the modules it patches (besides the "_adapters_*" /
+# "_adapter_*" ones, all removed)
+_ADDED_ENTRIES = ("_setup_cache", "merged", "_hidden_size", "_attention_dropout", "_shared_parameters", "model_frozen")
 _ADDED_CHILDREN = ("loras", "adapters", "adapter_fusion_layer", "modules_to_save", "invertible_adapters")
 _HOST_ENTRIES = ("layer_idx", "location")  # ComposableLayer hosts only
 
@@ -479,14 +476,9 @@ def _strip_adapters(model) -> None:
         restore_class(module)
     if isinstance(base._modules.get("shared_parameters"), nn.ModuleDict):
         del base._modules["shared_parameters"]
-    from .models.attention import PREFIX
+    from .models.attention import PREFIX, attention_configs
 
-    configs = {id(model.config): model.config}  # and the copies parts keep (T5's stacks)
-    for module in modules:
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            configs.setdefault(id(config), config)
-    for config in configs.values():
+    for config in attention_configs(model):
         implementation = getattr(config, "_attn_implementation", None)
         if isinstance(implementation, str) and implementation.startswith(PREFIX):  # the attention wrapper's backend
             config._attn_implementation = implementation[len(PREFIX):]

@@ -447,13 +447,6 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     f"without copying attention code. Use another method (bottleneck adapters, LoRA, prompt tuning) "
                     f"for this model."
                 )
-            if part.architecture == "prompt_tuning" and not spec.prompt_tuning:
-                raise ValueError(
-                    f"Prompt tuning is not available for {spec.name} ({type(self).__name__}): its encoder reads "
-                    f"{'audio features' if spec.name == 'whisper' else 'non-token inputs'}, not token embeddings a soft "
-                    f"prompt could join. Use prefix tuning (encoder_prefix reaches the encoder), LoRA or bottleneck "
-                    f"adapters for this model."
-                )
             if part.architecture == "adaption_prompt" and spec.is_encoder_decoder:
                 raise ValueError(
                     f"Llama-Adapter (adaption prompt) is defined for decoder-only models; {spec.name} is an "

@@ -196,7 +196,6 @@ def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
             f"PEFT prompt_embeddings has shape {tuple(prompt.shape)}, expected {(length, peft_layers * 2 * token_dim)} "
             f"(num_virtual_tokens, num_layers·2·token_dim)."
         )
-    per_layer = prompt.reshape(length, peft_layers, 2 * token_dim)
     if not spec.is_encoder_decoder:
         if peft_layers != shape.n_layers:
             raise ValueError(f"PEFT prefix for num_layers={peft_layers}, but this model has {shape.n_layers} layers.")
@@ -206,6 +205,7 @@ def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
             f"PEFT prefix for num_layers={peft_layers}, but this model's decoder has {shape.n_layers} layers (PEFT's "
             f"cache would miss the last ones)."
         )
+    per_layer = prompt.reshape(length, peft_layers, 2 * token_dim)
     return per_layer[:, _peft_prefix_rows(shape.n_layers, peft_layers)].reshape(length, -1)
 
 

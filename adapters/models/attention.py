@@ -56,6 +56,7 @@ __all__ = [
     "add_contributor",
     "set_position_bias_module",
     "use_adapter_attention",
+    "attention_configs",
     "adapter_attention_name",
 ]
 
@@ -314,6 +315,23 @@ def adapter_attention_name(backend: str) -> str:
     return name
 
 
+def attention_configs(model) -> list:
+    """The configs whose ``_attn_implementation`` ``model``'s attention modules read: the model's
+    own and any separate ones its parts keep (T5's encoder and decoder stacks hold copies of it).
+
+    Example::
+
+        >>> len(attention_configs(t5)) > 1
+        True
+    """
+    configs = {id(model.config): model.config}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            configs.setdefault(id(config), config)
+    return list(configs.values())
+
+
 def use_adapter_attention(model) -> None:
     """Route ``model``'s attention through the wrapper of its current backend (idempotent).
 
@@ -329,15 +347,7 @@ def use_adapter_attention(model) -> None:
     """
     configs = model.__dict__.get("_adapters_attention_configs")
     if configs is None:
-        # the model's config and any separate ones its parts read (T5's encoder and decoder stacks
-        # keep copies of the config, and their attention reads the copy)
-        configs = {id(model.config): model.config}
-        for module in model.modules():
-            config = getattr(module, "config", None)
-            if config is not None and hasattr(config, "_attn_implementation"):
-                configs.setdefault(id(config), config)
-        configs = list(configs.values())
-        model.__dict__["_adapters_attention_configs"] = configs
+        configs = model.__dict__["_adapters_attention_configs"] = attention_configs(model)
     for config in configs:
         current = config._attn_implementation or "eager"
         if not current.startswith(PREFIX):

@@ -50,7 +50,6 @@ __all__ = [
     "stack_configs",
     "hidden_size_of",
     "layer_stacks",
-    "num_layers",
     "register_architecture",
     "spec_for_model",
     "SUPPORTED_MODEL_TYPES",
@@ -264,8 +263,6 @@ class ArchitectureSpec:
             to the base model). The encoder's forward joins soft prompts to its input and opens
             the adapters' forward context when ``generate`` runs it on its own; the decoder's
             extends the cross-attention mask by the prompt's positions.
-        prompt_tuning: whether the model reads token embeddings that prompt tuning can extend
-            (False for Whisper, which reads audio features).
 
     Example::
 
@@ -297,7 +294,6 @@ class ArchitectureSpec:
     second_stack: Optional[StackSpec] = None
     encoder: Optional[str] = None
     decoder_module: Optional[str] = None
-    prompt_tuning: bool = True
     first_role: Optional[str] = None
     sub_config: Optional[str] = None
     attention_location: Optional[str] = None
@@ -355,14 +351,8 @@ class ArchitectureSpec:
         )
         if self.second_stack is None:
             return (first,)
-        d = self.second_stack
-        second = LayerStack(
-            d.role, d.layers, d.residual_hooks, d.attention, d.query, d.key, d.value, d.attn_output, d.ffn_in,
-            d.ffn_out, d.intermediate_lora, d.output_lora, d.attention_location, d.cross_attention, d.cross_query,
-            d.cross_key, d.cross_value, d.cross_attn_output, d.sub_config,
-        )
+        second = LayerStack(**{field: getattr(self.second_stack, field) for field in LayerStack._fields})
         return first, second
-
 
     def __post_init__(self):
         if self.fused_qkv_layout not in ("concatenated", "interleaved_heads"):
@@ -436,17 +426,6 @@ def hidden_size_of(config, spec: ArchitectureSpec) -> int:
     if size is None:
         size = stack_config(config, spec.stacks()[0]).hidden_size
     return size
-
-
-def num_layers(base_model, spec: ArchitectureSpec) -> int:
-    """The number of layers of all stacks together.
-
-    Example::
-
-        >>> num_layers(t5, T5)   # 2 encoder + 2 decoder layers
-        4
-    """
-    return sum(len(layers) for _, _, layers in layer_stacks(base_model, spec))
 
 
 def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:

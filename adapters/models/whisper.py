@@ -15,5 +15,14 @@ from .spec import register_architecture
 __all__ = ["WHISPER"]
 
 WHISPER = register_architecture(
-    bart_like_spec("whisper", ("whisper",), pre_ln=True, embeddings="decoder.embed_tokens", prompt_tuning=False)
+    bart_like_spec(
+        "whisper", ("whisper",), pre_ln=True, embeddings="decoder.embed_tokens",
+        refused_methods=(
+            (
+                "prompt_tuning",
+                "its encoder reads audio features, not token embeddings a soft prompt could join; prefix tuning's "
+                "encoder_prefix reaches the encoder",
+            ),
+        ),
+    )
 )
