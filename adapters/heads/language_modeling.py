@@ -204,7 +204,6 @@ class Seq2SeqLMHead(CausalLMHead):
     """
 
     shift_labels_default = False
-    softcapping_from_model = False
     output_class = Seq2SeqLMOutput
 
     def __init__(

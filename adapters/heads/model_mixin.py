@@ -175,8 +175,7 @@ class FlexibleHeadsMixin:
     def _build_head(self, head_type: str, head_name: str, **kwargs) -> PredictionHead:
         """A new, initialised head (not yet part of the model)."""
         self._check_head_type(head_type)
-        cls = self.head_classes.get(head_type) if head_type not in CUSTOM_HEAD_TYPES else None
-        cls = cls or head_class(head_type)
+        cls = self.head_classes.get(head_type) or head_class(head_type)
         reference = next(self.base_model.parameters())
         try:
             head = cls(self, head_name, **kwargs)

@@ -22,7 +22,7 @@ from typing import Optional
 
 from torch import nn
 
-from .base import activation, model_dropout
+from .base import PredictionHead, activation, model_dropout
 from .classification import ClassificationHead, MultiLabelClassificationHead, TaggingHead, _label2id
 from .language_modeling import MaskedLMHead
 
@@ -98,10 +98,7 @@ class ModernBertClassificationHead(_TransformedOutputHead, ClassificationHead):
             raise ValueError("ModernBERT has no pooler; its classification head pools with pooling='cls' or 'mean'.")
         if layers != 2:
             raise ValueError(f"ModernBERT's classification head has 2 layers (prediction head, classifier); got layers={layers!r}.")
-        nn.Sequential.__init__(self)
-        self.name = head_name
-        self.config = {
-            "head_type": type(self).head_type,
+        PredictionHead.__init__(self, head_name, {
             "num_labels": num_labels,
             "layers": 2,
             "label2id": _label2id(id2label, num_labels if isinstance(num_labels, int) else 0),
@@ -109,7 +106,7 @@ class ModernBertClassificationHead(_TransformedOutputHead, ClassificationHead):
             "dropout_prob": dropout_prob,
             "pooling": pooling,
             **_head_settings(model, activation_function, bias, norm_bias, norm_eps),
-        }
+        })
         self._build_transformed(model, num_labels)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
@@ -156,16 +153,13 @@ class ModernBertTaggingHead(_TransformedOutputHead, TaggingHead):
         norm_bias: Optional[bool] = None,
         norm_eps: Optional[float] = None,
     ):
-        nn.Sequential.__init__(self)
-        self.name = head_name
-        self.config = {
-            "head_type": type(self).head_type,
+        PredictionHead.__init__(self, head_name, {
             "num_labels": num_labels,
             "layers": 2,
             "label2id": _label2id(id2label, num_labels if isinstance(num_labels, int) else 0),
             "dropout_prob": dropout_prob,
             **_head_settings(model, activation_function, bias, norm_bias, norm_eps),
-        }
+        })
         self._build_transformed(model, num_labels)
 
 
@@ -195,10 +189,7 @@ class ModernBertMaskedLMHead(MaskedLMHead):
             raise TypeError(f"unexpected arguments {sorted(unknown)}")
         settings = _head_settings(model, activation_function, transform_bias, norm_bias, norm_eps)
         decoder_bias = bool(getattr(model.config, "decoder_bias", True)) if bias is None else bias
-        nn.Sequential.__init__(self)
-        self.name = head_name
-        self.config = {
-            "head_type": type(self).head_type,
+        PredictionHead.__init__(self, head_name, {
             "vocab_size": vocab_size or model.config.vocab_size,
             "embedding_size": model.config.hidden_size,
             "layers": 2,
@@ -212,7 +203,7 @@ class ModernBertMaskedLMHead(MaskedLMHead):
             "label2id": None,
             "dropout_prob": None,
             "logit_softcapping": None,
-        }
+        })
         modules = _transform(model, settings["bias"], settings["activation_function"], settings["norm_bias"], settings["norm_eps"])
         modules.append(nn.Linear(model.config.hidden_size, self.config["vocab_size"], bias=decoder_bias))
         for index, module in enumerate(modules):

@@ -32,6 +32,7 @@ from transformers import AutoConfig, GenerationMixin, PreTrainedModel
 from transformers.utils import logging
 
 from ..heads.model_mixin import FlexibleHeadsMixin, _head_arguments
+from ..heads.modernbert import MODERNBERT_HEADS
 
 logger = logging.get_logger(__name__)
 
@@ -96,6 +97,10 @@ ADAPTER_MODEL_TABLE.update(
         "clip": ("CLIPAdapterModel", "CLIPConfig", ("image_classification",), "first"),
     }
 )
+
+
+# what adapters.init leaves in a model's instance dict: the registry first, then what depends on the model
+_ADAPTER_STATE_KEYS = ("_adapters_registry", "_adapters_hosts", "_adapters_spec", "_adapters_interface")
 
 
 def _conversions() -> dict:
@@ -530,19 +535,8 @@ class _ModernBertHeads:
     ``add_*_head`` defaults taken from the model config (``classifier_activation``,
     ``classifier_pooling``)."""
 
-    @property
-    def head_classes(self) -> dict:
-        """Head type -> ModernBERT's head class for it (``add_*_head`` builds these).
-
-        Example::
-
-            >>> model = ModernBertAdapterModel.from_pretrained("answerdotai/ModernBERT-base")
-            >>> model.head_classes["classification"].__name__
-            'ModernBertClassificationHead'
-        """
-        from ..heads.modernbert import MODERNBERT_HEADS
-
-        return MODERNBERT_HEADS
+    #: head type -> ModernBERT's head class for it (``add_*_head`` builds these)
+    head_classes = MODERNBERT_HEADS
 
     def add_classification_head(self, head_name: str, num_labels: int = 2, layers: int = 2,
                                 activation_function: Optional[str] = None, overwrite_ok: bool = False,
@@ -696,7 +690,7 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
     if model.base_model is not model and architecture not in STATIC_HEAD_CONVERSIONS:
         convertible = sorted(k for k in STATIC_HEAD_CONVERSIONS if k.startswith(architecture.split("For")[0][:4]))
         raise ValueError(f"No flexible-head conversion for {architecture}; convertible classes include: {', '.join(convertible)}.")
-    has_head = model.base_model is not model or architecture in STATIC_HEAD_CONVERSIONS
+    has_head = architecture in STATIC_HEAD_CONVERSIONS
     base = _base_of(model) if has_head else model
     config = copy.deepcopy(model.config)
     config.prediction_heads = {}
@@ -705,11 +699,11 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
         new = cls(config)
     new.__dict__.pop("_adapters_registry", None)
     setattr(new, new.base_model_prefix, base)
-    new.__dict__.update({k: base.__dict__[k] for k in ("_adapters_registry", "_adapters_hosts", "_adapters_spec", "_adapters_interface") if k in base.__dict__})
+    new.__dict__.update({k: base.__dict__[k] for k in _ADAPTER_STATE_KEYS if k in base.__dict__})
     if "_adapters_registry" not in base.__dict__:  # a model that never had adapters: patch it now
         import adapters
 
-        for key in ("_adapters_hosts", "_adapters_spec", "_adapters_interface"):
+        for key in _ADAPTER_STATE_KEYS[1:]:
             new.__dict__.pop(key, None)
         adapters.init(new)
     elif new.__dict__["_adapters_spec"].is_encoder_decoder:
@@ -764,7 +758,7 @@ def _base_of(model: PreTrainedModel) -> nn.Module:
         from .patching import swap_class
 
         swap_class(shell, ModelAdaptersMixin, keep_name=True)
-        for key in ("_adapters_registry", "_adapters_hosts", "_adapters_spec", "_adapters_interface"):
+        for key in _ADAPTER_STATE_KEYS:
             shell.__dict__[key] = model.__dict__[key]
     shell.config = model.config
     shell.train(model.training)

@@ -119,7 +119,7 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
     if hook.create_host:
         host = BottleneckHost()
         parent, _, name = hook.host.rpartition(".")  # a nested host: ALBERT's attention.attention_adapters
-        (layer.get_submodule(parent) if parent else layer).add_module(name, host)
+        layer.get_submodule(parent).add_module(name, host)  # get_submodule("") is the layer itself
     else:
         host = layer.get_submodule(hook.host)
         swap_class(host, BottleneckLayer)
