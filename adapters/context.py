@@ -115,7 +115,7 @@ class ForwardContext:
             and layer.
         output_adapter_gating_scores: whether to collect gating scores.
         prefix_states: per-forward prefix keys/values, computed once per pass by the prefix
-            tuning pool: ``{adapter: {location: (layers, 2, kv_heads, length, head_dim)}}``.
+            tuning pool: ``{adapter: AdapterPrefixes}`` (each layer's keys/values per location).
         attention_extended: whether some method adds keys/values to attention in this pass
             (the attention wrapper and its mask function act only then).
         attention_adjusted: whether some method changes attention outputs in this pass without

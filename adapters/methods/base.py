@@ -22,7 +22,7 @@ adapters that do not run here.
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 
@@ -176,12 +176,14 @@ class ComposableLayer:
     def _invalidate_setup_cache(self) -> None:
         self.__dict__["_setup_cache"] = {}
 
-    def active_setup(self):
+    def active_setup(self, context: Optional[ForwardContext] = None):
         """The part of the current forward pass's setup that runs at this host, or None.
 
-        Cached per setup, so its cost does not grow with the number of adapters.
+        Cached per setup, so its cost does not grow with the number of adapters. ``context``: the
+        current forward context where the caller has it at hand (saves looking it up).
         """
-        context = ForwardContext.get_context()
+        if context is None:
+            context = ForwardContext.get_context()
         if context is None or context.setup is None or self.layer_idx in context.skip_layers:
             return None
         cache = self.__dict__["_setup_cache"]

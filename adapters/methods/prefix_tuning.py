@@ -56,6 +56,7 @@ from .caching import reuse_while_unchanged
 
 __all__ = [
     "PrefixTuning",
+    "AdapterPrefixes",
     "FlatPrefixTuning",
     "PrefixTuningPool",
     "PrefixTuningLayer",
@@ -137,6 +138,36 @@ class FlatPrefixTuning(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return _to_layers(self.dropout(self.control_trans.view(self.prefix_length, -1)), self.prefix_length, self.shape)
+
+
+class AdapterPrefixes:
+    """One adapter's prefix keys/values for every layer of every location, as computed for a pass
+    (and kept across passes while its parameters are unchanged, e.g. every decoding step).
+
+    Each layer reads its ``(H, P, D)`` keys and values as prepared views, broadcast to the batch
+    rows it needs, so a layer does no tensor indexing of its own on every call.
+
+    Example::
+
+        >>> states = AdapterPrefixes({"self": torch.zeros(2, 2, 4, 5, 8)}, shift_positions=False)
+        >>> states.keys_values("self", 1, rows=3)[0].shape
+        torch.Size([3, 4, 5, 8])
+    """
+
+    def __init__(self, by_location: dict[str, torch.Tensor], shift_positions: bool):
+        self.by_location = by_location  # location -> (L, 2, H, P, D)
+        self.shift_positions = shift_positions
+        self._layers = {location: [layer.unbind(0) for layer in states.unbind(0)] for location, states in by_location.items()}
+        self._broadcast: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def keys_values(self, location: str, index: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s prefix keys and values at ``location``, each ``(rows, H, P, D)`` (a view)."""
+        entry = (location, index, rows)
+        pair = self._broadcast.get(entry)
+        if pair is None:
+            keys, values = self._layers[location][index]
+            pair = self._broadcast[entry] = (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+        return pair
 
 
 class PrefixTuningPool(nn.Module):
@@ -226,12 +257,17 @@ class PrefixTuningPool(nn.Module):
         """The prefix-tuning adapters of ``setup`` (cached per setup)."""
         return setup_members(setup, lambda: self.prefix_tunings, self.__dict__["_names_cache"])
 
-    def _states(self, name: str) -> dict[str, torch.Tensor]:
+    def _states(self, name: str) -> AdapterPrefixes:
         group = self.prefix_tunings[name]
+
+        def compute():
+            return AdapterPrefixes(
+                {key[: -len("_prefix")]: module() for key, module in group.items()}, group.config.shift_positions
+            )
+
         # the prefix only changes when its parameters do (decoding reuses it every step)
         return reuse_while_unchanged(
-            self.__dict__["_states_cache"], name, list(group.parameters()),
-            lambda: {key[: -len("_prefix")]: module() for key, module in group.items()}, reusable=not group.training,
+            self.__dict__["_states_cache"], name, list(group.parameters()), compute, reusable=not group.training
         )
 
     def prepare_forward(self, context: ForwardContext) -> bool:
@@ -377,21 +413,22 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
 
     # -- AttentionContributor ------------------------------------------------------------------
     def extend_keys_values(self, module, site, query, key, value, context) -> Optional[KeyValueExtension]:
-        setup = self.active_setup()
+        setup = self.active_setup(context)
         if setup is None:
             return None
-        pool = self.__dict__["pool"]
-        if isinstance(setup, str) and not self.prefix_gates:  # one ungated prefix: no engine (each decoding step)
-            layer_states = context.prefix_states[setup][self.location][self.__dict__["prefix_index"]]
-            rows = key.shape[0]
-            positioned = pool.config_of(setup).shift_positions
-            return KeyValueExtension(layer_states[0].expand(rows, -1, -1, -1), layer_states[1].expand(rows, -1, -1, -1), None, positioned)
-        hidden = context.residuals.get(("attention_input", id(module))) if len(self.prefix_gates) else None
+        gated = len(self._modules["prefix_gates"]) > 0
+        if setup.__class__ is str and not gated:  # one ungated prefix (every decoding step): no engine
+            states = context.prefix_states[setup]
+            keys, values = states.keys_values(self.location, self.__dict__["prefix_index"], key.shape[0])
+            return KeyValueExtension(keys, values, None, states.shift_positions)
+        hidden = context.residuals.get(("attention_input", id(module))) if gated else None
         state = self.compose(setup, PrefixState(None, None, None, key.shape[0], hidden))
         if state.keys is None:
             return None
         # the prefix sits at positions 0 … n−1 when every prefix of the setup shifts the real tokens
-        positioned = all(pool.config_of(n).shift_positions for n in pool.names_in(context.setup) if self.covers_name(n))
+        positioned = all(
+            context.prefix_states[n].shift_positions for n in self.__dict__["pool"].names_in(context.setup) if self.covers_name(n)
+        )
         return KeyValueExtension(state.keys, state.values, state.valid, positioned)
 
     def covers_name(self, name: str) -> bool:
@@ -410,9 +447,7 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
 
     def compose_single(self, name: str, state: PrefixState) -> PrefixState:
         context = ForwardContext.get_context()
-        layer_states = context.prefix_states[name][self.location][self.__dict__["prefix_index"]]  # (2, heads, P, head_dim)
-        keys = layer_states[0].unsqueeze(0).expand(state.rows, -1, -1, -1)
-        values = layer_states[1].unsqueeze(0).expand(state.rows, -1, -1, -1)
+        keys, values = context.prefix_states[name].keys_values(self.location, self.__dict__["prefix_index"], state.rows)
         if name in self.prefix_gates and state.hidden is not None:
             gate = torch.sigmoid(self.prefix_gates[name](state.hidden)).mean(dim=1)  # (rows, 1 or 2)
             if context.output_adapter_gating_scores:

@@ -112,6 +112,7 @@ def tag_attention(module: torch.nn.Module, layer_idx: int, location: str = "self
     """
     module.__dict__["_adapters_attention_site"] = AttentionSite(layer_idx, location)
     module.__dict__.setdefault("_adapters_attention_contributors", [])
+    module.__dict__.setdefault("_adapters_attention_adjusters", [])  # the contributors that override adjust_output
 
 
 def add_contributor(module: torch.nn.Module, contributor: AttentionContributor) -> None:
@@ -126,6 +127,8 @@ def add_contributor(module: torch.nn.Module, contributor: AttentionContributor) 
         raise ValueError(f"{type(module).__name__} is not a tagged attention module; call tag_attention first.")
     if not any(c is contributor for c in contributors):
         contributors.append(contributor)
+        if type(contributor).adjust_output is not AttentionContributor.adjust_output:
+            module.__dict__["_adapters_attention_adjusters"].append(contributor)
 
 
 # -- the registered backends ------------------------------------------------------------------------
@@ -222,6 +225,26 @@ def set_position_bias_module(module: torch.nn.Module, owner: torch.nn.Module) ->
     module.__dict__["_adapters_position_bias_module"] = owner
 
 
+def _joined(extensions: list, key, value):
+    """The extensions' keys, values and ``valid`` mask (None: all valid), joined in order."""
+    if len(extensions) == 1:  # the common case: no copy before the join with the real keys
+        extension = extensions[0]
+        extra_keys, extra_values, valid = extension.keys, extension.values, extension.valid
+        if extra_keys.dtype != key.dtype:
+            extra_keys, extra_values = extra_keys.to(key.dtype), extra_values.to(value.dtype)
+        return extra_keys, extra_values, valid
+    extra_keys = torch.cat([e.keys for e in extensions], dim=2).to(key.dtype)
+    extra_values = torch.cat([e.values for e in extensions], dim=2).to(value.dtype)
+    valid = None
+    if any(e.valid is not None for e in extensions):
+        valid = torch.cat(
+            [e.valid if e.valid is not None else e.keys.new_ones(e.keys.shape[0], e.keys.shape[2], dtype=torch.bool)
+             for e in extensions],
+            dim=1,
+        )
+    return extra_keys, extra_values, valid
+
+
 def _make_attention(backend: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         contributors = module.__dict__.get("_adapters_attention_contributors")
@@ -237,28 +260,16 @@ def _make_attention(backend: str):
         n_extra = 0
         if extensions:
             key_length = key.shape[2]
-            if len(extensions) == 1:  # the common case: no copy before the join below
-                extra_keys, extra_values = extensions[0].keys, extensions[0].values
-                if extra_keys.dtype != key.dtype:
-                    extra_keys, extra_values = extra_keys.to(key.dtype), extra_values.to(value.dtype)
-            else:
-                extra_keys = torch.cat([e.keys for e in extensions], dim=2).to(key.dtype)
-                extra_values = torch.cat([e.values for e in extensions], dim=2).to(value.dtype)
+            extra_keys, extra_values, valid = _joined(extensions, key, value)
             n_extra = extra_keys.shape[2]
-            valid = None
-            if any(e.valid is not None for e in extensions):
-                valid = torch.cat(
-                    [e.valid if e.valid is not None else e.keys.new_ones(e.keys.shape[0], e.keys.shape[2], dtype=torch.bool)
-                     for e in extensions],
-                    dim=1,
-                )
             key = torch.cat([extra_keys, key], dim=2)
             value = torch.cat([extra_values, value], dim=2)
             mask, causal = attention_mask, bool(getattr(module, "is_causal", False))
-            attention_mask = _once_per_pass(
-                context, "mask", (mask, valid), (n_extra, causal, tuple(query.shape[:3]), key_length),
-                lambda: _extend_mask(mask, valid, n_extra, module, query, key_length),
-            )
+            if mask is not None or valid is not None or (causal and query.shape[2] > 1):
+                attention_mask = _once_per_pass(
+                    context, "mask", (mask, valid), (n_extra, causal, tuple(query.shape[:3]), key_length),
+                    lambda: _extend_mask(mask, valid, n_extra, module, query, key_length),
+                )  # else: no mask (a decoding step without padding) sees the extra keys as well
             position_bias = kwargs.get("position_bias")
             if position_bias is not None:
                 positioned = all(e.positioned for e in extensions)
@@ -269,7 +280,7 @@ def _make_attention(backend: str):
         output, weights = _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
         if weights is not None and n_extra:
             weights = weights[..., n_extra:]  # the caller sees attention over its own tokens
-        for contributor in contributors:
+        for contributor in module.__dict__["_adapters_attention_adjusters"]:
             output = contributor.adjust_output(module, site, query, output, context)
         return output, weights
 
