@@ -80,6 +80,27 @@ def test_layers_are_numbered_text_first_then_vision_and_sized_by_their_tower():
         model.add_adapter("b", config=SeqBnConfig(leave_out=[2 * LAYERS]))
 
 
+def test_peft_targeting_with_layers_pattern_numbers_vision_layers_after_the_text_layers():
+    """leave_out counts over both towers (text first) with PEFT-style targeting too, as it does with
+    AdapterHub's attn_matrices; layers_to_transform stays the index in the path (per tower)."""
+    model = _clip()
+    model.add_adapter("a", config=LoRAConfig(r=2, target_modules=["q_proj"], layers_pattern="layers", leave_out=[LAYERS]))
+    model.add_adapter("b", config=LoRAConfig(r=2, target_modules=["q_proj"], layers_pattern="layers", layers_to_transform=[0]))
+
+    def layers_with(name):
+        return {
+            (tower, i)
+            for tower in ("text_model", "vision_model")
+            for i, layer in enumerate(getattr(model, tower).encoder.layers)
+            if name in getattr(layer.self_attn.q_proj, "loras", {})
+        }
+
+    every = {(tower, i) for tower in ("text_model", "vision_model") for i in range(LAYERS)}
+    assert layers_with("a") == every - {("vision_model", 0)}
+    assert layers_with("b") == {("text_model", 0), ("vision_model", 0)}
+    assert model.vision_model.encoder.layers[1].self_attn.q_proj.layer_idx == LAYERS + 1
+
+
 @pytest.mark.parametrize(
     "config",
     [

@@ -298,7 +298,7 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
         if config.layers_to_transform is not None and located.local_idx not in config.layers_to_transform:
             continue
         layer_idx = located.layer_idx
-        if spec.is_encoder_decoder and config.layers_pattern:  # number over both stacks, as leave_out does
+        if spec.is_multi_stack and config.layers_pattern:  # number over both stacks, as leave_out does
             layer_idx = layer_of(path, spec, None, firsts)[0]
         if layer_idx in config.leave_out:
             continue
