@@ -476,6 +476,11 @@ def _strip_adapters(model) -> None:
         restore_class(module)
     if isinstance(base._modules.get("shared_parameters"), nn.ModuleDict):
         del base._modules["shared_parameters"]
+    from .interface import CONFIG_KEY
+
+    # a plugin interface's record in the config: the plain model saves a plain config.json
+    if hasattr(model.config, CONFIG_KEY):
+        delattr(model.config, CONFIG_KEY)
     from .models.attention import PREFIX, attention_configs
 
     for config in attention_configs(model):

@@ -574,8 +574,10 @@ def test_merge_and_unload_returns_plain_model():
     perturb_adapter(model, "lora")
     inputs = make_inputs("tiny")
     expected = output(model, inputs, "lora")
+    assert "adapter_interface" in model.config.to_dict()
     plain = model.merge_and_unload(adapter_names="lora")
     assert type(plain) is TinyForCausalLM
+    assert "adapter_interface" not in plain.config.to_dict()  # its config.json is a plain one
     torch.testing.assert_close(output(plain, inputs), expected, rtol=1e-5, atol=1e-5)
 
 
