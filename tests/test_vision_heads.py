@@ -148,6 +148,12 @@ def test_clip_adapter_model_returns_clip_outputs_and_classifies_images(tmp_path)
         torch.testing.assert_close(logits, model.heads["a"][1](states[:, 1:].mean(1)))
     with pytest.raises(ValueError, match="pass pixel_values"):
         model(input_ids=inputs["input_ids"])
+    # use_pooler: the vision tower's pooler output (the class token after post_layernorm)
+    model.add_image_classification_head("pooled", num_labels=2, layers=1, use_pooler=True)
+    with torch.no_grad():
+        pooled = model.clip.vision_model(pixel_values=pixels).pooler_output
+        torch.testing.assert_close(model(pixel_values=pixels, head="pooled").logits, model.heads["pooled"][1](pooled))
+    model.delete_head("pooled")
     model.save_adapter(str(tmp_path / "a"), "a")
     torch.manual_seed(1)
     fresh = CLIPAdapterModel(CONFIGS["clip"]()).eval()

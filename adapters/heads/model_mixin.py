@@ -168,9 +168,13 @@ class FlexibleHeadsMixin:
     def _add_head(self, head_type: str, head_name: str, overwrite_ok: bool, set_active: bool = True, **kwargs) -> None:
         """Check the name (and a requested pooler), build the head and add it: the ``add_*_head`` methods."""
         self._check_new_head(head_name, overwrite_ok)
-        if kwargs.get("use_pooler") and getattr(self.base_model, "pooler", None) is None:
+        if kwargs.get("use_pooler") and not self._has_pooler():
             raise ValueError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
         self.add_prediction_head(self._build_head(head_type, head_name, **kwargs), overwrite_ok=overwrite_ok, set_active=set_active)
+
+    def _has_pooler(self) -> bool:
+        """Whether the base model's output carries a pooler output for ``use_pooler`` heads."""
+        return getattr(self.base_model, "pooler", None) is not None
 
     def _build_head(self, head_type: str, head_name: str, **kwargs) -> PredictionHead:
         """A new, initialised head (not yet part of the model)."""

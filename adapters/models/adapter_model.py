@@ -498,6 +498,9 @@ class _CLIPInputs(_ImageInputs):
         """
         return self.base_model.text_model.get_input_embeddings()
 
+    def _has_pooler(self) -> bool:
+        return True  # the vision tower's pooler output: its class token after post_layernorm
+
     def forward(self, input_ids: Optional[torch.Tensor] = None, pixel_values: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 return_loss: Optional[bool] = None, head: Optional[str] = None,
