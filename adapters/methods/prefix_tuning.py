@@ -155,7 +155,8 @@ class AdapterPrefixes:
     """
 
     def __init__(self, by_location: dict[str, torch.Tensor], shift_positions: bool):
-        self.by_location = by_location  # location -> (L, 2, H, P, D)
+        """``by_location``: location -> ``(L, 2, H, P, D)``; ``shift_positions``: the adapter's
+        config (the real tokens are numbered after the prefix)."""
         self.shift_positions = shift_positions
         self._layers = {location: [layer.unbind(0) for layer in states.unbind(0)] for location, states in by_location.items()}
         self._broadcast: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
