@@ -143,23 +143,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _shared_parameters(self) -> nn.ModuleDict:
         return self.base_model.shared_parameters
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__:
-            return
-        original = _original_class(cls)
-        if original is None:
-            return
-
-        def forward(self, *args, **kwargs):
-            return ModelAdaptersMixin.forward(self, *args, **kwargs)
-
-        # the patched class shows its original forward's signature: transformers reads label names
-        # and the dataset columns a Trainer keeps, and generate() the inputs it may pass, from it
-        forward.__signature__ = inspect.signature(original.forward)
-        forward.__doc__ = ModelAdaptersMixin.forward.__doc__
-        forward.__qualname__ = f"{cls.__qualname__}.forward"
-        cls.forward = forward
+    # the patched class shows its original forward's signature (see patching.swap_class)
+    shows_original_signature = True
 
     def forward(self, *args, **kwargs):
         """The model's forward, inside a forward context with the active adapter setup.
@@ -1466,26 +1451,6 @@ def _module_parameter_names(cls) -> tuple[str, ...]:
     return _positional_names(cls.forward)
 
 
-class _ShowsStackSignature:
-    """The swapped stack shows its own ``forward`` signature: ``generate`` reads the encoder's to
-    route model inputs (Whisper's ``input_features``) to it."""
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__ or not issubclass(cls, nn.Module):
-            return  # an entry mixin itself, not yet swapped onto a module class
-        entry = next(c for c in cls.__mro__ if "forward" in c.__dict__)
-        original = next(c for c in cls.__mro__ if issubclass(c, nn.Module) and not issubclass(c, _ShowsStackSignature))
-
-        def forward(self, *args, **kwargs):
-            return entry.forward(self, *args, **kwargs)
-
-        forward.__signature__ = inspect.signature(original.forward)
-        forward.__doc__ = entry.forward.__doc__
-        forward.__qualname__ = f"{cls.__qualname__}.forward"
-        cls.forward = forward
-
-
 class StackEntryMixin:
     """Swapped onto a part of the model that callers run on their own (CLIP's ``text_model`` in
     ``get_text_features``, ``vision_model`` in ``get_image_features``): run outside the model's
@@ -1512,7 +1477,7 @@ class StackEntryMixin:
         return kwargs
 
 
-class EncoderEntryMixin(_ShowsStackSignature, StackEntryMixin):
+class EncoderEntryMixin(StackEntryMixin):
     """Swapped onto the encoder of an encoder-decoder model.
 
     * Soft prompts (prompt tuning) are joined to the encoder's input here: ``[S ; E[x]]`` and the
@@ -1528,12 +1493,15 @@ class EncoderEntryMixin(_ShowsStackSignature, StackEntryMixin):
         torch.Size([2, 15, 32])
     """
 
+    # generate() reads the encoder's signature to route model inputs (Whisper's input_features) to it
+    shows_original_signature = True
+
     def _entry_inputs(self, model, context, kwargs: dict) -> dict:
         pool = model.base_model._modules.get("prompt_tuning")
         return kwargs if context is None or pool is None else pool.prepare_forward(self, context, kwargs)
 
 
-class DecoderEntryMixin(_ShowsStackSignature):
+class DecoderEntryMixin:
     """Swapped onto the decoder of an encoder-decoder model: while soft prompts lengthen the encoder
     output by ``P`` positions, the cross-attention mask (given for the ``T`` input tokens) gets ``P``
     ones at the prompt's place.
@@ -1544,6 +1512,8 @@ class DecoderEntryMixin(_ShowsStackSignature):
         >>> type(bart.model.decoder).__mro__[1].__name__
         'DecoderEntryMixin'
     """
+
+    shows_original_signature = True
 
     def forward(self, *args, **kwargs):
         model = self.__dict__["_adapters_model"]

@@ -15,6 +15,8 @@ When no adapter is active at a host the wrappers cost one context lookup and a c
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from ..context import ForwardContext
@@ -47,11 +49,31 @@ def swap_class(module: nn.Module, mixin: type, keep_name: bool = False) -> None:
     cls = _CLASS_CACHE.get(key)
     if cls is None:
         name = original.__name__ if keep_name else f"{original.__name__}WithAdapters"
-        cls = type(name, mixins + (original,), {"__module__": original.__module__, "__qualname__": name})
+        namespace = {"__module__": original.__module__, "__qualname__": name}
+        if any(getattr(m, "shows_original_signature", False) for m in mixins):
+            namespace["forward"] = _forward_with_original_signature(mixins, original, name)
+        cls = type(name, mixins + (original,), namespace)
         _CLASS_CACHE[key] = cls
     module.__dict__["_adapters_original_class"] = original
     module.__dict__["_adapters_mixins"] = mixins
     module.__class__ = cls
+
+
+def _forward_with_original_signature(mixins: tuple, original: type, qualname: str):
+    """The mixins' ``forward`` under the signature of ``original.forward``, for a mixin with
+    ``shows_original_signature``: transformers reads a model's label names, the dataset columns a
+    Trainer keeps and the inputs ``generate`` passes (Whisper's ``input_features`` to its encoder)
+    from the signature. Part of the class body, so a base class that wraps ``forward`` when a
+    subclass is created (``GradientCheckpointingLayer``) wraps this one."""
+    entry = next(k for m in mixins for k in m.__mro__ if "forward" in vars(k)).forward
+
+    def forward(self, *args, **kwargs):
+        return entry(self, *args, **kwargs)
+
+    forward.__signature__ = inspect.signature(original.forward)
+    forward.__doc__ = entry.__doc__
+    forward.__qualname__ = f"{qualname}.forward"
+    return forward
 
 
 def restore_class(module: nn.Module) -> None:
