@@ -560,12 +560,7 @@ def prefix_shapes(model, sites=None) -> dict[str, PrefixShape]:
     for _, location, module, _, config in sites:
         if location not in shapes:
             n_layers = sum(1 for site in sites if site[1] == location)
-            if spec.is_encoder_decoder:
-                kv_heads, head_dim = _attention_dims(module, config)
-            else:
-                n_heads = config.num_attention_heads
-                kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-                head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+            kv_heads, head_dim = _attention_dims(module, config)
             shapes[location] = PrefixShape(n_layers, kv_heads, head_dim, config.hidden_size)
     return shapes
 
