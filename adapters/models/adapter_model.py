@@ -191,7 +191,7 @@ def _conversions() -> dict:
         },
         {"3.bias": ("cls.predictions.bias", "lm_predictions.lm_head.bias")},
     )
-    return {name: value for name, value in table.items() if hasattr(transformers, name)}
+    return table
 
 
 def _seq2seq_conversions() -> dict:
@@ -211,11 +211,7 @@ def _seq2seq_conversions() -> dict:
         table[f"{prefix}ForSequenceClassification"] = (classification, dense_out, {})
         table[f"{prefix}ForQuestionAnswering"] = (qa, {1: "qa_outputs"}, {})
     table["WhisperForConditionalGeneration"] = (dict(lm, bias=False), {0: "proj_out"}, {})
-    return {name: value for name, value in table.items() if hasattr(transformers, name)}
-
-
-#: transformers head class -> (flexible head config, {flex layer index: static module path}, extra keys)
-STATIC_HEAD_CONVERSIONS = {**_conversions(), **_seq2seq_conversions()}
+    return table
 
 
 def _image_and_modernbert_conversions() -> dict:
@@ -239,10 +235,17 @@ def _image_and_modernbert_conversions() -> dict:
             {"head_type": "masked_lm", "activation_function": "$classifier_activation"}, {**transform, 3: "decoder"}, {}
         ),
     }
-    return {name: value for name, value in table.items() if hasattr(transformers, name)}
+    return table
 
 
-STATIC_HEAD_CONVERSIONS.update(_image_and_modernbert_conversions())
+#: transformers head class -> (flexible head config, {flex layer index: static module path}, extra keys),
+#: for the head classes this transformers version has
+STATIC_HEAD_CONVERSIONS = {
+    name: value
+    for table in (_conversions(), _seq2seq_conversions(), _image_and_modernbert_conversions())
+    for name, value in table.items()
+    if hasattr(transformers, name)
+}
 
 
 def _pretrained_base_class(base_class: type) -> type:
