@@ -32,8 +32,9 @@ METHODS = {
 }
 # one weight transform of each kind per architecture keeps the matrix small
 ARCH_METHODS = [(a, m) for a in HEADS for m in METHODS if m != ("oft" if a in ("t5", "gpt2") else "loha")]
-# 16 units in the last place of 1 (bfloat16: 2^-8, float16: 2^-11), relative to the output's magnitude
-TOLERANCE = {torch.bfloat16: 16 * 2**-8, torch.float16: 16 * 2**-11}
+# 22 units in the last place of 1 (bfloat16: 2^-8, float16: 2^-11), relative to the output's magnitude;
+# CPUs differ here (native AVX512-FP16 half-precision GEMMs round otherwise than float32 emulation)
+TOLERANCE = {torch.bfloat16: 22 * 2**-8, torch.float16: 22 * 2**-11}
 # adapter noise that moves the output well beyond the tolerance, yet keeps attention out of saturation
 PERTURBATION = {"seq_bn": 1.0, "lora": 0.3, "ia3": 3.0, "prefix": 1.5, "loha": 0.3, "oft": 1.0}
 
@@ -88,8 +89,9 @@ def test_adapter_in_half_precision_matches_float32(root, arch, method, dtype):
         out = main_output(model(**make_inputs(arch)))
     assert out.dtype in (dtype, torch.float32)
     tolerance = TOLERANCE[dtype] * expected.abs().max().item()
-    # the adapter moves the output well beyond the tolerance (the base model alone errs by under a quarter of it)
-    assert (expected - base).abs().max() > 1.5 * tolerance
+    # the adapter moves the output well beyond the tolerance (the base model alone errs by under a
+    # fifth of it), so a model that dropped or mangled the adapter fails the comparison below
+    assert (expected - base).abs().max() > 1.25 * tolerance
     torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=0)
 
 

@@ -196,6 +196,12 @@ def test_invertible_inverse_runs_before_every_lm_heads_decoder(head_first):
 
 
 # -- AdapterModel classes and static head conversion -------------------------------------------------------
+def _assert_same_numbers(actual, expected):
+    """Equal up to float rounding: decoder heads score the pooled token only, transformers' score
+    every token and then pool — GEMMs of another shape, which some CPUs (AVX512-FP16) round apart."""
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("arch,head", [(a, h) for a, h in ARCH_HEADS if a not in NO_ADAPTER_MODEL])
 def test_checkpoints_of_transformers_models_load_with_the_same_outputs(arch, head, tmp_path):
     static = make_model(arch, head)
@@ -215,7 +221,7 @@ def test_checkpoints_of_transformers_models_load_with_the_same_outputs(arch, hea
         assert torch.equal(main_output(out), main_output(expected))  # CLIPModel: both towers
     else:
         assert model.active_head == "default"
-        assert torch.equal(out.logits, expected.logits)
+        _assert_same_numbers(out.logits, expected.logits)
     # the same conversion for a model in memory, sharing its base model (T5's LM and QA models hold the
     # encoder and decoder themselves: their modules move into a T5Model, the same parameters)
     converted = adapters.convert_to_adapter_model(static)
@@ -224,7 +230,7 @@ def test_checkpoints_of_transformers_models_load_with_the_same_outputs(arch, hea
     assert all(id(p) in static_parameters for p in converted.base_model.parameters())
     with torch.no_grad():
         again = converted(**inputs)
-    assert torch.equal(again[0] if head == "base" else again.logits, expected[0] if head == "base" else expected.logits)
+    _assert_same_numbers(again[0] if head == "base" else again.logits, expected[0] if head == "base" else expected.logits)
 
 
 def test_adapter_model_checkpoints_round_trip_with_heads_and_adapters_work(tmp_path):
@@ -532,7 +538,7 @@ def test_more_transformers_heads_convert_with_the_same_outputs(arch, class_name,
         expected, out = static(**inputs), model(**inputs)
     for field in ("logits", "start_logits", "end_logits"):
         if getattr(expected, field, None) is not None:
-            assert torch.equal(getattr(out, field), getattr(expected, field)), field
+            _assert_same_numbers(getattr(out, field), getattr(expected, field))
 
 
 def test_deberta_multiple_choice_converts_with_the_same_outputs():
