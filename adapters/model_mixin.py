@@ -226,6 +226,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         _, kwargs = self._as_kwargs(args, kwargs)
         if prefixes:
             use_adapter_attention(self)
+            context.kv_cache = kwargs.get("past_key_values")
             self._set_prefix_positions(prefix_pool, context, kwargs)
         if prompts:
             kwargs = prompt_pool.prepare_forward(self, context, kwargs)

@@ -194,6 +194,80 @@ def test_greedy_generate_equals_step_by_step_argmax_without_cache(arch):
     assert torch.equal(out, seq)
 
 
+
+def _scripted_decode(model, record_grad: bool):
+    """Logits of every call of a decode on one cache: prefill, steps, another prefix, a crop, rows
+    reordered (beam search), a step without adapters. With ``record_grad`` no cache layer keeps
+    the wrapper's join (the plain path), without it they do."""
+    ids, mask = left_padded_prompt()
+    cache, logits = DynamicCache(config=model.config), []
+
+    def call(tokens):
+        nonlocal mask
+        if logits:
+            mask = torch.cat([mask, torch.ones(2, tokens.shape[1], dtype=torch.long)], dim=1)
+        output = model(input_ids=tokens, attention_mask=mask, past_key_values=cache, use_cache=True)
+        logits.append(output.logits[:, -1].detach())
+        return logits[-1].argmax(-1, keepdim=True)
+
+    with torch.set_grad_enabled(record_grad):
+        token = call(ids)
+        for _ in range(3):
+            token = call(token)
+        model.set_active_adapters("q")  # another prefix on the same cache
+        token = call(token)
+        model.set_active_adapters("p")
+        cache.crop(-2)
+        mask = mask[:, :-2]
+        token = call(token)
+        order = torch.tensor([1, 0])
+        cache.reorder_cache(order)
+        mask, token = mask[order], token[order]
+        token = call(token)
+        with AdapterSetup(None, ignore_empty=False):
+            token = call(token)
+        call(token)
+    return logits, cache
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_decoding_cache_keeps_the_join_and_gives_the_plain_results(arch):
+    model = _with_prefix(arch, "clm", MLP).eval()
+    model.add_adapter("q", config=PrefixTuningConfig(prefix_length=2, flat=True))
+    perturb_adapter(model, "q", scale=1.0, seed=3)
+    kept, cache = _scripted_decode(model, record_grad=False)
+    plain, plain_cache = _scripted_decode(model, record_grad=True)
+    for ours, reference in zip(kept, plain):
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    # the cache holds and reports the real tokens only, as a view into [prefix ; real] storage
+    assert cache.get_seq_length() == plain_cache.get_seq_length() == 6 + 8 - 2
+    layer = cache.layers[0]
+    assert type(layer).__name__ == "JoinedCacheLayer" and type(plain_cache.layers[0]).__name__ == "DynamicLayer"
+    joined = layer.__dict__["_adapters_joined"]
+    assert layer.keys._base is joined.keys and joined.keys.shape[2] == layer.keys.shape[2] + MLP.prefix_length
+    torch.testing.assert_close(layer.keys, plain_cache.layers[0].keys, atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_step_joins_without_copying_the_cache(monkeypatch):
+    model = _with_prefix("llama", "clm", MLP).eval()
+    ids, mask = left_padded_prompt()
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+        joins = []
+        real_cat = torch.cat
+
+        def cat(tensors, *args, **kwargs):
+            first = tensors[0]
+            if first.dim() == 4 and first.shape[2] == MLP.prefix_length and first.dtype.is_floating_point:
+                joins.append(first.shape)  # [prefix ; ...]: a join of keys or values
+            return real_cat(tensors, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "cat", cat)
+        model(input_ids=ids[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], dim=1), past_key_values=cache)
+    assert joins == []
+
+
 # -- composition ----------------------------------------------------------------------------------
 def _two_prefixes(arch="llama", head="base", lengths=(4, 2)):
     model = patched(arch, head)

@@ -161,12 +161,16 @@ class AdapterPrefixes:
         self._layers = {location: [layer.unbind(0) for layer in states.unbind(0)] for location, states in by_location.items()}
         self._broadcast: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def keys_values(self, location: str, index: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``index``'s prefix keys and values at ``location``, each ``(rows, H, P, D)`` (a view)."""
-        entry = (location, index, rows)
+    def keys_values(
+        self, location: str, index: int, rows: int, dtype: Optional[torch.dtype] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s prefix keys and values at ``location``, each ``(rows, H, P, D)`` (a
+        view), in ``dtype`` (the real keys' dtype; None: the prefix's own). The same tensor objects
+        on every call."""
+        entry = (location, index, rows, dtype)
         pair = self._broadcast.get(entry)
         if pair is None:
-            keys, values = self._layers[location][index]
+            keys, values = (t if dtype is None else t.to(dtype) for t in self._layers[location][index])
             pair = self._broadcast[entry] = (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
         return pair
 
@@ -420,8 +424,8 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
         gated = len(self._modules["prefix_gates"]) > 0
         if setup.__class__ is str and not gated:  # one ungated prefix (every decoding step): no engine
             states = context.prefix_states[setup]
-            keys, values = states.keys_values(self.location, self.__dict__["prefix_index"], key.shape[0])
-            return KeyValueExtension(keys, values, None, states.shift_positions)
+            keys, values = states.keys_values(self.location, self.__dict__["prefix_index"], key.shape[0], key.dtype)
+            return KeyValueExtension(keys, values, None, states.shift_positions, kept=True)
         hidden = context.residuals.get(("attention_input", id(module))) if gated else None
         state = self.compose(setup, PrefixState(None, None, None, key.shape[0], hidden))
         if state.keys is None:

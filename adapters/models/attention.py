@@ -46,6 +46,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from ..context import ForwardContext
+from .joined_cache import join_with_cache
 
 __all__ = [
     "PREFIX",
@@ -75,12 +76,15 @@ class KeyValueExtension(NamedTuple):
     ``(batch, n)`` boolean mask of the positions that are real (None: all). ``positioned``: the
     keys take positions ``0 … n−1`` and the real tokens are numbered from ``n`` on (as if the keys
     were cached before them); where the model adds a relative position bias, they get the bias of
-    those positions instead of none."""
+    those positions instead of none. ``kept``: the same tensor objects come back on every call
+    while their values are unchanged (a decoding cache may then keep its join with them, see
+    :mod:`adapters.models.joined_cache`)."""
 
     keys: torch.Tensor
     values: torch.Tensor
     valid: Optional[torch.Tensor] = None
     positioned: bool = False
+    kept: bool = False
 
 
 class AttentionContributor:
@@ -226,13 +230,15 @@ def set_position_bias_module(module: torch.nn.Module, owner: torch.nn.Module) ->
 
 
 def _joined(extensions: list, key, value):
-    """The extensions' keys, values and ``valid`` mask (None: all valid), joined in order."""
+    """The extensions' keys, values, ``valid`` mask (None: all valid) and whether the result is
+    kept from call to call (see :class:`KeyValueExtension`), joined in order."""
     if len(extensions) == 1:  # the common case: no copy before the join with the real keys
         extension = extensions[0]
         extra_keys, extra_values, valid = extension.keys, extension.values, extension.valid
         if extra_keys.dtype != key.dtype:
             extra_keys, extra_values = extra_keys.to(key.dtype), extra_values.to(value.dtype)
-        return extra_keys, extra_values, valid
+            return extra_keys, extra_values, valid, False
+        return extra_keys, extra_values, valid, extension.kept
     extra_keys = torch.cat([e.keys for e in extensions], dim=2).to(key.dtype)
     extra_values = torch.cat([e.values for e in extensions], dim=2).to(value.dtype)
     valid = None
@@ -242,7 +248,7 @@ def _joined(extensions: list, key, value):
              for e in extensions],
             dim=1,
         )
-    return extra_keys, extra_values, valid
+    return extra_keys, extra_values, valid, False
 
 
 def _make_attention(backend: str):
@@ -260,10 +266,9 @@ def _make_attention(backend: str):
         n_extra = 0
         if extensions:
             key_length = key.shape[2]
-            extra_keys, extra_values, valid = _joined(extensions, key, value)
+            extra_keys, extra_values, valid, kept = _joined(extensions, key, value)
             n_extra = extra_keys.shape[2]
-            key = torch.cat([extra_keys, key], dim=2)
-            value = torch.cat([extra_values, value], dim=2)
+            key, value = join_with_cache(context.kv_cache, module, extra_keys, extra_values, key, value, kept)
             mask, causal = attention_mask, bool(getattr(module, "is_causal", False))
             if mask is not None or valid is not None or (causal and query.shape[2] > 1):
                 attention_mask = _once_per_pass(
