@@ -122,8 +122,9 @@ class ForwardContext:
             adding keys (Llama-Adapter's adaption prompts): the attention wrapper acts, the mask
             function stays the backend's own.
         adapter_gating_scores: the collected gating scores, per adapter and layer.
-        kv_cache: the pass's ``past_key_values`` while prefixes are active (None otherwise): its
-            layers may keep the wrapper's joins with them (see ``adapters.models.joined_cache``).
+        kv_cache_layers: the ``layers`` lists of the pass's ``past_key_values`` while prefixes are
+            active (empty otherwise): they may keep the wrapper's joins (see
+            ``adapters.models.joined_cache``).
 
     Example::
 
@@ -146,8 +147,8 @@ class ForwardContext:
         self.prefix_states: dict = {}
         # tensors built once per pass for all layers (see models.attention._once_per_pass)
         self.pass_cache: dict = {}
-        # the pass's KV cache (``past_key_values``), where the attention wrapper may keep joins
-        self.kv_cache = None
+        # the layer lists of the pass's KV cache, where the attention wrapper may keep joins
+        self.kv_cache_layers: tuple = ()
         self.attention_extended = False
         self.pending_prompt = None  # (position, prompt) for the embedding module to join, see prompt_tuning
         self.attention_adjusted = False

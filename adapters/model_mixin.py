@@ -47,6 +47,7 @@ from .methods.prompt_tuning import PromptTuning, install_prompt_tuning
 from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .methods.weight_transform import add_weight_transform_modules
 from .models.attention import use_adapter_attention
+from .models.joined_cache import cache_layer_lists
 from .models.patching import restore_class, swap_class
 from .models.spec import stack_configs
 from .models.targeting import (
@@ -226,7 +227,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         _, kwargs = self._as_kwargs(args, kwargs)
         if prefixes:
             use_adapter_attention(self)
-            context.kv_cache = kwargs.get("past_key_values")
+            context.kv_cache_layers = cache_layer_lists(kwargs.get("past_key_values"))
             self._set_prefix_positions(prefix_pool, context, kwargs)
         if prompts:
             kwargs = prompt_pool.prepare_forward(self, context, kwargs)

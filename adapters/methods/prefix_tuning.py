@@ -175,6 +175,16 @@ class AdapterPrefixes:
         return pair
 
 
+def _parameters_of(module: nn.Module) -> list[nn.Parameter]:
+    """``list(module.parameters())`` without its name bookkeeping (read at every decoding step)."""
+    found, pending = [], [module]
+    while pending:
+        current = pending.pop()
+        found.extend(p for p in current._parameters.values() if p is not None)
+        pending.extend(m for m in current._modules.values() if m is not None)
+    return found
+
+
 class PrefixTuningPool(nn.Module):
     """All prefix-tuning adapters of one model (``base_model.prefix_tuning``).
 
@@ -272,7 +282,7 @@ class PrefixTuningPool(nn.Module):
 
         # the prefix only changes when its parameters do (decoding reuses it every step)
         return reuse_while_unchanged(
-            self.__dict__["_states_cache"], name, list(group.parameters()), compute, reusable=not group.training
+            self.__dict__["_states_cache"], name, _parameters_of(group), compute, reusable=not group.training
         )
 
     def prepare_forward(self, context: ForwardContext) -> bool:

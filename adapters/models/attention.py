@@ -268,7 +268,7 @@ def _make_attention(backend: str):
             key_length = key.shape[2]
             extra_keys, extra_values, valid, kept = _joined(extensions, key, value)
             n_extra = extra_keys.shape[2]
-            key, value = join_with_cache(context.kv_cache, module, extra_keys, extra_values, key, value, kept)
+            key, value = join_with_cache(context.kv_cache_layers, module, extra_keys, extra_values, key, value, kept)
             mask, causal = attention_mask, bool(getattr(module, "is_causal", False))
             if mask is not None or valid is not None or (causal and query.shape[2] > 1):
                 attention_mask = _once_per_pass(

@@ -26,9 +26,9 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
-__all__ = ["JoinedCacheLayer", "join_with_cache"]
+__all__ = ["JoinedCacheLayer", "cache_layer_lists", "join_with_cache"]
 
 
 class _Joined(NamedTuple):
@@ -42,11 +42,8 @@ class _Joined(NamedTuple):
     @classmethod
     def of(cls, extra_keys, extra_values, keys, values) -> "_Joined":
         n = extra_keys.shape[2]
-        return cls(extra_keys, extra_values, keys, values, keys[:, :, n:], values[:, :, n:])
-
-    def backs(self, layer) -> bool:
-        """Whether the layer's tensors are still this storage's views."""
-        return layer.keys is self.real_keys and layer.values is self.real_values
+        real = keys.shape[2] - n
+        return cls(extra_keys, extra_values, keys, values, keys.narrow(2, n, real), values.narrow(2, n, real))
 
 
 class JoinedCacheLayer(DynamicLayer):
@@ -63,57 +60,75 @@ class JoinedCacheLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         joined = self.__dict__.get("_adapters_joined")
-        if joined is None or not joined.backs(self):
-            self.__dict__.pop("_adapters_joined", None)
+        if joined is None or self.keys is not joined.real_keys or self.values is not joined.real_values:
+            self.__dict__.pop("_adapters_joined", None)  # the tensors were replaced: a plain layer again
             return super().update(key_states, value_states, *args, **kwargs)
-        joined = _Joined.of(
+        joined = self.__dict__["_adapters_joined"] = _Joined.of(
             joined.extra_keys,
             joined.extra_values,
-            torch.cat([joined.keys, key_states], dim=-2),
-            torch.cat([joined.values, value_states], dim=-2),
+            torch.cat((joined.keys, key_states), dim=-2),
+            torch.cat((joined.values, value_states), dim=-2),
         )
-        self.__dict__["_adapters_joined"] = joined
         self.keys, self.values = joined.real_keys, joined.real_values
         return self.keys, self.values
 
 
-def _layer_holding(cache, layer_idx: Optional[int], keys: torch.Tensor, values: torch.Tensor):
-    """The plain dynamic cache layer (of ``cache``, or of an encoder-decoder cache's self- or
-    cross-attention part) whose tensors ``keys``/``values`` are, or None."""
-    if cache is None or layer_idx is None:
-        return None
-    for part in (cache, getattr(cache, "self_attention_cache", None), getattr(cache, "cross_attention_cache", None)):
-        layers = getattr(part, "layers", None)
-        if layers is None or layer_idx >= len(layers):
-            continue
-        layer = layers[layer_idx]
-        if type(layer) in (DynamicLayer, JoinedCacheLayer) and getattr(layer, "keys", None) is keys and layer.values is values:
-            return layer
-    return None
-
-
-def join_with_cache(cache, module, extra_keys, extra_values, keys, values, keep: bool):
-    """``([extra_keys ; keys], [extra_values ; values])`` along the sequence.
-
-    Where ``keys``/``values`` are the tensors of a layer of the forward pass's KV ``cache``, the
-    join is kept by that layer when ``keep`` (the extra tensors stay the same objects from call
-    to call) and no gradient is recorded; a later call with the same extra tensors then reuses
-    it, grown by the layer's updates, instead of copying.
+def cache_layer_lists(cache) -> tuple:
+    """The ``layers`` lists of a KV cache (a ``DynamicCache``, or both parts of an
+    ``EncoderDecoderCache``) where :func:`join_with_cache` may keep joins; ``()`` for None or other
+    caches. Read once per forward pass.
 
     Example::
 
-        >>> keys, values = join_with_cache(cache, attention, prefix_keys, prefix_values, keys, values, keep=True)
+        >>> cache_layer_lists(DynamicCache()) == ([],)
+        True
     """
-    layer = _layer_holding(cache, getattr(module, "layer_idx", None), keys, values)
+    parts = [cache] if isinstance(cache, DynamicCache) else []
+    if isinstance(cache, EncoderDecoderCache):
+        parts = [cache.self_attention_cache, cache.cross_attention_cache]
+    return tuple(part.layers for part in parts if isinstance(part, DynamicCache))
+
+
+def join_with_cache(layer_lists: tuple, module, extra_keys, extra_values, keys, values, keep: bool):
+    """``([extra_keys ; keys], [extra_values ; values])`` along the sequence.
+
+    Where ``keys``/``values`` are the tensors of a plain dynamic layer of the forward pass's KV
+    cache (``layer_lists``: :func:`cache_layer_lists`), the join is kept by that layer when
+    ``keep`` (the extra tensors stay the same objects from call to call) and no gradient is
+    recorded; a later call with the same extra tensors then reuses it, grown by the layer's
+    updates, instead of copying.
+
+    Example::
+
+        >>> keys, values = join_with_cache(context.kv_cache_layers, attention, prefix_keys, prefix_values, keys, values, keep=True)
+    """
+    layer = None
+    layer_idx = module.__dict__.get("layer_idx")
+    if layer_idx is not None:
+        for layers in layer_lists:
+            if layer_idx < len(layers):
+                candidate = layers[layer_idx]
+                if type(candidate) in _PLAIN_LAYERS and candidate.keys is keys and candidate.values is values:
+                    layer = candidate
+                    break
     if layer is not None:
         joined = layer.__dict__.get("_adapters_joined")
-        if joined is not None and joined.extra_keys is extra_keys and joined.extra_values is extra_values and joined.backs(layer):
+        if (
+            joined is not None
+            and joined.extra_keys is extra_keys
+            and joined.extra_values is extra_values
+            and joined.real_keys is keys
+            and joined.real_values is values
+        ):
             return joined.keys, joined.values
-    joined_keys = torch.cat([extra_keys, keys], dim=2)
-    joined_values = torch.cat([extra_values, values], dim=2)
+    joined_keys = torch.cat((extra_keys, keys), dim=2)
+    joined_values = torch.cat((extra_values, values), dim=2)
     if layer is not None and keep and not torch.is_grad_enabled():
         joined = _Joined.of(extra_keys, extra_values, joined_keys, joined_values)
         layer.__class__ = JoinedCacheLayer
         layer.__dict__["_adapters_joined"] = joined
         layer.keys, layer.values = joined.real_keys, joined.real_values
     return joined_keys, joined_values
+
+
+_PLAIN_LAYERS = (DynamicLayer, JoinedCacheLayer)
