@@ -23,7 +23,7 @@ layer sees its ``keys`` are no longer the view it made and updates like a plain 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
