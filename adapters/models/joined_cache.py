@@ -45,6 +45,10 @@ class _Joined(NamedTuple):
         real = keys.shape[2] - n
         return cls(extra_keys, extra_values, keys, values, keys.narrow(2, n, real), values.narrow(2, n, real))
 
+    def holds(self, keys, values) -> bool:
+        """Whether ``keys``/``values`` are this storage's views of the real tokens."""
+        return keys is self.real_keys and values is self.real_values
+
 
 class JoinedCacheLayer(DynamicLayer):
     """A ``DynamicLayer`` whose real tokens are a view into ``[extra ; real]`` storage (see the
@@ -60,7 +64,7 @@ class JoinedCacheLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         joined = self.__dict__.get("_adapters_joined")
-        if joined is None or self.keys is not joined.real_keys or self.values is not joined.real_values:
+        if joined is None or not joined.holds(self.keys, self.values):
             self.__dict__.pop("_adapters_joined", None)  # the tensors were replaced: a plain layer again
             return super().update(key_states, value_states, *args, **kwargs)
         joined = self.__dict__["_adapters_joined"] = _Joined.of(
@@ -113,13 +117,7 @@ def join_with_cache(layer_lists: tuple, module, extra_keys, extra_values, keys, 
                     break
     if layer is not None:
         joined = layer.__dict__.get("_adapters_joined")
-        if (
-            joined is not None
-            and joined.extra_keys is extra_keys
-            and joined.extra_values is extra_values
-            and joined.real_keys is keys
-            and joined.real_values is values
-        ):
+        if joined is not None and joined.extra_keys is extra_keys and joined.extra_values is extra_values and joined.holds(keys, values):
             return joined.keys, joined.values
     joined_keys = torch.cat((extra_keys, keys), dim=2)
     joined_values = torch.cat((extra_values, values), dim=2)
