@@ -122,6 +122,39 @@ def test_lora_cannot_be_fused():
         model.add_adapter_fusion(["a", "b"])
 
 
+@pytest.mark.parametrize("arch,modules", [("bert", ["query", "value", "intermediate.dense"]), ("gpt2", ["c_fc", "mlp.c_proj"])])
+def test_inference_on_many_tokens_folds_the_update_into_the_weight(arch, modules, monkeypatch):
+    """No gradient, many tokens: each plain LoRA runs as x (W + s·B A)ᵀ (nn.Linear and GPT-2's
+    Conv1D); the low-rank path (training, few tokens, active dropout) gives the same outputs."""
+    from adapters.methods.lora import LoRA
+
+    model = patched(arch)
+    model.add_adapter("a", config=LoRAConfig(r=4, alpha=8, target_modules=modules, dropout=0.1), set_active=True)
+    perturb_adapter(model, "a", scale=0.3)
+    model.eval()
+    hosts = [m for m in model.modules() if hasattr(m, "loras") and "a" in m.loras]
+    folds = []
+    fold = LoRA.folded_into
+    monkeypatch.setattr(LoRA, "folded_into", lambda lora, weight: folds.append(lora) or fold(lora, weight))
+    many = make_inputs(arch, batch=4, seq=40)  # 160 tokens: 160·(32 + 128) ≥ 2.5·32·128, the widest host
+
+    folded = run(model, many)
+    assert len(folds) == len(hosts) > 0
+    folds.clear()
+    low_rank = main_output(model(**many))  # recording gradients: never folded
+    assert not folds
+    torch.testing.assert_close(folded, low_rank.detach(), atol=1e-5, rtol=1e-5)
+    model.set_active_adapters(None)
+    assert (run(model, many) - folded).abs().max() > 1e-2  # the adapter matters
+
+    model.set_active_adapters("a")
+    few = make_inputs(arch, batch=1, seq=6)  # 6 tokens: the low-rank path is cheaper
+    run(model, few)
+    model.train()  # active dropout: the low-rank path draws its mask on x
+    run(model, many)
+    assert not folds
+
+
 def test_merge_equals_unmerged_and_reset_restores_weights():
     model = lora_pair("bert", config=IA3Config())
     model.add_adapter("l", config=LoRAConfig(r=4, output_lora=True))
