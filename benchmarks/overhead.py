@@ -38,8 +38,8 @@ Then, for ``--rounds`` rounds, the base model and the scenario models are timed 
 
 (the scenario order rotates from round to round). Each timed sample runs several consecutive
 iterations and records the mean time per iteration; a scenario sample is paired with the mean of
-the two base samples around it. The reported ratio is ``median(scenario samples) /
-median(paired base samples)``. Because base and scenario are sampled within moments of each
+the two base samples around it. The reported ratio is the median of the per-pair ratios
+(scenario sample / paired base). Because base and scenario are sampled within moments of each
 other, slow drift of the machine (thermal, other processes) affects both sides equally. Forward
 timings run first (all variants in ``eval()``), then train steps (fresh variants in ``train()``).
 
@@ -56,10 +56,12 @@ base model for ``fwd``, as fast as full fine-tuning for ``train``). ``goal`` is 
 target for that ratio, followed by ``ok`` or ``MISS``; ``AH1.3`` is the figure AdapterHub
 ``adapters`` 1.3.0 reaches measured the same way (reference only). ``-`` means no goal /
 reference exists for that cell. Absolute base timings (ms per iteration) are printed above each
-table, and a one-line summary per architecture at the end. Below each table, the *spread* of every
-row: half the interquartile range of its per-pair ratios (scenario sample / paired base), the
-row's own noise — two rows whose ratios differ by less than their spreads are not told apart by
-that run.
+table, and a one-line summary per architecture at the end. Below each table, every ratio's 95%
+confidence interval (a bootstrap over its pairs: where the median would land if the run were
+repeated on this machine) and *spread* (half the interquartile range of the per-pair ratios, the
+row's own noise). A goal whose interval lies on its side is met or missed by that run; one inside
+the interval is within the run's resolution — more ``--rounds`` (or ``--clock cpu`` on a machine
+whose wall clock counts time stolen by other tenants) narrow it.
 
 ``--quick`` is a smoke run of every code path at the real shapes: 1 warm-up, 2 rounds of 1
 iteration (about a minute on a quiet 2-core machine). Its ratios are noisy (a few percent):
@@ -97,6 +99,7 @@ import dataclasses
 import gc
 import itertools
 import os
+import random
 import statistics
 import sys
 import time
@@ -461,13 +464,34 @@ def rotating(steps: list[Callable[[], None]]) -> Callable[[], None]:
 
 
 class Timing(NamedTuple):
-    """One scenario's timings: median base and scenario seconds per iteration, and the spread of
-    the per-sample ratios (half their interquartile range: how far the ratio moved from pair to
-    pair, the row's own noise)."""
+    """One scenario's timings: median base and scenario seconds per iteration; ``ratio``, the
+    median of the per-pair ratios (scenario sample / its paired base); their ``spread`` (half the
+    interquartile range: how far the ratio moved from pair to pair, the row's own noise); and
+    ``ci``, a 95% confidence interval of ``ratio`` (see :func:`_median_ci`)."""
 
     base: float
     scenario: float
+    ratio: float
     spread: float
+    ci: tuple
+
+
+def _median_ci(values: list, resamples: int = 2000) -> tuple:
+    """A 95% bootstrap confidence interval of the median of ``values``: the 2.5th and 97.5th
+    percentiles of the medians of ``resamples`` resamplings with replacement (fixed seed, so a
+    rerun on the same samples prints the same interval). ``(nan, nan)`` below 5 values.
+
+    Example::
+
+        >>> lo, hi = _median_ci([1.01, 1.03, 0.99, 1.02, 1.00, 1.04])
+        >>> lo <= statistics.median([1.01, 1.03, 0.99, 1.02, 1.00, 1.04]) <= hi
+        True
+    """
+    if len(values) < 5:
+        return (float("nan"), float("nan"))
+    rng = random.Random(SEED)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return (medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1])
 
 
 def _half_iqr(values: list) -> float:
@@ -515,11 +539,14 @@ def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: 
                 samples[name][0].append((before + after) / 2)
                 samples[name][1].append(t)
             before = after
-    return {
-        name: Timing(statistics.median(b), statistics.median(t), _half_iqr([x / y for x, y in zip(t, b)]))
-        for name, (b, t) in samples.items()
-        if name in steps and t
-    }
+    timings = {}
+    for name, (b, t) in samples.items():
+        if name in steps and t:
+            ratios = [x / y for x, y in zip(t, b)]
+            timings[name] = Timing(
+                statistics.median(b), statistics.median(t), statistics.median(ratios), _half_iqr(ratios), _median_ci(ratios)
+            )
+    return timings
 
 
 def make_inputs(arch: Arch) -> dict:
@@ -588,6 +615,10 @@ def _fmt_ratio(x):
 
 def _fmt_spread(x):
     return "-" if x is None or x != x else f"{x:.3f}"
+
+
+def _fmt_ci(ci):
+    return "-" if ci is None or ci[0] != ci[0] else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def _fmt_goal(goal, x):
@@ -671,7 +702,7 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
             raise RuntimeError(f"a {phase}-phase variant wrote into the shared base weights; mark it writes_weights=True")
         print(f"  {phase} phase: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    results, spreads = [], {}
+    results, spreads, cis = [], {}, {}
     for s in scenarios:
         cell = {}
         for phase in ("forward", "train"):
@@ -679,8 +710,9 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
                 cell[phase] = None
             elif s.name in timings[phase]:
                 timing = timings[phase][s.name]
-                cell[phase] = timing.scenario / timing.base
+                cell[phase] = timing.ratio
                 spreads[s.name, phase] = timing.spread
+                cis[s.name, phase] = timing.ci
             else:
                 cell[phase] = "err"
         results.append((s, cell["forward"], cell["train"]))
@@ -695,11 +727,14 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     print("-" * len(HEADER))
     for s, fwd, train in results:
         print(_row(s, fwd, train))
-    print("spread (half the interquartile range of the per-pair ratios), fwd / train:")
-    print("  " + "; ".join(
-        f"{s.name} {_fmt_spread(spreads.get((s.name, 'forward')))} / {_fmt_spread(spreads.get((s.name, 'train')))}"
-        for s, _, _ in results
-    ))
+    print("95% confidence interval of each ratio, and spread (half the interquartile range of the per-pair ratios):")
+    for s, _, _ in results:
+        cells = [
+            f"{phase} {_fmt_ci(cis.get((s.name, phase)))} spread {_fmt_spread(spreads.get((s.name, phase)))}"
+            for phase in ("forward", "train") if (s.name, phase) in cis
+        ]
+        if cells:
+            print(f"  {s.name:<20} " + "; ".join(cells))
     return results, [(arch.name, *e) for e in errors]
 
 
@@ -747,12 +782,13 @@ def decode_benchmark(settings: Settings, batch: int, prompt: int = 16, new_token
     tokens = batch * new_tokens
     print(f"\n== decode: LlamaForCausalLM (llama shape above), batch {batch}, prompt {prompt}, {new_tokens} new tokens, "
           f"greedy, KV cache, {device}")
-    print(f"{'model':<20} {'tokens/s':>9} {'x base':>7} {'spread':>6} goal")
+    print(f"{'model':<20} {'tokens/s':>9} {'x base':>7} {'95% CI':>16} {'spread':>6} goal")
     rows = {}
-    for name, (b, t, spread) in timings.items():
-        rows[name] = b / t
-        goal = "" if name.startswith("PEFT") else (">=0.95 ok" if b / t >= 0.95 else ">=0.95 MISS")
-        print(f"{name:<20} {tokens / t:9.0f} {b / t:7.3f} {_fmt_spread(spread):>6} {goal}")
+    for name, timing in timings.items():
+        speed = rows[name] = 1 / timing.ratio  # tokens/s relative to the base: the inverse of the time ratio
+        goal = "" if name.startswith("PEFT") else (">=0.95 ok" if speed >= 0.95 else ">=0.95 MISS")
+        ci = (1 / timing.ci[1], 1 / timing.ci[0])
+        print(f"{name:<20} {tokens / timing.scenario:9.0f} {speed:7.3f} {_fmt_ci(ci):>16} {_fmt_spread(timing.spread):>6} {goal}")
     print(f"{'base':<20} {tokens / statistics.median([timing.base for timing in timings.values()]):9.0f}   1.000")
     return rows
 
