@@ -112,6 +112,27 @@ def test_padded_rows_equal_rows_run_alone(arch, side):
     torch.testing.assert_close(out[0], full[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_prefix_mlp_runs_once_per_pass_and_is_kept_while_unchanged(arch, monkeypatch):
+    """One pool per model: the MLP reparameterisation produces every layer's prefix in one call
+    per pass; passes without gradients reuse it until one of its parameters changes."""
+    from adapters.methods.prefix_tuning import PrefixTuning
+
+    model = _with_prefix(arch, "base", MLP)
+    calls = []
+    forward = PrefixTuning.forward
+    monkeypatch.setattr(PrefixTuning, "forward", lambda self: calls.append(self) or forward(self))
+    batch = make_inputs(arch, batch=2, seq=5)
+    model(**batch)  # recording gradients: computed for this pass
+    assert len(calls) == 1 and model.config.num_hidden_layers > 1
+    first = run(model, batch)
+    assert run(model, batch) is not None and len(calls) == 2  # the second pass without gradients reuses
+    with torch.no_grad():
+        next(model.base_model.prefix_tuning.prefix_tunings["p"].parameters()).add_(0.5)
+    changed = run(model, batch)
+    assert len(calls) == 3 and (changed - first).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_extended_mask_is_built_once_per_pass(arch, monkeypatch):
     """transformers hands every layer the same mask tensor: the wrapper extends it once per pass."""
