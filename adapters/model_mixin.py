@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from .compat import passed_cache
 from .composition import (
     AdapterCompositionBlock,
     Fuse,
@@ -227,7 +228,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         _, kwargs = self._as_kwargs(args, kwargs)
         if prefixes:
             use_adapter_attention(self)
-            context.kv_cache_layers = cache_layer_lists(kwargs.get("past_key_values"))
+            context.kv_cache_layers = cache_layer_lists(passed_cache(kwargs))
             self._set_prefix_positions(prefix_pool, context, kwargs)
         if prompts:
             kwargs = prompt_pool.prepare_forward(self, context, kwargs)
@@ -315,7 +316,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         if kwargs.get("position_ids") is not None:
             return kwargs["position_ids"]
         inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-        cache = kwargs.get("past_key_values")
+        cache = passed_cache(kwargs)
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         return (torch.arange(inputs.shape[1], device=inputs.device) + past).unsqueeze(0)
 

@@ -296,3 +296,73 @@ def run(model, inputs, setup=None) -> torch.Tensor:
         with AdapterSetup(setup):
             return main_output(model(**inputs))
 
+
+
+def _full_forward_logits(model, inputs: dict, sequences: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(steps, batch, vocab)``: for each of the last ``steps`` tokens of ``sequences``, the logits
+    that predicted it, each from one full forward over the tokens before it without a cache; a
+    decoder's rows number their real tokens from 0 (left padding takes no positions)."""
+    import inspect
+
+    start = sequences.shape[1] - steps
+    encoder_decoder = model.config.is_encoder_decoder
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    logits = []
+    with torch.no_grad():
+        for step in range(steps):
+            tokens = sequences[:, : start + step]
+            if encoder_decoder:
+                encoder = {k: v for k, v in inputs.items() if not k.startswith("decoder_")}
+                out = model(**encoder, decoder_input_ids=tokens, use_cache=False)
+            else:
+                mask = inputs.get("attention_mask")
+                mask = torch.ones_like(tokens[:, :start]) if mask is None else mask
+                mask = torch.cat([mask, torch.ones_like(tokens[:, :step])], dim=1)
+                extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
+                out = model(input_ids=tokens, attention_mask=mask, use_cache=False, **extra)
+            logits.append(out.logits[:, -1])
+    return torch.stack(logits)
+
+
+def assert_generate_is_greedy_decoding(model, inputs: dict, steps: int = 5, atol: float = 1e-5, **generate_kwargs):
+    """Check ``generate()`` against an independent computation rather than against itself: greedy
+    decoding with the KV cache and without it choose the same tokens, and every step's logits in
+    both equal a full forward pass over the tokens so far (:func:`_full_forward_logits`); the cached
+    run really decodes from its cache (every forward after the first reads one new token). Returns
+    the generated sequences.
+
+    ``min_new_tokens=steps`` keeps end-of-sequence tokens out, so every row runs all ``steps``."""
+    kwargs = {
+        "do_sample": False, **generate_kwargs,
+        "max_new_tokens": steps, "min_new_tokens": steps, "output_logits": True, "return_dict_in_generate": True,
+    }
+    lengths = []  # the tokens each forward embeds (encoder-decoders: each decoder forward)
+    embeddings = model.get_decoder().embed_tokens if model.config.is_encoder_decoder else model.get_input_embeddings()
+    hook = embeddings.register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[-1]))
+    try:
+        cached = model.generate(**inputs, use_cache=True, **kwargs)
+    finally:
+        hook.remove()
+    assert len(lengths) > 1 and all(n == 1 for n in lengths[1:]), f"the cached run did not decode from its cache: {lengths}"
+    uncached = model.generate(**inputs, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    expected = _full_forward_logits(model, inputs, cached.sequences, steps)
+    torch.testing.assert_close(torch.stack(cached.logits), expected, atol=atol, rtol=0)
+    torch.testing.assert_close(torch.stack(uncached.logits), expected, atol=atol, rtol=0)
+    return cached.sequences
+
+
+def reference_disagreement(reference: torch.Tensor, independent: torch.Tensor, what: str, atol: float = 1e-5) -> str | None:
+    """None when a reference output (another library's, or a transformers code path) agrees with
+    an independent computation of the same thing; else why the reference cannot be trusted on the
+    installed versions. Tests compare against a reference only where this is None, and skip that
+    comparison with the reason otherwise (after checking our own result against the independent
+    computation), so a reference library that breaks on a new release neither fails nor passes
+    our tests."""
+    if reference.shape == independent.shape and torch.allclose(reference, independent, atol=atol, rtol=0):
+        return None
+    import importlib.metadata
+
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("transformers", "peft"))
+    gap = (reference - independent).abs().max().item() if reference.shape == independent.shape else f"shape {tuple(reference.shape)}"
+    return f"the reference ({what}) is wrong on {versions}: it differs from the independent computation by {gap}"

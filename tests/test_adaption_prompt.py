@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 from conftest import (
+    assert_generate_is_greedy_decoding,
     ARCHS,
     DECODERS,
     NO_ADAPTION_PROMPT,
@@ -37,6 +38,7 @@ from adapters import (
     Split,
     Stack,
 )
+from adapters.compat import CACHE_NAME, returned_cache
 from adapters.models.spec import spec_for_model
 
 CONFIG = AdaptionPromptConfig(adapter_len=4, adapter_layers=1)
@@ -218,10 +220,7 @@ def test_eager_equals_sdpa(arch):
 def test_generate_with_and_without_cache_agree(arch):
     model = _with_prompt(arch, "clm")
     ids, mask = left_padded_prompt()
-    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    cached = model.generate(**kwargs, use_cache=True)
-    uncached = model.generate(**kwargs, use_cache=False)
-    assert torch.equal(cached, uncached)
+    assert_generate_is_greedy_decoding(model, dict(input_ids=ids, attention_mask=mask), steps=6, pad_token_id=0)
     # the prompt changes the next-token distribution (tokens may still coincide on a tiny model)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
@@ -253,10 +252,10 @@ def test_cached_decoding_logits_equal_full_forward():
     with torch.no_grad():
         full = model(input_ids=ids).logits
         first = model(input_ids=ids[:, :5], use_cache=True)
-        cache, steps = first.past_key_values, [first.logits]
+        cache, steps = returned_cache(first), [first.logits]
         for t in range(5, 8):
-            step = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
+            step = model(input_ids=ids[:, t : t + 1], use_cache=True, **{CACHE_NAME: cache})
+            cache = returned_cache(step)
             steps.append(step.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 

@@ -11,6 +11,7 @@ from transformers import AutoModel, DynamicCache
 
 import adapters
 from adapters import AdaptionPromptConfig, LoRAConfig, PrefixTuningConfig
+from adapters.compat import CACHE_NAME
 
 
 def _set_softcap(model, cap):
@@ -41,7 +42,7 @@ def _sliding_window_reference(arch, prefixes, inputs, softcap=None):
         masks[layer_type] = torch.where(visible, 0.0, torch.finfo(torch.float32).min)
     positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        return model(input_ids=inputs["input_ids"], attention_mask=masks, past_key_values=cache, position_ids=positions).logits
+        return model(input_ids=inputs["input_ids"], attention_mask=masks, position_ids=positions, **{CACHE_NAME: cache}).logits
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "gemma3_text"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    assert_generate_is_greedy_decoding,
     ARCH_HEADS_LIGHT,
     ARCHS,
     DECODERS,
@@ -21,6 +22,7 @@ from conftest import (
 from transformers import DynamicCache
 
 import adapters
+from adapters.compat import CACHE_NAME, CACHE_NAMES
 from adapters import AdapterSetup, Average, BatchSplit, Fuse, Parallel, PrefixTuningConfig, Split, Stack
 
 FLAT = PrefixTuningConfig(prefix_length=4, flat=True)
@@ -50,7 +52,7 @@ def _reference(arch, head, prefixes, inputs, shift=False):
         cache.update(keys.unsqueeze(0).expand(batch, -1, -1, -1), values.unsqueeze(0).expand(batch, -1, -1, -1), layer_idx)
     n = prefixes[0][0].shape[1]
     mask = torch.cat([torch.ones(batch, n, dtype=torch.long), inputs["attention_mask"]], dim=1)
-    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=mask, past_key_values=cache)
+    kwargs = dict(input_ids=inputs["input_ids"], attention_mask=mask, **{CACHE_NAME: cache})
     if not shift:  # decoders number the real tokens of each row from 0 while a prefix is active
         positions = _position_ids(inputs["attention_mask"]) if arch in DECODERS else torch.arange(length).expand(batch, -1)
         kwargs["position_ids"] = positions
@@ -188,9 +190,7 @@ def test_generate_with_and_without_cache_agree(arch):
     model = _with_prefix(arch, "clm", MLP)
     ids, mask = left_padded_prompt()
     kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    cached = model.generate(**kwargs, use_cache=True)
-    uncached = model.generate(**kwargs, use_cache=False)
-    assert torch.equal(cached, uncached)
+    cached = assert_generate_is_greedy_decoding(model, dict(input_ids=ids, attention_mask=mask), steps=6, pad_token_id=0)
     with AdapterSetup(None, ignore_empty=False):
         base = model.generate(**kwargs)
     # the prefix changes the next-token distribution (tokens may still coincide on a tiny model)
@@ -227,7 +227,7 @@ def _scripted_decode(model, record_grad: bool):
         nonlocal mask
         if logits:
             mask = torch.cat([mask, torch.ones(2, tokens.shape[1], dtype=torch.long)], dim=1)
-        output = model(input_ids=tokens, attention_mask=mask, past_key_values=cache, use_cache=True)
+        output = model(input_ids=tokens, attention_mask=mask, use_cache=True, **{CACHE_NAME: cache})
         logits.append(output.logits[:, -1].detach())
         return logits[-1].argmax(-1, keepdim=True)
 
@@ -269,12 +269,13 @@ def test_decoding_cache_keeps_the_join_and_gives_the_plain_results(arch):
     torch.testing.assert_close(layer.keys, plain_cache.layers[0].keys, atol=1e-5, rtol=1e-5)
 
 
-def test_decoding_step_joins_without_copying_the_cache(monkeypatch):
+@pytest.mark.parametrize("spelling", CACHE_NAMES)  # generate() passes the newest
+def test_decoding_step_joins_without_copying_the_cache(monkeypatch, spelling):
     model = _with_prefix("llama", "clm", MLP).eval()
     ids, mask = left_padded_prompt()
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+        model(input_ids=ids, attention_mask=mask, **{spelling: cache})
         joins = []
         real_cat = torch.cat
 
@@ -285,7 +286,7 @@ def test_decoding_step_joins_without_copying_the_cache(monkeypatch):
             return real_cat(tensors, *args, **kwargs)
 
         monkeypatch.setattr(torch, "cat", cat)
-        model(input_ids=ids[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], dim=1), past_key_values=cache)
+        model(input_ids=ids[:, :1], attention_mask=torch.cat([mask, mask[:, :1]], dim=1), **{spelling: cache})
     assert joins == []
 
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 from conftest import (
     ARCHS,
+    assert_generate_is_greedy_decoding,
     DECODERS,
     ENCODER_DECODERS,
     NO_PROMPT,
+    left_padded_prompt,
     VISION,
     make_inputs,
     make_model,
@@ -20,6 +22,7 @@ from conftest import (
 )
 
 from adapters import PromptTuningConfig, Stack
+from adapters.compat import returned_cache
 
 CONFIG = PromptTuningConfig(prompt_length=3)
 
@@ -103,16 +106,17 @@ def test_stacked_prompts_concatenate():
     torch.testing.assert_close(run(model, inputs, Stack("t", "u")), _definition("llama", "base", prompt, inputs), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", [a for a in DECODERS if a not in NO_PROMPT])
 def test_generate_with_and_without_cache_agree(arch):
+    """Cached generate() == uncached generate() == greedy decoding over full forwards, on a batch
+    with a left-padded row; the cache holds prompt + input + generated tokens."""
     model = _with_prompt(arch, "clm")
-    ids = torch.randint(3, 99, (2, 5), generator=torch.Generator().manual_seed(4))
-    mask = torch.ones(2, 5, dtype=torch.long)
-    mask[1, :2] = 0
-    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
-    cached = model.generate(**kwargs, use_cache=True)
-    assert torch.equal(cached, model.generate(**kwargs, use_cache=False))
-    assert cached.shape == (2, 10)
+    ids, mask = left_padded_prompt()
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    sequences = assert_generate_is_greedy_decoding(model, inputs, steps=5, pad_token_id=0)
+    assert sequences.shape == (2, ids.shape[1] + 5)
+    out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+    assert returned_cache(out).get_seq_length() == 3 + ids.shape[1] + 5 - 1
 
 
 def test_labels_get_ignored_prompt_positions_and_training_reaches_the_prompt():

@@ -17,13 +17,15 @@ with :func:`register_custom_head`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
+
+from ..compat import CACHE_NAME
 
 __all__ = ["PredictionHead", "MultiHeadOutput", "register_custom_head", "HEAD_TYPES", "head_class"]
 
@@ -83,24 +85,8 @@ def head_class(head_type: str) -> type:
     return HEAD_TYPES[head_type]
 
 
-@dataclass
-class MultiHeadOutput(ModelOutput):
-    """The outputs of several heads in one pass (``Parallel`` branches, ``BatchSplit`` parts, or a
-    list of active heads): ``head_outputs[i]`` is the i-th head's output, ``loss`` the sum of their
-    losses when every head computed one.
-
-    Indexing with an int gives a head's output; iterating walks the head outputs.
-
-    Example::
-
-        >>> model.set_active_adapters(Parallel("a", "b"))
-        >>> out = model(**batch, labels=labels)
-        >>> out[0].logits, out[1].logits, out.loss   # loss = loss_a + loss_b
-    """
-
-    head_outputs: Optional[list] = None
-    loss: Optional[torch.FloatTensor] = None
-    past_key_values: Optional[object] = None  # the base model's cache (generate with Parallel)
+class _HeadOutputs:
+    """What :class:`MultiHeadOutput` adds to its fields: indexing, iteration and stacked logits."""
 
     @property
     def logits(self) -> torch.Tensor:
@@ -123,6 +109,33 @@ class MultiHeadOutput(ModelOutput):
 
     def __len__(self) -> int:
         return len(self.head_outputs)
+
+
+# The base model's KV cache rides along under the field name generate() reads back for the next
+# step: ``cache`` from transformers 5.24 on, ``past_key_values`` before (adapters.compat).
+MultiHeadOutput = make_dataclass(
+    "MultiHeadOutput",
+    [
+        ("head_outputs", Optional[list], field(default=None)),
+        ("loss", Optional[torch.FloatTensor], field(default=None)),
+        (CACHE_NAME, Optional[object], field(default=None)),
+    ],
+    bases=(_HeadOutputs, ModelOutput),
+    namespace={"__module__": __name__},
+)
+MultiHeadOutput.__doc__ = """The outputs of several heads in one pass (``Parallel`` branches, ``BatchSplit`` parts, or a
+list of active heads): ``head_outputs[i]`` is the i-th head's output, ``loss`` the sum of their
+losses when every head computed one, and the base model's KV cache under transformers' name for it
+(``cache``, or ``past_key_values`` before transformers 5.24) while generating.
+
+Indexing with an int gives a head's output; iterating walks the head outputs.
+
+Example::
+
+    >>> model.set_active_adapters(Parallel("a", "b"))
+    >>> out = model(**batch, labels=labels)
+    >>> out[0].logits, out[1].logits, out.loss   # loss = loss_a + loss_b
+"""
 
 
 def activation(name: Optional[str]) -> Optional[nn.Module]:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput, logging
 
+from ..compat import CACHE_NAME, returned_cache
 from ..composition import BatchSplit, Parallel, Stack
 from ..context import AdapterSetup, ForwardContext
 from ..methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
@@ -752,4 +753,4 @@ def _head_arguments(config: dict) -> tuple[str, dict]:
 def _multi_output(results: list, outputs) -> MultiHeadOutput:
     losses = [r.get("loss") if isinstance(r, ModelOutput) else None for r in results]
     loss = torch.stack([l.reshape(()) for l in losses]).sum() if results and all(l is not None for l in losses) else None
-    return MultiHeadOutput(head_outputs=results, loss=loss, past_key_values=getattr(outputs, "past_key_values", None))
+    return MultiHeadOutput(head_outputs=results, loss=loss, **{CACHE_NAME: returned_cache(outputs)})

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..compat import passed_cache
 from ..composition import Stack
 from ..configuration.prefix import PromptTuningConfig
 from ..context import ForwardContext
@@ -127,7 +128,7 @@ class PromptTuningPool(nn.Module):
         if not length:
             return kwargs
         prompts = [self.prompt_tunings[n] for n in self.names_in(context.setup)]
-        cache = kwargs.get("past_key_values")
+        cache = passed_cache(kwargs)
         decoding = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
         kwargs = dict(kwargs)
         if not decoding:
