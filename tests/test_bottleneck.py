@@ -13,6 +13,7 @@ import threading
 import pytest
 import torch
 from conftest import (
+    assert_generate_is_greedy_decoding,
     ARCH_HEADS_LIGHT,
     ARCHS,
     DECODERS,
@@ -444,9 +445,7 @@ def test_decoder_generate_with_adapters(arch):
     model.add_adapter("a", config="seq_bn", set_active=True)
     perturb_adapter(model, "a")
     inputs = make_inputs(arch, padded=False)
-    cached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=True)
-    uncached = model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)
-    assert torch.equal(cached, uncached)
+    assert_generate_is_greedy_decoding(model, inputs, steps=4)
 
 
 def test_compacter_learn_phm_false_keeps_rules_fixed_in_training():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    assert_generate_is_greedy_decoding,
     ENCODER_DECODERS,
     LAYERS,
     NO_PROMPT,
@@ -187,17 +188,6 @@ def test_each_row_equals_the_row_run_alone(arch):
 GENERATE = dict(do_sample=False, forced_eos_token_id=None)  # plain greedy; min_new_tokens keeps EOS out
 
 
-def _assert_generate_matches_forward(model, inputs, steps):
-    """Each step's logits in ``generate`` (cached decoding, the encoder run once on its own) equal
-    those of a full forward pass over the tokens so far."""
-    out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, return_dict_in_generate=True,
-                         output_logits=True, **GENERATE)
-    for step, logits in enumerate(out.logits):
-        tokens = out.sequences[:, : out.sequences.shape[1] - steps + step]
-        expected = run(model, {**inputs, "decoder_input_ids": tokens})[:, -1]
-        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
-
-
 @pytest.mark.parametrize("arch", ENCODER_DECODERS)
 def test_generate_with_prefixes_and_adapters_in_encoder_and_decoder(arch):
     model = patched(arch, "seq2seq")
@@ -207,14 +197,10 @@ def test_generate_with_prefixes_and_adapters_in_encoder_and_decoder(arch):
         perturb_adapter(model, name, scale=1.0, seed=len(name))
     model.set_active_adapters(Stack("a", "p"))
     inputs = _generate_inputs(arch)
-    kwargs = dict(max_new_tokens=5, min_new_tokens=5, **GENERATE)
-    cached = model.generate(**inputs, **kwargs)
-    torch.testing.assert_close(cached, model.generate(**inputs, use_cache=False, **kwargs))
-    if arch != "whisper":  # (Whisper's generate adds its own token logic)
-        # generate() runs the encoder on its own: its adapters and prefixes must run there too
-        _assert_generate_matches_forward(model, inputs, 3)
+    # generate() runs the encoder on its own: its adapters and prefixes must run there too
+    cached = assert_generate_is_greedy_decoding(model, inputs, steps=5, atol=1e-4, **GENERATE)
     model.set_active_adapters(None)
-    assert not torch.equal(cached, model.generate(**inputs, **kwargs))
+    assert not torch.equal(cached, model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, **GENERATE))
 
 
 @pytest.mark.parametrize("arch", ["t5", "bart", "whisper"])
@@ -255,10 +241,7 @@ def test_prompt_generate_with_and_without_cache(arch):
     model.add_adapter("t", config=PromptTuningConfig(prompt_length=3), set_active=True)
     perturb_adapter(model, "t", scale=1.0)
     inputs = _generate_inputs(arch)
-    kwargs = dict(max_new_tokens=4, min_new_tokens=4, **GENERATE)
-    cached = model.generate(**inputs, **kwargs)
-    torch.testing.assert_close(cached, model.generate(**inputs, use_cache=False, **kwargs))
-    _assert_generate_matches_forward(model, inputs, 3)
+    assert_generate_is_greedy_decoding(model, inputs, steps=4, atol=1e-4, **GENERATE)
 
 
 # -- refusals, checkpoints, merging, encoder-only -----------------------------------------------------------

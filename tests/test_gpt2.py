@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import HIDDEN, LAYERS, main_output, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import HIDDEN, LAYERS, assert_generate_is_greedy_decoding, main_output, make_inputs, make_model, patched, perturb_adapter, run
 
 import adapters
 from adapters import Average, BatchSplit, DoRAConfig, IA3Config, LoRAConfig, Parallel, Split, Stack
@@ -359,9 +359,8 @@ def test_generate_is_the_same_with_and_without_kv_cache(config):
     model = with_adapters({"a": config}, head="clm", scale=0.5)
     model.set_active_adapters("a")
     inputs = make_inputs("gpt2", padded=False)
-    cached = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=True)
-    uncached = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=False)
-    assert torch.equal(cached, uncached) and cached.shape[1] == 17
+    cached = assert_generate_is_greedy_decoding(model, inputs, steps=5)
+    assert cached.shape[1] == 17
     model.set_active_adapters(None)
     assert not torch.equal(model.generate(**inputs, max_new_tokens=5, do_sample=False), cached)
 
