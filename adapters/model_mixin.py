@@ -798,7 +798,10 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         self._require_adapter(name)
         hosts = [h for h in self._adapter_hosts if h.method == "lora" and name in h.loras]
         if not hosts:
-            raise ValueError(f"Adapter {name!r} has no LoRA / (IA)³ modules; only those can be merged into weights.")
+            raise ValueError(
+                f"Adapter {name!r} changes no layer weights, so it cannot be merged into them: only the LoRA family "
+                "(LoRA, DoRA, (IA)³) and the weight transforms (LoHa, LoKr, OFT, HRA, AdaLoRA) merge."
+            )
         return hosts
 
     def merge_adapter(self, name: str) -> None:

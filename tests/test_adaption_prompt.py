@@ -505,7 +505,7 @@ def test_configs_that_do_not_fit_leave_the_model_unchanged(config, message):
 def test_merge_is_refused_and_unload_restores_the_plain_model():
     model = _with_prompt("llama", "clm")
     inputs = make_inputs("llama")
-    with pytest.raises(ValueError, match="has no LoRA"):
+    with pytest.raises(ValueError, match="changes no layer weights"):
         model.merge_adapter("ap")
     with pytest.raises(ValueError, match="adaption_prompt part has no weight to fold into"):
         model.merge_and_unload()
