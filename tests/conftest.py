@@ -10,6 +10,28 @@ import transformers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
+# CI installs every package a test uses (the README's test command): there a missing one is an error, not a skip
+IN_CI = bool(os.environ.get("CI"))
+
+
+def pytest_report_header(config):
+    import importlib.metadata
+
+    versions = []
+    for name in ("transformers", "torch", "peft", "safetensors", "huggingface_hub"):
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return "adapters tested with " + ", ".join(versions)
+
+
+def require(package: str):
+    """The imported ``package``; a test that needs it is skipped where it is not installed, except in
+    CI (``CI`` set), where the missing package fails the test."""
+    import importlib
+
+    return importlib.import_module(package) if IN_CI else pytest.importorskip(package)
 # the models are tiny: one thread per test process is faster than several competing for the cores
 # (pytest -n runs several processes)
 torch.set_num_threads(1)

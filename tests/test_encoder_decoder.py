@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    require,
     assert_generate_is_greedy_decoding,
     ENCODER_DECODERS,
     LAYERS,
@@ -297,7 +298,7 @@ def test_t5_encoder_model_numbers_its_layers_from_zero():
 
 @pytest.mark.parametrize("arch", ["t5", "bart"])
 def test_lora_in_peft_format_loads_in_peft_with_the_same_outputs(tmp_path, arch):
-    peft = pytest.importorskip("peft")
+    peft = require("peft")
     model = patched(arch, "seq2seq")
     model.add_adapter("l", config=LoRAConfig(r=4, attn_matrices=["q", "v"]), set_active=True)  # self- and cross-attention
     perturb_adapter(model, "l", scale=0.1)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_inputs, patched, run
+from conftest import make_inputs, patched, require, run
 
 from adapters import AdapterSetup, BatchSplit, LoRAConfig, Parallel, Split, Stack
 
@@ -199,7 +199,7 @@ def test_embedding_copy_inside_the_base_model():
 
 
 def test_peft_round_trips_modules_to_save(tmp_path):
-    peft = pytest.importorskip("peft")
+    peft = require("peft")
     model = _with_copies("bert", "seq_cls", "classifier", names=("a",))
     for param in model.get_adapter("a")[0].values():
         torch.nn.init.normal_(param.lora_B)

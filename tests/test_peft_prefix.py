@@ -15,13 +15,13 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import _BART, _BART_TOKENS, _T5, make_inputs, make_model, perturb_adapter, reference_disagreement
+from conftest import _BART, _BART_TOKENS, _T5, make_inputs, make_model, perturb_adapter, reference_disagreement, require
 
 import adapters
 from adapters import AdapterLoadError, BatchSplit, PrefixTuningConfig
 from adapters.compat import CACHE_NAME
 
-peft = pytest.importorskip("peft")
+peft = require("peft")
 
 SEQ2SEQ = dict(encoder_prefix=False, cross_prefix=False, shift_positions=True)
 
