@@ -11,11 +11,20 @@ and keeps its parameter names. The mixins here only wrap ``super().forward``:
 * :class:`SublayerHookMixin` (pre-LN): runs the adapters on the sub-block's output ``h``.
 
 When no adapter is active at a host the wrappers cost one context lookup and a cached dict hit.
+
+**Hub kernels.** transformers' ``use_kernels`` (``kernels.kernelize``; from transformers 5.25 on
+``kernels`` is a dependency and ``from_pretrained`` runs it by default unless ``USE_HUB_KERNELS``
+is off, and ``train()`` / ``eval()`` run it again) replaces the ``forward`` of layers such as
+Llama's ``RMSNorm`` *per instance* where a kernel exists for the device; an instance ``forward``
+hides the class's, so the mixins above would be skipped and the adapters silently not run. :func:`swap_class` therefore keeps a kernel forward it finds
+inside the new class (the mixins call it through ``super().forward``) and marks the class with
+``kernel_condition`` returning False, so a later ``kernelize`` leaves the module alone.
 """
 
 from __future__ import annotations
 
 import inspect
+from types import MethodType
 
 from torch import nn
 
@@ -45,18 +54,49 @@ def swap_class(module: nn.Module, mixin: type, keep_name: bool = False) -> None:
     if mixin in mixins:
         return
     mixins = (mixin,) + mixins
-    key = (original, mixins, keep_name)
+    instance_kernel = _instance_kernel_forward(module)
+    kernel = instance_kernel if instance_kernel is not None else _class_kernel_forward(type(module))
+    key = (original, mixins, keep_name, kernel)
     cls = _CLASS_CACHE.get(key)
     if cls is None:
         name = original.__name__ if keep_name else f"{original.__name__}WithAdapters"
         namespace = {"__module__": original.__module__, "__qualname__": name}
         if any(getattr(m, "shows_original_signature", False) for m in mixins):
             namespace["forward"] = _forward_with_original_signature(mixins, original, name)
-        cls = type(name, mixins + (original,), namespace)
+        if hasattr(original, "kernel_layer_name"):  # a hub-kernel layer: kernelize must not hide our forward
+            namespace["kernel_condition"] = staticmethod(_never_kernelize)
+        kernel_base = () if kernel is None else (_kernel_forward_class(original, kernel),)
+        cls = type(name, mixins + kernel_base + (original,), namespace)
         _CLASS_CACHE[key] = cls
     module.__dict__["_adapters_original_class"] = original
     module.__dict__["_adapters_mixins"] = mixins
+    if instance_kernel is not None:
+        del module.__dict__["forward"]  # it now runs inside the class, after the mixins
     module.__class__ = cls
+
+
+def _never_kernelize(module) -> bool:
+    return False
+
+
+def _instance_kernel_forward(module: nn.Module):
+    """The function of a hub kernel's forward that ``kernels.kernelize`` put on this instance (it
+    records the kernel's repository in ``_kernel_repo``), or None."""
+    forward = module.__dict__.get("forward")
+    if forward is None or "_kernel_repo" not in module.__dict__:
+        return None
+    return getattr(forward, "__func__", None)
+
+
+def _class_kernel_forward(cls: type):
+    """The kernel forward :func:`swap_class` kept inside a swapped class, or None."""
+    return next((k.__dict__["forward"] for k in cls.__mro__ if k.__dict__.get("adapters_hub_kernel")), None)
+
+
+def _kernel_forward_class(original: type, kernel):
+    """A base class whose ``forward`` is the hub kernel's (placed between the mixins and ``original``)."""
+    name = f"{original.__name__}HubKernel"
+    return type(name, (), {"__module__": original.__module__, "__qualname__": name, "forward": kernel, "adapters_hub_kernel": True})
 
 
 def _forward_with_original_signature(mixins: tuple, original: type, qualname: str):
@@ -81,7 +121,10 @@ def restore_class(module: nn.Module) -> None:
     original = module.__dict__.pop("_adapters_original_class", None)
     module.__dict__.pop("_adapters_mixins", None)
     if original is not None:
+        kernel = _class_kernel_forward(type(module))
         module.__class__ = original
+        if kernel is not None:  # the hub kernel goes back where kernelize put it
+            module.forward = MethodType(kernel, module)
 
 
 class ResidualSourceMixin:
