@@ -63,11 +63,17 @@ row's own noise). A goal whose interval lies on its side is met or missed by tha
 the interval is within the run's resolution — more ``--rounds`` (or ``--clock cpu`` on a machine
 whose wall clock counts time stolen by other tenants) narrow it.
 
-``--quick`` is a smoke run of every code path at the real shapes: 1 warm-up, 2 rounds of 1
-iteration (about a minute on a quiet 2-core machine). Its ratios are noisy (a few percent):
-do not quote them. Use the default (or more ``--rounds``) on a quiet machine for numbers worth
-quoting. On a busy machine, ``--batch 2 --seq 16`` makes a much cheaper smoke run; at that
-shape per-call Python overhead dominates and the ratios say little about the goals.
+``--quick`` is a smoke run of every code path (every architecture, scenario and phase) on
+shrunken models: 2 blocks (T5: 2 + 2) and a 1024-token vocabulary at the same widths, batch 2 x
+16 tokens, one torch thread, one instance per variant, 1 warm-up and 2 rounds of 1 iteration
+(about 30 s on a 2-core machine, busy or not). Its figures are not meaningful (at that size
+per-call Python overhead dominates, and two pairs are no sample): the report says so at the
+start, under every table and under the summary. Use the default (or more ``--rounds``) on a
+quiet machine for numbers worth quoting.
+
+Progress (architecture, phase, building / warm-up / round, seconds since the start) goes to
+stderr as the run goes, the report to stdout; on a terminal a transient line also names the
+scenario being built or timed.
 
 Usage::
 
@@ -104,6 +110,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional
 
@@ -119,6 +126,10 @@ from adapters import Fuse, Parallel, Stack  # noqa: E402
 
 SEED = 0
 BASE_COPIES = 3  # identical instances of every variant (the base too), timed in turn (see ``rotating``)
+# --quick's default shape and models: 2 blocks (T5: 2 + 2) and a 1024-token vocabulary, the same
+# widths and the same code paths as the default run, at a fraction of its cost
+QUICK_BATCH, QUICK_SEQ, QUICK_LAYERS, QUICK_VOCAB = 2, 16, 2, 1024
+QUICK_BANNER = "--quick: smoke run, too few rounds for meaningful figures (do not quote them)"
 
 
 # Forward-phase instances share the base model's weight storage (see the module docstring);
@@ -143,19 +154,23 @@ def base_copy(base: torch.nn.Module, writes_weights: bool = False) -> torch.nn.M
 @dataclass
 class Arch:
     name: str
-    make_model: Callable[[], torch.nn.Module]
+    make_model: Callable[..., torch.nn.Module]  # make_model(layers, vocab_size)
     vocab_size: int
     batch: int = 8
     seq: int = 64
+    layers: int = 6  # transformer blocks (T5: in the encoder and in the decoder each)
+
+    def build(self) -> torch.nn.Module:
+        return self.make_model(self.layers, self.vocab_size)
 
 
-def _bert() -> torch.nn.Module:
+def _bert(layers: int = 6, vocab_size: int = 30522) -> torch.nn.Module:
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
-        vocab_size=30522,
+        vocab_size=vocab_size,
         hidden_size=384,
-        num_hidden_layers=6,
+        num_hidden_layers=layers,
         num_attention_heads=12,
         intermediate_size=1536,
         hidden_dropout_prob=0.0,
@@ -165,13 +180,13 @@ def _bert() -> torch.nn.Module:
     return BertModel(config, add_pooling_layer=False)
 
 
-def _llama() -> torch.nn.Module:
+def _llama(layers: int = 6, vocab_size: int = 32000) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaModel
 
     config = LlamaConfig(
-        vocab_size=32000,
+        vocab_size=vocab_size,
         hidden_size=384,
-        num_hidden_layers=6,
+        num_hidden_layers=layers,
         num_attention_heads=6,
         num_key_value_heads=2,
         intermediate_size=1024,
@@ -181,12 +196,12 @@ def _llama() -> torch.nn.Module:
     return LlamaModel(config)
 
 
-def _t5() -> torch.nn.Module:
+def _t5(layers: int = 6, vocab_size: int = 32128) -> torch.nn.Module:
     """T5-small's layout at the width of the others: 6 encoder and 6 decoder blocks."""
     from transformers import T5Config, T5Model
 
     config = T5Config(
-        vocab_size=32128, d_model=384, d_kv=32, d_ff=1536, num_layers=6, num_heads=12, dropout_rate=0.0,
+        vocab_size=vocab_size, d_model=384, d_kv=32, d_ff=1536, num_layers=layers, num_heads=12, dropout_rate=0.0,
         feed_forward_proj="relu",
     )
     torch.manual_seed(SEED)
@@ -433,11 +448,47 @@ class Settings:
     train_iters: int
     warmup: int
     phases: tuple = ("forward", "train")
+    copies: int = BASE_COPIES  # identical instances per variant (see ``rotating``)
+    quick: bool = False  # a smoke run: its figures are labelled as not meaningful
 
 
 # The clock: wall time (perf_counter) by default; ``--clock cpu`` switches to the CPU time of
 # the calling thread with torch on one thread, which other processes on a busy machine barely move.
 _clock = time.perf_counter
+
+
+class Progress:
+    """Progress on stderr (flushed), so that a long run shows what it is doing while stdout
+    carries only the report. A line per stage (architecture, phase, building, warm-up, round),
+    prefixed with the seconds since the start; on a terminal, also a transient line naming the
+    scenario being timed, overwritten as the run goes on."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self._live = False
+
+    def clear(self):
+        if self._live:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._live = False
+
+    def __call__(self, text: str):
+        self.clear()
+        self.stream.write(f"[{time.perf_counter() - self.start:4.0f} s] {text}\n")
+        self.stream.flush()
+
+    def status(self, text: str):
+        """A transient line (terminals only): replaced by the next status or progress line."""
+        if self.tty:
+            self.stream.write(f"\r\033[K[{time.perf_counter() - self.start:4.0f} s] {text}"[:200])
+            self.stream.flush()
+            self._live = True
+
+
+progress = Progress()
 
 
 def _time_iters(step: Callable[[], None], iters: int) -> float:
@@ -501,18 +552,21 @@ def _half_iqr(values: list) -> float:
     return (q3 - q1) / 2
 
 
-def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: dict) -> dict:
+def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: dict, label: str = "") -> dict:
     """Time ``base_step`` and every scenario step alternately; return a :class:`Timing` per
     scenario name.
 
     A round is ``base, s1, base, s2, base, ..., sN, base`` (the scenario order rotates every
     round); each scenario sample is paired with the mean of the two base samples around it, so
     the base and the scenario side of a ratio are always taken within moments of each other.
-    A step that raises is recorded in ``errors`` (name -> traceback) and dropped.
+    A step that raises is recorded in ``errors`` (name -> traceback) and dropped. ``label``
+    prefixes the progress lines (e.g. ``"bert forward"``).
     """
     steps = dict(steps)
+    stage = ""
 
     def guarded(name, fn, n):
+        progress.status(f"{label}: {stage}: {name}")
         try:
             return _time_iters(fn, n)
         except Exception:
@@ -520,12 +574,16 @@ def interleaved(base_step, steps: dict, iters: int, settings: Settings, errors: 
             steps.pop(name, None)
             return None
 
-    for _ in range(settings.warmup):
+    for w in range(settings.warmup):
+        stage = f"warm-up {w + 1}/{settings.warmup}"
+        progress(f"{label}: {stage} ({len(steps)} scenarios)")
         base_step()
         for name, fn in list(steps.items()):
             guarded(name, fn, 1)
     samples = {name: ([], []) for name in steps}
     for r in range(settings.rounds):
+        stage = f"round {r + 1}/{settings.rounds}"
+        progress(f"{label}: {stage} ({len(steps)} scenarios)")
         gc.collect()
         names = list(steps)
         if names:
@@ -643,13 +701,14 @@ def _row(s: Scenario, fwd, train) -> str:
     )
 
 
-def _variants(base, scenarios, training, inputs, make_step, errors, phase):
+def _variants(base, scenarios, training, inputs, make_step, errors, phase, copies=BASE_COPIES, label=""):
     steps = {}
     for s in scenarios:
         if training and s.train is None:
             continue
+        progress.status(f"{label}: building {s.name}")
         try:
-            models = [build_variant(base, s, training=training) for _ in range(BASE_COPIES)]
+            models = [build_variant(base, s, training=training) for _ in range(copies)]
             steps[s.name] = rotating([make_step(model, inputs) for model in models])
         except Exception:
             errors.append((s.name, phase, traceback.format_exc()))
@@ -662,7 +721,7 @@ def _weights_checksum(model) -> float:
 
 def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     global _SHARE_WEIGHTS
-    base = arch.make_model()
+    base = arch.build()
     base.eval()
     inputs = make_inputs(arch)
     scenarios = [s for s in scenarios if arch.name in s.archs]
@@ -683,23 +742,27 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
     ):
         if phase not in settings.phases:
             continue
+        label = f"{arch.name} {phase}"
+        count = sum(1 for s in scenarios if not (training and s.train is None))
+        progress(f"{label}: building the base and {count} scenario variants (x{settings.copies} instances each)")
         t0 = time.perf_counter()
         _SHARE_WEIGHTS = True  # every instance but the full fine-tuning ones shares the base weights
         if training:
             # Full fine-tuning baseline: own instances (AdamW changes their weights), all trainable.
-            copies = [copy.deepcopy(base).train().requires_grad_(True) for _ in range(BASE_COPIES)]
+            copies = [copy.deepcopy(base).train().requires_grad_(True) for _ in range(settings.copies)]
             base_step = rotating([train_step(c, inputs) for c in copies])
         else:
-            base_step = rotating([forward_step(base_copy(base), inputs) for _ in range(BASE_COPIES)])
-        steps = _variants(base, scenarios, training, inputs, make_step, errors, phase)
+            base_step = rotating([forward_step(base_copy(base), inputs) for _ in range(settings.copies)])
+        steps = _variants(base, scenarios, training, inputs, make_step, errors, phase, settings.copies, label)
         _SHARE_WEIGHTS = False
         step_errors: dict = {}
-        timings[phase] = interleaved(base_step, steps, iters, settings, step_errors)
+        timings[phase] = interleaved(base_step, steps, iters, settings, step_errors, label)
         errors.extend((name, phase, tb) for name, tb in step_errors.items())
         del steps, base_step
         gc.collect()
         if _weights_checksum(base) != checksum:
             raise RuntimeError(f"a {phase}-phase variant wrote into the shared base weights; mark it writes_weights=True")
+        progress.clear()
         print(f"  {phase} phase: {time.perf_counter() - t0:.0f} s", flush=True)
 
     results, spreads, cis = [], {}, {}
@@ -721,20 +784,26 @@ def run_arch(arch: Arch, settings: Settings, scenarios: list[Scenario]):
         xs = [timing.base for timing in timings[phase].values()]
         return f"{statistics.median(xs) * 1e3:.0f} ms" if xs else "-"
 
+    progress.clear()
     print(f"base forward {med('forward')}/it, base full fine-tuning step {med('train')}/it")
     print("fwd x = scenario / bare base forward; train x = scenario train step / full fine-tuning step")
     print(HEADER)
     print("-" * len(HEADER))
     for s, fwd, train in results:
         print(_row(s, fwd, train))
-    print("95% confidence interval of each ratio, and spread (half the interquartile range of the per-pair ratios):")
-    for s, _, _ in results:
+    # too few pairs for an interval or a spread (under 5 / 4, e.g. --quick): the block would be all "-"
+    measured = any(x == x for x in [*(ci[0] for ci in cis.values()), *spreads.values()])
+    if measured:
+        print("95% confidence interval of each ratio, and spread (half the interquartile range of the per-pair ratios):")
+    for s, _, _ in results if measured else []:
         cells = [
             f"{phase} {_fmt_ci(cis.get((s.name, phase)))} spread {_fmt_spread(spreads.get((s.name, phase)))}"
             for phase in ("forward", "train") if (s.name, phase) in cis
         ]
         if cells:
             print(f"  {s.name:<20} " + "; ".join(cells))
+    if settings.quick:
+        print(QUICK_BANNER)
     return results, [(arch.name, *e) for e in errors]
 
 
@@ -778,7 +847,9 @@ def decode_benchmark(settings: Settings, batch: int, prompt: int = 16, new_token
                 torch.cuda.synchronize()
         return run
 
-    timings = interleaved(step(base), {"prefix 30": step(ours), "PEFT prefix 30": step(peft_model)}, 1, settings, {})
+    progress(f"decode: LlamaForCausalLM, batch {batch}, {new_tokens} new tokens")
+    timings = interleaved(step(base), {"prefix 30": step(ours), "PEFT prefix 30": step(peft_model)}, 1, settings, {}, "decode")
+    progress.clear()
     tokens = batch * new_tokens
     print(f"\n== decode: LlamaForCausalLM (llama shape above), batch {batch}, prompt {prompt}, {new_tokens} new tokens, "
           f"greedy, KV cache, {device}")
@@ -793,6 +864,8 @@ def decode_benchmark(settings: Settings, batch: int, prompt: int = 16, new_token
         speed_tokens = tokens / timing.base * speed
         print(f"{name:<20} {speed_tokens:9.0f} {speed:7.3f} {_fmt_ci(ci):>16} {_fmt_spread(timing.spread):>6} {goal}")
     print(f"{'base':<20} {tokens / statistics.median([timing.base for timing in timings.values()]):9.0f}   1.000")
+    if settings.quick:
+        print(QUICK_BANNER)
     return rows
 
 
@@ -817,11 +890,15 @@ def summary_line(arch_name, results) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few rounds/iterations: a smoke run, noisy ratios")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (~30 s): shrunken models, batch 2 x 16, 1 thread, 2 rounds; figures not meaningful",
+    )
     parser.add_argument("--arch", choices=["bert", "llama", "t5", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 10, quick 2)")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default 8)")
-    parser.add_argument("--seq", type=int, default=None, help="sequence length (default 64)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 8, quick 2)")
+    parser.add_argument("--seq", type=int, default=None, help="sequence length (default 64, quick 16)")
     parser.add_argument("--only", default=None, help="comma-separated scenario names to run (default: all)")
     parser.add_argument("--decode", action="store_true", help="also measure greedy decoding speed with a prefix")
     parser.add_argument("--decode-only", action="store_true", help="only the decoding measurement")
@@ -846,22 +923,33 @@ def main(argv=None):
     if args.clock == "cpu":
         torch.set_num_threads(1)
         _clock = time.thread_time
+    elif args.quick:
+        # tiny matrices gain nothing from a second thread, and two threads on a busy machine
+        # wait for each other: --quick ran ten times slower on two threads there
+        torch.set_num_threads(1)
     else:
         torch.set_num_threads(2)
     torch.manual_seed(SEED)
     if args.quick:
-        settings = Settings(rounds=2, fwd_iters=1, train_iters=1, warmup=1)
+        settings = Settings(rounds=2, fwd_iters=1, train_iters=1, warmup=1, copies=1, quick=True)
     else:
         settings = Settings(rounds=10, fwd_iters=5, train_iters=2, warmup=2)
     if args.rounds is not None:
         settings.rounds = max(1, args.rounds)
     if args.phase != "both":
         settings.phases = (args.phase,)
-    batch = args.batch if args.batch is not None else 8
-    seq = args.seq if args.seq is not None else 64
+    batch = args.batch if args.batch is not None else (QUICK_BATCH if args.quick else 8)
+    seq = args.seq if args.seq is not None else (QUICK_SEQ if args.quick else 64)
 
+    # PEFT 0.21 calls transformers 5 APIs deprecated since (``is_gradient_checkpointing``, the
+    # ``past_key_values`` argument its prefix models pass): not ours to fix, and noise in the report
+    for message in ("`is_gradient_checkpointing` is deprecated", "`past_key_values` is deprecated",
+                    "Both `past_key_values` and `cache` are set"):
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # the report and the progress (stderr) in order
     if args.quick:
-        print("--quick: smoke run (few rounds); ratios are noisy, indicative only")
+        print(QUICK_BANNER)
     print(f"adapters {adapters.__version__}, torch {torch.__version__}, transformers {_tf_version()}")
     archs = list(ARCHS) if args.arch == "all" else [args.arch]
     if args.decode or args.decode_only:
@@ -871,6 +959,8 @@ def main(argv=None):
     all_results, all_errors = {}, []
     for name in archs:
         arch = dataclasses.replace(ARCHS[name], batch=batch, seq=seq)
+        if args.quick:
+            arch = dataclasses.replace(arch, layers=QUICK_LAYERS, vocab_size=QUICK_VOCAB)
         results, errors = run_arch(arch, settings, scenarios)
         all_results[name] = results
         all_errors.extend(errors)
@@ -880,6 +970,8 @@ def main(argv=None):
     print("\nSummary:")
     for name in archs:
         print("  " + summary_line(name, all_results[name]))
+    if settings.quick:
+        print(QUICK_BANNER)
     return 1 if all_errors else 0
 
 

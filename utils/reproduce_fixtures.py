@@ -9,12 +9,17 @@ Usage::
 
     python utils/reproduce_fixtures.py [--fixtures ../shared/fixtures] [--tolerance 1e-4]
 
-Exits with 1 if any loaded case differs by more than the tolerance.
+The fixtures folder defaults to ``$ADAPTERS_FIXTURES`` if set (as for the tests), else
+``../shared/fixtures`` beside the repository. Exits with 1 if any loaded case differs by more than
+the tolerance, except the cases listed in ``KNOWN_DIFFERENCES`` (AdapterHub defects we do not copy,
+each pinned by a test). Where the folder is absent (a checkout without ``../shared``), prints one line saying
+so and exits with 0: there is nothing to compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -31,6 +36,18 @@ from safetensors.torch import load_file  # noqa: E402
 
 import adapters  # noqa: E402
 from adapters import Average  # noqa: E402
+
+
+# Cases where AdapterHub 1.3.0's stored output comes from a defect we do not copy; the tests named
+# pin each difference to exactly that defect (by reproducing AdapterHub's number with it emulated).
+KNOWN_DIFFERENCES = {
+    "adapterhub/bert/prompt_tuning": "AdapterHub lets the prompt positions attend to padding (padded row); "
+    "test_fixtures_adapterhub.py::test_adapterhub_prompt_tuning_case_reproduces",
+    "adapterhub/llama/mam": "AdapterHub drops decoder prefixes when the mask has padding; "
+    "test_fixtures_adapterhub.py::test_adapterhub_llama_mam_case_lacks_the_prefix",
+    "adapterhub/llama/unipelt": "AdapterHub drops decoder prefixes when the mask has padding; "
+    "test_fixtures_adapterhub.py::test_adapterhub_llama_mam_case_lacks_the_prefix",
+}
 
 
 def _first_output(output):
@@ -105,24 +122,37 @@ def peft_cases(root):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fixtures", default=os.path.join(ROOT, "..", "shared", "fixtures"))
+    parser.add_argument(
+        "--fixtures",
+        default=os.environ.get("ADAPTERS_FIXTURES") or os.path.join(ROOT, "..", "shared", "fixtures"),
+        help="the reference fixtures folder (default: $ADAPTERS_FIXTURES, else ../shared/fixtures)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
+    folder = os.path.abspath(args.fixtures)
+    if not os.path.isdir(folder):
+        print(f"reference fixtures not present: {folder} does not exist, nothing to compare")
+        return 0
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     failed = 0
     print(f"{'case':<42}{'max |diff| (out / merged)':<30}result")
-    for label, errors, skipped in [
-        *adapterhub_cases(os.path.join(args.fixtures, "adapterhub")),
-        *peft_cases(os.path.join(args.fixtures, "peft")),
-    ]:
+    cases = []
+    for name, read in (("adapterhub", adapterhub_cases), ("peft", peft_cases)):
+        if os.path.isdir(os.path.join(folder, name)):
+            cases.append(read(os.path.join(folder, name)))
+        else:
+            print(f"{name + '/*':<42}{'-':<30}skipped: {os.path.join(folder, name)} not present")
+    for label, errors, skipped in itertools.chain(*cases):
         if errors is None:
             reason = skipped.split("(", 1)[1].rsplit(")", 1)[0] if ".json: " in skipped else skipped
             print(f"{label:<42}{'-':<30}skipped: {reason[:70]}")
             continue
         ok = all(e <= args.tolerance for e in errors)
-        failed += not ok
-        print(f"{label:<42}{' / '.join(f'{e:.1e}' for e in errors):<30}{'ok' if ok else 'FAIL'}")
+        known = not ok and label in KNOWN_DIFFERENCES
+        failed += not (ok or known)
+        result = "ok" if ok else f"known difference: {KNOWN_DIFFERENCES[label]}" if known else "FAIL"
+        print(f"{label:<42}{' / '.join(f'{e:.1e}' for e in errors):<30}{result}")
     return 1 if failed else 0
 
 
