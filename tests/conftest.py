@@ -388,3 +388,19 @@ def reference_disagreement(reference: torch.Tensor, independent: torch.Tensor, w
     versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("transformers", "peft"))
     gap = (reference - independent).abs().max().item() if reference.shape == independent.shape else f"shape {tuple(reference.shape)}"
     return f"the reference ({what}) is wrong on {versions}: it differs from the independent computation by {gap}"
+
+
+def checked_peft_output(peft_model, inputs: dict, independent: torch.Tensor | None = None, atol: float = 1e-4):
+    """``(output, None)``: a PeftModel's main output for ``inputs``, checked against an independent
+    computation — by default the plain transformers model ``merge_and_unload()`` makes of a copy
+    (the adapter folded into the weights, no PEFT code in its forward); methods PEFT cannot merge
+    (prefixes, Llama-Adapter) pass their own. ``(output, reason)`` when they disagree: callers skip
+    their comparison with PEFT with that reason (see :func:`reference_disagreement`)."""
+    import copy
+
+    what = "PeftModel's forward" if independent is not None else "PeftModel's forward vs the plain model of its merge_and_unload()"
+    with torch.no_grad():
+        theirs = main_output(peft_model(**inputs))
+        if independent is None:
+            independent = main_output(copy.deepcopy(peft_model).merge_and_unload()(**inputs))
+    return theirs, reference_disagreement(theirs, independent, what, atol=atol)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import HIDDEN, LAYERS, assert_generate_is_greedy_decoding, main_output, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import HIDDEN, LAYERS, assert_generate_is_greedy_decoding, checked_peft_output, main_output, make_inputs, make_model, patched, perturb_adapter, run
 
 import adapters
 from adapters import Average, BatchSplit, DoRAConfig, IA3Config, LoRAConfig, Parallel, Split, Stack
@@ -419,14 +419,17 @@ def test_saved_peft_format_loads_in_peft_with_the_same_outputs(tmp_path, config)
     inputs = make_inputs("gpt2")
     ours = run(model, inputs)
     model.save_adapter(str(tmp_path), "a", format="peft")
-    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
-    with torch.no_grad():
-        close(main_output(peft_model(**inputs)), ours)
-        peft_model.merge_adapter()
-        close(main_output(peft_model(**inputs)), ours, 1e-4)
     again = patched("gpt2", "clm")
     again.load_adapter(str(tmp_path), load_as="b", set_active=True)
     close(run(again, inputs), ours, 1e-6)
+    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
+    theirs, broken = checked_peft_output(peft_model, inputs)
+    if broken:
+        pytest.skip(broken)
+    close(theirs, ours)
+    with torch.no_grad():
+        peft_model.merge_adapter()
+        close(main_output(peft_model(**inputs)), ours, 1e-4)
 
 
 def test_peft_written_gpt2_checkpoints_load_with_the_same_outputs(tmp_path):
@@ -444,8 +447,9 @@ def test_peft_written_gpt2_checkpoints_load_with_the_same_outputs(tmp_path):
         peft_model = get_peft_model(make_model("gpt2", "clm"), config)
         if name == "ia3":
             perturb_named(peft_model, "ia3_l")
-        with torch.no_grad():
-            theirs = main_output(peft_model(**inputs))
+        theirs, broken = checked_peft_output(peft_model, inputs)
+        if broken:
+            pytest.skip(f"{name}: {broken}")
         peft_model.save_pretrained(str(tmp_path / name))
         model = patched("gpt2", "clm")
         model.load_adapter(str(tmp_path / name), set_active=True)
@@ -466,9 +470,10 @@ def test_sliced_adapters_are_written_as_whole_module_peft_adapters(tmp_path, con
     inputs = make_inputs("gpt2")
     ours = run(model, inputs)
     model.save_adapter(str(tmp_path), "a", format="peft")
-    peft_model = PeftModel.from_pretrained(make_model("gpt2", "clm"), str(tmp_path)).eval()
-    with torch.no_grad():
-        close(main_output(peft_model(**inputs)), ours)
+    theirs, broken = checked_peft_output(PeftModel.from_pretrained(make_model("gpt2", "clm"), str(tmp_path)).eval(), inputs)
+    if broken:
+        pytest.skip(broken)
+    close(theirs, ours)
 
 
 def test_weighted_combinations_on_fused_parts_follow_their_definitions():

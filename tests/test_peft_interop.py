@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import main_output, make_inputs, make_model, perturb_adapter
+from conftest import checked_peft_output, main_output, make_inputs, make_model, perturb_adapter
 from fixture_utils import PEFT, fixture_inputs, load_tensors
 
 import adapters
@@ -94,16 +94,16 @@ def test_saved_peft_format_loads_in_peft_with_the_same_outputs(tmp_path, arch, h
     with torch.no_grad():
         ours = main_output(model(**inputs))
     model.save_adapter(str(tmp_path), "a", format="peft")
-    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
-    with torch.no_grad():
-        theirs = main_output(peft_model(**inputs))
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
-    # and back: our loader reads what we wrote
+    # our loader reads what we wrote
     again = make_model(arch, head)
     adapters.init(again)
     again.load_adapter(str(tmp_path), load_as="b", set_active=True)
     with torch.no_grad():
         torch.testing.assert_close(main_output(again(**inputs)), ours, atol=1e-6, rtol=1e-6)
+    theirs, broken = checked_peft_output(PeftModel.from_pretrained(reference, str(tmp_path)).eval(), inputs)
+    if broken:
+        pytest.skip(broken)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
 def test_trained_biases_round_trip_through_peft(tmp_path):
@@ -121,9 +121,10 @@ def test_trained_biases_round_trip_through_peft(tmp_path):
     with torch.no_grad():
         ours = main_output(model(**inputs))
     model.save_adapter(str(tmp_path), "a", format="peft")
-    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=1e-5)
+    theirs, broken = checked_peft_output(PeftModel.from_pretrained(reference, str(tmp_path)).eval(), inputs)
+    if broken:
+        pytest.skip(broken)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
 def test_peft_prefix_tuning_case_reproduces():
@@ -168,14 +169,15 @@ def test_saved_weight_transforms_load_in_peft_with_the_same_outputs(tmp_path, ar
     with torch.no_grad():
         ours = main_output(model(**inputs))
     model.save_adapter(str(tmp_path), "a", format="peft")
-    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=1e-5)
     again = make_model(arch, head)
     adapters.init(again)
     again.load_adapter(str(tmp_path), load_as="b", set_active=True)
     with torch.no_grad():
         torch.testing.assert_close(main_output(again(**inputs)), ours, atol=1e-6, rtol=1e-6)
+    theirs, broken = checked_peft_output(PeftModel.from_pretrained(reference, str(tmp_path)).eval(), inputs)
+    if broken:
+        pytest.skip(broken)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
 def test_adalora_rank_pattern_of_a_peft_checkpoint_shrinks_the_modules(tmp_path):
@@ -203,12 +205,12 @@ def test_adalora_rank_pattern_of_a_peft_checkpoint_shrinks_the_modules(tmp_path)
     (tmp_path / "adapter_config.json").write_text(json.dumps(meta))
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "adapter_model.safetensors"))
     inputs = make_inputs("bert")
-    peft_model = PeftModel.from_pretrained(reference, str(tmp_path)).eval()
-    with torch.no_grad():
-        theirs = main_output(peft_model(**inputs))
+    theirs, broken = checked_peft_output(PeftModel.from_pretrained(reference, str(tmp_path)).eval(), inputs)
     again = make_model("bert")
     adapters.init(again)
     again.load_adapter(str(tmp_path), load_as="b", set_active=True)
     assert set(again.adalora_ranks("b").values()) == {2}
+    if broken:
+        pytest.skip(broken)
     with torch.no_grad():
         torch.testing.assert_close(main_output(again(**inputs)), theirs, atol=1e-5, rtol=1e-5)
