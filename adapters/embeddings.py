@@ -19,7 +19,8 @@ from typing import Optional
 
 import torch
 from torch import nn
-from transformers.utils import logging
+
+from . import logging
 
 logger = logging.get_logger(__name__)
 

@@ -69,8 +69,8 @@ from typing import Optional, Union
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-from transformers.utils import logging
 
+from . import logging
 from .models.spec import ArchitectureSpec, ResidualHook
 
 logger = logging.get_logger(__name__)

@@ -29,8 +29,8 @@ import re
 from typing import Callable, Optional
 
 import torch
-from transformers.utils import logging
 
+from . import logging
 from . import __version__
 from .composition import Fuse
 from .configuration.base import AdapterConfig

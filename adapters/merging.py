@@ -34,8 +34,8 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers.utils import logging
 
+from . import logging
 from .composition import Stack
 from .methods import WEIGHT_TRANSFORM_METHODS
 

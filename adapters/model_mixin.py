@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
-from transformers.utils import logging
 
+from . import logging
 from .compat import passed_cache
 from .composition import (
     AdapterCompositionBlock,

@@ -37,8 +37,8 @@ from __future__ import annotations
 import re
 
 import torch
-from transformers.utils import logging
 
+from . import logging
 from .configuration.adaption_prompt import AdaptionPromptConfig
 from .configuration.lora import LoRAConfig
 from .configuration.prefix import PrefixTuningConfig

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.utils import logging
 
+from . import logging
 from .model_mixin import ModelAdaptersMixin
 
 logger = logging.get_logger(__name__)

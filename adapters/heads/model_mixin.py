@@ -28,8 +28,9 @@ from typing import Optional, Union
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
+from .. import logging
 from ..compat import CACHE_NAME, returned_cache
 from ..composition import BatchSplit, Parallel, Stack
 from ..context import AdapterSetup, ForwardContext

@@ -29,8 +29,8 @@ import math
 
 import torch
 from torch import nn
-from transformers.utils import logging
 
+from .. import logging
 from ..configuration.weight_transforms import HRAConfig
 from .caching import reuse_while_unchanged
 from .weight_transform import WeightTransform

@@ -35,8 +35,8 @@ import math
 
 import torch
 from torch import nn
-from transformers.utils import logging
 
+from .. import logging
 from ..configuration.weight_transforms import OFTConfig
 from .caching import reuse_while_unchanged
 from .weight_transform import WeightTransform
