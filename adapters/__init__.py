@@ -12,7 +12,7 @@ Example::
 
 __version__ = "0.1.0"
 
-from . import composition
+from . import composition, logging
 from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
 from .configuration import (
     ADAPTER_CONFIG_MAP,
@@ -54,36 +54,40 @@ from .loading import AdapterLoadError
 from .model_mixin import ModelAdaptersMixin
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
 from .interface import AdapterMethod, AdapterModelInterface
-from .heads import MultiHeadOutput, PredictionHead, register_custom_head
-from .models.adapter_model import (
-    AutoAdapterModel,
-    BertAdapterModel,
-    DebertaV2AdapterModel,
-    DistilBertAdapterModel,
-    ElectraAdapterModel,
-    GPT2AdapterModel,
-    Gemma2AdapterModel,
-    Gemma3TextAdapterModel,
-    GPTJAdapterModel,
-    GPTNeoXAdapterModel,
-    AlbertAdapterModel,
-    LlamaAdapterModel,
-    MistralAdapterModel,
-    Phi3AdapterModel,
-    Qwen2AdapterModel,
-    Qwen3AdapterModel,
-    RobertaAdapterModel,
-    XLMRobertaAdapterModel,
-    convert_to_adapter_model,
-)
-from .models.adapter_model import (  # encoder-decoders (seq2seq_lm heads)
-    BartAdapterModel,
-    MBartAdapterModel,
-    MT5AdapterModel,
-    T5AdapterModel,
-    WhisperAdapterModel,
-)
-from .models.adapter_model import CLIPAdapterModel, ModernBertAdapterModel, ViTAdapterModel
+
+# Names provided at their first use (PEP 562 __getattr__ below), so that `import adapters` stays light:
+# each AdapterModel class is created on first use (creating it imports the architecture's modeling
+# module), and the Trainer integration imports transformers' Trainer (and with it accelerate and peft).
+_LAZY_NAMES = {
+    "AdapterTrainer": "trainer",
+    "AdaLoraCallback": "trainer",
+    "MultiHeadOutput": "heads",
+    "PredictionHead": "heads",
+    "register_custom_head": "heads",
+    "AutoAdapterModel": "models.adapter_model",
+    "convert_to_adapter_model": "models.adapter_model",
+    **{
+        name: "models.adapter_model"
+        for name in (
+            "AlbertAdapterModel", "BertAdapterModel", "DebertaV2AdapterModel", "DistilBertAdapterModel",
+            "ElectraAdapterModel", "GPT2AdapterModel", "Gemma2AdapterModel", "Gemma3TextAdapterModel",
+            "GPTJAdapterModel", "GPTNeoXAdapterModel", "LlamaAdapterModel", "MistralAdapterModel", "Phi3AdapterModel",
+            "Qwen2AdapterModel", "Qwen3AdapterModel", "RobertaAdapterModel", "XLMRobertaAdapterModel",
+            # encoder-decoders (seq2seq_lm heads)
+            "BartAdapterModel", "MBartAdapterModel", "MT5AdapterModel", "T5AdapterModel", "WhisperAdapterModel",
+            # image models, ModernBERT's own heads, CLIP
+            "CLIPAdapterModel", "ModernBertAdapterModel", "ViTAdapterModel",
+        )
+    },
+}
+_LAZY_SUBMODULES = {"heads", "trainer"}
+
+import typing as _typing  # noqa: E402
+
+if _typing.TYPE_CHECKING:  # for type checkers and IDEs (the generated AdapterModel classes have no static definition)
+    from .heads import MultiHeadOutput, PredictionHead, register_custom_head
+    from .models.adapter_model import AutoAdapterModel, convert_to_adapter_model
+    from .trainer import AdaLoraCallback, AdapterTrainer
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -138,6 +142,7 @@ __all__ = [
     "UniPELTConfig",
     "composition",
     "init",
+    "logging",
     "parse_composition",
     "register_architecture",
     # flexible heads (adapters.heads, adapters.models.adapter_model)
@@ -172,10 +177,19 @@ __all__ += ["BartAdapterModel", "MBartAdapterModel", "MT5AdapterModel", "T5Adapt
 
 
 def __getattr__(name):
-    # transformers' Trainer (and with it accelerate and peft) takes seconds to import: load the
-    # Trainer integration only when it is asked for
-    if name in ("AdapterTrainer", "AdaLoraCallback"):
-        from . import trainer
+    # PEP 562: the names of _LAZY_NAMES are imported (and the AdapterModel classes created) when first
+    # asked for, then kept as attributes of the package
+    import importlib
 
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'adapters' has no attribute {name!r}")
+    if name in _LAZY_SUBMODULES:  # `adapters.heads.X` without importing adapters.heads first
+        return importlib.import_module(f"{__name__}.{name}")
+    module_name = _LAZY_NAMES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'adapters' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_NAMES))

@@ -623,9 +623,13 @@ def test_hub_kernels_do_not_hide_the_class_swapped_forward(real):
     e.g. Llama's RMSNorm *per instance*, which hides the class-level hooks adapters swaps in: the
     adapters would silently not run. ``swap_class`` keeps a kernel it finds and marks its classes with
     ``kernel_condition`` so later kernelization skips them."""
-    if real:
-        pytest.importorskip("kernels")
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    if real and not hasattr(LlamaRMSNorm, "kernel_layer_name"):  # transformers' decorator left the class alone
+        pytest.skip(
+            f"transformers {TRANSFORMERS_VERSION} runs no hub kernels here (the kernels package is absent or outside the "
+            "range this release accepts), so none can hide the hooks; the simulated variant covers the mechanism"
+        )
 
     assert getattr(LlamaRMSNorm, "kernel_layer_name", "RMSNorm") == "RMSNorm", changed("LlamaRMSNorm's hub kernel name")
     inputs = make_inputs("llama")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from torch import nn
-from transformers.utils import logging
 
+from .. import logging
 from ..configuration.model_config import ModelAdaptersConfig
 from . import albert, bart, bert, clip, deberta, distilbert, gemma, gpt2, gpt_neox, gptj, llama, modernbert, phi3, t5, vit, whisper  # noqa: F401  (registers the specs)
 from .patching import install_architecture, swap_class
@@ -13,6 +13,15 @@ from .spec import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, registe
 logger = logging.get_logger(__name__)
 
 __all__ = ["init", "ArchitectureSpec", "ResidualHook", "register_architecture", "SUPPORTED_MODEL_TYPES"]
+
+
+def __getattr__(name: str):
+    # the AdapterModel classes' module is imported at its first use (`import adapters` does not need it)
+    if name == "adapter_model":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.adapter_model")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def init(model: nn.Module, interface=None) -> nn.Module:

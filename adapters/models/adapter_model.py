@@ -23,14 +23,16 @@ Every instance is patched with :func:`adapters.init` at construction, so adapter
 from __future__ import annotations
 
 import copy
+import threading
+from collections.abc import Mapping
 from typing import Optional
 
 import torch
 import transformers
 from torch import nn
 from transformers import AutoConfig, GenerationMixin, PreTrainedModel
-from transformers.utils import logging
 
+from .. import logging
 from ..heads.model_mixin import FlexibleHeadsMixin, _head_arguments
 from ..heads.modernbert import MODERNBERT_HEADS
 
@@ -238,14 +240,28 @@ def _image_and_modernbert_conversions() -> dict:
     return table
 
 
-#: transformers head class -> (flexible head config, {flex layer index: static module path}, extra keys),
-#: for the head classes this transformers version has
-STATIC_HEAD_CONVERSIONS = {
+# transformers head class name -> conversion, for every head class of any transformers 5 release
+_HEAD_CONVERSION_TABLE = {
     name: value
     for table in (_conversions(), _seq2seq_conversions(), _image_and_modernbert_conversions())
     for name, value in table.items()
-    if hasattr(transformers, name)
 }
+
+
+def _static_conversion(architecture: Optional[str]):
+    """The conversion of transformers head class ``architecture`` if this transformers version has
+    the class, else None. Asking transformers for a class imports its modeling module: only the
+    class asked for is looked up (``STATIC_HEAD_CONVERSIONS`` looks up all of them)."""
+    if architecture not in _HEAD_CONVERSION_TABLE or not hasattr(transformers, architecture):
+        return None
+    return _HEAD_CONVERSION_TABLE[architecture]
+
+
+def _static_head_conversions() -> dict:
+    """``STATIC_HEAD_CONVERSIONS`` (a module attribute computed at its first use): transformers head
+    class -> (flexible head config, {flex layer index: static module path}, extra keys), for the
+    head classes this transformers version has."""
+    return {name: value for name, value in _HEAD_CONVERSION_TABLE.items() if hasattr(transformers, name)}
 
 
 def _pretrained_base_class(base_class: type) -> type:
@@ -350,7 +366,7 @@ class _AdapterModelBody(FlexibleHeadsMixin):
             config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
         architecture = next(iter(getattr(config, "architectures", None) or []), None)
-        if architecture in STATIC_HEAD_CONVERSIONS and not getattr(config, "prediction_heads", None):
+        if _static_conversion(architecture) is not None and not getattr(config, "prediction_heads", None):
             static = getattr(transformers, architecture).from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
             return convert_to_adapter_model(static, adapter_model_class=cls)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -431,13 +447,16 @@ class _EncoderDecoderBody(_AdapterModelBody):
 
 
 def _shift_tokens(module_name: str, with_start: bool = True):
-    """The architecture's own ``shift_tokens_right`` (BART, mBART, Whisper)."""
+    """The architecture's own ``shift_tokens_right`` (BART, mBART, Whisper), imported at the first call."""
     import importlib
 
-    function = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}").shift_tokens_right
-    if with_start:
-        return lambda model, ids: function(ids, model.config.pad_token_id, model.config.decoder_start_token_id)
-    return lambda model, ids: function(ids, model.config.pad_token_id)
+    def shift(model, ids):
+        function = importlib.import_module(f"transformers.models.{module_name}.modeling_{module_name}").shift_tokens_right
+        if with_start:
+            return function(ids, model.config.pad_token_id, model.config.decoder_start_token_id)
+        return function(ids, model.config.pad_token_id)
+
+    return shift
 
 
 # model_type -> (model, ids) -> ids shifted right for the decoder, by transformers' own functions
@@ -621,10 +640,60 @@ def _make_class(model_type: str) -> type:
     )
 
 
-#: model_type -> generated AdapterModel class
-ADAPTER_MODEL_CLASSES: dict[str, type] = {model_type: _make_class(model_type) for model_type in ADAPTER_MODEL_TABLE}
-globals().update({cls.__name__: cls for cls in ADAPTER_MODEL_CLASSES.values()})
-__all__ += [cls.__name__ for cls in ADAPTER_MODEL_CLASSES.values()]
+class _AdapterModelClasses(Mapping):
+    """model_type -> generated AdapterModel class, each created at its first use: creating one
+    imports the architecture's transformers modeling module, which ``import adapters`` should not
+    pay for every architecture. A class is created once (under a lock) and is then also a
+    module attribute, so ``isinstance`` checks and pickling see one class per model type."""
+
+    def __init__(self):
+        self._classes: dict[str, type] = {}
+        self._lock = threading.RLock()
+
+    def __getitem__(self, model_type: str) -> type:
+        cls = self._classes.get(model_type)
+        if cls is None:
+            if model_type not in ADAPTER_MODEL_TABLE:
+                raise KeyError(model_type)
+            with self._lock:
+                cls = self._classes.get(model_type)
+                if cls is None:
+                    cls = _make_class(model_type)
+                    globals()[cls.__name__] = cls
+                    self._classes[model_type] = cls
+        return cls
+
+    def __contains__(self, model_type) -> bool:
+        return model_type in ADAPTER_MODEL_TABLE
+
+    def __iter__(self):
+        return iter(ADAPTER_MODEL_TABLE)
+
+    def __len__(self) -> int:
+        return len(ADAPTER_MODEL_TABLE)
+
+    def __repr__(self) -> str:
+        return f"<AdapterModel classes of {', '.join(ADAPTER_MODEL_TABLE)}>"
+
+
+#: model_type -> generated AdapterModel class (a read-only mapping; each class is created at its first use)
+ADAPTER_MODEL_CLASSES: Mapping[str, type] = _AdapterModelClasses()
+__all__ += [entry[0] for entry in ADAPTER_MODEL_TABLE.values()]
+
+
+def __getattr__(name: str):
+    # the AdapterModel classes (BertAdapterModel, ...) and STATIC_HEAD_CONVERSIONS are built at their first use
+    if name == "STATIC_HEAD_CONVERSIONS":
+        value = globals()[name] = _static_head_conversions()
+        return value
+    model_type = next((model_type for model_type, entry in ADAPTER_MODEL_TABLE.items() if entry[0] == name), None)
+    if model_type is not None:
+        return ADAPTER_MODEL_CLASSES[model_type]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"STATIC_HEAD_CONVERSIONS"} | {entry[0] for entry in ADAPTER_MODEL_TABLE.values()})
 
 
 def _adapter_model_class(config) -> type:
@@ -693,10 +762,12 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
     """
     cls = adapter_model_class or _adapter_model_class(model.config)
     architecture = type(model).__name__
-    if model.base_model is not model and architecture not in STATIC_HEAD_CONVERSIONS:
-        convertible = sorted(k for k in STATIC_HEAD_CONVERSIONS if k.startswith(architecture.split("For")[0][:4]))
+    conversion = _static_conversion(architecture)
+    if model.base_model is not model and conversion is None:
+        prefix = architecture.split("For")[0][:4]
+        convertible = sorted(k for k in _HEAD_CONVERSION_TABLE if k.startswith(prefix) and _static_conversion(k))
         raise ValueError(f"No flexible-head conversion for {architecture}; convertible classes include: {', '.join(convertible)}.")
-    has_head = architecture in STATIC_HEAD_CONVERSIONS
+    has_head = conversion is not None
     base = _base_of(model) if has_head else model
     config = copy.deepcopy(model.config)
     config.prediction_heads = {}
@@ -718,7 +789,7 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
         install_stack_entries(new, new.__dict__["_adapters_spec"])  # the encoder opens the new model's context
     new.train(model.training)
     if has_head:
-        head_config, layers, extra = STATIC_HEAD_CONVERSIONS[architecture]
+        head_config, layers, extra = conversion
         head_config = _resolve_head_config(head_config, model)
         head_type, head_kwargs = _head_arguments(head_config)
         head = new._build_head(head_type, head_name, **head_kwargs)
@@ -750,7 +821,7 @@ def _base_of(model: PreTrainedModel) -> nn.Module:
     device, the same module objects, not copies."""
     if model.base_model is not model:
         return model.base_model
-    head_modules = {path.split(".")[0] for path in STATIC_HEAD_CONVERSIONS[type(model).__name__][1].values()}
+    head_modules = {path.split(".")[0] for path in _static_conversion(type(model).__name__)[1].values()}
     with torch.device("meta"):
         shell = _base_model_class(model.config)(model.config)
     missing = [name for name in shell._modules if name not in model._modules]
