@@ -348,10 +348,11 @@ def _full_forward_logits(model, inputs: dict, sequences: torch.Tensor, steps: in
 
 def assert_generate_is_greedy_decoding(model, inputs: dict, steps: int = 5, atol: float = 1e-5, **generate_kwargs):
     """Check ``generate()`` against an independent computation rather than against itself: greedy
-    decoding with the KV cache and without it choose the same tokens, and every step's logits in
-    both equal a full forward pass over the tokens so far (:func:`_full_forward_logits`); the cached
-    run really decodes from its cache (every forward after the first reads one new token). Returns
-    the generated sequences.
+    decoding with the KV cache and without it choose the same tokens, every step's logits in both
+    equal a full forward pass over the tokens so far (:func:`_full_forward_logits`), and each token
+    is the argmax of those (a hand-written greedy loop over full forwards gives the same sequence);
+    the cached run really decodes from its cache (every forward after the first reads one new
+    token). Returns the generated sequences.
 
     ``min_new_tokens=steps`` keeps end-of-sequence tokens out, so every row runs all ``steps``."""
     kwargs = {
@@ -371,6 +372,13 @@ def assert_generate_is_greedy_decoding(model, inputs: dict, steps: int = 5, atol
     expected = _full_forward_logits(model, inputs, cached.sequences, steps)
     torch.testing.assert_close(torch.stack(cached.logits), expected, atol=atol, rtol=0)
     torch.testing.assert_close(torch.stack(uncached.logits), expected, atol=atol, rtol=0)
+    # and every token is the argmax of those logits (end-of-sequence tokens excluded): by induction the
+    # sequence a hand-written greedy loop over full forward passes produces
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    greedy = expected.clone()
+    greedy[..., [token for token in eos if token < greedy.shape[-1]]] = -float("inf")
+    assert torch.equal(cached.sequences[:, -steps:], greedy.argmax(-1).T), "generate() is not greedy decoding"
     return cached.sequences
 
 
