@@ -13,7 +13,7 @@ from pathlib import Path
 import adapters
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("transformers.trainer", "peft", "deepspeed", "bitsandbytes", "torchao")
+HEAVY = ("transformers.trainer", "peft", "deepspeed", "bitsandbytes", "torchao", "transformers.masking_utils")
 
 
 def _run(script: str) -> str:

@@ -42,7 +42,6 @@ import sys
 from typing import NamedTuple, Optional
 
 import torch
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from ..context import ForwardContext
@@ -295,6 +294,8 @@ def _make_attention(backend: str):
 
 
 def _make_mask(backend: str):
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS  # at first registration: keeps `import adapters` light
+
     def mask(*args, **kwargs):
         context = ForwardContext.get_context()
         q_length = kwargs.get("q_length", args[1] if len(args) > 1 else None)
@@ -321,6 +322,8 @@ def adapter_attention_name(backend: str) -> str:
     """
     if backend.startswith(PREFIX):
         return backend
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface  # (masking_utils imports psutil)
+
     name = PREFIX + backend
     if name not in AttentionInterface._global_mapping:
         if backend != "eager" and backend not in ALL_ATTENTION_FUNCTIONS:
