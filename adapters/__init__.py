@@ -50,7 +50,7 @@ from .configuration import (
     UniPELTConfig,
 )
 from .context import AdapterSetup, ForwardContext
-from .loading import AdapterLoadError
+from .errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterMergeError, CompositionError
 from .model_mixin import ModelAdaptersMixin
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
 from .interface import AdapterMethod, AdapterModelInterface
@@ -102,7 +102,11 @@ __all__ = [
     "ADAPTERFUSION_CONFIG_MAP",
     "AdapterConfig",
     "AdapterFusionConfig",
+    "AdapterConfigError",
+    "AdapterError",
     "AdapterLoadError",
+    "AdapterMergeError",
+    "CompositionError",
     "AdapterMethod",
     "AdapterModelInterface",
     "AdapterSetup",

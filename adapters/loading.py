@@ -33,6 +33,7 @@ import torch
 from . import logging
 from . import __version__
 from .composition import Fuse
+from .errors import AdapterLoadError
 from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
 from .peft_format import (
@@ -73,20 +74,6 @@ ADAPTER_CONTAINERS = (
 # AdapterHub saved its prefix pool once more under every layer (``<attention>.prefix_tuning.pool.``):
 # copies of ``prefix_tuning.prefix_tunings.<name>``, which is what loads
 _PREFIX_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.prefix_tunings\.")
-
-
-class AdapterLoadError(ValueError):
-    """A checkpoint could not be loaded; the message names the file and the problem.
-
-    A subclass of ``ValueError``; the model is left as it was.
-
-    Example::
-
-        >>> try:
-        ...     model.load_adapter("./not_an_adapter")
-        ... except AdapterLoadError as error:
-        ...     print(error)         # which file is missing or wrong, and how to fix it
-    """
 
 
 # -- key selection -----------------------------------------------------------------------------------

@@ -412,3 +412,38 @@ def checked_peft_output(peft_model, inputs: dict, independent: torch.Tensor | No
         if independent is None:
             independent = main_output(copy.deepcopy(peft_model).merge_and_unload()(**inputs))
     return theirs, reference_disagreement(theirs, independent, what, atol=atol)
+
+
+def model_state(model) -> dict:
+    """Everything a failing call must leave as it was: the module tree (names and classes), every
+    parameter and buffer (values, dtype, requires_grad), the hooks on every module, the adapter
+    registry (adapters, fusions, active setup, skip_layers), the heads of a flexible-head model and
+    the attention implementation. Compare with :func:`assert_unchanged`."""
+    registry = model.adapters_config
+    return {
+        "modules": [(name, type(module).__qualname__) for name, module in model.named_modules()],
+        "tensors": {name: tensor.detach().clone() for name, tensor in model.state_dict(keep_vars=True).items()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "hooks": [
+            (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._state_dict_hooks))
+            for name, m in model.named_modules()
+        ],
+        "adapters": dict(registry.adapters),
+        "fusions": dict(registry.fusions),
+        "active": (registry.active_setup, registry.skip_layers),
+        "heads": sorted(getattr(model, "heads", {}) or {}),
+        "attn": model.config._attn_implementation,
+    }
+
+
+def assert_unchanged(model, before: dict) -> None:
+    """The model is as :func:`model_state` recorded it (tensors bit for bit)."""
+    after = model_state(model)
+    for key in ("modules", "requires_grad", "hooks", "adapters", "fusions", "active", "heads", "attn"):
+        assert after[key] == before[key], f"{key} changed"
+    assert after["tensors"].keys() == before["tensors"].keys(), "state dict keys changed"
+    for name, tensor in before["tensors"].items():
+        now = after["tensors"][name]
+        assert now.dtype == tensor.dtype and now.shape == tensor.shape, f"{name} changed its dtype or shape"
+        same = torch.equal(now, tensor) or (tensor.is_floating_point() and torch.allclose(now, tensor, rtol=0, atol=0, equal_nan=True))
+        assert same, f"{name} changed"
