@@ -13,9 +13,11 @@ Average    every child processes the input; outputs are averaged with ``weights`
 ========== ===================================================================================
 
 What each block means for each method family is documented in ``docs/composition.rst``; this
-module only builds, parses and structurally validates the trees. Validation against a concrete
-model (do the adapters exist, can their methods take part in the block) lives in
-:mod:`adapters.model_mixin`.
+module builds, parses and validates the trees on their own (nestings, ``Parallel`` placement,
+``BatchSplit`` sizes that fit one batch; errors are :class:`~adapters.errors.CompositionError`),
+and checks an input batch against them (:func:`check_input_batch`, at the start of a forward
+pass). Validation against a concrete model (do the adapters exist, can their methods take part
+in every block around them) lives in :mod:`adapters.model_mixin`.
 
 Example::
 
@@ -27,8 +29,12 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Union
+from typing import NamedTuple, Union
+
+from .configuration.validation import check_bool, check_sizes, check_weights, config_error, describe
+from .errors import CompositionError
 
 __all__ = [
     "AdapterCompositionBlock",
@@ -40,6 +46,8 @@ __all__ = [
     "Average",
     "parse_composition",
     "validate_composition",
+    "batch_requirement",
+    "check_input_batch",
 ]
 
 
@@ -59,7 +67,13 @@ class AdapterCompositionBlock(Sequence):
 
     def __init__(self, *children: Union[str, "AdapterCompositionBlock"]):
         if not children:
-            raise ValueError(f"{type(self).__name__} needs at least one child adapter or block.")
+            raise CompositionError(f"{type(self).__name__} needs at least one child adapter or block.")
+        for position, child in enumerate(children, 1):
+            if child is not None and not isinstance(child, (str, AdapterCompositionBlock, list, tuple)):
+                raise CompositionError(
+                    f"{type(self).__name__}: child {position} is {describe(child)}; a block's children are adapter names "
+                    f"(str) or blocks, e.g. {type(self).__name__}('a', Stack('b', 'c'))."
+                )
         self.children = tuple(parse_composition(c, level=None) for c in children)
 
     # parameters besides the children that make two blocks different (overridden by subclasses)
@@ -208,17 +222,9 @@ class Fuse(AdapterCompositionBlock):
 
 
 def _expand_sizes(sizes, count: int, what: str, block: str) -> tuple[int, ...]:
-    if isinstance(sizes, int):
-        sizes = [sizes] * count
-    sizes = tuple(int(s) for s in sizes)
-    if len(sizes) != count:
-        raise ValueError(
-            f"{block} has {count} children but {len(sizes)} {what}; give one {what[:-1]} per child "
-            f"(or a single int used for every child)."
-        )
-    if any(s < 0 for s in sizes):
-        raise ValueError(f"{block} {what} must be non-negative, got {list(sizes)}.")
-    return sizes
+    """``Split.splits`` / ``BatchSplit.batch_sizes``: ints >= 0, one per child (or one int for all);
+    never rounded (``[1.7, 2.2]`` is refused). Raises AdapterConfigError."""
+    return check_sizes(block, what, sizes, count)
 
 
 class Split(AdapterCompositionBlock):
@@ -280,15 +286,19 @@ class Average(AdapterCompositionBlock):
     ):
         super().__init__(*average_adapters)
         count = len(self.children)
+        check_bool("Average", "normalize_weights", normalize_weights)
         if weights is None:
             weights = [1.0 / count] * count
-        weights = [float(w) for w in weights]
-        if len(weights) != count:
-            raise ValueError(f"Average has {count} children but {len(weights)} weights; give one weight per child.")
+        weights = [float(w) for w in check_weights("Average", "weights", weights, count)]
         if normalize_weights:
             total = sum(weights)
             if total == 0:
-                raise ValueError("Average weights sum to 0 and cannot be normalized; pass normalize_weights=False.")
+                raise config_error(
+                    "Average", "weights", weights, "weights with a non-zero sum", " Pass normalize_weights=False to use them as given.",
+                    detail=" (they sum to 0 and cannot be normalized)",
+                )
+            if not math.isfinite(total):
+                raise config_error("Average", "weights", weights, "weights whose sum is a finite number", detail=f" (the sum is {total})")
             weights = [w / total for w in weights]
         self.weights = tuple(weights)
 
@@ -308,34 +318,50 @@ ALLOWED_NESTINGS: dict[type, tuple[type, ...]] = {
 
 
 def validate_composition(setup: Union[str, AdapterCompositionBlock], level: int = 0) -> None:
-    """Check the structure of a setup: allowed nestings, and Parallel only at the top.
+    """Check a setup on its own, before any model is involved: allowed nestings, ``Parallel``
+    only at the top, and ``BatchSplit`` sizes that can fit together.
 
     ``Parallel`` replicates the whole batch when the forward pass starts, so it may appear once,
-    either as the setup itself or as a direct child of a top-level ``Stack``.
+    either as the setup itself or as a direct child of a top-level ``Stack``. Every ``BatchSplit``
+    sees a number of rows fixed by where it sits (see :func:`batch_requirement`): inside a part of
+    another ``BatchSplit`` the part's size, elsewhere the (replicated) batch, so their sizes must
+    agree. What also depends on the model (unknown adapters, methods that cannot take part in a
+    block) is checked by ``set_active_adapters``; what depends on the input (the batch size) at
+    the start of the forward pass.
 
     Raises:
-        ValueError: naming the offending block and child.
+        CompositionError: (a ``ValueError``) naming the offending block and the valid form.
 
     Example::
 
         >>> validate_composition(Stack("a", Parallel("b", "c")))      # fine
-        >>> validate_composition(Fuse("a", Parallel("b", "c")))        # raises ValueError
+        >>> validate_composition(Fuse("a", Parallel("b", "c")))        # raises CompositionError
+        >>> validate_composition(BatchSplit(BatchSplit("a", "b", batch_sizes=[2, 2]), "c", batch_sizes=[2, 2]))
+        Traceback (most recent call last):
+        adapters.errors.CompositionError: BatchSplit[a, b] with batch_sizes [2, 2] (4 rows) sits in part 0 of ...
     """
     if isinstance(setup, str):
         return
     if not isinstance(setup, AdapterCompositionBlock):
-        raise TypeError(f"Invalid adapter setup {setup!r}: expected an adapter name or a composition block.")
+        raise CompositionError(
+            f"Invalid adapter setup {setup!r} ({type(setup).__name__}): expected an adapter name or a composition "
+            f"block such as Stack('a', 'b')."
+        )
     parallels = _find_parallel_blocks(setup)
     if len(parallels) > 1:
-        raise ValueError(f"Adapter setup {setup} contains {len(parallels)} Parallel blocks; use at most one.")
+        raise CompositionError(
+            f"Adapter setup {setup} contains {len(parallels)} Parallel blocks ({', '.join(map(str, parallels))}); "
+            f"use at most one, e.g. Parallel('a', 'b') or Stack('shared', Parallel('a', 'b'))."
+        )
     if parallels:
         top_children = setup.children if isinstance(setup, Stack) else ()
         if setup is not parallels[0] and not any(c is parallels[0] for c in top_children):
-            raise ValueError(
+            raise CompositionError(
                 f"Cannot use {parallels[0]} inside {setup}: Parallel replicates the whole batch, so it must be "
-                f"the setup itself or a direct child of a top-level Stack."
+                f"the setup itself or a direct child of a top-level Stack, e.g. Stack('shared', {parallels[0]})."
             )
     _validate_nesting(setup)
+    batch_requirement(setup)
 
 
 def _find_parallel_blocks(block: AdapterCompositionBlock) -> list[AdapterCompositionBlock]:
@@ -351,12 +377,159 @@ def _validate_nesting(block: AdapterCompositionBlock) -> None:
     for child in block.children:
         if not isinstance(child, allowed):
             names = ", ".join(t.__name__ for t in allowed if t is not str)
-            raise ValueError(
+            raise CompositionError(
                 f"Adapter setup is invalid: cannot nest {child} in {block}. "
                 f"{type(block).__name__} may contain adapter names and {names}."
             )
         if isinstance(child, AdapterCompositionBlock):
             _validate_nesting(child)
+
+
+class BatchRequirement(NamedTuple):
+    """What a setup asks of the batch (see :func:`batch_requirement`): every adapter position sees
+    ``rows`` rows (the input batch after ``Parallel`` replicated it ``channels`` times), fixed by
+    ``block``, the first ``BatchSplit`` outside any other ``BatchSplit``; ``batch`` is the input
+    batch size that gives them.
+
+    Example::
+
+        >>> batch_requirement(Stack(Parallel("a", "b"), BatchSplit("c", "d", batch_sizes=[4, 4])))
+        BatchRequirement(rows=8, block=BatchSplit[c, d], channels=2)
+    """
+
+    rows: int
+    block: "BatchSplit"
+    channels: int
+
+    @property
+    def batch(self) -> int:
+        """The input batch size the setup fits (before replication).
+
+        Example::
+
+            >>> batch_requirement(Parallel(BatchSplit("a", "b", batch_sizes=[1, 2]), "c")).batch
+            3
+        """
+        return self.rows // self.channels
+
+
+_requirements: dict = {}
+
+
+def batch_requirement(setup) -> "BatchRequirement | None":
+    """The batch size a setup fits, as fixed by its ``BatchSplit`` blocks, or None when any batch
+    fits (no ``BatchSplit``); cached per setup.
+
+    Every adapter position sees the same rows: the input batch ``B``, or ``n·B`` after a
+    ``Parallel`` of ``n`` branches replicated it. A ``BatchSplit`` inside part ``i`` of another one
+    sees that part's ``batch_sizes[i]`` rows, one inside a ``Parallel`` branch ``B`` rows, any other
+    all ``n·B`` rows; its sizes must add up to what it sees.
+
+    Raises:
+        CompositionError: the sizes cannot fit any batch (nested sizes that do not add up to their
+            part, two BatchSplits that fix different batch sizes, sizes after a ``Parallel`` that
+            are not a multiple of its branches).
+
+    Example::
+
+        >>> batch_requirement(BatchSplit("a", "b", batch_sizes=[2, 2])).batch
+        4
+        >>> batch_requirement(Stack("a", "b")) is None
+        True
+    """
+    if isinstance(setup, str) or setup is None:
+        return None
+    try:
+        return _requirements[setup]
+    except KeyError:
+        pass
+    channels = max((len(p.children) for p in _find_parallel_blocks(setup)), default=1)
+    found: list = []  # (rows, block, share): block fixes the replicated batch to rows
+    _collect_batch_splits(setup, share=1, part=None, found=found)
+    requirement = None
+    for rows, block, share in found:
+        if share == 1 and rows % channels:
+            raise CompositionError(
+                f"{block} sees all rows of the batch after Parallel replicated it {channels}× ({channels}·B rows), "
+                f"but its batch_sizes {list(block.batch_sizes)} add up to {sum(block.batch_sizes)}, which is not a "
+                f"multiple of {channels}. Give batch_sizes that add up to {channels}·B, or put the BatchSplit inside "
+                f"the Parallel branches, where it sees B rows."
+            )
+        if requirement is None:
+            requirement = BatchRequirement(rows, block, channels)
+        elif rows != requirement.rows:
+            first = requirement.block
+            raise CompositionError(
+                f"{first} (batch_sizes {list(first.batch_sizes)}) and {block} (batch_sizes {list(block.batch_sizes)}) "
+                f"fit different batch sizes ({requirement.rows // channels} and {rows // channels} rows"
+                f"{' before Parallel replication' if channels > 1 else ''}); every adapter position sees the same "
+                f"rows, so give both batch_sizes that fit one batch size."
+            )
+    if len(_requirements) > 1024:
+        _requirements.clear()
+    _requirements[setup] = requirement
+    return requirement
+
+
+def _collect_batch_splits(node, share: int, part, found: list) -> None:
+    """Walk ``node``: ``share`` — it sees ``rows / share`` of the replicated batch; ``part`` —
+    ``(rows, parent, index)`` when it sits in part ``index`` of BatchSplit ``parent`` instead."""
+    if isinstance(node, str):
+        return
+    if isinstance(node, BatchSplit):
+        total = sum(node.batch_sizes)
+        if part is not None:
+            rows, parent, index = part
+            if total != rows:
+                raise CompositionError(
+                    f"{node} with batch_sizes {list(node.batch_sizes)} ({total} rows) sits in part {index} of {parent} "
+                    f"(batch_sizes {list(parent.batch_sizes)}), which has {rows} rows; give it batch_sizes that add "
+                    f"up to {rows}."
+                )
+        else:
+            found.append((total * share, node, share))
+        for index, (child, size) in enumerate(zip(node.children, node.batch_sizes)):
+            _collect_batch_splits(child, share, (size, node, index), found)
+        return
+    if isinstance(node, Parallel):
+        for child in node.children:
+            _collect_batch_splits(child, share * len(node.children), part, found)
+        return
+    for child in node.children:
+        _collect_batch_splits(child, share, part, found)
+
+
+def check_input_batch(setup, batch: int, channels: int = 1) -> None:
+    """Check, at the start of a forward pass, that ``setup`` fits an input batch of ``batch`` rows
+    (replicated ``channels`` times by ``Parallel`` when the pass starts; 1 when the rows came
+    replicated already, as in ``generate()``'s steps).
+
+    Raises:
+        CompositionError: naming the BatchSplit, its sizes and the input's batch size.
+
+    Example::
+
+        >>> check_input_batch(BatchSplit("a", "b", batch_sizes=[2, 4]), batch=4)
+        Traceback (most recent call last):
+        adapters.errors.CompositionError: BatchSplit[a, b] has batch_sizes [2, 4] (6 rows) but the input batch has 4 rows; ...
+    """
+    requirement = batch_requirement(setup)
+    if requirement is None or requirement.rows == batch * channels:
+        return
+    block, n = requirement.block, requirement.channels
+    sizes, total = list(block.batch_sizes), sum(block.batch_sizes)
+    if n > 1:
+        given = batch * channels // n
+        raise CompositionError(
+            f"{block} has batch_sizes {sizes} ({total} rows): the setup fits an input batch of {requirement.batch} rows "
+            f"(replicated {n}× by Parallel: {requirement.rows} rows), but the input batch has {given} rows "
+            f"({given * n} after replication); give an input batch of {requirement.batch} rows, or batch_sizes that fit "
+            f"an input batch of {given}."
+        )
+    raise CompositionError(
+        f"{block} has batch_sizes {sizes} ({total} rows) but the input batch has {batch * channels} rows; give an input "
+        f"batch of {total} rows or batch_sizes that add up to {batch * channels}."
+    )
 
 
 SetupLike = Union[str, Sequence, AdapterCompositionBlock, None]
@@ -378,7 +551,10 @@ def parse_composition(setup: SetupLike, level: int | None = 0) -> Union[str, Ada
     """
     if setup is None or (isinstance(setup, (str, Sequence)) and len(setup) == 0):
         if level is None:
-            raise ValueError("Empty adapter setup inside a composition block.")
+            raise CompositionError(
+                "Empty adapter setup inside a composition block: give every block adapter names or blocks, "
+                "e.g. Stack('a', 'b')."
+            )
         return None
     if isinstance(setup, AdapterCompositionBlock):
         if level == 0:
@@ -388,7 +564,10 @@ def parse_composition(setup: SetupLike, level: int | None = 0) -> Union[str, Ada
         if level == 0:
             return Stack(*[name.strip() for name in setup.split(",")])
         if level is None and "," in setup:
-            raise ValueError(f"Adapter name {setup!r} inside a block may not contain commas; use a Stack or Fuse.")
+            raise CompositionError(
+                f"Adapter name {setup!r} inside a block may not contain commas; use a Stack or Fuse, "
+                f"e.g. Stack({', '.join(repr(n.strip()) for n in setup.split(','))})."
+            )
         return setup
     if isinstance(setup, Sequence):
         inner = Fuse if level == 1 else Stack
@@ -397,4 +576,7 @@ def parse_composition(setup: SetupLike, level: int | None = 0) -> Union[str, Ada
         if level == 0:
             validate_composition(block)
         return block
-    raise TypeError(f"Invalid adapter setup {setup!r}: expected a name, a list of names or a composition block.")
+    raise CompositionError(
+        f"Invalid adapter setup {setup!r} ({type(setup).__name__}): expected an adapter name, a list of names or a "
+        f"composition block such as Stack('a', 'b')."
+    )

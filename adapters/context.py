@@ -6,17 +6,21 @@ other's setup.
   batch was replicated for ``Parallel``, residuals handed from one hook to the next, and the
   fusion attentions / gating scores the caller asked for. It is opened by the outermost model
   forward and closed when that forward returns.
+* :class:`RegistryLock` makes every forward pass see one consistent set of adapters: forward
+  passes share it, changes to the adapters (add, delete, merge, ...) take it alone, so a change
+  waits for the passes in flight and the passes after it see the change everywhere.
 """
 
 from __future__ import annotations
 
 import contextvars
+import threading
 from contextlib import contextmanager
 from typing import Any
 
 from .composition import AdapterCompositionBlock, SetupLike, parse_composition
 
-__all__ = ["AdapterSetup", "ForwardContext"]
+__all__ = ["AdapterSetup", "ForwardContext", "RegistryLock"]
 
 _setup_stack: contextvars.ContextVar[tuple] = contextvars.ContextVar("adapters_setup_stack", default=())
 _forward_context: contextvars.ContextVar["ForwardContext | None"] = contextvars.ContextVar(
@@ -186,3 +190,165 @@ class ForwardContext:
             yield self
         finally:
             _forward_context.reset(token)
+
+
+class RegistryLock:
+    """A readers-writer lock over one model's adapters (kept on its registry).
+
+    Forward passes are readers: any number run at once, from any threads. A change of the
+    adapters (``add_adapter``, ``delete_adapter``, fusions, ``merge_adapter``, ``reset_adapter``,
+    ``merge_and_unload``, ...) is a writer: it waits until the passes in flight have returned, and
+    passes that start while it waits or runs wait for it. So a pass runs an adapter in every layer
+    it covers or in none (an adapter deleted before the pass starts makes the pass fail with the
+    "unknown adapter" error of its setup), never in only some of them.
+
+    Re-entrant: a pass that calls the model again (a head model calling its base model, a
+    generation step) and a change that makes other changes (``delete_adapter`` deleting the
+    fusions of the adapter) do not wait for themselves; a pass may run inside a change. A change
+    started from inside a pass of the same model in the same thread (a forward hook deleting an
+    adapter) would wait for itself forever, so it is refused with an error instead. Writers go
+    first: a waiting change is not starved by a stream of passes.
+
+    Copies of a model (``copy.deepcopy``, pickling) get a fresh, unlocked lock.
+
+    Example::
+
+        >>> lock = RegistryLock()
+        >>> with lock.reading():           # a forward pass
+        ...     pass
+        >>> with lock.writing():           # a change of the adapters
+        ...     pass
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition(threading.Lock())
+        self._readers = 0  # threads inside a pass (each counted once, however deeply nested)
+        self._writer: int | None = None  # the thread making a change
+        self._writer_depth = 0
+        self._writers_waiting = 0
+        self._local = threading.local()  # per thread: nesting depth of reading()
+
+    def __deepcopy__(self, memo) -> "RegistryLock":
+        return RegistryLock()
+
+    def __reduce__(self):
+        return (RegistryLock, ())
+
+    @property
+    def reading_here(self) -> bool:
+        """Whether the calling thread is inside a :meth:`reading` block of this lock.
+
+        Example::
+
+            >>> with lock.reading():
+            ...     lock.reading_here
+            True
+        """
+        return getattr(self._local, "depth", 0) > 0
+
+    def acquire_read(self) -> bool:
+        """Enter a forward pass (shared); returns the token :meth:`release_read` takes. Waits while
+        a change runs or waits; re-entrant within a thread.
+
+        Example::
+
+            >>> token = lock.acquire_read()
+            >>> try:
+            ...     output = run_layers()
+            ... finally:
+            ...     lock.release_read(token)
+        """
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        counted = depth == 0 and self._writer != threading.get_ident()
+        if counted:
+            with self._condition:
+                while self._writer is not None or self._writers_waiting:
+                    self._condition.wait()
+                self._readers += 1
+        local.depth = depth + 1
+        return counted
+
+    def release_read(self, token: bool) -> None:
+        """Leave a forward pass entered with :meth:`acquire_read` (``token``: what it returned).
+
+        Example::
+
+            >>> lock.release_read(lock.acquire_read())
+        """
+        self._local.depth -= 1
+        if token:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def reading(self):
+        """Hold the lock shared for the ``with`` block (a forward pass).
+
+        Example::
+
+            >>> with model_registry_lock.reading():
+            ...     output = run_layers()
+        """
+        token = self.acquire_read()
+        try:
+            yield self
+        finally:
+            self.release_read(token)
+
+    @contextmanager
+    def writing(self, what: str = "changing the adapters"):
+        """Hold the lock alone for the ``with`` block (a change of the adapters).
+
+        Raises:
+            RuntimeError: the calling thread is inside a forward pass of this model (the change
+                would wait for that pass forever). ``what`` names the change in the message.
+
+        Example::
+
+            >>> with model_registry_lock.writing("delete_adapter('a')"):
+            ...     remove_modules("a")
+        """
+        me = threading.get_ident()
+        if self._writer == me:
+            self._writer_depth += 1
+            try:
+                yield self
+            finally:
+                self._writer_depth -= 1
+            return
+        if self.reading_here:
+            raise RuntimeError(
+                f"{what} was called inside a forward pass of the same model (e.g. from a forward hook); the "
+                f"adapters cannot change while a pass runs on them. Make the change before or after the forward pass."
+            )
+        with self._condition:
+            self._writers_waiting += 1
+            try:
+                while self._writer is not None or self._readers:
+                    self._condition.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer, self._writer_depth = me, 1
+        try:
+            yield self
+        finally:
+            with self._condition:
+                self._writer, self._writer_depth = None, 0
+                self._condition.notify_all()
+
+
+def registry_lock(registry) -> RegistryLock:
+    """The :class:`RegistryLock` of a model's adapter registry (created on first use).
+
+    Example::
+
+        >>> with registry_lock(model.adapters_config).writing("my change"):
+        ...     ...
+    """
+    lock = registry.__dict__.get("_lock")
+    if lock is None:
+        lock = registry.__dict__.setdefault("_lock", RegistryLock())
+    return lock

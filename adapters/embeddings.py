@@ -80,6 +80,9 @@ class EmbeddingAdaptersMixin:
             >>> model.add_embeddings("de", de_tokenizer, reference_embedding="default",
             ...                      reference_tokenizer=en_tokenizer)
         """
+        from .configuration.validation import check_name
+
+        check_name(name, kind="embedding", argument="name")
         loaded = self._loaded_embeddings()
         if name in loaded:
             raise ValueError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
@@ -163,41 +166,52 @@ class EmbeddingAdaptersMixin:
         return [output for output in self._output_embedding_modules() if getattr(output, "weight", None) is weight]
 
     def save_embeddings(self, path: str, name: str, tokenizer=None) -> None:
-        """Save embedding ``name`` (and ``tokenizer``, if given) to folder ``path``.
+        """Save embedding ``name`` (and ``tokenizer``, if given) to folder ``path``. The weights
+        file is written atomically (a temporary file in ``path``, moved into place; an earlier
+        ``embedding.pt`` there is removed); the tokenizer is written by its ``save_pretrained``.
 
         Example::
 
             >>> model.save_embeddings("out/de-emb", "de", tokenizer=de_tokenizer)
         """
-        from safetensors.torch import save_file
+        from .loading import _CheckpointFiles
 
         loaded = self._loaded_embeddings()
         if name not in loaded:
             raise ValueError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
-        os.makedirs(path, exist_ok=True)
-        save_file({"weight": loaded[name].weight.detach().cpu().contiguous()}, os.path.join(path, EMBEDDING_FILE))
+        with _CheckpointFiles(path) as files:
+            files.weights({"weight": loaded[name].weight}, True, EMBEDDING_FILE, LEGACY_EMBEDDING_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(path, TOKENIZER_PATH))
 
-    def load_embeddings(self, path: str, name: str):
+    def load_embeddings(self, path: str, name: str, allow_non_finite: bool = False):
         """Load an embedding saved by :meth:`save_embeddings` (or AdapterHub) as ``name`` and make
-        it active; returns the tokenizer saved with it, or None.
+        it active; returns the tokenizer saved with it, or None. The weights must be a finite
+        float matrix unless ``allow_non_finite=True``.
 
         Example::
 
             >>> tokenizer = model.load_embeddings("out/de-emb", "de")
         """
+        from .configuration.validation import check_name
+        from .loading import AdapterLoadError, _check_values
+
+        check_name(name, kind="embedding", argument="name")
         if name in self._loaded_embeddings():
             raise ValueError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
         safe, legacy = os.path.join(path, EMBEDDING_FILE), os.path.join(path, LEGACY_EMBEDDING_FILE)
         if os.path.isfile(safe):
             from safetensors.torch import load_file
 
-            weight = load_file(safe)["weight"]
+            weight, file = load_file(safe).get("weight"), safe
         elif os.path.isfile(legacy):
-            weight = torch.load(legacy, map_location="cpu", weights_only=True)
+            weight, file = torch.load(legacy, map_location="cpu", weights_only=True), legacy
         else:
             raise FileNotFoundError(f"{path} holds no embedding: expected {EMBEDDING_FILE} or {LEGACY_EMBEDDING_FILE}.")
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise AdapterLoadError(f"{file} does not hold an embedding matrix (a 2-d tensor, under 'weight' in safetensors).")
+        if not allow_non_finite:
+            _check_values({"weight": weight}, file)
         tokenizer = None
         if os.path.isdir(os.path.join(path, TOKENIZER_PATH)):
             from transformers import AutoTokenizer

@@ -11,7 +11,7 @@ Example::
     ...     LoRAConfig(r=True)
     ... except AdapterConfigError as error:        # also a ValueError and a TypeError
     ...     print(error)
-    LoRAConfig.r must be a positive int, not the bool True
+    LoRAConfig.r must be a positive integer (at most 65536), not the bool True.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class AdapterConfigError(AdapterError, ValueError, TypeError):
 
         >>> model.add_adapter("../escape")      # names are never paths
         Traceback (most recent call last):
-        adapters.errors.AdapterConfigError: Invalid adapter name '../escape': ...
+        adapters.errors.AdapterConfigError: Invalid adapter name '../escape' (adapter_name): it contains '.', '/'. ...
     """
 
 

@@ -18,14 +18,31 @@ with the spec's ``legacy_key_renames`` (adapter modules in blocks transformers d
 
 Loading is atomic: the adapter is built under a temporary name, every key and shape is checked
 against the file, and only then renamed; any problem raises :class:`AdapterLoadError` naming the
-file and leaves the model as it was.
+file and leaves the model as it was. A checkpoint's JSON is data, never a pointer: a ``"config"``
+string must be a config id (``"seq_bn"``, ``"lora"``; no file is read), and weights must be finite
+floating-point tensors unless ``allow_non_finite=True``.
+
+Names are never paths (:func:`~adapters.configuration.validation.check_name`): adapter, fusion and head names are ASCII letters,
+digits, ``_`` and ``-`` (a fusion's joined by ``,``), whether passed as arguments or read from a
+checkpoint, and every save resolves its targets inside the folder it was given.
+
+Saving is atomic: each file is written under a temporary name inside the target folder and moved
+into place with ``os.replace`` only after every file was written, weights first and the JSON config
+last, so a reader never sees a new config beside old weights. The weights file of the other format
+(``.safetensors`` / legacy ``.bin``) that an earlier save left is removed; nothing else in the
+folder is touched (it may hold a full model too). If a write fails, the previous checkpoint stays
+as it was and no temporary file is left behind.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
+import secrets
+import shutil
+import tempfile
 from typing import Callable, Optional
 
 import torch
@@ -33,8 +50,10 @@ import torch
 from . import logging
 from . import __version__
 from .composition import Fuse
-from .errors import AdapterLoadError
+from .context import registry_lock
+from .errors import AdapterConfigError, AdapterLoadError
 from .configuration.base import AdapterConfig
+from .configuration.validation import check_name
 from .configuration.fusion import AdapterFusionConfig
 from .peft_format import (
     PEFT_LEGACY_WEIGHTS_NAME,
@@ -50,6 +69,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "AdapterLoadError",
+    "check_name",
     "save_adapter",
     "load_adapter",
     "save_adapter_fusion",
@@ -74,6 +94,19 @@ ADAPTER_CONTAINERS = (
 # AdapterHub saved its prefix pool once more under every layer (``<attention>.prefix_tuning.pool.``):
 # copies of ``prefix_tuning.prefix_tunings.<name>``, which is what loads
 _PREFIX_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.prefix_tunings\.")
+
+
+def _inside(root: str, *parts: str) -> str:
+    """``os.path.join(root, *parts)``, after checking that it resolves (symbolic links included)
+    to a path inside ``root`` (and, with ``parts``, not ``root`` itself); raise otherwise."""
+    path = os.path.join(root, *parts)
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root or (parts and real == real_root):
+        raise AdapterConfigError(
+            f"Refusing to write {path!r}: it resolves to {real!r}, outside the folder {root!r} it was given for "
+            f"(a name or a symbolic link pointing elsewhere). Saves write only inside the folder given."
+        )
+    return path
 
 
 # -- key selection -----------------------------------------------------------------------------------
@@ -136,12 +169,29 @@ def _read_json(path: str) -> dict:
         raise AdapterLoadError(f"{path} is missing: the folder is not an adapter checkpoint (or the wrong kind).")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterLoadError(f"{path} is not valid JSON ({error}); the file is corrupt.") from error
+    except RecursionError as error:
+        raise AdapterLoadError(f"{path} nests its JSON too deeply to read; the file is corrupt.") from error
+    if not isinstance(data, dict):
+        shown = json.dumps(data)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise AdapterLoadError(
+            f"{path} holds a JSON {_json_kind(data)} ({shown}) where a JSON object ({{\"config\": ..., \"name\": ...}}) "
+            f"belongs; the file is corrupt or not a checkpoint file."
+        )
+    return data
 
 
-def _read_weights(folder: str, safe_name: str, legacy_name: str) -> tuple[dict, str]:
+def _json_kind(value) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _read_weights(folder: str, safe_name: str, legacy_name: str, allow_non_finite: bool = False) -> tuple[dict, str]:
+    """``(state, path)`` of a checkpoint's weights file (safetensors preferred), every tensor
+    checked with :func:`_check_values` unless ``allow_non_finite``."""
     safe_path, legacy_path = os.path.join(folder, safe_name), os.path.join(folder, legacy_name)
     if os.path.isfile(safe_path):
         from safetensors.torch import load_file
@@ -157,19 +207,160 @@ def _read_weights(folder: str, safe_name: str, legacy_name: str) -> tuple[dict, 
         state = loader()
     except Exception as error:
         raise AdapterLoadError(f"{path} could not be read ({type(error).__name__}: {error}); the file is corrupt or truncated.") from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise AdapterLoadError(f"{path} does not hold a dict of tensors.")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise AdapterLoadError(f"{path} does not hold a dict of tensors by name.")
+    if not allow_non_finite:
+        _check_values(state, path)
     return state, path
 
 
-def _write_weights(state: dict, folder: str, use_safetensors: bool, safe_name: str, legacy_name: str) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    if use_safetensors:
-        from safetensors.torch import save_file
+def _check_values(state: dict, path: str) -> None:
+    """Raise an AdapterLoadError naming ``path`` and the tensor unless every tensor of ``state``
+    is floating-point and finite."""
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise AdapterLoadError(
+                f"{path}: tensor {key!r} has dtype {tensor.dtype}; adapter weights are floating-point tensors "
+                f"(float32, float16, bfloat16, ...). Pass allow_non_finite=True to load it anyway (converted to the "
+                f"parameter's dtype)."
+            )
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise AdapterLoadError(
+                f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf); adapter weights must be finite. "
+                f"Pass allow_non_finite=True to load it anyway."
+            )
 
-        save_file(state, os.path.join(folder, safe_name), metadata={"format": "pt"})
-    else:
-        torch.save(state, os.path.join(folder, legacy_name))
+
+class _CheckpointFiles:
+    """The files of one checkpoint folder, written atomically.
+
+    Each file is written under a temporary name inside ``folder`` (``.<name>.<random>.tmp``);
+    :meth:`commit` then moves them into place with ``os.replace``: weights first, then removes the
+    weights file of the other format an earlier save left (``stale``), then the JSON configs in
+    the order they were staged, the checkpoint's own config (``adapter_config.json``) last. Used
+    as a context manager, it commits when the block ends and, if the block raised, removes its
+    temporary files (and the folder, if it created it) and leaves the folder as it was.
+
+    Example::
+
+        >>> with _CheckpointFiles("out/task") as files:
+        ...     files.weights(state, True, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+        ...     files.json(CONFIG_NAME, meta)
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self._weights: list[tuple[str, str]] = []  # (temporary, target)
+        self._configs: list[tuple[str, str]] = []
+        self._last: list[tuple[str, str]] = []  # the checkpoint's own config: committed after every other file
+        self._stale: list[str] = []
+        self._temporary: list[str] = []
+        self._created = False
+
+    def __enter__(self) -> "_CheckpointFiles":
+        if os.path.lexists(self.folder) and not os.path.isdir(self.folder):
+            raise AdapterConfigError(f"Cannot save into {self.folder!r}: it is a file, not a folder.")
+        self._created = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            self.commit()
+            return
+        self.abort()
+        if self._created:  # a folder this save created stays only if the save succeeds
+            try:
+                os.rmdir(self.folder)
+            except OSError:
+                pass
+
+    def _stage(self, filename: str, write: Callable[[str], None], config: bool, last: bool = False) -> None:
+        target = _inside(self.folder, filename)
+        while True:
+            temporary = os.path.join(self.folder, f".{filename}.{secrets.token_hex(8)}.tmp")
+            try:
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as umask allows
+                break
+            except FileExistsError:
+                continue
+        self._temporary.append(temporary)
+        write(temporary)
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        (self._last if last else self._configs if config else self._weights).append((temporary, target))
+
+    def json(self, filename: str, data: dict, last: bool = False) -> None:
+        """Stage a JSON file (keys sorted, indented; moved into place after every weights file, and
+        with ``last=True`` after every other file)."""
+
+        def write(path: str) -> None:
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+
+        self._stage(filename, write, config=True, last=last)
+
+    def weights(self, state: dict, use_safetensors: bool, safe_name: str, legacy_name: str) -> None:
+        """Stage a weights file: ``safe_name`` (safetensors) or ``legacy_name`` (``torch.save``);
+        the other one is removed on commit."""
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        if use_safetensors:
+            from safetensors.torch import save_file
+
+            self._stage(safe_name, lambda path: save_file(state, path, metadata={"format": "pt"}), config=False)
+        else:
+            self._stage(legacy_name, lambda path: torch.save(state, path), config=False)
+        self._stale.append(legacy_name if use_safetensors else safe_name)
+
+    def file(self, filename: str, write: Callable[[str], None], config: bool = True) -> None:
+        """Stage a file another function writes: ``write(folder)`` writes ``filename`` into the
+        (temporary) folder it is given."""
+
+        def write_via_folder(path: str) -> None:
+            scratch = tempfile.mkdtemp(prefix=f".{filename}.", suffix=".tmp", dir=self.folder)
+            try:
+                write(scratch)
+                os.replace(os.path.join(scratch, filename), path)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+        self._stage(filename, write_via_folder, config=config)
+
+    def commit(self) -> None:
+        """Move the staged files into place (weights, stale removal, configs)."""
+        try:
+            for temporary, target in self._weights:
+                os.replace(temporary, target)
+            written = {target for _, target in self._weights + self._configs + self._last}
+            for filename in self._stale:  # a symbolic link is removed itself, never its target
+                stale = os.path.join(self.folder, filename)
+                if stale not in written and (os.path.isfile(stale) or os.path.islink(stale)):
+                    os.remove(stale)
+            for temporary, target in self._configs + self._last:
+                os.replace(temporary, target)
+        finally:
+            self.abort()
+        try:  # make the renames durable where the platform allows it
+            fd = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        """Remove every temporary file that is still there."""
+        for temporary in self._temporary:
+            try:
+                os.remove(temporary)
+            except FileNotFoundError:
+                pass
+        self._temporary.clear()
 
 
 def _hidden_size(model) -> int:
@@ -193,6 +384,11 @@ def _meta(model, name: str) -> dict:
 
 def _check_hidden_size(model, meta: dict, path: str) -> None:
     saved, size = meta.get("hidden_size"), _hidden_size(model)
+    if saved is not None and (not isinstance(saved, int) or isinstance(saved, bool)):
+        raise AdapterLoadError(
+            f"{path}: \"hidden_size\" must be an integer (e.g. {size}), not the {type(saved).__name__} {saved!r}; "
+            f"the file is corrupt or was not written by an adapter library."
+        )
     if saved is not None and saved != size:
         raise AdapterLoadError(
             f"{path}: saved for hidden size {saved} but this model has hidden size {size}; "
@@ -201,6 +397,83 @@ def _check_hidden_size(model, meta: dict, path: str) -> None:
     saved_type = meta.get("model_type")
     if saved_type and saved_type != model.config.model_type:
         logger.warning(f"{path} was saved for model type {saved_type!r}; loading into {model.config.model_type!r}.")
+
+
+def _checkpoint_config(meta: dict, path: str):
+    """The adapter config a checkpoint's JSON holds (its ``"config"``, or for a bare config file
+    the whole object), checked to be data only: a dict, or a config id string (``"seq_bn"``,
+    ``"lora[r=4]"``). A string is never read as a file path (it could point outside the folder,
+    or at the file itself); neither are the parts of a union config.
+
+    Example::
+
+        >>> _checkpoint_config({"config": "seq_bn", "name": "a"}, "out/a/adapter_config.json")
+        'seq_bn'
+    """
+    from .configuration.base import ADAPTER_CONFIG_MAP
+
+    def check(value, where: str):
+        if isinstance(value, str):
+            config_id = value.split("[", 1)[0].strip()
+            if config_id not in ADAPTER_CONFIG_MAP:
+                raise AdapterLoadError(
+                    f"{path}: {where} is the string {value!r}, which is not a config id. In a checkpoint a config is "
+                    f"a JSON object or a config id ({', '.join(sorted(ADAPTER_CONFIG_MAP))}); it is never read from "
+                    f"another file."
+                )
+        elif isinstance(value, dict):
+            if isinstance(value.get("config"), (str, dict)):  # a nested {"config": ...}
+                check(value["config"], f"{where}[\"config\"]")
+            parts = value.get("configs")
+            if parts is not None:
+                if not isinstance(parts, list):
+                    raise AdapterLoadError(
+                        f"{path}: {where}[\"configs\"] must be a list of configs, not the {type(parts).__name__} {parts!r}."
+                    )
+                for i, part in enumerate(parts):
+                    check(part, f"{where}[\"configs\"][{i}]")
+        else:
+            raise AdapterLoadError(
+                f"{path}: {where} must be a JSON object or a config id string such as \"seq_bn\", "
+                f"not the {_json_kind(value)} {value!r}."
+            )
+        return value
+
+    if "config" in meta:
+        return check(meta["config"], '"config"')
+    return check(meta, "the config")
+
+
+def _checkpoint_fusion_config(meta: dict, path: str):
+    """A fusion checkpoint's ``"config"``: a dict or ``"dynamic"`` / ``"static"``, never a path."""
+    from .configuration.fusion import ADAPTERFUSION_CONFIG_MAP
+
+    config = meta.get("config", {})
+    if isinstance(config, dict) or (isinstance(config, str) and config in ADAPTERFUSION_CONFIG_MAP):
+        return config
+    raise AdapterLoadError(
+        f"{path}: \"config\" must be a JSON object or one of {sorted(ADAPTERFUSION_CONFIG_MAP)}, not the "
+        f"{_json_kind(config)} {config!r}; a fusion config is never read from another file."
+    )
+
+
+def _fusion_adapter_names(meta: dict, path: str) -> list[str]:
+    """The adapters a fusion checkpoint fuses: its ``"adapter_names"`` (a list, or ``"a,b"``), else
+    its ``"name"`` split at commas; each a valid adapter name."""
+    names = meta.get("adapter_names")
+    where = '"adapter_names"'
+    if not names:
+        names, where = meta.get("name"), '"name"'
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    if not isinstance(names, list) or not names:
+        raise AdapterLoadError(
+            f"{path}: {where} must list the fused adapters, as a list (e.g. [\"a\", \"b\"]) or \"a,b\"; "
+            f"got the {_json_kind(names)} {names!r}."
+        )
+    for name in names:
+        check_name(name, argument=f"in {where}", file=path)
+    return names
 
 
 def _check_state(params: dict, state: dict, path: str, ignore_unexpected=lambda key: False, shown=lambda key: key) -> None:
@@ -253,32 +526,40 @@ def save_adapter(
     PEFT's layout instead (LoRA-family adapters, the weight transforms, Llama-Adapter on
     Llama/Mistral), which ``peft.PeftModel.from_pretrained`` loads.
 
+    The files are written atomically (see the module docstring): if a write fails, the folder
+    keeps the checkpoint it held before.
+
     Example::
 
         >>> save_adapter(model, "out/task", "task")
         >>> save_adapter(model, "out/lora-peft", "lora", format="peft")
     """
+    with _CheckpointFiles(save_directory) as files:
+        _stage_adapter(model, files, adapter_name, meta_dict, use_safetensors, format)
+    logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
+
+
+def _stage_adapter(model, files: _CheckpointFiles, adapter_name: str, meta_dict, use_safetensors: bool, format: str) -> None:
+    """Stage an adapter's files in ``files`` (weights, then ``adapter_config.json``, committed last)."""
     model._require_adapter(adapter_name)
     if format not in ("adapterhub", "peft"):
-        raise ValueError(f"format must be 'adapterhub' or 'peft', got {format!r}.")
-    os.makedirs(save_directory, exist_ok=True)
+        raise AdapterConfigError(f"format must be 'adapterhub' or 'peft', got {format!r}.")
     if format == "peft":
         peft_meta, weights = peft_checkpoint(model, adapter_name)
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump({**peft_meta, **(meta_dict or {})}, f, indent=2, sort_keys=True)
-        _write_weights(weights, save_directory, use_safetensors, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME)
+        files.weights(weights, use_safetensors, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME)
+        files.json(CONFIG_NAME, {**peft_meta, **(meta_dict or {})}, last=True)
         return
     meta = _meta(model, adapter_name)
     meta["config"] = model.adapters_config.adapters[adapter_name].to_dict()
     meta.update(meta_dict or {})
-    with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-        json.dump(dict(sorted(meta.items())), f, indent=2, sort_keys=True)
     state = {**_select_parameters(model, _adapter_key_pattern(adapter_name)), **model._bias_parameters(adapter_name)}
-    _write_weights(state, save_directory, use_safetensors, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+    files.weights(state, use_safetensors, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     interface = model.__dict__.get("_adapters_interface")
     if interface is not None:  # where the weight keys point: adapters.init(model, interface=folder) restores it
-        interface.save(save_directory, model.config)
-    logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
+        from .interface import INTERFACE_CONFIG_NAME
+
+        files.file(INTERFACE_CONFIG_NAME, lambda folder: interface.save(folder, model.config))
+    files.json(CONFIG_NAME, dict(sorted(meta.items())), last=True)
 
 
 def _layer_index_finder(model) -> Callable[[str], Optional[int]]:
@@ -296,6 +577,14 @@ def _layer_index_finder(model) -> Callable[[str], Optional[int]]:
     return layer_index
 
 
+def _as_load_error(path: str, error: Exception, what: str = "") -> AdapterLoadError:
+    """``error`` (raised while loading from ``path``) as an AdapterLoadError naming the file and
+    keeping the original message; an AdapterLoadError stays as it is."""
+    if isinstance(error, AdapterLoadError):
+        return error
+    return AdapterLoadError(f"{path}: {what}{error}")
+
+
 def load_adapter(
     model,
     adapter_name_or_path: str,
@@ -304,14 +593,27 @@ def load_adapter(
     set_active: bool = False,
     leave_out: Optional[list[int]] = None,
     overwrite_ok: bool = False,
+    allow_non_finite: bool = False,
     **hub_kwargs,
 ) -> str:
     """Load an adapter folder into ``model``; returns its name (see the module docstring).
+
+    ``allow_non_finite=True`` also loads weights that are NaN/inf or not floating-point (converted
+    to the parameter's dtype), which are refused by default.
 
     Example::
 
         >>> load_adapter(model, "out/task", load_as="task2", set_active=True)
     """
+    if load_as is not None:
+        check_name(load_as, argument="load_as")
+    if leave_out is not None:
+        if (
+            isinstance(leave_out, (str, bytes)) or not hasattr(leave_out, "__iter__")
+            or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in leave_out)
+        ):
+            raise AdapterConfigError(f"leave_out must be a list of layer indices (e.g. [0, 1]), not {leave_out!r}.")
+        leave_out = [int(i) for i in leave_out]
     folder = _resolve_folder(adapter_name_or_path, **hub_kwargs)
     config_path = os.path.join(folder, CONFIG_NAME)
     meta = _read_json(config_path)
@@ -321,58 +623,85 @@ def load_adapter(
         if config is not None:
             adapter_config = AdapterConfig.load(config)
         elif is_peft:
-            adapter_config = config_from_peft(meta)
+            adapter_config = config_from_peft(meta, file=config_path)
         else:
-            adapter_config = AdapterConfig.load(meta.get("config", meta))
-    except (ValueError, TypeError, KeyError) as error:
+            _checkpoint_config(meta, config_path)  # data only: never a path
+            # lenient with keys AdapterHub / newer versions write (warned, or refused if not at their default)
+            adapter_config = AdapterConfig.from_checkpoint_dict(meta, file=config_path)
+    except AdapterLoadError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
         raise AdapterLoadError(f"{config_path}: the adapter config is invalid ({error}).") from error
     if leave_out:
-        adapter_config = adapter_config.replace(leave_out=tuple(sorted(set(adapter_config.leave_out) | set(leave_out))))
+        try:
+            adapter_config = adapter_config.replace(leave_out=tuple(sorted(set(adapter_config.leave_out) | set(leave_out))))
+        except (ValueError, TypeError) as error:
+            raise _as_load_error(config_path, error) from error
     _check_hidden_size(model, meta, config_path)
     if is_peft and adapter_config.architecture == "adaption_prompt":
         try:
             check_peft_adaption_prompt_model(model)
         except ValueError as error:
             raise AdapterLoadError(f"{config_path}: {error}") from error
-    saved_name = "default" if is_peft else meta.get("name") or os.path.basename(os.path.normpath(folder))
-    name = load_as or (os.path.basename(os.path.normpath(folder)) if is_peft else saved_name)
-    model._check_name(name)
+    folder_name = os.path.basename(os.path.normpath(folder))
+    meta_name = None if is_peft else meta.get("name")
+    if meta_name is not None and not isinstance(meta_name, str):
+        check_name(meta_name, argument='its "name"', file=config_path)
+    saved_name = "default" if is_peft else meta_name or folder_name
+    if load_as is not None:
+        name = load_as
+    elif meta_name:
+        name = check_name(meta_name, argument='its "name"', file=config_path)
+    else:
+        name = check_name(folder_name, argument="taken from the folder name", file=folder)
     if name in model.adapters_config.adapters and not overwrite_ok:
         raise AdapterLoadError(f"An adapter named {name!r} exists already; pass load_as=... or overwrite_ok=True.")
     if is_peft:
-        state, weights_path = _read_weights(folder, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME)
+        state, weights_path = _read_weights(folder, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME, allow_non_finite)
         if adapter_config.architecture == "prefix_tuning" and "prompt_embeddings" in state:
             try:
                 state["prompt_embeddings"] = prefix_from_peft(model, meta, state["prompt_embeddings"])
-            except (ValueError, KeyError) as error:
-                raise AdapterLoadError(f"{config_path}: {error}") from error
-        state = state_from_peft(state, saved_name, _saved_module_paths(model, adapter_config))
+            except (ValueError, KeyError, TypeError) as error:
+                raise _as_load_error(config_path, error) from error
+        try:
+            state = state_from_peft(state, saved_name, _saved_module_paths(model, adapter_config))
+        except (ValueError, KeyError, TypeError) as error:
+            raise _as_load_error(weights_path, error) from error
     else:
-        state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+        state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, allow_non_finite)
     state = {k: v for k, v in _strip_prefix(model, state).items() if not _PREFIX_POOL_COPY.search(k)}
     saved_name = _name_in_keys(state, saved_name)
-    staging = f"__loading__{name}"
+    # built under a name no user can give (names never hold '~'), so it neither collides with nor restricts theirs
+    staging = f"{name}~loading"
     state = _rename_in_keys(state, _adapter_key_pattern, saved_name, staging)
-    model.add_adapter(staging, adapter_config)
-    try:
-        skipped, layer_index = set(adapter_config.get("leave_out", ())), _layer_index_finder(model)
-        params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
-        state = _with_renamed_legacy_keys(model, state, params)
-        _copy_checked(
-            params,
-            state,
-            weights_path,
-            ignore_unexpected=lambda key: layer_index(key) in skipped,
-            shown=lambda key: key.replace(f".{staging}.", f".{saved_name}."),
-        )
-    except Exception:
-        model.delete_adapter(staging)
-        raise
-    if name in model.adapters_config.adapters:
-        model.delete_adapter(name)
-    model._rename_adapter(staging, name)
-    if set_active:
-        model.set_active_adapters(name)
+    # one change of the adapters: no forward pass sees the staging adapter or a half-renamed one
+    with registry_lock(model.adapters_config).writing("load_adapter"):
+        model.__dict__["_adapters_staging_name"] = staging
+        try:
+            model.add_adapter(staging, adapter_config)
+        except (ValueError, TypeError) as error:  # the config does not fit this model (add_adapter left it as it was)
+            raise _as_load_error(config_path, error) from error
+        finally:
+            model.__dict__.pop("_adapters_staging_name", None)
+        try:
+            skipped, layer_index = set(adapter_config.get("leave_out", ())), _layer_index_finder(model)
+            params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
+            state = _with_renamed_legacy_keys(model, state, params)
+            _copy_checked(
+                params,
+                state,
+                weights_path,
+                ignore_unexpected=lambda key: layer_index(key) in skipped,
+                shown=lambda key: key.replace(f".{staging}.", f".{saved_name}."),
+            )
+            if name in model.adapters_config.adapters:
+                model.delete_adapter(name)  # may refuse (a merged adapter that cannot be unmerged exactly)
+        except Exception:
+            model.delete_adapter(staging)
+            raise
+        model._rename_adapter(staging, name)
+        if set_active:
+            model.set_active_adapters(name)
     logger.info(f"Loaded adapter {name!r} from {folder}.")
     return name
 
@@ -442,7 +771,7 @@ def _name_in_keys(state: dict, fallback: str) -> str:
 
 # -- fusions --------------------------------------------------------------------------------------------
 def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetensors: bool = True) -> None:
-    """Save one fusion layer (see the module docstring for the layout).
+    """Save one fusion layer (see the module docstring for the layout), atomically.
 
     Example::
 
@@ -454,46 +783,61 @@ def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetenso
         known = ", ".join(sorted(registry.fusions)) or "none"
         raise ValueError(f"No adapter fusion named {fusion_name!r}; the model has: {known}.")
     fusion_config, names = registry.fusions[fusion_name]
-    os.makedirs(save_directory, exist_ok=True)
     meta = _meta(model, fusion_name)
     meta.update({"config": fusion_config.to_dict(), "adapter_names": list(names)})
-    with open(os.path.join(save_directory, FUSION_CONFIG_NAME), "w", encoding="utf-8") as f:
-        json.dump(dict(sorted(meta.items())), f, indent=2, sort_keys=True)
     state = _select_parameters(model, _fusion_key_pattern(fusion_name))
-    _write_weights(state, save_directory, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
+    with _CheckpointFiles(save_directory) as files:
+        files.weights(state, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
+        files.json(FUSION_CONFIG_NAME, dict(sorted(meta.items())), last=True)
 
 
-def load_adapter_fusion(model, path: str, load_as: Optional[str] = None, set_active: bool = False) -> str:
+def load_adapter_fusion(
+    model, path: str, load_as: Optional[str] = None, set_active: bool = False, allow_non_finite: bool = False
+) -> str:
     """Load a fusion folder; its adapters must be in the model already. Returns the fusion name.
+
+    ``allow_non_finite=True`` also loads weights that are NaN/inf or not floating-point (refused
+    by default).
 
     Example::
 
         >>> load_adapter_fusion(model, "out/fusion", set_active=True)
     """
+    if load_as is not None:
+        check_name(load_as, kind="fusion", argument="load_as")
     folder = _resolve_folder(path)
     config_path = os.path.join(folder, FUSION_CONFIG_NAME)
     meta = _read_json(config_path)
     _check_hidden_size(model, meta, config_path)
-    names = meta.get("adapter_names") or meta.get("name", "").split(",")
+    names = _fusion_adapter_names(meta, config_path)
     missing = [n for n in names if n not in model.adapters_config.adapters]
     if missing:
         raise AdapterLoadError(f"{config_path} fuses adapters {missing} that the model does not have; load them first.")
     try:
-        fusion_config = AdapterFusionConfig.load(meta.get("config", {}))
-    except (ValueError, TypeError) as error:
+        _checkpoint_fusion_config(meta, config_path)  # data only: never a path
+        fusion_config = AdapterFusionConfig.from_checkpoint_dict(meta, file=config_path)
+    except AdapterLoadError:
+        raise
+    except (ValueError, TypeError, KeyError) as error:
         raise AdapterLoadError(f"{config_path}: the fusion config is invalid ({error}).") from error
     saved_name = meta.get("name") or ",".join(names)
-    name = load_as or saved_name
+    if not isinstance(saved_name, str):
+        check_name(saved_name, kind="fusion", argument='its "name"', file=config_path)
+    name = load_as if load_as is not None else check_name(saved_name, kind="fusion", argument='its "name"', file=config_path)
     if name in model.adapters_config.fusions:
         raise AdapterLoadError(f"A fusion named {name!r} exists already; pass load_as=... or delete it first.")
-    state, weights_path = _read_weights(folder, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
+    state, weights_path = _read_weights(folder, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME, allow_non_finite)
     state = _rename_in_keys(_strip_prefix(model, state), _fusion_key_pattern, saved_name, name)
-    model.add_adapter_fusion(Fuse(*names, name=name), fusion_config)
-    try:
-        _copy_checked(_select_parameters(model, _fusion_key_pattern(name)), state, weights_path)
-    except Exception:
-        model.delete_adapter_fusion(name)
-        raise
-    if set_active:
-        model.set_active_adapters(Fuse(*names, name=name))
+    with registry_lock(model.adapters_config).writing("load_adapter_fusion"):  # one change of the adapters
+        try:
+            model.add_adapter_fusion(Fuse(*names, name=name), fusion_config)
+        except (ValueError, TypeError) as error:  # e.g. it fuses adapters of a method without fusion
+            raise _as_load_error(config_path, error) from error
+        try:
+            _copy_checked(_select_parameters(model, _fusion_key_pattern(name)), state, weights_path)
+        except Exception:
+            model.delete_adapter_fusion(name)
+            raise
+        if set_active:
+            model.set_active_adapters(Fuse(*names, name=name))
     return name

@@ -12,6 +12,20 @@ transformers model, saved by ``save_pretrained`` and loaded by ``from_pretrained
 ``adapters`` installed. ``unload`` removes everything without merging; ``unmerge_adapter``
 takes merged adapters out of the weights again.
 
+**Finite or refused.** Every merge and unmerge (``merge_adapter``, ``merge_and_unload``,
+``reset_adapter`` / ``unmerge_adapter``, and deleting a merged adapter) is all or nothing
+(:func:`apply_all_or_nothing`): it first runs on copies of each layer's weight and bias, one layer
+at a time, checking every value it would write — finite; a floating-point weight (a quantized or
+integer weight cannot hold the result); and, for a merge that ``reset_adapter`` may undo, that
+the undo can restore it: (IA)³ and DoRA merges multiply the weight and their unmerge divides by
+the same factors, so a factor of (nearly) 0 that turns a non-zero weight entry into 0 or a
+subnormal number is refused (``merge_and_unload``, which is never undone, accepts it; PEFT
+instead divides by ``l + 1e-8`` and silently loses those entries). Only when every layer passed
+are the weights written. A refusal raises :class:`~adapters.errors.AdapterMergeError` naming the
+adapter, the module and the parameter, with every weight as it was. The combinations below are
+checked the same way: weights must be finite numbers, and a combination holding NaN/inf is not
+added.
+
 **Combining adapters** into a new adapter:
 
 * :meth:`MergingMixin.average_adapter` (AdapterHub): a weighted average of adapters that share
@@ -37,10 +51,13 @@ from torch import nn
 
 from . import logging
 from .composition import Stack
+from .context import registry_lock
+from .errors import AdapterConfigError, AdapterMergeError
 from .methods import WEIGHT_TRANSFORM_METHODS
 
 __all__ = [
     "MergingMixin",
+    "apply_all_or_nothing",
     "calculate_majority_sign_mask",
     "dare_linear",
     "dare_ties",
@@ -267,6 +284,8 @@ def _truncated_svd(delta: torch.Tensor, rank: int, clamp=None, full_matrices=Tru
     """``(A, B)`` with ``B A`` the best rank-``rank`` approximation of ``delta``: ``A = Vh[:k]``,
     ``B = U[:, :k] diag(S[:k])``, ``k = min(rank, min(delta.shape))``. ``clamp`` (a quantile, as
     PEFT's ``svd_clamp``) clips the entries of both factors to ``±q``, ``q`` that quantile of them."""
+    if not bool(torch.isfinite(delta).all()):
+        raise AdapterMergeError("the combined delta ΔW holds NaN/inf (an input adapter holds NaN/inf, or the weights overflow)")
     U, S, Vh = torch.linalg.svd(delta, full_matrices=full_matrices, driver=driver)
     k = min(rank, S.numel())
     B, A = U[:, :k] * S[:k], Vh[:k, :]
@@ -391,37 +410,73 @@ def _host_params(host) -> dict[str, nn.Parameter]:
     return {k: getattr(host, k) for k in ("weight", "bias") if getattr(host, k, None) is not None}
 
 
+# per-adapter entries a merge keeps for its unmerge (see adapters.methods.lora.LoRALinear.merge)
+_MERGE_ENTRIES = ("_merged_norm", "_merged_delta")
+
+
+def _run_on_host(host, names, operation: str) -> None:
+    """``operation`` ("merge": undoable by ``reset_adapter``, "merge_final": for
+    ``merge_and_unload``, "unmerge") of ``names`` at one host, in order."""
+    if operation == "unmerge":
+        _unmerge_from_host(host, set(names))
+        return
+    for name in names:
+        host.merge(name, undoable=operation == "merge")
+
+
 @torch.no_grad()
-def _check_merges_finite(model, plan) -> None:
-    """Merge every host's adapters into copies of its weight and bias and check that they stay
-    finite; the model's tensors are never written."""
+def apply_all_or_nothing(model, plan, operation: str, progressbar: bool = False) -> None:
+    """Run ``operation`` (see :func:`_run_on_host`) for every ``(host, names)`` of ``plan``, all or
+    nothing: first on copies of each host's weight and bias, one host at a time (the model's
+    tensors are never written, the host's bookkeeping is put back), where every value the real run
+    would write is checked (finite; for an undoable merge, that the unmerge can restore it; a
+    floating-point weight); then, only if every host passed, for real. A refused step raises
+    :class:`~adapters.errors.AdapterMergeError` naming the adapter, the module and the parameter,
+    and no weight of the model has changed. ``progressbar`` shows one over the real run.
+
+    Example::
+
+        >>> apply_all_or_nothing(model, [(host, ["lora"]) for host in hosts], "merge")
+    """
     paths = _module_paths(model)
-    for host, todo in plan:
+    for host, names in plan:
         params = _host_params(host)
         originals = {k: p.data for k, p in params.items()}
         merged_before = list(host.merged)
-        lora_keys = {n: set(host.loras[n].__dict__) for n in todo}
+        entries = {n: {k: m.__dict__[k] for k in _MERGE_ENTRIES if k in m.__dict__} for n, m in host.loras.items()}
         try:
             for key, param in params.items():
                 param.data = originals[key].clone()
-            for name in todo:
-                host.merge(name)
-                bad = [k for k, p in params.items() if not torch.isfinite(p).all()]
-                if bad:
-                    module = paths.get(id(host), type(host).__name__)
-                    raise ValueError(
-                        f"safe_merge: merging adapter {name!r} into module {module!r} gives NaN/inf in its "
-                        f"{bad[0]}; the adapter's weights are not finite. Nothing was merged and the model is "
-                        f"unchanged."
-                    )
+            _run_on_host(host, names, operation)
+        except AdapterMergeError as error:
+            raise _located(error, paths.get(id(host), type(host).__name__)) from None
         finally:
             for key, param in params.items():
                 param.data = originals[key]
             host.merged[:] = merged_before
-            for name, keys in lora_keys.items():
-                for key in set(host.loras[name].__dict__) - keys:
-                    del host.loras[name].__dict__[key]
+            for name, module in host.loras.items():
+                for key in _MERGE_ENTRIES:
+                    module.__dict__.pop(key, None)
+                module.__dict__.update(entries.get(name, {}))
             host._invalidate_setup_cache()
+    for host, names in logging.tqdm(plan, disable=not progressbar, desc="Unloading and merging model"):
+        try:
+            _run_on_host(host, names, operation)
+        except AdapterMergeError as error:  # the dry run passed: not expected
+            raise _located(error, paths.get(id(host), type(host).__name__)) from None
+
+
+def _located(error: AdapterMergeError, module: str) -> AdapterMergeError:
+    """``error`` of a host, with the module's path and what it means for the model."""
+    detail = getattr(error, "detail", None)
+    if detail is None:
+        return AdapterMergeError(f"{error} (module {module!r}). No weight of the model was changed.")
+    action, name = error.action, error.adapter
+    where = "into" if action == "merge" else "out of"
+    return AdapterMergeError(
+        f"Cannot {action} adapter {name!r} {where} module {module!r}: {detail}. Nothing was "
+        f"{'merged' if action == 'merge' else 'unmerged'}; every weight of the model is as it was."
+    )
 
 
 def _unwrap_checkpointing(model) -> None:
@@ -597,21 +652,64 @@ def _union_placement(model, template, adapters: Sequence[str]):
     return template.replace(**changes)
 
 
-def _add_combined_adapter(model, adapter_name: str, config, fill) -> None:
+def _add_combined_adapter(model, adapter_name: str, config, fill, what: str, inputs, replace: bool = False) -> None:
     """Add ``adapter_name`` with ``config`` and let ``fill(host)`` set its parameters at every
-    host; on any error the new adapter is removed again."""
-    with torch.random.fork_rng(devices=[]):  # its initialisation leaves the caller's generator as it was (DARE)
-        model.add_adapter(adapter_name, config=config)
-    try:
-        with torch.no_grad():
-            for host in list(model._adapter_hosts):
-                if adapter_name in host.adapters:
-                    fill(host)
-            if adapter_name in model._shared_parameters:  # Compacter's shared parameters
-                fill(None)
-    except Exception:
-        model.delete_adapter(adapter_name)
-        raise
+    host; then check that they are finite. All or nothing: on any error the new adapter is removed
+    again, and with ``replace`` an existing adapter of that name is replaced only once the new one
+    is complete (it is built beside it)."""
+    registry = model.adapters_config
+    with registry_lock(registry).writing(what):
+        build = adapter_name
+        if replace and adapter_name in registry.adapters:
+            build = f"{adapter_name}~combining"
+            while build in registry.adapters:
+                build += "~"
+        staging = model.__dict__.get("_adapters_staging_name")
+        if build != adapter_name:
+            model.__dict__["_adapters_staging_name"] = build  # add_adapter's name check lets the staging name pass
+        try:
+            with torch.random.fork_rng(devices=[]):  # its initialisation leaves the caller's generator as it was (DARE)
+                model.add_adapter(build, config=config)
+        finally:
+            if staging is None:
+                model.__dict__.pop("_adapters_staging_name", None)
+            else:
+                model.__dict__["_adapters_staging_name"] = staging
+        try:
+            paths = _module_paths(model)
+            with torch.no_grad():
+                for host in list(model._adapter_hosts):
+                    if build in host.adapters:
+                        try:
+                            fill(host, build)
+                        except AdapterMergeError as error:
+                            raise AdapterMergeError(
+                                f"{what}: cannot combine {list(inputs)} at module {paths.get(id(host), host.location)!r}: "
+                                f"{error}. Nothing was added."
+                            ) from None
+                if build in model._shared_parameters:  # Compacter's shared parameters
+                    fill(None, build)
+            _check_combined_finite(model, build, adapter_name, what, inputs, paths)
+        except BaseException:
+            model.delete_adapter(build)
+            raise
+        if build != adapter_name:
+            model.delete_adapter(adapter_name)
+            model._rename_adapter(build, adapter_name)
+
+
+def _check_combined_finite(model, build: str, adapter_name: str, what: str, inputs, paths) -> None:
+    """Refuse a combination whose parameters are not finite (NaN/inf inputs, overflowing weights)."""
+    modules = [(paths.get(id(h), h.location), h.adapters[build]) for h in model._adapter_hosts if build in h.adapters]
+    if build in model._shared_parameters:
+        modules.append(("shared_parameters", model._shared_parameters[build]))
+    for module_path, module in modules:
+        for name, param in module.named_parameters():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                raise AdapterMergeError(
+                    f"{what}: the combination {adapter_name!r} of {list(inputs)} would hold NaN/inf in {name} at module "
+                    f"{module_path!r} (an input holds NaN/inf there, or the weighted sum overflows). Nothing was added."
+                )
 
 
 def _weighted_state(modules: list[nn.Module], weights: Sequence[float]) -> dict[str, torch.Tensor]:
@@ -633,13 +731,28 @@ def _copy_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         own[key].copy_(value)
 
 
+def _checked_weights(weights, what: str) -> list[float]:
+    """``weights`` as floats; refuses anything but finite real numbers (booleans too)."""
+    import numbers
+
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+        raise AdapterConfigError(f"{what}: weights={weights!r} is not a list; give one finite number per adapter.")
+    values = list(weights.tolist() if isinstance(weights, torch.Tensor) else weights)
+    bad = [w for w in values if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w)]
+    if bad:
+        raise AdapterConfigError(
+            f"{what}: weights={values!r} holds {bad[0]!r}; every weight must be a finite number (not a bool, NaN or inf)."
+        )
+    return [float(w) for w in values]
+
+
 def _average_weights(model, names, weights, normalize_weights) -> list[float]:
     if not names:
         raise ValueError("average_adapter needs at least one adapter to average.")
     _require_adapters(model, names)
     if weights is None:
         return [1.0 / len(names)] * len(names)
-    weights = [float(w) for w in weights]
+    weights = _checked_weights(weights, "average_adapter")
     if len(weights) != len(names):
         raise ValueError(f"Got {len(weights)} weights for {len(names)} adapters; give one weight per adapter.")
     if normalize_weights:
@@ -748,25 +861,32 @@ class MergingMixin:
         Args:
             adapter_names: the adapters to unmerge; default: every merged adapter.
 
+        All or nothing: every restored weight and bias is computed (out of place, one layer at a
+        time) and checked to be finite before any weight is written.
+
         Raises:
             ValueError: an adapter name is unknown.
+            AdapterMergeError: a restored weight would not be finite (the adapter's parameters were
+                changed to NaN/inf, or an (IA)³ entry to 0, after the merge); the message names the
+                adapter and the module, and no weight was written.
 
         Example::
 
             >>> model.merge_adapter("lora")
             >>> model.unmerge_adapter()          # or unmerge_adapter(["lora"])
         """
-        hosts = _lora_hosts(self)
-        if adapter_names is None:
-            names = {name for host in hosts for name in host.merged}
-        else:
-            names = set(_as_names(adapter_names))
-            _require_adapters(self, sorted(names))
-            not_merged = sorted(n for n in names if not any(n in host.merged for host in hosts))
-            if not_merged:
-                logger.warning(f"Adapter(s) {not_merged} are not merged; nothing to unmerge for them.")
-        for host in hosts:
-            _unmerge_from_host(host, names)
+        with registry_lock(self.adapters_config).writing("unmerge_adapter"):
+            hosts = _lora_hosts(self)
+            if adapter_names is None:
+                names = {name for host in hosts for name in host.merged}
+            else:
+                names = set(_as_names(adapter_names))
+                _require_adapters(self, sorted(names))
+                not_merged = sorted(n for n in names if not any(n in host.merged for host in hosts))
+                if not_merged:
+                    logger.warning(f"Adapter(s) {not_merged} are not merged; nothing to unmerge for them.")
+            plan = [(host, sorted(names)) for host in hosts if names & set(host.merged)]
+            apply_all_or_nothing(self, plan, "unmerge")
 
     def merge_and_unload(
         self,
@@ -789,10 +909,15 @@ class MergingMixin:
         were added (a warning names them). Adapters merged already (``merge_adapter``) stay in the
         weights. A merged adapter's ``modules_to_save`` copies are written into their modules. Parameters keep their ``requires_grad`` flags (``train_adapter`` froze the base model).
 
+        Every merged weight and bias (and every ``modules_to_save`` copy written into its module)
+        is checked to be finite before any weight of the model is written: the merge runs on
+        copies first, one layer at a time, then for real (see :meth:`merge_adapter`); a layer whose
+        weight is not floating point (quantized, integer) is refused too. A zero (IA)³ entry is
+        fine here: the adapters are gone afterwards, nothing is ever unmerged.
+
         Args:
             progressbar: show a progress bar over the layers being merged.
-            safe_merge: merge into copies first and check that every merged weight and bias is
-                finite before any weight of the model is written (costs a second pass).
+            safe_merge: kept for PEFT compatibility; the check above always runs.
             adapter_names: the adapters to merge (see above).
 
         Returns:
@@ -801,8 +926,10 @@ class MergingMixin:
         Raises:
             ValueError: an adapter cannot merge (a bottleneck or other non-LoRA adapter, a gated
                 LoRA), the active setup contains a Parallel, BatchSplit, Split, Average or Fuse
-                block, an adapter name is unknown, or (``safe_merge``) a merged weight would be
-                NaN/inf (the message names the adapter and the module). The model is unchanged.
+                block, an adapter name is unknown. The model is unchanged.
+            AdapterMergeError: a merged weight would be NaN/inf, or a layer's weight cannot hold
+                it (the message names the adapter, the module and the parameter). The model is
+                unchanged.
 
         Example::
 
@@ -810,21 +937,21 @@ class MergingMixin:
             >>> plain = model.merge_and_unload(safe_merge=True)
             >>> plain.save_pretrained("out/merged")    # loads with AutoModel.from_pretrained alone
         """
-        plan, copies = _merge_plan(self, adapter_names)
-        if safe_merge:
-            _check_merges_finite(self, plan)
+        with registry_lock(self.adapters_config).writing("merge_and_unload"):
+            plan, copies = _merge_plan(self, adapter_names)
+            paths = _module_paths(self)
             for host, name in copies:
-                if not all(torch.isfinite(p).all() for p in host.modules_to_save[name].parameters()):
-                    raise ValueError(
-                        f"safe_merge: adapter {name!r}'s copy of module {host.location!r} holds NaN/inf. Nothing "
-                        f"was merged and the model is unchanged."
+                bad = [n for n, p in host.modules_to_save[name].named_parameters() if not bool(torch.isfinite(p).all())]
+                if bad:
+                    raise AdapterMergeError(
+                        f"Cannot merge adapter {name!r} into module {paths.get(id(host), host.location)!r}: its copy of "
+                        f"the module (modules_to_save) holds NaN/inf in {bad[0]}. Nothing was merged; every weight of "
+                        f"the model is as it was."
                     )
-        for host, todo in logging.tqdm(plan, disable=not progressbar, desc="Unloading and merging model"):
-            for name in todo:
-                host.merge(name)
-        for host, name in copies:
-            _adopt_copy(host, name)
-        _strip_adapters(self)
+            apply_all_or_nothing(self, plan, "merge_final", progressbar=progressbar)
+            for host, name in copies:
+                _adopt_copy(host, name)
+            _strip_adapters(self)
         return self
 
     def unload(self) -> nn.Module:
@@ -842,8 +969,9 @@ class MergingMixin:
 
             >>> base = model.unload()
         """
-        self.unmerge_adapter()
-        _strip_adapters(self)
+        with registry_lock(self.adapters_config).writing("unload"):
+            self.unmerge_adapter()
+            _strip_adapters(self)
         return self
 
     # -- combinations ----------------------------------------------------------------------------
@@ -899,16 +1027,14 @@ class MergingMixin:
         weights = _average_weights(self, names, weights, normalize_weights)
         config = _average_config(self, adapter_name, names, combine_strategy, svd_rank, overwrite_ok)
         logger.info(f"Creating adapter {adapter_name!r}: {combine_strategy} average of {names}, weights {weights}.")
-        if overwrite_ok and adapter_name in self.adapters_config.adapters:
-            self.delete_adapter(adapter_name)
 
-        def fill(host):
+        def fill(host, build):
             if host is None:  # Compacter's shared parameters
                 shared = self._shared_parameters
-                _copy_state(shared[adapter_name], _weighted_state([shared[n] for n in names], weights))
+                _copy_state(shared[build], _weighted_state([shared[n] for n in names], weights))
                 return
             sources = [host.adapters[n] for n in names]
-            target = host.adapters[adapter_name]
+            target = host.adapters[build]
             if combine_strategy == "linear" or host.method == "modules_to_save":  # copies: always linear
                 _copy_state(target, _weighted_state(sources, weights))
             elif combine_strategy == "lora_linear_only_negate_b":
@@ -920,7 +1046,7 @@ class MergingMixin:
                     delta = sum(w * m.delta_weight().float() for w, m in zip(weights, source_parts))
                     _write_lora(target_part, *_truncated_svd(delta, target.r))
 
-        _add_combined_adapter(self, adapter_name, config, fill)
+        _add_combined_adapter(self, adapter_name, config, fill, "average_adapter", names, replace=overwrite_ok)
         if set_active:
             self.set_active_adapters(adapter_name)
 
@@ -987,7 +1113,7 @@ class MergingMixin:
             >>> model.add_weighted_adapter(["a", "b"], [1.0, 1.0], "ties", combination_type="ties_svd",
             ...                            density=0.2, svd_rank=8)
         """
-        adapters, weights = list(adapters), [float(w) for w in weights]
+        adapters, weights = list(adapters), _checked_weights(weights, "add_weighted_adapter")
         combination_type = _check_weighted(self, adapters, weights, adapter_name, combination_type, density, svd_rank)
         configs = _lora_inputs(self, adapters, "add_weighted_adapter")
         if configs[0].composition_mode == "scale" and combination_type != "linear":
@@ -1003,12 +1129,12 @@ class MergingMixin:
         config = config.replace(modules_to_save=sorted({h.location for h in copy_owner}) or None)
         svd_options = {"clamp": svd_clamp, "full_matrices": svd_full_matrices, "driver": svd_driver}
 
-        def fill(host):
+        def fill(host, build):
             if host.method == "modules_to_save":  # the one input's copy, as it is
-                _copy_state(host.modules_to_save[adapter_name], host.modules_to_save[copy_owner[host]].state_dict())
+                _copy_state(host.modules_to_save[build], host.modules_to_save[copy_owner[host]].state_dict())
                 return
             present = [(host.loras[n], w) for n, w in zip(adapters, weights) if n in host.loras]
-            target = host.loras[adapter_name]
+            target = host.loras[build]
             if host not in hosts:
                 raise RuntimeError(f"Internal error: adapter {adapter_name!r} was placed where none of {adapters} is.")
             for i, target_part in enumerate(target.group_views()):  # part by part on a fused projection
@@ -1016,7 +1142,7 @@ class MergingMixin:
                 factors = _combine_loras(present_part, combination_type, target.r, density, majority_sign_method, svd_options)
                 _write_lora(target_part, *factors)
 
-        _add_combined_adapter(self, adapter_name, config, fill)
+        _add_combined_adapter(self, adapter_name, config, fill, "add_weighted_adapter", adapters)
         if any(adapter_name not in h.loras for h in hosts):
             self.delete_adapter(adapter_name)
             raise RuntimeError(f"Internal error: adapter {adapter_name!r} does not cover every layer of {adapters}.")

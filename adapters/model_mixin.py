@@ -2,7 +2,11 @@
 
 :func:`adapters.init` swaps the model's class (and its base model's) for a subclass with
 :class:`ModelAdaptersMixin` in front, keeping the class name. The mixin's ``forward`` opens a
-:class:`~adapters.context.ForwardContext` around the original forward.
+:class:`~adapters.context.ForwardContext` around the original forward, holding the registry's
+:class:`~adapters.context.RegistryLock` shared; the methods that change the adapters (add,
+delete, fusions, merge, reset) hold it alone, so a forward pass sees one consistent set of
+adapters. A change that fails leaves the model as it was; deleting the last adapter of a method
+removes what adding it installed.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import numbers
 import os
 import re
 from typing import Optional, Union
@@ -23,31 +28,44 @@ from . import logging
 from .compat import passed_cache
 from .composition import (
     AdapterCompositionBlock,
+    BatchSplit,
     Fuse,
     Parallel,
     SetupLike,
+    Split,
     Stack,
+    batch_requirement,
+    check_input_batch,
     parse_composition,
+    validate_composition,
 )
 from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
-from .context import AdapterSetup, ForwardContext
+from .configuration.validation import check_name
+from .context import AdapterSetup, ForwardContext, registry_lock
 from .embeddings import EmbeddingAdaptersMixin
+from .errors import AdapterConfigError, CompositionError
 from .merging import MergingMixin
 from .methods import METHOD_BLOCKS, WEIGHT_TRANSFORM_METHODS
 from .methods.adalora import AdaLoRAModelMixin
-from .methods.adaption_prompt import adaption_prompt_active, add_adaption_prompt, check_adaption_prompt_config
+from .methods.adaption_prompt import (
+    adaption_prompt_active,
+    add_adaption_prompt,
+    check_adaption_prompt_config,
+    uninstall_adaption_prompt,
+)
 from .configuration.lora import LoftQConfig
 from .methods.loftq import loftq_factors
 from .methods.lora import LoRALinear
 from .methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
-from .methods.invertible import EmbeddingOutputHost, OutputEmbeddingInputHost, coupling_block
+from .methods.invertible import EmbeddingOutputHost, OutputEmbeddingInputHost, coupling_block, uninstall_invertible
 from .methods.phm import init_shared_parameters
-from .methods.prefix_tuning import POSITION_OFFSETS, install_prefix_tuning, record_attention_inputs
-from .methods.prompt_tuning import PromptTuning, install_prompt_tuning
+from .methods.prefix_tuning import POSITION_OFFSETS, install_prefix_tuning, record_attention_inputs, uninstall_prefix_tuning
+from .methods.prompt_tuning import PromptTuning, install_prompt_tuning, uninstall_prompt_tuning
 from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .methods.weight_transform import add_weight_transform_modules
-from .models.attention import use_adapter_attention
+from .models.attention import PREFIX as ATTENTION_PREFIX
+from .models.attention import attention_configs, use_adapter_attention
 from .models.joined_cache import cache_layer_lists
 from .models.patching import restore_class, swap_class
 from .models.spec import stack_configs
@@ -66,7 +84,6 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["ModelAdaptersMixin"]
 
-_NAME_RE = re.compile(r"^[^.,\s]+$")
 # inputs that carry a batch dimension and are replicated for Parallel
 _BATCH_INPUTS = (
     "input_ids",
@@ -164,10 +181,22 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         context = ForwardContext.get_context()
         if context is not None and context.registry is self.adapters_config:
             return super().forward(*args, **kwargs)  # nested call (head model -> base model)
+        # the pass holds the registry lock shared: no adapter is added, deleted or merged while it
+        # runs, so it sees one consistent set of adapters in every layer (see RegistryLock)
+        lock = registry_lock(self.adapters_config)
+        token = lock.acquire_read()
+        try:
+            return self._forward_in_context(args, kwargs)
+        finally:
+            lock.release_read(token)
+
+    def _forward_in_context(self, args, kwargs):
+        """The outermost forward pass, in a new forward context (called with the registry lock held)."""
         context = self._new_context()
         context.output_adapter_fusion_attentions = kwargs.pop("output_adapter_fusion_attentions", False)
         context.output_adapter_gating_scores = kwargs.pop("output_adapter_gating_scores", False)
         channels = self._channels_to_replicate(context)
+        self._check_input_fits(context, channels, args, kwargs, _forward_parameter_names(type(self)))
         if channels:
             args, kwargs = self._replicate_batch(args, kwargs, channels, context)
         with context.activate():
@@ -258,7 +287,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
 
     def _new_context(self) -> ForwardContext:
-        """A forward context with the active setup, marked as this model's."""
+        """A forward context with the active setup, marked as this model's: the one snapshot of the
+        setup (and ``skip_layers``) the whole pass uses. Called with the registry lock held, so the
+        adapters the setup names stay as they are until the pass returns."""
         context = ForwardContext(self, *self._setup_for_forward())
         context.registry = self.adapters_config
         return context
@@ -283,6 +314,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             return None, kwargs
         context = self._new_context()
         channels = self._channels_to_replicate(context)
+        self._check_input_fits(context, channels, (), kwargs)
         if channels:
             kwargs, batch = _replicate_inputs((), (), kwargs, channels)
             context.parallel_channels, context.original_batch_size = channels, batch
@@ -347,9 +379,10 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         )
 
     # -- adding and removing ---------------------------------------------------------------------
-    def _check_name(self, name: str) -> None:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(f"Invalid adapter name {name!r}: use a non-empty name without dots, commas or spaces.")
+    def _check_name(self, name: str, kind: str = "adapter", argument: Optional[str] = "adapter_name") -> None:
+        """Raise an AdapterConfigError unless ``name`` is a valid name (see
+        :func:`adapters.loading.check_name`: letters, digits, ``_``, ``-``; never a path)."""
+        check_name(name, kind=kind, argument=argument)
 
     def add_adapter(self, adapter_name: str, config=None, overwrite_ok: bool = False, set_active: bool = False):
         """Add a new adapter of the given config to every layer it applies to.
@@ -363,30 +396,46 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
 
         Raises:
             ValueError: the name exists (and not ``overwrite_ok``), the config is unknown or
-                does not fit the model. The model is left unchanged.
+                does not fit the model. The model is left unchanged: whatever the call created
+                (modules, hosts, class swaps, hooks) is removed again, and with ``overwrite_ok``
+                the adapter it would replace stays as it was (the new one is built beside it and
+                replaces it only once complete).
 
         Example::
 
             >>> model.add_adapter("task", config="seq_bn", set_active=True)
         """
-        self._check_name(adapter_name)
+        if adapter_name != self.__dict__.get("_adapters_staging_name"):  # load_adapter builds under a staging name
+            self._check_name(adapter_name)
         config = AdapterConfig.load(config if config is not None else "seq_bn")
         registry = self.adapters_config
-        if adapter_name in registry.adapters and not overwrite_ok:
-            raise ValueError(
-                f"An adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it "
-                f"or choose another name."
-            )
-        self._check_config_fits(config)
-        if adapter_name in registry.adapters:
-            self.delete_adapter(adapter_name)
-        try:
-            self._create_adapter_modules(adapter_name, config)
-        except Exception:
-            self._remove_adapter_modules(adapter_name)
-            raise
-        registry.adapters[adapter_name] = config
-        registry.changed()
+        with registry_lock(registry).writing(f"add_adapter({adapter_name!r})"):
+            if adapter_name in registry.adapters and not overwrite_ok:
+                raise AdapterConfigError(
+                    f"An adapter named {adapter_name!r} exists already; pass overwrite_ok=True to replace it "
+                    f"or choose another name."
+                )
+            self._check_config_fits(config)
+            replacing = adapter_name in registry.adapters
+            build_name = adapter_name
+            if replacing:  # built beside the old one, which stays if the build fails
+                build_name = f"{adapter_name}~replacing"
+                while build_name in registry.adapters:
+                    build_name += "~"
+            try:
+                self._create_adapter_modules(build_name, config)
+            except BaseException:
+                self._remove_adapter_modules(build_name)
+                raise
+            registry.adapters[build_name] = config
+            if replacing:
+                try:
+                    self.delete_adapter(adapter_name)
+                except BaseException:
+                    self.delete_adapter(build_name)
+                    raise
+                self._rename_adapter(build_name, adapter_name)
+            registry.changed()
         if set_active:
             self.set_active_adapters(adapter_name)
         return None
@@ -798,7 +847,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         self._require_adapter(name)
         hosts = [h for h in self._adapter_hosts if h.method == "lora" and name in h.loras]
         if not hosts:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Adapter {name!r} changes no layer weights, so it cannot be merged into them: only the LoRA family "
                 "(LoRA, DoRA, (IA)³) and the weight transforms (LoHa, LoKr, OFT, HRA, AdaLoRA) merge."
             )
@@ -810,7 +859,18 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         Afterwards the layers compute ``x (W + ΔW)ᵀ`` directly and the adapter no longer runs as
         a separate branch; :meth:`reset_adapter` takes it out again.
 
+        All or nothing: every layer's merged weight and bias are computed (out of place, one layer
+        at a time) and checked before any weight is written. Refused are non-finite results (a
+        NaN/inf adapter, an overflow), a layer whose weight is not floating point (quantized or
+        integer: it cannot hold the merged weight), and a merge :meth:`reset_adapter` could not
+        undo: (IA)³ and DoRA merges multiply the weight, and their unmerge divides by the same
+        factors, so an (IA)³ vector (or DoRA magnitude) with an entry of (nearly) 0 — one that turns a
+        non-zero weight entry into 0 or a subnormal number — is refused rather than merged into a
+        weight that could never be restored (``merge_and_unload``, which needs no unmerge, takes it).
+
         Raises:
+            AdapterMergeError: a check above failed; the message names the adapter, the module and
+                the parameter. No weight was written.
             ValueError: the adapter is not a LoRA-family adapter, is gated (the gate depends on
                 the input, so there is no single merged weight), or is merged already.
 
@@ -819,51 +879,97 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             >>> model.merge_adapter("lora")
             >>> model.reset_adapter()
         """
-        config = self.adapters_config.adapters.get(name)
-        hosts = self._lora_hosts_of(name)
-        if any(getattr(part, "use_gating", False) for part in config.configs_by_architecture()):
-            raise ValueError(f"Adapter {name!r} is gated; a gate depends on the input, so it cannot be merged.")
-        if any(name in host.merged for host in hosts):
-            raise ValueError(f"Adapter {name!r} is merged already; call reset_adapter() first.")
-        for host in hosts:
-            host.merge(name)
+        from .merging import apply_all_or_nothing
+
+        with registry_lock(self.adapters_config).writing(f"merge_adapter({name!r})"):
+            config = self.adapters_config.adapters.get(name)
+            hosts = self._lora_hosts_of(name)
+            if any(getattr(part, "use_gating", False) for part in config.configs_by_architecture()):
+                raise AdapterConfigError(f"Adapter {name!r} is gated; a gate depends on the input, so it cannot be merged.")
+            if any(name in host.merged for host in hosts):
+                raise AdapterConfigError(f"Adapter {name!r} is merged already; call reset_adapter() first.")
+            apply_all_or_nothing(self, [(host, [name]) for host in hosts], "merge")
 
     def reset_adapter(self) -> None:
         """Undo every :meth:`merge_adapter` (in reverse order).
+
+        All or nothing, like :meth:`merge_adapter`: every restored weight is computed and checked
+        to be finite before any is written.
+
+        Raises:
+            AdapterMergeError: a restored weight would not be finite (the adapter's parameters were
+                changed to NaN/inf, or an (IA)³ entry to 0, after the merge); no weight was written.
 
         Example::
 
             >>> model.reset_adapter()
         """
-        for host in self._adapter_hosts:
-            if host.method == "lora":
-                for name in reversed(list(host.merged)):
-                    host.unmerge(name)
+        self.unmerge_adapter()
 
     def _remove_adapter_modules(self, name: str) -> None:
-        for host in self._adapter_hosts:
+        """Remove adapter ``name`` from every host, then what no adapter needs any more (see
+        :meth:`_remove_empty_hosts`)."""
+        for host in list(self._adapter_hosts):
             host.delete_adapter(name)
         if name in self._shared_parameters:
             del self._shared_parameters[name]
+        self._remove_empty_hosts()
+
+    def _remove_empty_hosts(self) -> None:
+        """Take out every host, container, hook and class swap that adding adapters installed and
+        that no adapter uses any more, so that deleting the last adapter of a method (or a failed
+        ``add_adapter``) leaves the module tree as it was before: LoRA-family hosts on linear
+        layers, ``modules_to_save`` copies, the invertible adapters' hooks, the prefix and prompt
+        pools with their layer hosts, the adaption-prompt hosts, and the attention backend wrapper
+        once no method adds to attention. The bottleneck hosts ``adapters.init`` installed stay."""
+        hosts = self._adapter_hosts
+        empty = [h for h in hosts if isinstance(h, (LoRALinear, SavedModuleHost)) and h.is_empty()]
+        for host in empty:
+            host.uninstall()
+        if empty:
+            hosts[:] = [h for h in hosts if not any(h is e for e in empty)]
+        uninstall_invertible(self)
+        uninstall_prefix_tuning(self)
+        uninstall_prompt_tuning(self)
+        uninstall_adaption_prompt(self)
+        base = self.base_model
+        if "prefix_tuning" not in base._modules and "_adaption_prompt_sites" not in base.__dict__:
+            for config in attention_configs(self):  # the backend the wrapper wrapped
+                implementation = getattr(config, "_attn_implementation", None)
+                if isinstance(implementation, str) and implementation.startswith(ATTENTION_PREFIX):
+                    config._attn_implementation = implementation[len(ATTENTION_PREFIX):]
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter and every fusion that uses it.
+
+        A merged adapter is unmerged first (all or nothing, see :meth:`reset_adapter`). What was
+        installed for the adapter and is not used by another one (hosts, containers, hooks, class
+        swaps, the attention wrapper) is removed too: deleting the only adapter leaves the module
+        tree as it was before it was added. Waits for forward passes in flight (see
+        :class:`~adapters.context.RegistryLock`).
+
+        Raises:
+            AdapterMergeError: the adapter is merged and taking it out of the weights would write
+                NaN/inf; nothing was deleted.
 
         Example::
 
             >>> model.delete_adapter("task")
         """
         registry = self.adapters_config
-        self._require_adapter(adapter_name)
-        for fusion_name, (_, names) in list(registry.fusions.items()):
-            if adapter_name in names:
-                self.delete_adapter_fusion(fusion_name)
-        self._remove_adapter_modules(adapter_name)
-        del registry.adapters[adapter_name]
-        if registry.active_setup is not None and adapter_name in registry.active_setup.flatten():
-            logger.info(f"Deleted adapter {adapter_name!r} was active; no adapters are active now.")
-            registry.active_setup = None
-        registry.changed()
+        with registry_lock(registry).writing(f"delete_adapter({adapter_name!r})"):
+            self._require_adapter(adapter_name)
+            if any(adapter_name in getattr(h, "merged", ()) for h in self._adapter_hosts if h.method == "lora"):
+                self.unmerge_adapter([adapter_name])  # refused before anything changes if it cannot be undone
+            for fusion_name, (_, names) in list(registry.fusions.items()):
+                if adapter_name in names:
+                    self.delete_adapter_fusion(fusion_name)
+            self._remove_adapter_modules(adapter_name)
+            del registry.adapters[adapter_name]
+            if registry.active_setup is not None and adapter_name in registry.active_setup.flatten():
+                logger.info(f"Deleted adapter {adapter_name!r} was active; no adapters are active now.")
+                registry.active_setup = None
+            registry.changed()
 
     def _rename_adapter(self, old: str, new: str) -> None:
         """Rename an adapter everywhere (used by loading, which builds under a staging name)."""
@@ -880,7 +986,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _require_adapter(self, name: str) -> None:
         if name not in self.adapters_config.adapters:
             known = ", ".join(sorted(self.adapters_config.adapters)) or "none"
-            raise ValueError(f"No adapter named {name!r}; the model has: {known}.")
+            raise AdapterConfigError(f"No adapter named {name!r}; the model has: {known}. Add or load it first.")
 
     def add_adapter_fusion(
         self,
@@ -904,6 +1010,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             >>> model.add_adapter_fusion(Fuse("a", "b", "c"), set_active=True)
         """
         block = _as_fuse(adapter_names, name)
+        if block._name is not None:  # a name of its own (the default joins the adapter names, checked below)
+            self._check_name(block.name, kind="fusion", argument="name")
         names = tuple(block.flatten())
         for adapter in names:
             self._require_adapter(adapter)
@@ -914,16 +1022,31 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                 )
         fusion_config = AdapterFusionConfig.load(config)
         registry = self.adapters_config
-        if block.name in registry.fusions:
-            if not overwrite_ok:
-                raise ValueError(f"A fusion named {block.name!r} exists already; pass overwrite_ok=True to replace it.")
-            self.delete_adapter_fusion(block.name)
-        reference = next(self.base_model.parameters())
-        for host in self._adapter_hosts:
-            if host.method == "bottleneck" and host.add_fusion_layer(block.name, names, fusion_config):
-                host.adapter_fusion_layer[block.name].to(device=reference.device, dtype=reference.dtype).train(self.training)
-        registry.fusions[block.name] = (fusion_config, names)
-        registry.changed()
+        with registry_lock(registry).writing(f"add_adapter_fusion({block.name!r})"):
+            replacing = block.name in registry.fusions
+            if replacing and not overwrite_ok:
+                raise AdapterConfigError(f"A fusion named {block.name!r} exists already; pass overwrite_ok=True to replace it.")
+            build_name = f"{block.name}~replacing" if replacing else block.name  # the old one stays until the new is built
+            reference = next(self.base_model.parameters())
+            created = []
+            try:
+                for host in self._adapter_hosts:
+                    if host.method == "bottleneck" and host.add_fusion_layer(build_name, names, fusion_config):
+                        created.append(host)
+                        layer = host.adapter_fusion_layer[build_name]
+                        layer.to(device=reference.device, dtype=reference.dtype).train(self.training)
+            except BaseException:
+                for host in created:
+                    host.delete_fusion_layer(build_name)
+                raise
+            if replacing:
+                self.delete_adapter_fusion(block.name)
+                for host in created:
+                    layers = host.adapter_fusion_layer
+                    layers[block.name] = layers.pop(build_name)
+                    host._invalidate_setup_cache()
+            registry.fusions[block.name] = (fusion_config, names)
+            registry.changed()
         if set_active:
             self.set_active_adapters(block)
 
@@ -936,16 +1059,17 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         """
         fusion_name = adapter_names if isinstance(adapter_names, str) else _as_fuse(adapter_names, None).name
         registry = self.adapters_config
-        if fusion_name not in registry.fusions:
-            known = ", ".join(sorted(registry.fusions)) or "none"
-            raise ValueError(f"No adapter fusion named {fusion_name!r}; the model has: {known}.")
-        for host in self._adapter_hosts:
-            if host.method == "bottleneck":
-                host.delete_fusion_layer(fusion_name)
-        del registry.fusions[fusion_name]
-        if registry.active_setup is not None and _uses_fusion(registry.active_setup, fusion_name):
-            registry.active_setup = None
-        registry.changed()
+        with registry_lock(registry).writing(f"delete_adapter_fusion({fusion_name!r})"):
+            if fusion_name not in registry.fusions:
+                known = ", ".join(sorted(registry.fusions)) or "none"
+                raise AdapterConfigError(f"No adapter fusion named {fusion_name!r}; the model has: {known}.")
+            for host in self._adapter_hosts:
+                if host.method == "bottleneck":
+                    host.delete_fusion_layer(fusion_name)
+            del registry.fusions[fusion_name]
+            if registry.active_setup is not None and _uses_fusion(registry.active_setup, fusion_name):
+                registry.active_setup = None
+            registry.changed()
 
     # -- activation ------------------------------------------------------------------------------
     @property
@@ -968,64 +1092,159 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def set_active_adapters(self, adapter_setup: SetupLike, skip_layers: Optional[list[int]] = None) -> None:
         """Activate a setup for every following forward pass (None deactivates all adapters).
 
-        The setup is validated here once: unknown adapters, fusions that do not exist and methods
-        that cannot take part in a block raise a ValueError naming them.
+        The setup is validated here, completely, before anything changes: its structure
+        (nestings, ``Parallel`` placement, ``BatchSplit`` sizes that fit together), unknown
+        adapters, fusions that do not exist, methods that cannot take part in a block they sit in
+        (at any depth), merged adapters outside a ``Stack``, and ``skip_layers``. A refused setup
+        raises :class:`~adapters.errors.CompositionError` naming the block, the adapter and its
+        method, and leaves the active setup as it was. What depends on the input (a batch that
+        the ``BatchSplit`` sizes do not fit) is checked at the start of each forward pass.
 
         Args:
             adapter_setup: a name, ``"a,b"``, a list or a composition block.
-            skip_layers: layer indices where no adapter runs.
+            skip_layers: layer indices where no adapter runs (each ``0 <= i < number of layers``).
 
         Example::
 
             >>> model.set_active_adapters(Parallel("a", "b"))
+            >>> model.set_active_adapters(Stack("a", "b"), skip_layers=[0])
         """
         setup = parse_composition(adapter_setup)
         if setup is not None:
             self._validate_setup(setup)
+        skip = self._checked_skip_layers(skip_layers)
         registry = self.adapters_config
         registry.active_setup = setup
-        registry.skip_layers = frozenset(skip_layers) if skip_layers else None
+        registry.skip_layers = skip
         registry.changed()
         follow = getattr(self, "_heads_follow_setup", None)  # AdapterModels: the head of that name becomes active
         if follow is not None:
             follow(setup)
 
+    def _checked_skip_layers(self, skip_layers) -> Optional[frozenset]:
+        """``skip_layers`` as a frozenset (None for none), refused unless it lists layer indices of
+        this model."""
+        if skip_layers is None:
+            return None
+        num_layers = len(stack_configs(self.base_model, self.__dict__["_adapters_spec"]))
+        valid = f"a list of layer indices 0 … {num_layers - 1} (this model has {num_layers} layers), or None"
+        if isinstance(skip_layers, (str, bytes)) or not hasattr(skip_layers, "__iter__"):
+            raise AdapterConfigError(f"skip_layers={skip_layers!r} is not a list; give {valid}.")
+        layers = list(skip_layers)
+        bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < num_layers]
+        if bad:
+            raise AdapterConfigError(f"skip_layers={layers!r} names {bad!r}, which are not layers of this model; give {valid}.")
+        return frozenset(int(i) for i in layers) or None
+
     def _validate_setup(self, setup: AdapterCompositionBlock) -> None:
+        """Refuse ``setup`` unless it can run on this model whatever the input (see
+        :meth:`set_active_adapters`); raises :class:`~adapters.errors.CompositionError`."""
+        validate_composition(setup)  # the structure and BatchSplit sizes (cached: cheap when parsed already)
         registry = self.adapters_config
         for name in setup.flatten():
             if name not in registry.adapters:
                 known = ", ".join(sorted(registry.adapters)) or "none"
-                raise ValueError(
+                raise CompositionError(
                     f"Adapter setup {setup} names unknown adapter {name!r}; the model has: {known}. "
                     f"Add it with add_adapter or load_adapter first."
                 )
         self._validate_block(setup)
-        check_saved_module_setup(setup, self._saved_module_paths())
+        self._validate_merged_in_setup(setup)
+        try:
+            check_saved_module_setup(setup, self._saved_module_paths())
+        except CompositionError:
+            raise
+        except ValueError as error:
+            raise CompositionError(str(error)) from error
 
-    def _validate_block(self, block: AdapterCompositionBlock) -> None:
+    def _validate_block(self, block: AdapterCompositionBlock, ancestors: tuple = ()) -> None:
+        """Check ``block`` and everything below it: its fusion (a ``Fuse``), and for every adapter
+        that every block around it (``ancestors`` and ``block``) is one its methods take part in."""
         registry = self.adapters_config
-        kind = type(block)
         if isinstance(block, Fuse):
             if block.name not in registry.fusions:
-                raise ValueError(
+                raise CompositionError(
                     f"{block} needs an AdapterFusion named {block.name!r}; add it with "
                     f"model.add_adapter_fusion({block}) or load_adapter_fusion."
                 )
             fused = set(registry.fusions[block.name][1])
             children = {c if isinstance(c, str) else c.last() for c in block.children}
             if not children <= fused:
-                raise ValueError(f"{block} fuses {sorted(children - fused)}, which fusion {block.name!r} was not built for.")
+                raise CompositionError(
+                    f"{block} fuses {sorted(children - fused)}, which fusion {block.name!r} was not built for "
+                    f"(it fuses {sorted(fused)}); add a fusion of these adapters with model.add_adapter_fusion({block})."
+                )
+        enclosing = ancestors + (block,)
         for child in block.children:
             if isinstance(child, AdapterCompositionBlock):
-                self._validate_block(child)
+                self._validate_block(child, enclosing)
                 continue
             for part in registry.adapters[child].configs_by_architecture():
-                if kind not in METHOD_BLOCKS[part.architecture]:
-                    raise ValueError(
-                        f"Adapter {child!r} cannot take part in {block}: its method {part.architecture!r} does "
-                        f"not support {kind.__name__} blocks (it supports "
-                        f"{', '.join(b.__name__ for b in METHOD_BLOCKS[part.architecture])})."
-                    )
+                supported = METHOD_BLOCKS[part.architecture]
+                refused = [b for b in enclosing if type(b) not in supported]
+                if refused:
+                    raise CompositionError(_block_refusal(child, part.architecture, supported, refused[-1], block))
+
+    def _validate_merged_in_setup(self, setup: AdapterCompositionBlock) -> None:
+        """A merged adapter acts on every row and token (it is in the weights): refuse it anywhere
+        but alone or in ``Stack`` blocks."""
+        merged = {name for host in self._adapter_hosts if host.method == "lora" for name in getattr(host, "merged", ())}
+        if not merged:
+            return
+        for name, path in _leaves_with_blocks(setup):
+            outside = [b for b in path if not isinstance(b, Stack)]
+            if name in merged and outside:
+                raise CompositionError(
+                    f"Adapter {name!r} is merged into the weights, so it acts on every row and token, but {setup} puts "
+                    f"it inside {outside[-1]}. Use it alone or in a Stack, or call model.reset_adapter() first."
+                )
+
+    def _check_input_fits(self, context: ForwardContext, channels: int, args, kwargs, names=()) -> None:
+        """At the start of a forward pass, refuse an input the setup cannot be applied to, with a
+        :class:`~adapters.errors.CompositionError` naming the block, its sizes and the input's size
+        (instead of a tensor error in a layer, or a silently wrong result):
+
+        * a batch (``args`` named by ``names``, and ``kwargs``; replicated ``channels`` times for
+          ``Parallel`` by this pass, 0: not) that the ``BatchSplit`` sizes do not fit;
+        * a ``Split`` in a pass that continues a KV cache: its new tokens sit at positions after
+          the cached ones, which the adapter positions cannot tell from 0, 1, …;
+        * a KV cache of another batch size than the rows ``Parallel`` replicates the input to.
+        """
+        setup = context.setup
+        if channels > 1:
+            self._check_cache_rows(setup, channels, args, kwargs, names)
+        if setup is None or not _sized_blocks(setup):
+            return
+        if batch_requirement(setup) is not None:
+            batch = _input_batch(names, args, kwargs)
+            if batch is not None:
+                check_input_batch(setup, batch, channels or 1)
+        split = next((b for b in _sized_blocks(setup) if isinstance(b, Split)), None)
+        cache = passed_cache(kwargs) if split is not None else None
+        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        if past:
+            raise CompositionError(
+                f"{split} cuts the sequence at fixed positions (splits {list(split.splits)}), but this forward pass "
+                f"continues a KV cache of {past} positions: its new tokens sit at positions {past} and later, which "
+                f"the adapters cannot tell from positions 0, 1, …. Run it without a cache (use_cache=False, e.g. "
+                f"model.generate(..., use_cache=False)), or use a setup without Split."
+            )
+
+    @staticmethod
+    def _check_cache_rows(setup, channels: int, args, kwargs, names) -> None:
+        """Parallel replicates this pass's inputs ``channels`` times: a KV cache it continues must
+        have the replicated rows (the cache of an earlier pass under the same Parallel)."""
+        cache = passed_cache(kwargs)
+        if cache is None or not hasattr(cache, "get_seq_length") or not cache.get_seq_length():
+            return
+        rows = _cache_rows(cache)
+        batch = _input_batch(names, args, kwargs)
+        if rows is not None and batch is not None and rows != batch * channels:
+            raise CompositionError(
+                f"{setup} replicates the input batch of {batch} rows {channels}× ({batch * channels} rows), but the KV "
+                f"cache passed has {rows} rows. Continue a cache made under the same Parallel setup (it has "
+                f"{batch * channels} rows), or activate the setup the cache was made with."
+            )
 
     # -- training --------------------------------------------------------------------------------
     def freeze_model(self, freeze: bool = True) -> None:
@@ -1242,7 +1461,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         """transformers' ``save_pretrained``; a model initialised with an
         :class:`~adapters.AdapterModelInterface` also gets AdapterHub's ``adapter_interface.json``
         (the interface is in ``config.json`` too, where ``adapters.init`` finds it after
-        ``from_pretrained``).
+        ``from_pretrained``), written atomically inside ``save_directory``.
 
         Example::
 
@@ -1252,7 +1471,11 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         result = super().save_pretrained(save_directory, *args, **kwargs)
         interface = self.__dict__.get("_adapters_interface")
         if interface is not None:
-            interface.save(save_directory, self.config)
+            from .interface import INTERFACE_CONFIG_NAME
+            from .loading import _CheckpointFiles
+
+            with _CheckpointFiles(save_directory) as files:
+                files.file(INTERFACE_CONFIG_NAME, lambda folder: interface.save(folder, self.config))
         return result
 
     def save_adapter(
@@ -1270,17 +1493,25 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         ``peft.PeftModel.from_pretrained``). On an AdapterModel, ``with_head=True`` also saves the
         head of the same name (``head_config.json`` + ``model_head.safetensors``).
 
+        The files are written atomically: each under a temporary name in the folder, moved into
+        place once all are written (weights first, ``adapter_config.json`` last); the weights
+        file of the other format that an earlier save left (``pytorch_adapter.bin`` beside a new
+        ``adapter.safetensors`` or the reverse) is removed, nothing else. If a write fails, the
+        folder keeps its previous checkpoint and no temporary file.
+
         Example::
 
             >>> model.save_adapter("out/task", "task")
             >>> model.save_adapter("out/lora", "lora", format="peft")
         """
-        from .loading import save_adapter
+        from .loading import _CheckpointFiles, _stage_adapter
 
-        save_adapter(self, save_directory, adapter_name, meta_dict=meta_dict, use_safetensors=use_safetensors, format=format)
         heads = getattr(self, "heads", None)
-        if with_head and heads is not None and adapter_name in heads:
-            self.save_head(save_directory, adapter_name, use_safetensors=use_safetensors)
+        with _CheckpointFiles(save_directory) as files:
+            _stage_adapter(self, files, adapter_name, meta_dict, use_safetensors, format)
+            if with_head and heads is not None and adapter_name in heads:
+                self._stage_head(files, adapter_name, use_safetensors)
+        logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
 
     def load_adapter(
         self,
@@ -1290,6 +1521,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         set_active: bool = False,
         leave_out: Optional[list[int]] = None,
         overwrite_ok: bool = False,
+        allow_non_finite: bool = False,
         **kwargs,
     ) -> str:
         """Load an adapter saved by :meth:`save_adapter` or by AdapterHub (also legacy
@@ -1299,12 +1531,33 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         AdapterModel, a head saved next to the adapter is loaded too (under the same name) unless
         ``with_head=False``.
 
+        Args:
+            adapter_name_or_path: a folder, or a Hugging Face Hub repo id.
+            config: use this config instead of the one saved.
+            load_as: the name to load it under (default: the saved name); letters, digits, ``_``
+                and ``-``.
+            set_active: activate it.
+            leave_out: layers to leave out in addition to the saved config's.
+            overwrite_ok: replace an adapter of the same name.
+            allow_non_finite: also load weights holding NaN/inf or of a non-float dtype (int,
+                bool; converted to the parameter's dtype). Refused by default with an
+                :class:`~adapters.AdapterLoadError` naming the file and the tensor; for research
+                on such weights.
+
+        Raises:
+            AdapterLoadError: the checkpoint is missing, corrupt, does not fit the model, or its
+                saved name is invalid (the message names the file).
+            AdapterConfigError: ``load_as`` or ``leave_out`` is invalid.
+
         Example::
 
             >>> name = model.load_adapter("out/task", set_active=True)
+            >>> model.load_adapter("out/diverged", load_as="nan_study", allow_non_finite=True)
         """
         from .loading import _resolve_folder, load_adapter
 
+        if load_as is not None:
+            self._check_name(load_as, argument="load_as")
         with_head = kwargs.pop("with_head", True)
         head = None
         if with_head and getattr(self, "heads", None) is not None:
@@ -1312,11 +1565,11 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
 
             folder = _resolve_folder(adapter_name_or_path, **kwargs)
             if os.path.isfile(os.path.join(folder, HEAD_CONFIG_NAME)):  # checked before anything changes
-                head = self._prepare_head(folder, load_as=load_as, overwrite_ok=overwrite_ok)
+                head = self._prepare_head(folder, load_as=load_as, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite)
             adapter_name_or_path = folder
         name = load_adapter(
             self, adapter_name_or_path, config=config, load_as=load_as, set_active=False,
-            leave_out=leave_out, overwrite_ok=overwrite_ok, **kwargs,
+            leave_out=leave_out, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite, **kwargs,
         )
         if head is not None:
             self._insert_loaded_head(*head, set_active=True)
@@ -1325,7 +1578,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         return name
 
     def save_adapter_fusion(self, save_directory: str, adapter_names, use_safetensors: bool = True) -> None:
-        """Save a fusion layer (AdapterHub layout: ``adapter_fusion_config.json`` + weights).
+        """Save a fusion layer (AdapterHub layout: ``adapter_fusion_config.json`` + weights),
+        atomically as :meth:`save_adapter`.
 
         Example::
 
@@ -1335,9 +1589,17 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
 
         save_adapter_fusion(self, save_directory, adapter_names, use_safetensors=use_safetensors)
 
-    def load_adapter_fusion(self, adapter_fusion_name_or_path: str, load_as: Optional[str] = None, set_active: bool = False, **kwargs) -> str:
+    def load_adapter_fusion(
+        self,
+        adapter_fusion_name_or_path: str,
+        load_as: Optional[str] = None,
+        set_active: bool = False,
+        allow_non_finite: bool = False,
+        **kwargs,
+    ) -> str:
         """Load a fusion layer saved by :meth:`save_adapter_fusion` or AdapterHub; the fused
-        adapters must be loaded already. Returns the fusion's name.
+        adapters must be loaded already. Returns the fusion's name. ``allow_non_finite`` as in
+        :meth:`load_adapter`.
 
         Example::
 
@@ -1345,31 +1607,104 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         """
         from .loading import load_adapter_fusion
 
-        return load_adapter_fusion(self, adapter_fusion_name_or_path, load_as=load_as, set_active=set_active)
+        return load_adapter_fusion(
+            self, adapter_fusion_name_or_path, load_as=load_as, set_active=set_active, allow_non_finite=allow_non_finite
+        )
 
     def save_all_adapters(self, save_directory: str, with_head: bool = True, use_safetensors: bool = True) -> None:
-        """Save every adapter into ``save_directory/<name>``.
+        """Save every adapter into ``save_directory/<name>``. Every target is checked to lie
+        inside ``save_directory`` (symbolic links resolved) before anything is written.
 
         Example::
 
             >>> model.save_all_adapters("out/adapters")
         """
-        import os
+        from .loading import _inside
 
+        targets = {}
         for name in self.adapters_config.adapters:
-            self.save_adapter(os.path.join(save_directory, name), name, with_head=with_head, use_safetensors=use_safetensors)
+            self._check_name(name, argument=None)
+            targets[name] = _inside(save_directory, name)
+        for name, target in targets.items():
+            self.save_adapter(target, name, with_head=with_head, use_safetensors=use_safetensors)
 
     def save_all_adapter_fusions(self, save_directory: str, use_safetensors: bool = True) -> None:
-        """Save every fusion into ``save_directory/<fusion name>``.
+        """Save every fusion into ``save_directory/<fusion name>``, each target checked to lie
+        inside ``save_directory`` as in :meth:`save_all_adapters`.
 
         Example::
 
             >>> model.save_all_adapter_fusions("out/fusions")
         """
-        import os
+        from .loading import _inside
 
+        targets = {}
         for name in self.adapters_config.fusions:
-            self.save_adapter_fusion(os.path.join(save_directory, name), name, use_safetensors=use_safetensors)
+            self._check_name(name, kind="fusion", argument=None)
+            targets[name] = _inside(save_directory, name)
+        for name, target in targets.items():
+            self.save_adapter_fusion(target, name, use_safetensors=use_safetensors)
+
+
+_BLOCK_HINTS = {
+    "Split": "put it outside the Split, e.g. Stack({name!r}, Split(...)), where it acts on every token",
+    "Average": "use it outside the Average, e.g. Stack({name!r}, Average(...)), or in Parallel / BatchSplit branches",
+    "Fuse": "only bottleneck adapters are fused; use it outside the Fuse, e.g. Stack({name!r}, Fuse(...))",
+    "Parallel": "use it outside the Parallel, e.g. Stack({name!r}, Parallel(...)), where it acts on every row",
+    "BatchSplit": "use it outside the BatchSplit, e.g. Stack({name!r}, BatchSplit(...)), where it acts on every row",
+}
+
+
+def _block_refusal(name: str, method: str, supported: tuple, refused, parent) -> str:
+    """The message for adapter ``name`` whose ``method`` cannot take part in block ``refused``."""
+    kind = type(refused).__name__
+    where = "" if refused is parent else f" (it sits in {parent}, inside {refused})"
+    hint = _BLOCK_HINTS.get(kind, "use it only in blocks its method supports").format(name=name)
+    return (
+        f"Adapter {name!r} cannot take part in {refused}{where}: its method {method!r} does not support {kind} "
+        f"blocks (it supports {', '.join(b.__name__ for b in supported)}, at every level around it). Valid form: {hint}."
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _sized_blocks(setup) -> tuple:
+    """The Split and BatchSplit blocks of ``setup`` (what the input must fit), depth first."""
+    if isinstance(setup, str):
+        return ()
+    own = (setup,) if isinstance(setup, (Split, BatchSplit)) else ()
+    return own + tuple(b for child in setup.children for b in _sized_blocks(child))
+
+
+def _cache_rows(cache) -> Optional[int]:
+    """The batch size of the keys a KV cache holds (its first filled layer), or None."""
+    caches = [cache] + [getattr(cache, n) for n in ("self_attention_cache",) if getattr(cache, n, None) is not None]
+    for part in caches:
+        for layer in getattr(part, "layers", ()) or ():
+            keys = getattr(layer, "keys", None)
+            if isinstance(keys, torch.Tensor) and keys.dim() > 0 and keys.numel():
+                return keys.shape[0]
+    return None
+
+
+def _input_batch(names, args, kwargs) -> Optional[int]:
+    """The batch size of a call's inputs (the first batch input, by name or position), or None."""
+    for name in _BATCH_INPUTS:
+        value = kwargs.get(name)
+        if value is None and name in names:
+            index = names.index(name)
+            value = args[index] if index < len(args) else None
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
+def _leaves_with_blocks(setup, path: tuple = ()):
+    """``(name, enclosing blocks from the outermost)`` for every leaf of ``setup``."""
+    if isinstance(setup, str):
+        yield setup, path
+        return
+    for child in setup.children:
+        yield from _leaves_with_blocks(child, path + (setup,))
 
 
 def _original_class(cls) -> Optional[type]:
@@ -1472,11 +1807,16 @@ class StackEntryMixin:
 
     def forward(self, *args, **kwargs):
         model = self.__dict__["_adapters_model"]
-        context, kwargs = model._open_stack_context(self, args, kwargs)
-        if context is None:
-            return super().forward(**self._entry_inputs(model, ForwardContext.get_context(), kwargs))
-        with context.activate():
-            return super().forward(**self._entry_inputs(model, context, kwargs))
+        lock = registry_lock(model.adapters_config)  # a pass of its own: one consistent set of adapters
+        token = lock.acquire_read()
+        try:
+            context, kwargs = model._open_stack_context(self, args, kwargs)
+            if context is None:
+                return super().forward(**self._entry_inputs(model, ForwardContext.get_context(), kwargs))
+            with context.activate():
+                return super().forward(**self._entry_inputs(model, context, kwargs))
+        finally:
+            lock.release_read(token)
 
     def _entry_inputs(self, model, context, kwargs: dict) -> dict:
         """The inputs the part runs on (as given; the encoder joins soft prompts)."""

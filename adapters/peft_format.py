@@ -10,9 +10,14 @@ name left out: ``...q_proj.lora_A.weight``, ``...q_proj.lora_B.weight``,
 PEFT's config fields map onto :class:`~adapters.LoRAConfig` one to one (``lora_alpha`` ->
 ``alpha``, ``lora_dropout`` -> ``dropout``, ``target_modules``, ``exclude_modules``,
 ``layers_to_transform``, ``layers_pattern``, ``rank_pattern``, ``alpha_pattern``, ``use_rslora``,
-``use_dora``, ``feedforward_modules``, ``modules_to_save``). Fields that change what the checkpoint
-holds and that this version does not implement (``layer_replication``, ...) raise an error naming
-them. Trained biases (``bias="all"`` / ``"lora_only"``) travel with the adapter as ``<module>.bias``
+``use_dora``, ``feedforward_modules``, ``modules_to_save``), and their values are checked as any
+config's (a ``lora_alpha`` of NaN is refused). The other fields PEFT 0.21 defines are read by
+kind (:data:`PEFT_FIELDS`): bookkeeping and initialisation settings (``task_type``,
+``init_lora_weights``, ``loftq_config``, ...) are accepted with any value, since the weights come
+from the file; a field this version does not implement (``layer_replication``, ``lora_bias``,
+``trainable_token_indices``, ...) is accepted at PEFT's default and refused otherwise, with an
+error naming it; a field PEFT 0.21 does not define (a newer PEFT's) is dropped with a warning
+naming the file. Trained biases (``bias="all"`` / ``"lora_only"``) travel with the adapter as ``<module>.bias``
 keys; the copies of ``modules_to_save`` as the module's own keys (``...classifier.weight``), which
 become ``classifier.modules_to_save.<name>.weight`` here.
 
@@ -35,19 +40,26 @@ layer ``i`` the one PEFT stores for layer ``2i mod L`` (see :func:`prefix_from_p
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Optional
 
 import torch
 
 from . import logging
 from .configuration.adaption_prompt import AdaptionPromptConfig
+from .configuration.base import AdapterConfig
 from .configuration.lora import LoRAConfig
 from .configuration.prefix import PrefixTuningConfig
+from .configuration.validation import check_int, describe, did_you_mean
+from .errors import AdapterConfigError
 from .peft_weight_transforms import PEFT_TYPES, config_from_peft_meta, convert_peft_key, peft_weight_transform_checkpoint
 
 __all__ = [
     "PEFT_WEIGHTS_NAME",
     "PEFT_LEGACY_WEIGHTS_NAME",
+    "PEFT_FIELDS",
     "config_from_peft",
+    "check_peft_fields",
     "state_from_peft",
     "peft_checkpoint",
     "check_peft_adaption_prompt_model",
@@ -59,39 +71,151 @@ PEFT_LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 _PREFIX = "base_model.model."
 logger = logging.get_logger(__name__)
 
-# PEFT fields that would need behaviour this version lacks, with the value that is fine
-_UNSUPPORTED = {
-    "lora_bias": False,
-    "layer_replication": None,
-    "use_qalora": False,
-    "target_parameters": None,
+# -- PEFT 0.21's config fields, by what reading them needs ----------------------------------------------
+# bookkeeping every PEFT config has: any value
+_PEFT_COMMON = ("peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode")
+_TARGETING = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save")
+# LoraConfig's fields (AdaLoraConfig inherits them): how the adapter was initialised or trained, not
+# what it computes (the weights come from the file): any value
+_LORA_ANY = (
+    "init_lora_weights", "loftq_config", "eva_config", "corda_config", "lora_ga_config", "fan_in_fan_out", "megatron_core",
+    "qalora_group_size", "runtime_config", "ensure_weight_tying",
+    "velora_config",  # VeLoRA changes only the backward pass
+)
+# LoraConfig's fields this version does not implement, with PEFT's default (the only value read)
+_LORA_UNIMPLEMENTED = {
+    "lora_bias": False, "layer_replication": None, "use_qalora": False, "target_parameters": None, "megatron_config": None,
+    "trainable_token_indices": None, "alora_invocation_tokens": None, "monteclora_config": None, "use_bdlora": None,
+    "arrow_config": None, "kasa_config": None,
 }
+_LORA_READ = ("r", "lora_alpha", "lora_dropout", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "bias", *_TARGETING)
+_LYCORIS_READ = ("r", "alpha", "rank_dropout", "module_dropout", "init_weights", "rank_pattern", "alpha_pattern", *_TARGETING)
+#: peft_type -> (fields read into our config, fields read with any value, {unimplemented field: PEFT's
+#: default, the only value read}); any other field is dropped with a warning
+PEFT_FIELDS: dict[str, tuple[tuple, tuple, dict]] = {
+    "LORA": (_LORA_READ, _LORA_ANY, _LORA_UNIMPLEMENTED),
+    "ADALORA": (
+        ("init_r", "target_r", "lora_alpha", "lora_dropout", "init_lora_weights", "tinit", "tfinal", "deltaT", "beta1",
+         "beta2", "orth_reg_weight", "total_step", "rank_pattern", "bias", *_TARGETING),
+        (*_LORA_ANY, "r", "use_rslora", "alpha_pattern"),  # PEFT's AdaLoRA does not read these
+        {**_LORA_UNIMPLEMENTED, "use_dora": False},
+    ),
+    "IA3": (("feedforward_modules", "target_modules", "exclude_modules", "modules_to_save"), ("init_ia3_weights", "fan_in_fan_out"), {}),
+    # PEFT's LoHa / LoKr have no "bias"; this library writes "none" for every weight transform
+    "LOHA": (_LYCORIS_READ, (), {"use_effective_conv2d": False, "bias": "none"}),
+    "LOKR": (
+        (*_LYCORIS_READ, "decompose_both", "decompose_factor", "rank_dropout_scale"), (), {"use_effective_conv2d": False, "bias": "none"}
+    ),
+    "OFT": (
+        ("r", "oft_block_size", "module_dropout", "init_weights", "coft", "eps", "block_share", "use_cayley_neumann",
+         "num_cayley_neumann_terms", "bias", *_TARGETING),
+        ("fan_in_fan_out",),
+        {},
+    ),
+    "HRA": (("r", "apply_GS", "init_weights", "bias", *_TARGETING), (), {}),
+    "PREFIX_TUNING": (
+        ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"),
+        # the saved prompt_embeddings already went through a projection; the init does not matter
+        ("prefix_projection", "encoder_hidden_size", "init_weights"),
+        {"modules_to_save": None},
+    ),
+    "ADAPTION_PROMPT": (("adapter_len", "adapter_layers", "target_modules"), (), {}),
+}
+# our field -> PEFT's name, to name PEFT's field in an error
+_PEFT_NAMES = {"alpha": "lora_alpha", "dropout": "lora_dropout", "prefix_length": "num_virtual_tokens"}
 
 
 def _listify(value):
     return list(value) if isinstance(value, (list, tuple, set)) else value
 
 
-def config_from_peft(meta: dict) -> LoRAConfig:
-    """The :class:`~adapters.LoRAConfig` equivalent to a PEFT ``adapter_config.json``.
+def _is_peft_default(value, default) -> bool:
+    """Whether a value read from JSON is PEFT's default (``None``, ``False``, ``[]`` and ``{}`` all
+    mean "unset" for the unset-by-default fields; ``0`` is not ``False``)."""
+    if default is None or default is False:
+        return value is None or value is False or (isinstance(value, (list, dict)) and not value)
+    return type(value) is type(default) and value == default
+
+
+def check_peft_fields(meta: dict, file: Optional[str] = None) -> None:
+    """Refuse a non-default value of a PEFT 0.21 field this version does not implement, and warn
+    (naming ``file``) about fields PEFT 0.21 does not define.
 
     Raises:
-        ValueError: an unsupported ``peft_type`` or field (the message names it).
+        AdapterConfigError: an unknown ``peft_type``, or an unimplemented field that is set (the
+            message names it and PEFT's default).
+
+    Example::
+
+        >>> check_peft_fields({"peft_type": "LORA", "r": 8, "layer_replication": [[0, 2]]}, "a/adapter_config.json")
+        Traceback (most recent call last):
+        adapters.errors.AdapterConfigError: a/adapter_config.json: PEFT field layer_replication=[[0, 2]] ...
+    """
+    label = file or "PEFT's adapter_config.json"
+    peft_type = meta.get("peft_type")
+    if peft_type not in PEFT_FIELDS:
+        raise AdapterConfigError(
+            f"{label}: PEFT method {peft_type!r} is not supported in this version ({', '.join(PEFT_FIELDS)} are)."
+            f"{did_you_mean(peft_type, PEFT_FIELDS)}"
+        )
+    read, any_value, unimplemented = PEFT_FIELDS[peft_type]
+    unknown = []
+    for key, value in meta.items():
+        if key in _PEFT_COMMON or key in read or key in any_value:
+            continue
+        if key in unimplemented:
+            if not _is_peft_default(value, unimplemented[key]):
+                raise AdapterConfigError(
+                    f"{label}: PEFT field {key}={value!r} is not supported for {peft_type} in this version; only PEFT's "
+                    f"default ({unimplemented[key]!r}) can be read. Load this adapter with PEFT."
+                )
+            continue
+        unknown.append(key)
+    if unknown:
+        logger.warning(
+            f"{label}: ignoring {', '.join(repr(k) for k in unknown)}, which PEFT 0.21's {peft_type} config does not "
+            f"define (written by a newer PEFT?); the adapter is loaded without {'them' if len(unknown) > 1 else 'it'}."
+        )
+
+
+def config_from_peft(meta: dict, file: Optional[str] = None) -> AdapterConfig:
+    """Our config equivalent to a PEFT ``adapter_config.json`` (a :class:`~adapters.LoRAConfig` for
+    LoRA, DoRA, rsLoRA and (IA)³; the method's config for the others), its values checked.
+
+    ``file`` (the JSON file's path) is named in warnings and errors. PEFT 0.21's fields are read
+    as :data:`PEFT_FIELDS` says (see the module docstring); fields a newer PEFT added are dropped
+    with a warning.
+
+    Raises:
+        AdapterConfigError: an unsupported ``peft_type``, a set field this version does not
+            implement, or a bad value (``lora_alpha: NaN``); the message names the file and
+            PEFT's field.
 
     Example::
 
         >>> config_from_peft({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]})
     """
+    label = file or "PEFT's adapter_config.json"
+    if not isinstance(meta, Mapping):
+        raise AdapterConfigError(f"{label} must hold a JSON object (a dict), not {describe(meta)}.")
+    check_peft_fields(meta, file)
+    try:
+        return _config_from_peft(meta)
+    except ValueError as error:  # our configs' AdapterConfigError, the weight transforms' refusals
+        field = getattr(error, "field", None)
+        theirs = _PEFT_NAMES.get(field, field) if meta.get("peft_type") in ("LORA", "PREFIX_TUNING") else field
+        named = f"PEFT field {theirs!r}: " if theirs is not None and theirs != field and theirs in meta else ""
+        raise AdapterConfigError(f"{label}: {named}{error}") from error
+
+
+def _config_from_peft(meta: dict) -> AdapterConfig:
     peft_type = meta.get("peft_type")
     if peft_type == "PREFIX_TUNING":
         return _prefix_config_from_peft(meta)
     if peft_type == "ADAPTION_PROMPT":
         return AdaptionPromptConfig(
-            adapter_len=int(meta["adapter_len"]), adapter_layers=int(meta["adapter_layers"]), target_modules=meta.get("target_modules")
+            adapter_len=meta.get("adapter_len"), adapter_layers=meta.get("adapter_layers"), target_modules=meta.get("target_modules")
         )
-    for field, fine in _UNSUPPORTED.items():
-        if meta.get(field, fine) not in (fine, None, False, [], {}):
-            raise ValueError(f"PEFT field {field}={meta[field]!r} is not supported in this version (only {fine!r}).")
     common = dict(
         target_modules=_listify(meta.get("target_modules")),
         exclude_modules=_listify(meta.get("exclude_modules")),
@@ -102,13 +226,13 @@ def config_from_peft(meta: dict) -> LoRAConfig:
     )
     if peft_type == "LORA":
         return LoRAConfig(
-            r=meta["r"],
+            r=meta.get("r", 8),
             alpha=meta.get("lora_alpha", 8),
             dropout=meta.get("lora_dropout") or 0.0,
             rank_pattern=meta.get("rank_pattern") or {},
             alpha_pattern=meta.get("alpha_pattern") or {},
-            use_rslora=bool(meta.get("use_rslora")),
-            use_dora=bool(meta.get("use_dora")),
+            use_rslora=meta.get("use_rslora") or False,
+            use_dora=meta.get("use_dora") or False,
             bias=meta.get("bias") or "none",
             **common,
         )
@@ -119,7 +243,7 @@ def config_from_peft(meta: dict) -> LoRAConfig:
             r=1, alpha=1, composition_mode="scale", init_weights="ia3",
             feedforward_modules=_listify(meta.get("feedforward_modules")), **common,
         )
-    raise ValueError(
+    raise AdapterConfigError(
         f"PEFT method {peft_type!r} is not supported in this version (LORA, IA3, PREFIX_TUNING, ADAPTION_PROMPT, "
         f"{', '.join(PEFT_TYPES)} are)."
     )
@@ -138,9 +262,12 @@ def _prefix_config_from_peft(meta: dict) -> PrefixTuningConfig:
     the MLP already applied), fed to the model as past keys/values: positions shift by ``P``. On an
     encoder-decoder (``num_transformer_submodules=2``) that cache is the decoder's: only the
     decoder self-attention gets a prefix (see :func:`prefix_from_peft`)."""
+    for field in ("num_layers", "num_attention_heads", "token_dim"):  # read by prefix_from_peft
+        check_int("PEFT PrefixTuningConfig", field, meta.get(field), minimum=1)
+    check_int("PEFT PrefixTuningConfig", "num_transformer_submodules", meta.get("num_transformer_submodules"), minimum=1, maximum=2, optional=True)
     seq2seq = _peft_submodules(meta) == 2
     return PrefixTuningConfig(
-        prefix_length=int(meta["num_virtual_tokens"]), flat=True, shift_positions=True,
+        prefix_length=meta.get("num_virtual_tokens"), flat=True, shift_positions=True,
         encoder_prefix=not seq2seq, cross_prefix=not seq2seq,
     )
 

@@ -16,7 +16,9 @@
 * ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``,
   ``training_args.bin``: written by ``Trainer`` as for any run.
 
-No full-model weights file is written. Resuming (``trainer.train(resume_from_checkpoint=...)``)
+No full-model weights file is written. The adapter, fusion and head folders and
+``trainable_weights.safetensors`` are written atomically (see :mod:`adapters.loading`) and only
+inside the checkpoint folder: names are never paths. Resuming (``trainer.train(resume_from_checkpoint=...)``)
 and ``load_best_model_at_end`` copy the saved weights *in place* into the model's existing
 parameters: their identity, ``requires_grad`` flags and the active setup stay as they are, and the
 checkpoint must hold exactly the adapters and fusions the model has (build the model the same way
@@ -145,25 +147,26 @@ class AdapterTrainer(Trainer):
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         """Write the adapters, fusions, heads and other trainable weights (not the base model) to
         ``output_dir``, with the tokenizer / processor and the training arguments."""
+        from .loading import _CheckpointFiles
+
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
         logger.info(f"Saving adapter checkpoint to {output_dir}")
         model = self._adapters_model
+        # every name checked and every target resolved inside output_dir before anything is written
         model.save_all_adapters(output_dir)
         model.save_all_adapter_fusions(output_dir)
         if hasattr(model, "save_all_heads"):  # flexible heads (none: nothing is written)
             model.save_all_heads(output_dir)  # for users; resuming reads trainable_weights.safetensors
         others = self._other_trainable_parameters(model)
-        if others:
-            from safetensors.torch import save_file
-
-            state = {k: p.detach().cpu().contiguous() for k, p in others.items()}
-            save_file(state, os.path.join(output_dir, TRAINABLE_WEIGHTS_NAME), metadata={"format": "pt"})
+        with _CheckpointFiles(output_dir) as files:  # atomic, as the adapter folders
+            if others:
+                files.weights(others, True, TRAINABLE_WEIGHTS_NAME, TRAINABLE_WEIGHTS_NAME)
+            files.file(TRAINING_ARGS_NAME, lambda folder: torch.save(self.args, os.path.join(folder, TRAINING_ARGS_NAME)))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     # -- loading -------------------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -179,15 +182,17 @@ class AdapterTrainer(Trainer):
 
 def _checkpoint_entries(folder: str) -> tuple[dict, dict]:
     """{name: subfolder} for the adapters and fusions a checkpoint folder holds."""
+    from .configuration.validation import check_name
     from .loading import CONFIG_NAME, FUSION_CONFIG_NAME, _read_json
 
     adapter_folders, fusion_folders = {}, {}
     for entry in sorted(os.listdir(folder)):
         sub = os.path.join(folder, entry)
-        if os.path.isfile(os.path.join(sub, CONFIG_NAME)):
-            adapter_folders[_read_json(os.path.join(sub, CONFIG_NAME)).get("name") or entry] = sub
-        if os.path.isfile(os.path.join(sub, FUSION_CONFIG_NAME)):
-            fusion_folders[_read_json(os.path.join(sub, FUSION_CONFIG_NAME)).get("name") or entry] = sub
+        for file_name, kind, found in ((CONFIG_NAME, "adapter", adapter_folders), (FUSION_CONFIG_NAME, "fusion", fusion_folders)):
+            path = os.path.join(sub, file_name)
+            if os.path.isfile(path):
+                name = _read_json(path).get("name") or entry
+                found[check_name(name, kind=kind, argument='its "name"', file=path)] = sub
     return adapter_folders, fusion_folders
 
 
@@ -201,19 +206,19 @@ def _check_same_names(kind: str, in_model, in_checkpoint, folder: str) -> None:
         )
 
 
-def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str) -> None:
+def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str, allow_non_finite: bool = False) -> None:
     """Copy an :class:`AdapterTrainer` checkpoint's weights into ``model``'s existing parameters.
 
     Every adapter and fusion of the model must be in the checkpoint and vice versa; every key and
-    shape is checked. On any error the model keeps the weights it had.
+    shape is checked, and every weight must be a finite float (unless ``allow_non_finite``). On
+    any error the model keeps the weights it had.
 
     Example::
 
         >>> load_checkpoint_weights(model, "out/checkpoint-500")
     """
-    from safetensors.torch import load_file
-
     from .loading import (
+        AdapterLoadError,
         FUSION_SAFE_WEIGHTS_NAME,
         FUSION_WEIGHTS_NAME,
         SAFE_WEIGHTS_NAME,
@@ -241,19 +246,19 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str) -> None:
     # (parameters, state, file) for every part; copied only after all files were read
     parts = []
     for name, sub in adapter_folders.items():
-        state, path = _read_weights(sub, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+        state, path = _read_weights(sub, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, allow_non_finite)
         params = {**_select_parameters(model, _adapter_key_pattern(name)), **model._bias_parameters(name)}
         parts.append((params, _strip_prefix(model, state), path))
     for name, sub in fusion_folders.items():
-        state, path = _read_weights(sub, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
+        state, path = _read_weights(sub, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME, allow_non_finite)
         parts.append((_select_parameters(model, _fusion_key_pattern(name)), _strip_prefix(model, state), path))
     others_path = os.path.join(folder, TRAINABLE_WEIGHTS_NAME)
     if os.path.isfile(others_path):
         named = dict(model.named_parameters())
-        state = load_file(others_path, device="cpu")
+        state, _ = _read_weights(folder, TRAINABLE_WEIGHTS_NAME, TRAINABLE_WEIGHTS_NAME, allow_non_finite)
         unknown = sorted(set(state) - set(named))
         if unknown:
-            raise ValueError(f"{others_path} holds weights the model does not have, e.g. {unknown[:3]}; was it saved from another model?")
+            raise AdapterLoadError(f"{others_path} holds weights the model does not have, e.g. {unknown[:3]}; was it saved from another model?")
         parts.append(({k: named[k] for k in state}, state, others_path))
 
     for params, state, path in parts:  # every file checked before any weight changes

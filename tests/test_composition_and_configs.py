@@ -114,11 +114,11 @@ def dataclass_error():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"reduction_factor": 0}, "reduction_factor must be a positive"),
+        ({"reduction_factor": 0}, "reduction_factor must be a finite number >= 0.0625"),
         ({"init_weights": "zeros"}, "init_weights must be one of"),
         ({"scaling": "huge"}, "scaling must be"),
         ({"residual_before_ln": "sometimes"}, "residual_before_ln must be"),
-        ({"non_linearity": "nope"}, "Unknown non_linearity"),
+        ({"non_linearity": "nope"}, "non_linearity must be the name of an activation"),
         ({"phm_layer": True, "hypercomplex_nonlinearity": "x"}, "hypercomplex_nonlinearity must be"),
     ],
 )

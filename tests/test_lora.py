@@ -205,9 +205,9 @@ def test_targeting_errors_leave_the_model_unchanged():
     keys = set(model.state_dict())
     with pytest.raises(ValueError, match="matches no linear layer.*Closest module names: .*q_proj"):
         model.add_adapter("x", config=LoRAConfig(target_modules=["q_prj"]))
-    with pytest.raises(ValueError, match="rank r must be a positive"):
+    with pytest.raises(ValueError, match="LoRAConfig.r must be a positive integer"):
         LoRAConfig(r=0)
-    with pytest.raises(ValueError, match="alpha must be positive"):
+    with pytest.raises(ValueError, match="LoRAConfig.alpha must be a finite number > 0"):
         LoRAConfig(alpha=0)
     assert set(model.state_dict()) == keys and not model.adapters_config.adapters
 

@@ -7,6 +7,7 @@ import dataclasses
 from typing import ClassVar, Optional
 
 from .base import AdapterConfig, register_config
+from .validation import check_int, check_seed, config_error
 
 __all__ = ["AdaptionPromptConfig"]
 
@@ -42,20 +43,15 @@ class AdaptionPromptConfig(AdapterConfig):
     init_weights_seed: Optional[int] = None
 
     def __post_init__(self):
-        if isinstance(self.adapter_len, bool) or not isinstance(self.adapter_len, int) or self.adapter_len < 1:
-            raise ValueError(f"adapter_len must be a positive integer (the number of prompt vectors), got {self.adapter_len!r}.")
-        if self.adapter_layers is not None and (
-            isinstance(self.adapter_layers, bool) or not isinstance(self.adapter_layers, int) or self.adapter_layers < 1
-        ):
-            raise ValueError(
-                f"adapter_layers must be a positive integer (how many layers from the top get a prompt) or None "
-                f"(every layer), got {self.adapter_layers!r}."
+        """Every value check of Llama-Adapter, in one place."""
+        name = type(self).__name__
+        check_int(name, "adapter_len", self.adapter_len, minimum=1)  # the number of prompt vectors
+        check_int(name, "adapter_layers", self.adapter_layers, minimum=1, optional=True)  # None: every layer
+        if self.target_modules is not None and (not isinstance(self.target_modules, str) or not self.target_modules):
+            raise config_error(
+                name, "target_modules", self.target_modules, "the name of the attention module of a layer (e.g. 'self_attn') or None"
             )
-        if self.target_modules is not None and not isinstance(self.target_modules, str):
-            raise ValueError(
-                f"target_modules must be the name of the attention module of a layer (e.g. 'self_attn') or None, "
-                f"got {self.target_modules!r}."
-            )
+        check_seed(name, "init_weights_seed", self.init_weights_seed)
 
 
 register_config("adaption_prompt", AdaptionPromptConfig())

@@ -2,6 +2,22 @@
 
 Every method config derives from :class:`AdapterConfig`. A config is immutable; derive variants
 with :meth:`~adapters.AdapterConfig.replace` or ``AdapterConfig.load(config, **overrides)``.
+Every value is checked when a config is built (see :mod:`adapters.configuration.validation`);
+a bad value raises :class:`~adapters.errors.AdapterConfigError`.
+
+Keys a config does not have are treated by where they come from:
+
+- from the user (keyword arguments, a dict, ``AdapterConfig.load(..., **overrides)``,
+  :meth:`~AdapterConfig.replace`): an error with a did-you-mean
+  (``{"architecture": "lora", "rank": 4}``: "unknown field 'rank' for LoRAConfig; did you mean 'r'?");
+- from a checkpoint's ``adapter_config.json`` (:meth:`AdapterConfig.from_checkpoint_dict`): a
+  logged warning naming the file and the keys; the config is built without them, so a checkpoint
+  written by a newer library version still loads.
+
+On both paths a key that AdapterHub 1.3.0 defines and this version does not implement (LoRA's
+``vera_d`` / ``vera_b``) is accepted while it holds AdapterHub's default and refused otherwise,
+and AdapterHub's legacy ``invertible_adapter`` dict is read as ``inv_adapter`` /
+``inv_adapter_reduction_factor``.
 """
 
 from __future__ import annotations
@@ -11,7 +27,11 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Optional, Union
+
+from .. import logging
+from ..errors import AdapterConfigError
+from .validation import CheckedFields, closest, config_error, describe, did_you_mean, unknown_fields_error
 
 __all__ = ["AdapterConfig", "ConfigUnion", "ADAPTER_CONFIG_MAP", "register_config", "config_class_for"]
 
@@ -19,6 +39,7 @@ __all__ = ["AdapterConfig", "ConfigUnion", "ADAPTER_CONFIG_MAP", "register_confi
 ADAPTER_CONFIG_MAP: dict[str, "AdapterConfig"] = {}
 # architecture name ("bottleneck", "lora", "union", ...) -> config class used by ``from_dict``
 _ARCHITECTURE_CLASSES: dict[str, type] = {}
+logger = logging.get_logger(__name__)
 
 
 def register_config(name: str, config: "AdapterConfig") -> None:
@@ -35,9 +56,14 @@ def register_config(name: str, config: "AdapterConfig") -> None:
 def config_class_for(architecture: str | None) -> type:
     """The config class that reads a dict with the given ``architecture`` key."""
     key = architecture or "bottleneck"
-    if key not in _ARCHITECTURE_CLASSES:
+    if not isinstance(key, str) or key not in _ARCHITECTURE_CLASSES:
         known = ", ".join(sorted(_ARCHITECTURE_CLASSES))
-        raise ValueError(f"Unknown adapter architecture {architecture!r}; known architectures: {known}.")
+        error = AdapterConfigError(
+            f"Unknown adapter architecture {architecture!r}; known architectures: {known}."
+            f"{did_you_mean(key, _ARCHITECTURE_CLASSES)}"
+        )
+        error.owner, error.field, error.value = "AdapterConfig", "architecture", architecture
+        raise error
     return _ARCHITECTURE_CLASSES[key]
 
 
@@ -60,7 +86,7 @@ def _parse_config_string(text: str) -> tuple[str, dict]:
     overrides = {}
     for part in filter(None, (p.strip() for p in match.group("args").split(","))):
         if "=" not in part:
-            raise ValueError(f"Cannot parse {part!r} in config string {text!r}; write key=value.")
+            raise AdapterConfigError(f"Cannot parse {part!r} in config string {text!r}; write key=value.")
         key, raw = (s.strip() for s in part.split("=", 1))
         try:
             overrides[key] = json.loads(raw)
@@ -69,8 +95,15 @@ def _parse_config_string(text: str) -> tuple[str, dict]:
     return match.group("name").strip(), overrides
 
 
+def _is_default(value, default) -> bool:
+    """Whether a value read from JSON is ``default`` (of the same type: ``0`` is not ``False``)."""
+    if default is None or isinstance(default, bool):
+        return value is default
+    return type(value) is type(default) and value == default
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class AdapterConfig:
+class AdapterConfig(metaclass=CheckedFields):
     """Base class of all adapter method configs.
 
     Subclasses set the class attribute ``architecture`` (the method family, written to
@@ -86,6 +119,9 @@ class AdapterConfig:
     architecture: ClassVar[str | None] = None
     # bottleneck configs are written without an "architecture" key, as AdapterHub does
     _write_architecture: ClassVar[bool] = True
+    # fields AdapterHub 1.3.0 defines for this class and this version does not implement, with
+    # AdapterHub's default: accepted at that default (dropped), refused otherwise
+    _foreign_defaults: ClassVar[dict] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -107,9 +143,10 @@ class AdapterConfig:
             >>> SeqBnConfig().replace(reduction_factor=4).reduction_factor
             4
         """
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = [key for key in changes if key not in names]
         if unknown:
-            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(unknown)}.")
+            raise unknown_fields_error(type(self).__name__, unknown, names)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,27 +164,111 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "AdapterConfig":
-        """Build a config from a dict; the ``architecture`` key selects the class.
+        """Build a config from a dict the user gives; the ``architecture`` key selects the class.
 
-        Keys the class does not know are ignored (AdapterHub adds fields over time), so newer
-        checkpoints load.
+        A key the class does not have raises :class:`~adapters.errors.AdapterConfigError` with a
+        did-you-mean (checkpoints are read with :meth:`from_checkpoint_dict`, which warns instead).
 
         Example::
 
-            >>> AdapterConfig.from_dict({"architecture": "union", "configs": [...]})
+            >>> AdapterConfig.from_dict({"architecture": "lora", "r": 4}).r
+            4
+            >>> AdapterConfig.from_dict({"architecture": "lora", "rank": 4})
+            Traceback (most recent call last):
+            adapters.errors.AdapterConfigError: unknown field 'rank' for LoRAConfig; did you mean 'r'? ...
         """
+        return cls._read(config, None)
+
+    @classmethod
+    def from_checkpoint_dict(cls, data: Mapping[str, Any], file: Optional[str] = None) -> "AdapterConfig":
+        """Build a config from a checkpoint's ``adapter_config.json`` (AdapterHub's layout): the
+        whole file's dict (its ``"config"`` entry is read) or the bare config dict.
+
+        Leniency, so that checkpoints from other versions load: a key the class does not have is
+        dropped with a warning naming ``file`` (a newer version may have written it); a key
+        AdapterHub 1.3.0 defines and this version does not implement is accepted at its default
+        and refused otherwise. Values are checked as for any config. The ``"config"`` entry must
+        be a dict or a config id (``"seq_bn"``, ``"lora[r=4]"``): it is never read as a path.
+
+        Raises:
+            AdapterConfigError: not a dict, a bad value, or a non-default value of a setting this
+                version does not implement (the message names ``file``).
+
+        Example::
+
+            >>> with open("out/a/adapter_config.json") as f:
+            ...     config = AdapterConfig.from_checkpoint_dict(json.load(f), file="out/a/adapter_config.json")
+        """
+        label = file or "the checkpoint's adapter_config.json"
+        if not isinstance(data, Mapping):
+            raise AdapterConfigError(f"{label} must hold a JSON object (a dict), not {describe(data)}.")
+        config = data["config"] if "config" in data else data
+        if isinstance(config, str):
+            name, overrides = _parse_config_string(config)
+            if name in ADAPTER_CONFIG_MAP:  # an id (with overrides: "lora[r=4]"), never a path
+                resolved = ADAPTER_CONFIG_MAP[name]
+                return resolved.replace(**overrides) if overrides else resolved
+            raise AdapterConfigError(
+                f"{label}: 'config' must be a JSON object holding the adapter config (or a config id such as "
+                f"'seq_bn'), not {describe(config)}; a checkpoint's config is never read from another file."
+            )
+        if not isinstance(config, Mapping):
+            raise AdapterConfigError(f"{label}: 'config' must be a JSON object holding the adapter config, not {describe(config)}.")
+        try:
+            return cls._read(config, label)
+        except AdapterConfigError as error:
+            if label in str(error):
+                raise
+            labelled = AdapterConfigError(f"{label}: {error}")
+            labelled.owner, labelled.field, labelled.value = (getattr(error, a, None) for a in ("owner", "field", "value"))
+            raise labelled from error
+
+    @classmethod
+    def _read(cls, config: Any, checkpoint: Optional[str]) -> "AdapterConfig":
+        """``from_dict`` (``checkpoint`` None: strict) or ``from_checkpoint_dict`` (``checkpoint``:
+        the file's label: lenient) of one config dict, union parts included."""
+        if not isinstance(config, Mapping):
+            raise AdapterConfigError(f"An adapter config must be a dict (or a config object or id), not {describe(config)}.")
         data = dict(config)
         target = cls
         if cls is AdapterConfig or "architecture" in data:
             target = config_class_for(data.pop("architecture", None))
         else:
             data.pop("architecture", None)
-        return target._from_fields(data)
+        return target._from_fields(target._upgrade_legacy(data), checkpoint)
 
     @classmethod
-    def _from_fields(cls, data: dict) -> "AdapterConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def _upgrade_legacy(cls, data: dict) -> dict:
+        """Rewrite keys older AdapterHub versions wrote into today's fields (per method family)."""
+        return data
+
+    @classmethod
+    def _from_fields(cls, data: dict, checkpoint: Optional[str] = None) -> "AdapterConfig":
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        fields, unknown = {}, []
+        for key, value in data.items():
+            if key in names:
+                fields[key] = value
+            elif key in cls._foreign_defaults:
+                default = cls._foreign_defaults[key]
+                if not _is_default(value, default):
+                    error = AdapterConfigError(
+                        f"{cls.__name__}.{key}={value!r} is an AdapterHub setting this version does not implement; "
+                        f"only its default ({default!r}) can be read. Use AdapterHub for this adapter, or drop the key."
+                    )
+                    error.owner, error.field, error.value = cls.__name__, key, value
+                    raise error
+            else:
+                unknown.append(key)
+        if unknown and checkpoint is None:
+            raise unknown_fields_error(cls.__name__, unknown, names)
+        if unknown:
+            hints = "".join(f" ({key!r}: did you mean {closest(key, names)!r}?)" for key in unknown if closest(key, names))
+            logger.warning(
+                f"{checkpoint}: ignoring {', '.join(repr(k) for k in unknown)}, which {cls.__name__} does not have "
+                f"(written by a newer library version?); the adapter is loaded without {'them' if len(unknown) > 1 else 'it'}.{hints}"
+            )
+        return cls(**fields)
 
     @classmethod
     def load(cls, config: Union[str, Mapping, "AdapterConfig", None], **overrides) -> "AdapterConfig":
@@ -160,7 +281,7 @@ class AdapterConfig:
             >>> AdapterConfig.load("par_bn", scaling="learned")
         """
         if config is None:
-            raise ValueError("No adapter config given; pass a config id such as 'seq_bn' or a config object.")
+            raise AdapterConfigError("No adapter config given; pass a config id such as 'seq_bn' or a config object.")
         if isinstance(config, AdapterConfig):
             resolved = config
         elif isinstance(config, Mapping):
@@ -171,14 +292,26 @@ class AdapterConfig:
             if name in ADAPTER_CONFIG_MAP:
                 resolved = ADAPTER_CONFIG_MAP[name]
             elif os.path.isfile(name):
-                with open(name, encoding="utf-8") as f:
-                    return cls.load(json.load(f), **string_overrides, **overrides)
+                try:
+                    with open(name, encoding="utf-8") as f:
+                        data = json.load(f)
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                    raise AdapterConfigError(f"Cannot read the adapter config file {name}: {error}.") from error
+                if not isinstance(data, Mapping):  # never another path (a file naming itself would recurse)
+                    raise AdapterConfigError(f"The adapter config file {name} must hold a JSON object, not {describe(data)}.")
+                return cls.load(data, **string_overrides, **overrides)
             else:
                 known = ", ".join(sorted(ADAPTER_CONFIG_MAP))
-                raise ValueError(f"Unknown adapter config {name!r}. Known config ids: {known}; or pass a config object.")
+                raise AdapterConfigError(
+                    f"Unknown adapter config {name!r}. Known config ids: {known}; or pass a config object."
+                    f"{did_you_mean(name, ADAPTER_CONFIG_MAP)}"
+                )
             overrides = {**string_overrides, **overrides}
         else:
-            raise TypeError(f"Cannot load an adapter config from {type(config).__name__}.")
+            raise AdapterConfigError(
+                f"Cannot load an adapter config from {describe(config)}; pass a config id such as 'seq_bn', a dict, "
+                f"a path to a JSON file or a config object."
+            )
         return resolved.replace(**overrides) if overrides else resolved
 
     def configs_by_architecture(self) -> list["AdapterConfig"]:
@@ -227,9 +360,12 @@ class ConfigUnion(AdapterConfig):
 
     def __init__(self, *configs: AdapterConfig, **kwargs):
         if "configs" in kwargs:
-            configs = tuple(kwargs.pop("configs")) + configs
+            given = kwargs.pop("configs")
+            if not isinstance(given, (list, tuple)):
+                raise config_error(type(self).__name__, "configs", given, "a list of configs")
+            configs = tuple(given) + configs
         if kwargs:
-            raise TypeError(f"ConfigUnion got unexpected arguments {sorted(kwargs)}.")
+            raise unknown_fields_error(type(self).__name__, list(kwargs), ["configs"])
         parsed = tuple(c if isinstance(c, AdapterConfig) else AdapterConfig.load(c) for c in configs)
         object.__setattr__(self, "configs", parsed)
         self.validate(parsed)
@@ -245,10 +381,12 @@ class ConfigUnion(AdapterConfig):
             ValueError: SeqBnConfig and SeqBnConfig in a ConfigUnion both place bottleneck adapters at the same positions ...
         """
         if not configs:
-            raise ValueError("ConfigUnion needs at least one config.")
+            raise AdapterConfigError("ConfigUnion needs at least one config.")
         for config in configs:
             if isinstance(config, ConfigUnion):
-                raise TypeError("ConfigUnion cannot contain another ConfigUnion; list its parts instead.")
+                raise AdapterConfigError("ConfigUnion cannot contain another ConfigUnion; list its parts instead.")
+            if not isinstance(config, AdapterConfig):
+                raise config_error("ConfigUnion", "configs", config, "a list of AdapterConfig objects")
         for i, a in enumerate(configs):
             for b in configs[:i]:
                 if a.architecture != b.architecture:
@@ -258,12 +396,12 @@ class ConfigUnion(AdapterConfig):
                 if a.architecture == "bottleneck":
                     if a.mh_adapter != b.mh_adapter and a.output_adapter != b.output_adapter:
                         continue
-                    raise ValueError(
+                    raise AdapterConfigError(
                         f"{type(b).__name__} and {type(a).__name__} in a ConfigUnion both place bottleneck adapters at "
                         f"the same positions (mh_adapter={a.mh_adapter}, output_adapter={a.output_adapter}); "
                         f"give them different positions."
                     )
-                raise ValueError(f"ConfigUnion has two {a.architecture} configs; a union can hold each method once.")
+                raise AdapterConfigError(f"ConfigUnion has two {a.architecture} configs; a union can hold each method once.")
 
     def replace(self, **changes) -> "ConfigUnion":
         """Apply field changes to every part that has those fields.
@@ -273,10 +411,15 @@ class ConfigUnion(AdapterConfig):
             >>> MAMConfig().replace(reduction_factor=4).configs[1].reduction_factor
             4
         """
-        parts = []
+        parts, used = [], set()
         for config in self.configs:
             names = {f.name for f in dataclasses.fields(config)}
+            used |= names & set(changes)
             parts.append(config.replace(**{k: v for k, v in changes.items() if k in names}))
+        unknown = [key for key in changes if key not in used]
+        if unknown:
+            known = sorted({f.name for config in self.configs for f in dataclasses.fields(config)})
+            raise unknown_fields_error(f"{type(self).__name__} (no part has it)", unknown, known)
         return ConfigUnion(*parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,8 +434,16 @@ class ConfigUnion(AdapterConfig):
         return {"architecture": "union", "configs": [c.to_dict() for c in self.configs]}
 
     @classmethod
-    def _from_fields(cls, data: dict) -> "ConfigUnion":
-        return cls(*[AdapterConfig.from_dict(c) for c in data.get("configs", [])])
+    def _from_fields(cls, data: dict, checkpoint: Optional[str] = None) -> "ConfigUnion":
+        unknown = [key for key in data if key != "configs"]
+        if unknown and checkpoint is None:
+            raise unknown_fields_error(cls.__name__, unknown, ["architecture", "configs"])
+        if unknown:
+            logger.warning(f"{checkpoint}: ignoring {', '.join(repr(k) for k in unknown)}, which a ConfigUnion does not have.")
+        parts = data.get("configs")
+        if not isinstance(parts, (list, tuple)):
+            raise config_error(cls.__name__, "configs", parts, "a list of config dicts")
+        return cls(*[AdapterConfig._read(c, checkpoint) for c in parts])
 
     def configs_by_architecture(self) -> list[AdapterConfig]:
         """The parts of the union, in order.

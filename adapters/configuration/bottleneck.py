@@ -4,10 +4,27 @@ Compacter (Mahabadi et al. 2021). The math is in :mod:`adapters.methods.bottlene
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from typing import ClassVar, Optional, Union
 
+from ..errors import AdapterConfigError
 from .base import AdapterConfig, register_config
+from .validation import (
+    MAX_SIZE,
+    MIN_REDUCTION_FACTOR,
+    check_activation,
+    check_bool,
+    check_choice,
+    check_int,
+    check_layer_indices,
+    check_number,
+    check_probability,
+    check_seed,
+    config_error,
+    did_you_mean,
+)
 
 __all__ = [
     "BnConfig",
@@ -22,6 +39,40 @@ __all__ = [
 
 _INIT_WEIGHTS = ("bert", "mam_adapter", "houlsby")
 _PHM_W_INITS = ("glorot-normal", "glorot-uniform", "normal")
+_BOOL_FIELDS = (
+    "mh_adapter", "output_adapter", "original_ln_before", "original_ln_after", "ln_before", "ln_after", "is_parallel",
+    "use_gating", "adapter_residual_before_ln", "cross_adapter", "phm_layer", "factorized_phm_W", "shared_W_phm",
+    "shared_phm_rule", "factorized_phm_rule", "learn_phm", "phm_bias",
+)
+
+
+def _check_reduction_factor(owner: str, field: str, value, optional: bool = False, per_layer: bool = True):
+    """A factor ``>= 1/16`` (the bottleneck is ``hidden_size // factor``, so at most 16x the hidden
+    size), finite, not a bool; with ``per_layer`` also a dict from layer index (``"0"`` or ``0``,
+    stored as ``"0"``) or ``"default"`` to such a factor."""
+    if value is None and optional:
+        return None
+    valid = f"a finite number >= {MIN_REDUCTION_FACTOR:g} (the bottleneck is hidden size // factor, at most 16x the hidden size)"
+    if per_layer:
+        valid += ", or a dict from layer index or 'default' to one (e.g. {'0': 4, 'default': 16})"
+    if isinstance(value, Mapping) and per_layer:
+        factors = {}
+        for key, factor in value.items():
+            if isinstance(key, int) and not isinstance(key, bool) and 0 <= key <= MAX_SIZE:
+                layer = str(key)
+            elif isinstance(key, str) and key.isascii() and key.isdigit() and int(key) <= MAX_SIZE:
+                layer = str(int(key))
+            elif key == "default":
+                layer = key
+            else:
+                raise config_error(
+                    owner, field, value, valid, did_you_mean(key, ["default"]), detail=f" ({key!r} is neither a layer index nor 'default')"
+                )
+            factors[layer] = _check_reduction_factor(owner, f"{field}[{key!r}]", factor, per_layer=False)
+        return factors
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < MIN_REDUCTION_FACTOR:
+        raise config_error(owner, field, value, valid + (" or None" if optional else ""))
+    return value
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -32,8 +83,9 @@ class BnConfig(AdapterConfig):
     Args:
         mh_adapter: insert an adapter after the multi-head attention block.
         output_adapter: insert an adapter after the feed-forward block.
-        reduction_factor: hidden size / bottleneck size; a float, or a dict mapping layer index
-            (as a string) to a factor, with a ``"default"`` entry.
+        reduction_factor: hidden size / bottleneck size (the bottleneck is ``hidden // factor``);
+            a finite number >= 1/16 (so at most 16x the hidden size), or a dict mapping layer
+            index (``"0"`` or ``0``, stored as ``"0"``) or ``"default"`` to one.
         non_linearity: activation between the projections (any name in transformers' ACT2FN).
         original_ln_before: apply the layer's own residual + norm before the adapter.
         original_ln_after: apply the layer's own residual + norm after the adapter.
@@ -52,7 +104,8 @@ class BnConfig(AdapterConfig):
         use_gating: a learned sigmoid gate on the adapter output.
         dropout: dropout on the adapter output.
         stochastic_depth: probability of dropping the whole adapter branch per sample in training.
-        leave_out: layer indices that get no adapter.
+        leave_out: a list of layer indices that get no adapter (a single int is refused: write
+            ``[1]``).
         inv_adapter, inv_adapter_reduction_factor: invertible adapter on the embeddings ("nice"
             or "glow"; MAD-X).
         cross_adapter: also insert adapters after cross-attention (encoder-decoder models).
@@ -104,36 +157,54 @@ class BnConfig(AdapterConfig):
     init_weights_seed: Optional[int] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "leave_out", tuple(int(i) for i in self.leave_out))
-        if isinstance(self.reduction_factor, Mapping):
-            object.__setattr__(self, "reduction_factor", dict(self.reduction_factor))
-            factors = list(self.reduction_factor.values())
+        """Every value check of the bottleneck family (and Compacter), in one place."""
+        name = type(self).__name__
+        for field in _BOOL_FIELDS:
+            check_bool(name, field, getattr(self, field))
+        object.__setattr__(self, "leave_out", check_layer_indices(name, "leave_out", self.leave_out))
+        object.__setattr__(self, "reduction_factor", _check_reduction_factor(name, "reduction_factor", self.reduction_factor))
+        check_activation(name, "non_linearity", self.non_linearity)
+        check_choice(name, "init_weights", self.init_weights, _INIT_WEIGHTS)
+        if isinstance(self.scaling, str):
+            check_choice(name, "scaling", self.scaling, ("learned", "channel"))
+        elif not isinstance(self.scaling, (int, float)) or isinstance(self.scaling, bool):
+            raise config_error(name, "scaling", self.scaling, "a finite number, 'learned' or 'channel'")
         else:
-            factors = [self.reduction_factor]
-        for factor in factors:
-            if not isinstance(factor, (int, float)) or factor <= 0:
-                raise ValueError(f"reduction_factor must be a positive number (or a dict of them), got {factor!r}.")
-        if self.init_weights not in _INIT_WEIGHTS:
-            raise ValueError(f"init_weights must be one of {_INIT_WEIGHTS}, got {self.init_weights!r}.")
-        if isinstance(self.scaling, str) and self.scaling not in ("learned", "channel"):
-            raise ValueError(f"scaling must be a number, 'learned' or 'channel', got {self.scaling!r}.")
-        if self.residual_before_ln not in (True, False, "post_add"):
-            raise ValueError(f"residual_before_ln must be True, False or 'post_add', got {self.residual_before_ln!r}.")
-        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.stochastic_depth < 1.0:
-            raise ValueError("dropout and stochastic_depth must be in [0, 1).")
-        if self.phm_layer:
-            if self.phm_dim < 1:
-                raise ValueError(f"phm_dim must be >= 1, got {self.phm_dim}.")
-            if self.hypercomplex_nonlinearity not in _PHM_W_INITS:
-                raise ValueError(f"hypercomplex_nonlinearity must be one of {_PHM_W_INITS}.")
-            if self.phm_c_init not in ("normal", "uniform"):
-                raise ValueError("phm_c_init must be 'normal' or 'uniform'.")
-        if self.inv_adapter not in (None, "nice", "glow"):
-            raise ValueError(f"inv_adapter must be None, 'nice' or 'glow', got {self.inv_adapter!r}.")
-        from transformers.activations import ACT2FN
+            check_number(name, "scaling", self.scaling)
+        check_choice(name, "residual_before_ln", self.residual_before_ln, (True, False, "post_add"))
+        check_probability(name, "dropout", self.dropout)
+        check_probability(name, "stochastic_depth", self.stochastic_depth)
+        check_choice(name, "inv_adapter", self.inv_adapter, (None, "nice", "glow"))
+        _check_reduction_factor(name, "inv_adapter_reduction_factor", self.inv_adapter_reduction_factor, optional=True, per_layer=False)
+        check_int(name, "phm_dim", self.phm_dim, minimum=1)
+        check_int(name, "phm_rank", self.phm_rank, minimum=1)
+        check_number(name, "phm_init_range", self.phm_init_range, minimum=0, min_open=True)
+        if self.phm_layer:  # read only by PHM layers (AdapterHub checks them there too)
+            check_choice(name, "hypercomplex_nonlinearity", self.hypercomplex_nonlinearity, _PHM_W_INITS)
+            check_choice(name, "phm_c_init", self.phm_c_init, ("normal", "uniform"))
+        check_seed(name, "init_weights_seed", self.init_weights_seed)
 
-        if self.non_linearity.lower() not in ACT2FN:
-            raise ValueError(f"Unknown non_linearity {self.non_linearity!r}; use a name from transformers' ACT2FN.")
+    @classmethod
+    def _upgrade_legacy(cls, data: dict) -> dict:
+        """AdapterHub's v1 key ``invertible_adapter`` (``{"block_type": ..., "reduction_factor": ...}``)
+        becomes ``inv_adapter`` / ``inv_adapter_reduction_factor``, as AdapterHub reads it."""
+        if "invertible_adapter" not in data:
+            return data
+        data = dict(data)
+        legacy = data.pop("invertible_adapter")
+        if not legacy:
+            return data
+        if not isinstance(legacy, Mapping) or "block_type" not in legacy:
+            raise config_error(
+                cls.__name__, "invertible_adapter", legacy, "a dict {'block_type': 'nice' or 'glow', 'reduction_factor': ...} or None"
+            )
+        for ours, theirs in (("inv_adapter", "block_type"), ("inv_adapter_reduction_factor", "reduction_factor")):
+            if data.get(ours) is not None and data[ours] != legacy.get(theirs):
+                raise AdapterConfigError(
+                    f"{cls.__name__}: the legacy invertible_adapter={legacy!r} contradicts {ours}={data[ours]!r}; keep one of them."
+                )
+            data[ours] = legacy.get(theirs)
+        return data
 
     def reduction_factor_for(self, layer_idx: int) -> float:
         """The reduction factor that applies to layer ``layer_idx``.

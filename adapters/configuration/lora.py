@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
-import re
+from collections.abc import Mapping
 from typing import ClassVar, Optional, Union
 
+from ..errors import AdapterConfigError
 from .base import AdapterConfig, register_config
+from .validation import (
+    CheckedFields,
+    check_bool,
+    check_choice,
+    check_int,
+    check_layer_indices,
+    check_module_names,
+    check_number,
+    check_pattern_dict,
+    check_probability,
+    check_seed,
+    check_str,
+    config_error,
+)
 
 __all__ = ["LoRAConfig", "IA3Config", "DoRAConfig", "LoftQConfig"]
 
 _INITS = ("lora", "bert", "ia3", "gaussian", "loftq", False)
+# torch dtype names AdapterHub's ``dtype`` field takes
+_DTYPES = ("float32", "float", "float16", "half", "bfloat16", "float64", "double")
 
 
 @dataclasses.dataclass(frozen=True)
-class LoftQConfig:
+class LoftQConfig(metaclass=CheckedFields):
     """How LoftQ quantises the base weights (see :mod:`adapters.methods.loftq`).
 
     Args:
@@ -32,8 +49,9 @@ class LoftQConfig:
     quantizer: str = "nf"
 
     def __post_init__(self):
-        if not 2 <= self.loftq_bits <= 8 or self.loftq_iter < 1 or self.quantizer not in ("nf", "uniform"):
-            raise ValueError("LoftQConfig needs 2 <= loftq_bits <= 8, loftq_iter >= 1 and quantizer 'nf' or 'uniform'.")
+        check_int("LoftQConfig", "loftq_bits", self.loftq_bits, minimum=2, maximum=8)
+        check_int("LoftQConfig", "loftq_iter", self.loftq_iter, minimum=1, maximum=1000)
+        check_choice("LoftQConfig", "quantizer", self.quantizer, ("nf", "uniform"))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,9 +67,9 @@ class LoRAConfig(AdapterConfig):
     the name of the layer list).
 
     Args:
-        r: rank; must be positive.
-        alpha: scaling numerator; the delta is scaled by ``alpha / r`` (``alpha / sqrt(r)`` with
-            ``use_rslora``).
+        r: rank; a positive integer (at most 65536).
+        alpha: scaling numerator, a finite number > 0; the delta is scaled by ``alpha / r``
+            (``alpha / sqrt(r)`` with ``use_rslora``).
         dropout: dropout on the layer input of the LoRA branch.
         composition_mode: "add" (LoRA: the delta is added to the output) or "scale" ((IA)³: the
             output is multiplied by a learned vector; needs ``r == 1``).
@@ -74,7 +92,10 @@ class LoRAConfig(AdapterConfig):
         modules_to_save: names of whole modules (exact or dotted suffix, e.g. ``["classifier"]``)
             of which the adapter keeps its own fully trainable copy, saved and loaded with it (see
             :mod:`adapters.methods.saved_modules`); for heads and embeddings that must train.
-        leave_out: layer indices that get no LoRA.
+        leave_out: a list of layer indices that get no LoRA.
+
+    AdapterHub's VeRA fields ``vera_d`` / ``vera_b`` are not implemented: a dict or checkpoint
+    holding them at their default (None) reads, any other value is refused.
 
     Example::
 
@@ -110,52 +131,46 @@ class LoRAConfig(AdapterConfig):
     bias: str = "none"
     modules_to_save: Optional[tuple] = None
 
+    # AdapterHub 1.3.0's VeRA fields (VeraConfig / DvoRAConfig): not implemented, default None
+    _foreign_defaults: ClassVar[dict] = {"vera_d": None, "vera_b": None}
+
     def __post_init__(self):
-        if self.bias not in ("none", "all", "lora_only"):
-            raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}.")
+        """Every value check of the LoRA family (LoRA, DoRA, (IA)³), in one place."""
+        name = type(self).__name__
+        for field in ("selfattn_lora", "intermediate_lora", "output_lora", "use_gating", "use_dora", "use_rslora"):
+            check_bool(name, field, getattr(self, field))
+        object.__setattr__(self, "leave_out", check_layer_indices(name, "leave_out", self.leave_out))
+        check_int(name, "r", self.r, minimum=1)
+        check_number(name, "alpha", self.alpha, minimum=0, min_open=True)
+        check_probability(name, "dropout", self.dropout)
+        object.__setattr__(self, "attn_matrices", check_attn_matrices(name, self.attn_matrices))
+        check_choice(name, "composition_mode", self.composition_mode, ("add", "scale"))
+        check_choice(name, "init_weights", self.init_weights, _INITS)
+        check_choice(name, "dtype", self.dtype, (None, *_DTYPES))
+        check_seed(name, "init_weights_seed", self.init_weights_seed)
+        for field in ("target_modules", "exclude_modules", "feedforward_modules"):
+            object.__setattr__(self, field, check_module_names(name, field, getattr(self, field)))
+        object.__setattr__(self, "modules_to_save", check_modules_to_save(name, self.modules_to_save))
+        object.__setattr__(self, "layers_to_transform", check_layers_to_transform(name, self.layers_to_transform))
+        if isinstance(self.layers_pattern, (list, tuple)):  # PEFT allows a list; one name is used
+            object.__setattr__(self, "layers_pattern", self.layers_pattern[0] if self.layers_pattern else None)
+        check_str(name, "layers_pattern", self.layers_pattern, optional=True)
+        object.__setattr__(self, "rank_pattern", check_pattern_dict(name, "rank_pattern", self.rank_pattern, integer=True))
+        object.__setattr__(self, "alpha_pattern", check_pattern_dict(name, "alpha_pattern", self.alpha_pattern, integer=False))
+        check_choice(name, "bias", self.bias, ("none", "all", "lora_only"))
         if isinstance(self.loftq_config, LoftQConfig):
             object.__setattr__(self, "loftq_config", dataclasses.asdict(self.loftq_config))
-        if self.init_weights == "loftq":
-            LoftQConfig(**(self.loftq_config or {}))  # validates
-            if self.composition_mode != "add" or self.use_dora:
-                raise ValueError("init_weights='loftq' initialises plain LoRA (composition_mode='add', no DoRA).")
-        for name in ("leave_out", "attn_matrices"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.modules_to_save is not None:
-            names = (self.modules_to_save,) if isinstance(self.modules_to_save, str) else tuple(self.modules_to_save)
-            if not names or not all(isinstance(n, str) and n for n in names):
-                raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}.")
-            object.__setattr__(self, "modules_to_save", names)
-        for name in ("target_modules", "exclude_modules", "feedforward_modules"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                object.__setattr__(self, name, tuple(value))
-        if isinstance(self.layers_to_transform, int):
-            object.__setattr__(self, "layers_to_transform", (self.layers_to_transform,))
-        elif self.layers_to_transform is not None:
-            object.__setattr__(self, "layers_to_transform", tuple(self.layers_to_transform))
-        object.__setattr__(self, "rank_pattern", dict(self.rank_pattern))
-        object.__setattr__(self, "alpha_pattern", dict(self.alpha_pattern))
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive integer, got {self.r!r}.")
-        if self.alpha <= 0:
-            raise ValueError(f"LoRA alpha must be positive, got {self.alpha!r}.")
-        for pattern, value in {**self.rank_pattern, **self.alpha_pattern}.items():
-            re.compile(pattern)
-            if value <= 0:
-                raise ValueError(f"rank_pattern/alpha_pattern value for {pattern!r} must be positive, got {value!r}.")
-        if self.composition_mode not in ("add", "scale"):
-            raise ValueError(f"composition_mode must be 'add' or 'scale', got {self.composition_mode!r}.")
+        if self.loftq_config is not None:
+            if not isinstance(self.loftq_config, Mapping):
+                raise config_error(name, "loftq_config", self.loftq_config, "a LoftQConfig, a dict of its fields or None")
+            object.__setattr__(self, "loftq_config", dict(self.loftq_config))
+            LoftQConfig(**self.loftq_config)  # validates
+        if self.init_weights == "loftq" and (self.composition_mode != "add" or self.use_dora):
+            raise AdapterConfigError(f"{name}: init_weights='loftq' initialises plain LoRA (composition_mode='add', no DoRA).")
         if self.composition_mode == "scale" and self.r != 1:
-            raise ValueError("composition_mode='scale' ((IA)³) learns one vector per layer and needs r=1.")
-        if self.init_weights not in _INITS:
-            raise ValueError(f"init_weights must be one of {_INITS}, got {self.init_weights!r}.")
-        if not set(self.attn_matrices) <= {"q", "k", "v", "o"}:
-            raise ValueError(f"attn_matrices may contain 'q', 'k', 'v' and 'o', got {list(self.attn_matrices)}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1).")
+            raise AdapterConfigError(f"{name}: composition_mode='scale' ((IA)³) learns one vector per layer and needs r=1, not r={self.r}.")
         if self.use_dora and self.composition_mode != "add":
-            raise ValueError("use_dora=True needs composition_mode='add' (DoRA decomposes a LoRA update).")
+            raise AdapterConfigError(f"{name}: use_dora=True needs composition_mode='add' (DoRA decomposes a LoRA update).")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -189,6 +204,53 @@ class DoRAConfig(LoRAConfig):
     """
 
     use_dora: bool = True
+
+
+def check_attn_matrices(owner: str, value) -> tuple:
+    """``attn_matrices``: a list of ``"q"``, ``"k"``, ``"v"``, ``"o"`` (returned as a tuple).
+
+    Example::
+
+        >>> check_attn_matrices("LoRAConfig", ["q", "v"])
+        ('q', 'v')
+    """
+    valid = "a list of 'q', 'k', 'v' and 'o' (e.g. ['q', 'v'])"
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise config_error(owner, "attn_matrices", value, valid)
+    for item in value:
+        if item not in ("q", "k", "v", "o") or not isinstance(item, str):
+            raise config_error(owner, "attn_matrices", value, valid, detail=f" ({item!r} is none of them)")
+    return tuple(value)
+
+
+def check_modules_to_save(owner: str, value):
+    """``modules_to_save``: None, or one or more module names (a single name or a non-empty list),
+    as a tuple.
+
+    Example::
+
+        >>> check_modules_to_save("LoRAConfig", "classifier")
+        ('classifier',)
+    """
+    if isinstance(value, str) and value:
+        value = [value]
+    names = check_module_names(owner, "modules_to_save", value, regex=False)
+    if names == ():
+        raise config_error(owner, "modules_to_save", value, "a list of module names (at least one) or None")
+    return names
+
+
+def check_layers_to_transform(owner: str, value):
+    """``layers_to_transform``: None, one layer index or a list of them (PEFT's forms), as a tuple.
+
+    Example::
+
+        >>> check_layers_to_transform("LoRAConfig", 3)
+        (3,)
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    return check_layer_indices(owner, "layers_to_transform", value, optional=True)
 
 
 register_config("lora", LoRAConfig())

@@ -6,9 +6,20 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Optional
 
+from ..errors import AdapterConfigError
 from .base import AdapterConfig, ConfigUnion, register_config
 from .bottleneck import BnConfig, ParBnConfig, SeqBnConfig
 from .lora import LoRAConfig
+from .validation import (
+    check_activation,
+    check_bool,
+    check_choice,
+    check_int,
+    check_layer_indices,
+    check_probability,
+    check_seed,
+    check_str,
+)
 
 __all__ = ["PrefixTuningConfig", "PromptTuningConfig", "MAMConfig", "UniPELTConfig"]
 
@@ -59,17 +70,16 @@ class PrefixTuningConfig(AdapterConfig):
     init_weights_seed: Optional[int] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "leave_out", tuple(int(i) for i in self.leave_out))
-        if not isinstance(self.prefix_length, int) or self.prefix_length < 1:
-            raise ValueError(f"prefix_length must be a positive integer, got {self.prefix_length!r}.")
-        if not isinstance(self.bottleneck_size, int) or self.bottleneck_size < 1:
-            raise ValueError(f"bottleneck_size must be a positive integer, got {self.bottleneck_size!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
-        from transformers.activations import ACT2FN
-
-        if self.non_linearity.lower() not in ACT2FN:
-            raise ValueError(f"Unknown non_linearity {self.non_linearity!r}; use a name from transformers' ACT2FN.")
+        """Every value check of prefix tuning, in one place."""
+        name = type(self).__name__
+        for field in ("flat", "encoder_prefix", "cross_prefix", "use_gating", "shared_gating", "shift_positions"):
+            check_bool(name, field, getattr(self, field))
+        object.__setattr__(self, "leave_out", check_layer_indices(name, "leave_out", self.leave_out))
+        check_int(name, "prefix_length", self.prefix_length, minimum=1)
+        check_int(name, "bottleneck_size", self.bottleneck_size, minimum=1)
+        check_activation(name, "non_linearity", self.non_linearity)
+        check_probability(name, "dropout", self.dropout)
+        check_seed(name, "init_weights_seed", self.init_weights_seed)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -103,14 +113,18 @@ class PromptTuningConfig(AdapterConfig):
     init_weights_seed: Optional[int] = None
 
     def __post_init__(self):
-        if not isinstance(self.prompt_length, int) or self.prompt_length < 1:
-            raise ValueError(f"prompt_length must be a positive integer, got {self.prompt_length!r}.")
-        if self.prompt_init not in ("random_uniform", "from_string"):
-            raise ValueError(f"prompt_init must be 'random_uniform' or 'from_string', got {self.prompt_init!r}.")
+        """Every value check of prompt tuning, in one place."""
+        name = type(self).__name__
+        check_int(name, "prompt_length", self.prompt_length, minimum=1)
+        check_choice(name, "prompt_init", self.prompt_init, ("random_uniform", "from_string"))
+        check_str(name, "prompt_init_text", self.prompt_init_text, optional=True)
         if self.prompt_init == "from_string" and not self.prompt_init_text:
-            raise ValueError("prompt_init='from_string' needs prompt_init_text (the text whose embeddings start the prompt).")
-        if self.combine not in ("prefix", "prefix_after_bos"):
-            raise ValueError(f"combine must be 'prefix' or 'prefix_after_bos', got {self.combine!r}.")
+            raise AdapterConfigError(
+                f"{name}: prompt_init='from_string' needs prompt_init_text (the text whose embeddings start the prompt)."
+            )
+        check_choice(name, "combine", self.combine, ("prefix", "prefix_after_bos"))
+        check_str(name, "tokenizer_name_or_path", self.tokenizer_name_or_path, optional=True)
+        check_seed(name, "init_weights_seed", self.init_weights_seed)
 
 
 @dataclasses.dataclass(frozen=True, init=False, eq=False)

@@ -9,10 +9,25 @@ targeting knobs are shared by every weight-update config (:class:`WeightTargetin
 from __future__ import annotations
 
 import dataclasses
-import re
+from collections.abc import Mapping
 from typing import ClassVar, Optional, Union
 
+from ..errors import AdapterConfigError
 from .base import AdapterConfig, register_config
+from .lora import check_attn_matrices, check_layers_to_transform, check_modules_to_save
+from .validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_layer_indices,
+    check_module_names,
+    check_number,
+    check_pattern_dict,
+    check_probability,
+    check_seed,
+    check_str,
+    config_error,
+)
 
 __all__ = ["WeightTargetingConfig", "LoHaConfig", "LoKrConfig", "OFTConfig", "HRAConfig", "AdaLoRAConfig"]
 
@@ -53,50 +68,33 @@ class WeightTargetingConfig(AdapterConfig):
     init_weights_seed: Optional[int] = None
 
     def __post_init__(self):
-        for name in ("leave_out", "attn_matrices"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("target_modules", "exclude_modules", "modules_to_save"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                object.__setattr__(self, name, tuple(value))
-        if isinstance(self.modules_to_save, str):
-            object.__setattr__(self, "modules_to_save", (self.modules_to_save,))
-        if isinstance(self.layers_to_transform, int):
-            object.__setattr__(self, "layers_to_transform", (self.layers_to_transform,))
-        elif self.layers_to_transform is not None:
-            object.__setattr__(self, "layers_to_transform", tuple(self.layers_to_transform))
-        if isinstance(self.layers_pattern, (list, tuple)):
+        """The checks of the targeting knobs every weight-update method shares (each method's own
+        ``__post_init__`` calls this, then checks its own fields)."""
+        name = type(self).__name__
+        for field in ("selfattn_lora", "intermediate_lora", "output_lora"):
+            check_bool(name, field, getattr(self, field))
+        object.__setattr__(self, "attn_matrices", check_attn_matrices(name, self.attn_matrices))
+        object.__setattr__(self, "leave_out", check_layer_indices(name, "leave_out", self.leave_out))
+        for field in ("target_modules", "exclude_modules"):
+            object.__setattr__(self, field, check_module_names(name, field, getattr(self, field)))
+        object.__setattr__(self, "modules_to_save", check_modules_to_save(name, self.modules_to_save))
+        object.__setattr__(self, "layers_to_transform", check_layers_to_transform(name, self.layers_to_transform))
+        if isinstance(self.layers_pattern, (list, tuple)):  # PEFT allows a list; one name is used
             object.__setattr__(self, "layers_pattern", self.layers_pattern[0] if self.layers_pattern else None)
-        if not set(self.attn_matrices) <= {"q", "k", "v", "o"}:
-            raise ValueError(f"attn_matrices may contain 'q', 'k', 'v' and 'o', got {list(self.attn_matrices)}.")
-
-    @staticmethod
-    def _check_patterns(patterns: dict, what: str) -> None:
-        for pattern, value in patterns.items():
-            re.compile(pattern)
-            if value <= 0:
-                raise ValueError(f"{what} value for {pattern!r} must be positive, got {value!r}.")
-
-    @staticmethod
-    def _check_probability(value: float, name: str) -> None:
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+        check_str(name, "layers_pattern", self.layers_pattern, optional=True)
+        check_seed(name, "init_weights_seed", self.init_weights_seed)
 
 
 def _check_lycoris(config, inits) -> None:
     """The checks LoHa and LoKr share: r, alpha, dropouts, patterns and the init choice."""
-    object.__setattr__(config, "rank_pattern", dict(config.rank_pattern or {}))
-    object.__setattr__(config, "alpha_pattern", dict(config.alpha_pattern or {}))
     name = type(config).__name__
-    if not isinstance(config.r, int) or config.r <= 0:
-        raise ValueError(f"{name} rank r must be a positive integer, got {config.r!r}.")
-    if config.alpha <= 0:
-        raise ValueError(f"{name} alpha must be positive, got {config.alpha!r}.")
-    config._check_probability(config.rank_dropout, "rank_dropout")
-    config._check_probability(config.module_dropout, "module_dropout")
-    config._check_patterns({**config.rank_pattern, **config.alpha_pattern}, "rank_pattern/alpha_pattern")
-    if not any(config.init_weights is choice or config.init_weights == choice and isinstance(choice, str) for choice in inits):
-        raise ValueError(f"{name} init_weights must be one of {inits}, got {config.init_weights!r}.")
+    object.__setattr__(config, "rank_pattern", check_pattern_dict(name, "rank_pattern", config.rank_pattern, integer=True))
+    object.__setattr__(config, "alpha_pattern", check_pattern_dict(name, "alpha_pattern", config.alpha_pattern, integer=False))
+    check_int(name, "r", config.r, minimum=1)
+    check_number(name, "alpha", config.alpha, minimum=0, min_open=True)
+    check_probability(name, "rank_dropout", config.rank_dropout)
+    check_probability(name, "module_dropout", config.module_dropout)
+    check_choice(name, "init_weights", config.init_weights, inits)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,6 +128,7 @@ class LoHaConfig(WeightTargetingConfig):
     alpha_pattern: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        """Every value check of LoHa, in one place."""
         super().__post_init__()
         _check_lycoris(self, (True, False))
 
@@ -171,10 +170,12 @@ class LoKrConfig(WeightTargetingConfig):
     alpha_pattern: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        """Every value check of LoKr, in one place."""
         super().__post_init__()
         _check_lycoris(self, (True, False, "lycoris"))
-        if not isinstance(self.decompose_factor, int):
-            raise ValueError(f"decompose_factor must be an integer (-1: near the square root), got {self.decompose_factor!r}.")
+        check_bool(type(self).__name__, "decompose_both", self.decompose_both)
+        check_bool(type(self).__name__, "rank_dropout_scale", self.rank_dropout_scale)
+        check_int(type(self).__name__, "decompose_factor", self.decompose_factor, minimum=-1)  # -1: near the square root
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -218,21 +219,21 @@ class OFTConfig(WeightTargetingConfig):
     init_weights: bool = True
 
     def __post_init__(self):
+        """Every value check of OFT, in one place."""
         super().__post_init__()
-        if self.r < 0 or self.oft_block_size < 0:
-            raise ValueError(f"OFT r and oft_block_size must be >= 0, got r={self.r}, oft_block_size={self.oft_block_size}.")
+        name = type(self).__name__
+        check_int(name, "r", self.r, minimum=0)
+        check_int(name, "oft_block_size", self.oft_block_size, minimum=0)
         if (self.r == 0) == (self.oft_block_size == 0):
-            raise ValueError(
+            raise AdapterConfigError(
                 f"OFT needs exactly one of r ({self.r}) and oft_block_size ({self.oft_block_size}) to be non-zero, "
                 f"because r x oft_block_size = in_features; set the other to 0."
             )
-        self._check_probability(self.module_dropout, "module_dropout")
-        if self.eps <= 0:
-            raise ValueError(f"OFT eps must be positive, got {self.eps!r}.")
-        if self.num_cayley_neumann_terms < 1:
-            raise ValueError(f"num_cayley_neumann_terms must be >= 1, got {self.num_cayley_neumann_terms!r}.")
-        if not isinstance(self.init_weights, bool):
-            raise ValueError(f"init_weights must be True or False, got {self.init_weights!r}.")
+        check_probability(name, "module_dropout", self.module_dropout)
+        for field in ("coft", "block_share", "use_cayley_neumann", "init_weights"):
+            check_bool(name, field, getattr(self, field))
+        check_number(name, "eps", self.eps, minimum=0, min_open=True)
+        check_int(name, "num_cayley_neumann_terms", self.num_cayley_neumann_terms, minimum=1, maximum=1000)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -260,11 +261,12 @@ class HRAConfig(WeightTargetingConfig):
     init_weights: bool = True
 
     def __post_init__(self):
+        """Every value check of HRA, in one place."""
         super().__post_init__()
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"HRA r (the number of reflections) must be a positive integer, got {self.r!r}.")
-        if not isinstance(self.init_weights, bool):
-            raise ValueError(f"init_weights must be True or False, got {self.init_weights!r}.")
+        name = type(self).__name__
+        check_int(name, "r", self.r, minimum=1)  # the number of reflections
+        check_bool(name, "apply_GS", self.apply_GS)
+        check_bool(name, "init_weights", self.init_weights)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -310,28 +312,26 @@ class AdaLoRAConfig(WeightTargetingConfig):
     rank_pattern: Optional[dict] = None
 
     def __post_init__(self):
+        """Every value check of AdaLoRA, in one place."""
         super().__post_init__()
+        name = type(self).__name__
         if self.rank_pattern is not None:
-            object.__setattr__(self, "rank_pattern", {k: [bool(b) for b in v] for k, v in self.rank_pattern.items()})
-        if not isinstance(self.init_r, int) or self.init_r <= 0:
-            raise ValueError(f"AdaLoRA init_r must be a positive integer, got {self.init_r!r}.")
-        if not isinstance(self.target_r, int) or not 0 <= self.target_r <= self.init_r:
-            raise ValueError(f"AdaLoRA target_r must be an integer in [0, init_r={self.init_r}], got {self.target_r!r}.")
-        if self.lora_alpha < 0:
-            raise ValueError(f"AdaLoRA lora_alpha must be >= 0, got {self.lora_alpha!r}.")
-        self._check_probability(self.lora_dropout, "lora_dropout")
-        for name in ("beta1", "beta2"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"AdaLoRA {name} must be in (0, 1), got {getattr(self, name)!r}.")
-        if self.orth_reg_weight < 0:
-            raise ValueError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight!r}.")
-        if self.deltaT < 1 or self.tinit < 0 or self.tfinal < 0:
-            raise ValueError("AdaLoRA needs deltaT >= 1, tinit >= 0 and tfinal >= 0.")
+            object.__setattr__(self, "rank_pattern", _check_adalora_masks(name, self.rank_pattern))
+        check_int(name, "init_r", self.init_r, minimum=1)
+        check_int(name, "target_r", self.target_r, minimum=0, maximum=self.init_r)
+        check_number(name, "lora_alpha", self.lora_alpha, minimum=0)  # 0: use init_r
+        check_probability(name, "lora_dropout", self.lora_dropout)
+        check_bool(name, "init_lora_weights", self.init_lora_weights)
+        for field in ("beta1", "beta2"):
+            check_number(name, field, getattr(self, field), minimum=0, maximum=1, min_open=True, max_open=True)
+        check_number(name, "orth_reg_weight", self.orth_reg_weight, minimum=0)
+        check_int(name, "deltaT", self.deltaT, minimum=1, maximum=None)
+        check_int(name, "tinit", self.tinit, minimum=0, maximum=None)
+        check_int(name, "tfinal", self.tfinal, minimum=0, maximum=None)
+        check_int(name, "total_step", self.total_step, minimum=1, maximum=None, optional=True)
         if self.total_step is not None:
-            if self.total_step <= 0:
-                raise ValueError(f"AdaLoRA total_step must be positive, got {self.total_step!r}.")
             if self.tinit >= self.total_step - self.tfinal:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"AdaLoRA's schedule leaves no budgeting phase: tinit={self.tinit} >= total_step - tfinal = "
                     f"{self.total_step - self.tfinal}; decrease tinit/tfinal or increase total_step."
                 )
@@ -347,6 +347,21 @@ class AdaLoRAConfig(WeightTargetingConfig):
         """
         alpha = self.lora_alpha if self.lora_alpha > 0 else float(self.init_r)
         return alpha / (self.init_r + 1e-5)
+
+
+def _check_adalora_masks(owner: str, value) -> dict:
+    """AdaLoRA's saved ``rank_pattern``: module path -> list of booleans (the kept triplets)."""
+    valid = "None or a dict from module path to a list of booleans (the singular values kept)"
+    if not isinstance(value, Mapping):
+        raise config_error(owner, "rank_pattern", value, valid)
+    masks = {}
+    for key, mask in value.items():
+        if not isinstance(key, str) or not isinstance(mask, (list, tuple)) or not all(
+            isinstance(b, bool) or (isinstance(b, int) and b in (0, 1)) for b in mask
+        ):
+            raise config_error(owner, "rank_pattern", value, valid, detail=f" (entry {key!r} is not one)")
+        masks[key] = [bool(b) for b in mask]
+    return masks
 
 
 register_config("loha", LoHaConfig())

@@ -21,7 +21,6 @@ Head checkpoints use AdapterHub's layout: ``head_config.json`` (``{"config": {"h
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 from typing import Optional, Union
@@ -160,8 +159,9 @@ class FlexibleHeadsMixin:
             )
 
     def _check_new_head(self, head_name: str, overwrite_ok: bool) -> None:
-        if not isinstance(head_name, str) or not head_name or "." in head_name:
-            raise ValueError(f"Invalid head name {head_name!r}: use a non-empty name without dots.")
+        from ..configuration.validation import check_name
+
+        check_name(head_name, kind="head", argument="head_name")  # names are never paths
         if head_name in self.heads and not overwrite_ok:
             raise ValueError(
                 f"A head named {head_name!r} exists already; pass overwrite_ok=True to replace it or choose another name."
@@ -650,7 +650,9 @@ class FlexibleHeadsMixin:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def save_head(self, save_directory: str, head_name: Optional[str] = None, use_safetensors: bool = True) -> None:
-        """Save one head in AdapterHub's layout (``head_config.json`` + ``model_head.safetensors``).
+        """Save one head in AdapterHub's layout (``head_config.json`` + ``model_head.safetensors``),
+        atomically (as :meth:`save_adapter`: weights first, the config last; a failed write leaves
+        the previous files).
 
         Raises:
             ValueError: no head of that name.
@@ -659,57 +661,88 @@ class FlexibleHeadsMixin:
 
             >>> model.save_head("out/sentiment_head", "sentiment")
         """
-        from ..loading import _meta, _write_weights
+        from ..loading import _CheckpointFiles
 
         head_name = head_name or self.active_head
         if not isinstance(head_name, str) or head_name not in self.heads:
             raise ValueError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
-        os.makedirs(save_directory, exist_ok=True)
-        meta = _meta(self, head_name)
-        meta["config"] = copy.deepcopy(self.heads[head_name].config)
-        with open(os.path.join(save_directory, HEAD_CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(dict(sorted(meta.items())), f, indent=2, sort_keys=True)
-        state = {f"heads.{head_name}.{k}": v for k, v in self.heads[head_name].state_dict().items()}
-        _write_weights(state, save_directory, use_safetensors, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
+        with _CheckpointFiles(save_directory) as files:
+            self._stage_head(files, head_name, use_safetensors)
         logger.info(f"Saved head {head_name!r} to {save_directory}.")
 
+    def _stage_head(self, files, head_name: str, use_safetensors: bool) -> None:
+        """Stage a head's files in a ``loading._CheckpointFiles`` (weights, then ``head_config.json``)."""
+        from ..loading import _meta
+
+        meta = _meta(self, head_name)
+        meta["config"] = copy.deepcopy(self.heads[head_name].config)
+        state = {f"heads.{head_name}.{k}": v for k, v in self.heads[head_name].state_dict().items()}
+        files.weights(state, use_safetensors, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
+        files.json(HEAD_CONFIG_NAME, dict(sorted(meta.items())))
+
     def save_all_heads(self, save_directory: str, use_safetensors: bool = True) -> None:
-        """Save every head into ``save_directory/<head name>``.
+        """Save every head into ``save_directory/<head name>``; every target is checked to lie
+        inside ``save_directory`` (symbolic links resolved) before anything is written.
 
         Example::
 
             >>> model.save_all_heads("out/heads")
         """
-        for name in self.heads:
-            self.save_head(os.path.join(save_directory, name), name, use_safetensors=use_safetensors)
+        from ..configuration.validation import check_name
+        from ..loading import _inside
+
+        targets = {name: _inside(save_directory, check_name(name, kind="head")) for name in self.heads}
+        for name, target in targets.items():
+            self.save_head(target, name, use_safetensors=use_safetensors)
 
     def load_head(self, save_directory: str, load_as: Optional[str] = None, id2label: Optional[dict] = None,
-                  overwrite_ok: bool = False, set_active: bool = True) -> str:
+                  overwrite_ok: bool = False, set_active: bool = True, allow_non_finite: bool = False) -> str:
         """Load a head saved by :meth:`save_head` (or AdapterHub); returns its name.
+        ``allow_non_finite=True`` also loads NaN/inf or non-float weights (refused by default).
 
         Raises:
             AdapterLoadError: the folder has no head, the head was saved for another hidden size,
                 its type does not fit this model, a head of that name exists (and not
-                ``overwrite_ok``), or the weights do not match the config. The model is left unchanged.
+                ``overwrite_ok``), its saved name is invalid, or the weights do not match the
+                config or are not finite floats. The model is left unchanged.
+            AdapterConfigError: ``load_as`` is not a valid head name.
 
         Example::
 
             >>> name = model.load_head("out/sentiment_head", load_as="sentiment2")
         """
-        name, head = self._prepare_head(save_directory, load_as=load_as, id2label=id2label, overwrite_ok=overwrite_ok)
+        name, head = self._prepare_head(
+            save_directory, load_as=load_as, id2label=id2label, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite
+        )
         self._insert_loaded_head(name, head, set_active=set_active)
         return name
 
-    def _prepare_head(self, save_directory: str, load_as=None, id2label=None, overwrite_ok=False):
+    def _prepare_head(self, save_directory: str, load_as=None, id2label=None, overwrite_ok=False, allow_non_finite=False):
         """Read and check a head folder; returns ``(name, head)`` without changing the model."""
+        from ..configuration.validation import check_name
         from ..loading import AdapterLoadError, _check_hidden_size, _copy_checked, _read_json, _read_weights, _resolve_folder
 
+        if load_as is not None:
+            check_name(load_as, kind="head", argument="load_as")
         folder = _resolve_folder(save_directory)
         config_path = os.path.join(folder, HEAD_CONFIG_NAME)
         meta = _read_json(config_path)
         _check_hidden_size(self, meta, config_path)
-        saved_name = meta.get("name") or os.path.basename(os.path.normpath(folder))
-        name = load_as or saved_name
+        meta_name, folder_name = meta.get("name"), os.path.basename(os.path.normpath(folder))
+        if meta_name is not None and not isinstance(meta_name, str):
+            check_name(meta_name, kind="head", argument='its "name"', file=config_path)
+        saved_name = meta_name or folder_name  # the weight keys' prefix; only a name when not loaded as another
+        if load_as is not None:
+            name = load_as
+        elif meta_name:
+            name = check_name(meta_name, kind="head", argument='its "name"', file=config_path)
+        else:
+            name = check_name(folder_name, kind="head", argument="taken from the folder name", file=folder)
+        if not isinstance(meta.get("config"), dict):
+            raise AdapterLoadError(
+                f"{config_path}: \"config\" must be a JSON object with a \"head_type\" (e.g. {{\"head_type\": "
+                f"\"classification\", \"num_labels\": 2}}), not {meta.get('config')!r}."
+            )
         try:
             self._check_new_head(name, overwrite_ok)
             config = dict(meta["config"])
@@ -719,7 +752,7 @@ class FlexibleHeadsMixin:
             head = self._build_head(head_type, name, **kwargs)
         except (KeyError, TypeError, ValueError) as error:
             raise AdapterLoadError(f"{config_path}: {error}") from error
-        state, weights_path = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME)
+        state, weights_path = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite)
         prefixes = (f"heads.{saved_name}.", f"{self.base_model_prefix}.heads.{saved_name}.")
         state = {k[len(p):]: v for k, v in state.items() for p in prefixes if k.startswith(p)}
         params = dict(head.named_parameters())

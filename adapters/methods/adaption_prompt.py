@@ -75,6 +75,7 @@ __all__ = [
     "AdaptionPromptLayer",
     "AdaptionPromptSites",
     "install_adaption_prompt",
+    "uninstall_adaption_prompt",
     "add_adaption_prompt",
     "check_adaption_prompt_config",
     "adapted_layers",
@@ -353,11 +354,40 @@ def install_adaption_prompt(model) -> AdaptionPromptSites:
         tag_attention(attention, layer_idx, location)
         host = AdaptionPromptLayer(sites, layer_idx, key, value, head_dim)
         attention.add_module("adaption_prompt", host)
+        host.__dict__["attention"] = attention  # not a submodule: the host's owner, for uninstalling
         add_contributor(attention, host)
         sites.hosts.append(host)
         model._adapter_hosts.append(host)
     base.__dict__["_adaption_prompt_sites"] = sites
     return sites
+
+
+def uninstall_adaption_prompt(model) -> None:
+    """Take the adaption-prompt hosts out of ``model`` once none holds a prompt (the inverse of
+    :func:`install_adaption_prompt`).
+
+    Example::
+
+        >>> model.delete_adapter("llama_adapter")   # the last adaption-prompt adapter
+        >>> "_adaption_prompt_sites" in model.base_model.__dict__
+        False
+    """
+    from .prefix_tuning import remove_attention_contributor
+
+    base = model.base_model
+    sites = base.__dict__.get("_adaption_prompt_sites")
+    if sites is None or any(len(host.adaption_prompts) for host in sites.hosts):
+        return
+    for host in sites.hosts:
+        attention = host.__dict__.get("attention")
+        if attention is None:
+            continue
+        if attention._modules.get("adaption_prompt") is host:
+            del attention._modules["adaption_prompt"]
+        remove_attention_contributor(attention, host)
+    del base.__dict__["_adaption_prompt_sites"]
+    hosts = model._adapter_hosts
+    hosts[:] = [host for host in hosts if not any(host is h for h in sites.hosts)]
 
 
 def add_adaption_prompt(model, name: str, config, device, dtype) -> None:

@@ -67,6 +67,24 @@ class _Segments(NamedTuple):
     parts: tuple
 
 
+def _slice_segments(last, dim: int, start: int, end: int):
+    """``last`` (an adapter name, None or :class:`_Segments`) for the part ``start … end`` along ``dim``."""
+    if not isinstance(last, _Segments):
+        return last
+    parts, offset = [], 0
+    for size, part_last in last.parts:
+        if last.dim != dim:  # parts along the other dimension: each is cut alike
+            parts.append((size, _slice_segments(part_last, dim, start, end)))
+            continue
+        low, high = max(start, offset), min(end, offset + size)
+        if high > low:
+            parts.append((high - low, _slice_segments(part_last, dim, low - offset, high - offset)))
+        offset += size
+    if len(parts) == 1 and last.dim == dim:
+        return parts[0][1]
+    return _Segments(last.dim, tuple(parts)) if parts else None
+
+
 class Adapter(nn.Module):
     """One sequential bottleneck adapter (see the module docstring for the math).
 
@@ -332,12 +350,25 @@ class BottleneckLayer(ComposableLayer):
             return hidden_states if residual_added_by_model else hidden_states + residual
         return self.adapters[last].post_forward(hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model)
 
+    @staticmethod
+    def slice_state(state: BottleneckState, fields, dim: int, start: int, end: int) -> BottleneckState:
+        """The rows / tokens ``start … end`` of a state, with the ``post`` steps of earlier parts
+        (``last``, a :class:`_Segments` after a split) cut to them as well."""
+        sliced = ComposableLayer.slice_state(state, fields, dim, start, end)
+        return sliced._replace(last=_slice_segments(state.last, dim, start, end))
+
     def cat_states(self, states, fields, dim: int, template=None) -> BottleneckState:
         """Concatenate branch states; branches that ended with different adapters keep their own
         ``post`` step (a sequential and a parallel adapter finish differently)."""
+        ups = [s.bottleneck_up for s in states]
+        if any(up is None for up in ups) and any(up is not None for up in ups):
+            # parts no adapter touched (tokens past a Split, absent children) contribute u = 0, so the
+            # parts join (an enclosing Parallel, Average or Fuse reads u of the whole batch / sequence)
+            states = [s if s.bottleneck_up is not None else s._replace(bottleneck_up=torch.zeros_like(s.hidden_states)) for s in states]
         merged = ComposableLayer.cat_states(states, fields, dim, template)
         lasts = [s.last for s in states]
-        if any(last != lasts[0] for last in lasts):
+        # parts that ended differently, or parts cut themselves (a _Segments covers its own rows only)
+        if any(last != lasts[0] for last in lasts) or isinstance(lasts[0], _Segments):
             sizes = [s.hidden_states.shape[dim] for s in states]
             merged = merged._replace(last=_Segments(dim, tuple(zip(sizes, lasts))))
         return merged
@@ -365,6 +396,13 @@ class BottleneckLayer(ComposableLayer):
 
     def compose_fuse(self, setup, state: BottleneckState) -> BottleneckState:
         if setup.name not in self.adapter_fusion_layer:
+            context = ForwardContext.get_context()
+            registry = context.registry if context is not None else None
+            fused = registry.fusions.get(setup.name, (None, ()))[1] if registry is not None else ()
+            if fused and not set(fused) & set(self.adapters.keys()):
+                # none of the fused adapters is here (leave_out), only earlier members of a Stack
+                # child: like a Fuse whose adapters are all absent, the block passes this position by
+                return state
             raise ValueError(
                 f"No fusion layer {setup.name!r} at layer {self.layer_idx} ({self.location}); "
                 f"add it with model.add_adapter_fusion(Fuse({', '.join(map(repr, setup.name.split(',')))}))."
@@ -389,11 +427,15 @@ class BottleneckLayer(ComposableLayer):
             per_layer[self.location] = attentions
         else:
             fused = fusion(query.to(ups.dtype), ups, ups, residual.to(ups.dtype))
-        return state._replace(hidden_states=fused, adapter_residual=residual, last=last)
+        # u of the block: its last child's (what an enclosing Fuse or Average reads, as for a Stack)
+        return state._replace(hidden_states=fused, adapter_residual=residual, bottleneck_up=ups[:, :, -1], last=last)
 
     def mean(self, states, weights, start) -> BottleneckState:
         def weighted(field):
             values = [getattr(s, field) for s in states]
+            if all(value is None for value in values):
+                return None
+            values = [torch.zeros_like(s.hidden_states) if value is None else value for s, value in zip(states, values)]
             total = values[0] * weights[0]
             for value, weight in zip(values[1:], weights[1:]):
                 total = total + value * weight

@@ -26,8 +26,9 @@ checkpoints load, but computes the coupling above. Parameters start from BERT's 
 (AdapterHub's), so the block is near, not exactly, the identity at first.
 
 **Which adapter runs.** The block of the first adapter of the active setup that has one (a
-``Stack("lang", "task")`` uses ``lang``'s); under ``Parallel`` / ``BatchSplit`` each branch's
-rows use their branch's first such adapter.
+``Stack("lang", "task")`` uses ``lang``'s); under ``Parallel`` / ``BatchSplit`` each row uses the
+first such adapter of its own setup (the setup with every Parallel / BatchSplit replaced by the
+branch that owns the row: in ``Stack(Parallel("a", "de"), "sw")`` branch ``a``'s rows use ``sw``'s).
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..composition import BatchSplit, Parallel, Stack
-from .base import ComposableLayer, batch_branches, first_child, init_bert_weights
+from .base import ComposableLayer, batch_branches, first_child, init_bert_weights, remove_host_mixin
 
-__all__ = ["NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost"]
+__all__ = [
+    "NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost",
+    "uninstall_invertible",
+]
 
 CONTAINER = "invertible_adapters"
 
@@ -209,3 +213,29 @@ class OutputEmbeddingInputHost(_InvertibleHost):
 
     def forward(self, hidden_states, *args, **kwargs):
         return super().forward(self._apply(hidden_states, rev=True), *args, **kwargs)
+
+
+def uninstall_invertible(model) -> None:
+    """Take the invertible adapters' hooks out of ``model`` once it has no invertible block left:
+    the class swaps of the embedding module and of the output embeddings, and the empty
+    ``invertible_adapters`` container (the inverse of what adding the first one installed).
+
+    Example::
+
+        >>> model.delete_adapter("de")          # the last seq_bn_inv adapter
+        >>> "invertible_adapters" in model.base_model._modules
+        False
+    """
+    base = model.base_model
+    blocks = base._modules.get(CONTAINER)
+    if blocks is None or len(blocks):
+        return
+    hosts = model._adapter_hosts
+    removed = [host for host in hosts if isinstance(host, _InvertibleHost)]
+    for host in removed:
+        for key in ("_adapters_invertible_blocks", "_adapters_embedding_host"):
+            host.__dict__.pop(key, None)
+        mixin = EmbeddingOutputHost if isinstance(host, EmbeddingOutputHost) else OutputEmbeddingInputHost
+        remove_host_mixin(host, mixin)
+    hosts[:] = [host for host in hosts if not any(host is r for r in removed)]
+    del base._modules[CONTAINER]

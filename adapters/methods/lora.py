@@ -14,7 +14,10 @@ output scaling:
 backward pass as in the DoRA paper; an optional gate ``g = mean_t σ(x_t W_g)`` takes the place of
 ``s`` in the LoRA term, ``g·B A x`` (AdapterHub's UniPELT convention, so its checkpoints
 reproduce); on (IA)³ it interpolates, ``1 + g·(s·l − 1)``.) All fold into the weight: ``W' = W + s·B A``, ``W' = (m/‖W + s·B A‖) ⊙ (W + s·B A)``,
-``W' = diag(s·l) W, b' = s·l ⊙ b`` and ``W' = W diag(s·l)``.
+``W' = diag(s·l) W, b' = s·l ⊙ b`` and ``W' = W diag(s·l)``. A merge computes ``W'`` out of place
+and writes it only if it is finite and, when it is to be undone later, if the unmerge can restore
+``W`` (no (IA)³ entry or DoRA magnitude of (nearly) 0 turning a weight entry into 0 or a subnormal
+number); an unmerge writes only a finite result (see :meth:`LoRALinear.merge`).
 
 **Host layouts.** The host is either an ``nn.Linear`` (weight stored ``(d_out, d_in)``) or
 transformers' ``Conv1D`` (GPT-2; weight stored ``(d_in, d_out)``, forward ``x W + b``). All math
@@ -76,7 +79,8 @@ from transformers.pytorch_utils import Conv1D
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..configuration.lora import LoRAConfig
 from ..context import ForwardContext
-from .base import ComposableLayer
+from ..errors import AdapterMergeError
+from .base import ComposableLayer, remove_host_mixin
 
 __all__ = ["LoRA", "LoRAGroup", "LoRALinear", "LoRAState"]
 
@@ -501,6 +505,32 @@ class LoRALinear(ComposableLayer):
             del self.loras[name]
             self._invalidate_setup_cache()
 
+    def is_empty(self) -> bool:
+        """Whether this layer hosts no adapter and has none merged (then :meth:`uninstall` may run).
+
+        Example::
+
+            >>> query.is_empty()
+            False
+        """
+        return not len(self.loras) and not self.merged
+
+    def uninstall(self) -> None:
+        """Make this layer the plain linear layer it was before it hosted adapters: remove the
+        ``loras`` container and the class swap (other swaps of the module stay). Only for an empty
+        host (:meth:`is_empty`); the model removes it from its hosts.
+
+        Example::
+
+            >>> query.uninstall()
+            >>> type(query).__name__
+            'Linear'
+        """
+        if not self.is_empty():
+            raise RuntimeError(f"Cannot uninstall a LoRA host that still has adapters: {sorted(self.loras)}.")
+        self.__dict__.pop("merged", None)
+        remove_host_mixin(self, LoRALinear, containers=("loras",))
+
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         setup = self.active_setup()
@@ -636,40 +666,123 @@ class LoRALinear(ComposableLayer):
             bias = None if bias is None else self.bias.index_copy(0, lora.out_index, bias)
         return (weight.t() if self.fan_in_fan_out else weight), bias
 
+    def _check_float_weight(self, name: str, action: str) -> None:
+        if not self.weight.is_floating_point():
+            raise merge_error(
+                name, action,
+                f"the layer's weight is {self.weight.dtype} (quantized or integer), which cannot hold the merged "
+                f"weight; keep the adapter unmerged, or dequantize the layer first",
+            )
+
     @torch.no_grad()
-    def merge(self, name: str) -> None:
-        """Fold adapter ``name`` into the weight (and bias, for output-scaling (IA)³)."""
+    def merge(self, name: str, undoable: bool = True) -> None:
+        """Fold adapter ``name`` into the weight (and bias, for output-scaling (IA)³).
+
+        The merged weight and bias are computed out of place and checked before anything is written:
+        they must be finite, and with ``undoable`` (``merge_adapter``, which :meth:`unmerge` undoes)
+        a scaling merge ((IA)³, DoRA) must not turn a non-zero entry into 0 or a subnormal number,
+        which the division of the unmerge could not give back (a scaling entry (nearly) 0). A merge
+        that fails a check raises :class:`~adapters.errors.AdapterMergeError` and writes nothing.
+        """
         lora = self.loras[name]
+        self._check_float_weight(name, "merge")
+        extras = {}
         if lora.use_dora:  # unmerging needs the norm the merge divided by
-            lora.__dict__["_merged_norm"] = lora.weight_norm(self._covered(lora)[0])
+            extras["_merged_norm"] = lora.weight_norm(self._covered(lora)[0])
         if lora.composition_mode == "transform":  # kept for an exact unmerge and for the reference weight
-            lora.__dict__["_merged_delta"] = self._transform_delta(lora).detach()
-        self._write_covered(lora, *self._merged_covered(lora))
+            extras["_merged_delta"] = self._transform_delta(lora).detach()
+        lora.__dict__.update(extras)
+        try:
+            old_weight, old_bias = self._covered(lora)
+            weight, bias = self._merged_covered(lora)
+            _check_finite(name, lora, "merge", weight, bias)
+            if undoable and (lora.composition_mode == "scale" or lora.use_dora):
+                _check_invertible(name, lora, old_weight, old_bias, weight, bias)
+        except BaseException:
+            for key in extras:
+                lora.__dict__.pop(key, None)
+            raise
+        self._write_covered(lora, weight, bias)
         self.merged.append(name)
         self._invalidate_setup_cache()
 
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
-        """Take adapter ``name`` out of the weight again."""
+        """Take adapter ``name`` out of the weight again.
+
+        The restored weight and bias are computed out of place and must be finite before they are
+        written (:class:`~adapters.errors.AdapterMergeError` otherwise, nothing written: e.g. an
+        adapter whose parameters were changed to NaN, or an (IA)³ entry set to 0, after the merge).
+        """
         lora = self.loras[name]
+        self._check_float_weight(name, "unmerge")
         weight, bias = self._covered(lora)
         if lora.composition_mode == "transform":
-            self._write_covered(lora, weight - lora.__dict__.pop("_merged_delta").to(weight.dtype), bias)
-            self.merged.remove(name)
-            self._invalidate_setup_cache()
-            return
-        delta = lora.delta_weight().to(weight.dtype)
-        if lora.composition_mode == "scale":
-            if lora.scale_input:
-                weight = weight / delta.unsqueeze(0)
-            else:
-                weight = weight / delta.unsqueeze(1)
-                bias = None if bias is None else bias / delta
-        elif lora.use_dora:
-            norm = lora.__dict__.pop("_merged_norm")
-            weight = weight * (norm / lora.lora_magnitude).unsqueeze(1) - delta
+            weight = weight - lora.__dict__["_merged_delta"].to(weight.dtype)
         else:
-            weight = weight - delta
+            delta = lora.delta_weight().to(weight.dtype)
+            if lora.composition_mode == "scale":
+                if lora.scale_input:
+                    weight = weight / delta.unsqueeze(0)
+                else:
+                    weight = weight / delta.unsqueeze(1)
+                    bias = None if bias is None else bias / delta
+            elif lora.use_dora:
+                norm = lora.__dict__["_merged_norm"]
+                weight = weight * (norm / lora.lora_magnitude).unsqueeze(1) - delta
+            else:
+                weight = weight - delta
+        _check_finite(name, lora, "unmerge", weight, bias)
         self._write_covered(lora, weight, bias)
+        lora.__dict__.pop("_merged_delta", None)
+        lora.__dict__.pop("_merged_norm", None)
         self.merged.remove(name)
         self._invalidate_setup_cache()
+
+
+def merge_error(name: str, action: str, detail: str) -> AdapterMergeError:
+    """An :class:`AdapterMergeError` for adapter ``name`` (``action``: "merge" or "unmerge"); the model
+    API adds the module's path (it keeps ``adapter``, ``action`` and ``detail`` as attributes).
+
+    Example::
+
+        >>> raise merge_error("a", "merge", "its weight would hold NaN/inf")
+        Traceback (most recent call last):
+        adapters.errors.AdapterMergeError: cannot merge adapter 'a': its weight would hold NaN/inf
+    """
+    error = AdapterMergeError(f"cannot {action} adapter {name!r}: {detail}")
+    error.adapter, error.action, error.detail = name, action, detail
+    return error
+
+
+def _check_finite(name: str, adapter: nn.Module, action: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Raise :class:`AdapterMergeError` if the weight or bias a merge / unmerge would write is not finite."""
+    for parameter, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is None or bool(torch.isfinite(tensor).all()):
+            continue
+        bad = [n for n, p in adapter.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        if bad:
+            cause = f"the adapter's {bad[0]} holds NaN/inf; train or load finite weights first"
+        elif action == "unmerge":
+            cause = "the adapter divides by a (nearly) zero scaling, or its parameters changed since it was merged"
+        else:
+            cause = f"the result overflows {tensor.dtype}"
+        raise merge_error(name, action, f"its {parameter} would hold NaN/inf ({cause})")
+
+
+def _check_invertible(name, adapter, old_weight, old_bias, weight, bias) -> None:
+    """Raise :class:`AdapterMergeError` if a scaling merge turns a non-zero entry into 0 or a subnormal
+    number: the unmerge divides by the scaling and could not restore it."""
+    for parameter, old, new in (("weight", old_weight, weight), ("bias", old_bias, bias)):
+        if old is None or new is None:
+            continue
+        lost = (old != 0) & (new.abs() < torch.finfo(new.dtype).tiny)
+        count = int(lost.sum())
+        if count:
+            factor = "(IA)³ scaling vector" if adapter.composition_mode == "scale" else "DoRA magnitude"
+            raise merge_error(
+                name, "merge",
+                f"{count} non-zero entr{'y' if count == 1 else 'ies'} of its {parameter} would become 0 (or too small "
+                f"to divide back): the adapter's {factor} is (nearly) 0 there, so reset_adapter() could not restore "
+                f"the weight. Use merge_and_unload(), which needs no unmerge, or run the adapter unmerged",
+            )

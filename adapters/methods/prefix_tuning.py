@@ -51,7 +51,7 @@ from ..context import ForwardContext
 from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, set_position_bias_module, tag_attention
 from ..models.patching import swap_class
 from ..models.spec import layer_stacks, stack_config
-from .base import ComposableLayer, setup_members
+from .base import ComposableLayer, remove_host_mixin, setup_members
 from .caching import reuse_while_unchanged
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "PrefixTuningLayer",
     "PrefixShape",
     "install_prefix_tuning",
+    "uninstall_prefix_tuning",
     "prefix_shapes",
 ]
 
@@ -613,10 +614,64 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
     decoder = spec.decoder
     if decoder is not None and decoder.position_embeddings:  # shift_positions renumbers the decoder's tokens here
         try:
-            swap_class(base.get_submodule(decoder.position_embeddings), _ShiftsPositions)
+            module = base.get_submodule(decoder.position_embeddings)
         except AttributeError:  # a model without the decoder (T5EncoderModel)
             pass
+        else:
+            swap_class(module, _ShiftsPositions)
+            pool.__dict__["position_embeddings"] = module
     return pool
+
+
+def remove_attention_contributor(attention: nn.Module, contributor) -> None:
+    """Detach ``contributor`` from a tagged attention module; the last one leaving takes the tags
+    (:func:`~adapters.models.attention.tag_attention`) with it.
+
+    Example::
+
+        >>> remove_attention_contributor(layer.self_attn, layer.self_attn.prefix_tuning)
+    """
+    entries = attention.__dict__
+    for key in ("_adapters_attention_contributors", "_adapters_attention_adjusters"):
+        if key in entries:
+            entries[key][:] = [c for c in entries[key] if c is not contributor]
+    if not entries.get("_adapters_attention_contributors"):
+        for key in (
+            "_adapters_attention_site", "_adapters_attention_contributors", "_adapters_attention_adjusters",
+            "_adapters_position_bias_module",
+        ):
+            entries.pop(key, None)
+
+
+def uninstall_prefix_tuning(model) -> None:
+    """Take prefix tuning out of ``model`` once its pool holds no prefix: the pool, the prefix host
+    of every attention module (and the tags and class swaps installed with them), the inverse of
+    :func:`install_prefix_tuning`.
+
+    Example::
+
+        >>> model.delete_adapter("prefix")      # the last prefix-tuning adapter
+        >>> "prefix_tuning" in model.base_model._modules
+        False
+    """
+    base = model.base_model
+    pool = base._modules.get("prefix_tuning")
+    if pool is None or len(pool.prefix_tunings):
+        return
+    removed = [pool]
+    for host in pool.__dict__["layer_hosts"]:
+        attention = host.__dict__["attention"]
+        if attention._modules.get("prefix_tuning") is host:
+            del attention._modules["prefix_tuning"]
+        remove_attention_contributor(attention, host)
+        remove_host_mixin(attention, _RecordsAttentionInput)
+        removed.append(host)
+    position_embeddings = pool.__dict__.get("position_embeddings")
+    if position_embeddings is not None:
+        remove_host_mixin(position_embeddings, _ShiftsPositions)
+    del base._modules["prefix_tuning"]
+    hosts = model._adapter_hosts
+    hosts[:] = [host for host in hosts if not any(host is r for r in removed)]
 
 
 def record_attention_inputs(pool: PrefixTuningPool) -> None:

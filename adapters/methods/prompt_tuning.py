@@ -42,7 +42,7 @@ from ..configuration.prefix import PromptTuningConfig
 from ..context import ForwardContext
 from .base import setup_members
 
-__all__ = ["PromptTuning", "PromptTuningPool", "install_prompt_tuning"]
+__all__ = ["PromptTuning", "PromptTuningPool", "install_prompt_tuning", "uninstall_prompt_tuning"]
 
 
 class PromptTuning(nn.Module):
@@ -221,6 +221,31 @@ def install_prompt_tuning(model) -> PromptTuningPool:
         base.add_module("prompt_tuning", pool)
         model._adapter_hosts.append(pool)
     return pool
+
+
+def uninstall_prompt_tuning(model) -> None:
+    """Take prompt tuning out of ``model`` once its pool holds no prompt: the pool and the hook on
+    the embedding module (the inverse of :func:`install_prompt_tuning`).
+
+    Example::
+
+        >>> model.delete_adapter("prompt")      # the last prompt-tuning adapter
+        >>> "prompt_tuning" in model.base_model._modules
+        False
+    """
+    base = model.base_model
+    pool = base._modules.get("prompt_tuning")
+    if pool is None or len(pool.prompt_tunings):
+        return
+    embeddings = pool.__dict__.get("embedding_output_module")
+    if embeddings is not None:  # the hook by identity (a handle would point into the original after a deepcopy)
+        for key in [k for k, hook in embeddings._forward_hooks.items() if hook is _join_pending_prompt]:
+            del embeddings._forward_hooks[key]
+            embeddings._forward_hooks_with_kwargs.pop(key, None)
+            embeddings._forward_hooks_always_called.pop(key, None)
+    del base._modules["prompt_tuning"]
+    hosts = model._adapter_hosts
+    hosts[:] = [host for host in hosts if host is not pool]
 
 
 PROMPT_BLOCKS = (Stack,)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Split
-from .base import ComposableLayer, batch_branches
+from .base import ComposableLayer, batch_branches, remove_host_mixin
 
 __all__ = ["SavedModuleHost", "plain_copy", "check_saved_module_setup"]
 
@@ -55,6 +55,7 @@ def plain_copy(module: nn.Module) -> nn.Module:
     restore_class(clone)
     for key in ("layer_idx", "location", "_setup_cache"):
         clone.__dict__.pop(key, None)
+    clone.__dict__.update(clone.__dict__.pop("_adapters_shadowed", {}))  # the module's own (an attention's layer_idx)
     return clone
 
 
@@ -91,6 +92,30 @@ class SavedModuleHost(ComposableLayer):
         if name in self.modules_to_save:
             del self.modules_to_save[name]
             self._invalidate_setup_cache()
+
+    def is_empty(self) -> bool:
+        """Whether no adapter keeps a copy of this module (then :meth:`uninstall` may run).
+
+        Example::
+
+            >>> model.classifier.is_empty()
+            False
+        """
+        return not len(self.modules_to_save)
+
+    def uninstall(self) -> None:
+        """Make this module the plain module it was before adapters kept copies of it (remove the
+        ``modules_to_save`` container and the class swap). Only for an empty host.
+
+        Example::
+
+            >>> model.delete_adapter("task")     # the last adapter with a copy: uninstalls it
+            >>> type(model.classifier).__name__
+            'Linear'
+        """
+        if not self.is_empty():
+            raise RuntimeError(f"Cannot uninstall a module that adapters keep copies of: {sorted(self.modules_to_save)}.")
+        remove_host_mixin(self, SavedModuleHost, containers=(CONTAINER,))
 
     def forward(self, *args, **kwargs):
         setup = self.active_setup()
