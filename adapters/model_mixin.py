@@ -463,9 +463,17 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     f"Adapter method {part.architecture!r} is not available in this version; "
                     f"available methods: {', '.join(sorted(METHOD_BLOCKS))}."
                 )
-            bad_layers = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < num_layers]
+            leave_out = set(getattr(part, "leave_out", ()) or ())
+            bad_layers = sorted(i for i in leave_out if not 0 <= i < num_layers)
             if bad_layers:
-                raise ValueError(f"leave_out {bad_layers} names layers the model does not have (it has {num_layers}).")
+                raise AdapterConfigError(
+                    f"leave_out {bad_layers} names layers the model does not have; give indices 0 … {num_layers - 1}."
+                )
+            if leave_out >= set(range(num_layers)):
+                raise AdapterConfigError(
+                    f"leave_out={sorted(leave_out)} leaves out every layer of this {num_layers}-layer model, so the "
+                    f"{part.architecture} adapter would change nothing; leave out fewer layers."
+                )
             spec = self.__dict__["_adapters_spec"]
             interface = self.__dict__.get("_adapters_interface")
             if interface is not None:
@@ -559,7 +567,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     host.adapters[name].to(device=reference.device, dtype=dtype).train(self.training)
                     added = True
         if not added:
-            raise ValueError(f"Adapter config {config} places no module in this model (check leave_out and positions).")
+            raise AdapterConfigError(f"Adapter config {config} places no module in this model (check leave_out and positions).")
 
     def get_input_embeddings(self) -> nn.Module:
         """transformers' input embedding; for a model transformers leaves it undefined for

@@ -355,7 +355,7 @@ def test_albert_adapters_belong_to_the_shared_layers_and_run_at_every_applicatio
     # leave_out names distinct layers: 0 removes the adapter from layer 0 at every depth
     model.add_adapter("b", config=adapters.SeqBnConfig(leave_out=[0]))
     assert set(model.get_adapter("b")) == {1}
-    with pytest.raises(ValueError, match=r"leave_out \[2\] names layers the model does not have \(it has 2\)"):
+    with pytest.raises(ValueError, match=r"leave_out \[2\] names layers the model does not have; give indices 0 … 1"):
         model.add_adapter("c", config=adapters.SeqBnConfig(leave_out=[2]))
 
 

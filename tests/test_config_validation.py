@@ -481,3 +481,17 @@ def test_adapterhub_compatible_forms_keep_working():
     assert ConfigUnion(SeqBnConfig(mh_adapter=True, output_adapter=False), adapters.ParBnConfig()).configs[1].scaling == 4.0
     assert AdapterConfig.load("pfeiffer") == SeqBnConfig() and AdapterConfig.load("houlsby") == adapters.DoubleSeqBnConfig()
     assert AdapterConfig.load("seq_bn", non_linearity="GELU").non_linearity == "GELU"  # any case, as AdapterHub
+
+
+@pytest.mark.parametrize(
+    "config", [LoRAConfig(leave_out=[0, 1]), IA3Config(leave_out=[0, 1]), SeqBnConfig(leave_out=[0, 1]), PrefixTuningConfig(leave_out=[0, 1])],
+    ids=["lora", "ia3", "seq_bn", "prefix"],
+)
+def test_leave_out_of_every_layer_is_refused(config):
+    """An adapter left out of every layer would change nothing (the LoRA family and prefixes used to
+    be accepted, LoRA with 0 parameters)."""
+    model = patched("bert")
+    before = model_state(model)
+    with pytest.raises(AdapterConfigError, match=r"leave_out=\[0, 1\] leaves out every layer of this 2-layer model"):
+        model.add_adapter("x", config=config)
+    assert_unchanged(model, before)
