@@ -76,7 +76,7 @@ def test_layers_are_numbered_text_first_then_vision_and_sized_by_their_tower():
     assert any(k.startswith("text_model.encoder.layers.0.output_adapters.adapters.a.") for k in keys)
     assert not any(k.startswith("vision_model.encoder.layers.0.") for k in keys)
     assert any(k.startswith("vision_model.encoder.layers.1.output_adapters.adapters.a.") for k in keys)
-    with pytest.raises(ValueError, match="it has 4"):
+    with pytest.raises(ValueError, match="give indices 0 … 3"):
         model.add_adapter("b", config=SeqBnConfig(leave_out=[2 * LAYERS]))
 
 
