@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import logging
+from .errors import AdapterConfigError
 
 logger = logging.get_logger(__name__)
 
@@ -72,7 +73,7 @@ class EmbeddingAdaptersMixin:
         from the reference's vectors.
 
         Raises:
-            ValueError: the name exists, or only one of ``reference_embedding`` /
+            AdapterConfigError: the name exists, or only one of ``reference_embedding`` /
                 ``reference_tokenizer`` is given, or the reference is unknown.
 
         Example::
@@ -85,11 +86,14 @@ class EmbeddingAdaptersMixin:
         check_name(name, kind="embedding", argument="name")
         loaded = self._loaded_embeddings()
         if name in loaded:
-            raise ValueError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
+            raise AdapterConfigError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
         if (reference_embedding is None) != (reference_tokenizer is None):
-            raise ValueError("Give both reference_embedding and reference_tokenizer, or neither.")
+            raise AdapterConfigError(
+                f"Give both reference_embedding and reference_tokenizer, or neither; got reference_embedding="
+                f"{reference_embedding!r} and reference_tokenizer={type(reference_tokenizer).__name__}."
+            )
         if reference_embedding is not None and reference_embedding not in loaded:
-            raise ValueError(f"No embedding named {reference_embedding!r}; the model has: {', '.join(sorted(loaded))}.")
+            raise AdapterConfigError(f"No embedding named {reference_embedding!r}; the model has: {', '.join(sorted(loaded))}.")
         current = self.get_input_embeddings()
         dim = embedding_dim or current.embedding_dim
         embedding = nn.Embedding(len(tokenizer), dim, padding_idx=getattr(tokenizer, "pad_token_id", None))
@@ -117,7 +121,7 @@ class EmbeddingAdaptersMixin:
         """
         loaded = self._loaded_embeddings()
         if name not in loaded:
-            raise ValueError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
+            raise AdapterConfigError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
         state = self._embedding_state
         embedding = loaded[name]
         current = self.get_input_embeddings().weight
@@ -149,7 +153,7 @@ class EmbeddingAdaptersMixin:
         """
         loaded = self._loaded_embeddings()
         if name == "default" or name not in loaded:
-            raise ValueError(f"Cannot delete embedding {name!r}: deletable are {sorted(set(loaded) - {'default'})}.")
+            raise AdapterConfigError(f"Cannot delete embedding {name!r}: deletable are {sorted(set(loaded) - {'default'})}.")
         if self.active_embeddings == name:
             logger.warning(f"Deleting the active embedding {name!r}; 'default' is active now.")
             self.set_active_embeddings("default")
@@ -178,7 +182,7 @@ class EmbeddingAdaptersMixin:
 
         loaded = self._loaded_embeddings()
         if name not in loaded:
-            raise ValueError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
+            raise AdapterConfigError(f"No embedding named {name!r}; the model has: {', '.join(sorted(loaded))}.")
         with _CheckpointFiles(path) as files:
             files.weights({"weight": loaded[name].weight}, True, EMBEDDING_FILE, LEGACY_EMBEDDING_FILE)
         if tokenizer is not None:
@@ -198,7 +202,7 @@ class EmbeddingAdaptersMixin:
 
         check_name(name, kind="embedding", argument="name")
         if name in self._loaded_embeddings():
-            raise ValueError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
+            raise AdapterConfigError(f"An embedding named {name!r} exists already; delete_embeddings({name!r}) first or rename.")
         safe, legacy = os.path.join(path, EMBEDDING_FILE), os.path.join(path, LEGACY_EMBEDDING_FILE)
         if os.path.isfile(safe):
             from safetensors.torch import load_file

@@ -65,12 +65,14 @@ import dataclasses
 import inspect
 import json
 import os
+from collections.abc import Mapping
 from typing import Optional, Union
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import logging
+from .errors import AdapterConfigError, AdapterLoadError
 from .models.spec import ArchitectureSpec, ResidualHook
 
 logger = logging.get_logger(__name__)
@@ -211,55 +213,59 @@ class AdapterModelInterface:
 
     def __post_init__(self):
         if isinstance(self.adapter_methods, str) or not all(isinstance(m, str) for m in self.adapter_methods or ()):
-            raise ValueError(
+            raise AdapterConfigError(
                 f"adapter_methods must be a list of method names, got {self.adapter_methods!r}; "
                 f"e.g. adapter_methods=['bottleneck', 'lora']."
             )
         object.__setattr__(self, "adapter_methods", tuple(self.adapter_methods))
         unknown = [m for m in self.adapter_methods if m not in AdapterMethod.ALL]
         if unknown:
-            raise ValueError(f"Unknown adapter_methods {unknown}; choose from {', '.join(AdapterMethod.ALL)}.")
+            raise AdapterConfigError(f"Unknown adapter_methods {unknown}; choose from {', '.join(AdapterMethod.ALL)}.")
         if not self.adapter_methods:
-            raise ValueError(f"adapter_methods is empty; name at least one of {', '.join(AdapterMethod.ALL)}.")
+            raise AdapterConfigError(f"adapter_methods is empty; name at least one of {', '.join(AdapterMethod.ALL)}.")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name in ("adapter_methods", "pre_ln", "attention_interface", "attn_qkv_heads"):
                 continue
             if value is not None and (not isinstance(value, str) or not value or value.startswith(".") or value.endswith(".")):
-                raise ValueError(f"{field.name} must be a dotted module path like 'mlp.up_proj' or None, got {value!r}.")
+                raise AdapterConfigError(f"{field.name} must be a dotted module path like 'mlp.up_proj' or None, got {value!r}.")
         for required in ("model_layers", "layer_self_attn"):
             if getattr(self, required) is None:
-                raise ValueError(f"{required} is required: name the model's {required.split('_', 1)[1].replace('_', ' ')}.")
+                raise AdapterConfigError(f"{required} is required (got None): name the model's {required.split('_', 1)[1].replace('_', ' ')}.")
         separate = [self.attn_q_proj, self.attn_k_proj, self.attn_v_proj]
         if self.attn_qkv_proj is not None and any(p is not None for p in separate):
-            raise ValueError(
+            raise AdapterConfigError(
                 "Give either attn_q_proj, attn_k_proj and attn_v_proj (separate projections) or attn_qkv_proj "
                 "(one fused projection), not both."
             )
         if self.attn_qkv_proj is None and any(p is None for p in separate) and any(p is not None for p in separate):
             missing = [n for n, p in zip(("attn_q_proj", "attn_k_proj", "attn_v_proj"), separate) if p is None]
-            raise ValueError(f"{', '.join(missing)} missing: give all of attn_q_proj, attn_k_proj, attn_v_proj, or attn_qkv_proj.")
+            raise AdapterConfigError(f"{', '.join(missing)} missing: give all of attn_q_proj, attn_k_proj, attn_v_proj, or attn_qkv_proj.")
         if self.attn_qkv_heads is not None:
             heads = tuple(self.attn_qkv_heads)
             if len(heads) != 3 or not all(isinstance(h, str) for h in heads):
-                raise ValueError(f"attn_qkv_heads must name three config attributes (q, k, v), got {self.attn_qkv_heads!r}.")
+                raise AdapterConfigError(f"attn_qkv_heads must name three config attributes (q, k, v), got {self.attn_qkv_heads!r}.")
             if self.attn_qkv_proj is None:
-                raise ValueError("attn_qkv_heads describes a fused attn_qkv_proj; set attn_qkv_proj or drop attn_qkv_heads.")
+                raise AdapterConfigError("attn_qkv_heads describes a fused attn_qkv_proj; set attn_qkv_proj or drop attn_qkv_heads.")
             object.__setattr__(self, "attn_qkv_heads", heads)
         for flag in ("pre_ln", "attention_interface"):
             if getattr(self, flag) not in (None, True, False):
-                raise ValueError(f"{flag} must be True, False or None (inferred), got {getattr(self, flag)!r}.")
+                raise AdapterConfigError(f"{flag} must be True, False or None (inferred), got {getattr(self, flag)!r}.")
         if self.layer_cross_attn is not None or self.layer_pre_cross_attn is not None:
-            raise ValueError(
-                "Adapters at cross-attention are not placed through an AdapterModelInterface: set layer_cross_attn "
-                "and layer_pre_cross_attn to None (self-attention, FFN and embeddings are covered)."
+            raise AdapterConfigError(
+                f"Adapters at cross-attention are not placed through an AdapterModelInterface: set layer_cross_attn "
+                f"(got {self.layer_cross_attn!r}) and layer_pre_cross_attn (got {self.layer_pre_cross_attn!r}) to None "
+                f"(self-attention, FFN and embeddings are covered)."
             )
         if "lora" in self.adapter_methods and not any(
             (self.attn_q_proj, self.attn_qkv_proj, self.attn_o_proj, self.layer_intermediate_proj, self.layer_output_proj)
         ):
-            raise ValueError("adapter_methods includes 'lora' but the interface names no projection for it to adapt.")
+            raise AdapterConfigError(
+                "adapter_methods includes 'lora' but the interface names no projection for it to adapt: set one of "
+                "attn_q_proj, attn_qkv_proj, attn_o_proj, layer_intermediate_proj, layer_output_proj, or drop 'lora'."
+            )
         if self.embedding_methods and self.model_embeddings is None:
-            raise ValueError(f"adapter_methods {list(self.embedding_methods)} need model_embeddings: name the embedding module.")
+            raise AdapterConfigError(f"adapter_methods {list(self.embedding_methods)} need model_embeddings: name the embedding module.")
 
     @property
     def embedding_methods(self) -> tuple[str, ...]:
@@ -293,7 +299,7 @@ class AdapterModelInterface:
         as ``adapter_methods``).
 
         Raises:
-            ValueError: unknown keys (with the closest field names) or invalid values.
+            AdapterConfigError: unknown keys (with the closest field names) or invalid values.
 
         Example::
 
@@ -301,19 +307,24 @@ class AdapterModelInterface:
         """
         from .models.targeting import closest_names
 
+        if not isinstance(data, Mapping):
+            raise AdapterConfigError(
+                f"An AdapterModelInterface is built from a dict of its fields (e.g. {{'adapter_methods': ['lora'], "
+                f"'model_layers': 'layers', ...}}), not {type(data).__name__} {data!r:.80}."
+            )
         data = dict(data)
         if "adapter_types" in data and "adapter_methods" not in data:  # AdapterHub before 1.2
             data["adapter_methods"] = data.pop("adapter_types")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in data if k not in names]
         if unknown:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Unknown AdapterModelInterface field(s) {unknown}; closest: "
                 f"{', '.join(n for k in unknown for n in closest_names(k, names)[:3])}."
             )
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in data]
         if required:
-            raise ValueError(f"AdapterModelInterface lacks required field(s) {required}.")
+            raise AdapterConfigError(f"AdapterModelInterface lacks required field(s) {required}.")
         return cls(**data)
 
     def save(self, save_directory: str, model_config=None) -> None:
@@ -340,7 +351,8 @@ class AdapterModelInterface:
         saved model or adapter; AdapterHub's files included).
 
         Raises:
-            ValueError: the file is missing, not JSON, or not a valid interface.
+            AdapterLoadError: the file is missing, not JSON, or not a valid interface (naming the file).
+            AdapterConfigError: ``source`` is a dict that is not a valid interface.
 
         Example::
 
@@ -354,15 +366,21 @@ class AdapterModelInterface:
         if os.path.isdir(path):
             path = os.path.join(path, INTERFACE_CONFIG_NAME)
         if not os.path.isfile(path):
-            raise ValueError(f"{path} does not exist: no saved AdapterModelInterface there ({INTERFACE_CONFIG_NAME}).")
+            raise AdapterLoadError(f"{path} does not exist: no saved AdapterModelInterface there ({INTERFACE_CONFIG_NAME}).")
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not valid JSON ({error}).") from error
+            raise AdapterLoadError(f"{path} is not valid JSON ({error}).") from error
         if not isinstance(data, dict):
-            raise ValueError(f"{path} does not hold an AdapterModelInterface.")
-        return cls.from_dict(data.get("interface", data))
+            raise AdapterLoadError(
+                f"{path} does not hold an AdapterModelInterface: expected a JSON object (with its fields under "
+                f"\"interface\"), not {type(data).__name__}."
+            )
+        try:
+            return cls.from_dict(data.get("interface", data))
+        except AdapterConfigError as error:
+            raise AdapterLoadError(f"{path}: {error}") from error
 
     # -- translation ------------------------------------------------------------------------------
     def to_spec(self, model: nn.Module) -> ArchitectureSpec:
@@ -370,7 +388,7 @@ class AdapterModelInterface:
         ``model`` (a model with or without a head), after checking every path in every layer.
 
         Raises:
-            ValueError: a path does not exist (the message names the closest module names), a
+            AdapterConfigError: a path does not exist (the message names the closest module names), a
                 projection is not a linear layer, or a needed part is missing. The model is not
                 changed.
 
@@ -384,7 +402,7 @@ class AdapterModelInterface:
         _check_path(base, self.model_layers, "model_layers", "the base model")
         layers = base.get_submodule(self.model_layers)
         if not isinstance(layers, (nn.ModuleList, nn.Sequential)) or len(layers) == 0:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"AdapterModelInterface.model_layers={self.model_layers!r} is a {type(layers).__name__}, not a non-empty "
                 f"nn.ModuleList of transformer layers."
             )
@@ -422,7 +440,7 @@ class AdapterModelInterface:
                 if name in projections and "lora" in self.adapter_methods:
                     module = layer.get_submodule(path)
                     if not isinstance(module, (nn.Linear, Conv1D)):
-                        raise ValueError(
+                        raise AdapterConfigError(
                             f"AdapterModelInterface.{name}={getattr(self, name)!r} in {where} is a {type(module).__name__}; "
                             f"LoRA-family methods adapt nn.Linear (or transformers' Conv1D) layers. Name a linear layer, "
                             f"or drop 'lora' from adapter_methods."
@@ -439,7 +457,7 @@ class AdapterModelInterface:
         if attention_interface is None:
             attention_interface = caller is not None
         if "prefix_tuning" in self.adapter_methods and not attention_interface:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"adapter_methods includes 'prefix_tuning', but {type(first.get_submodule(attn)).__name__}.forward does not "
                 f"call transformers' attention interface (ALL_ATTENTION_FUNCTIONS.get_interface), through which "
                 f"prefixes enter attention. Make the attention call it (as transformers' models do), drop "
@@ -496,14 +514,14 @@ class AdapterModelInterface:
         missing = [name for name, value in needs.items() if value is None]
         if missing:
             kind = "pre-LN" if pre_ln else "post-LN"
-            raise ValueError(
+            raise AdapterConfigError(
                 f"adapter_methods includes 'bottleneck', which in this {kind} layer needs {', '.join(missing)}: the modules "
                 f"whose inputs are the residual stream (layer_pre_self_attn, layer_pre_ffn)"
                 + ("" if pre_ln else " and the norms of h + x (layer_ln_1, layer_ln_2)")
                 + ". Name them, or drop 'bottleneck' from adapter_methods."
             )
         if pre_ln and self.layer_ln_1 is not None and self.layer_ln_1 == self.layer_pre_ffn:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"layer_ln_1={self.layer_ln_1!r} is also layer_pre_ffn: in a pre-LN layer layer_ln_1 is a norm of the "
                 f"attention output before it is added to the residual stream (Gemma's sandwich norm), not the norm "
                 f"in front of the FFN. Leave layer_ln_1 None."
@@ -536,7 +554,7 @@ class AdapterModelInterface:
         """
         missing = [family for family in AdapterMethod.of(config) if family not in self.adapter_methods]
         if missing:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"{type(config).__name__} needs the method famil{'ies' if len(missing) > 1 else 'y'} {missing}, which the "
                 f"AdapterModelInterface of {model_name} does not enable (adapter_methods={list(self.adapter_methods)}). "
                 f"Add {missing} to adapter_methods when calling adapters.init."
@@ -544,7 +562,7 @@ class AdapterModelInterface:
 
 
 def _check_path(root: nn.Module, path: str, field: str, where: str) -> None:
-    """Raise a ValueError naming the closest module names when ``path`` is not a module of ``root``."""
+    """Raise an AdapterConfigError naming the closest module names when ``path`` is not a module of ``root``."""
     from .models.targeting import closest_names
 
     try:
@@ -554,7 +572,7 @@ def _check_path(root: nn.Module, path: str, field: str, where: str) -> None:
     if isinstance(module, nn.Module):
         return
     names = [name for name, _ in root.named_modules() if name]
-    raise ValueError(
+    raise AdapterConfigError(
         f"AdapterModelInterface.{field}={path!r} is not a module of {where}. Closest module names there: "
         f"{', '.join(closest_names(path, names)[:5]) or 'none'}."
     )

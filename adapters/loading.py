@@ -585,6 +585,12 @@ def _as_load_error(path: str, error: Exception, what: str = "") -> AdapterLoadEr
     return AdapterLoadError(f"{path}: {what}{error}")
 
 
+def _without_path(error: Exception, path: str) -> str:
+    """``error``'s message without a leading ``"<path>: "`` (the wrapping error names the file once)."""
+    message = str(error)
+    return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
+
+
 def load_adapter(
     model,
     adapter_name_or_path: str,
@@ -631,7 +637,7 @@ def load_adapter(
     except AdapterLoadError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
-        raise AdapterLoadError(f"{config_path}: the adapter config is invalid ({error}).") from error
+        raise AdapterLoadError(f"{config_path}: the adapter config is invalid ({_without_path(error, config_path)}).") from error
     if leave_out:
         try:
             adapter_config = adapter_config.replace(leave_out=tuple(sorted(set(adapter_config.leave_out) | set(leave_out))))
@@ -716,6 +722,8 @@ def _check_interface(model, folder: str) -> None:
         return
     try:
         saved = AdapterModelInterface.load(path)
+    except AdapterLoadError:  # names the file already
+        raise
     except ValueError as error:
         raise AdapterLoadError(f"{path}: {error}") from error
     if saved != model.__dict__.get("_adapters_interface"):
@@ -781,7 +789,7 @@ def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetenso
     registry = model.adapters_config
     if fusion_name not in registry.fusions:
         known = ", ".join(sorted(registry.fusions)) or "none"
-        raise ValueError(f"No adapter fusion named {fusion_name!r}; the model has: {known}.")
+        raise AdapterConfigError(f"No adapter fusion named {fusion_name!r} (adapter_names); the model has: {known}.")
     fusion_config, names = registry.fusions[fusion_name]
     meta = _meta(model, fusion_name)
     meta.update({"config": fusion_config.to_dict(), "adapter_names": list(names)})
@@ -819,7 +827,7 @@ def load_adapter_fusion(
     except AdapterLoadError:
         raise
     except (ValueError, TypeError, KeyError) as error:
-        raise AdapterLoadError(f"{config_path}: the fusion config is invalid ({error}).") from error
+        raise AdapterLoadError(f"{config_path}: the fusion config is invalid ({_without_path(error, config_path)}).") from error
     saved_name = meta.get("name") or ",".join(names)
     if not isinstance(saved_name, str):
         check_name(saved_name, kind="fusion", argument='its "name"', file=config_path)

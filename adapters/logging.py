@@ -33,6 +33,8 @@ from typing import Optional, Union
 
 from transformers.utils import logging as hf_logging
 
+from .errors import AdapterConfigError
+
 __all__ = [
     "get_logger",
     "get_verbosity",
@@ -188,7 +190,7 @@ def set_verbosity(verbosity: Union[int, str, None]) -> None:
         verbosity = NOTSET
     elif isinstance(verbosity, str):
         if verbosity.lower() not in _LEVELS:
-            raise ValueError(f"Unknown verbosity {verbosity!r}; use one of {', '.join(_LEVELS)}, a logging level or None.")
+            raise AdapterConfigError(f"Unknown verbosity {verbosity!r}; use one of {', '.join(_LEVELS)}, a logging level or None.")
         verbosity = _LEVELS[verbosity.lower()]
     _root_logger().setLevel(verbosity)
 

@@ -97,7 +97,7 @@ def prune(tensor: torch.Tensor, density: float, method: str = "magnitude", resca
         rescale: "random" only: divide the kept entries by ``density``.
 
     Raises:
-        ValueError: ``density < 0`` or an unknown method.
+        AdapterConfigError: ``density < 0`` or an unknown method.
 
     Example::
 
@@ -105,9 +105,9 @@ def prune(tensor: torch.Tensor, density: float, method: str = "magnitude", resca
         tensor([ 3., -0.,  0., -4.])
     """
     if density < 0:
-        raise ValueError(f"density must be in [0, 1], got {density}.")
+        raise AdapterConfigError(f"density must be in [0, 1] (the fraction of entries to keep), got {density!r}.")
     if method not in ("magnitude", "random"):
-        raise ValueError(f"Unknown pruning method {method!r}; use 'magnitude' or 'random'.")
+        raise AdapterConfigError(f"Unknown pruning method={method!r}; use 'magnitude' or 'random'.")
     if density >= 1:
         return tensor
     if method == "magnitude":
@@ -144,7 +144,7 @@ def calculate_majority_sign_mask(
     elif method == "frequency":
         votes = sign.sum(dim=0)
     else:
-        raise ValueError(f"majority_sign_method must be 'total' or 'frequency', got {method!r}.")
+        raise AdapterConfigError(f"majority_sign_method must be 'total' or 'frequency', got {method!r}.")
     elected = torch.where(votes >= 0, 1.0, -1.0).to(sign.dtype)
     return sign == elected
 
@@ -273,7 +273,7 @@ def _require_adapters(model, names: Sequence[str]) -> None:
     known = model.adapters_config.adapters
     for name in names:
         if name not in known:
-            raise ValueError(f"No adapter named {name!r}; the model has: {', '.join(sorted(known)) or 'none'}.")
+            raise AdapterConfigError(f"No adapter named {name!r}; the model has: {', '.join(sorted(known)) or 'none'}.")
 
 
 def _as_names(adapter_names) -> list[str]:
@@ -322,7 +322,7 @@ def _stack_names(setup) -> list[str]:
     hint = ""
     if type(setup).__name__ == "Average":
         hint = " (to merge a weighted mean, build one adapter with add_weighted_adapter first)"
-    raise ValueError(
+    raise AdapterConfigError(
         f"Cannot merge the active setup: it contains the block {setup}, which has no single merged weight. "
         f"Merging folds adapters into one weight per layer, which is defined for a single adapter or a Stack of "
         f"LoRA-family adapters only{hint}. Activate such a setup, or pass adapter_names=[...] to choose the "
@@ -342,13 +342,13 @@ def _check_mergeable(model, name: str) -> None:
     config = model.adapters_config.adapters[name]
     others = sorted({p.architecture for p in config.configs_by_architecture() if p.architecture not in _MERGEABLE})
     if others:
-        raise ValueError(
+        raise AdapterConfigError(
             f"Cannot merge adapter {name!r}: its {'/'.join(others)} part has no weight to fold into; only "
             f"weight-update adapters (LoRA, (IA)³, LoHa, LoKr, OFT, HRA, AdaLoRA) merge. Leave it out (deactivate "
             f"it, or pass adapter_names without it), or use unload() to drop all adapters without merging."
         )
     if any(getattr(p, "use_gating", False) for p in config.configs_by_architecture()):
-        raise ValueError(
+        raise AdapterConfigError(
             f"Cannot merge adapter {name!r}: it is gated, and a gate depends on the input, so there is no single "
             f"merged weight."
         )
@@ -389,7 +389,7 @@ def _copies_plan(model, names, skip_layers) -> list[tuple[nn.Module, str]]:
             continue
         owners = [n for n in names if n in host.modules_to_save]
         if len(owners) > 1:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Cannot merge adapters {owners} together: each has its own copy of module {host.location!r} "
                 f"(modules_to_save) and the merged model can keep only one. Merge one of them."
             )
@@ -578,16 +578,16 @@ def _lora_inputs(model, adapters: Sequence[str], what: str) -> list:
     for name in adapters:
         parts = model.adapters_config.adapters[name].configs_by_architecture()
         if any(p.architecture != "lora" for p in parts):
-            raise ValueError(f"{what} combines LoRA / (IA)³ adapters only; {name!r} is not (or not only) one.")
+            raise AdapterConfigError(f"{what} combines LoRA / (IA)³ adapters only; {name!r} is not (or not only) one.")
         (config,) = parts
         if config.use_gating:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"{what} cannot combine the gated adapter {name!r}: a gate depends on the input, so its delta is "
                 f"not a fixed weight."
             )
         modules = [h.loras[name] for h in _lora_hosts(model) if name in h.loras]
         if getattr(config, "use_dora", False) or any(hasattr(m, "lora_magnitude") for m in modules):
-            raise ValueError(
+            raise AdapterConfigError(
                 f"{what} cannot combine the DoRA adapter {name!r}: its update renormalises W + ΔW per row, so "
                 f"weighted sums of its parameters or deltas do not give the weighted DoRA update."
             )
@@ -596,14 +596,14 @@ def _lora_inputs(model, adapters: Sequence[str], what: str) -> list:
     for host in _lora_hosts(model):  # fused projections: combined part by part, so the parts must agree
         parts = {host.loras[n].out_slices for n in adapters if n in host.loras}
         if len(parts) > 1:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"{what} cannot combine {list(adapters)}: at {paths.get(id(host), 'a fused projection')!r} they "
                 f"adapt different parts of the fused projection (output columns {sorted(parts, key=str)}); "
                 f"combine adapters with the same attn_matrices there."
             )
     modes = {c.composition_mode for c in configs}
     if len(modes) > 1:
-        raise ValueError(f"{what} cannot combine LoRA ('add') and (IA)³ ('scale') adapters; {list(adapters)} mix them.")
+        raise AdapterConfigError(f"{what} cannot combine LoRA ('add') and (IA)³ ('scale') adapters; {list(adapters)} mix them.")
     return configs
 
 
@@ -616,7 +616,7 @@ def _single_copy_owners(model, adapters: Sequence[str]) -> dict:
             continue
         present = [n for n in adapters if n in host.modules_to_save]
         if len(present) > 1:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Cannot combine {present}: each has its own copy of module {host.location!r} (modules_to_save), "
                 f"and a weighted combination of replaced modules is not defined. Combine adapters of which at "
                 f"most one keeps a copy of each module."
@@ -635,7 +635,7 @@ def _union_placement(model, template, adapters: Sequence[str]):
     union = [h for h in _lora_hosts(model) if any(name in h.loras for name in adapters)]
     partial = [h for h in union if any(n in h.loras and h.loras[n].out_slices for n in adapters)]
     if partial:
-        raise ValueError(
+        raise AdapterConfigError(
             f"Cannot combine {list(adapters)}: they adapt different layers, and some of them only parts of the "
             f"fused projection {paths[id(partial[0])]!r}, which a placement by module path cannot express. "
             f"Combine adapters placed on the same layers."
@@ -748,17 +748,20 @@ def _checked_weights(weights, what: str) -> list[float]:
 
 def _average_weights(model, names, weights, normalize_weights) -> list[float]:
     if not names:
-        raise ValueError("average_adapter needs at least one adapter to average.")
+        raise AdapterConfigError(f"average_adapter: adapter_list={names!r} is empty; give at least one adapter name to average.")
     _require_adapters(model, names)
     if weights is None:
         return [1.0 / len(names)] * len(names)
     weights = _checked_weights(weights, "average_adapter")
     if len(weights) != len(names):
-        raise ValueError(f"Got {len(weights)} weights for {len(names)} adapters; give one weight per adapter.")
+        raise AdapterConfigError(
+            f"average_adapter: weights={weights!r} has {len(weights)} entries for the {len(names)} adapters {names}; give "
+            f"one weight per adapter."
+        )
     if normalize_weights:
         total = sum(weights)
         if total == 0:
-            raise ValueError(f"The weights {weights} sum to 0 and cannot be normalised; use normalize_weights=False.")
+            raise AdapterConfigError(f"average_adapter: weights={weights!r} sum to 0 and cannot be normalised; use normalize_weights=False.")
         weights = [w / total for w in weights]
     return weights
 
@@ -766,58 +769,68 @@ def _average_weights(model, names, weights, normalize_weights) -> list[float]:
 def _average_config(model, adapter_name, names, strategy, svd_rank, overwrite_ok):
     registry = model.adapters_config
     if strategy not in _AVERAGE_STRATEGIES:
-        raise ValueError(f"Invalid combine_strategy {strategy!r}; use one of {list(_AVERAGE_STRATEGIES)}.")
+        raise AdapterConfigError(f"Invalid combine_strategy={strategy!r}; use one of {list(_AVERAGE_STRATEGIES)}.")
     if adapter_name in names:
-        raise ValueError(f"The new adapter {adapter_name!r} cannot replace one of the adapters it averages.")
+        raise AdapterConfigError(
+            f"average_adapter: adapter_name={adapter_name!r} is one of the adapters it averages ({names}); give the "
+            f"average a new name."
+        )
     if adapter_name in registry.adapters and not overwrite_ok:
-        raise ValueError(f"An adapter named {adapter_name!r} exists already; pass overwrite_ok=True or rename it.")
+        raise AdapterConfigError(f"An adapter named {adapter_name!r} exists already (adapter_name); pass overwrite_ok=True or rename it.")
     config = registry.adapters[names[0]]
     for name in names[1:]:
         if _config_signature(registry.adapters[name]) != _config_signature(config):
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Cannot average adapters with different configurations: {names[0]!r} and {name!r} differ "
                 f"(beyond dropout and initialisation). Averaged adapters must share one config."
             )
     if strategy == "linear":
         if svd_rank is not None:
-            raise ValueError("svd_rank applies to combine_strategy='lora_delta_w_svd' only.")
+            raise AdapterConfigError(
+                f"svd_rank={svd_rank!r} applies to combine_strategy='lora_delta_w_svd' only, not {strategy!r}; leave it None."
+            )
         return config
     lora = _lora_inputs(model, names, f"combine_strategy={strategy!r}")[0]
     if lora.composition_mode != "add":
-        raise ValueError(f"combine_strategy={strategy!r} needs LoRA ('add') adapters; use 'linear' for (IA)³.")
+        raise AdapterConfigError(f"combine_strategy={strategy!r} needs LoRA ('add') adapters; use 'linear' for (IA)³.")
     if strategy == "lora_linear_only_negate_b":
         if svd_rank is not None:
-            raise ValueError("svd_rank applies to combine_strategy='lora_delta_w_svd' only.")
+            raise AdapterConfigError(
+                f"svd_rank={svd_rank!r} applies to combine_strategy='lora_delta_w_svd' only, not {strategy!r}; leave it None."
+            )
         return config
     if not isinstance(svd_rank, int) or svd_rank < 1:
-        raise ValueError(f"combine_strategy='lora_delta_w_svd' needs svd_rank, a positive integer (got {svd_rank!r})")
+        raise AdapterConfigError(f"combine_strategy='lora_delta_w_svd' needs svd_rank, a positive integer (got {svd_rank!r}).")
     return config.replace(r=svd_rank, rank_pattern={})
 
 
 def _check_weighted(model, adapters, weights, adapter_name, combination_type, density, svd_rank) -> str:
     if not adapters:
-        raise ValueError("add_weighted_adapter needs at least one adapter.")
+        raise AdapterConfigError(f"add_weighted_adapter: adapters={adapters!r} is empty; give at least one adapter name.")
     _require_adapters(model, adapters)
     if len(weights) != len(adapters):
-        raise ValueError(f"Got {len(weights)} weights for {len(adapters)} adapters; give one weight per adapter.")
+        raise AdapterConfigError(
+            f"add_weighted_adapter: weights={weights!r} has {len(weights)} entries for the {len(adapters)} adapters "
+            f"{adapters}; give one weight per adapter."
+        )
     if adapter_name in model.adapters_config.adapters:
-        raise ValueError(f"An adapter named {adapter_name!r} exists already; delete it or choose another name.")
+        raise AdapterConfigError(f"An adapter named {adapter_name!r} exists already (adapter_name); delete it or choose another name.")
     if combination_type not in _COMBINATION_TYPES:
-        raise ValueError(f"Invalid combination_type {combination_type!r}; use one of {list(_COMBINATION_TYPES)}.")
+        raise AdapterConfigError(f"Invalid combination_type={combination_type!r}; use one of {list(_COMBINATION_TYPES)}.")
     if len(adapters) == 1:
         combination_type = "linear" if weights[0] >= 0 else "cat"
     if combination_type in _FACTOR_TYPES and any(w < 0 for w in weights):
-        raise ValueError(
+        raise AdapterConfigError(
             f"combination_type={combination_type!r} scales A and B by √(w·s), which needs non-negative weights "
             f"(got {weights}); use 'cat' or 'svd' for negative weights."
         )
     if combination_type.removesuffix("_svd") in _DENSITY_TYPES and (density is None or not 0 <= density <= 1):
-        raise ValueError(
+        raise AdapterConfigError(
             f"combination_type={combination_type!r} needs density, the fraction of entries to keep, in [0, 1] "
             f"(got {density!r})."
         )
     if svd_rank is not None and (not isinstance(svd_rank, int) or svd_rank < 1):
-        raise ValueError(f"svd_rank must be a positive integer, got {svd_rank!r}.")
+        raise AdapterConfigError(f"svd_rank must be a positive integer, got {svd_rank!r}.")
     return combination_type
 
 
@@ -830,7 +843,7 @@ def _result_rank(hosts, adapters, combination_type, svd_rank) -> int:
         return min(svd_rank or max(max(r) for r in ranks), largest_useful)
     unequal = [r for r in ranks if len(set(r)) > 1]
     if unequal:
-        raise ValueError(
+        raise AdapterConfigError(
             f"combination_type={combination_type!r} combines A and B matrices directly and needs equal ranks "
             f"(got ranks {unequal[0]} at one layer); use 'cat' or 'svd'."
         )
@@ -865,7 +878,7 @@ class MergingMixin:
         time) and checked to be finite before any weight is written.
 
         Raises:
-            ValueError: an adapter name is unknown.
+            AdapterConfigError: an adapter name is unknown.
             AdapterMergeError: a restored weight would not be finite (the adapter's parameters were
                 changed to NaN/inf, or an (IA)³ entry to 0, after the merge); the message names the
                 adapter and the module, and no weight was written.
@@ -924,7 +937,7 @@ class MergingMixin:
             The model, now an instance of its original transformers class.
 
         Raises:
-            ValueError: an adapter cannot merge (a bottleneck or other non-LoRA adapter, a gated
+            AdapterConfigError: an adapter cannot merge (a bottleneck or other non-LoRA adapter, a gated
                 LoRA), the active setup contains a Parallel, BatchSplit, Split, Average or Fuse
                 block, an adapter name is unknown. The model is unchanged.
             AdapterMergeError: a merged weight would be NaN/inf, or a layer's weight cannot hold
@@ -1012,7 +1025,7 @@ class MergingMixin:
             svd_rank: the rank for "lora_delta_w_svd" (required there, refused elsewhere).
 
         Raises:
-            ValueError: unknown adapters or strategy, configs that differ (other than in dropout and
+            AdapterConfigError: unknown adapters or strategy, configs that differ (other than in dropout and
                 initialisation), a LoRA strategy for non-LoRA, (IA)³, gated or DoRA adapters,
                 weights that do not fit, a missing ``svd_rank``. The model is unchanged.
 
@@ -1102,7 +1115,7 @@ class MergingMixin:
             majority_sign_method: "total" or "frequency" (TIES' sign election).
 
         Raises:
-            ValueError: unknown adapters or type, an existing ``adapter_name``, non-LoRA, gated or
+            AdapterConfigError: unknown adapters or type, an existing ``adapter_name``, non-LoRA, gated or
                 DoRA inputs, LoRA mixed with (IA)³, unequal ranks for the "linear" family, a
                 negative weight where its square root is taken, a missing ``density``. The model is
                 unchanged.
@@ -1117,7 +1130,7 @@ class MergingMixin:
         combination_type = _check_weighted(self, adapters, weights, adapter_name, combination_type, density, svd_rank)
         configs = _lora_inputs(self, adapters, "add_weighted_adapter")
         if configs[0].composition_mode == "scale" and combination_type != "linear":
-            raise ValueError(
+            raise AdapterConfigError(
                 f"(IA)³ adapters combine with combination_type='linear' only (a weighted sum of their scaling "
                 f"vectors), not {combination_type!r}."
             )

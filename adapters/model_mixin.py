@@ -340,7 +340,10 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             value = kwargs.get(name)
             if isinstance(value, torch.Tensor):
                 return value.shape[0], value.device
-        raise ValueError("Prefix tuning with shift_positions needs input_ids or inputs_embeds.")
+        raise AdapterConfigError(
+            f"Prefix tuning with shift_positions=True numbers positions from the input, but the forward call got none "
+            f"of input_ids / inputs_embeds (arguments: {sorted(kwargs)}); pass input_ids or inputs_embeds."
+        )
 
     @staticmethod
     def _position_ids(kwargs) -> torch.Tensor:
@@ -395,7 +398,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             set_active: make the new adapter the active setup.
 
         Raises:
-            ValueError: the name exists (and not ``overwrite_ok``), the config is unknown or
+            AdapterConfigError: the name exists (and not ``overwrite_ok``), the config is unknown or
                 does not fit the model. The model is left unchanged: whatever the call created
                 (modules, hosts, class swaps, hooks) is removed again, and with ``overwrite_ok``
                 the adapter it would replace stays as it was (the new one is built beside it and
@@ -448,7 +451,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         layer = self.base_model.get_submodule(spec.layers)[0]
         ranges = fused_part_ranges(spec, spec.key, layer.get_submodule(spec.key), self.config)
         if len({size for _, size in ranges.values()}) > 1:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Llama-Adapter is not available for {spec.name} with grouped-query attention: the fused {spec.key} "
                 f"has parts of different sizes ({', '.join(f'{k}: {size}' for k, (_, size) in ranges.items())}). "
                 f"Use prefix tuning, LoRA or bottleneck adapters for this model."
@@ -459,7 +462,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         num_layers = len(layer_configs)
         for part in config.configs_by_architecture():
             if part.architecture not in METHOD_BLOCKS:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"Adapter method {part.architecture!r} is not available in this version; "
                     f"available methods: {', '.join(sorted(METHOD_BLOCKS))}."
                 )
@@ -467,7 +470,8 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             bad_layers = sorted(i for i in leave_out if not 0 <= i < num_layers)
             if bad_layers:
                 raise AdapterConfigError(
-                    f"leave_out {bad_layers} names layers the model does not have; give indices 0 … {num_layers - 1}."
+                    f"leave_out {bad_layers} names layers the model does not have; give indices 0 … {num_layers - 1} (it "
+                    f"has {num_layers} layers)."
                 )
             if leave_out >= set(range(num_layers)):
                 raise AdapterConfigError(
@@ -480,20 +484,20 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                 interface.check_method(part, type(self).__name__)
             refusal = dict(spec.refused_methods).get(part.architecture)
             if refusal is not None:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"{part.architecture} is not available for {spec.name} ({type(self).__name__}): {refusal}. Use "
                     f"another method (bottleneck adapters, LoRA, prefix tuning) for this model."
                 )
             attention_methods = {"prefix_tuning": "Prefix tuning", "adaption_prompt": "Llama-Adapter (adaption prompt)"}
             if part.architecture in attention_methods and not spec.attention_interface:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"{attention_methods[part.architecture]} is not available for {spec.name} ({type(self).__name__}): its "
                     f"attention does not call transformers' attention interface, through which this method enters "
                     f"without copying attention code. Use another method (bottleneck adapters, LoRA, prompt tuning) "
                     f"for this model."
                 )
             if part.architecture == "adaption_prompt" and spec.is_encoder_decoder:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"Llama-Adapter (adaption prompt) is defined for decoder-only models; {spec.name} is an "
                     f"encoder-decoder. Use prefix tuning (it covers encoder, decoder and cross-attention) instead."
                 )
@@ -502,20 +506,20 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                 self._check_fused_kv_parts_equal(spec)
             if part.architecture == "prefix_tuning" and part.shift_positions and spec.is_encoder_decoder:
                 if part.encoder_prefix or part.cross_prefix:
-                    raise ValueError(
+                    raise AdapterConfigError(
                         f"shift_positions=True on {spec.name} describes a prefix fed to the decoder as past keys/values "
                         f"(PEFT's layout): only the decoder's self-attention carries it. Set encoder_prefix=False and "
                         f"cross_prefix=False, or shift_positions=False."
                     )
             elif part.architecture == "prefix_tuning" and part.shift_positions and "position_ids" not in _forward_parameter_names(type(self)):
-                raise ValueError(
+                raise AdapterConfigError(
                     f"shift_positions=True renumbers positions through position_ids, which {type(self).__name__}.forward "
                     f"does not take; use shift_positions=False."
                 )
             if part.architecture == "bottleneck":
                 widths = {c.hidden_size for c in layer_configs}
                 if part.phm_layer and part.shared_W_phm and len(widths) > 1:
-                    raise ValueError(
+                    raise AdapterConfigError(
                         f"Compacter with shared_W_phm=True shares one pair of PHM weights across all layers, but "
                         f"{spec.name}'s layer stacks differ in hidden size ({', '.join(map(str, sorted(widths)))}); use "
                         f"shared_W_phm=False (the default; the shared PHM rules fit every width)."
@@ -524,11 +528,12 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
                     hidden = layer_configs[layer].hidden_size
                     size = int(hidden // part.reduction_factor_for(layer))
                     if size < 1:
-                        raise ValueError(
-                            f"reduction_factor {part.reduction_factor_for(layer)} leaves no bottleneck for hidden size {hidden}."
+                        raise AdapterConfigError(
+                            f"reduction_factor={part.reduction_factor_for(layer)!r} leaves no bottleneck for hidden size "
+                            f"{hidden} (layer {layer}); use a reduction_factor of at most {hidden}."
                         )
                     if part.phm_layer and (hidden % part.phm_dim or size % part.phm_dim):
-                        raise ValueError(
+                        raise AdapterConfigError(
                             f"Compacter needs phm_dim={part.phm_dim} to divide the hidden size ({hidden}) and the "
                             f"bottleneck size ({size}); pick another phm_dim or reduction_factor."
                         )
@@ -611,7 +616,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         token_embeddings = self.get_input_embeddings()
         if not isinstance(token_embeddings, nn.Embedding):  # ViT: patch embeddings, no vocabulary
             if config.prompt_init == "from_string":
-                raise ValueError(
+                raise AdapterConfigError(
                     f"prompt_init='from_string' copies token embeddings, but {type(self).__name__} embeds "
                     f"{type(token_embeddings).__name__} inputs, not tokens; use prompt_init='random_uniform'."
                 )
@@ -623,13 +628,15 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             try:
                 tokenizer = AutoTokenizer.from_pretrained(source)
             except Exception as error:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"prompt_init='from_string' needs a tokenizer for prompt_init_text, but {source!r} could not be "
                     f"loaded ({type(error).__name__}); set tokenizer_name_or_path in the PromptTuningConfig."
                 ) from error
             init_ids = tokenizer(config.prompt_init_text, add_special_tokens=False)["input_ids"]
             if not init_ids:
-                raise ValueError(f"prompt_init_text {config.prompt_init_text!r} tokenizes to no tokens.")
+                raise AdapterConfigError(
+                    f"prompt_init_text={config.prompt_init_text!r} tokenizes to no tokens; give a text of at least one token."
+                )
         pool = install_prompt_tuning(self)
         seed = config.init_weights_seed
         with torch.random.fork_rng(enabled=seed is not None):
@@ -646,7 +653,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         becomes ``flat=True`` (saved checkpoints load as flat prefixes).
 
         Raises:
-            ValueError: no adapter of that name, or it has no prefix tuning.
+            AdapterConfigError: no adapter of that name, or it has no prefix tuning.
 
         Example::
 
@@ -656,7 +663,10 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         self._require_adapter(name)
         pool = self.base_model._modules.get("prefix_tuning")
         if pool is None or name not in pool.prefix_tunings:
-            raise ValueError(f"Adapter {name!r} has no prefix tuning to eject.")
+            raise AdapterConfigError(
+                f"Adapter {name!r} has no prefix tuning to eject; eject_prefix_tuning takes a prefix-tuning adapter "
+                f"(this model's: {sorted(pool.prefix_tunings) if pool is not None else []})."
+            )
         pool.eject(name)
         registry = self.adapters_config
         config = registry.adapters[name]
@@ -681,7 +691,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         for target in targets:
             inside = [p for p in saved if target.path.startswith(p + ".")]
             if inside:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"Module {target.path!r} lies inside {inside[0]!r}, of which adapters keep their own copies "
                     f"(modules_to_save); an adapter there would be missing from those copies. Exclude it "
                     f"(exclude_modules)."
@@ -724,7 +734,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         found = [p for p in modules if matches_modules(p, module_names)]
         found = [p for p in found if not any(p.startswith(q + ".") for q in found)]  # outermost only
         if not found:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"modules_to_save={list(module_names)!r} matches no module of this model. Closest module names: "
                 f"{', '.join(closest_names(' '.join(module_names), modules))}."
             )
@@ -735,13 +745,13 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             module = modules[path]
             hosts = [sub for sub in module.modules() if isinstance(sub, ComposableLayer) and not isinstance(sub, SavedModuleHost)]
             if hosts:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"modules_to_save: {path!r} already hosts adapters (e.g. {type(hosts[0]).__name__}); a copy "
                     f"cannot carry them. Leave {path!r} out of target_modules, or out of modules_to_save."
                 )
             tied = [n for n, p in module.named_parameters() if id(p) in outside]
             if tied:
-                raise ValueError(
+                raise AdapterConfigError(
                     f"modules_to_save: {path}.{tied[0]} is shared with another module (tied weights, e.g. tied "
                     f"input embeddings and LM head); a separate copy would untie them. Train it with the base "
                     f"model instead, or untie the weights first."
@@ -825,7 +835,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _loftq_initialise(host, lora, loftq) -> None:
         """Replace the host's weight by its quantised version and fit A, B to the residual."""
         if lora.out_index is not None:
-            raise ValueError(
+            raise AdapterConfigError(
                 "init_weights='loftq' initialises a LoRA over a whole weight; this adapter covers only some parts "
                 "of a fused projection (e.g. q and v of GPT-2's c_attn). Target the whole module "
                 "(target_modules=['c_attn']) or use another init."
@@ -879,7 +889,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         Raises:
             AdapterMergeError: a check above failed; the message names the adapter, the module and
                 the parameter. No weight was written.
-            ValueError: the adapter is not a LoRA-family adapter, is gated (the gate depends on
+            AdapterConfigError: the adapter is not a LoRA-family adapter, is gated (the gate depends on
                 the input, so there is no single merged weight), or is merged already.
 
         Example::
@@ -1024,7 +1034,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         for adapter in names:
             self._require_adapter(adapter)
             if self.adapters_config.adapters[adapter].architecture not in ("bottleneck", "union"):
-                raise ValueError(
+                raise AdapterConfigError(
                     f"Cannot fuse adapter {adapter!r}: its method {self.adapters_config.adapters[adapter].architecture} "
                     f"has no fusion; AdapterFusion combines bottleneck adapters."
                 )

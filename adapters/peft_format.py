@@ -290,7 +290,8 @@ def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
     groups of four per decoder layer).
 
     Raises:
-        ValueError: the checkpoint's sizes or layout do not fit ``model`` (the message says which).
+        AdapterConfigError: the checkpoint's sizes or layout do not fit ``model`` (the message says
+            which; :func:`~adapters.loading.load_adapter` raises it as an AdapterLoadError naming the file).
 
     Example::
 
@@ -301,12 +302,12 @@ def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
     spec = model.__dict__["_adapters_spec"]
     submodules = _peft_submodules(meta)
     if spec.is_encoder_decoder and submodules != 2:
-        raise ValueError(
+        raise AdapterConfigError(
             f"PEFT prefix with num_transformer_submodules={submodules} on the encoder-decoder {spec.name}: PEFT builds "
             f"the decoder's cache correctly only with 2 (task_type='SEQ_2_SEQ_LM')."
         )
     if not spec.is_encoder_decoder and submodules != 1:
-        raise ValueError(
+        raise AdapterConfigError(
             f"PEFT prefix with num_transformer_submodules={submodules} is for encoder-decoder models; {spec.name} has "
             f"one stack of layers (1)."
         )
@@ -314,21 +315,24 @@ def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
     length, peft_layers = int(meta["num_virtual_tokens"]), int(meta["num_layers"])
     heads, token_dim = int(meta["num_attention_heads"]), int(meta["token_dim"])
     if heads != shape.n_heads or token_dim != shape.n_heads * shape.head_dim:
-        raise ValueError(
+        raise AdapterConfigError(
             f"PEFT prefix for {heads} key/value heads of size {token_dim // max(heads, 1)} (num_attention_heads={heads}, "
             f"token_dim={token_dim}), but this model's attention has {shape.n_heads} of size {shape.head_dim}."
         )
     if tuple(prompt.shape) != (length, peft_layers * 2 * token_dim):
-        raise ValueError(
+        raise AdapterConfigError(
             f"PEFT prompt_embeddings has shape {tuple(prompt.shape)}, expected {(length, peft_layers * 2 * token_dim)} "
             f"(num_virtual_tokens, num_layers·2·token_dim)."
         )
     if not spec.is_encoder_decoder:
         if peft_layers != shape.n_layers:
-            raise ValueError(f"PEFT prefix for num_layers={peft_layers}, but this model has {shape.n_layers} layers.")
+            raise AdapterConfigError(
+                f"PEFT prefix for num_layers={peft_layers}, but this model has {shape.n_layers} layers; it loads into a "
+                f"model with {peft_layers} layers only."
+            )
         return prompt
     if shape.n_layers > peft_layers:
-        raise ValueError(
+        raise AdapterConfigError(
             f"PEFT prefix for num_layers={peft_layers}, but this model's decoder has {shape.n_layers} layers (PEFT's "
             f"cache would miss the last ones)."
         )
@@ -398,13 +402,13 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         return peft_weight_transform_checkpoint(model, name, transforms[0])
     parts = [p for p in config.configs_by_architecture() if p.architecture == "lora"]
     if len(parts) != 1 or len(config.configs_by_architecture()) != 1:
-        raise ValueError(
+        raise AdapterConfigError(
             f"Adapter {name!r} is not a single LoRA-family, weight-transform, prefix-tuning or Llama-Adapter adapter; "
             f"only those can be written in PEFT's format."
         )
     part = parts[0]
     if part.use_gating:
-        raise ValueError(f"Adapter {name!r} is gated; PEFT has no gated LoRA, so it cannot be written in PEFT's format.")
+        raise AdapterConfigError(f"Adapter {name!r} is gated; PEFT has no gated LoRA, so it cannot be written in PEFT's format.")
     top_prefix = "" if model.base_model is model else model.base_model_prefix + "."
     paths = {id(m): top_prefix + p for p, m in model.base_model.named_modules()}
     hosts = [h for h in model._adapter_hosts if h.method == "lora" and name in h.loras]
@@ -469,7 +473,7 @@ PEFT_ADAPTION_PROMPT_MODEL_TYPES = ("llama", "mistral")
 
 
 def check_peft_adaption_prompt_model(model) -> None:
-    """Raise a ValueError unless PEFT's adaption prompt computes on ``model`` what ours does.
+    """Raise an AdapterConfigError unless PEFT's adaption prompt computes on ``model`` what ours does.
 
     Example::
 
@@ -482,7 +486,7 @@ def check_peft_adaption_prompt_model(model) -> None:
             if model_type == "gpt2"
             else "PEFT has no adaption prompt for it"
         )
-        raise ValueError(
+        raise AdapterConfigError(
             f"Adaption prompts in PEFT's format are exchanged for {', '.join(PEFT_ADAPTION_PROMPT_MODEL_TYPES)} models only, "
             f"not {model_type!r}: {reason}. Use the AdapterHub-style format (format='adapterhub') instead."
         )
@@ -553,7 +557,7 @@ def _prefix_checkpoint(model, name: str, config: PrefixTuningConfig) -> tuple[di
             "prefix_length on; use shift_positions=True)"
         )
     if problems:
-        raise ValueError(f"Prefix adapter {name!r} cannot be written in PEFT's format: {'; '.join(problems)}.")
+        raise AdapterConfigError(f"Prefix adapter {name!r} cannot be written in PEFT's format: {'; '.join(problems)}.")
     group = model.base_model.prefix_tuning.prefix_tunings[name]
     shape = group["self_prefix"].shape
     length, token_dim = config.prefix_length, shape.n_heads * shape.head_dim

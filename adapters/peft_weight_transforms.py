@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 from .configuration.weight_transforms import AdaLoRAConfig, HRAConfig, LoHaConfig, LoKrConfig, OFTConfig
+from .errors import AdapterConfigError
 
 __all__ = ["PEFT_TYPES", "config_from_peft_meta", "convert_peft_key", "peft_weight_transform_checkpoint"]
 
@@ -42,9 +43,9 @@ def config_from_peft_meta(meta: dict, targeting: dict):
     """
     peft_type = meta["peft_type"]
     if meta.get("bias", "none") not in ("none", None):
-        raise ValueError(f"PEFT field bias={meta['bias']!r} is not supported for {peft_type} in this version (only 'none').")
+        raise AdapterConfigError(f"PEFT field bias={meta['bias']!r} is not supported for {peft_type} in this version (only 'none').")
     if meta.get("use_effective_conv2d"):
-        raise ValueError("PEFT field use_effective_conv2d=True applies to convolutions, which this version does not adapt.")
+        raise AdapterConfigError("PEFT field use_effective_conv2d=True applies to convolutions, which this version does not adapt.")
     if peft_type in ("LOHA", "LOKR"):
         fields = dict(
             r=meta.get("r", 8), alpha=meta.get("alpha", 8), rank_dropout=meta.get("rank_dropout") or 0.0,
@@ -59,7 +60,7 @@ def config_from_peft_meta(meta: dict, targeting: dict):
         )
     if peft_type == "OFT":
         if "oft_block_size" not in meta:
-            raise ValueError("This OFT checkpoint predates PEFT 0.14 (no oft_block_size); retrain it with a newer PEFT.")
+            raise AdapterConfigError("This OFT checkpoint predates PEFT 0.14 (no oft_block_size); retrain it with a newer PEFT.")
         return OFTConfig(
             r=meta.get("r", 0), oft_block_size=meta.get("oft_block_size", 32), module_dropout=meta.get("module_dropout") or 0.0,
             coft=bool(meta.get("coft")), eps=meta.get("eps", 6e-5), block_share=bool(meta.get("block_share")),
@@ -76,7 +77,7 @@ def config_from_peft_meta(meta: dict, targeting: dict):
             beta1=meta.get("beta1", 0.85), beta2=meta.get("beta2", 0.85), orth_reg_weight=meta.get("orth_reg_weight", 0.5),
             total_step=meta.get("total_step"), rank_pattern=meta.get("rank_pattern"), **targeting,
         )
-    raise ValueError(f"PEFT method {peft_type!r} is not a weight-transform method.")
+    raise AdapterConfigError(f"PEFT method {peft_type!r} is not a weight-transform method ({', '.join(PEFT_TYPES)} are).")
 
 
 def convert_peft_key(key: str, name: str):
@@ -102,7 +103,7 @@ def peft_weight_transform_checkpoint(model, name: str, part) -> tuple[dict, dict
     """``(adapter_config, weights)`` in PEFT's layout for weight-transform adapter ``name``.
 
     Raises:
-        ValueError: the adapter sits where PEFT cannot load it (Conv1D layers for LoHa, LoKr, OFT
+        AdapterConfigError: the adapter sits where PEFT cannot load it (Conv1D layers for LoHa, LoKr, OFT
             and HRA; some parts of a fused projection).
 
     Example::
@@ -117,12 +118,12 @@ def peft_weight_transform_checkpoint(model, name: str, part) -> tuple[dict, dict
     for host in hosts:
         adapter, path = host.loras[name], paths[id(host)]
         if adapter.out_index is not None:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Adapter {name!r} covers only some parts of the fused projection {path!r}; PEFT adapts whole modules, "
                 f"so it cannot be written in PEFT's format. Target whole modules (target_modules=[...]) instead."
             )
         if host.fan_in_fan_out and method != "adalora":
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Adapter {name!r} adapts the Conv1D layer {path!r} (GPT-2); PEFT's {_ARCHITECTURE_TO_PEFT[method]} "
                 f"supports nn.Linear layers only, so it cannot be written in PEFT's format."
             )

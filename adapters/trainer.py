@@ -42,6 +42,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from . import logging
+from .errors import AdapterConfigError, AdapterLoadError
 from .model_mixin import ModelAdaptersMixin
 
 logger = logging.get_logger(__name__)
@@ -60,7 +61,7 @@ class AdapterTrainer(Trainer):
     before creating the trainer; all other arguments are ``Trainer``'s.
 
     Raises:
-        ValueError: the model is not an adapters model (call ``adapters.init(model)``), or it has
+        AdapterConfigError: the model is not an adapters model (call ``adapters.init(model)``), or it has
             no active adapter setup (call ``model.train_adapter(...)`` first), or DeepSpeed /
             FSDP is enabled.
 
@@ -81,20 +82,20 @@ class AdapterTrainer(Trainer):
 
     def __init__(self, model: Optional[nn.Module] = None, args=None, *pargs, **kwargs):
         if model is None:
-            raise ValueError("AdapterTrainer needs a model: pass model=... (model_init is not supported).")
+            raise AdapterConfigError("AdapterTrainer needs a model, got model=None: pass model=... (model_init is not supported).")
         if not isinstance(model, ModelAdaptersMixin):
-            raise ValueError(
+            raise AdapterConfigError(
                 f"AdapterTrainer needs an adapters model, got {type(model).__name__}: call adapters.init(model) "
                 f"(or use AutoAdapterModel), add adapters and call model.train_adapter(...) first."
             )
         if model.active_adapters is None:
-            raise ValueError(
+            raise AdapterConfigError(
                 "The model has no active adapter setup: call model.train_adapter('name') (or train_adapter_fusion) "
                 "before creating the AdapterTrainer. To train the whole model, use transformers.Trainer."
             )
         super().__init__(model, args, *pargs, **kwargs)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
+            raise AdapterConfigError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
 
     # -- the loss ------------------------------------------------------------------------------------
     @property
@@ -199,7 +200,7 @@ def _checkpoint_entries(folder: str) -> tuple[dict, dict]:
 def _check_same_names(kind: str, in_model, in_checkpoint, folder: str) -> None:
     lacking, extra = sorted(set(in_model) - set(in_checkpoint)), sorted(set(in_checkpoint) - set(in_model))
     if lacking or extra:
-        raise ValueError(
+        raise AdapterLoadError(
             f"{folder} does not match the model's {kind}s: the model has {sorted(in_model)}, the checkpoint "
             f"{sorted(in_checkpoint)}. Build the model with the same {kind}s (add_adapter / add_adapter_fusion "
             f"with the same configs) before resuming or loading the best checkpoint."
@@ -233,10 +234,10 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str, allow_non_fi
     )
 
     if not folder or not os.path.isdir(folder):
-        raise ValueError(f"Can't find an adapter checkpoint at {folder!r}: it is not a folder.")
+        raise AdapterLoadError(f"Can't find an adapter checkpoint at {folder!r}: it is not a folder.")
     adapter_folders, fusion_folders = _checkpoint_entries(folder)
     if not adapter_folders:
-        raise ValueError(
+        raise AdapterLoadError(
             f"{folder} holds no adapter folders (<name>/adapter_config.json): it was not written by AdapterTrainer."
         )
     registry = model.adapters_config
@@ -284,7 +285,7 @@ class AdaLoraCallback(TrainerCallback):
         """The Trainer's hook after each optimizer step: the budget step for ``state.global_step``.
 
         Raises:
-            ValueError: the Trainer's model is not an adapters model with AdaLoRA support.
+            AdapterConfigError: the Trainer's model is not an adapters model with AdaLoRA support.
 
         Example::
 
@@ -293,6 +294,9 @@ class AdaLoraCallback(TrainerCallback):
         """
         model = getattr(model, "module", model)
         if model is None or not hasattr(model, "update_and_allocate"):
-            raise ValueError("AdaLoraCallback needs the Trainer's model to be an adapters model with an AdaLoRA adapter.")
+            raise AdapterConfigError(
+                f"AdaLoraCallback needs the Trainer's model to be an adapters model with an AdaLoRA adapter, got "
+                f"{type(model).__name__}."
+            )
         model.update_and_allocate(state.global_step, adapter_name=self.adapter_name)
         return control

@@ -128,7 +128,7 @@ def test_invalid_bottleneck_configs(kwargs, message):
 
 
 def test_reduction_factor_mapping_needs_a_default():
-    with pytest.raises(KeyError, match="no entry for layer 3 and no 'default'"):
+    with pytest.raises(adapters.AdapterConfigError, match="no entry for layer 3 and no 'default'"):
         BnConfig(reduction_factor={"0": 2}).reduction_factor_for(3)
 
 

@@ -221,8 +221,8 @@ class BnConfig(AdapterConfig):
                 return factor[str(layer_idx)]
             if "default" in factor:
                 return factor["default"]
-            raise KeyError(
-                f"reduction_factor {factor} has no entry for layer {layer_idx} and no 'default'; "
+            raise AdapterConfigError(
+                f"reduction_factor={dict(factor)!r} has no entry for layer {layer_idx} and no 'default'; "
                 f"add a default like {{'default': 16}}."
             )
         return factor

@@ -26,6 +26,7 @@ from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
 from ..compat import CACHE_NAME
+from ..errors import AdapterConfigError
 
 __all__ = ["PredictionHead", "MultiHeadOutput", "register_custom_head", "HEAD_TYPES", "head_class"]
 
@@ -56,7 +57,7 @@ def register_custom_head(identifier: str, head_class: type) -> None:
     and are rebuilt from ``head_config.json`` / ``config.json`` when loaded.
 
     Raises:
-        ValueError: ``identifier`` names a built-in head type.
+        AdapterConfigError: ``identifier`` names a built-in head type.
 
     Example::
 
@@ -70,15 +71,15 @@ def register_custom_head(identifier: str, head_class: type) -> None:
         >>> model.add_custom_head("mean_pool", "sentiment", num_labels=3)
     """
     if identifier in HEAD_TYPES and identifier not in CUSTOM_HEAD_TYPES:
-        raise ValueError(f"{identifier!r} is a built-in head type; register the custom head under another name.")
+        raise AdapterConfigError(f"{identifier!r} is a built-in head type; register the custom head under another name.")
     HEAD_TYPES[identifier] = head_class
     CUSTOM_HEAD_TYPES.add(identifier)
 
 
 def head_class(head_type: str) -> type:
-    """The class registered for ``head_type``, or a ValueError listing the known ones."""
+    """The class registered for ``head_type``, or an AdapterConfigError listing the known ones."""
     if head_type not in HEAD_TYPES:
-        raise ValueError(
+        raise AdapterConfigError(
             f"Unknown head type {head_type!r}; known head types: {', '.join(sorted(HEAD_TYPES))}. "
             f"Register a custom head with adapters.register_custom_head({head_type!r}, HeadClass) first."
         )
@@ -143,7 +144,7 @@ def activation(name: Optional[str]) -> Optional[nn.Module]:
     if not name:
         return None
     if name not in ACT2FN:
-        raise ValueError(f"Unknown activation_function {name!r}; use one of {', '.join(sorted(ACT2FN))}.")
+        raise AdapterConfigError(f"Unknown activation_function {name!r}; use one of {', '.join(sorted(ACT2FN))}.")
     return ACT2FN[name]
 
 
@@ -196,9 +197,9 @@ class PredictionHead(nn.Sequential):
         """
         layers, hidden = self.config["layers"], hidden or model.config.hidden_size
         if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"A head needs layers >= 1, got {layers!r}.")
+            raise AdapterConfigError(f"A head needs layers >= 1, got {layers!r}.")
         if num_outputs is not None and (not isinstance(num_outputs, int) or num_outputs < 1):
-            raise ValueError(f"A head needs at least one output, got {num_outputs!r}.")
+            raise AdapterConfigError(f"A head needs at least one output, got {num_outputs!r}.")
         act_name = self.config.get("activation_function")
         activation(act_name)  # validate before building anything
         dropout = model_dropout(model.config, self.config)

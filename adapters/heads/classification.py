@@ -27,6 +27,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from ..errors import AdapterConfigError
 from .base import PredictionHead, register_head_type
 
 __all__ = [
@@ -73,7 +74,7 @@ def _pooled(head: PredictionHead, outputs, cls_output, kwargs) -> torch.Tensor:
     if head.config.get("use_pooler"):
         pooled = kwargs.get("pooled_output")
         if pooled is None:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Head {head.name!r} has use_pooler=True but the base model returned no pooler output "
                 f"(it has no pooler); add the head with use_pooler=False."
             )
@@ -178,7 +179,7 @@ class MultipleChoiceHead(PredictionHead):
             },
         )
         if not isinstance(num_choices, int) or num_choices < 1:
-            raise ValueError(f"A multiple choice head needs num_choices >= 1, got {num_choices!r}.")
+            raise AdapterConfigError(f"A multiple choice head needs num_choices >= 1, got {num_choices!r}.")
         self.build_mlp(model, 1)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
@@ -255,7 +256,7 @@ class QuestionAnsweringHead(_PerTokenHead):
 
     def __init__(self, model, head_name: str, num_labels: int = 2, **kwargs):
         if num_labels != 2:
-            raise ValueError(f"A question answering head predicts start and end: num_labels must be 2, got {num_labels!r}.")
+            raise AdapterConfigError(f"A question answering head predicts start and end: num_labels must be 2, got {num_labels!r}.")
         super().__init__(model, head_name, num_labels, **kwargs)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from ..errors import AdapterConfigError
 from .base import PredictionHead, register_head_type
 from .classification import _label2id, _pooled, _with_base_outputs, classification_loss
 
@@ -67,9 +68,11 @@ class ImageClassificationHead(PredictionHead):
         pooling: str = "cls",
     ):
         if pooling not in _POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(_POOLINGS)}, got {pooling!r}.")
+            raise AdapterConfigError(f"pooling must be one of {', '.join(_POOLINGS)}, got {pooling!r}.")
         if use_pooler and pooling != "cls":
-            raise ValueError("use_pooler=True reads the pooler output; it cannot be combined with pooling='mean_patches'.")
+            raise AdapterConfigError(
+                f"use_pooler=True reads the pooler output; it cannot be combined with pooling={pooling!r} (use pooling='cls')."
+            )
         labels = num_labels if isinstance(num_labels, int) else 0
         super().__init__(
             head_name,

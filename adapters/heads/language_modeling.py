@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput, Seq2SeqLMOutput
 
+from ..errors import AdapterConfigError
 from .base import PredictionHead, activation, register_head_type
 
 __all__ = ["CausalLMHead", "MaskedLMHead", "Seq2SeqLMHead"]
@@ -70,7 +71,7 @@ class CausalLMHead(PredictionHead):
             # Gemma 2 soft-caps its final logits (config.final_logit_softcapping): so does its LM head here
             logit_softcapping = getattr(config, "final_logit_softcapping", None)
         if logit_softcapping is not None and (not isinstance(logit_softcapping, (int, float)) or logit_softcapping < 0):
-            raise ValueError(f"logit_softcapping must be a positive number (0: off), got {logit_softcapping!r}.")
+            raise AdapterConfigError(f"logit_softcapping must be a positive number (0: off), got {logit_softcapping!r}.")
         super().__init__(
             head_name,
             {
@@ -92,7 +93,7 @@ class CausalLMHead(PredictionHead):
         hidden, layers = model.config.hidden_size, self.config["layers"]
         size = self.config.get("embedding_size") or hidden  # AdapterHub's seq2seq head has no embedding_size
         if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"An LM head needs layers >= 1, got {layers!r}.")
+            raise AdapterConfigError(f"An LM head needs layers >= 1, got {layers!r}.")
         act_name = self.config.get("activation_function")
         activation(act_name)
         eps = getattr(model.config, "layer_norm_eps", None) or getattr(model.config, "rms_norm_eps", None) or 1e-12

@@ -33,6 +33,7 @@ from .. import logging
 from ..compat import CACHE_NAME, returned_cache
 from ..composition import BatchSplit, Parallel, Stack
 from ..context import AdapterSetup, ForwardContext
+from ..errors import AdapterConfigError, AdapterError, CompositionError
 from ..methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
 from .base import CUSTOM_HEAD_TYPES, HEAD_TYPES, MultiHeadOutput, PredictionHead, head_class, register_custom_head
 
@@ -74,7 +75,10 @@ def _split_rows(value, parts: list[int], total: int):
     ``parts`` (rows per example may be more than one: multiple-choice flattening)."""
     rows = value.shape[0]
     if rows % total:
-        raise ValueError(f"Cannot split {rows} rows into parts of sizes {parts}.")
+        raise CompositionError(
+            f"A head input of {rows} rows cannot be cut into parts of sizes {parts} (one part per active head); "
+            f"give every batched input a multiple of {total} rows."
+        )
     scale = rows // total
     pieces, start = [], 0
     for size in parts:
@@ -135,10 +139,10 @@ class FlexibleHeadsMixin:
             return None
         names = [heads] if isinstance(heads, str) else list(heads)
         if not all(isinstance(n, str) for n in names):
-            raise ValueError(f"A head setup is a head name, a list of names or a BatchSplit of names; got {heads!r}.")
+            raise AdapterConfigError(f"A head setup is a head name, a list of names or a BatchSplit of names; got {heads!r}.")
         unknown = [n for n in names if n not in self.heads]
         if unknown:
-            raise ValueError(f"No head named {unknown[0]!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+            raise AdapterConfigError(f"No head named {unknown[0]!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
         return heads if isinstance(heads, BatchSplit) else names
 
     def _heads_follow_setup(self, setup) -> None:
@@ -153,7 +157,7 @@ class FlexibleHeadsMixin:
     def _check_head_type(self, head_type: str) -> None:
         builtin = head_type in HEAD_TYPES and head_type not in CUSTOM_HEAD_TYPES
         if builtin and head_type not in self.head_types:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"{type(self).__name__} ({self.config.model_type}) does not support {head_type!r} heads; "
                 f"it supports: {', '.join(self.head_types)}."
             )
@@ -163,7 +167,7 @@ class FlexibleHeadsMixin:
 
         check_name(head_name, kind="head", argument="head_name")  # names are never paths
         if head_name in self.heads and not overwrite_ok:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"A head named {head_name!r} exists already; pass overwrite_ok=True to replace it or choose another name."
             )
 
@@ -171,7 +175,7 @@ class FlexibleHeadsMixin:
         """Check the name (and a requested pooler), build the head and add it: the ``add_*_head`` methods."""
         self._check_new_head(head_name, overwrite_ok)
         if kwargs.get("use_pooler") and not self._has_pooler():
-            raise ValueError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
+            raise AdapterConfigError(f"{type(self).__name__} has no pooler; add the head with use_pooler=False.")
         self.add_prediction_head(self._build_head(head_type, head_name, **kwargs), overwrite_ok=overwrite_ok, set_active=set_active)
 
     def _has_pooler(self) -> bool:
@@ -185,8 +189,10 @@ class FlexibleHeadsMixin:
         reference = next(self.base_model.parameters())
         try:
             head = cls(self, head_name, **kwargs)
+        except AdapterError:  # the head refused an argument (message names it): as it is
+            raise
         except TypeError as error:
-            raise ValueError(f"Invalid arguments for a {head_type!r} head: {error}.") from error
+            raise AdapterConfigError(f"Invalid arguments for a {head_type!r} head: {error}.") from error
         head.config["head_type"] = head_type  # also for a built-in class registered under a custom name
         if isinstance(head, PredictionHead):
             head.init_weights(self)
@@ -204,7 +210,10 @@ class FlexibleHeadsMixin:
         """
         self._check_new_head(head.name, overwrite_ok)
         if getattr(head, "config", None) is None or "head_type" not in head.config:
-            raise ValueError("A prediction head needs a config dict with a 'head_type' (see PredictionHead).")
+            raise AdapterConfigError(
+                f"A prediction head needs a config dict with a 'head_type' (see PredictionHead); head {head.name!r} has "
+                f"config={getattr(head, 'config', None)!r}."
+            )
         self.heads[head.name] = head
         self._tie_head(head)
         output = head.get_output_embeddings() if hasattr(head, "get_output_embeddings") else None
@@ -245,7 +254,7 @@ class FlexibleHeadsMixin:
         BCE loss) and make it active.
 
         Raises:
-            ValueError: the name exists (and not ``overwrite_ok``), or the arguments do not fit
+            AdapterConfigError: the name exists (and not ``overwrite_ok``), or the arguments do not fit
                 (``num_labels < 1``, unknown activation, ``use_pooler`` on a model without pooler).
                 The model is left unchanged.
 
@@ -402,7 +411,7 @@ class FlexibleHeadsMixin:
         shifted right, as in transformers.
 
         Raises:
-            ValueError: the model is not an encoder-decoder, the name exists (and not
+            AdapterConfigError: the model is not an encoder-decoder, the name exists (and not
                 ``overwrite_ok``), or ``layers < 1``. The model is left unchanged.
 
         Example::
@@ -429,7 +438,7 @@ class FlexibleHeadsMixin:
         """Add a head of a registered custom type (``head_class(model, head_name, **kwargs)``).
 
         Raises:
-            ValueError: ``head_type`` is not registered (register it with
+            AdapterConfigError: ``head_type`` is not registered (register it with
                 :func:`adapters.register_custom_head`), or the name exists.
 
         Example::
@@ -450,7 +459,7 @@ class FlexibleHeadsMixin:
             >>> model.delete_head("sentiment")
         """
         if head_name not in self.heads:
-            raise ValueError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+            raise AdapterConfigError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
         removed = set(map(id, self.heads[head_name].modules()))
         self._adapter_hosts[:] = [host for host in self._adapter_hosts if id(host) not in removed]
         del self.heads[head_name]
@@ -571,8 +580,8 @@ class FlexibleHeadsMixin:
         ``Parallel`` and ``BatchSplit``.
 
         Raises:
-            ValueError: an unknown head, or as many Parallel branches as neither one head nor
-                one head per branch.
+            AdapterConfigError: an unknown head.
+            CompositionError: as many Parallel branches as neither one head nor one head per branch.
 
         Example::
 
@@ -588,7 +597,7 @@ class FlexibleHeadsMixin:
             if len(heads) == 1:
                 heads = list(heads) * channels
             elif len(heads) != channels:
-                raise ValueError(
+                raise CompositionError(
                     f"The active setup runs {channels} Parallel branches but {len(heads)} heads are active ({list(heads)}); "
                     f"activate one head, or one per branch."
                 )
@@ -605,7 +614,10 @@ class FlexibleHeadsMixin:
         total = sum(sizes)
         rows = outputs[0].shape[0]
         if rows % total:
-            raise ValueError(f"The batch of {rows} rows cannot be split into parts of sizes {sizes}.")
+            raise CompositionError(
+                f"The batch of {rows} rows cannot be split into parts of sizes {sizes} (one part per active head); "
+                f"give a batch of a multiple of {total} rows."
+            )
 
         def split(value):
             if isinstance(value, torch.Tensor) and value.dim() > 0:
@@ -633,7 +645,7 @@ class FlexibleHeadsMixin:
         """
         name = head_name or self.active_head
         if not isinstance(name, str) or name not in self.heads:
-            raise ValueError(f"No head named {name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+            raise AdapterConfigError(f"No head named {name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
         label2id = self.heads[name].config.get("label2id")
         return {index: label for label, index in label2id.items()} if label2id else None
 
@@ -665,7 +677,7 @@ class FlexibleHeadsMixin:
 
         head_name = head_name or self.active_head
         if not isinstance(head_name, str) or head_name not in self.heads:
-            raise ValueError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
+            raise AdapterConfigError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
         with _CheckpointFiles(save_directory) as files:
             self._stage_head(files, head_name, use_safetensors)
         logger.info(f"Saved head {head_name!r} to {save_directory}.")

@@ -22,6 +22,7 @@ from typing import Optional
 
 from torch import nn
 
+from ..errors import AdapterConfigError
 from .base import PredictionHead, activation, model_dropout
 from .classification import ClassificationHead, MultiLabelClassificationHead, TaggingHead, _label2id
 from .language_modeling import MaskedLMHead
@@ -57,7 +58,7 @@ class _TransformedOutputHead:
 
     def _build_transformed(self, model, num_outputs) -> None:
         if not isinstance(num_outputs, int) or num_outputs < 1:
-            raise ValueError(f"A head needs at least one output, got {num_outputs!r}.")
+            raise AdapterConfigError(f"A head needs at least one output, got {num_outputs!r}.")
         c = self.config
         modules = _transform(model, c["bias"], c["activation_function"], c["norm_bias"], c["norm_eps"])
         modules += [nn.Dropout(model_dropout(model.config, c)), nn.Linear(model.config.hidden_size, num_outputs)]
@@ -93,11 +94,11 @@ class ModernBertClassificationHead(_TransformedOutputHead, ClassificationHead):
     ):
         pooling = pooling or getattr(model.config, "classifier_pooling", "cls")
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
+            raise AdapterConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
         if use_pooler:
-            raise ValueError("ModernBERT has no pooler; its classification head pools with pooling='cls' or 'mean'.")
+            raise AdapterConfigError("ModernBERT has no pooler; its classification head pools with pooling='cls' or 'mean'.")
         if layers != 2:
-            raise ValueError(f"ModernBERT's classification head has 2 layers (prediction head, classifier); got layers={layers!r}.")
+            raise AdapterConfigError(f"ModernBERT's classification head has 2 layers (prediction head, classifier); got layers={layers!r}.")
         PredictionHead.__init__(self, head_name, {
             "num_labels": num_labels,
             "layers": 2,
@@ -186,7 +187,10 @@ class ModernBertMaskedLMHead(MaskedLMHead):
     ):
         unknown = set(kwargs) - {"embedding_size", "layers", "layer_norm", "shift_labels", "dropout_prob", "logit_softcapping"}
         if unknown:
-            raise TypeError(f"unexpected arguments {sorted(unknown)}")
+            raise AdapterConfigError(
+                f"Invalid arguments for a ModernBERT masked LM head: unexpected {sorted(unknown)}; it takes vocab_size, "
+                f"activation_function, bias, transform_bias, norm_bias and norm_eps."
+            )
         settings = _head_settings(model, activation_function, transform_bias, norm_bias, norm_eps)
         decoder_bias = bool(getattr(model.config, "decoder_bias", True)) if bias is None else bias
         PredictionHead.__init__(self, head_name, {

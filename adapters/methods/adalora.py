@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..configuration.weight_transforms import AdaLoRAConfig
+from ..errors import AdapterConfigError
 from .lora import accumulate_low_rank
 from .weight_transform import WeightTransform
 
@@ -121,7 +122,10 @@ class RankAllocator:
 
     def __init__(self, config: AdaLoRAConfig, modules: list[AdaLoRA]):
         if config.total_step is None:
-            raise ValueError("AdaLoRA rank allocation needs total_step (the number of training steps) in its config.")
+            raise AdapterConfigError(
+                "AdaLoRA rank allocation needs total_step, the number of training steps, but the AdaLoRAConfig has "
+                "total_step=None; set it (e.g. AdaLoRAConfig(total_step=1000, ...))."
+            )
         self.config = config
         self.modules = list(modules)
         self.initial_budget = sum(m.r for m in self.modules)
@@ -253,7 +257,7 @@ class AdaLoRAModelMixin:
             adapter_name: the AdaLoRA adapter; default: those of the active setup.
 
         Raises:
-            ValueError: no AdaLoRA adapter is active / named, or its config lacks ``total_step``.
+            AdapterConfigError: no AdaLoRA adapter is active / named, or its config lacks ``total_step``.
 
         Example::
 
@@ -262,8 +266,10 @@ class AdaLoRAModelMixin:
         setup = self.adapters_config.active_setup
         names = [adapter_name] if adapter_name is not None else self._adalora_names(setup) if setup is not None else []
         if not names or any(n not in self._adalora_names() for n in names):
-            raise ValueError(
-                "update_and_allocate needs an AdaLoRA adapter: activate one (train_adapter('name')) or pass adapter_name."
+            raise AdapterConfigError(
+                f"update_and_allocate needs an AdaLoRA adapter, got adapter_name={adapter_name!r} with the active setup "
+                f"{setup} (this model's AdaLoRA adapters: {self._adalora_names()}): activate one "
+                f"(train_adapter('name')) or pass adapter_name."
             )
         allocators = self.__dict__.setdefault("_adapters_adalora_allocators", {})
         for name in names:

@@ -65,6 +65,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..context import ForwardContext
+from ..errors import AdapterConfigError, CompositionError
 from ..models.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
 from ..models.targeting import fused_part_rows
 from .base import ComposableLayer, setup_members
@@ -249,7 +250,7 @@ class AdaptionPromptLayer(ComposableLayer, AttentionContributor, nn.Module):
         return start._replace(delta=delta)
 
     def compose_fuse(self, setup, state):
-        raise ValueError(
+        raise CompositionError(
             "Adaption prompts (Llama-Adapter) cannot take part in Fuse: AdapterFusion combines bottleneck adapter outputs."
         )
 
@@ -297,7 +298,7 @@ def adapted_layers(config, num_layers: int) -> range:
 
 
 def check_adaption_prompt_config(model, config) -> None:
-    """Raise a ValueError if ``config`` does not fit ``model`` (before anything is created).
+    """Raise an AdapterConfigError if ``config`` does not fit ``model`` (before anything is created).
 
     Example::
 
@@ -306,17 +307,17 @@ def check_adaption_prompt_config(model, config) -> None:
     spec = model.__dict__["_adapters_spec"]
     num_layers = len(model.base_model.get_submodule(spec.layers))
     if config.adapter_layers is not None and config.adapter_layers > num_layers:
-        raise ValueError(
+        raise AdapterConfigError(
             f"adapter_layers={config.adapter_layers} but the model has {num_layers} layers; use at most {num_layers} "
             f"(or None for every layer)."
         )
     if config.target_modules is not None and config.target_modules not in (spec.attention, _attention_name(spec)):
-        raise ValueError(
+        raise AdapterConfigError(
             f"target_modules={config.target_modules!r}: adaption prompts live in the attention module of a layer, which "
             f"is {_attention_name(spec)!r} in {spec.name} models; use that or None."
         )
     if spec.key is None or spec.value is None:
-        raise ValueError(f"The {spec.name} spec names no key/value projections, which the adaption prompt goes through.")
+        raise AdapterConfigError(f"The {spec.name} spec names no key/value projections, which the adaption prompt goes through.")
 
 
 def install_adaption_prompt(model) -> AdaptionPromptSites:

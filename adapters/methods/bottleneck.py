@@ -35,6 +35,7 @@ from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configuration.bottleneck import BnConfig
 from ..configuration.fusion import AdapterFusionConfig
 from ..context import ForwardContext
+from ..errors import CompositionError
 from .base import ComposableLayer, init_bert_weights
 from .fusion import AdapterFusion
 from .phm import PHMLayer
@@ -403,7 +404,7 @@ class BottleneckLayer(ComposableLayer):
                 # none of the fused adapters is here (leave_out), only earlier members of a Stack
                 # child: like a Fuse whose adapters are all absent, the block passes this position by
                 return state
-            raise ValueError(
+            raise CompositionError(
                 f"No fusion layer {setup.name!r} at layer {self.layer_idx} ({self.location}); "
                 f"add it with model.add_adapter_fusion(Fuse({', '.join(map(repr, setup.name.split(',')))}))."
             )

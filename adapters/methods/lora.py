@@ -79,7 +79,7 @@ from transformers.pytorch_utils import Conv1D
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..configuration.lora import LoRAConfig
 from ..context import ForwardContext
-from ..errors import AdapterMergeError
+from ..errors import AdapterConfigError, AdapterMergeError
 from .base import ComposableLayer, remove_host_mixin
 
 __all__ = ["LoRA", "LoRAGroup", "LoRALinear", "LoRAState"]
@@ -378,7 +378,11 @@ def _check_slices(out_slices, out_features: int, scale_input: bool):
     if not out_slices:
         return None
     if scale_input:
-        raise ValueError("(IA)³ input scaling acts on the whole layer input; it cannot be restricted to output slices.")
+        raise AdapterConfigError(
+            f"(IA)³ input scaling (feedforward_modules) acts on the whole layer input, so it cannot cover only the "
+            f"output columns {list(out_slices)} of a fused projection; leave that module out of feedforward_modules or "
+            f"adapt the whole module."
+        )
     try:
         parts = tuple(
             (int(part[0]), int(part[1])) if not isinstance(part[0], (tuple, list)) else tuple((int(s), int(e)) for s, e in part)

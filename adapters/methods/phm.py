@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..configuration.bottleneck import BnConfig
+from ..errors import AdapterConfigError
 from .caching import reuse_while_unchanged
 
 __all__ = ["PHMLayer", "init_shared_parameters", "kronecker_product"]
@@ -107,7 +108,7 @@ class PHMLayer(nn.Module):
         super().__init__()
         n = config.phm_dim
         if in_features % n or out_features % n:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"PHM layer sizes {in_features}->{out_features} are not divisible by phm_dim={n}; "
                 f"choose a phm_dim that divides the hidden size and the bottleneck size."
             )

@@ -48,6 +48,7 @@ from transformers.activations import ACT2FN
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
+from ..errors import CompositionError
 from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, set_position_bias_module, tag_attention
 from ..models.patching import swap_class
 from ..models.spec import layer_stacks, stack_config
@@ -511,10 +512,10 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
         )
 
     def compose_split(self, setup, state):
-        raise ValueError("Prefix tuning adapters cannot take part in Split: a prefix belongs to whole sequences.")
+        raise CompositionError(f"{setup}: prefix tuning adapters cannot take part in Split, a prefix belongs to whole sequences.")
 
     def mean(self, states, weights, start):
-        raise ValueError("Prefix tuning adapters cannot take part in Average: prefixes are not averaged.")
+        raise CompositionError("Prefix tuning adapters cannot take part in Average: prefixes are not averaged.")
 
     def forward(self, *args, **kwargs):  # pragma: no cover - driven by the attention wrapper
         raise RuntimeError("PrefixTuningLayer is driven by the attention wrapper and is not called directly.")

@@ -40,6 +40,7 @@ from ..compat import passed_cache
 from ..composition import Stack
 from ..configuration.prefix import PromptTuningConfig
 from ..context import ForwardContext
+from ..errors import AdapterConfigError
 from .base import setup_members
 
 __all__ = ["PromptTuning", "PromptTuningPool", "install_prompt_tuning", "uninstall_prompt_tuning"]
@@ -147,7 +148,10 @@ class PromptTuningPool(nn.Module):
             input_ids = kwargs.pop("input_ids", None)
             if embeds is None:
                 if input_ids is None:
-                    raise ValueError("Prompt tuning needs input_ids or inputs_embeds.")
+                    raise AdapterConfigError(
+                        f"Prompt tuning joins its prompt to the token embeddings, but the forward call got neither input_ids "
+                        f"nor inputs_embeds (arguments: {sorted(kwargs)}); pass one of them."
+                    )
                 embeds = model.get_input_embeddings()(input_ids)
             kwargs["inputs_embeds"] = _join(embeds, at, prompt)
             token_types = kwargs.get("token_type_ids")

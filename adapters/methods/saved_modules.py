@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Split
+from ..errors import CompositionError
 from .base import ComposableLayer, batch_branches, remove_host_mixin
 
 __all__ = ["SavedModuleHost", "plain_copy", "check_saved_module_setup"]
@@ -188,7 +189,7 @@ def check_saved_module_setup(setup, copies_of: dict[str, set[str]]) -> None:
         if isinstance(block, Split):
             owners = [n for n in block.flatten() if copies_of.get(n)]
             if owners:
-                raise ValueError(
+                raise CompositionError(
                     f"{block} cuts the sequence, but adapter(s) {owners} replace whole modules "
                     f"(modules_to_save); use them outside the Split."
                 )
@@ -197,7 +198,7 @@ def check_saved_module_setup(setup, copies_of: dict[str, set[str]]) -> None:
         for name in row_adapters:
             for path in copies_of.get(name, ()):
                 if path in seen and seen[path] != name:
-                    raise ValueError(
+                    raise CompositionError(
                         f"In {setup}, adapters {seen[path]!r} and {name!r} both have a copy of module {path!r} "
                         f"(modules_to_save) and act on the same inputs, but a module can be replaced by one copy "
                         f"only. Put them in Parallel branches, or keep modules_to_save on one of them."

@@ -6,6 +6,7 @@ from torch import nn
 
 from .. import logging
 from ..configuration.model_config import ModelAdaptersConfig
+from ..errors import AdapterConfigError
 from . import albert, bart, bert, clip, deberta, distilbert, gemma, gpt2, gpt_neox, gptj, llama, modernbert, phi3, t5, vit, whisper  # noqa: F401  (registers the specs)
 from .patching import install_architecture, swap_class
 from .spec import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, register_architecture, spec_for_model
@@ -40,7 +41,7 @@ def init(model: nn.Module, interface=None) -> nn.Module:
             ``model.config`` by an earlier ``init`` (kept by ``save_pretrained``) is used.
 
     Raises:
-        ValueError: the model type is not supported (the message lists the supported ones), or
+        AdapterConfigError: the model type is not supported (the message lists the supported ones), or
             the interface does not fit the model (the message names the path and the closest
             module names). The model is left unchanged.
 
@@ -65,7 +66,7 @@ def init(model: nn.Module, interface=None) -> nn.Module:
         interface = AdapterModelInterface.load(interface)
         if interface.base_model is not None and interface.base_model != getattr(model, "base_model_prefix", None):
             if "." in interface.base_model or not isinstance(getattr(model, interface.base_model, None), nn.Module):
-                raise ValueError(
+                raise AdapterConfigError(
                     f"AdapterModelInterface.base_model={interface.base_model!r} is not a module attribute of "
                     f"{type(model).__name__}; name the attribute that holds the base model."
                 )

@@ -33,6 +33,7 @@ from torch import nn
 from transformers import AutoConfig, GenerationMixin, PreTrainedModel
 
 from .. import logging
+from ..errors import AdapterConfigError
 from ..heads.model_mixin import FlexibleHeadsMixin, _head_arguments
 from ..heads.modernbert import MODERNBERT_HEADS
 
@@ -432,14 +433,14 @@ class _EncoderDecoderBody(_AdapterModelBody):
         if not self._runs_head_type(head, ("classification", "multilabel_classification")):
             return None
         if input_ids is None or tuple(input_ids.shape) != tuple(hidden.shape[:2]):
-            raise ValueError(
+            raise AdapterConfigError(
                 f"{type(self).__name__}'s classification heads read the decoder state at the last <eos> token of "
                 f"input_ids: pass input_ids and leave decoder_input_ids out (they default to input_ids shifted right)."
             )
         eos = input_ids.eq(self.config.eos_token_id)
         counts = eos.sum(1)
         if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"Every row of input_ids must hold the same number (at least one) of <eos> tokens "
                 f"(eos_token_id={self.config.eos_token_id}); got {counts.tolist()}."
             )
@@ -547,11 +548,13 @@ class _CLIPInputs(_ImageInputs):
         elif input_ids is not None:
             outputs, vision = clip.text_model(**text_inputs, **kwargs), None
         else:
-            raise ValueError("CLIPAdapterModel needs input_ids (texts), pixel_values (images) or both.")
+            raise AdapterConfigError(
+                "CLIPAdapterModel needs input_ids (texts), pixel_values (images) or both; both were None."
+            )
         if not self._heads_in_force(head):
             return outputs
         if vision is None:
-            raise ValueError("The active head classifies images; pass pixel_values (or call with head=None).")
+            raise AdapterConfigError("The active head classifies images; pass pixel_values (or call with head=None).")
         return self._image_heads(vision, head, labels)
 
 
@@ -699,7 +702,7 @@ def __dir__() -> list[str]:
 def _adapter_model_class(config) -> type:
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTER_MODEL_CLASSES:
-        raise ValueError(
+        raise AdapterConfigError(
             f"No AdapterModel class for model type {model_type!r}; available: {', '.join(sorted(ADAPTER_MODEL_CLASSES))}."
         )
     return ADAPTER_MODEL_CLASSES[model_type]
@@ -750,7 +753,7 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
     conversion). Adapters already added to the base model stay.
 
     Raises:
-        ValueError: no AdapterModel class for the model type, or its head class has no conversion
+        AdapterConfigError: no AdapterModel class for the model type, or its head class has no conversion
             (the message lists the convertible ones).
 
     Example::
@@ -766,7 +769,7 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
     if model.base_model is not model and conversion is None:
         prefix = architecture.split("For")[0][:4]
         convertible = sorted(k for k in _HEAD_CONVERSION_TABLE if k.startswith(prefix) and _static_conversion(k))
-        raise ValueError(f"No flexible-head conversion for {architecture}; convertible classes include: {', '.join(convertible)}.")
+        raise AdapterConfigError(f"No flexible-head conversion for {architecture}; convertible classes include: {', '.join(convertible)}.")
     has_head = conversion is not None
     base = _base_of(model) if has_head else model
     config = copy.deepcopy(model.config)
@@ -801,7 +804,7 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
                     if static_key is not None:
                         param.copy_(static_state[static_key])
                     elif f"{index}.{key}" not in extra:
-                        raise ValueError(
+                        raise AdapterConfigError(
                             f"Cannot convert {architecture}'s head: the checkpoint has no {path}.{key} for the flexible "
                             f"head's {index}.{key}."
                         )
@@ -826,7 +829,7 @@ def _base_of(model: PreTrainedModel) -> nn.Module:
         shell = _base_model_class(model.config)(model.config)
     missing = [name for name in shell._modules if name not in model._modules]
     if missing:
-        raise ValueError(f"Cannot convert {type(model).__name__}: it has no {', '.join(missing)} for its base model.")
+        raise AdapterConfigError(f"Cannot convert {type(model).__name__}: it has no {', '.join(missing)} for its base model.")
     for name, module in model._modules.items():
         if name not in head_modules:
             shell._modules[name] = module

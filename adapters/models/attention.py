@@ -45,6 +45,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from ..context import ForwardContext
+from ..errors import AdapterConfigError
 from .joined_cache import join_with_cache
 
 __all__ = [
@@ -313,7 +314,7 @@ def adapter_attention_name(backend: str) -> str:
     """Register (once) and return the wrapper backend for ``backend`` (e.g. ``"adapters_sdpa"``).
 
     Raises:
-        ValueError: ``backend`` is not a known attention implementation.
+        AdapterConfigError: ``backend`` is not a known attention implementation.
 
     Example::
 
@@ -327,7 +328,11 @@ def adapter_attention_name(backend: str) -> str:
     name = PREFIX + backend
     if name not in AttentionInterface._global_mapping:
         if backend != "eager" and backend not in ALL_ATTENTION_FUNCTIONS:
-            raise ValueError(f"Unknown attention implementation {backend!r}; cannot wrap it for prefix tuning.")
+            raise AdapterConfigError(
+                f"Unknown attention implementation {backend!r} (config._attn_implementation); cannot wrap it for prefix "
+                f"tuning. Use 'eager' or one registered in transformers' AttentionInterface: "
+                f"{', '.join(sorted(ALL_ATTENTION_FUNCTIONS))}."
+            )
         AttentionInterface.register(name, _make_attention(backend))
         mask_backend = backend if backend in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"
         AttentionMaskInterface.register(name, _make_mask(mask_backend))

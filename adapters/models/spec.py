@@ -40,6 +40,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple, Optional
 
+from ..errors import AdapterConfigError
+
 __all__ = [
     "ResidualHook",
     "ArchitectureSpec",
@@ -87,7 +89,10 @@ class ResidualHook:
 
     def __post_init__(self):
         if (self.norm is None) == (self.sublayer is None):
-            raise ValueError(f"ResidualHook {self.location}: give exactly one of norm (post-LN) or sublayer (pre-LN).")
+            raise AdapterConfigError(
+                f"ResidualHook {self.location}: give exactly one of norm (post-LN) or sublayer (pre-LN), got "
+                f"norm={self.norm!r} and sublayer={self.sublayer!r}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,7 +361,7 @@ class ArchitectureSpec:
 
     def __post_init__(self):
         if self.fused_qkv_layout not in ("concatenated", "interleaved_heads"):
-            raise ValueError(
+            raise AdapterConfigError(
                 f"ArchitectureSpec {self.name}: fused_qkv_layout must be 'concatenated' or 'interleaved_heads', "
                 f"got {self.fused_qkv_layout!r}."
             )
@@ -453,10 +458,10 @@ def SUPPORTED_MODEL_TYPES() -> list[str]:
 
 
 def spec_for_model(model) -> ArchitectureSpec:
-    """The spec of ``model``'s architecture, or a ValueError naming the supported ones."""
+    """The spec of ``model``'s architecture, or an AdapterConfigError naming the supported ones."""
     model_type = getattr(model.config, "model_type", None)
     if model_type not in _REGISTRY:
-        raise ValueError(
+        raise AdapterConfigError(
             f"Model type {model_type!r} ({type(model).__name__}) is not supported by adapters. "
             f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES())}."
         )
@@ -464,7 +469,7 @@ def spec_for_model(model) -> ArchitectureSpec:
     for attribute, required, reason in spec.config_requirements:
         value = getattr(model.config, attribute, None)
         if value != required:
-            raise ValueError(
+            raise AdapterConfigError(
                 f"{type(model).__name__} has {attribute}={value!r} but adapters needs {attribute}={required!r} for "
                 f"{spec.name}: {reason}."
             )

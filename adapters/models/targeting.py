@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..errors import AdapterConfigError
 from .spec import ArchitectureSpec, LayerStack, layer_stacks
 
 __all__ = [
@@ -169,7 +170,7 @@ def _fused_part_sizes(spec: ArchitectureSpec, parts, out: int, location: str, co
     else:
         counts = [1] * len(parts)
     if out % sum(counts):
-        raise ValueError(
+        raise AdapterConfigError(
             f"{spec.name}: {location} fuses {', '.join(parts)} in proportions {counts} but its output size {out} "
             f"does not split that way; check the architecture spec."
         )
@@ -214,7 +215,7 @@ def fused_part_rows(spec: ArchitectureSpec, location: str, module: nn.Module, co
         return {letter: ((start, start + size),) for letter, (start, size) in fused_part_ranges(spec, location, module, config).items()}
     heads = config.num_attention_heads
     if out % (heads * len(parts)):
-        raise ValueError(
+        raise AdapterConfigError(
             f"{spec.name}: {location} interleaves {', '.join(parts)} over {heads} heads but its output size {out} "
             f"does not split that way; check the architecture spec."
         )
@@ -236,7 +237,7 @@ def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, lett
     chosen = [(letter, ranges) for letter, ranges in rows.items() if letter in letters]
     sizes = {letter: sum(stop - start for start, stop in ranges) for letter, ranges in chosen}
     if len(set(sizes.values())) > 1:
-        raise ValueError(
+        raise AdapterConfigError(
             f"{spec.name}: attn_matrices {sorted(letters)} select parts of the fused {location} of different sizes "
             f"({', '.join(f'{letter}: {size}' for letter, size in sizes.items())}; grouped-query attention), and one "
             f"LoRA update per part needs equal parts. Select parts of one size (e.g. ['k', 'v']), or adapt the whole "
@@ -246,7 +247,7 @@ def _fused_slices(spec: ArchitectureSpec, location: str, module: nn.Module, lett
 
 
 def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_prefix: str = "") -> list[Target]:
-    """The layers ``config`` places modules on, or a ValueError listing close module names.
+    """The layers ``config`` places modules on, or an AdapterConfigError listing close module names.
 
     ``path_prefix`` is the base model's path in the model with a head (``"model."``): patterns
     may be written against either root, as PEFT writes them against the top model.
@@ -305,7 +306,7 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
         targets.append(Target(path, module, layer_idx, located.location))
     if not targets:
         probe = wanted if isinstance(wanted, str) else " ".join(wanted)
-        raise ValueError(
+        raise AdapterConfigError(
             f"target_modules={wanted!r} matches no linear layer of this model (after exclude_modules / "
             f"layers_to_transform). Closest module names: {', '.join(closest_names(probe, linears))}."
         )
