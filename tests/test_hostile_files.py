@@ -244,10 +244,9 @@ def test_loading_under_any_valid_name_never_collides_with_the_staging_name(tmp_p
     assert not any("~" in name for name, _ in target.named_modules())
 
 
-def test_trainer_checkpoints_stay_inside_output_dir(tmp_path, sentinel):
+def _trainable_bert():
+    """A tiny BertForSequenceClassification with adapter "task" in training."""
     import transformers
-
-    from adapters import AdapterTrainer
 
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -255,6 +254,15 @@ def test_trainer_checkpoints_stay_inside_output_dir(tmp_path, sentinel):
     adapters.init(model)
     model.add_adapter("task")
     model.train_adapter("task")
+    return model
+
+
+def test_trainer_checkpoints_stay_inside_output_dir(tmp_path, sentinel):
+    import transformers
+
+    from adapters import AdapterTrainer
+
+    model = _trainable_bert()
     data = [{"input_ids": torch.randint(5, 99, (8,)), "labels": i % 2} for i in range(8)]
     output_dir = tmp_path / "run"
     args = transformers.TrainingArguments(
@@ -421,12 +429,7 @@ def test_failed_trainer_checkpoint_write_leaves_no_temporary_file(tmp_path, monk
 
     from adapters import AdapterTrainer
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    model = transformers.BertForSequenceClassification(config)
-    adapters.init(model)
-    model.add_adapter("task")
-    model.train_adapter("task")
+    model = _trainable_bert()
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True, disable_tqdm=True)
     trainer = AdapterTrainer(model=model, args=args)
     trainer._save(str(tmp_path / "run" / "ckpt"))
