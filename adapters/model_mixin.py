@@ -1231,13 +1231,14 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
         setup = context.setup
         if channels > 1:
             self._check_cache_rows(setup, channels, args, kwargs, names)
-        if setup is None or not _sized_blocks(setup):
+        sized = _sized_blocks(setup) if setup is not None else ()
+        if not sized:
             return
         if batch_requirement(setup) is not None:
             batch = _input_batch(names, args, kwargs)
             if batch is not None:
                 check_input_batch(setup, batch, channels or 1)
-        split = next((b for b in _sized_blocks(setup) if isinstance(b, Split)), None)
+        split = next((b for b in sized if isinstance(b, Split)), None)
         cache = passed_cache(kwargs) if split is not None else None
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         if past:
@@ -1685,6 +1686,7 @@ def _block_refusal(name: str, method: str, supported: tuple, refused, parent) ->
 
 
 @functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)  # setups are immutable and hashable; this runs at every forward pass
 def _sized_blocks(setup) -> tuple:
     """The Split and BatchSplit blocks of ``setup`` (what the input must fit), depth first."""
     if isinstance(setup, str):

@@ -417,8 +417,6 @@ ALLOWED = {
         "the second out_slices check of _check_slices: computed slices, as above",
     ("methods/adaption_prompt.py", "query heads cannot share"):
         "the prompt's key/value heads are the model's own, of which the query heads are a multiple",
-    ("methods/saved_modules.py", "several adapters replace the same module"):
-        "check_saved_module_setup refuses such setups (CompositionError) when they are activated",
     ("methods/saved_modules.py", "got no tensor input to split"):
         "a module with per-branch copies runs inside the model's forward, which always passes tensors",
     ("models/targeting.py", "interleaves its parts per head; use fused_part_rows"):

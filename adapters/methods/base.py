@@ -30,7 +30,7 @@ from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..context import ForwardContext
 from ..errors import CompositionError
 
-__all__ = ["ComposableLayer", "prune_setup", "hoist_batch_splits", "batch_branches", "first_child", "init_bert_weights", "remove_host_mixin"]
+__all__ = ["ComposableLayer", "prune_setup", "hoist_batch_splits", "batch_branches", "init_bert_weights", "remove_host_mixin"]
 
 
 def init_bert_weights(module: torch.nn.Module) -> None:
@@ -239,14 +239,14 @@ def setup_members(setup, present, cache: dict) -> tuple[str, ...]:
         return names
 
 
-def batch_branches(block, batch: int, choose=None) -> list:
+def batch_branches(block, batch: int) -> list:
     """``[(rows, name or None)]``: which adapter acts on which consecutive rows of a batch, for a
     setup pruned to one host whose adapters replace something rather than compose (one adapter
     per row). ``Parallel`` / ``BatchSplit`` split the rows among their children; inside any other
     block each row takes the first adapter of its own setup that is present here (the setup of a
     row: every Parallel / BatchSplit replaced by the child that owns the row), so
     ``Stack(Parallel("a", "b"), "c")`` gives the rows of branch ``a`` adapter ``a`` and, where
-    ``a`` has none here, ``c``. ``choose`` is accepted for older callers and not used.
+    ``a`` has none here, ``c``.
 
     Example::
 
@@ -297,11 +297,6 @@ def _join_runs(runs: list) -> list:
         else:
             out.append((size, name))
     return out or [(0, None)]
-
-
-def first_child(block):
-    """The first child of a pruned block that runs here (a ``choose`` for :func:`batch_branches`)."""
-    return next(child for child in block.children if child is not None)
 
 
 class _Pruned:

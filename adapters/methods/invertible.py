@@ -38,7 +38,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..composition import BatchSplit, Parallel, Stack
-from .base import ComposableLayer, batch_branches, first_child, init_bert_weights, remove_host_mixin
+from .base import ComposableLayer, batch_branches, init_bert_weights, remove_host_mixin
 
 __all__ = [
     "NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost",
@@ -145,7 +145,7 @@ class _InvertibleHost(ComposableLayer):
         setup = self.active_setup()
         if setup is None:
             return hidden
-        branches = batch_branches(setup, hidden.shape[0], first_child)
+        branches = batch_branches(setup, hidden.shape[0])
         if len(branches) == 1:
             name = branches[0][1]
             return hidden if name is None else self.blocks[name](hidden, rev=rev)

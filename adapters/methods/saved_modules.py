@@ -125,7 +125,7 @@ class SavedModuleHost(ComposableLayer):
         if isinstance(setup, str):
             return self.modules_to_save[setup](*args, **kwargs)
         batch = _batch_size(args, kwargs)
-        branches = batch_branches(setup, batch, _only_child)
+        branches = batch_branches(setup, batch)
         if len(branches) == 1:
             return self._run(branches[0][1], args, kwargs)
         outputs, start = [], 0
@@ -139,14 +139,6 @@ class SavedModuleHost(ComposableLayer):
         if name is None:
             return super().forward(*args, **kwargs)
         return self.modules_to_save[name](*args, **kwargs)
-
-
-def _only_child(block):
-    """The one child of a non-batch block that has a copy here (``choose`` for batch_branches)."""
-    present = [child for child in block.children if child is not None]
-    if len(present) != 1:  # check_saved_module_setup refuses these setups when they are activated
-        raise ValueError(f"{block}: several adapters replace the same module on the same rows.")
-    return present[0]
 
 
 def _batch_size(args, kwargs) -> int:
