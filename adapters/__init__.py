@@ -10,7 +10,7 @@ Example::
     >>> model.train_adapter(Stack("lang", "task"))
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from . import composition, logging
 from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
@@ -52,7 +52,8 @@ from .configuration import (
 from .context import AdapterSetup, ForwardContext
 from .errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterMergeError, CompositionError
 from .model_mixin import ModelAdaptersMixin
-from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, init, register_architecture
+from .initialize import init
+from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, register_architecture
 from .interface import AdapterMethod, AdapterModelInterface
 
 # Names provided at their first use (PEP 562 __getattr__ below), so that `import adapters` stays light:
@@ -64,10 +65,10 @@ _LAZY_NAMES = {
     "MultiHeadOutput": "heads",
     "PredictionHead": "heads",
     "register_custom_head": "heads",
-    "AutoAdapterModel": "models.adapter_model",
-    "convert_to_adapter_model": "models.adapter_model",
+    "AutoAdapterModel": "heads.adapter_model",
+    "convert_to_adapter_model": "heads.adapter_model",
     **{
-        name: "models.adapter_model"
+        name: "heads.adapter_model"
         for name in (
             "AlbertAdapterModel", "BertAdapterModel", "DebertaV2AdapterModel", "DistilBertAdapterModel",
             "ElectraAdapterModel", "GPT2AdapterModel", "Gemma2AdapterModel", "Gemma3TextAdapterModel",
@@ -86,7 +87,7 @@ import typing as _typing  # noqa: E402
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs (the generated AdapterModel classes have no static definition)
     from .heads import MultiHeadOutput, PredictionHead, register_custom_head
-    from .models.adapter_model import AutoAdapterModel, convert_to_adapter_model
+    from .heads.adapter_model import AutoAdapterModel, convert_to_adapter_model
     from .trainer import AdaLoraCallback, AdapterTrainer
 
 __all__ = [
@@ -149,7 +150,7 @@ __all__ = [
     "logging",
     "parse_composition",
     "register_architecture",
-    # flexible heads (adapters.heads, adapters.models.adapter_model)
+    # flexible heads (adapters.heads, adapters.heads.adapter_model)
     "AutoAdapterModel",
     "BertAdapterModel",
     "DebertaV2AdapterModel",

@@ -128,7 +128,7 @@ class ForwardContext:
         adapter_gating_scores: the collected gating scores, per adapter and layer.
         kv_cache_layers: the ``layers`` lists of the pass's ``past_key_values`` while prefixes are
             active (empty otherwise): they may keep the wrapper's joins (see
-            ``adapters.models.joined_cache``).
+            ``adapters.hooks.joined_cache``).
 
     Example::
 
@@ -149,7 +149,7 @@ class ForwardContext:
         self.adapter_fusion_attentions: dict = {}
         self.adapter_gating_scores: dict = {}
         self.prefix_states: dict = {}
-        # tensors built once per pass for all layers (see models.attention._once_per_pass)
+        # tensors built once per pass for all layers (see hooks.attention._once_per_pass)
         self.pass_cache: dict = {}
         # the layer lists of the pass's KV cache, where the attention wrapper may keep joins
         self.kv_cache_layers: tuple = ()

@@ -3,7 +3,7 @@
 A transformer layer has the same parts in every architecture; only their names differ. An
 :class:`AdapterModelInterface` (AdapterHub's name and fields) names them for one model, and
 :func:`adapters.init(model, interface=...) <adapters.init>` turns it into the same declarative
-:class:`~adapters.models.spec.ArchitectureSpec` the built-in architectures use. Every method then
+:class:`~adapters.hooks.spec.ArchitectureSpec` the built-in architectures use. Every method then
 works as on a built-in model — bottleneck adapters and Compacter, LoRA and (IA)³, the weight
 transforms (LoHa, LoKr, OFT, HRA, AdaLoRA), prefix tuning, prompt tuning, invertible adapters —
 and so does every composition block, ``Parallel`` included.
@@ -73,7 +73,7 @@ from transformers.pytorch_utils import Conv1D
 
 from . import logging
 from .errors import AdapterConfigError, AdapterLoadError
-from .models.spec import ArchitectureSpec, ResidualHook
+from .hooks.spec import ArchitectureSpec, ResidualHook
 
 logger = logging.get_logger(__name__)
 
@@ -305,7 +305,7 @@ class AdapterModelInterface:
 
             >>> AdapterModelInterface.from_dict({"adapter_methods": ["lora"], "model_embeddings": "wte", ...})
         """
-        from .models.targeting import closest_names
+        from .hooks.targeting import closest_names
 
         if not isinstance(data, Mapping):
             raise AdapterConfigError(
@@ -334,7 +334,7 @@ class AdapterModelInterface:
 
             >>> interface.save("out/model", model.config)
         """
-        from . import __version__
+        from .version import __version__
 
         os.makedirs(save_directory, exist_ok=True)
         data = {
@@ -384,7 +384,7 @@ class AdapterModelInterface:
 
     # -- translation ------------------------------------------------------------------------------
     def to_spec(self, model: nn.Module) -> ArchitectureSpec:
-        """The :class:`~adapters.models.spec.ArchitectureSpec` this interface describes for
+        """The :class:`~adapters.hooks.spec.ArchitectureSpec` this interface describes for
         ``model`` (a model with or without a head), after checking every path in every layer.
 
         Raises:
@@ -563,7 +563,7 @@ class AdapterModelInterface:
 
 def _check_path(root: nn.Module, path: str, field: str, where: str) -> None:
     """Raise an AdapterConfigError naming the closest module names when ``path`` is not a module of ``root``."""
-    from .models.targeting import closest_names
+    from .hooks.targeting import closest_names
 
     try:
         module = root.get_submodule(path)

@@ -48,7 +48,7 @@ from typing import Callable, Optional
 import torch
 
 from . import logging
-from . import __version__
+from .version import __version__
 from .composition import Fuse
 from .context import registry_lock
 from .errors import AdapterConfigError, AdapterLoadError
@@ -365,7 +365,7 @@ class _CheckpointFiles:
 
 def _hidden_size(model) -> int:
     """``config.hidden_size``, or for a config without one (CLIP's), its first tower's."""
-    from .models.spec import hidden_size_of
+    from .hooks.spec import hidden_size_of
 
     spec = model.__dict__.get("_adapters_spec")
     return hidden_size_of(model.config, spec) if spec is not None else model.config.hidden_size
@@ -565,7 +565,7 @@ def _stage_adapter(model, files: _CheckpointFiles, adapter_name: str, meta_dict,
 def _layer_index_finder(model) -> Callable[[str], Optional[int]]:
     """``key -> layer index`` of base-model keys (second-stack layers after the first stack's;
     None outside the layers), with the stacks' offsets looked up once."""
-    from .models.targeting import first_layers, layer_of
+    from .hooks.targeting import first_layers, layer_of
 
     spec = model.__dict__["_adapters_spec"]
     offsets = first_layers(model.base_model, spec)
@@ -764,7 +764,7 @@ def _with_renamed_legacy_keys(model, state: dict, expected) -> dict:
 def _saved_module_paths(model, config) -> list[str]:
     """The model's module paths a PEFT checkpoint's ``modules_to_save`` names (their weights are
     stored under the module's own path)."""
-    from .models.targeting import matches_modules
+    from .hooks.targeting import matches_modules
 
     names = [n for part in config.configs_by_architecture() for n in (getattr(part, "modules_to_save", None) or ())]
     return [path for path, _ in model.named_modules() if names and path and matches_modules(path, names)]

@@ -504,8 +504,8 @@ _HOST_ENTRIES = ("layer_idx", "location")  # ComposableLayer hosts only
 def _strip_adapters(model) -> None:
     """Remove every module, attribute and class the library added; the model becomes the plain
     transformers model again (same classes, same state-dict keys)."""
-    from .methods.base import ComposableLayer
-    from .models.patching import restore_class
+    from .hooks.engine import ComposableLayer
+    from .hooks.patching import restore_class
 
     _unwrap_checkpointing(model)
     base = model.base_model
@@ -536,7 +536,7 @@ def _strip_adapters(model) -> None:
     # a plugin interface's record in the config: the plain model saves a plain config.json
     if hasattr(model.config, CONFIG_KEY):
         delattr(model.config, CONFIG_KEY)
-    from .models.attention import PREFIX, attention_configs
+    from .hooks.attention import PREFIX, attention_configs
 
     for config in attention_configs(model):
         implementation = getattr(config, "_attn_implementation", None)

@@ -64,12 +64,12 @@ from .methods.prefix_tuning import POSITION_OFFSETS, install_prefix_tuning, reco
 from .methods.prompt_tuning import PromptTuning, install_prompt_tuning, uninstall_prompt_tuning
 from .methods.saved_modules import SavedModuleHost, check_saved_module_setup
 from .methods.weight_transform import add_weight_transform_modules
-from .models.attention import PREFIX as ATTENTION_PREFIX
-from .models.attention import attention_configs, use_adapter_attention
-from .models.joined_cache import cache_layer_lists
-from .models.patching import restore_class, swap_class
-from .models.spec import stack_configs
-from .models.targeting import (
+from .hooks.attention import PREFIX as ATTENTION_PREFIX
+from .hooks.attention import attention_configs, use_adapter_attention
+from .hooks.joined_cache import cache_layer_lists
+from .hooks.patching import restore_class, swap_class
+from .hooks.spec import stack_configs
+from .hooks.targeting import (
     OWN_MODULES,
     closest_names,
     first_layers,
@@ -728,7 +728,7 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
     def _add_saved_modules(self, name: str, module_names) -> None:
         """Give adapter ``name`` its own trainable copy of every module ``module_names`` matches
         (PEFT's ``modules_to_save``; anywhere in the model, heads included)."""
-        from .methods.base import ComposableLayer
+        from .hooks.engine import ComposableLayer
 
         modules = {p: m for p, m in self.named_modules() if p and not OWN_MODULES.search(p)}
         found = [p for p in modules if matches_modules(p, module_names)]
@@ -1579,11 +1579,9 @@ class ModelAdaptersMixin(EmbeddingAdaptersMixin, MergingMixin, AdaLoRAModelMixin
             self._check_name(load_as, argument="load_as")
         with_head = kwargs.pop("with_head", True)
         head = None
-        if with_head and getattr(self, "heads", None) is not None:
-            from .heads.model_mixin import HEAD_CONFIG_NAME
-
+        if with_head and getattr(self, "heads", None) is not None:  # an AdapterModel (adapters.heads)
             folder = _resolve_folder(adapter_name_or_path, **kwargs)
-            if os.path.isfile(os.path.join(folder, HEAD_CONFIG_NAME)):  # checked before anything changes
+            if self._holds_head(folder):  # checked before anything changes
                 head = self._prepare_head(folder, load_as=load_as, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite)
             adapter_name_or_path = folder
         name = load_adapter(

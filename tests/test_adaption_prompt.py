@@ -40,7 +40,7 @@ from adapters import (
     Stack,
 )
 from adapters.compat import CACHE_NAME, returned_cache
-from adapters.models.spec import spec_for_model
+from adapters.hooks.spec import spec_for_model
 
 CONFIG = AdaptionPromptConfig(adapter_len=4, adapter_layers=1)
 ALL_LAYERS = AdaptionPromptConfig(adapter_len=3)

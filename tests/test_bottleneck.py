@@ -34,7 +34,7 @@ from conftest import (
 import adapters
 from adapters import AdapterSetup, Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapters.context import ForwardContext
-from adapters.methods.base import prune_setup
+from adapters.hooks.engine import prune_setup
 
 BOTTLENECK_CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "compacter", "compacter++"]
 

@@ -14,7 +14,7 @@ from conftest import assert_unchanged, make_inputs, model_state, patched, pertur
 from adapters import AdapterSetup, Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
 from adapters.context import ForwardContext
 from adapters.errors import AdapterConfigError, CompositionError
-from adapters.methods.base import prune_setup
+from adapters.hooks.engine import prune_setup
 
 
 def _model(configs: dict, arch: str = "bert", head: str = "base"):

@@ -167,7 +167,7 @@ def test_unsupported_model_type():
 
 
 def test_unknown_attention_implementation():
-    from adapters.models.attention import adapter_attention_name
+    from adapters.hooks.attention import adapter_attention_name
 
     _raises(AdapterConfigError, "'no_such_attention'", lambda: adapter_attention_name("no_such_attention"))
 
@@ -397,33 +397,33 @@ def test_logging_verbosity():
 ALLOWED = {
     ("heads/model_mixin.py", "The model's input embedding is not one of its modules"):
         "get_input_embeddings() always returns a module of the model (transformers' or the spec's)",
-    ("methods/base.py", "Unknown composition block"):
+    ("hooks/engine.py", "Unknown composition block"):
         "prune_setup runs on validated setups, whose blocks are the six known kinds",
-    ("methods/base.py", "contains no BatchSplit"):
+    ("hooks/engine.py", "contains no BatchSplit"):
         "_rows_seen is only called on nodes that _contains_batch_split said hold one",
-    ("methods/base.py", "lies outside"):
+    ("hooks/engine.py", "lies outside"):
         "row indices come from the BatchSplit's own sizes, which validate_composition checked",
-    ("methods/base.py", '"empty block"'):
+    ("hooks/engine.py", '"empty block"'):
         "pruned blocks with no children are dropped by prune_setup before last() is called",
-    ("methods/base.py", "Unknown block"):
+    ("hooks/engine.py", "Unknown block"):
         "compose dispatches validated, pruned setups: the six known block kinds only",
     ("methods/lora.py", "DoRA needs the base weight"):
         "every LoRA host passes its own weight; the argument exists for the module's constructor",
     ("methods/lora.py", "dense_factors is defined for LoRA"):
         "called only by the PEFT writer for 'add'-mode adapters",
-    ("methods/lora.py", "out_slices {out_slices!r} must be"):
+    ("hooks/slices.py", "out_slices {out_slices!r} must be"):
         "out_slices are computed by targeting from the spec (fused_part_rows), never passed by the caller",
-    ("methods/lora.py", "must be non-overlapping, non-empty column ranges"):
-        "the second out_slices check of _check_slices: computed slices, as above",
+    ("hooks/slices.py", "must be non-overlapping, non-empty column ranges"):
+        "the second out_slices check of check_slices: computed slices, as above",
     ("methods/adaption_prompt.py", "query heads cannot share"):
         "the prompt's key/value heads are the model's own, of which the query heads are a multiple",
     ("methods/saved_modules.py", "got no tensor input to split"):
         "a module with per-branch copies runs inside the model's forward, which always passes tensors",
-    ("models/targeting.py", "interleaves its parts per head; use fused_part_rows"):
+    ("hooks/targeting.py", "interleaves its parts per head; use fused_part_rows"):
         "a programming error: callers use fused_part_rows for interleaved layouts",
-    ("models/attention.py", "is not a tagged attention module"):
+    ("hooks/attention.py", "is not a tagged attention module"):
         "contributors are added by the methods right after tag_attention",
-    ("models/adapter_model.py", "raise KeyError(model_type)"):
+    ("heads/adapter_model.py", "raise KeyError(model_type)"):
         "Mapping.__getitem__ of the lazy AdapterModel class table: KeyError is the Mapping protocol",
 }
 

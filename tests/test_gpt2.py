@@ -17,7 +17,7 @@ from conftest import HIDDEN, LAYERS, assert_generate_is_greedy_decoding, checked
 import adapters
 from adapters import Average, BatchSplit, DoRAConfig, IA3Config, LoRAConfig, Parallel, Split, Stack
 from adapters.context import ForwardContext
-from adapters.methods.base import prune_setup
+from adapters.hooks.engine import prune_setup
 
 D = HIDDEN  # size of each of q, k, v in c_attn's output
 ALL_PLACES = dict(attn_matrices=["q", "k", "v", "o"], intermediate_lora=True, output_lora=True)

@@ -211,7 +211,7 @@ def test_checkpoints_of_transformers_models_load_with_the_same_outputs(arch, hea
             torch.nn.init.normal_(module.bias)
     static.save_pretrained(tmp_path)
     model = AutoAdapterModel.from_pretrained(tmp_path).eval()
-    assert type(model).__name__ == adapters.models.adapter_model.ADAPTER_MODEL_TABLE[arch][0]
+    assert type(model).__name__ == adapters.heads.adapter_model.ADAPTER_MODEL_TABLE[arch][0]
     inputs = make_inputs(arch)
     with torch.no_grad():
         expected = static(**inputs)

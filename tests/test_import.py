@@ -31,7 +31,7 @@ def test_import_adapters_leaves_heavy_modules_unimported():
         # no AdapterModel class is built, so no architecture's modeling module is imported
         "print(sorted(m for m in sys.modules if m.startswith('transformers.models.') and '.modeling_' in m"
         " and not m.startswith('transformers.models.auto')))\n"
-        "print('adapters.models.adapter_model' in sys.modules, 'adapters.trainer' in sys.modules)\n"
+        "print('adapters.heads.adapter_model' in sys.modules, 'adapters.trainer' in sys.modules)\n"
     )
     heavy, modeling, lazy = out.strip().splitlines()
     assert heavy == "[]", f"imported by `import adapters`: {heavy}"
@@ -43,7 +43,7 @@ def test_lazy_names_resolve_on_first_use():
     out = _run(
         "import sys, adapters\n"
         "from adapters import BertAdapterModel\n"
-        "print(BertAdapterModel is adapters.BertAdapterModel is adapters.models.adapter_model.BertAdapterModel)\n"
+        "print(BertAdapterModel is adapters.BertAdapterModel is adapters.heads.adapter_model.BertAdapterModel)\n"
         "print('transformers.models.bert.modeling_bert' in sys.modules, 'transformers.models.t5.modeling_t5' in sys.modules)\n"
         "print(adapters.AdapterTrainer.__module__, 'transformers.trainer' in sys.modules)\n"
     )
@@ -56,7 +56,7 @@ def test_public_names_are_listed_and_resolve():
     assert {"BertAdapterModel", "AutoAdapterModel", "AdapterTrainer", "logging"} <= names
     for name in adapters.__all__:
         assert getattr(adapters, name) is not None
-    from adapters.models import adapter_model
+    from adapters.heads import adapter_model
 
     assert set(adapter_model.ADAPTER_MODEL_CLASSES) == set(adapter_model.ADAPTER_MODEL_TABLE)
     for model_type, cls in adapter_model.ADAPTER_MODEL_CLASSES.items():

@@ -185,7 +185,7 @@ def test_every_module_logs_through_adapters_logging():
             if bad in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {bad}")
     assert not offenders, offenders
-    for name in ("merging", "loading", "model_mixin", "models", "models.adapter_model", "heads.model_mixin"):
+    for name in ("merging", "loading", "model_mixin", "initialize", "heads.adapter_model", "heads.model_mixin"):
         module = importlib.import_module(f"adapters.{name}")
         assert module.logging is adapters.logging
         assert module.logger.name == module.__name__ and module.logger.name.startswith("adapters")

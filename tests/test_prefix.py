@@ -138,7 +138,7 @@ def test_prefix_mlp_runs_once_per_pass_and_is_kept_while_unchanged(arch, monkeyp
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_extended_mask_is_built_once_per_pass(arch, monkeypatch):
     """transformers hands every layer the same mask tensor: the wrapper extends it once per pass."""
-    from adapters.models import attention
+    from adapters.hooks import attention
 
     model = _with_prefix(arch, "base", MLP)
     calls = []

@@ -14,7 +14,7 @@ from transformers import GenerationMixin
 
 import adapters
 from adapters import AdapterSetup, AutoAdapterModel, MultiHeadOutput, Parallel
-from adapters.models.adapter_model import STATIC_HEAD_CONVERSIONS
+from adapters.heads.adapter_model import STATIC_HEAD_CONVERSIONS
 
 # plain greedy decoding; min_new_tokens keeps EOS out, so every row runs all steps
 GREEDY = dict(do_sample=False, forced_eos_token_id=None, max_new_tokens=4, min_new_tokens=4)

@@ -42,7 +42,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderC
 
 import adapters
 from adapters.compat import CACHE_NAME, CACHE_NAMES, TRANSFORMERS_VERSION, passed_cache, returned_cache
-from adapters.models.spec import layer_stacks, spec_for_model
+from adapters.hooks.spec import layer_stacks, spec_for_model
 
 VERSION = Version(TRANSFORMERS_VERSION)
 
@@ -170,7 +170,7 @@ def spy_backend():
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import AttentionInterface
 
-    from adapters.models.attention import _model_eager
+    from adapters.hooks.attention import _model_eager
 
     record = SimpleNamespace(attention=[], masks=[])
 
@@ -211,7 +211,7 @@ def test_attention_modules_call_the_registered_backend_and_mask(arch, spy_backen
     name; the prefix shapes match the keys it computes. (Numbers: tests/test_prefix.py,
     tests/test_adaption_prompt.py.)"""
     from adapters.methods.prefix_tuning import _attention_dims, _sites_with_configs
-    from adapters.models.attention import attention_configs
+    from adapters.hooks.attention import attention_configs
 
     model = make_model(arch)
     spec = spec_for_model(model)
@@ -246,7 +246,7 @@ def test_attention_modules_call_the_registered_backend_and_mask(arch, spy_backen
             f"{arch}: {type(module).__name__}.is_causal is {getattr(module, 'is_causal', None)!r}"
         )
         if _causal(arch, location) and (arch in DECODERS or arch in ENCODER_DECODERS):
-            # the KV cache is indexed by it (adapters.models.joined_cache finds the layer's cache entry)
+            # the KV cache is indexed by it (adapters.hooks.joined_cache finds the layer's cache entry)
             assert module.__dict__.get("layer_idx") == index, changed(
                 f"{arch}: {type(module).__name__}.layer_idx is {module.__dict__.get('layer_idx')!r}, expected {index}"
             )
@@ -274,7 +274,7 @@ def test_an_attention_backend_needs_its_mask_entry():
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_causal_mask
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-    from adapters.models.attention import adapter_attention_name
+    from adapters.hooks.attention import adapter_attention_name
 
     name = adapter_attention_name("sdpa")
     assert name in AttentionInterface._global_mapping and name in ALL_ATTENTION_FUNCTIONS, changed("registration")
@@ -302,7 +302,7 @@ def test_eager_attention_forward_lookup_and_flash_detection():
     from transformers.models.llama import modeling_llama
     from transformers.utils.generic import is_flash_attention_requested
 
-    from adapters.models.attention import _model_eager
+    from adapters.hooks.attention import _model_eager
 
     signature = parameters(modeling_llama.eager_attention_forward)[:5]
     assert signature == ["module", "query", "key", "value", "attention_mask"], changed(
@@ -369,7 +369,7 @@ def test_cache_argument_and_output_field_names():
 
 
 def test_dynamic_layer_exposes_replaceable_keys_and_values():
-    """``adapters.models.joined_cache`` swaps a plain ``DynamicLayer`` for a subclass whose
+    """``adapters.hooks.joined_cache`` swaps a plain ``DynamicLayer`` for a subclass whose
     ``.keys``/``.values`` are views into ``[extra ; real]`` storage: it relies on ``update``'s
     signature, on ``keys``/``values`` being plain attributes the layer reads back (``get_seq_length``,
     the next ``update``), and on every other operation *replacing* them (so the layer notices).
@@ -502,7 +502,7 @@ def test_checkpointing_wraps_forward_at_class_creation_and_a_class_swap_keeps_it
     today) must checkpoint exactly once per call, neither skipped nor doubled."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from adapters.models.patching import swap_class
+    from adapters.hooks.patching import swap_class
 
     class Sub(GradientCheckpointingLayer):
         def forward(self, x):
@@ -760,7 +760,7 @@ def test_trainer_methods_adapter_trainer_overrides(tmp_path):
 def test_adapter_model_classes_find_their_transformers_bases():
     """Each AdapterModel class subclasses ``<Arch>PreTrainedModel`` (found in the MRO of
     ``MODEL_MAPPING[config_class]``) and builds that base model under ``base_model_prefix``."""
-    from adapters.models.adapter_model import ADAPTER_MODEL_TABLE, _pretrained_base_class
+    from adapters.heads.adapter_model import ADAPTER_MODEL_TABLE, _pretrained_base_class
 
     for model_type, (name, config_name, _, _) in ADAPTER_MODEL_TABLE.items():
         config_class = getattr(transformers, config_name, None)
@@ -776,7 +776,7 @@ def test_adapter_model_classes_find_their_transformers_bases():
 def test_static_head_conversion_paths_resolve(arch):
     """``convert_to_adapter_model`` copies transformers' head modules by path
     (``classifier``, ``score``, ``lm_head``, ``cls.predictions.decoder``, ...)."""
-    from adapters.models.adapter_model import STATIC_HEAD_CONVERSIONS
+    from adapters.heads.adapter_model import STATIC_HEAD_CONVERSIONS
 
     config_class = type(CONFIGS[arch]())
     for class_name, (_, modules, extra) in STATIC_HEAD_CONVERSIONS.items():

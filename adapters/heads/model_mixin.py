@@ -729,6 +729,11 @@ class FlexibleHeadsMixin:
         self._insert_loaded_head(name, head, set_active=set_active)
         return name
 
+    @staticmethod
+    def _holds_head(folder: str) -> bool:
+        """Whether ``folder`` (a local folder) holds a saved prediction head."""
+        return os.path.isfile(os.path.join(folder, HEAD_CONFIG_NAME))
+
     def _prepare_head(self, save_directory: str, load_as=None, id2label=None, overwrite_ok=False, allow_non_finite=False):
         """Read and check a head folder; returns ``(name, head)`` without changing the model."""
         from ..configuration.validation import check_name

@@ -31,7 +31,7 @@ projection a second time to the prompt's share, so on models whose ``o_proj`` ha
 projection and ``g = 0`` stays the base model. PEFT's GPT-2 variant adds the prompt's share
 *after* ``c_proj`` without projecting it; this implementation treats GPT-2 like every other model.
 
-Where the prompt attaches: the attention wrapper of :mod:`adapters.models.attention` calls
+Where the prompt attaches: the attention wrapper of :mod:`adapters.hooks.attention` calls
 :meth:`AdaptionPromptLayer.adjust_output` with the query and the attention output of the real
 tokens, for every backend (eager, sdpa, flash) and after the KV-cache update; no attention code is
 copied. The cache holds only real tokens; the prompt's keys and values are recomputed from the
@@ -66,9 +66,9 @@ from transformers.pytorch_utils import Conv1D
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..context import ForwardContext
 from ..errors import AdapterConfigError, CompositionError
-from ..models.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
-from ..models.targeting import fused_part_rows
-from .base import ComposableLayer, setup_members
+from ..hooks.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
+from ..hooks.targeting import fused_part_rows
+from ..hooks.engine import ComposableLayer, setup_members
 from .caching import reuse_while_unchanged
 
 __all__ = [

@@ -15,7 +15,7 @@ output: ``u = s · f(x W_down) W_up``, ``y = LN(u + h + x)``.
 
 Compacter replaces ``W_down``/``W_up`` by PHM layers (:mod:`adapters.methods.phm`).
 
-Composition (the engine is :class:`~adapters.methods.base.ComposableLayer`): ``Stack`` feeds
+Composition (the engine is :class:`~adapters.hooks.engine.ComposableLayer`): ``Stack`` feeds
 each adapter's output ``a`` into the next adapter's ``pre`` step; ``Fuse`` runs every child on
 the last child's ``h̃`` and lets :class:`~adapters.methods.fusion.AdapterFusion` attend over
 their ``u``; ``Average`` averages ``a`` (and ``u``); ``Split``/``BatchSplit``/``Parallel``
@@ -36,11 +36,14 @@ from ..configuration.bottleneck import BnConfig
 from ..configuration.fusion import AdapterFusionConfig
 from ..context import ForwardContext
 from ..errors import CompositionError
-from .base import ComposableLayer, init_bert_weights
+from ..hooks.engine import ComposableLayer
+from ..hooks.patching import PostNormHookMixin, ResidualSourceMixin, SublayerHookMixin, swap_class
+from ..hooks.spec import ArchitectureSpec, ResidualHook, layer_stacks, stack_config
+from .base import init_bert_weights
 from .fusion import AdapterFusion
 from .phm import PHMLayer
 
-__all__ = ["Adapter", "ParallelAdapter", "BottleneckLayer", "BottleneckState"]
+__all__ = ["Adapter", "ParallelAdapter", "BottleneckLayer", "BottleneckState", "BottleneckHost", "install_bottleneck_hosts"]
 
 
 class BottleneckState(NamedTuple):
@@ -443,3 +446,48 @@ class BottleneckLayer(ComposableLayer):
             return total
 
         return states[-1]._replace(hidden_states=weighted("hidden_states"), bottleneck_up=weighted("bottleneck_up"))
+
+
+class BottleneckHost(BottleneckLayer, nn.Module):
+    """A standalone host module (``attention_adapters`` / ``output_adapters``); never called."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - hosts are driven by the hook mixins
+        raise RuntimeError("BottleneckHost is driven by the layer's hooks and is not called directly.")
+
+
+def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, model_config, shared_parameters):
+    """Give ``layer`` the bottleneck position ``hook``; returns its host."""
+    if hook.create_host:
+        host = BottleneckHost()
+        parent, _, name = hook.host.rpartition(".")  # a nested host: ALBERT's attention.attention_adapters
+        layer.get_submodule(parent).add_module(name, host)  # get_submodule("") is the layer itself
+    else:
+        host = layer.get_submodule(hook.host)
+        swap_class(host, BottleneckLayer)
+    host.init_adapter_layer(layer_idx, hook.location, model_config, shared_parameters)
+
+    source = layer.get_submodule(hook.residual_source)
+    swap_class(source, ResidualSourceMixin)
+    slots = source.__dict__.setdefault("_adapter_residual_slots", [])
+    slots.append((host, hook.residual_arg, hook.residual_kwarg))
+
+    target = layer.get_submodule(hook.norm or hook.sublayer)
+    swap_class(target, PostNormHookMixin if hook.norm else SublayerHookMixin)
+    target.__dict__["_adapter_host"] = host
+    return host
+
+
+def install_bottleneck_hosts(base_model: nn.Module, spec: ArchitectureSpec, shared_parameters) -> list:
+    """Install every residual hook of ``spec`` in every layer of every stack (encoder and decoder
+    of an encoder-decoder family, CLIP's two towers; numbered as AdapterHub numbers them), each
+    sized by its stack's config; returns the hosts."""
+    hosts = []
+    for stack, first, layers in layer_stacks(base_model, spec):
+        config = stack_config(base_model.config, stack)
+        for offset, layer in enumerate(layers):
+            for hook in stack.residual_hooks:
+                hosts.append(install_residual_hook(layer, hook, first + offset, config, shared_parameters))
+    return hosts

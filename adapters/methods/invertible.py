@@ -38,7 +38,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..composition import BatchSplit, Parallel, Stack
-from .base import ComposableLayer, batch_branches, init_bert_weights, remove_host_mixin
+from ..hooks.engine import ComposableLayer, batch_branches, remove_host_mixin
+from .base import init_bert_weights
 
 __all__ = [
     "NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost",

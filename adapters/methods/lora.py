@@ -80,7 +80,8 @@ from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..configuration.lora import LoRAConfig
 from ..context import ForwardContext
 from ..errors import AdapterConfigError, AdapterMergeError
-from .base import ComposableLayer, remove_host_mixin
+from ..hooks.engine import ComposableLayer, remove_host_mixin
+from ..hooks.slices import check_slices, slices_index
 
 __all__ = ["LoRA", "LoRAGroup", "LoRALinear", "LoRAState"]
 
@@ -142,7 +143,7 @@ class LoRA(nn.Module):
         self.out_features = out_features
         self.out_slices = _check_slices(out_slices, out_features, self.scale_input)
         self.groups = len(self.out_slices) if self.out_slices else 1
-        index = _slices_index(self.out_slices)
+        index = slices_index(self.out_slices)
         # the covered output columns (None: all); a buffer so it follows .to(device), never saved
         self.register_buffer("out_index", index, persistent=False)
         rows = out_features if index is None else len(index)
@@ -366,15 +367,8 @@ def accumulate_low_rank(
     return output
 
 
-def _part_ranges(part) -> tuple:
-    """The ``(start, stop)`` ranges of one ``out_slices`` entry: a range, or a tuple of ranges."""
-    return (part,) if isinstance(part[0], int) else part
-
-
 def _check_slices(out_slices, out_features: int, scale_input: bool):
-    """``out_slices`` normalised to ints, or a ValueError: one entry per part, each a ``(start, stop)``
-    column range or a tuple of ranges (a part spread over the output, e.g. one range per head),
-    all parts of one size."""
+    """:func:`~adapters.hooks.slices.check_slices`, refusing (IA)³ input scaling on part of a layer."""
     if not out_slices:
         return None
     if scale_input:
@@ -383,32 +377,7 @@ def _check_slices(out_slices, out_features: int, scale_input: bool):
             f"output columns {list(out_slices)} of a fused projection; leave that module out of feedforward_modules or "
             f"adapt the whole module."
         )
-    try:
-        parts = tuple(
-            (int(part[0]), int(part[1])) if not isinstance(part[0], (tuple, list)) else tuple((int(s), int(e)) for s, e in part)
-            for part in out_slices
-        )
-    except (TypeError, ValueError, IndexError):
-        raise ValueError(f"out_slices {out_slices!r} must be (start, stop) column ranges or tuples of them.") from None
-    ranges = [r for part in parts for r in _part_ranges(part)]
-    sizes = {sum(stop - start for start, stop in _part_ranges(part)) for part in parts}
-    rows = [row for start, stop in ranges for row in range(start, stop)]
-    if (
-        len(sizes) != 1 or any(stop <= start for start, stop in ranges)
-        or any(not 0 <= s < e <= out_features for s, e in ranges) or len(set(rows)) != len(rows)
-    ):
-        raise ValueError(
-            f"out_slices {list(out_slices)} must be non-overlapping, non-empty column ranges within 0..{out_features}, "
-            f"parts of equal size."
-        )
-    return parts
-
-
-def _slices_index(out_slices) -> torch.Tensor | None:
-    """The covered output rows, part after part (the order of ``B``'s rows), or None."""
-    if not out_slices:
-        return None
-    return torch.cat([torch.arange(start, stop) for part in out_slices for start, stop in _part_ranges(part)])
+    return check_slices(out_slices, out_features)
 
 
 class LoRALinear(ComposableLayer):

@@ -21,7 +21,7 @@ the attention input ``h`` (one gate for keys and values, or one each): ``P^K_l â
 ``P^V_l â† g_V P^V_l``. Like AdapterHub's (and this library's LoRA and bottleneck gates), the mean
 runs over all positions of the row.
 
-The prefix enters attention through the one attention wrapper of :mod:`adapters.models.attention`,
+The prefix enters attention through the one attention wrapper of :mod:`adapters.hooks.attention`,
 after the KV-cache update: the cache holds only real tokens, and the prefix is prepended again at
 every decoding step. Grouped-query attention gets ``heads_kv`` prefix heads.
 
@@ -49,10 +49,10 @@ from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
 from ..errors import CompositionError
-from ..models.attention import AttentionContributor, KeyValueExtension, add_contributor, set_position_bias_module, tag_attention
-from ..models.patching import swap_class
-from ..models.spec import layer_stacks, stack_config
-from .base import ComposableLayer, remove_host_mixin, setup_members
+from ..hooks.attention import AttentionContributor, KeyValueExtension, add_contributor, set_position_bias_module, tag_attention
+from ..hooks.patching import swap_class
+from ..hooks.spec import layer_stacks, stack_config
+from ..hooks.engine import ComposableLayer, remove_host_mixin, setup_members
 from .caching import reuse_while_unchanged
 
 __all__ = [
@@ -626,7 +626,7 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
 
 def remove_attention_contributor(attention: nn.Module, contributor) -> None:
     """Detach ``contributor`` from a tagged attention module; the last one leaving takes the tags
-    (:func:`~adapters.models.attention.tag_attention`) with it.
+    (:func:`~adapters.hooks.attention.tag_attention`) with it.
 
     Example::
 

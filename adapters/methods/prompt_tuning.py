@@ -41,7 +41,7 @@ from ..composition import Stack
 from ..configuration.prefix import PromptTuningConfig
 from ..context import ForwardContext
 from ..errors import AdapterConfigError
-from .base import setup_members
+from ..hooks.engine import setup_members
 
 __all__ = ["PromptTuning", "PromptTuningPool", "install_prompt_tuning", "uninstall_prompt_tuning"]
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Split
 from ..errors import CompositionError
-from .base import ComposableLayer, batch_branches, remove_host_mixin
+from ..hooks.engine import ComposableLayer, batch_branches, remove_host_mixin
 
 __all__ = ["SavedModuleHost", "plain_copy", "check_saved_module_setup"]
 
@@ -45,7 +45,7 @@ def plain_copy(module: nn.Module) -> nn.Module:
 
         >>> head_copy = plain_copy(model.classifier)
     """
-    from ..models.patching import restore_class
+    from ..hooks.patching import restore_class
 
     copies = module._modules.pop(CONTAINER, None)
     try:

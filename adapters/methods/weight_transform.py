@@ -64,12 +64,12 @@ class WeightTransform(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, out_slices=None, module_dropout: float = 0.0):
         super().__init__()
-        from .lora import _check_slices, _slices_index
+        from ..hooks.slices import check_slices, slices_index
 
         self.in_features = in_features
         self.out_features = out_features
-        self.out_slices = _check_slices(out_slices, out_features, False)
-        index = _slices_index(self.out_slices)
+        self.out_slices = check_slices(out_slices, out_features)
+        index = slices_index(self.out_slices)
         self.register_buffer("out_index", index, persistent=False)
         #: the number of output rows the adapter covers
         self.rows = out_features if index is None else len(index)
@@ -111,8 +111,8 @@ class WeightTransform(nn.Module):
 
 
 def _build(config, in_features: int, out_features: int, target, path_prefix: str):
-    """The adapter module ``config`` places on ``target`` (a :class:`~adapters.models.targeting.Target`)."""
-    from ..models.targeting import pattern_value
+    """The adapter module ``config`` places on ``target`` (a :class:`~adapters.hooks.targeting.Target`)."""
+    from ..hooks.targeting import pattern_value
     from .adalora import AdaLoRA
     from .hra import HRA
     from .loha import LoHa

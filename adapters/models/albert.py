@@ -28,7 +28,7 @@ space the masked-LM head's ``predictions.decoder`` reads too (as for ELECTRA).
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
 
 __all__ = ["ALBERT"]
 

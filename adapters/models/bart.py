@@ -13,7 +13,7 @@ projections of self- and cross-attention alike (AdapterHub's placement), ``inter
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, DecoderSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, DecoderSpec, ResidualHook, register_architecture
 
 __all__ = ["BART", "MBART", "bart_like_spec"]
 

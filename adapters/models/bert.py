@@ -11,7 +11,7 @@ the masked-LM head's ``generator_lm_head`` reads too, so the inverse runs there.
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
 
 __all__ = ["BERT"]
 

@@ -54,7 +54,7 @@ import dataclasses
 
 import torch
 
-from .spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["CLIP_TEXT", "CLIP_VISION", "CLIP", "clip_parallel_similarities"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from .bert import BERT
-from .spec import register_architecture
+from ..hooks.spec import register_architecture
 
 __all__ = ["DEBERTA_V2"]
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
 
 __all__ = ["DISTILBERT"]
 

@@ -13,7 +13,7 @@ and v thirds of its output only, one rank-``r`` update per third (see
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
 
 __all__ = ["GPT2"]
 

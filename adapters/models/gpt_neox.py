@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from .llama import LLAMA
-from .spec import register_architecture
+from ..hooks.spec import register_architecture
 
 __all__ = ["GPT_NEOX"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from .gpt2 import GPT2
-from .spec import register_architecture
+from ..hooks.spec import register_architecture
 
 __all__ = ["GPTJ"]
 

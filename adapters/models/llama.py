@@ -9,7 +9,7 @@ that, as learned, already normalised keys, like PEFT's past-key-value prefixes."
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
 
 __all__ = ["LLAMA"]
 

@@ -17,7 +17,7 @@ everywhere else; in local (sliding-window) layers the prefix is seen by every to
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
 
 __all__ = ["MODERNBERT"]
 

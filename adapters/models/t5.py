@@ -15,7 +15,7 @@ cross-attention alike (AdapterHub's placement), ``intermediate_lora`` the FFN in
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, DecoderSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, DecoderSpec, ResidualHook, register_architecture
 
 __all__ = ["T5"]
 

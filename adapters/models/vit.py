@@ -14,7 +14,7 @@ places ``selfattn`` on ``attention.q_proj`` / ``k_proj`` / ``v_proj`` (``"o"``: 
 mapping. :func:`adapters.load_adapter` applies the same mapping to adapter keys, plus the one move
 transformers has no base weight for: AdapterHub kept the FFN adapters inside the old ``ViTOutput``
 block (``encoder.layer.N.output.output_adapters``), here a child of the layer
-(``layers.N.output_adapters``) — :attr:`~adapters.models.spec.ArchitectureSpec.legacy_key_renames`.
+(``layers.N.output_adapters``) — :attr:`~adapters.hooks.spec.ArchitectureSpec.legacy_key_renames`.
 
 Prompt tuning joins the soft prompt to the output of ``embeddings`` (the [CLS] token and patch
 embeddings with their positions), as AdapterHub did: the prompt positions carry no position
@@ -24,7 +24,7 @@ enters through transformers' attention interface, which ViT's attention calls.
 
 from __future__ import annotations
 
-from .spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
 
 __all__ = ["VIT"]
 

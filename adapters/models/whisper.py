@@ -10,7 +10,7 @@ token embeddings, is refused (prefix tuning's ``encoder_prefix`` reaches the enc
 from __future__ import annotations
 
 from .bart import bart_like_spec
-from .spec import register_architecture
+from ..hooks.spec import register_architecture
 
 __all__ = ["WHISPER"]
 

@@ -78,7 +78,7 @@ class KeyValueExtension(NamedTuple):
     were cached before them); where the model adds a relative position bias, they get the bias of
     those positions instead of none. ``kept``: the same tensor objects come back on every call
     while their values are unchanged (a decoding cache may then keep its join with them, see
-    :mod:`adapters.models.joined_cache`)."""
+    :mod:`adapters.hooks.joined_cache`)."""
 
     keys: torch.Tensor
     values: torch.Tensor
@@ -290,7 +290,7 @@ def _make_attention(backend: str):
         return output, weights
 
     attention.__name__ = f"{PREFIX}{backend.replace('|', '_')}_attention"
-    attention.__doc__ = f"Backend {backend!r} with the contributions of adapter methods (see adapters.models.attention)."
+    attention.__doc__ = f"Backend {backend!r} with the contributions of adapter methods (see adapters.hooks.attention)."
     return attention
 
 

@@ -34,8 +34,8 @@ from transformers import AutoConfig, GenerationMixin, PreTrainedModel
 
 from .. import logging
 from ..errors import AdapterConfigError
-from ..heads.model_mixin import FlexibleHeadsMixin, _head_arguments
-from ..heads.modernbert import MODERNBERT_HEADS
+from .model_mixin import FlexibleHeadsMixin, _head_arguments
+from .modernbert import MODERNBERT_HEADS
 
 logger = logging.get_logger(__name__)
 
@@ -281,9 +281,9 @@ class _AdapterModelBody(FlexibleHeadsMixin):
         setattr(self, self.base_model_prefix, _base_model_class(config)(config))
         self.heads = nn.ModuleDict()
         self.post_init()
-        import adapters  # the package imports this module
+        from ..initialize import init
 
-        adapters.init(self)
+        init(self)
         for name, head_config in dict(getattr(config, "prediction_heads", None) or {}).items():
             head_type, head_kwargs = _head_arguments(head_config)
             head = self._build_head(head_type, name, **head_kwargs)
@@ -781,11 +781,11 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
     setattr(new, new.base_model_prefix, base)
     new.__dict__.update({k: base.__dict__[k] for k in _ADAPTER_STATE_KEYS if k in base.__dict__})
     if "_adapters_registry" not in base.__dict__:  # a model that never had adapters: patch it now
-        import adapters
+        from ..initialize import init
 
         for key in _ADAPTER_STATE_KEYS[1:]:
             new.__dict__.pop(key, None)
-        adapters.init(new)
+        init(new)
     elif new.__dict__["_adapters_spec"].is_encoder_decoder:
         from ..model_mixin import install_stack_entries
 
@@ -835,7 +835,7 @@ def _base_of(model: PreTrainedModel) -> nn.Module:
             shell._modules[name] = module
     if "_adapters_registry" in model.__dict__:  # adapters added to the head model: the shell carries them
         from ..model_mixin import ModelAdaptersMixin
-        from .patching import swap_class
+        from ..hooks.patching import swap_class
 
         swap_class(shell, ModelAdaptersMixin, keep_name=True)
         for key in _ADAPTER_STATE_KEYS:

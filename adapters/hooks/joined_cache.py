@@ -1,6 +1,6 @@
 """Decoding with extra keys in front of the KV cache, without joining them anew every step.
 
-The attention wrapper (:mod:`adapters.models.attention`) attends over ``[extra ; real]``: an
+The attention wrapper (:mod:`adapters.hooks.attention`) attends over ``[extra ; real]``: an
 adapter's keys/values (a prefix) in front of the layer's real keys/values, which while decoding
 come from the KV cache. The cache holds only the real tokens, so the wrapper joins on every call;
 in a decoding step that join copies the whole prefix and cache, for keys and values, in every

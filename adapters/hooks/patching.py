@@ -29,10 +29,8 @@ from types import MethodType
 from torch import nn
 
 from ..context import ForwardContext
-from ..methods.bottleneck import BottleneckLayer
-from .spec import ArchitectureSpec, ResidualHook, layer_stacks, stack_config
 
-__all__ = ["swap_class", "restore_class", "install_residual_hook", "BottleneckHost"]
+__all__ = ["swap_class", "restore_class", "ResidualSourceMixin", "PostNormHookMixin", "SublayerHookMixin"]
 
 _CLASS_CACHE: dict[tuple, type] = {}
 
@@ -167,48 +165,3 @@ class SublayerHookMixin:
         hidden = output[0] if isinstance(output, tuple) else output
         hidden = host.bottleneck_layer_forward(setup, hidden, residual, None, residual_added_by_model=True)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
-
-
-class BottleneckHost(BottleneckLayer, nn.Module):
-    """A standalone host module (``attention_adapters`` / ``output_adapters``); never called."""
-
-    def __init__(self):
-        nn.Module.__init__(self)
-
-    def forward(self, *args, **kwargs):  # pragma: no cover - hosts are driven by the hook mixins
-        raise RuntimeError("BottleneckHost is driven by the layer's hooks and is not called directly.")
-
-
-def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, model_config, shared_parameters):
-    """Give ``layer`` the bottleneck position ``hook``; returns its host."""
-    if hook.create_host:
-        host = BottleneckHost()
-        parent, _, name = hook.host.rpartition(".")  # a nested host: ALBERT's attention.attention_adapters
-        layer.get_submodule(parent).add_module(name, host)  # get_submodule("") is the layer itself
-    else:
-        host = layer.get_submodule(hook.host)
-        swap_class(host, BottleneckLayer)
-    host.init_adapter_layer(layer_idx, hook.location, model_config, shared_parameters)
-
-    source = layer.get_submodule(hook.residual_source)
-    swap_class(source, ResidualSourceMixin)
-    slots = source.__dict__.setdefault("_adapter_residual_slots", [])
-    slots.append((host, hook.residual_arg, hook.residual_kwarg))
-
-    target = layer.get_submodule(hook.norm or hook.sublayer)
-    swap_class(target, PostNormHookMixin if hook.norm else SublayerHookMixin)
-    target.__dict__["_adapter_host"] = host
-    return host
-
-
-def install_architecture(base_model: nn.Module, spec: ArchitectureSpec, shared_parameters) -> list:
-    """Install every residual hook of ``spec`` in every layer of every stack (encoder and decoder
-    of an encoder-decoder family, CLIP's two towers; numbered as AdapterHub numbers them), each
-    sized by its stack's config; returns the hosts."""
-    hosts = []
-    for stack, first, layers in layer_stacks(base_model, spec):
-        config = stack_config(base_model.config, stack)
-        for offset, layer in enumerate(layers):
-            for hook in stack.residual_hooks:
-                hosts.append(install_residual_hook(layer, hook, first + offset, config, shared_parameters))
-    return hosts

@@ -1,0 +1,463 @@
+"""The composition engine: one walk over a block tree, shared by every method.
+
+A method hosts its adapters at some place in every layer (a bottleneck host after a residual
+block, a LoRA host on a linear layer, ...). The host mixes in :class:`ComposableLayer` and
+implements the small protocol below; the engine in :meth:`ComposableLayer.compose` turns
+``Stack``/``Parallel``/``Split``/``BatchSplit``/``Average`` (and ``Fuse``, where the method defines
+it) into calls of that protocol.
+
+Protocol of a method's host (``State`` is the method's NamedTuple of intermediate values):
+
+* ``compose_single(name, state) -> State``: apply one adapter.
+* ``compose_fuse(block, state) -> State``: AdapterFusion (only methods that support it).
+* ``mean(states, weights, start) -> State``: weighted mean of the children of an ``Average``
+  (``start`` is the state the children started from).
+* ``BATCH_FIELDS`` / ``SEQUENCE_FIELDS``: the state fields that carry a batch / sequence
+  dimension; slicing and concatenation of states are derived from them.
+
+Children of a block that have no adapter at this host (``leave_out``, another method, another
+location) are pruned once per setup and host and cached, so a forward pass does no work for
+adapters that do not run here.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple, Optional
+
+import torch
+
+from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from ..context import ForwardContext
+from ..errors import CompositionError
+
+__all__ = ["ComposableLayer", "prune_setup", "hoist_batch_splits", "batch_branches", "remove_host_mixin"]
+
+
+_IDENTITY = None  # a pruned child: passes its slice of the state through unchanged
+
+# instance entries ComposableLayer._init_composable sets
+_COMPOSABLE_ENTRIES = ("layer_idx", "location", "_setup_cache")
+
+
+def remove_host_mixin(module: torch.nn.Module, mixin: type, containers: tuple = ()) -> None:
+    """Undo ``swap_class(module, mixin)`` when a host is no longer needed: drop the child modules
+    named in ``containers``, take ``mixin`` out of the module's class (the other mixins swapped onto
+    it stay, in their order, with the same class objects as before), and drop the host's
+    bookkeeping entries (``layer_idx``, ``location``, the setup cache) once no host mixin is left.
+    The module's own parameters and names are untouched.
+
+    Example::
+
+        >>> remove_host_mixin(query, LoRALinear, containers=("loras",))
+        >>> type(query).__name__
+        'Linear'
+    """
+    from .patching import restore_class, swap_class
+
+    for name in containers:
+        module._modules.pop(name, None)
+    mixins = module.__dict__.get("_adapters_mixins", ())
+    if mixin in mixins:
+        original = module.__dict__["_adapters_original_class"]
+        keep_name = type(module).__name__ == original.__name__
+        remaining = tuple(m for m in mixins if m is not mixin)
+        restore_class(module)
+        for other in reversed(remaining):  # swap_class puts a mixin in front: oldest first
+            swap_class(module, other, keep_name=keep_name)
+    if issubclass(mixin, ComposableLayer) and not isinstance(module, ComposableLayer):
+        for key in _COMPOSABLE_ENTRIES:
+            module.__dict__.pop(key, None)
+        module.__dict__.update(module.__dict__.pop("_adapters_shadowed", {}))
+
+
+def prune_setup(setup, present: set):
+    """Restrict ``setup`` to the adapters in ``present``.
+
+    Returns None if nothing in the setup runs here. Children of positional blocks (Parallel,
+    Split, BatchSplit) are kept as ``None`` placeholders so that branch ``i`` still means child
+    ``i``; Stack and Fuse simply drop them; Average drops them and rescales the remaining weights to the
+    original total. A ``BatchSplit`` below an ``Average`` or ``Fuse`` is first moved above it
+    (:func:`hoist_batch_splits`), so that each row drops exactly the children absent from its own
+    setup.
+
+    Example::
+
+        >>> prune_setup(Stack("a", Parallel("b", "c")), {"a", "c"})
+        Stack[a, Parallel[None, c]]
+    """
+    return _prune(hoist_batch_splits(setup), present)
+
+
+def _prune(setup, present: set):
+    if isinstance(setup, str):
+        return setup if setup in present else None
+    children = [_prune(child, present) for child in setup.children]
+    if all(child is None for child in children):
+        return None
+    if isinstance(setup, (Stack, Fuse)):
+        kept = [c for c in children if c is not None]
+        if isinstance(setup, Fuse):
+            return _Pruned(Fuse, kept, name=setup.name)
+        return kept[0] if len(kept) == 1 and isinstance(kept[0], str) else _Pruned(Stack, kept)
+    if isinstance(setup, Average):
+        pairs = [(c, w) for c, w in zip(children, setup.weights) if c is not None]
+        rescale = sum(setup.weights) / sum(w for _, w in pairs)  # keep the total the user gave
+        return _Pruned(Average, [c for c, _ in pairs], weights=[w * rescale for _, w in pairs])
+    if isinstance(setup, Split):
+        return _Pruned(Split, children, splits=setup.splits)
+    if isinstance(setup, BatchSplit):
+        return _Pruned(BatchSplit, children, batch_sizes=setup.batch_sizes)
+    if isinstance(setup, Parallel):
+        return _Pruned(Parallel, children)
+    raise TypeError(f"Unknown composition block {setup!r}.")
+
+
+_hoisted: dict = {}
+
+
+def hoist_batch_splits(setup):
+    """``setup`` with every ``BatchSplit`` below an ``Average`` or ``Fuse`` moved above it: the
+    block becomes a ``BatchSplit`` over runs of rows, each run holding the block as its rows see
+    it (every BatchSplit replaced by the child that owns them). The same computation row by row,
+    but an ``Average`` / ``Fuse`` that drops a child absent at some position (``leave_out``) now
+    drops it for exactly the rows whose setup has it. Cached per setup.
+
+    Example::
+
+        >>> hoist_batch_splits(Average("a", BatchSplit("b", "c", batch_sizes=[1, 2])))
+        BatchSplit[Average[a, b], Average[a, c]]
+    """
+    if isinstance(setup, str):
+        return setup
+    try:
+        return _hoisted[setup]
+    except KeyError:
+        pass
+    result = _hoist(setup)
+    if len(_hoisted) > 1024:
+        _hoisted.clear()
+    _hoisted[setup] = result
+    return result
+
+
+def _hoist(node):
+    if isinstance(node, str):
+        return node
+    children = [_hoist(child) for child in node.children]
+    node = _rebuilt(node, children)
+    if isinstance(node, (Average, Fuse)) and any(_contains_batch_split(child) for child in children):
+        rows = _rows_seen(node)
+        cuts = sorted(set(_row_cuts(node, 0)) | {0, rows})
+        if rows > 0:
+            runs = list(zip(cuts, cuts[1:]))
+            parts = [_owned_by_row(node, start) for start, _ in runs]
+            return BatchSplit(*parts, batch_sizes=[end - start for start, end in runs])
+    return node
+
+
+def _rebuilt(node, children):
+    """A block like ``node`` (same kind and parameters) with ``children``."""
+    if list(children) == list(node.children):
+        return node
+    if isinstance(node, Fuse):
+        return Fuse(*children, name=node.name)
+    if isinstance(node, Split):
+        return Split(*children, splits=list(node.splits))
+    if isinstance(node, BatchSplit):
+        return BatchSplit(*children, batch_sizes=list(node.batch_sizes))
+    if isinstance(node, Average):
+        return Average(*children, weights=list(node.weights), normalize_weights=False)
+    return type(node)(*children)
+
+
+def _contains_batch_split(node) -> bool:
+    return not isinstance(node, str) and (isinstance(node, BatchSplit) or any(_contains_batch_split(c) for c in node.children))
+
+
+def _rows_seen(node) -> int:
+    """The rows a block sees, read from its outermost BatchSplit (all agree: validate_composition)."""
+    if isinstance(node, BatchSplit):
+        return sum(node.batch_sizes)
+    for child in node.children:
+        if not isinstance(child, str) and _contains_batch_split(child):
+            return _rows_seen(child)
+    raise ValueError(f"{node} contains no BatchSplit")
+
+
+def _row_cuts(node, offset: int) -> list:
+    """The row boundaries of every BatchSplit in ``node`` (which starts at row ``offset``)."""
+    if isinstance(node, str):
+        return []
+    if not isinstance(node, BatchSplit):
+        return [cut for child in node.children for cut in _row_cuts(child, offset)]
+    cuts, start = [], offset
+    for child, size in zip(node.children, node.batch_sizes):
+        cuts += [start] + _row_cuts(child, start)
+        start += size
+    return cuts + [start]
+
+
+def _owned_by_row(node, row: int):
+    """``node`` as row ``row`` sees it: every BatchSplit replaced by the child owning the row."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, BatchSplit):
+        start = 0
+        for child, size in zip(node.children, node.batch_sizes):
+            if row < start + size:
+                return _owned_by_row(child, row - start)
+            start += size
+        raise ValueError(f"row {row} lies outside {node}")
+    return _rebuilt(node, [_owned_by_row(child, row) for child in node.children])
+
+
+def setup_members(setup, present, cache: dict) -> tuple[str, ...]:
+    """The adapters of ``setup`` (depth first, each once) that ``present()`` contains — for the
+    model-wide pools (prefix tuning, prompt tuning, Llama-Adapter), which look this up in every
+    forward pass; kept in ``cache`` per setup (clear it when the pool's adapters change).
+
+    Example::
+
+        >>> setup_members(Stack("lang", "prefix"), lambda: {"prefix"}, {})
+        ('prefix',)
+    """
+    try:
+        return cache[setup]
+    except KeyError:
+        container = present()
+        names = cache[setup] = tuple(n for n in dict.fromkeys(setup.flatten()) if n in container)
+        return names
+
+
+def batch_branches(block, batch: int) -> list:
+    """``[(rows, name or None)]``: which adapter acts on which consecutive rows of a batch, for a
+    setup pruned to one host whose adapters replace something rather than compose (one adapter
+    per row). ``Parallel`` / ``BatchSplit`` split the rows among their children; inside any other
+    block each row takes the first adapter of its own setup that is present here (the setup of a
+    row: every Parallel / BatchSplit replaced by the child that owns the row), so
+    ``Stack(Parallel("a", "b"), "c")`` gives the rows of branch ``a`` adapter ``a`` and, where
+    ``a`` has none here, ``c``.
+
+    Example::
+
+        >>> batch_branches(prune_setup(Parallel("a", "b"), {"a", "b"}), 4)
+        [(2, 'a'), (2, 'b')]
+        >>> batch_branches(prune_setup(Stack(Parallel("a", "b"), "c"), {"b", "c"}), 4)
+        [(2, 'c'), (2, 'b')]
+    """
+    if block is None or isinstance(block, str):
+        return [(batch, block)]
+    if block.kind in (Parallel, BatchSplit):
+        sizes = block.batch_sizes or [batch // len(block.children)] * len(block.children)
+        return _join_runs([branch for child, size in zip(block.children, sizes) for branch in batch_branches(child, size)])
+    runs = [(batch, None)]
+    for child in block.children:
+        if child is not None:
+            runs = _overlay_runs(runs, batch_branches(child, batch))
+            if all(name is not None for _, name in runs):
+                break
+    return runs
+
+
+def _overlay_runs(first: list, second: list) -> list:
+    """Runs of ``first`` where they name an adapter, else those of ``second`` (same total rows)."""
+    out, i, j, left_i, left_j = [], 0, 0, first[0][0], second[0][0]
+    while i < len(first) and j < len(second):
+        step = min(left_i, left_j)
+        name = first[i][1] if first[i][1] is not None else second[j][1]
+        out.append((step, name))
+        left_i, left_j = left_i - step, left_j - step
+        if left_i == 0:
+            i += 1
+            left_i = first[i][0] if i < len(first) else 0
+        if left_j == 0:
+            j += 1
+            left_j = second[j][0] if j < len(second) else 0
+    return _join_runs(out)
+
+
+def _join_runs(runs: list) -> list:
+    """Adjacent runs of one adapter joined, empty runs dropped (at least one run is kept)."""
+    out: list = []
+    for size, name in runs:
+        if size == 0:
+            continue
+        if out and out[-1][1] == name:
+            out[-1] = (out[-1][0] + size, name)
+        else:
+            out.append((size, name))
+    return out or [(0, None)]
+
+
+class _Pruned:
+    """A block restricted to one host: same kind and parameters, children may be None."""
+
+    __slots__ = ("kind", "children", "name", "weights", "splits", "batch_sizes")
+
+    def __init__(self, kind, children, name=None, weights=None, splits=None, batch_sizes=None):
+        self.kind = kind
+        self.children = tuple(children)
+        self.name = name
+        self.weights = weights
+        self.splits = splits
+        self.batch_sizes = batch_sizes
+
+    def last(self) -> str:
+        for child in reversed(self.children):
+            if child is not None:
+                return child if isinstance(child, str) else child.last()
+        raise ValueError("empty block")
+
+    def __repr__(self):
+        return f"{self.kind.__name__}[{', '.join(str(c) for c in self.children)}]"
+
+
+class ComposableLayer:
+    """Mixin for a module that hosts one method's adapters at one place of one layer.
+
+    Subclasses set ``method`` (the config ``architecture`` they host), ``supported_blocks`` and
+    the protocol described in the module docstring. ``layer_idx`` and ``location`` are set when
+    the model is patched.
+
+    Example::
+
+        >>> host = model.bert.encoder.layer[0].output       # a BERT output block with adapters
+        >>> host.adapter_names()
+        {'a'}
+    """
+
+    method: ClassVar[str] = ""
+    supported_blocks: ClassVar[tuple] = (Stack,)
+    BATCH_FIELDS: ClassVar[tuple[str, ...]] = ()
+    SEQUENCE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    layer_idx: int = -1
+    location: str = ""
+
+    def _init_composable(self, layer_idx: int, location: str) -> None:
+        # entries of the module itself that the host's shadow (a transformers attention's own
+        # layer_idx): remove_host_mixin puts them back
+        shadowed = {k: self.__dict__[k] for k in _COMPOSABLE_ENTRIES if k in self.__dict__}
+        self.__dict__.setdefault("_adapters_shadowed", shadowed)
+        self.layer_idx = layer_idx
+        self.location = location
+        self.__dict__["_setup_cache"] = {}
+
+    # -- which adapters live here ---------------------------------------------------------------
+    def adapter_names(self) -> set[str]:
+        """Names of the adapters this host has."""
+        raise NotImplementedError(f"{type(self).__name__} must implement adapter_names")
+
+    def _invalidate_setup_cache(self) -> None:
+        self.__dict__["_setup_cache"] = {}
+
+    def active_setup(self, context: Optional[ForwardContext] = None):
+        """The part of the current forward pass's setup that runs at this host, or None.
+
+        Cached per setup, so its cost does not grow with the number of adapters. ``context``: the
+        current forward context where the caller has it at hand (saves looking it up).
+        """
+        if context is None:
+            context = ForwardContext.get_context()
+        if context is None or context.setup is None or self.layer_idx in context.skip_layers:
+            return None
+        cache = self.__dict__["_setup_cache"]
+        setup = context.setup
+        try:
+            return cache[setup]
+        except KeyError:
+            pruned = prune_setup(setup, self.adapter_names())
+            cache[setup] = pruned
+            return pruned
+
+    # -- the engine ------------------------------------------------------------------------------
+    def compose(self, setup, state):
+        """Apply ``setup`` (a pruned block or a name) to ``state``."""
+        if setup is _IDENTITY:
+            return state
+        if isinstance(setup, str):
+            return self.compose_single(setup, state)
+        kind = setup.kind
+        if kind is Stack:
+            for child in setup.children:
+                state = self.compose(child, state)
+            return state
+        if kind is Parallel:
+            return self._compose_batch_groups(setup, state, self._parallel_sizes(setup, state))
+        if kind is BatchSplit:
+            sizes = list(setup.batch_sizes)
+            batch = self._batch_size(state)
+            if sum(sizes) != batch:
+                raise CompositionError(
+                    f"BatchSplit batch_sizes {sizes} add up to {sum(sizes)} but the batch has {batch} rows at "
+                    f"{type(self).__name__} (layer {self.layer_idx}); make them add up to the batch size."
+                )
+            return self._compose_batch_groups(setup, state, sizes)
+        if kind is Split:
+            return self.compose_split(setup, state)
+        if kind is Average:
+            return self.mean([self.compose(child, state) for child in setup.children], setup.weights, state)
+        if kind is Fuse:
+            return self.compose_fuse(setup, state)
+        raise TypeError(f"Unknown block {setup!r}")
+
+    def _parallel_sizes(self, setup, state) -> list[int]:
+        channels = len(setup.children)
+        batch = self._batch_size(state)
+        if batch % channels:
+            raise CompositionError(
+                f"Parallel with {channels} branches got a batch of {batch} rows, which is not a multiple of {channels}; "
+                f"Parallel replicates the input when the model's forward starts, so run the whole model."
+            )
+        return [batch // channels] * channels
+
+    def _batch_size(self, state) -> int:
+        return getattr(state, self.BATCH_FIELDS[0]).shape[0]
+
+    def _compose_batch_groups(self, setup, state, sizes):
+        outputs, start, template = [], 0, None
+        for child, size in zip(setup.children, sizes):
+            outputs.append(self.compose(child, self.slice_state(state, self.BATCH_FIELDS, 0, start, start + size)))
+            template = outputs[-1] if child is not _IDENTITY else template
+            start += size
+        return self.cat_states(outputs, self.BATCH_FIELDS, 0, template)
+
+    def compose_split(self, setup, state):
+        """Children process consecutive sequence segments; the rest of the sequence passes through."""
+        seq_len = getattr(state, self.SEQUENCE_FIELDS[0]).shape[1]
+        outputs, start, template = [], 0, None
+        for child, size in zip(setup.children, setup.splits):
+            end = min(start + size, seq_len)
+            outputs.append(self.compose(child, self.slice_state(state, self.SEQUENCE_FIELDS, 1, start, end)))
+            template = outputs[-1] if child is not _IDENTITY else template
+            start = end
+        if start < seq_len:
+            outputs.append(self.slice_state(state, self.SEQUENCE_FIELDS, 1, start, seq_len))
+        return self.cat_states(outputs, self.SEQUENCE_FIELDS, 1, template)
+
+    def compose_single(self, name: str, state):
+        raise NotImplementedError(f"{type(self).__name__} must implement compose_single")
+
+    def compose_fuse(self, setup, state):
+        raise CompositionError(f"{self.method} adapters cannot be fused; Fuse is defined for bottleneck adapters only.")
+
+    def mean(self, states, weights, start):
+        raise NotImplementedError(f"{type(self).__name__} must implement mean")
+
+    # -- state algebra derived from the field lists ---------------------------------------------
+    @staticmethod
+    def slice_state(state: NamedTuple, fields, dim: int, start: int, end: int):
+        return state._replace(
+            **{f: getattr(state, f).narrow(dim, start, end - start) for f in fields if getattr(state, f) is not None}
+        )
+
+    @staticmethod
+    def cat_states(states, fields, dim: int, template=None):
+        """Concatenate the tensor fields; the other fields come from ``template`` (the last state
+        an adapter produced)."""
+        changes = {}
+        for f in fields:
+            values = [getattr(s, f) for s in states]
+            if all(v is not None for v in values):
+                changes[f] = torch.cat(values, dim=dim)
+        return (template if template is not None else states[-1])._replace(**changes)
