@@ -1,6 +1,18 @@
 """Declarative architecture specs: where a family keeps its layers, residual blocks and
 projections. One small spec per family; :func:`adapters.init` does the rest.
 
+A spec is an :class:`ArchitectureSpec`: the model-level fields (name, model types, embeddings,
+refused methods, ...) and ``stacks``, one :class:`StackSpec` per stack of transformer layers,
+which says everything about the layers of that stack:
+
+* single-stack families (BERT, Llama, ...): one stack (role ``"layers"``);
+* encoder-decoders (T5, BART, Whisper): the encoder stack, then the decoder stack (role
+  ``"decoder"``, :data:`DecoderSpec`), whose layers also have a cross-attention block
+  (``cross_attention`` and its q/k/v/o projections);
+* dual encoders (CLIP): two towers run side by side (roles ``"text"``, ``"vision"``), without
+  cross-attention. Each tower reads its own sub-config (``sub_config="vision_config"``): its
+  hidden size, heads and dropout size the adapters of its layers.
+
 A bottleneck position is described by a :class:`ResidualHook`: inside each layer, some
 sub-block produces ``h`` which is added to the residual stream ``x``:
 
@@ -13,32 +25,21 @@ sub-block produces ``h`` which is added to the residual stream ``x``:
 keyword ``residual_kwarg``), which is swapped for a subclass that hands it over through the
 forward context.
 
-**Two-stack families** describe their first stack with the usual fields and the second in
-``second_stack``, a :class:`StackSpec` with the same per-layer fields:
+Code that walks layers reads ``spec.stacks`` (the stacks with their roles filled in) and
+:func:`layer_stacks` for a model. Layer numbering follows AdapterHub's ``iter_layers``:
+first-stack layers ``0 … E−1``, second-stack layers ``E … E+D−1`` (decoder after encoder; CLIP's
+vision layers after its text layers), so ``leave_out=[0]`` leaves out the first layer of the
+first stack and ``leave_out=[E]`` the first layer of the second. A model with only one of the
+stacks (``T5EncoderModel``, ``CLIPForImageClassification``) numbers its layers from 0.
 
-* encoder-decoders (T5, BART, Whisper): the second stack is the decoder (role ``"decoder"``,
-  :data:`DecoderSpec`), whose layers also have a cross-attention block (``cross_attention`` and its
-  q/k/v/o projections);
-* dual encoders (CLIP): the second stack is a second tower run beside the first (role
-  ``"vision"``), without cross-attention. Each tower reads its own sub-config
-  (``sub_config="vision_config"``): its hidden size, heads and dropout size the adapters of its
-  layers.
-
-Code that walks layers goes through :meth:`ArchitectureSpec.stacks` (and :func:`layer_stacks` for
-a model), which yields one :class:`LayerStack` per stack: one for single-stack families, two
-(``"encoder"``, ``"decoder"``; ``"text"``, ``"vision"``) for two-stack ones.
-
-Layer numbering follows AdapterHub's ``iter_layers``: first-stack layers ``0 … E−1``, second-stack
-layers ``E … E+D−1`` (decoder after encoder; CLIP's vision layers after its text layers), so
-``leave_out=[0]`` leaves out the first layer of the first stack and ``leave_out=[E]`` the first
-layer of the second. A model with only one of the stacks (``T5EncoderModel``,
-``CLIPForImageClassification``) numbers its layers from 0.
+Specs written before ``stacks`` existed (the first stack's fields as keywords of
+:class:`ArchitectureSpec`, the second in ``second_stack=``) still build, into the same stacks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 from ..errors import AdapterConfigError
 
@@ -54,6 +55,7 @@ __all__ = [
     "layer_stacks",
     "register_architecture",
     "spec_for_model",
+    "supported_model_types",
     "SUPPORTED_MODEL_TYPES",
 ]
 
@@ -71,6 +73,11 @@ class ResidualHook:
         residual_arg, residual_kwarg: where ``x`` is in that module's call.
         norm: post-LN only: the norm that receives ``h + x``.
         sublayer: pre-LN only: the module whose output (or first output) is ``h``.
+        sublayer_output: post-LN, optional: the module whose output (or first output) is ``h``
+            itself, called once per block as the last step before the model adds ``x`` (BERT's
+            ``output.dropout``). Given, the adapters run there on the exact ``h``; the norm only
+            returns their result where the model's ``norm(· + x)`` cannot produce it
+            (original_ln_after=False). None: the norm recovers ``h`` as ``(h + x) − x``.
 
     Example::
 
@@ -86,6 +93,7 @@ class ResidualHook:
     create_host: bool = False
     norm: Optional[str] = None
     sublayer: Optional[str] = None
+    sublayer_output: Optional[str] = None
 
     def __post_init__(self):
         if (self.norm is None) == (self.sublayer is None):
@@ -93,27 +101,44 @@ class ResidualHook:
                 f"ResidualHook {self.location}: give exactly one of norm (post-LN) or sublayer (pre-LN), got "
                 f"norm={self.norm!r} and sublayer={self.sublayer!r}."
             )
+        if self.sublayer_output is not None and self.norm is None:
+            raise AdapterConfigError(
+                f"ResidualHook {self.location}: sublayer_output={self.sublayer_output!r} names h in a post-LN block "
+                f"and needs norm; a pre-LN block names h with sublayer={self.sublayer!r} alone."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class StackSpec:
-    """The second layer stack of a two-stack family (paths: ``layers`` relative to the base model,
-    everything else relative to one layer of the stack).
+    """One stack of transformer layers: where its layers keep the parts adapters attach to (paths:
+    ``layers`` and ``position_embeddings`` relative to the base model, everything else relative to
+    one layer of the stack).
 
     Args:
         layers: the stack's ``nn.ModuleList`` of layers.
         residual_hooks: the bottleneck positions of a layer (``mh_adapter``, ``output_adapter``
             and, in a decoder, ``cross_adapter``).
-        attention, query, key, value, attn_output: the self-attention and its projections.
-        ffn_in, ffn_out, intermediate_lora, output_lora: as in :class:`ArchitectureSpec`.
+        attention: the self-attention module.
+        query, key, value: its q/k/v projections. Where several name the same module (GPT-2's
+            fused ``c_attn``), that module's output is those parts concatenated (see
+            :class:`ArchitectureSpec`'s ``fused_qkv_heads`` and ``fused_qkv_layout``), and LoRA
+            adapts only the selected parts.
+        attn_output: the attention output projection.
+        ffn_in: the FFN input projection(s); ffn_out: the FFN output projection.
+        intermediate_lora, output_lora: the linear layers LoRA's ``intermediate_lora`` and
+            ``output_lora`` place adapters on (AdapterHub's placement, so its checkpoints load).
         cross_attention: a decoder's cross-attention module (queries from the decoder, keys and
             values from the encoder output); None for a stack without cross-attention.
         cross_query, cross_key, cross_value, cross_attn_output: its projections.
-        role: ``"decoder"`` (an encoder-decoder's decoder) or a name for a tower (``"vision"``).
+        role: what the stack is: ``"layers"`` (the one stack of a single-stack family),
+            ``"encoder"`` / ``"decoder"``, or a tower's name (``"text"``, ``"vision"``). None: set
+            by :class:`ArchitectureSpec` from the stack's place — ``"decoder"`` after the first
+            stack, and for the first ``"encoder"`` beside a decoder, else ``"layers"``.
         sub_config: the attribute of the model config that configures this stack (CLIP's
             ``"vision_config"``); None: the model config itself.
         attention_location: where prefix tuning files the stack's self-attention (its prefix key is
-            ``<location>_prefix``).
+            ``<location>_prefix``). None: set by :class:`ArchitectureSpec` — ``"encoder"`` for the
+            encoder of an encoder-decoder (the config's ``encoder_prefix``), else ``"self"``.
         position_embeddings: a decoder's position embedding module (relative to the base model),
             called with ``position_ids``; prefix tuning's ``shift_positions`` offsets them. None
             where positions are relative (T5's position bias).
@@ -122,6 +147,9 @@ class StackSpec:
 
         >>> StackSpec(layers="vision_model.encoder.layers", residual_hooks=(...), attention="self_attn",
         ...           ..., role="vision", sub_config="vision_config")
+        >>> encoder, decoder = T5.stacks
+        >>> decoder.role, decoder.attention_location, decoder.cross_attention
+        ('decoder', 'self', 'layer.1.EncDecAttention')
     """
 
     layers: str
@@ -140,53 +168,10 @@ class StackSpec:
     cross_key: Optional[str] = None
     cross_value: Optional[str] = None
     cross_attn_output: Optional[str] = None
-    role: str = "decoder"
+    role: Optional[str] = None
     sub_config: Optional[str] = None
-    attention_location: str = "self"
+    attention_location: Optional[str] = None
     position_embeddings: Optional[str] = None
-
-
-#: The decoder stack of an encoder-decoder family: a :class:`StackSpec` with ``role="decoder"``
-#: (the default) and the cross-attention fields set.
-DecoderSpec = StackSpec
-
-
-class LayerStack(NamedTuple):
-    """One stack of layers as the patching code sees it (see :meth:`ArchitectureSpec.stacks`).
-
-    ``role`` is ``"layers"`` (single-stack families), ``"encoder"`` / ``"decoder"`` or a tower's
-    name (``"text"``, ``"vision"``); ``attention_location`` is where prefix tuning files the stack's
-    self-attention (``"self"``, ``"encoder"`` for an encoder-decoder's encoder: the config's
-    ``encoder_prefix``, or a tower's own location). The ``cross_*`` fields are None except for a
-    decoder; ``sub_config`` names the config attribute that configures the stack (None: the
-    model config).
-
-    Example::
-
-        >>> encoder, decoder = T5.stacks()
-        >>> decoder.role, decoder.attention_location, decoder.cross_attention
-        ('decoder', 'self', 'layer.1.EncDecAttention')
-    """
-
-    role: str
-    layers: str
-    residual_hooks: tuple
-    attention: str
-    query: Optional[str]
-    key: Optional[str]
-    value: Optional[str]
-    attn_output: str
-    ffn_in: tuple
-    ffn_out: str
-    intermediate_lora: tuple
-    output_lora: tuple
-    attention_location: str = "self"
-    cross_attention: Optional[str] = None
-    cross_query: Optional[str] = None
-    cross_key: Optional[str] = None
-    cross_value: Optional[str] = None
-    cross_attn_output: Optional[str] = None
-    sub_config: Optional[str] = None
 
     def attention_matrices(self) -> dict[str, list[str]]:
         """``{"q": [paths], "k": ..., "v": ..., "o": ...}``: the projections AdapterHub's
@@ -194,7 +179,7 @@ class LayerStack(NamedTuple):
 
         Example::
 
-            >>> BART.stacks()[1].attention_matrices()["q"]
+            >>> BART.stacks[1].attention_matrices()["q"]
             ['self_attn.q_proj', 'encoder_attn.q_proj']
         """
         own = {"q": self.query, "k": self.key, "v": self.value, "o": self.attn_output}
@@ -202,27 +187,132 @@ class LayerStack(NamedTuple):
         return {letter: [p for p in (own[letter], cross[letter]) if p] for letter in "qkvo"}
 
 
-@dataclasses.dataclass(frozen=True)
-class ArchitectureSpec:
-    """Where an architecture family keeps the parts adapters attach to.
+#: The decoder stack of an encoder-decoder family: a :class:`StackSpec` (after the encoder's, its
+#: role defaults to ``"decoder"``) with the cross-attention fields set.
+DecoderSpec = StackSpec
 
-    Paths are dotted module paths: ``layers`` relative to the base model, everything else
-    relative to one layer.
+#: A stack as the patching code walks it: a :class:`StackSpec` with its role and prefix location
+#: filled in (the items of :attr:`ArchitectureSpec.stacks`). Kept as a name for code written when
+#: it was a separate type.
+LayerStack = StackSpec
+
+
+class _Stacks(tuple):
+    """The tuple of an :class:`ArchitectureSpec`'s stacks. Calling it returns itself, so code that
+    reads the stacks as ``spec.stacks()`` (a method before ``stacks`` became a field) keeps working."""
+
+    def __call__(self) -> "_Stacks":
+        return self
+
+
+# keywords of ArchitectureSpec from before ``stacks``: the first stack's fields (``first_role`` is
+# its role), and the second stack as a whole
+_FIRST_STACK_KEYWORDS = {
+    "layers": "layers", "residual_hooks": "residual_hooks", "attention": "attention", "query": "query", "key": "key",
+    "value": "value", "attn_output": "attn_output", "ffn_in": "ffn_in", "ffn_out": "ffn_out",
+    "intermediate_lora": "intermediate_lora", "output_lora": "output_lora", "first_role": "role",
+    "sub_config": "sub_config", "attention_location": "attention_location",
+}
+_SECOND_STACK_KEYWORDS = ("second_stack", "decoder")
+_REQUIRED_STACK_FIELDS = tuple(f.name for f in dataclasses.fields(StackSpec) if f.default is dataclasses.MISSING)
+
+
+def _first_stack_field(field: str) -> property:
+    """A read-only property of :class:`ArchitectureSpec` that reads ``field`` of the first stack."""
+
+    def read(self):
+        return getattr(self.stacks[0], field)
+
+    read.__name__ = field
+    read.__doc__ = (
+        f"The first stack's ``{field}`` (read-only; ``spec.stacks[0].{field}``), for code written before specs "
+        f"had ``stacks``.\n\nExample::\n\n    >>> BERT.{field} == BERT.stacks[0].{field}\n    True\n"
+    )
+    return property(read)
+
+
+def _fold_stack_keywords(name: str, stacks, stack_keywords: dict) -> tuple[StackSpec, ...]:
+    """The stacks an :class:`ArchitectureSpec` is built with: ``stacks``, or the stacks the older
+    keywords describe (the first stack's fields, ``second_stack`` / ``decoder``). Given beside
+    ``stacks`` (``dataclasses.replace(spec, query=...)``), those keywords change its first stack, or
+    replace its second."""
+    given_second = [keyword for keyword in _SECOND_STACK_KEYWORDS if keyword in stack_keywords]
+    unknown = sorted(set(stack_keywords) - set(_FIRST_STACK_KEYWORDS) - set(_SECOND_STACK_KEYWORDS))
+    if unknown:
+        raise AdapterConfigError(
+            f"ArchitectureSpec {name}: unknown keyword(s) {', '.join(unknown)}. Describe each layer stack in "
+            f"stacks=(StackSpec(...), ...); the older per-stack keywords are {', '.join(_FIRST_STACK_KEYWORDS)} "
+            f"(the first stack) and second_stack (the second)."
+        )
+    if len(given_second) > 1:
+        raise AdapterConfigError(
+            f"ArchitectureSpec {name}: second_stack and decoder both name the second stack; give one of them."
+        )
+    first_fields = {_FIRST_STACK_KEYWORDS[k]: v for k, v in stack_keywords.items() if k in _FIRST_STACK_KEYWORDS}
+    if stacks is None:
+        missing = [field for field in _REQUIRED_STACK_FIELDS if field not in first_fields]
+        if missing:
+            raise AdapterConfigError(
+                f"ArchitectureSpec {name}: no stacks given. Pass stacks=(StackSpec(layers=..., ...), ...), or the "
+                f"first stack's fields as keywords; missing: {', '.join(missing)}."
+            )
+        stacks = (StackSpec(**first_fields),)
+    else:
+        stacks = tuple(stacks)
+        if not stacks or not all(isinstance(stack, StackSpec) for stack in stacks):
+            raise AdapterConfigError(
+                f"ArchitectureSpec {name}: stacks must be a non-empty tuple of StackSpec, got {stacks!r}."
+            )
+        if first_fields:
+            stacks = (dataclasses.replace(stacks[0], **first_fields),) + stacks[1:]
+    if given_second:
+        second = stack_keywords[given_second[0]]
+        if second is not None and not isinstance(second, StackSpec):
+            raise AdapterConfigError(
+                f"ArchitectureSpec {name}: {given_second[0]} must be a StackSpec (or None), got "
+                f"{type(second).__name__}."
+            )
+        stacks = stacks[:1] + ((second,) if second is not None else ())
+    return stacks
+
+
+def _resolve_roles(name: str, stacks: tuple[StackSpec, ...]) -> _Stacks:
+    """``stacks`` with every role and prefix location filled in (see :class:`StackSpec`)."""
+    later_roles = [stack.role or "decoder" for stack in stacks[1:]]
+    beside_decoder = "decoder" in later_roles
+    roles = [stacks[0].role or ("encoder" if beside_decoder else "layers")] + later_roles
+    if len(set(roles)) != len(roles):
+        raise AdapterConfigError(f"ArchitectureSpec {name}: each stack needs its own role, got roles {roles}.")
+    resolved = []
+    for index, (stack, role) in enumerate(zip(stacks, roles)):
+        location = stack.attention_location or ("encoder" if index == 0 and beside_decoder else "self")
+        if (role, location) != (stack.role, stack.attention_location):
+            stack = dataclasses.replace(stack, role=role, attention_location=location)
+        resolved.append(stack)
+    return _Stacks(resolved)
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class ArchitectureSpec:
+    """Where an architecture family keeps the parts adapters attach to: its layer stacks
+    (:class:`StackSpec`) and the model-level parts. Paths are dotted module paths relative to the
+    base model.
 
     Args:
         name: family name shown in messages.
         model_types: ``config.model_type`` values this spec serves.
-        layers: the ``nn.ModuleList`` of transformer layers.
-        residual_hooks: the bottleneck positions of a layer.
-        attention: the self-attention module.
-        query, key, value: its q/k/v projections. Where several name the same module (GPT-2's
-            fused ``c_attn``), that module's output is those parts concatenated in q, k, v order,
-            in equal sizes unless ``fused_qkv_heads`` says otherwise, and LoRA adapts only the
-            selected parts.
+        stacks: the layer stacks, in AdapterHub's numbering order (encoder first; CLIP: text
+            first). Their ``role`` and ``attention_location`` are filled in where not given (see
+            :class:`StackSpec`); ``spec.stacks`` holds them so (``spec.stacks()`` returns the same).
+        embeddings: the input embedding module (of an encoder-decoder: the encoder's).
+        pre_ln: whether layers normalise before their sub-blocks.
+        embedding_output: the module whose output is the embedding output the first layer reads
+            (default: ``embeddings``); invertible adapters act on it.
         fused_qkv_heads: for a fused q/k/v projection whose parts differ in size (grouped-query
             attention, Phi-3's ``qkv_proj``): the config attributes holding the head counts of
             the q, k and v parts (a missing or None attribute falls back to the first one); the
-            parts' sizes are proportional to them.
+            parts' sizes are proportional to them. Parts named by one module are in q, k, v order,
+            in equal sizes unless this says otherwise.
         fused_qkv_layout: how a fused q/k/v projection orders its output rows: ``"concatenated"``
             (``[q | k | v]``: GPT-2, Phi-3, ModernBERT) or ``"interleaved_heads"`` (per head
             ``[q_h | k_h | v_h]``, head after head: GPT-NeoX's ``query_key_value``). With
@@ -238,57 +328,42 @@ class ArchitectureSpec:
             :meth:`add_adapter` gives in its error.
         config_requirements: ``(config attribute, required value, reason)`` triples that
             :func:`adapters.init` checks (ALBERT: a single shared layer group).
-        attention_interface: whether the attention module calls transformers' attention
+        attention_interface: whether the attention modules call transformers' attention
             interface (``ALL_ATTENTION_FUNCTIONS``); methods that work through the attention
-            wrapper (prefix tuning) are refused where it does not.
-        attn_output: the attention output projection.
-        ffn_in: the FFN input projection(s).
-        ffn_out: the FFN output projection.
-        embeddings: the input embedding module (relative to the base model).
-        embedding_output: the module whose output is the embedding output the first layer reads
-            (default: ``embeddings``); invertible adapters act on it.
-        pre_ln: whether layers normalise before their sub-blocks.
-        intermediate_lora, output_lora: the linear layers LoRA's ``intermediate_lora`` and
-            ``output_lora`` place adapters on (AdapterHub's placement, so its checkpoints load).
-        second_stack: for two-stack families, the second stack (:class:`StackSpec`): an
-            encoder-decoder's decoder (then the fields above describe the encoder stack, and
-            ``embeddings`` the encoder's input embeddings), or a dual encoder's second tower.
-        first_role, sub_config, attention_location: the first stack's role (default
-            ``"encoder"`` beside a decoder, else ``"layers"``), the config attribute configuring it
-            (CLIP's ``"text_config"``) and its prefix-tuning location (default ``"encoder"``
-            beside a decoder, else ``"self"``).
-        entry_modules: modules (relative to the base model) that callers may run on their own,
-            outside the model's forward (CLIP's ``get_text_features`` runs ``text_model``): run so,
-            they open the model's forward context themselves, so adapters and Parallel
-            replication apply there too.
+            wrapper (prefix tuning) are refused where they do not.
+        encoder, decoder_module: encoder-decoder only: the encoder and decoder modules. The
+            encoder's forward joins soft prompts to its input and opens the adapters' forward
+            context when ``generate`` runs it on its own; the decoder's extends the
+            cross-attention mask by the prompt's positions.
+        entry_modules: modules that callers may run on their own, outside the model's forward
+            (CLIP's ``get_text_features`` runs ``text_model``): run so, they open the model's
+            forward context themselves, so adapters and Parallel replication apply there too.
         parallel_output: ``(model, output, channels) -> output``: called after a forward pass under
             ``Parallel`` with ``channels`` branches, for outputs that combine rows of different
             inputs (CLIP's image-text similarities): restores one block per branch.
-        encoder, decoder_module: encoder-decoder only: the encoder and decoder modules (relative
-            to the base model). The encoder's forward joins soft prompts to its input and opens
-            the adapters' forward context when ``generate`` runs it on its own; the decoder's
-            extends the cross-attention mask by the prompt's positions.
+
+    **Older keywords.** Specs written before ``stacks`` gave the first stack's fields as keywords
+    (``layers``, ``residual_hooks``, ``attention``, ``query``, ``key``, ``value``,
+    ``attn_output``, ``ffn_in``, ``ffn_out``, ``intermediate_lora``, ``output_lora``,
+    ``first_role``, ``sub_config``, ``attention_location``) and the second stack as
+    ``second_stack=StackSpec(...)`` (or ``decoder=``); they build the same stacks. Given beside
+    ``stacks`` (as ``dataclasses.replace(spec, query=...)`` does), they change the first stack or
+    replace the second. The same names read the first stack back (``spec.query`` is
+    ``spec.stacks[0].query``).
 
     Example::
 
-        >>> register_architecture(ArchitectureSpec(name="mymodel", model_types=("mymodel",), ...))
+        >>> register_architecture(ArchitectureSpec(
+        ...     name="mymodel", model_types=("mymodel",),
+        ...     stacks=(StackSpec(layers="decoder.blocks", residual_hooks=(...), attention="attn", ...),),
+        ...     embeddings="embed_tokens", pre_ln=True))
     """
 
     name: str
     model_types: tuple[str, ...]
-    layers: str
-    residual_hooks: tuple[ResidualHook, ...]
-    attention: str
-    query: Optional[str]
-    key: Optional[str]
-    value: Optional[str]
-    attn_output: str
-    ffn_in: tuple[str, ...]
-    ffn_out: str
-    embeddings: str
+    stacks: tuple[StackSpec, ...]
+    embeddings: Optional[str]
     pre_ln: bool
-    intermediate_lora: tuple[str, ...] = ()
-    output_lora: tuple[str, ...] = ()
     embedding_output: Optional[str] = None
     fused_qkv_heads: tuple[str, ...] = ()
     fused_qkv_layout: str = "concatenated"
@@ -296,14 +371,69 @@ class ArchitectureSpec:
     refused_methods: tuple[tuple[str, str], ...] = ()
     config_requirements: tuple[tuple[str, object, str], ...] = ()
     attention_interface: bool = True
-    second_stack: Optional[StackSpec] = None
     encoder: Optional[str] = None
     decoder_module: Optional[str] = None
-    first_role: Optional[str] = None
-    sub_config: Optional[str] = None
-    attention_location: Optional[str] = None
     entry_modules: tuple[str, ...] = ()
     parallel_output: Optional[Callable] = None
+
+    def __init__(
+        self,
+        name: str,
+        model_types: tuple[str, ...],
+        *,
+        stacks: Optional[tuple[StackSpec, ...]] = None,
+        embeddings: Optional[str],
+        pre_ln: bool,
+        embedding_output: Optional[str] = None,
+        fused_qkv_heads: tuple[str, ...] = (),
+        fused_qkv_layout: str = "concatenated",
+        legacy_key_renames: tuple[tuple[str, str], ...] = (),
+        refused_methods: tuple[tuple[str, str], ...] = (),
+        config_requirements: tuple[tuple[str, object, str], ...] = (),
+        attention_interface: bool = True,
+        encoder: Optional[str] = None,
+        decoder_module: Optional[str] = None,
+        entry_modules: tuple[str, ...] = (),
+        parallel_output: Optional[Callable] = None,
+        **stack_keywords,
+    ):
+        if fused_qkv_layout not in ("concatenated", "interleaved_heads"):
+            raise AdapterConfigError(
+                f"ArchitectureSpec {name}: fused_qkv_layout must be 'concatenated' or 'interleaved_heads', "
+                f"got {fused_qkv_layout!r}."
+            )
+        values = dict(locals())  # every field is a parameter of the same name
+        values["stacks"] = _resolve_roles(name, _fold_stack_keywords(name, stacks, stack_keywords))
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, values[field.name])  # frozen: set once, here
+
+    # the first stack's fields under the names older code reads them by
+    layers = _first_stack_field("layers")
+    residual_hooks = _first_stack_field("residual_hooks")
+    attention = _first_stack_field("attention")
+    query = _first_stack_field("query")
+    key = _first_stack_field("key")
+    value = _first_stack_field("value")
+    attn_output = _first_stack_field("attn_output")
+    ffn_in = _first_stack_field("ffn_in")
+    ffn_out = _first_stack_field("ffn_out")
+    intermediate_lora = _first_stack_field("intermediate_lora")
+    output_lora = _first_stack_field("output_lora")
+    sub_config = _first_stack_field("sub_config")
+    attention_location = _first_stack_field("attention_location")
+    first_role = _first_stack_field("role")
+
+    @property
+    def second_stack(self) -> Optional[StackSpec]:
+        """The second stack (an encoder-decoder's decoder, a dual encoder's second tower), None for a
+        single-stack family (read-only; ``spec.stacks[1]``), for code written before ``stacks``.
+
+        Example::
+
+            >>> T5.second_stack is T5.stacks[1], BERT.second_stack
+            (True, None)
+        """
+        return self.stacks[1] if len(self.stacks) > 1 else None
 
     @property
     def decoder(self) -> Optional[StackSpec]:
@@ -314,8 +444,7 @@ class ArchitectureSpec:
             >>> T5.decoder.role, CLIP.decoder        # CLIP's second stack is a second encoder
             ('decoder', None)
         """
-        stack = self.second_stack
-        return stack if stack is not None and stack.role == "decoder" else None
+        return next((stack for stack in self.stacks[1:] if stack.role == "decoder"), None)
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -330,47 +459,20 @@ class ArchitectureSpec:
 
     @property
     def is_multi_stack(self) -> bool:
-        """Whether the family has two layer stacks (encoder-decoders, dual encoders).
+        """Whether the family has more than one layer stack (encoder-decoders, dual encoders).
 
         Example::
 
             >>> T5.is_multi_stack, CLIP.is_multi_stack, BERT.is_multi_stack
             (True, True, False)
         """
-        return self.second_stack is not None
-
-    def stacks(self) -> tuple[LayerStack, ...]:
-        """The layer stacks, in AdapterHub's numbering order (encoder first; CLIP: text first).
-
-        Example::
-
-            >>> [s.role for s in T5.stacks()]
-            ['encoder', 'decoder']
-        """
-        beside_decoder = self.is_encoder_decoder
-        first = LayerStack(
-            self.first_role or ("encoder" if beside_decoder else "layers"), self.layers, self.residual_hooks,
-            self.attention, self.query, self.key, self.value, self.attn_output, self.ffn_in, self.ffn_out,
-            self.intermediate_lora, self.output_lora,
-            self.attention_location or ("encoder" if beside_decoder else "self"), sub_config=self.sub_config,
-        )
-        if self.second_stack is None:
-            return (first,)
-        second = LayerStack(**{field: getattr(self.second_stack, field) for field in LayerStack._fields})
-        return first, second
-
-    def __post_init__(self):
-        if self.fused_qkv_layout not in ("concatenated", "interleaved_heads"):
-            raise AdapterConfigError(
-                f"ArchitectureSpec {self.name}: fused_qkv_layout must be 'concatenated' or 'interleaved_heads', "
-                f"got {self.fused_qkv_layout!r}."
-            )
+        return len(self.stacks) > 1
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
 
 
-def layer_stacks(base_model, spec: ArchitectureSpec) -> list[tuple[LayerStack, int, object]]:
+def layer_stacks(base_model, spec: ArchitectureSpec) -> list[tuple[StackSpec, int, object]]:
     """``[(stack, first layer index, nn.ModuleList)]`` for the stacks ``base_model`` has, numbered
     as AdapterHub numbers them (a missing stack, e.g. the decoder of ``T5EncoderModel`` or the text
     tower of ``CLIPForImageClassification``, is skipped and takes no numbers).
@@ -381,7 +483,7 @@ def layer_stacks(base_model, spec: ArchitectureSpec) -> list[tuple[LayerStack, i
         [('encoder', 0, 2), ('decoder', 2, 2)]
     """
     found, first = [], 0
-    for stack in spec.stacks():
+    for stack in spec.stacks:
         try:
             layers = base_model.get_submodule(stack.layers)
         except AttributeError:
@@ -393,13 +495,13 @@ def layer_stacks(base_model, spec: ArchitectureSpec) -> list[tuple[LayerStack, i
     return found
 
 
-def stack_config(config, stack: LayerStack):
+def stack_config(config, stack: StackSpec):
     """The config that sizes ``stack``'s layers: the model config, or its sub-config
     ``stack.sub_config`` (CLIP's ``text_config`` / ``vision_config``).
 
     Example::
 
-        >>> text, vision = CLIP.stacks()
+        >>> text, vision = CLIP.stacks
         >>> stack_config(clip.config, vision).hidden_size
         768
     """
@@ -429,7 +531,7 @@ def hidden_size_of(config, spec: ArchitectureSpec) -> int:
     """
     size = getattr(config, "hidden_size", None)
     if size is None:
-        size = stack_config(config, spec.stacks()[0]).hidden_size
+        size = stack_config(config, spec.stacks[0]).hidden_size
     return size
 
 
@@ -446,24 +548,42 @@ def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
     return spec
 
 
-def SUPPORTED_MODEL_TYPES() -> list[str]:
-    """The model types :func:`adapters.init` can patch.
+def supported_model_types() -> list[str]:
+    """The model types :func:`adapters.init` can patch (``config.model_type`` values), sorted.
 
     Example::
 
-        >>> "llama" in adapters.SUPPORTED_MODEL_TYPES()
+        >>> "llama" in adapters.supported_model_types()
         True
     """
     return sorted(_REGISTRY)
 
 
+def SUPPORTED_MODEL_TYPES() -> list[str]:  # noqa: N802  (its first, published name)
+    """The model types :func:`adapters.init` can patch: :func:`supported_model_types`, under the
+    name it had first (named like a constant, but a function), kept for compatibility.
+
+    Example::
+
+        >>> adapters.SUPPORTED_MODEL_TYPES() == adapters.supported_model_types()
+        True
+    """
+    return supported_model_types()
+
+
 def spec_for_model(model) -> ArchitectureSpec:
-    """The spec of ``model``'s architecture, or an AdapterConfigError naming the supported ones."""
+    """The spec of ``model``'s architecture, or an AdapterConfigError naming the supported ones.
+
+    Example::
+
+        >>> spec_for_model(bert_model).name
+        'bert'
+    """
     model_type = getattr(model.config, "model_type", None)
     if model_type not in _REGISTRY:
         raise AdapterConfigError(
             f"Model type {model_type!r} ({type(model).__name__}) is not supported by adapters. "
-            f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES())}."
+            f"Supported model types: {', '.join(supported_model_types())}."
         )
     spec = _REGISTRY[model_type]
     for attribute, required, reason in spec.config_requirements:

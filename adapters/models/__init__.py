@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import albert, bart, bert, clip, deberta, distilbert, gemma, gpt2, gpt_neox, gptj, llama, modernbert, phi3, t5, vit, whisper  # noqa: F401  (registers the specs)
-from ..hooks.spec import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, register_architecture, spec_for_model
+from ..hooks.spec import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, StackSpec, register_architecture, spec_for_model
+from ..hooks.spec import supported_model_types
 
-__all__ = ["ArchitectureSpec", "ResidualHook", "register_architecture", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["ArchitectureSpec", "ResidualHook", "StackSpec", "register_architecture", "supported_model_types", "SUPPORTED_MODEL_TYPES"]

@@ -28,7 +28,7 @@ space the masked-LM head's ``predictions.decoder`` reads too (as for ELECTRA).
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["ALBERT"]
 
@@ -36,37 +36,42 @@ ALBERT = register_architecture(
     ArchitectureSpec(
         name="albert",
         model_types=("albert",),
-        layers="encoder.albert_layer_groups.0.albert_layers",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention.attention_adapters",
-                create_host=True,
-                residual_source="attention",
-                residual_arg=0,
-                residual_kwarg="hidden_states",
-                norm="attention.LayerNorm",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="ffn",
-                residual_arg=0,
-                residual_kwarg="input",
-                norm="full_layer_layer_norm",
+        stacks=(
+            StackSpec(
+                layers="encoder.albert_layer_groups.0.albert_layers",
+                residual_hooks=(
+                    ResidualHook(
+                        "mh_adapter",
+                        host="attention.attention_adapters",
+                        create_host=True,
+                        residual_source="attention",
+                        residual_arg=0,
+                        residual_kwarg="hidden_states",
+                        norm="attention.LayerNorm",
+                    ),
+                    ResidualHook(
+                        "output_adapter",
+                        host="output_adapters",
+                        create_host=True,
+                        residual_source="ffn",
+                        residual_arg=0,
+                        residual_kwarg="input",
+                        norm="full_layer_layer_norm",
+                    ),
+                ),
+                attention="attention",
+                query="attention.query",
+                key="attention.key",
+                value="attention.value",
+                attn_output="attention.dense",
+                ffn_in=("ffn",),
+                ffn_out="ffn_output",
+                intermediate_lora=("ffn",),
+                output_lora=("ffn_output",),
             ),
         ),
-        attention="attention",
-        query="attention.query",
-        key="attention.key",
-        value="attention.value",
-        attn_output="attention.dense",
-        ffn_in=("ffn",),
-        ffn_out="ffn_output",
         embeddings="embeddings",
-        intermediate_lora=("ffn",),
-        output_lora=("ffn_output",),
+        pre_ln=False,
         config_requirements=(
             (
                 "num_hidden_groups",
@@ -75,6 +80,5 @@ ALBERT = register_architecture(
                 "(num_hidden_groups > 1) is not supported",
             ),
         ),
-        pre_ln=False,
     )
 )

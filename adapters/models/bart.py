@@ -13,7 +13,7 @@ projections of self- and cross-attention alike (AdapterHub's placement), ``inter
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, DecoderSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["BART", "MBART", "bart_like_spec"]
 
@@ -62,24 +62,32 @@ def bart_like_spec(name: str, model_types: tuple, pre_ln: bool, **kwargs) -> Arc
     return ArchitectureSpec(
         name=name,
         model_types=model_types,
-        layers="encoder.layers",
-        residual_hooks=(_hook("mh_adapter", pre_ln), _hook("output_adapter", pre_ln)),
-        attention="self_attn",
-        **_attention("self_attn"),
-        **_FFN,
+        stacks=(
+            StackSpec(
+                layers="encoder.layers",
+                residual_hooks=(_hook("mh_adapter", pre_ln), _hook("output_adapter", pre_ln)),
+                attention="self_attn",
+                **_attention("self_attn"),
+                **_FFN,
+                role="encoder",
+            ),
+            StackSpec(
+                layers="decoder.layers",
+                residual_hooks=(
+                    _hook("mh_adapter", pre_ln), _hook("cross_adapter", pre_ln), _hook("output_adapter", pre_ln)
+                ),
+                attention="self_attn",
+                **_attention("self_attn"),
+                **_FFN,
+                cross_attention="encoder_attn",
+                **_attention("encoder_attn", "cross_"),
+                role="decoder",
+                position_embeddings="decoder.embed_positions",
+            ),
+        ),
         pre_ln=pre_ln,
         encoder="encoder",
         decoder_module="decoder",
-        second_stack=DecoderSpec(
-            layers="decoder.layers",
-            residual_hooks=(_hook("mh_adapter", pre_ln), _hook("cross_adapter", pre_ln), _hook("output_adapter", pre_ln)),
-            attention="self_attn",
-            **_attention("self_attn"),
-            cross_attention="encoder_attn",
-            **_attention("encoder_attn", "cross_"),
-            **_FFN,
-            position_embeddings="decoder.embed_positions",
-        ),
         **kwargs,
     )
 

@@ -11,7 +11,7 @@ the masked-LM head's ``generator_lm_head`` reads too, so the inverse runs there.
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["BERT"]
 
@@ -19,35 +19,41 @@ BERT = register_architecture(
     ArchitectureSpec(
         name="bert",
         model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra"),
-        layers="encoder.layer",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention.output",
-                residual_source="attention.output",
-                residual_arg=1,
-                residual_kwarg="input_tensor",
-                norm="attention.output.LayerNorm",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output",
-                residual_source="output",
-                residual_arg=1,
-                residual_kwarg="input_tensor",
-                norm="output.LayerNorm",
+        stacks=(
+            StackSpec(
+                layers="encoder.layer",
+                residual_hooks=(
+                    ResidualHook(
+                        "mh_adapter",
+                        host="attention.output",
+                        residual_source="attention.output",
+                        residual_arg=1,
+                        residual_kwarg="input_tensor",
+                        norm="attention.output.LayerNorm",
+                        sublayer_output="attention.output.dropout",  # h itself, before the model adds x
+                    ),
+                    ResidualHook(
+                        "output_adapter",
+                        host="output",
+                        residual_source="output",
+                        residual_arg=1,
+                        residual_kwarg="input_tensor",
+                        norm="output.LayerNorm",
+                        sublayer_output="output.dropout",  # h itself, before the model adds x
+                    ),
+                ),
+                attention="attention.self",
+                query="attention.self.query",
+                key="attention.self.key",
+                value="attention.self.value",
+                attn_output="attention.output.dense",
+                ffn_in=("intermediate.dense",),
+                ffn_out="output.dense",
+                intermediate_lora=("intermediate.dense",),
+                output_lora=("output.dense",),
             ),
         ),
-        attention="attention.self",
-        query="attention.self.query",
-        key="attention.self.key",
-        value="attention.self.value",
-        attn_output="attention.output.dense",
-        ffn_in=("intermediate.dense",),
-        ffn_out="output.dense",
         embeddings="embeddings",
-        intermediate_lora=("intermediate.dense",),
-        output_lora=("output.dense",),
         pre_ln=False,
     )
 )

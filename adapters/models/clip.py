@@ -58,38 +58,44 @@ from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_arc
 
 __all__ = ["CLIP_TEXT", "CLIP_VISION", "CLIP", "clip_parallel_similarities"]
 
+# the layer stack of one tower (the same pre-LN layer in both), under the single tower's base model
+_TOWER_LAYERS = StackSpec(
+    layers="encoder.layers",
+    residual_hooks=(
+        ResidualHook(
+            "mh_adapter",
+            host="attention_adapters",
+            create_host=True,
+            residual_source="layer_norm1",
+            sublayer="self_attn",
+        ),
+        ResidualHook(
+            "output_adapter",
+            host="output_adapters",
+            create_host=True,
+            residual_source="layer_norm2",
+            sublayer="mlp",
+        ),
+    ),
+    attention="self_attn",
+    query="self_attn.q_proj",
+    key="self_attn.k_proj",
+    value="self_attn.v_proj",
+    attn_output="self_attn.out_proj",
+    ffn_in=("mlp.fc1",),
+    ffn_out="mlp.fc2",
+    intermediate_lora=("mlp.fc1",),
+    output_lora=("mlp.fc2",),
+)
+
 CLIP_TEXT = register_architecture(
     ArchitectureSpec(
         name="clip_text_model",
         model_types=("clip_text_model",),
-        layers="encoder.layers",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="layer_norm1",
-                sublayer="self_attn",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="layer_norm2",
-                sublayer="mlp",
-            ),
-        ),
-        attention="self_attn",
-        query="self_attn.q_proj",
-        key="self_attn.k_proj",
-        value="self_attn.v_proj",
-        attn_output="self_attn.out_proj",
-        ffn_in=("mlp.fc1",),
-        ffn_out="mlp.fc2",
+        stacks=(_TOWER_LAYERS,),
         embeddings="embeddings.token_embedding",
         embedding_output="embeddings",
-        intermediate_lora=("mlp.fc1",),
-        output_lora=("mlp.fc2",),
+        pre_ln=True,
         refused_methods=(
             (
                 "prompt_tuning",
@@ -97,7 +103,6 @@ CLIP_TEXT = register_architecture(
                 "would shift it to another position",
             ),
         ),
-        pre_ln=True,
     )
 )
 
@@ -147,30 +152,26 @@ def clip_parallel_similarities(model, output, channels: int):
     return output
 
 
-def _tower(prefix: str) -> dict:
-    """The per-layer fields of one CLIP tower (its layers under ``<prefix>.encoder.layers``)."""
-    fields = {f.name: getattr(CLIP_TEXT, f.name) for f in dataclasses.fields(StackSpec) if hasattr(CLIP_TEXT, f.name)}
-    for name in ("role", "sub_config", "attention_location", "cross_attention", "cross_query", "cross_key",
-                 "cross_value", "cross_attn_output"):
-        fields.pop(name, None)
-    fields["layers"] = f"{prefix}.encoder.layers"
-    return fields
+def _tower(prefix: str, **fields) -> StackSpec:
+    """The layer stack of one CLIP tower inside ``CLIPModel`` (its layers under
+    ``<prefix>.encoder.layers``), with ``fields`` set."""
+    return dataclasses.replace(_TOWER_LAYERS, layers=f"{prefix}.{_TOWER_LAYERS.layers}", **fields)
 
 
 CLIP = register_architecture(
     ArchitectureSpec(
         name="clip",
         model_types=("clip",),
-        **_tower("text_model"),
+        # each tower sized by its own sub-config; prefixes filed per tower as AdapterHub did (<model_type>_self_prefix)
+        stacks=(
+            _tower("text_model", role="text", sub_config="text_config", attention_location="clip_text_model_self"),
+            _tower(
+                "vision_model", role="vision", sub_config="vision_config", attention_location="clip_vision_model_self"
+            ),
+        ),
         embeddings="text_model.embeddings.token_embedding",
         embedding_output="text_model.embeddings",
         pre_ln=True,
-        first_role="text",
-        sub_config="text_config",
-        attention_location="clip_text_model_self",  # AdapterHub: <model_type>_self_prefix per tower
-        second_stack=StackSpec(
-            **_tower("vision_model"), role="vision", sub_config="vision_config", attention_location="clip_vision_model_self"
-        ),
         entry_modules=("text_model", "vision_model"),
         parallel_output=clip_parallel_similarities,
         refused_methods=(

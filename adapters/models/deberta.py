@@ -26,14 +26,20 @@ from ..hooks.spec import register_architecture
 
 __all__ = ["DEBERTA_V2"]
 
+# BERT's layers with DeBERTa's projection names
 DEBERTA_V2 = register_architecture(
     dataclasses.replace(
         BERT,
         name="deberta-v2",
         model_types=("deberta-v2",),
-        query="attention.self.query_proj",
-        key="attention.self.key_proj",
-        value="attention.self.value_proj",
+        stacks=(
+            dataclasses.replace(
+                BERT.stacks[0],
+                query="attention.self.query_proj",
+                key="attention.self.key_proj",
+                value="attention.self.value_proj",
+            ),
+        ),
         embeddings="embeddings.word_embeddings",
         embedding_output="embeddings",
         attention_interface=False,

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["DISTILBERT"]
 
@@ -12,37 +12,41 @@ DISTILBERT = register_architecture(
     ArchitectureSpec(
         name="distilbert",
         model_types=("distilbert",),
-        layers="transformer.layer",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="attention",
-                residual_arg=0,
-                residual_kwarg="hidden_states",
-                norm="sa_layer_norm",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="ffn",
-                residual_arg=0,
-                residual_kwarg="input",
-                norm="output_layer_norm",
+        stacks=(
+            StackSpec(
+                layers="transformer.layer",
+                residual_hooks=(
+                    ResidualHook(
+                        "mh_adapter",
+                        host="attention_adapters",
+                        create_host=True,
+                        residual_source="attention",
+                        residual_arg=0,
+                        residual_kwarg="hidden_states",
+                        norm="sa_layer_norm",
+                    ),
+                    ResidualHook(
+                        "output_adapter",
+                        host="output_adapters",
+                        create_host=True,
+                        residual_source="ffn",
+                        residual_arg=0,
+                        residual_kwarg="input",
+                        norm="output_layer_norm",
+                    ),
+                ),
+                attention="attention",
+                query="attention.q_lin",
+                key="attention.k_lin",
+                value="attention.v_lin",
+                attn_output="attention.out_lin",
+                ffn_in=("ffn.lin1",),
+                ffn_out="ffn.lin2",
+                intermediate_lora=("ffn.lin1",),
+                output_lora=("ffn.lin2",),
             ),
         ),
-        attention="attention",
-        query="attention.q_lin",
-        key="attention.k_lin",
-        value="attention.v_lin",
-        attn_output="attention.out_lin",
-        ffn_in=("ffn.lin1",),
-        ffn_out="ffn.lin2",
         embeddings="embeddings",
-        intermediate_lora=("ffn.lin1",),
-        output_lora=("ffn.lin2",),
         pre_ln=False,
     )
 )

@@ -34,10 +34,17 @@ GEMMA = register_architecture(
         LLAMA,
         name="gemma",
         model_types=("gemma2", "gemma3_text"),
-        residual_hooks=(
-            dataclasses.replace(LLAMA.residual_hooks[0], sublayer="post_attention_layernorm"),
+        stacks=(
             dataclasses.replace(
-                LLAMA.residual_hooks[1], residual_source="pre_feedforward_layernorm", sublayer="post_feedforward_layernorm"
+                LLAMA.stacks[0],
+                residual_hooks=(
+                    dataclasses.replace(LLAMA.stacks[0].residual_hooks[0], sublayer="post_attention_layernorm"),
+                    dataclasses.replace(
+                        LLAMA.stacks[0].residual_hooks[1],
+                        residual_source="pre_feedforward_layernorm",
+                        sublayer="post_feedforward_layernorm",
+                    ),
+                ),
             ),
         ),
     )

@@ -13,7 +13,7 @@ and v thirds of its output only, one rank-``r`` update per third (see
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["GPT2"]
 
@@ -21,34 +21,38 @@ GPT2 = register_architecture(
     ArchitectureSpec(
         name="gpt2",
         model_types=("gpt2",),
-        layers="h",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="ln_1",
-                sublayer="attn",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="ln_2",
-                sublayer="mlp",
+        stacks=(
+            StackSpec(
+                layers="h",
+                residual_hooks=(
+                    ResidualHook(
+                        "mh_adapter",
+                        host="attention_adapters",
+                        create_host=True,
+                        residual_source="ln_1",
+                        sublayer="attn",
+                    ),
+                    ResidualHook(
+                        "output_adapter",
+                        host="output_adapters",
+                        create_host=True,
+                        residual_source="ln_2",
+                        sublayer="mlp",
+                    ),
+                ),
+                attention="attn",
+                query="attn.c_attn",
+                key="attn.c_attn",
+                value="attn.c_attn",
+                attn_output="attn.c_proj",
+                ffn_in=("mlp.c_fc",),
+                ffn_out="mlp.c_proj",
+                intermediate_lora=("mlp.c_fc",),
+                output_lora=("mlp.c_proj",),
             ),
         ),
-        attention="attn",
-        query="attn.c_attn",
-        key="attn.c_attn",
-        value="attn.c_attn",
-        attn_output="attn.c_proj",
-        ffn_in=("mlp.c_fc",),
-        ffn_out="mlp.c_proj",
         embeddings="wte",
         embedding_output="drop",  # token + position embeddings, after dropout
-        intermediate_lora=("mlp.c_fc",),
-        output_lora=("mlp.c_proj",),
         pre_ln=True,
     )
 )

@@ -35,21 +35,26 @@ GPT_NEOX = register_architecture(
         LLAMA,
         name="gpt_neox",
         model_types=("gpt_neox",),
-        residual_hooks=(
-            dataclasses.replace(LLAMA.residual_hooks[0], sublayer="attention"),
-            LLAMA.residual_hooks[1],
+        stacks=(
+            dataclasses.replace(
+                LLAMA.stacks[0],
+                residual_hooks=(
+                    dataclasses.replace(LLAMA.stacks[0].residual_hooks[0], sublayer="attention"),
+                    LLAMA.stacks[0].residual_hooks[1],
+                ),
+                attention="attention",
+                query="attention.query_key_value",
+                key="attention.query_key_value",
+                value="attention.query_key_value",
+                attn_output="attention.dense",
+                ffn_in=("mlp.dense_h_to_4h",),
+                ffn_out="mlp.dense_4h_to_h",
+                intermediate_lora=("mlp.dense_h_to_4h",),
+                output_lora=("mlp.dense_4h_to_h",),
+            ),
         ),
-        attention="attention",
-        query="attention.query_key_value",
-        key="attention.query_key_value",
-        value="attention.query_key_value",
         fused_qkv_layout="interleaved_heads",
-        attn_output="attention.dense",
-        ffn_in=("mlp.dense_h_to_4h",),
-        ffn_out="mlp.dense_4h_to_h",
         embeddings="embed_in",
         embedding_output="emb_dropout",
-        intermediate_lora=("mlp.dense_h_to_4h",),
-        output_lora=("mlp.dense_4h_to_h",),
     )
 )

@@ -28,15 +28,23 @@ GPTJ = register_architecture(
         GPT2,
         name="gptj",
         model_types=("gptj",),
-        residual_hooks=(GPT2.residual_hooks[0], dataclasses.replace(GPT2.residual_hooks[1], residual_source="ln_1")),
-        query="attn.q_proj",
-        key="attn.k_proj",
-        value="attn.v_proj",
-        attn_output="attn.out_proj",
-        ffn_in=("mlp.fc_in",),
-        ffn_out="mlp.fc_out",
-        intermediate_lora=("mlp.fc_in",),
-        output_lora=("mlp.fc_out",),
+        stacks=(
+            dataclasses.replace(
+                GPT2.stacks[0],
+                residual_hooks=(
+                    GPT2.stacks[0].residual_hooks[0],
+                    dataclasses.replace(GPT2.stacks[0].residual_hooks[1], residual_source="ln_1"),
+                ),
+                query="attn.q_proj",
+                key="attn.k_proj",
+                value="attn.v_proj",
+                attn_output="attn.out_proj",
+                ffn_in=("mlp.fc_in",),
+                ffn_out="mlp.fc_out",
+                intermediate_lora=("mlp.fc_in",),
+                output_lora=("mlp.fc_out",),
+            ),
+        ),
         attention_interface=False,
     )
 )

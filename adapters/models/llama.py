@@ -9,7 +9,7 @@ that, as learned, already normalised keys, like PEFT's past-key-value prefixes."
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["LLAMA"]
 
@@ -17,33 +17,37 @@ LLAMA = register_architecture(
     ArchitectureSpec(
         name="llama",
         model_types=("llama", "mistral", "qwen2", "qwen3"),
-        layers="layers",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="input_layernorm",
-                sublayer="self_attn",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="post_attention_layernorm",
-                sublayer="mlp",
+        stacks=(
+            StackSpec(
+                layers="layers",
+                residual_hooks=(
+                    ResidualHook(
+                        "mh_adapter",
+                        host="attention_adapters",
+                        create_host=True,
+                        residual_source="input_layernorm",
+                        sublayer="self_attn",
+                    ),
+                    ResidualHook(
+                        "output_adapter",
+                        host="output_adapters",
+                        create_host=True,
+                        residual_source="post_attention_layernorm",
+                        sublayer="mlp",
+                    ),
+                ),
+                attention="self_attn",
+                query="self_attn.q_proj",
+                key="self_attn.k_proj",
+                value="self_attn.v_proj",
+                attn_output="self_attn.o_proj",
+                ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+                ffn_out="mlp.down_proj",
+                intermediate_lora=("mlp.down_proj",),
+                output_lora=("mlp.up_proj",),
             ),
         ),
-        attention="self_attn",
-        query="self_attn.q_proj",
-        key="self_attn.k_proj",
-        value="self_attn.v_proj",
-        attn_output="self_attn.o_proj",
-        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
-        ffn_out="mlp.down_proj",
         embeddings="embed_tokens",
-        intermediate_lora=("mlp.down_proj",),
-        output_lora=("mlp.up_proj",),
         pre_ln=True,
     )
 )

@@ -17,7 +17,7 @@ everywhere else; in local (sliding-window) layers the prefix is seen by every to
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["MODERNBERT"]
 
@@ -25,34 +25,38 @@ MODERNBERT = register_architecture(
     ArchitectureSpec(
         name="modernbert",
         model_types=("modernbert",),
-        layers="layers",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="attn_norm",
-                sublayer="attn",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="mlp_norm",
-                sublayer="mlp",
+        stacks=(
+            StackSpec(
+                layers="layers",
+                residual_hooks=(
+                    ResidualHook(
+                        "mh_adapter",
+                        host="attention_adapters",
+                        create_host=True,
+                        residual_source="attn_norm",
+                        sublayer="attn",
+                    ),
+                    ResidualHook(
+                        "output_adapter",
+                        host="output_adapters",
+                        create_host=True,
+                        residual_source="mlp_norm",
+                        sublayer="mlp",
+                    ),
+                ),
+                attention="attn",
+                query="attn.Wqkv",
+                key="attn.Wqkv",
+                value="attn.Wqkv",
+                attn_output="attn.Wo",
+                ffn_in=("mlp.Wi",),
+                ffn_out="mlp.Wo",
+                intermediate_lora=("mlp.Wi",),
+                output_lora=("mlp.Wo",),
             ),
         ),
-        attention="attn",
-        query="attn.Wqkv",
-        key="attn.Wqkv",
-        value="attn.Wqkv",
-        attn_output="attn.Wo",
-        ffn_in=("mlp.Wi",),
-        ffn_out="mlp.Wo",
         embeddings="embeddings.tok_embeddings",
         embedding_output="embeddings",  # token embeddings after their norm: what layer 0 reads
-        intermediate_lora=("mlp.Wi",),
-        output_lora=("mlp.Wo",),
         pre_ln=True,
     )
 )

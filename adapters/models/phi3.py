@@ -30,12 +30,17 @@ PHI3 = register_architecture(
         LLAMA,
         name="phi3",
         model_types=("phi3",),
-        query="self_attn.qkv_proj",
-        key="self_attn.qkv_proj",
-        value="self_attn.qkv_proj",
+        stacks=(
+            dataclasses.replace(
+                LLAMA.stacks[0],
+                query="self_attn.qkv_proj",
+                key="self_attn.qkv_proj",
+                value="self_attn.qkv_proj",
+                ffn_in=("mlp.gate_up_proj",),
+                intermediate_lora=("mlp.gate_up_proj",),
+                output_lora=("mlp.down_proj",),
+            ),
+        ),
         fused_qkv_heads=("num_attention_heads", "num_key_value_heads", "num_key_value_heads"),
-        ffn_in=("mlp.gate_up_proj",),
-        intermediate_lora=("mlp.gate_up_proj",),
-        output_lora=("mlp.down_proj",),
     )
 )

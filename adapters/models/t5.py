@@ -15,7 +15,7 @@ cross-attention alike (AdapterHub's placement), ``intermediate_lora`` the FFN in
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, DecoderSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["T5"]
 
@@ -49,29 +49,38 @@ T5 = register_architecture(
     ArchitectureSpec(
         name="t5",
         model_types=("t5", "mt5"),
-        layers="encoder.block",
-        residual_hooks=(_sublayer_hook("mh_adapter", 0, "SelfAttention"), _sublayer_hook("output_adapter", 1, "DenseReluDense")),
-        **_SELF,
-        **_ffn(1),
+        stacks=(
+            StackSpec(
+                layers="encoder.block",
+                residual_hooks=(
+                    _sublayer_hook("mh_adapter", 0, "SelfAttention"),
+                    _sublayer_hook("output_adapter", 1, "DenseReluDense"),
+                ),
+                **_SELF,
+                **_ffn(1),
+                role="encoder",
+            ),
+            StackSpec(
+                layers="decoder.block",
+                residual_hooks=(
+                    _sublayer_hook("mh_adapter", 0, "SelfAttention"),
+                    _sublayer_hook("cross_adapter", 1, "EncDecAttention"),
+                    _sublayer_hook("output_adapter", 2, "DenseReluDense"),
+                ),
+                **_SELF,
+                **_ffn(2),
+                cross_attention="layer.1.EncDecAttention",
+                cross_query="layer.1.EncDecAttention.q",
+                cross_key="layer.1.EncDecAttention.k",
+                cross_value="layer.1.EncDecAttention.v",
+                cross_attn_output="layer.1.EncDecAttention.o",
+                role="decoder",
+            ),
+        ),
         embeddings="shared",
         embedding_output="encoder.embed_tokens",  # invertible adapters act on the encoder's input, as in AdapterHub
         pre_ln=True,
         encoder="encoder",
         decoder_module="decoder",
-        second_stack=DecoderSpec(
-            layers="decoder.block",
-            residual_hooks=(
-                _sublayer_hook("mh_adapter", 0, "SelfAttention"),
-                _sublayer_hook("cross_adapter", 1, "EncDecAttention"),
-                _sublayer_hook("output_adapter", 2, "DenseReluDense"),
-            ),
-            **_SELF,
-            cross_attention="layer.1.EncDecAttention",
-            cross_query="layer.1.EncDecAttention.q",
-            cross_key="layer.1.EncDecAttention.k",
-            cross_value="layer.1.EncDecAttention.v",
-            cross_attn_output="layer.1.EncDecAttention.o",
-            **_ffn(2),
-        ),
     )
 )

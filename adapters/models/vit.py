@@ -24,7 +24,7 @@ enters through transformers' attention interface, which ViT's attention calls.
 
 from __future__ import annotations
 
-from ..hooks.spec import ArchitectureSpec, ResidualHook, register_architecture
+from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
 __all__ = ["VIT"]
 
@@ -32,33 +32,37 @@ VIT = register_architecture(
     ArchitectureSpec(
         name="vit",
         model_types=("vit",),
-        layers="layers",
-        residual_hooks=(
-            ResidualHook(
-                "mh_adapter",
-                host="attention_adapters",
-                create_host=True,
-                residual_source="layernorm_before",
-                sublayer="attention",
-            ),
-            ResidualHook(
-                "output_adapter",
-                host="output_adapters",
-                create_host=True,
-                residual_source="layernorm_after",
-                sublayer="mlp",
+        stacks=(
+            StackSpec(
+                layers="layers",
+                residual_hooks=(
+                    ResidualHook(
+                        "mh_adapter",
+                        host="attention_adapters",
+                        create_host=True,
+                        residual_source="layernorm_before",
+                        sublayer="attention",
+                    ),
+                    ResidualHook(
+                        "output_adapter",
+                        host="output_adapters",
+                        create_host=True,
+                        residual_source="layernorm_after",
+                        sublayer="mlp",
+                    ),
+                ),
+                attention="attention",
+                query="attention.q_proj",
+                key="attention.k_proj",
+                value="attention.v_proj",
+                attn_output="attention.o_proj",
+                ffn_in=("mlp.fc1",),
+                ffn_out="mlp.fc2",
+                intermediate_lora=("mlp.fc1",),
+                output_lora=("mlp.fc2",),
             ),
         ),
-        attention="attention",
-        query="attention.q_proj",
-        key="attention.k_proj",
-        value="attention.v_proj",
-        attn_output="attention.o_proj",
-        ffn_in=("mlp.fc1",),
-        ffn_out="mlp.fc2",
         embeddings="embeddings",
-        intermediate_lora=("mlp.fc1",),
-        output_lora=("mlp.fc2",),
         legacy_key_renames=((r"(^|\.)layers\.(\d+)\.output\.output_adapters\.", r"\1layers.\2.output_adapters."),),
         pre_ln=True,
     )
