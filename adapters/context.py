@@ -3,9 +3,9 @@ other's setup.
 
 * :class:`AdapterSetup` overrides the model's active setup for the code inside a ``with`` block.
 * :class:`ForwardContext` holds everything one forward pass needs: the setup in force, how the
-  batch was replicated for ``Parallel``, residuals handed from one hook to the next, and the
-  fusion attentions / gating scores the caller asked for. It is opened by the outermost model
-  forward and closed when that forward returns.
+  batch was replicated for ``Parallel``, the values a hook leaves for a later one
+  (``hook_values``), and the fusion attentions / gating scores the caller asked for. It is
+  opened by the outermost model forward and closed when that forward returns.
 * :class:`RegistryLock` makes every forward pass see one consistent set of adapters: forward
   passes share it, changes to the adapters (add, delete, merge, ...) take it alone, so a change
   waits for the passes in flight and the passes after it see the change everywhere.
@@ -129,6 +129,12 @@ class ForwardContext:
         kv_cache_layers: the ``layers`` lists of the pass's ``past_key_values`` while prefixes are
             active (empty otherwise): they may keep the wrapper's joins (see
             ``adapters.hooks.joined_cache``).
+        hook_values: values one hook of the pass leaves for a hook that runs later in it, keyed by
+            the taker: a bottleneck host's id (its residual stream ``x`` with the host's setup,
+            from the residual source), a post-LN norm's id (the block output it returns instead
+            of its own), ``("attention_input", id(attention))`` (a gated prefix's input), or a
+            name such as prefix tuning's ``POSITION_OFFSETS``. Formerly ``residuals`` (still
+            readable under that name).
 
     Example::
 
@@ -156,8 +162,20 @@ class ForwardContext:
         self.attention_extended = False
         self.pending_prompt = None  # (position, prompt) for the embedding module to join, see prompt_tuning
         self.attention_adjusted = False
-        # hand-over slots: a module earlier in a layer leaves a tensor for a hook later in it
-        self.residuals: dict[int, Any] = {}
+        # hand-over slots: a module earlier in the pass leaves a value for a hook later in it
+        self.hook_values: dict[Any, Any] = {}
+
+    @property
+    def residuals(self) -> dict:
+        """The former name of :attr:`hook_values` (it holds more than residuals), kept for code
+        written against it.
+
+        Example::
+
+            >>> context.residuals is context.hook_values
+            True
+        """
+        return self.hook_values
 
     @staticmethod
     def get_context() -> "ForwardContext | None":

@@ -2,15 +2,26 @@
 
 ``swap_class(module, Mixin)`` gives a module instance a subclass of its own class with ``Mixin``
 in front: it stays ``isinstance``-compatible (transformers records hidden states by isinstance)
-and keeps its parameter names. The mixins here only wrap ``super().forward``:
+and keeps its parameter names. The mixins here only wrap ``super().forward``. A bottleneck
+position (a :class:`~adapters.hooks.spec.ResidualHook`) is a sub-block output ``h`` that the
+layer adds to its residual stream ``x``:
 
-* :class:`ResidualSourceMixin` hands the residual stream ``x`` (one of its inputs) to the hook
-  later in the layer, through the forward context (so threads never see each other's tensors);
-* :class:`PostNormHookMixin` (post-LN): the norm receives ``h + x`` and runs the adapters on
-  ``(h, x)`` with itself as the layer norm;
-* :class:`SublayerHookMixin` (pre-LN): runs the adapters on the sub-block's output ``h``.
+* :class:`ResidualSourceMixin` (the module whose input is ``x``) looks up the host's part of the
+  pass's setup, once, and leaves it with ``x`` for the hook later in the block, in the forward
+  context's ``hook_values`` (so threads never see each other's tensors);
+* post-LN (``y = norm(h + x)``), where the spec names the module whose output is ``h``
+  (``sublayer_output``, e.g. BERT's ``output.dropout``): :class:`SublayerOutputHookMixin` runs
+  the adapters on that exact ``h`` and returns ``s`` such that the model's own ``norm(s + x)``
+  is the adapter block's output; where the last adapter's result is not of that form
+  (``original_ln_after=False``: the block output is the adapter output itself), it leaves the
+  block output for the norm, whose :class:`NormOutputSlotMixin` returns it instead of its own;
+* post-LN where the spec names no such module (``h`` is dropped out by a functional call, as in
+  BART): :class:`PostNormHookMixin` on the norm receives ``h + x`` and runs the adapters on
+  ``((h + x) − x, x)`` with itself as the layer norm;
+* pre-LN (``y = x + sublayer(norm(x))``): :class:`SublayerHookMixin` runs the adapters on the
+  sub-block's output ``h``; the model then adds ``x``.
 
-When no adapter is active at a host the wrappers cost one context lookup and a cached dict hit.
+When no adapter is active at a host each wrapper costs one context lookup and a dict lookup.
 
 **Hub kernels.** transformers' ``use_kernels`` (``kernels.kernelize``; from transformers 5.25 on
 ``kernels`` is a dependency and ``from_pretrained`` runs it by default unless ``USE_HUB_KERNELS``
@@ -25,12 +36,22 @@ from __future__ import annotations
 
 import inspect
 from types import MethodType
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from ..context import ForwardContext
 
-__all__ = ["swap_class", "restore_class", "ResidualSourceMixin", "PostNormHookMixin", "SublayerHookMixin"]
+__all__ = [
+    "swap_class",
+    "restore_class",
+    "ResidualHandOff",
+    "ResidualSourceMixin",
+    "SublayerOutputHookMixin",
+    "NormOutputSlotMixin",
+    "PostNormHookMixin",
+    "SublayerHookMixin",
+]
 
 _CLASS_CACHE: dict[tuple, type] = {}
 
@@ -125,29 +146,103 @@ def restore_class(module: nn.Module) -> None:
             module.forward = MethodType(kernel, module)
 
 
+class ResidualHandOff(NamedTuple):
+    """What a residual source leaves for the hook later in its block (under the host's id in
+    ``ForwardContext.hook_values``): the host's part of the pass's setup, looked up once there,
+    and the residual stream ``x``.
+
+    Example::
+
+        >>> ForwardContext.get_context().hook_values[id(host)]     # inside the block, before the hook
+        ResidualHandOff(setup=Stack[a, b], residual=tensor(...))
+    """
+
+    setup: Any
+    residual: Any
+
+
 class ResidualSourceMixin:
-    """Hands one of this module's inputs (the residual stream) to a hook later in the layer."""
+    """Hands one of this module's inputs (the residual stream ``x``) to a hook later in the layer,
+    with the host's setup for this pass (None: nothing is handed over, the hook does nothing)."""
 
     def forward(self, *args, **kwargs):
-        for host, index, keyword in self.__dict__["_adapter_residual_slots"]:
-            if host.active_setup() is not None:
-                value = args[index] if len(args) > index else kwargs.get(keyword)
-                ForwardContext.get_context().residuals[id(host)] = value
+        context = ForwardContext.get_context()
+        if context is not None:
+            for host, index, keyword in self.__dict__["_adapter_residual_slots"]:
+                setup = host.active_setup(context)
+                if setup is not None:
+                    residual = args[index] if len(args) > index else kwargs.get(keyword)
+                    context.hook_values[id(host)] = ResidualHandOff(setup, residual)
         return super().forward(*args, **kwargs)
 
 
+def _take_hand_off(host) -> "tuple[ForwardContext | None, ResidualHandOff | None]":
+    """The forward context and what the residual source left for ``host`` in it (taken out)."""
+    context = ForwardContext.get_context()
+    if context is None:
+        return None, None
+    return context, context.hook_values.pop(id(host), None)
+
+
+class SublayerOutputHookMixin:
+    """Post-LN, on the module whose output (or first output) is the sub-block's ``h``, the last
+    step before the model computes ``norm(h + x)``: runs the adapters on ``h`` itself.
+
+    Returns ``s`` such that the model's own ``norm(s + x)`` is the adapter block's output
+    (``s = a``, the adapter output, for ``original_ln_after=True``; ``h`` where no adapter ran). Where
+    the block output is not of that form it is left for the norm (:class:`NormOutputSlotMixin`),
+    and ``h`` goes on unchanged into a sum the norm then ignores."""
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        host = self.__dict__["_adapter_host"]
+        context, hand_off = _take_hand_off(host)
+        if hand_off is None:
+            return output
+        norm = self.__dict__["_adapter_norm"]
+        hidden = output[0] if isinstance(output, tuple) else output
+        pre_norm, block_output = host.bottleneck_layer_forward(
+            hand_off.setup, hidden, hand_off.residual, norm.norm_forward, norm_follows=True
+        )
+        if block_output is not None:
+            context.hook_values[id(norm)] = block_output
+            return output
+        return (pre_norm,) + tuple(output[1:]) if isinstance(output, tuple) else pre_norm
+
+
+class NormOutputSlotMixin:
+    """A post-LN norm after a :class:`SublayerOutputHookMixin`: returns the block output that hook
+    left for it, if any, instead of normalising its input."""
+
+    def forward(self, *args, **kwargs):
+        context = ForwardContext.get_context()
+        if context is not None:
+            block_output = context.hook_values.pop(id(self), None)
+            if block_output is not None:
+                return block_output
+        return super().forward(*args, **kwargs)
+
+    def norm_forward(self, hidden_states):
+        """The norm itself (the adapters' own ``LN`` steps), never the replacement.
+
+        Example::
+
+            >>> layer.output.LayerNorm.norm_forward(h + x)    # what BertOutput's LayerNorm computes
+        """
+        return super().forward(hidden_states)
+
+
 class PostNormHookMixin:
-    """A post-LN norm that receives ``h + x`` and runs the adapters on ``(h, x)`` instead."""
+    """A post-LN norm that receives ``h + x`` and runs the adapters on ``(h, x)`` instead, ``h``
+    recovered as ``(h + x) − x`` (for specs that name no module whose output is ``h``)."""
 
     def forward(self, hidden_states, *args, **kwargs):
         host = self.__dict__["_adapter_host"]
-        setup = host.active_setup()
-        if setup is None:
+        _, hand_off = _take_hand_off(host)
+        if hand_off is None:
             return super().forward(hidden_states, *args, **kwargs)
-        residual = ForwardContext.get_context().residuals.pop(id(host), None)
-        if residual is None:
-            return super().forward(hidden_states, *args, **kwargs)
-        return host.bottleneck_layer_forward(setup, hidden_states - residual, residual, super().forward)
+        residual = hand_off.residual
+        return host.bottleneck_layer_forward(hand_off.setup, hidden_states - residual, residual, super().forward)
 
 
 class SublayerHookMixin:
@@ -156,12 +251,9 @@ class SublayerHookMixin:
     def forward(self, *args, **kwargs):
         output = super().forward(*args, **kwargs)
         host = self.__dict__["_adapter_host"]
-        setup = host.active_setup()
-        if setup is None:
-            return output
-        residual = ForwardContext.get_context().residuals.pop(id(host), None)
-        if residual is None:
+        _, hand_off = _take_hand_off(host)
+        if hand_off is None:
             return output
         hidden = output[0] if isinstance(output, tuple) else output
-        hidden = host.bottleneck_layer_forward(setup, hidden, residual, None, residual_added_by_model=True)
+        hidden = host.bottleneck_layer_forward(hand_off.setup, hidden, hand_off.residual, None, residual_added_by_model=True)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden

@@ -35,15 +35,27 @@ from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..configuration.bottleneck import BnConfig
 from ..configuration.fusion import AdapterFusionConfig
 from ..context import ForwardContext
-from ..errors import CompositionError
+from ..errors import AdapterConfigError, CompositionError
 from ..hooks.engine import ComposableLayer
-from ..hooks.patching import PostNormHookMixin, ResidualSourceMixin, SublayerHookMixin, swap_class
-from ..hooks.spec import ArchitectureSpec, ResidualHook, layer_stacks, stack_config
+from ..hooks.patching import (
+    NormOutputSlotMixin,
+    PostNormHookMixin,
+    ResidualSourceMixin,
+    SublayerHookMixin,
+    SublayerOutputHookMixin,
+    swap_class,
+)
+from ..hooks.spec import ArchitectureSpec, ResidualHook, layer_stacks, stack_config, stack_configs
 from .base import init_bert_weights
 from .fusion import AdapterFusion
-from .phm import PHMLayer
+from .invertible import add_invertible_adapter, move_embedding_host, uninstall_invertible
+from .phm import PHMLayer, init_shared_parameters
+from .registry import MethodFamily, register
 
-__all__ = ["Adapter", "ParallelAdapter", "BottleneckLayer", "BottleneckState", "BottleneckHost", "install_bottleneck_hosts"]
+__all__ = [
+    "Adapter", "ParallelAdapter", "BottleneckLayer", "BottleneckState", "BottleneckHost", "install_bottleneck_hosts",
+    "check_bottleneck_config", "add_bottleneck_modules", "freeze_fixed_phm_rules",
+]
 
 
 class BottleneckState(NamedTuple):
@@ -187,7 +199,15 @@ class Adapter(nn.Module):
         return hidden_states, query, residual
 
     def bottleneck(self, x: torch.Tensor):
-        """``(down, u, gate)`` with ``u`` the scaled, dropped-out, gated bottleneck output."""
+        """``(down, up, output, gate)``: the down projection ``f(LN_b(x) W_down + b_down)``; ``u``,
+        the scaled up projection (what fusion attends over); ``u`` after dropout, stochastic depth
+        and the gate (what the adapter adds to its residual); and the gate ``g`` (None without
+        ``use_gating``).
+
+        Example::
+
+            >>> down, up, output, gate = adapter.bottleneck(torch.randn(2, 5, 64))
+        """
         down = self.adapter_down(x)
         up = self.adapter_up(down)
         if not (isinstance(self.scaling, float) and self.scaling == 1.0):
@@ -226,6 +246,18 @@ class Adapter(nn.Module):
             return hidden_states if residual_added_by_model else hidden_states + input_tensor
         return hidden_states - input_tensor if residual_added_by_model else hidden_states
 
+    def pre_norm_output(self, hidden_states, input_hidden_states):
+        """Where a post-LN model adds ``x`` and applies its norm itself after the hook: the ``s``
+        whose ``LN(s + x)`` is :meth:`post_forward`'s result (``s = a`` for original_ln_after), or
+        None where the result is not of that form (original_ln_after=False: ``y = a``).
+
+        Example::
+
+            >>> adapter.pre_norm_output(a, h)       # SeqBnConfig: original_ln_after=True
+            a
+        """
+        return hidden_states if self.original_ln_after else None
+
 
 class ParallelAdapter(Adapter):
     """A parallel bottleneck adapter (He et al., 2021): reads the sub-block input ``x``, its
@@ -250,6 +282,16 @@ class ParallelAdapter(Adapter):
             hidden_states + input_hidden_states, input_hidden_states, input_tensor, layer_norm, residual_added_by_model
         )
 
+    def pre_norm_output(self, hidden_states, input_hidden_states):
+        """``u + h`` (the model's norm then computes ``LN(u + h + x)``), or None where
+        original_ln_after is False. See :meth:`Adapter.pre_norm_output`.
+
+        Example::
+
+            >>> adapter.pre_norm_output(u, h)       # ParBnConfig
+        """
+        return super().pre_norm_output(hidden_states + input_hidden_states, input_hidden_states)
+
 
 class BottleneckLayer(ComposableLayer):
     """Host of the bottleneck adapters and fusion layers at one position of one layer.
@@ -266,6 +308,7 @@ class BottleneckLayer(ComposableLayer):
     """
 
     method = "bottleneck"
+    supports_fusion = True
     supported_blocks = (Stack, Parallel, Fuse, Split, BatchSplit, Average)
     BATCH_FIELDS = ("hidden_states", "input_tensor", "adapter_residual", "bottleneck_up")
     SEQUENCE_FIELDS = BATCH_FIELDS
@@ -328,16 +371,51 @@ class BottleneckLayer(ComposableLayer):
             self._invalidate_setup_cache()
 
     # -- forward -----------------------------------------------------------------------------------
-    def bottleneck_layer_forward(self, setup, hidden_states, residual_input, layer_norm, residual_added_by_model=False):
+    def bottleneck_layer_forward(
+        self, setup, hidden_states, residual_input, layer_norm, residual_added_by_model=False, norm_follows=False
+    ):
         """Run ``setup`` on sub-block output ``hidden_states`` with residual stream ``residual_input``.
 
-        Returns the block output (see :meth:`Adapter.post_forward`).
+        Returns the block output (see :meth:`Adapter.post_forward`). With ``norm_follows`` (a
+        post-LN hook on ``h`` itself, before the model computes ``layer_norm(· + x)``) returns
+        ``(pre_norm, block_output)``, one of them None: ``pre_norm`` where the model's own residual
+        add and norm finish the block exactly as the ``post`` step would (every part of the batch /
+        sequence ends with an original_ln_after adapter or with none, in the sub-block's dtype),
+        else ``block_output`` for the norm to return instead of its own.
+
+        Example::
+
+            >>> host.bottleneck_layer_forward(host.active_setup(), h, x, layer_norm)   # post-LN: LN(a + x)
         """
         state = BottleneckState(hidden_states, residual_input, hidden_states, layer_norm)
         state = self.compose(setup, state)
+        if norm_follows:
+            pre_norm = self._pre_norm(state.last, state.hidden_states, hidden_states)
+            if pre_norm is not None and pre_norm.dtype == hidden_states.dtype:
+                return pre_norm, None
         output = self._finish(state.last, state.hidden_states, hidden_states, state.input_tensor, layer_norm, residual_added_by_model)
         # adapters compute in their own dtype (see _run_adapter); the block keeps the sub-block's
-        return output if output.dtype == hidden_states.dtype else output.to(hidden_states.dtype)
+        output = output if output.dtype == hidden_states.dtype else output.to(hidden_states.dtype)
+        return (None, output) if norm_follows else output
+
+    def _pre_norm(self, last, hidden_states, input_hidden_states):
+        """What the model's own ``norm(· + x)`` must receive to finish each part of the batch /
+        sequence as :meth:`_finish` would, or None if some part's ``post`` step is not of that form."""
+        if isinstance(last, _Segments):
+            parts, start, unchanged = [], 0, True
+            for size, part_last in last.parts:
+                part = hidden_states.narrow(last.dim, start, size)
+                value = self._pre_norm(part_last, part, input_hidden_states.narrow(last.dim, start, size))
+                if value is None:
+                    return None
+                unchanged = unchanged and value is part
+                parts.append(value)
+                start += size
+            # every part hands on its own rows as they are (sequential adapters, untouched rows): no copy
+            return hidden_states if unchanged else torch.cat(parts, dim=last.dim)
+        if last is None:  # rows or tokens no adapter touched: the layer's own norm(h + x)
+            return hidden_states
+        return self.adapters[last].pre_norm_output(hidden_states, input_hidden_states)
 
     def _finish(self, last, hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model):
         """The ``post`` step of the adapter that ended each part of the batch / sequence."""
@@ -474,8 +552,15 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
     slots = source.__dict__.setdefault("_adapter_residual_slots", [])
     slots.append((host, hook.residual_arg, hook.residual_kwarg))
 
-    target = layer.get_submodule(hook.norm or hook.sublayer)
-    swap_class(target, PostNormHookMixin if hook.norm else SublayerHookMixin)
+    if hook.sublayer_output is not None:  # post-LN with h named: the adapters run on h itself
+        norm = layer.get_submodule(hook.norm)
+        swap_class(norm, NormOutputSlotMixin)
+        target = layer.get_submodule(hook.sublayer_output)
+        swap_class(target, SublayerOutputHookMixin)
+        target.__dict__["_adapter_norm"] = norm
+    else:
+        target = layer.get_submodule(hook.norm or hook.sublayer)
+        swap_class(target, PostNormHookMixin if hook.norm else SublayerHookMixin)
     target.__dict__["_adapter_host"] = host
     return host
 
@@ -491,3 +576,88 @@ def install_bottleneck_hosts(base_model: nn.Module, spec: ArchitectureSpec, shar
             for hook in stack.residual_hooks:
                 hosts.append(install_residual_hook(layer, hook, first + offset, config, shared_parameters))
     return hosts
+
+
+# -- the bottleneck family on a model: checks, creation, training, registration ------------------------
+
+
+def check_bottleneck_config(model, config: BnConfig) -> None:
+    """Refuse a bottleneck config whose sizes do not fit the model: no bottleneck left by the
+    reduction factor, a Compacter ``phm_dim`` that does not divide the sizes, or shared PHM
+    weights across layer stacks of different widths.
+
+    Example::
+
+        >>> check_bottleneck_config(model, SeqBnConfig(reduction_factor=10_000))   # raises
+    """
+    spec = model.__dict__["_adapters_spec"]
+    layer_configs = stack_configs(model.base_model, spec)  # per layer (CLIP: per tower)
+    widths = {c.hidden_size for c in layer_configs}
+    if config.phm_layer and config.shared_W_phm and len(widths) > 1:
+        raise AdapterConfigError(
+            f"Compacter with shared_W_phm=True shares one pair of PHM weights across all layers, but "
+            f"{spec.name}'s layer stacks differ in hidden size ({', '.join(map(str, sorted(widths)))}); use "
+            f"shared_W_phm=False (the default; the shared PHM rules fit every width)."
+        )
+    for layer, layer_config in enumerate(layer_configs):
+        hidden = layer_config.hidden_size
+        size = int(hidden // config.reduction_factor_for(layer))
+        if size < 1:
+            raise AdapterConfigError(
+                f"reduction_factor={config.reduction_factor_for(layer)!r} leaves no bottleneck for hidden size "
+                f"{hidden} (layer {layer}); use a reduction_factor of at most {hidden}."
+            )
+        if config.phm_layer and (hidden % config.phm_dim or size % config.phm_dim):
+            raise AdapterConfigError(
+                f"Compacter needs phm_dim={config.phm_dim} to divide the hidden size ({hidden}) and the "
+                f"bottleneck size ({size}); pick another phm_dim or reduction_factor."
+            )
+
+
+def add_bottleneck_modules(model, name: str, config: BnConfig, device, dtype) -> bool:
+    """Create adapter ``name`` at every bottleneck host whose position and layer ``config``
+    covers (plus its shared PHM parameters and its invertible block, if it has them); returns
+    whether any host took it.
+
+    Example::
+
+        >>> add_bottleneck_modules(model, "task", SeqBnConfig(), "cpu", torch.float32)
+        True
+    """
+    if config.phm_layer:
+        hidden_size = stack_configs(model.base_model, model.__dict__["_adapters_spec"])[0].hidden_size
+        model._shared_parameters[name] = init_shared_parameters(config, hidden_size).to(device=device, dtype=dtype)
+    if config.inv_adapter:
+        add_invertible_adapter(model, name, config, device, dtype)
+    added = False
+    for host in model._adapter_hosts:
+        if isinstance(host, BottleneckLayer) and host.add_adapter(name, config):
+            host.adapters[name].to(device=device, dtype=dtype).train(model.training)
+            added = True
+    return added
+
+
+def freeze_fixed_phm_rules(model, name: str, config: BnConfig) -> None:
+    """Compacter with ``learn_phm=False`` keeps its PHM rules fixed while the adapter trains.
+
+    Example::
+
+        >>> freeze_fixed_phm_rules(model, "compacter", CompacterConfig(learn_phm=False))
+    """
+    if not (config.phm_layer and not config.learn_phm):
+        return
+    modules = [m for layer in model.get_adapter(name).values() for m in layer.values()]
+    if name in model._shared_parameters:
+        modules.append(model._shared_parameters[name])
+    for module in modules:
+        for param_name, param in module.named_parameters():
+            if param_name.rsplit(".", 1)[-1].startswith("phm_rule"):
+                param.requires_grad_(False)
+
+
+register(MethodFamily(
+    name="bottleneck", title="Bottleneck adapters", blocks=BottleneckLayer.supported_blocks, add=add_bottleneck_modules,
+    check=check_bottleneck_config, on_init=install_bottleneck_hosts, remove_unused=uninstall_invertible,
+    on_train=freeze_fixed_phm_rules,
+    embeddings_replaced=move_embedding_host, fusable=True, interface_method="bottleneck",
+))
