@@ -18,7 +18,6 @@ from .configuration import (
     ADAPTER_CONFIG_MAP,
     AdaLoRAConfig,
     AdaptionPromptConfig,
-    HRAConfig,
     LoHaConfig,
     LoKrConfig,
     OFTConfig,
@@ -50,10 +49,13 @@ from .configuration import (
     UniPELTConfig,
 )
 from .context import AdapterSetup, ForwardContext
+# configs that live with their method (adapters/methods/<family>.py); importing them registers every family
+from .methods.hra import HRAConfig
 from .errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterMergeError, CompositionError
 from .model_mixin import ModelAdaptersMixin
 from .initialize import init
-from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, register_architecture
+from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, StackSpec, register_architecture
+from .models import supported_model_types
 from .interface import AdapterMethod, AdapterModelInterface
 
 # Names provided at their first use (PEP 562 __getattr__ below), so that `import adapters` stays light:
@@ -142,6 +144,7 @@ __all__ = [
     "SeqBnInvConfig",
     "Split",
     "Stack",
+    "StackSpec",
     "StaticAdapterFusionConfig",
     "StaticFusionConfig",
     "UniPELTConfig",
@@ -150,6 +153,7 @@ __all__ = [
     "logging",
     "parse_composition",
     "register_architecture",
+    "supported_model_types",
     # flexible heads (adapters.heads, adapters.heads.adapter_model)
     "AutoAdapterModel",
     "BertAdapterModel",

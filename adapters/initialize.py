@@ -7,9 +7,12 @@ from torch import nn
 from . import logging
 from .configuration.model_config import ModelAdaptersConfig
 from .errors import AdapterConfigError
+from .forward import _checkpoint_with_context, install_stack_entries
+from .interface import CONFIG_KEY, AdapterModelInterface, interface_from_config
+from .model_mixin import ModelAdaptersMixin
 from .hooks.patching import swap_class
 from .models import spec_for_model
-from .methods.bottleneck import install_bottleneck_hosts
+from .methods.registry import families
 
 logger = logging.get_logger(__name__)
 
@@ -44,8 +47,6 @@ def init(model: nn.Module, interface=None) -> nn.Module:
         >>> model.add_adapter("task", config="seq_bn")
         >>> adapters.init(custom_model, interface=AdapterModelInterface(...))
     """
-    from .interface import CONFIG_KEY, AdapterModelInterface, interface_from_config
-    from .model_mixin import ModelAdaptersMixin, _checkpoint_with_context, install_stack_entries  # imports this package
 
     if "_adapters_registry" in model.__dict__:
         if interface is not None and AdapterModelInterface.load(interface) != model.__dict__.get("_adapters_interface"):
@@ -69,7 +70,7 @@ def init(model: nn.Module, interface=None) -> nn.Module:
     base = model.base_model
     if not hasattr(base, "shared_parameters"):
         base.add_module("shared_parameters", nn.ModuleDict())
-    hosts = install_bottleneck_hosts(base, spec, base.shared_parameters)
+    hosts = [host for f in families() if f.on_init is not None for host in f.on_init(base, spec, base.shared_parameters)]
     registry = ModelAdaptersConfig()
     for target in {id(model): model, id(base): base}.values():
         swap_class(target, ModelAdaptersMixin, keep_name=True)

@@ -73,7 +73,8 @@ from transformers.pytorch_utils import Conv1D
 
 from . import logging
 from .errors import AdapterConfigError, AdapterLoadError
-from .hooks.spec import ArchitectureSpec, ResidualHook
+from .hooks.spec import ArchitectureSpec, ResidualHook, StackSpec
+from .methods.registry import AdapterMethod
 
 logger = logging.get_logger(__name__)
 
@@ -83,61 +84,6 @@ __all__ = ["AdapterMethod", "AdapterModelInterface", "INTERFACE_CONFIG_NAME", "C
 INTERFACE_CONFIG_NAME = "adapter_interface.json"
 #: the key under which ``adapters.init`` stores the interface in ``model.config``
 CONFIG_KEY = "adapter_interface"
-
-
-class AdapterMethod:
-    """The method families an interface can enable (AdapterHub's names).
-
-    * ``bottleneck``: bottleneck adapters, Compacter, parallel adapters;
-    * ``lora``: weight updates of linear layers — LoRA, DoRA, (IA)³, LoHa, LoKr, OFT, HRA, AdaLoRA;
-    * ``prefix_tuning``: methods inside attention — prefix tuning, Llama-Adapter;
-    * ``prompt_tuning``: soft prompts;
-    * ``invertible``: invertible adapters on the embeddings (``inv_adapter`` of a bottleneck config);
-    * ``reft``: AdapterHub's ReFT, which this library does not implement (accepted and ignored).
-
-    Example::
-
-        >>> AdapterMethod.of(LoRAConfig())
-        ['lora']
-    """
-
-    bottleneck = "bottleneck"
-    prefix_tuning = "prefix_tuning"
-    lora = "lora"
-    prompt_tuning = "prompt_tuning"
-    reft = "reft"
-    invertible = "invertible"
-
-    ALL = ("bottleneck", "prefix_tuning", "lora", "prompt_tuning", "reft", "invertible")
-    # this library's method ids (config ``architecture``) -> family
-    _FAMILY = {
-        "bottleneck": "bottleneck",
-        "lora": "lora",
-        "loha": "lora",
-        "lokr": "lora",
-        "oft": "lora",
-        "hra": "lora",
-        "adalora": "lora",
-        "prefix_tuning": "prefix_tuning",
-        "adaption_prompt": "prefix_tuning",
-        "prompt_tuning": "prompt_tuning",
-    }
-
-    @staticmethod
-    def of(config) -> list[str]:
-        """The families an adapter config needs (a union needs those of its parts).
-
-        Example::
-
-            >>> AdapterMethod.of(SeqBnInvConfig())
-            ['bottleneck', 'invertible']
-        """
-        families = []
-        for part in config.configs_by_architecture():
-            families.append(AdapterMethod._FAMILY.get(part.architecture, part.architecture))
-            if getattr(part, "inv_adapter", None):
-                families.append(AdapterMethod.invertible)
-        return list(dict.fromkeys(families))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +203,7 @@ class AdapterModelInterface:
                 f"(got {self.layer_cross_attn!r}) and layer_pre_cross_attn (got {self.layer_pre_cross_attn!r}) to None "
                 f"(self-attention, FFN and embeddings are covered)."
             )
-        if "lora" in self.adapter_methods and not any(
+        if AdapterMethod.lora in self.adapter_methods and not any(
             (self.attn_q_proj, self.attn_qkv_proj, self.attn_o_proj, self.layer_intermediate_proj, self.layer_output_proj)
         ):
             raise AdapterConfigError(
@@ -276,7 +222,7 @@ class AdapterModelInterface:
             >>> tiny_interface.embedding_methods
             ('prompt_tuning', 'invertible')
         """
-        return tuple(m for m in self.adapter_methods if m in ("prompt_tuning", "invertible"))
+        return tuple(m for m in self.adapter_methods if m in (AdapterMethod.prompt_tuning, AdapterMethod.invertible))
 
     # -- (de)serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -395,7 +341,7 @@ class AdapterModelInterface:
         Example::
 
             >>> spec = interface.to_spec(model)
-            >>> spec.query
+            >>> spec.stacks[0].query
             'self_attn.q_proj'
         """
         base = self.resolve_base_model(model)
@@ -415,6 +361,56 @@ class AdapterModelInterface:
         qkv = (in_attn(self.attn_q_proj), in_attn(self.attn_k_proj), in_attn(self.attn_v_proj))
         if self.attn_qkv_proj is not None:
             qkv = (in_attn(self.attn_qkv_proj),) * 3
+        self._check_layer_paths(layers, qkv)
+
+        first = layers[0]
+        pre_ln = self._pre_ln(first)
+        hooks = self._residual_hooks(first, pre_ln) if AdapterMethod.bottleneck in self.adapter_methods else ()
+        # the module that calls the attention function is where prefixes enter: layer_self_attn
+        # itself, or (BERT's ``attention`` around ``attention.self``) the first module inside it
+        caller = _attention_caller(first.get_submodule(attn))
+        attention_path = attn if not caller else f"{attn}.{caller}"
+        attention_interface = self.attention_interface
+        if attention_interface is None:
+            attention_interface = caller is not None
+        if AdapterMethod.prefix_tuning in self.adapter_methods and not attention_interface:
+            raise AdapterConfigError(
+                f"adapter_methods includes 'prefix_tuning', but {type(first.get_submodule(attn)).__name__}.forward does not "
+                f"call transformers' attention interface (ALL_ATTENTION_FUNCTIONS.get_interface), through which "
+                f"prefixes enter attention. Make the attention call it (as transformers' models do), drop "
+                f"'prefix_tuning', or set attention_interface=True if it does so indirectly."
+            )
+        model_type = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+        intermediate = (self.layer_intermediate_proj,) if self.layer_intermediate_proj else ()
+        layer_stack = StackSpec(
+            layers=self.model_layers,
+            residual_hooks=hooks,
+            attention=attention_path,
+            query=qkv[0],
+            key=qkv[1],
+            value=qkv[2],
+            attn_output=in_attn(self.attn_o_proj),
+            ffn_in=intermediate,
+            ffn_out=self.layer_output_proj,
+            intermediate_lora=intermediate,
+            output_lora=(self.layer_output_proj,) if self.layer_output_proj else (),
+        )
+        return ArchitectureSpec(
+            name=f"{model_type} (AdapterModelInterface)",
+            model_types=(model_type,),
+            stacks=(layer_stack,),
+            embeddings=self.model_embeddings,
+            embedding_output=self.model_embedding_output,
+            pre_ln=pre_ln,
+            fused_qkv_heads=self.attn_qkv_heads or (),
+            attention_interface=attention_interface,
+        )
+
+    def _check_layer_paths(self, layers: nn.ModuleList, qkv: tuple) -> None:
+        """Check that every path of the interface exists in every layer (and, where LoRA is among the
+        methods, that each projection is a linear layer); ``qkv`` are the q/k/v paths in a layer."""
+        attn = self.layer_self_attn
+        in_attn = lambda p: p and f"{attn}.{p}"  # noqa: E731
         projections = {
             "attn_q_proj": qkv[0], "attn_k_proj": qkv[1], "attn_v_proj": qkv[2], "attn_qkv_proj": qkv[0],
             "attn_o_proj": in_attn(self.attn_o_proj),
@@ -437,7 +433,7 @@ class AdapterModelInterface:
                     _check_path(attention, getattr(self, name), name, f"the self-attention {attn!r} of {where}")
                 else:
                     _check_path(layer, path, name, where)
-                if name in projections and "lora" in self.adapter_methods:
+                if name in projections and AdapterMethod.lora in self.adapter_methods:
                     module = layer.get_submodule(path)
                     if not isinstance(module, (nn.Linear, Conv1D)):
                         raise AdapterConfigError(
@@ -445,45 +441,6 @@ class AdapterModelInterface:
                             f"LoRA-family methods adapt nn.Linear (or transformers' Conv1D) layers. Name a linear layer, "
                             f"or drop 'lora' from adapter_methods."
                         )
-
-        first = layers[0]
-        pre_ln = self._pre_ln(first)
-        hooks = self._residual_hooks(first, pre_ln) if "bottleneck" in self.adapter_methods else ()
-        # the module that calls the attention function is where prefixes enter: layer_self_attn
-        # itself, or (BERT's ``attention`` around ``attention.self``) the first module inside it
-        caller = _attention_caller(first.get_submodule(attn))
-        attention_path = attn if not caller else f"{attn}.{caller}"
-        attention_interface = self.attention_interface
-        if attention_interface is None:
-            attention_interface = caller is not None
-        if "prefix_tuning" in self.adapter_methods and not attention_interface:
-            raise AdapterConfigError(
-                f"adapter_methods includes 'prefix_tuning', but {type(first.get_submodule(attn)).__name__}.forward does not "
-                f"call transformers' attention interface (ALL_ATTENTION_FUNCTIONS.get_interface), through which "
-                f"prefixes enter attention. Make the attention call it (as transformers' models do), drop "
-                f"'prefix_tuning', or set attention_interface=True if it does so indirectly."
-            )
-        model_type = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
-        return ArchitectureSpec(
-            name=f"{model_type} (AdapterModelInterface)",
-            model_types=(model_type,),
-            layers=self.model_layers,
-            residual_hooks=hooks,
-            attention=attention_path,
-            query=qkv[0],
-            key=qkv[1],
-            value=qkv[2],
-            attn_output=in_attn(self.attn_o_proj),
-            ffn_in=(self.layer_intermediate_proj,) if self.layer_intermediate_proj else (),
-            ffn_out=self.layer_output_proj,
-            embeddings=self.model_embeddings,
-            embedding_output=self.model_embedding_output,
-            pre_ln=pre_ln,
-            intermediate_lora=(self.layer_intermediate_proj,) if self.layer_intermediate_proj else (),
-            output_lora=(self.layer_output_proj,) if self.layer_output_proj else (),
-            fused_qkv_heads=self.attn_qkv_heads or (),
-            attention_interface=attention_interface,
-        )
 
     def resolve_base_model(self, model: nn.Module) -> nn.Module:
         """The module the ``model_*`` paths are relative to.

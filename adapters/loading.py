@@ -58,10 +58,11 @@ from .configuration.fusion import AdapterFusionConfig
 from .peft_format import (
     PEFT_LEGACY_WEIGHTS_NAME,
     PEFT_WEIGHTS_NAME,
-    check_peft_adaption_prompt_model,
+    check_peft_model,
     config_from_peft,
     peft_checkpoint,
-    prefix_from_peft,
+    peft_weights_for_model,
+    saved_module_paths,
     state_from_peft,
 )
 
@@ -613,17 +614,34 @@ def load_adapter(
     """
     if load_as is not None:
         check_name(load_as, argument="load_as")
-    if leave_out is not None:
-        if (
-            isinstance(leave_out, (str, bytes)) or not hasattr(leave_out, "__iter__")
-            or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in leave_out)
-        ):
-            raise AdapterConfigError(f"leave_out must be a list of layer indices (e.g. [0, 1]), not {leave_out!r}.")
-        leave_out = [int(i) for i in leave_out]
+    leave_out = _checked_leave_out(leave_out)
     folder = _resolve_folder(adapter_name_or_path, **hub_kwargs)
     config_path = os.path.join(folder, CONFIG_NAME)
     meta = _read_json(config_path)
     _check_interface(model, folder)
+    adapter_config = _adapter_config(model, meta, config, leave_out, config_path)
+    name, saved_name = _names(model, meta, folder, load_as, overwrite_ok, config_path)
+    state, weights_path = _adapter_state(model, meta, adapter_config, folder, saved_name, allow_non_finite, config_path)
+    saved_name = _name_in_keys(state, saved_name)
+    _install(model, name, saved_name, adapter_config, state, weights_path, config_path, set_active)
+    logger.info(f"Loaded adapter {name!r} from {folder}.")
+    return name
+
+
+def _checked_leave_out(leave_out) -> Optional[list[int]]:
+    if leave_out is None:
+        return None
+    if (
+        isinstance(leave_out, (str, bytes)) or not hasattr(leave_out, "__iter__")
+        or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in leave_out)
+    ):
+        raise AdapterConfigError(f"leave_out must be a list of layer indices (e.g. [0, 1]), not {leave_out!r}.")
+    return [int(i) for i in leave_out]
+
+
+def _adapter_config(model, meta: dict, config, leave_out, config_path: str) -> AdapterConfig:
+    """The config to build: ``config`` if given, else the checkpoint's (AdapterHub's or PEFT's),
+    with ``leave_out`` added; checked against the model (hidden size, PEFT's model checks)."""
     is_peft = "peft_type" in meta
     try:
         if config is not None:
@@ -644,11 +662,18 @@ def load_adapter(
         except (ValueError, TypeError) as error:
             raise _as_load_error(config_path, error) from error
     _check_hidden_size(model, meta, config_path)
-    if is_peft and adapter_config.architecture == "adaption_prompt":
+    if is_peft:
         try:
-            check_peft_adaption_prompt_model(model)
+            check_peft_model(model, adapter_config)  # PEFT computes the same on this model
         except ValueError as error:
             raise AdapterLoadError(f"{config_path}: {error}") from error
+    return adapter_config
+
+
+def _names(model, meta: dict, folder: str, load_as, overwrite_ok: bool, config_path: str) -> tuple[str, str]:
+    """``(name, saved name)``: the name to load as (``load_as``, the saved ``name``, else the
+    folder's) and the name the checkpoint's keys use; refused if taken and not ``overwrite_ok``."""
+    is_peft = "peft_type" in meta
     folder_name = os.path.basename(os.path.normpath(folder))
     meta_name = None if is_peft else meta.get("name")
     if meta_name is not None and not isinstance(meta_name, str):
@@ -662,25 +687,32 @@ def load_adapter(
         name = check_name(folder_name, argument="taken from the folder name", file=folder)
     if name in model.adapters_config.adapters and not overwrite_ok:
         raise AdapterLoadError(f"An adapter named {name!r} exists already; pass load_as=... or overwrite_ok=True.")
-    if is_peft:
+    return name, saved_name
+
+
+def _adapter_state(model, meta, adapter_config, folder, saved_name, allow_non_finite, config_path) -> tuple[dict, str]:
+    """``(state, weights file)``: the checkpoint's tensors under our keys, relative to the base model."""
+    if "peft_type" in meta:
         state, weights_path = _read_weights(folder, PEFT_WEIGHTS_NAME, PEFT_LEGACY_WEIGHTS_NAME, allow_non_finite)
-        if adapter_config.architecture == "prefix_tuning" and "prompt_embeddings" in state:
-            try:
-                state["prompt_embeddings"] = prefix_from_peft(model, meta, state["prompt_embeddings"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise _as_load_error(config_path, error) from error
+        try:  # tensors laid out for PEFT's model (prefix tuning's cache), checked against the config's sizes
+            state = peft_weights_for_model(model, meta, adapter_config, state)
+        except (ValueError, KeyError, TypeError) as error:
+            raise _as_load_error(config_path, error) from error
         try:
-            state = state_from_peft(state, saved_name, _saved_module_paths(model, adapter_config))
+            state = state_from_peft(state, saved_name, saved_module_paths(model, adapter_config))
         except (ValueError, KeyError, TypeError) as error:
             raise _as_load_error(weights_path, error) from error
     else:
         state, weights_path = _read_weights(folder, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, allow_non_finite)
-    state = {k: v for k, v in _strip_prefix(model, state).items() if not _PREFIX_POOL_COPY.search(k)}
-    saved_name = _name_in_keys(state, saved_name)
-    # built under a name no user can give (names never hold '~'), so it neither collides with nor restricts theirs
+    return {k: v for k, v in _strip_prefix(model, state).items() if not _PREFIX_POOL_COPY.search(k)}, weights_path
+
+
+def _install(model, name, saved_name, adapter_config, state, weights_path, config_path, set_active: bool) -> None:
+    """Build the adapter and copy the checked weights in, as one change of the adapters: under a
+    staging name no user can give (names never hold '~'), renamed to ``name`` only once complete,
+    so a failure leaves the model as it was and no forward pass sees a half-loaded adapter."""
     staging = f"{name}~loading"
     state = _rename_in_keys(state, _adapter_key_pattern, saved_name, staging)
-    # one change of the adapters: no forward pass sees the staging adapter or a half-renamed one
     with registry_lock(model.adapters_config).writing("load_adapter"):
         model.__dict__["_adapters_staging_name"] = staging
         try:
@@ -708,8 +740,6 @@ def load_adapter(
         model._rename_adapter(staging, name)
         if set_active:
             model.set_active_adapters(name)
-    logger.info(f"Loaded adapter {name!r} from {folder}.")
-    return name
 
 
 def _check_interface(model, folder: str) -> None:
@@ -759,15 +789,6 @@ def _with_renamed_legacy_keys(model, state: dict, expected) -> dict:
         if new_key != key and new_key in expected and new_key not in state:
             state[new_key] = state.pop(key)
     return state
-
-
-def _saved_module_paths(model, config) -> list[str]:
-    """The model's module paths a PEFT checkpoint's ``modules_to_save`` names (their weights are
-    stored under the module's own path)."""
-    from .hooks.targeting import matches_modules
-
-    names = [n for part in config.configs_by_architecture() for n in (getattr(part, "modules_to_save", None) or ())]
-    return [path for path, _ in model.named_modules() if names and path and matches_modules(path, names)]
 
 
 def _name_in_keys(state: dict, fallback: str) -> str:
@@ -849,3 +870,193 @@ def load_adapter_fusion(
         if set_active:
             model.set_active_adapters(Fuse(*names, name=name))
     return name
+
+
+class CheckpointMixin:
+    """Saving and loading on the model (AdapterHub's method names; part of
+    :class:`~adapters.ModelAdaptersMixin`): thin methods over the functions above.
+
+    Example::
+
+        >>> model.save_adapter("out/task", "task")
+        >>> model.load_adapter("out/task", load_as="task2")
+    """
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained``; a model initialised with an
+        :class:`~adapters.AdapterModelInterface` also gets AdapterHub's ``adapter_interface.json``
+        (the interface is in ``config.json`` too, where ``adapters.init`` finds it after
+        ``from_pretrained``), written atomically inside ``save_directory``.
+
+        Example::
+
+            >>> model.save_pretrained("out/model")
+            >>> adapters.init(MyModel.from_pretrained("out/model"))   # the saved interface is used
+        """
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        interface = self.__dict__.get("_adapters_interface")
+        if interface is not None:
+            from .interface import INTERFACE_CONFIG_NAME
+
+            with _CheckpointFiles(save_directory) as files:
+                files.file(INTERFACE_CONFIG_NAME, lambda folder: interface.save(folder, self.config))
+        return result
+
+    def save_adapter(
+        self,
+        save_directory: str,
+        adapter_name: str,
+        with_head: bool = True,
+        meta_dict=None,
+        use_safetensors: bool = True,
+        format: str = "adapterhub",
+    ):
+        """Save adapter ``adapter_name`` to a folder in AdapterHub's layout
+        (``adapter_config.json`` + ``adapter.safetensors``), or with ``format="peft"`` in PEFT's
+        (LoRA-family adapters, the weight transforms, Llama-Adapter on Llama/Mistral; loadable by
+        ``peft.PeftModel.from_pretrained``). On an AdapterModel, ``with_head=True`` also saves the
+        head of the same name (``head_config.json`` + ``model_head.safetensors``).
+
+        The files are written atomically: each under a temporary name in the folder, moved into
+        place once all are written (weights first, ``adapter_config.json`` last); the weights
+        file of the other format that an earlier save left (``pytorch_adapter.bin`` beside a new
+        ``adapter.safetensors`` or the reverse) is removed, nothing else. If a write fails, the
+        folder keeps its previous checkpoint and no temporary file.
+
+        Example::
+
+            >>> model.save_adapter("out/task", "task")
+            >>> model.save_adapter("out/lora", "lora", format="peft")
+        """
+
+        heads = getattr(self, "heads", None)
+        with _CheckpointFiles(save_directory) as files:
+            _stage_adapter(self, files, adapter_name, meta_dict, use_safetensors, format)
+            if with_head and heads is not None and adapter_name in heads:
+                self._stage_head(files, adapter_name, use_safetensors)
+        logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
+
+    def load_adapter(
+        self,
+        adapter_name_or_path: str,
+        config=None,
+        load_as: Optional[str] = None,
+        set_active: bool = False,
+        leave_out: Optional[list[int]] = None,
+        overwrite_ok: bool = False,
+        allow_non_finite: bool = False,
+        **kwargs,
+    ) -> str:
+        """Load an adapter saved by :meth:`save_adapter` or by AdapterHub (also legacy
+        ``pytorch_adapter.bin``, read with ``torch.load(weights_only=True)``).
+
+        Returns the name under which it was loaded. On any error the model is left unchanged. On an
+        AdapterModel, a head saved next to the adapter is loaded too (under the same name) unless
+        ``with_head=False``.
+
+        Args:
+            adapter_name_or_path: a folder, or a Hugging Face Hub repo id.
+            config: use this config instead of the one saved.
+            load_as: the name to load it under (default: the saved name); letters, digits, ``_``
+                and ``-``.
+            set_active: activate it.
+            leave_out: layers to leave out in addition to the saved config's.
+            overwrite_ok: replace an adapter of the same name.
+            allow_non_finite: also load weights holding NaN/inf or of a non-float dtype (int,
+                bool; converted to the parameter's dtype). Refused by default with an
+                :class:`~adapters.AdapterLoadError` naming the file and the tensor; for research
+                on such weights.
+
+        Raises:
+            AdapterLoadError: the checkpoint is missing, corrupt, does not fit the model, or its
+                saved name is invalid (the message names the file).
+            AdapterConfigError: ``load_as`` or ``leave_out`` is invalid.
+
+        Example::
+
+            >>> name = model.load_adapter("out/task", set_active=True)
+            >>> model.load_adapter("out/diverged", load_as="nan_study", allow_non_finite=True)
+        """
+
+        if load_as is not None:
+            self._check_name(load_as, argument="load_as")
+        with_head = kwargs.pop("with_head", True)
+        head = None
+        if with_head and getattr(self, "heads", None) is not None:  # an AdapterModel (adapters.heads)
+            folder = _resolve_folder(adapter_name_or_path, **kwargs)
+            if self._holds_head(folder):  # checked before anything changes
+                head = self._prepare_head(folder, load_as=load_as, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite)
+            adapter_name_or_path = folder
+        name = load_adapter(
+            self, adapter_name_or_path, config=config, load_as=load_as, set_active=False,
+            leave_out=leave_out, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite, **kwargs,
+        )
+        if head is not None:
+            self._insert_loaded_head(*head, set_active=True)
+        if set_active:
+            self.set_active_adapters(name)
+        return name
+
+    def save_adapter_fusion(self, save_directory: str, adapter_names, use_safetensors: bool = True) -> None:
+        """Save a fusion layer (AdapterHub layout: ``adapter_fusion_config.json`` + weights),
+        atomically as :meth:`save_adapter`.
+
+        Example::
+
+            >>> model.save_adapter_fusion("out/fusion", "a,b,c")
+        """
+
+        save_adapter_fusion(self, save_directory, adapter_names, use_safetensors=use_safetensors)
+
+    def load_adapter_fusion(
+        self,
+        adapter_fusion_name_or_path: str,
+        load_as: Optional[str] = None,
+        set_active: bool = False,
+        allow_non_finite: bool = False,
+        **kwargs,
+    ) -> str:
+        """Load a fusion layer saved by :meth:`save_adapter_fusion` or AdapterHub; the fused
+        adapters must be loaded already. Returns the fusion's name. ``allow_non_finite`` as in
+        :meth:`load_adapter`.
+
+        Example::
+
+            >>> model.load_adapter_fusion("out/fusion", set_active=True)
+        """
+
+        return load_adapter_fusion(
+            self, adapter_fusion_name_or_path, load_as=load_as, set_active=set_active, allow_non_finite=allow_non_finite
+        )
+
+    def save_all_adapters(self, save_directory: str, with_head: bool = True, use_safetensors: bool = True) -> None:
+        """Save every adapter into ``save_directory/<name>``. Every target is checked to lie
+        inside ``save_directory`` (symbolic links resolved) before anything is written.
+
+        Example::
+
+            >>> model.save_all_adapters("out/adapters")
+        """
+
+        targets = {}
+        for name in self.adapters_config.adapters:
+            self._check_name(name, argument=None)
+            targets[name] = _inside(save_directory, name)
+        for name, target in targets.items():
+            self.save_adapter(target, name, with_head=with_head, use_safetensors=use_safetensors)
+
+    def save_all_adapter_fusions(self, save_directory: str, use_safetensors: bool = True) -> None:
+        """Save every fusion into ``save_directory/<fusion name>``, each target checked to lie
+        inside ``save_directory`` as in :meth:`save_all_adapters`.
+
+        Example::
+
+            >>> model.save_all_adapter_fusions("out/fusions")
+        """
+
+        targets = {}
+        for name in self.adapters_config.fusions:
+            self._check_name(name, kind="fusion", argument=None)
+            targets[name] = _inside(save_directory, name)
+        for name, target in targets.items():
+            self.save_adapter_fusion(target, name, use_safetensors=use_safetensors)

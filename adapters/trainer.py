@@ -106,7 +106,7 @@ class AdapterTrainer(Trainer):
         return any(
             param.requires_grad
             for host in model._adapter_hosts
-            if host.method == "bottleneck"
+            if host.supports_fusion
             for param in host.adapter_fusion_layer.parameters()
         )
 
@@ -141,7 +141,7 @@ class AdapterTrainer(Trainer):
             owned.update(id(p) for p in model._adapter_parameters(name))
             owned.update(id(p) for p in model._bias_parameters(name).values())
         for host in model._adapter_hosts:
-            if host.method == "bottleneck":
+            if host.supports_fusion:
                 owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
         return {k: p for k, p in model.named_parameters() if p.requires_grad and id(p) not in owned}
 

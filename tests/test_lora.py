@@ -216,10 +216,10 @@ def test_pattern_matching_nothing_warns(caplog):
     import logging
 
     model = patched("llama")
-    logger = logging.getLogger("adapters.model_mixin")
+    logger = logging.getLogger("adapters.methods.lora")
     logger.addHandler(caplog.handler)
     try:  # conftest silences transformers' warnings, and adapters' follow them: a level of its own here
-        with caplog.at_level(logging.WARNING, logger="adapters.model_mixin"):
+        with caplog.at_level(logging.WARNING, logger="adapters.methods.lora"):
             model.add_adapter("x", config=LoRAConfig(rank_pattern={"nothing_here": 2}))
     finally:
         logger.removeHandler(caplog.handler)

@@ -1,5 +1,5 @@
 """Merging into the weights, unloading, and weighted combinations, each against its definition
-(see adapters/merging.py): merged equals unmerged (per dtype), merge_and_unload leaves a plain
+(see adapters/merging/): merged equals unmerged (per dtype), merge_and_unload leaves a plain
 transformers model that reloads without adapters, unload is bit-identical, and every combination
 type reproduces its formula computed by hand from the input adapters."""
 

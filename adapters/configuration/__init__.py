@@ -23,13 +23,12 @@ from .fusion import (
 from .lora import DoRAConfig, IA3Config, LoftQConfig, LoRAConfig
 from .model_config import ModelAdaptersConfig
 from .prefix import MAMConfig, PrefixTuningConfig, PromptTuningConfig, UniPELTConfig
-from .weight_transforms import AdaLoRAConfig, HRAConfig, LoHaConfig, LoKrConfig, OFTConfig, WeightTargetingConfig
+from .weight_transforms import AdaLoRAConfig, LoHaConfig, LoKrConfig, OFTConfig, WeightTargetingConfig
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
     "AdaLoRAConfig",
     "AdaptionPromptConfig",
-    "HRAConfig",
     "LoHaConfig",
     "LoKrConfig",
     "OFTConfig",
@@ -61,3 +60,15 @@ __all__ = [
     "UniPELTConfig",
     "register_config",
 ]
+
+
+def __getattr__(name: str):
+    # a config that lives with its method (adapters/methods/<family>.py, e.g. HRAConfig) registers its
+    # class when the method is imported (``import adapters`` imports every method); it is found here by
+    # name, so ``adapters.configuration.HRAConfig`` keeps working without this layer importing methods
+    from .base import _ARCHITECTURE_CLASSES
+
+    for cls in _ARCHITECTURE_CLASSES.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

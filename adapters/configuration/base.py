@@ -326,6 +326,17 @@ class AdapterConfig(metaclass=CheckedFields):
         """
         return [self]
 
+    def replace_parts(self, change) -> "AdapterConfig":
+        """The config with ``change(part)`` in place of each single-method part (a union keeps
+        its other parts).
+
+        Example::
+
+            >>> PrefixTuningConfig().replace_parts(lambda part: part.replace(flat=True)).flat
+            True
+        """
+        return change(self)
+
     def get(self, key: str, default=None):
         """Dict-style access, for code written against AdapterHub's configs.
 
@@ -454,6 +465,15 @@ class ConfigUnion(AdapterConfig):
             2
         """
         return list(self.configs)
+
+    def replace_parts(self, change) -> "ConfigUnion":
+        """The union with ``change(part)`` in place of each part.
+
+        Example::
+
+            >>> MAMConfig().replace_parts(lambda p: p.replace(flat=True) if p.architecture == "prefix_tuning" else p)
+        """
+        return ConfigUnion(*(change(part) for part in self.configs))
 
     def __getitem__(self, key):
         if isinstance(key, int):

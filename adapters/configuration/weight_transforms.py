@@ -1,7 +1,8 @@
-"""Configs of the weight-transform methods beyond LoRA: LoHa, LoKr, OFT, HRA and AdaLoRA.
+"""Configs of the weight-transform methods beyond LoRA: LoHa, LoKr, OFT and AdaLoRA (HRA keeps its
+config in :mod:`adapters.methods.hra`, the shape every new method takes).
 
 The math is in :mod:`adapters.methods.loha`, :mod:`~adapters.methods.lokr`,
-:mod:`~adapters.methods.oft`, :mod:`~adapters.methods.hra` and :mod:`~adapters.methods.adalora`.
+:mod:`~adapters.methods.oft` and :mod:`~adapters.methods.adalora`.
 Field names and defaults are PEFT's (0.21), so a PEFT config reads as ours one to one; the
 targeting knobs are shared by every weight-update config (:class:`WeightTargetingConfig`).
 """
@@ -29,7 +30,7 @@ from .validation import (
     config_error,
 )
 
-__all__ = ["WeightTargetingConfig", "LoHaConfig", "LoKrConfig", "OFTConfig", "HRAConfig", "AdaLoRAConfig"]
+__all__ = ["WeightTargetingConfig", "LoHaConfig", "LoKrConfig", "OFTConfig", "AdaLoRAConfig"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -237,39 +238,6 @@ class OFTConfig(WeightTargetingConfig):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class HRAConfig(WeightTargetingConfig):
-    """HRA (Yuan et al., 2024, "Bridging The Gap between Low-rank and Orthogonal Adaptation via
-    Householder Reflection Adaptation"): the weight is multiplied by a chain of ``r`` Householder
-    reflections, ``W' = W H_1 ⋯ H_r``, ``H_i = I − 2 u_i u_iᵀ / ‖u_i‖²``.
-
-    Args:
-        r: number of reflections; even for the default symmetric initialisation (reflections in
-            equal pairs, so the chain starts as the identity).
-        apply_GS: orthogonalise ``u_1 … u_r`` first (Gram–Schmidt); then ``W' = W (I − 2 U Uᵀ)``.
-        init_weights: True: symmetric pairs (identity at start; odd ``r`` falls back to random
-            with a warning); False: random.
-
-    Example::
-
-        >>> model.add_adapter("hra", config=HRAConfig(r=8), set_active=True)
-    """
-
-    architecture: ClassVar[str] = "hra"
-
-    r: int = 8
-    apply_GS: bool = False
-    init_weights: bool = True
-
-    def __post_init__(self):
-        """Every value check of HRA, in one place."""
-        super().__post_init__()
-        name = type(self).__name__
-        check_int(name, "r", self.r, minimum=1)  # the number of reflections
-        check_bool(name, "apply_GS", self.apply_GS)
-        check_bool(name, "init_weights", self.init_weights)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
 class AdaLoRAConfig(WeightTargetingConfig):
     """AdaLoRA (Zhang et al., 2023, "Adaptive Budget Allocation for Parameter-Efficient
     Fine-Tuning"): an SVD-shaped update ``ΔW = P Λ Q · α/(r₀ + 1e-5)`` whose singular values are
@@ -367,5 +335,4 @@ def _check_adalora_masks(owner: str, value) -> dict:
 register_config("loha", LoHaConfig())
 register_config("lokr", LoKrConfig())
 register_config("oft", OFTConfig())
-register_config("hra", HRAConfig())
 register_config("adalora", AdaLoRAConfig())

@@ -34,7 +34,8 @@ from transformers import AutoConfig, GenerationMixin, PreTrainedModel
 
 from .. import logging
 from ..errors import AdapterConfigError
-from .model_mixin import FlexibleHeadsMixin, _head_arguments
+from .checkpoints import _head_arguments
+from .model_mixin import FlexibleHeadsMixin
 from .modernbert import MODERNBERT_HEADS
 
 logger = logging.get_logger(__name__)
@@ -109,6 +110,7 @@ _ADAPTER_STATE_KEYS = ("_adapters_registry", "_adapters_hosts", "_adapters_spec"
 def _conversions() -> dict:
     """transformers head class name -> (flexible head config, {flex layer index: static module path},
     extra {flex key: static key})."""
+    # longer than 80 lines on purpose: one table, an entry per head class of each family, read top to bottom
 
     def cls(layers=1, act=None, pooler=False, **extra):
         return {"head_type": "classification", "layers": layers, "activation_function": act, "use_pooler": pooler, **extra}
@@ -787,7 +789,7 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
             new.__dict__.pop(key, None)
         init(new)
     elif new.__dict__["_adapters_spec"].is_encoder_decoder:
-        from ..model_mixin import install_stack_entries
+        from ..forward import install_stack_entries
 
         install_stack_entries(new, new.__dict__["_adapters_spec"])  # the encoder opens the new model's context
     new.train(model.training)

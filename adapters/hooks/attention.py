@@ -59,6 +59,7 @@ __all__ = [
     "use_adapter_attention",
     "attention_configs",
     "adapter_attention_name",
+    "release_adapter_attention",
 ]
 
 PREFIX = "adapters_"
@@ -376,3 +377,19 @@ def use_adapter_attention(model) -> None:
         current = config._attn_implementation or "eager"
         if not current.startswith(PREFIX):
             config._attn_implementation = adapter_attention_name(current)
+
+
+def release_adapter_attention(model) -> None:
+    """Undo :func:`use_adapter_attention`: every config ``model``'s attention reads goes back to the
+    backend the wrapper wrapped (once no method adds to attention any more).
+
+    Example::
+
+        >>> release_adapter_attention(model)
+        >>> model.config._attn_implementation
+        'sdpa'
+    """
+    for config in attention_configs(model):
+        implementation = getattr(config, "_attn_implementation", None)
+        if isinstance(implementation, str) and implementation.startswith(PREFIX):
+            config._attn_implementation = implementation[len(PREFIX):]

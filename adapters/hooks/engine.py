@@ -30,7 +30,7 @@ from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..context import ForwardContext
 from ..errors import CompositionError
 
-__all__ = ["ComposableLayer", "prune_setup", "hoist_batch_splits", "batch_branches", "remove_host_mixin"]
+__all__ = ["HostCapabilities", "ComposableLayer", "prune_setup", "hoist_batch_splits", "batch_branches", "remove_host_mixin"]
 
 
 _IDENTITY = None  # a pruned child: passes its slice of the state through unchanged
@@ -48,7 +48,7 @@ def remove_host_mixin(module: torch.nn.Module, mixin: type, containers: tuple = 
 
     Example::
 
-        >>> remove_host_mixin(query, LoRALinear, containers=("loras",))
+        >>> remove_host_mixin(query, LinearHost, containers=("loras",))
         >>> type(query).__name__
         'Linear'
     """
@@ -312,7 +312,27 @@ class _Pruned:
         return f"{self.kind.__name__}[{', '.join(str(c) for c in self.children)}]"
 
 
-class ComposableLayer:
+class HostCapabilities:
+    """What the model API may ask any entry of a model's host list (it never compares method
+    names); a host class overrides the ones that hold for it.
+
+    Example::
+
+        >>> [type(h).__name__ for h in model._adapter_hosts if h.hosts_weight_deltas][:1]
+        ['Linear']
+    """
+
+    #: the host changes its layer's weight (LoRA-family adapters): it merges and unmerges
+    hosts_weight_deltas: ClassVar[bool] = False
+    #: the host keeps per-adapter copies of a whole module (``modules_to_save``)
+    keeps_module_copies: ClassVar[bool] = False
+    #: the host runs AdapterFusion layers (bottleneck adapters)
+    supports_fusion: ClassVar[bool] = False
+    #: the host is taken out again once it holds no adapter (it was installed on demand)
+    removed_when_empty: ClassVar[bool] = False
+
+
+class ComposableLayer(HostCapabilities):
     """Mixin for a module that hosts one method's adapters at one place of one layer.
 
     Subclasses set ``method`` (the config ``architecture`` they host), ``supported_blocks`` and

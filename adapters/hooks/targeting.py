@@ -29,7 +29,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import AdapterConfigError
-from .spec import ArchitectureSpec, LayerStack, layer_stacks
+from .spec import ArchitectureSpec, StackSpec, layer_stacks
 
 __all__ = [
     "Target", "resolve_targets", "pattern_value", "matches_modules", "fused_parts", "fused_part_ranges", "fused_part_rows",
@@ -68,7 +68,7 @@ class Located(NamedTuple):
         1
     """
 
-    stack: Optional[LayerStack]
+    stack: Optional[StackSpec]
     layer_idx: int
     local_idx: int
     location: str
@@ -93,7 +93,7 @@ def locate(path: str, spec: ArchitectureSpec, firsts: Optional[dict] = None, lay
     Example::
 
         >>> locate("decoder.block.0.layer.1.EncDecAttention.q", T5, {"encoder.block": 0, "decoder.block": 2})
-        Located(stack=LayerStack(role='decoder', ...), layer_idx=2, local_idx=0, location='layer.1.EncDecAttention.q')
+        Located(stack=StackSpec(role='decoder', ...), layer_idx=2, local_idx=0, location='layer.1.EncDecAttention.q')
     """
     if layers_pattern:
         match = re.search(rf"(^|\.){re.escape(layers_pattern)}\.(\d+)\.(.+)$", path)

@@ -1,36 +1,40 @@
-"""Adapter methods, one module per family, and which composition blocks each supports."""
+"""Adapter methods, one module per family; importing this package registers every family.
 
-from .adalora import AdaLoRA
-from .adaption_prompt import AdaptionPrompt, AdaptionPromptLayer
-from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
-from .fusion import AdapterFusion
-from .hra import HRA
+The model API reads the families through :mod:`adapters.methods.registry`; the tables below are
+derived from it and kept for callers that read them.
+"""
+
+from .registry import families
+
+# one import per family (its module ends with its registration); the order is the order in which a
+# config union's parts are added and the families' forward hooks run
+from .lora import IA3, LinearAdapter, LinearHost, LoRA, LoRALinear
 from .loha import LoHa
 from .lokr import LoKr
-from .lora import LoRA, LoRALinear
 from .oft import OFT
-from .phm import PHMLayer
+from .hra import HRA
+from .adalora import AdaLoRA
+from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
 from .prefix_tuning import PrefixTuningLayer, PrefixTuningPool
 from .prompt_tuning import PROMPT_BLOCKS, PromptTuningPool
+from .adaption_prompt import AdaptionPrompt, AdaptionPromptLayer
+from .fusion import AdapterFusion
+from .phm import PHMLayer
 
 #: the weight-transform methods hosted next to LoRA on linear layers (config ``architecture``)
-WEIGHT_TRANSFORM_METHODS = ("loha", "lokr", "oft", "hra", "adalora")
+WEIGHT_TRANSFORM_METHODS = tuple(f.name for f in families() if f.build_linear is not None)
 
-# method (config ``architecture``) -> blocks its adapters may take part in
-METHOD_BLOCKS: dict[str, tuple[type, ...]] = {
-    "bottleneck": BottleneckLayer.supported_blocks,
-    "lora": LoRALinear.supported_blocks,
-    "prefix_tuning": PrefixTuningLayer.supported_blocks,
-    "prompt_tuning": PROMPT_BLOCKS,
-    "adaption_prompt": AdaptionPromptLayer.supported_blocks,
-    **{method: LoRALinear.supported_blocks for method in WEIGHT_TRANSFORM_METHODS},
-}
+#: method (config ``architecture``) -> blocks its adapters may take part in
+METHOD_BLOCKS: dict[str, tuple[type, ...]] = {f.name: f.blocks for f in families()}
 
 __all__ = [
     "METHOD_BLOCKS",
     "WEIGHT_TRANSFORM_METHODS",
     "LoRA",
     "LoRALinear",
+    "LinearHost",
+    "LinearAdapter",
+    "IA3",
     "LoHa",
     "LoKr",
     "OFT",

@@ -39,8 +39,9 @@ from torch import nn
 
 from ..configuration.weight_transforms import AdaLoRAConfig
 from ..errors import AdapterConfigError
-from .lora import accumulate_low_rank
-from .weight_transform import WeightTransform
+from .lora import PEFT_LORA_ANY_FIELDS, PEFT_LORA_UNIMPLEMENTED_FIELDS, accumulate_low_rank
+from .registry import PeftMapping
+from .weight_transform import WeightTransform, register_weight_transform
 
 __all__ = ["AdaLoRA", "RankAllocator", "AdaLoRAModelMixin"]
 
@@ -233,7 +234,7 @@ class AdaLoRAModelMixin:
         return [h.loras[name] for h in self._adalora_hosts(name)]
 
     def _adalora_hosts(self, name: str) -> list:
-        hosts = [h for h in self._adapter_hosts if h.method == "lora" and name in h.loras]
+        hosts = [h for h in self._adapter_hosts if h.hosts_weight_deltas and name in h.loras]
         return [h for h in hosts if isinstance(h.loras[name], AdaLoRA)]
 
     def _adalora_names(self, setup=None) -> list[str]:
@@ -321,3 +322,59 @@ class AdaLoRAModelMixin:
         for name in cache[setup]:
             output.loss = output.loss + self.adalora_orthogonal_regularization(name)
         return output
+
+
+def build_adalora(config: AdaLoRAConfig, in_features: int, out_features: int, target, path_prefix: str) -> AdaLoRA:
+    """The AdaLoRA module of ``config`` for one targeted layer: rank ``init_r``, or the number of
+    triplets PEFT's saved allocation (``rank_pattern``) kept for this module.
+
+    Example::
+
+        >>> build_adalora(AdaLoRAConfig(init_r=6), 64, 64, target, "bert.")
+    """
+    r = config.init_r
+    for key, mask in (config.rank_pattern or {}).items():
+        module = key.replace(".default", "").removesuffix(".lora_E")
+        if module in (target.path, path_prefix + target.path) or module.endswith("." + target.path):
+            r = sum(bool(m) for m in mask)
+    return AdaLoRA(in_features, out_features, config, r, target.out_slices)
+
+
+def _adalora_from_peft(meta: dict, targeting: dict) -> AdaLoRAConfig:
+    return AdaLoRAConfig(
+        init_r=meta.get("init_r", 12), target_r=meta.get("target_r", 8), lora_alpha=meta.get("lora_alpha", 8),
+        lora_dropout=meta.get("lora_dropout") or 0.0, init_lora_weights=bool(meta.get("init_lora_weights", True)),
+        tinit=meta.get("tinit", 0), tfinal=meta.get("tfinal", 0), deltaT=meta.get("deltaT", 1),
+        beta1=meta.get("beta1", 0.85), beta2=meta.get("beta2", 0.85), orth_reg_weight=meta.get("orth_reg_weight", 0.5),
+        total_step=meta.get("total_step"), rank_pattern=meta.get("rank_pattern"), **targeting,
+    )
+
+
+def _adalora_to_peft(config: AdaLoRAConfig, hosts: list, name: str) -> dict:
+    fields = {f: getattr(config, f) for f in (
+        "init_r", "target_r", "lora_alpha", "lora_dropout", "init_lora_weights", "deltaT", "beta1", "beta2", "orth_reg_weight",
+    )}
+    fields["total_step"] = config.total_step or 1  # PEFT refuses None; only training uses it
+    fields["tinit"], fields["tfinal"] = (config.tinit, config.tfinal) if config.total_step else (0, 0)
+    fields["rank_pattern"] = None
+    fields["fan_in_fan_out"] = any(h.fan_in_fan_out for h in hosts)
+    return fields
+
+
+def _add_regularization(model, context, output):
+    return model._add_adalora_regularization(output, context.setup)
+
+
+register_weight_transform(
+    "adalora", "AdaLoRA", build_adalora,
+    PeftMapping(
+        "ADALORA", _adalora_from_peft, _adalora_to_peft, parameters=("lora_A", "lora_B", "lora_E"), linear_only=False,
+        fields={"ADALORA": (
+            ("init_r", "target_r", "lora_alpha", "lora_dropout", "init_lora_weights", "tinit", "tfinal", "deltaT", "beta1",
+             "beta2", "orth_reg_weight", "total_step", "rank_pattern", "bias", *PeftMapping.TARGETING_FIELDS),
+            (*PEFT_LORA_ANY_FIELDS, "r", "use_rslora", "alpha_pattern"),  # PEFT's AdaLoRA does not read these
+            {**PEFT_LORA_UNIMPLEMENTED_FIELDS, "use_dora": False},
+        )},
+    ),
+    after_forward=_add_regularization, model_mixin=AdaLoRAModelMixin,
+)

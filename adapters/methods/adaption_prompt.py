@@ -67,9 +67,10 @@ from ..composition import Average, BatchSplit, Parallel, Split, Stack
 from ..context import ForwardContext
 from ..errors import AdapterConfigError, CompositionError
 from ..hooks.attention import AttentionContributor, add_contributor, tag_attention, use_adapter_attention
-from ..hooks.targeting import fused_part_rows
+from ..hooks.targeting import fused_part_ranges, fused_part_rows
 from ..hooks.engine import ComposableLayer, setup_members
 from .caching import reuse_while_unchanged
+from .registry import MethodFamily, register
 
 __all__ = [
     "AdaptionPrompt",
@@ -80,7 +81,12 @@ __all__ = [
     "add_adaption_prompt",
     "check_adaption_prompt_config",
     "adapted_layers",
+    "check_adaption_prompt",
+    "prepare_adaption_prompts",
 ]
+
+#: where the base model keeps its :class:`AdaptionPromptSites` (in its ``__dict__``)
+SITES_KEY = "_adaption_prompt_sites"
 
 
 class AdaptionPrompt(nn.Module):
@@ -330,7 +336,7 @@ def install_adaption_prompt(model) -> AdaptionPromptSites:
     from .prefix_tuning import attention_sites
 
     base = model.base_model
-    sites = base.__dict__.get("_adaption_prompt_sites")
+    sites = base.__dict__.get(SITES_KEY)
     if sites is not None:
         return sites
     spec = model.__dict__["_adapters_spec"]
@@ -359,7 +365,7 @@ def install_adaption_prompt(model) -> AdaptionPromptSites:
         add_contributor(attention, host)
         sites.hosts.append(host)
         model._adapter_hosts.append(host)
-    base.__dict__["_adaption_prompt_sites"] = sites
+    base.__dict__[SITES_KEY] = sites
     return sites
 
 
@@ -376,7 +382,7 @@ def uninstall_adaption_prompt(model) -> None:
     from .prefix_tuning import remove_attention_contributor
 
     base = model.base_model
-    sites = base.__dict__.get("_adaption_prompt_sites")
+    sites = base.__dict__.get(SITES_KEY)
     if sites is None or any(len(host.adaption_prompts) for host in sites.hosts):
         return
     for host in sites.hosts:
@@ -386,7 +392,7 @@ def uninstall_adaption_prompt(model) -> None:
         if attention._modules.get("adaption_prompt") is host:
             del attention._modules["adaption_prompt"]
         remove_attention_contributor(attention, host)
-    del base.__dict__["_adaption_prompt_sites"]
+    del base.__dict__[SITES_KEY]
     hosts = model._adapter_hosts
     hosts[:] = [host for host in hosts if not any(host is h for h in sites.hosts)]
 
@@ -418,5 +424,163 @@ def add_adaption_prompt(model, name: str, config, device, dtype) -> None:
 def adaption_prompt_active(model, context: ForwardContext) -> bool:
     """Whether the setup of this forward pass has an adaption prompt (then the attention wrapper
     must run its contributors)."""
-    sites = model.base_model.__dict__.get("_adaption_prompt_sites")
+    sites = model.base_model.__dict__.get(SITES_KEY)
     return sites is not None and context.setup is not None and bool(sites.names_in(context.setup))
+
+
+# -- the adaption-prompt family on a model: checks, per-pass preparation, registration ---------------
+
+
+def check_adaption_prompt(model, config) -> None:
+    """Refuse an adaption prompt the model cannot take: an encoder-decoder, a config that does
+    not fit (see :func:`check_adaption_prompt_config`), or a fused q/k/v projection whose key and
+    value parts differ in size (Phi-3 with grouped-query attention).
+
+    Example::
+
+        >>> check_adaption_prompt(t5, AdaptionPromptConfig())   # raises: defined for decoder-only models
+    """
+    spec = model.__dict__["_adapters_spec"]
+    if spec.is_encoder_decoder:
+        raise AdapterConfigError(
+            f"Llama-Adapter (adaption prompt) is defined for decoder-only models; {spec.name} is an "
+            f"encoder-decoder. Use prefix tuning (it covers encoder, decoder and cross-attention) instead."
+        )
+    check_adaption_prompt_config(model, config)
+    if not spec.fused_qkv_heads or spec.key is None:
+        return
+    layer = model.base_model.get_submodule(spec.layers)[0]
+    ranges = fused_part_ranges(spec, spec.key, layer.get_submodule(spec.key), model.config)
+    if len({size for _, size in ranges.values()}) > 1:
+        raise AdapterConfigError(
+            f"Llama-Adapter is not available for {spec.name} with grouped-query attention: the fused {spec.key} "
+            f"has parts of different sizes ({', '.join(f'{k}: {size}' for k, (_, size) in ranges.items())}). "
+            f"Use prefix tuning, LoRA or bottleneck adapters for this model."
+        )
+
+
+def prepare_adaption_prompts(model, context: ForwardContext, call) -> None:
+    """Before a forward pass whose setup has an adaption prompt: the attention wrapper must run
+    its contributors (and adjust attention outputs).
+
+    Example::
+
+        >>> prepare_adaption_prompts(model, context, call)     # run by the model's forward
+    """
+    if not call.entry and adaption_prompt_active(model, context):
+        context.attention_adjusted = True
+        use_adapter_attention(model)
+
+
+def _add(model, name: str, config, device, dtype) -> bool:
+    add_adaption_prompt(model, name, config, device, dtype)
+    return True
+
+
+# -- Llama-Adapter in PEFT's format (ADAPTION_PROMPT) ---------------------------------------------------
+# PEFT keeps adapter_len, adapter_layers and target_modules (AdaptionPromptConfig uses the same names)
+# and stores <attention>.adaption_prompt (1, adapter_len, d_model) and <attention>.adaption_gate (1,)
+# per adapted layer; here they are <attention>.adaption_prompt.adaption_prompts.<name>.prompt / .gate.
+# Exchanged for Llama and Mistral models only, where PEFT computes what this library does (see
+# check_peft_adaption_prompt_model).
+from .. import logging
+from ..configuration.adaption_prompt import AdaptionPromptConfig
+from .registry import PeftMapping
+
+logger = logging.get_logger(__name__)
+
+#: model types whose Llama-Adapter PEFT computes as this library does (PEFT's GPT-2 variant adds the
+#: prompt's share after the output projection, without projecting it)
+PEFT_ADAPTION_PROMPT_MODEL_TYPES = ("llama", "mistral")
+_PEFT_ADAPTION_PROMPT_FIELDS = {"ADAPTION_PROMPT": (("adapter_len", "adapter_layers", "target_modules"), (), {})}
+
+
+def check_peft_adaption_prompt_model(model) -> None:
+    """Raise an AdapterConfigError unless PEFT's adaption prompt computes on ``model`` what ours does.
+
+    Example::
+
+        >>> check_peft_adaption_prompt_model(llama_model)
+    """
+    model_type = model.config.model_type
+    if model_type not in PEFT_ADAPTION_PROMPT_MODEL_TYPES:
+        reason = (
+            "PEFT's GPT-2 variant adds the prompt's attention after the output projection without projecting it"
+            if model_type == "gpt2"
+            else "PEFT has no adaption prompt for it"
+        )
+        raise AdapterConfigError(
+            f"Adaption prompts in PEFT's format are exchanged for {', '.join(PEFT_ADAPTION_PROMPT_MODEL_TYPES)} models only, "
+            f"not {model_type!r}: {reason}. Use the AdapterHub-style format (format='adapterhub') instead."
+        )
+    if getattr(model.config, "attention_bias", False):
+        logger.warning(
+            "This model's o_proj has a bias: PEFT's adaption prompt adds it a second time (it projects the prompt's "
+            "share with the whole o_proj), this library does not. Outputs differ from PEFT's by that bias."
+        )
+
+
+def adaption_prompt_config_from_peft(meta: dict, targeting: dict) -> AdaptionPromptConfig:
+    """Our config for PEFT's ``ADAPTION_PROMPT`` config dict ``meta`` (the same field names;
+    ``targeting`` is unused: PEFT's ``target_modules`` names the attention module).
+
+    Example::
+
+        >>> adaption_prompt_config_from_peft({"adapter_len": 10, "adapter_layers": 2, "target_modules": "self_attn"}, {})
+    """
+    return AdaptionPromptConfig(
+        adapter_len=meta.get("adapter_len"), adapter_layers=meta.get("adapter_layers"), target_modules=meta.get("target_modules")
+    )
+
+
+def _adaption_prompt_key_from_peft(key: str, value: torch.Tensor, name: str):
+    """PEFT's ``<attention>.adaption_prompt`` ``(1, n, d)`` / ``.adaption_gate``: on the attention
+    module itself; ours on its ``adaption_prompt`` host."""
+    if not key.endswith((".adaption_prompt", ".adaption_gate")):
+        return None
+    attention, param = key.rsplit(".", 1)
+    if param == "adaption_prompt":
+        return f"{attention}.adaption_prompt.adaption_prompts.{name}.prompt", value.reshape(value.shape[-2:])
+    return f"{attention}.adaption_prompt.adaption_prompts.{name}.gate", value
+
+
+def adaption_prompt_to_peft(model, name: str, config: AdaptionPromptConfig) -> tuple[dict, dict]:
+    """``(fields, weights)`` of Llama-Adapter ``name`` in PEFT's ``ADAPTION_PROMPT`` layout:
+    ``<attention>.adaption_prompt`` ``(1, n, d_model)`` and ``<attention>.adaption_gate`` ``(1,)``
+    in each adapted layer, keyed relative to the wrapped model.
+
+    Example::
+
+        >>> fields, weights = adaption_prompt_to_peft(llama, "llama_adapter", llama.adapters_config.adapters["llama_adapter"])
+    """
+    spec = model.__dict__["_adapters_spec"]
+    top_prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    layers = model.base_model.get_submodule(spec.layers)
+    weights = {}
+    for layer_idx, layer in enumerate(layers):
+        host = layer.get_submodule(spec.attention)._modules.get("adaption_prompt")
+        if host is None or name not in host.adaption_prompts:
+            continue
+        key = f"{top_prefix}{spec.layers}.{layer_idx}.{spec.attention}"
+        weights[f"{key}.adaption_prompt"] = host.adaption_prompts[name].prompt.detach().unsqueeze(0)
+        weights[f"{key}.adaption_gate"] = host.adaption_prompts[name].gate.detach()
+    fields = {
+        "adapter_len": config.adapter_len,
+        "adapter_layers": config.adapter_layers if config.adapter_layers is not None else len(layers),
+        "target_modules": spec.attention.rsplit(".", 1)[-1],
+    }
+    return fields, weights
+
+
+ADAPTION_PROMPT_PEFT = PeftMapping(
+    "ADAPTION_PROMPT", adaption_prompt_config_from_peft, fields=_PEFT_ADAPTION_PROMPT_FIELDS, shares_targeting=False,
+    check_model=check_peft_adaption_prompt_model, convert_key=_adaption_prompt_key_from_peft, write=adaption_prompt_to_peft,
+)
+
+
+register(MethodFamily(
+    name="adaption_prompt", title="Llama-Adapter (adaption prompt)", blocks=AdaptionPromptLayer.supported_blocks,
+    add=_add, check=check_adaption_prompt, remove_unused=uninstall_adaption_prompt,
+    installed=lambda model: SITES_KEY in model.base_model.__dict__, before_forward=prepare_adaption_prompts,
+    enters_attention=True, interface_method="prefix_tuning", peft=ADAPTION_PROMPT_PEFT,
+))

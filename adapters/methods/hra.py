@@ -25,19 +25,58 @@ Compact WY form (Schreiber & Van Loan, 1989). With ``Y`` the normalised vectors,
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .. import logging
-from ..configuration.weight_transforms import HRAConfig
+from ..configuration.base import register_config
+from ..configuration.validation import check_bool, check_int
+from ..configuration.weight_transforms import WeightTargetingConfig
 from .caching import reuse_while_unchanged
-from .weight_transform import WeightTransform
+from .registry import PeftMapping
+from .weight_transform import WeightTransform, register_weight_transform
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["HRA"]
+__all__ = ["HRAConfig", "HRA", "build_hra"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HRAConfig(WeightTargetingConfig):
+    """HRA (Yuan et al., 2024, "Bridging The Gap between Low-rank and Orthogonal Adaptation via
+    Householder Reflection Adaptation"): the weight is multiplied by a chain of ``r`` Householder
+    reflections, ``W' = W H_1 ⋯ H_r``, ``H_i = I − 2 u_i u_iᵀ / ‖u_i‖²``.
+
+    Args:
+        r: number of reflections; even for the default symmetric initialisation (reflections in
+            equal pairs, so the chain starts as the identity).
+        apply_GS: orthogonalise ``u_1 … u_r`` first (Gram–Schmidt); then ``W' = W (I − 2 U Uᵀ)``.
+        init_weights: True: symmetric pairs (identity at start; odd ``r`` falls back to random
+            with a warning); False: random.
+
+    Example::
+
+        >>> model.add_adapter("hra", config=HRAConfig(r=8), set_active=True)
+    """
+
+    architecture: ClassVar[str] = "hra"
+
+    r: int = 8
+    apply_GS: bool = False
+    init_weights: bool = True
+
+    def __post_init__(self):
+        """Every value check of HRA, in one place."""
+        super().__post_init__()
+        name = type(self).__name__
+        check_int(name, "r", self.r, minimum=1)  # the number of reflections
+        check_bool(name, "apply_GS", self.apply_GS)
+        check_bool(name, "init_weights", self.init_weights)
+
 
 
 class HRA(WeightTransform):
@@ -109,3 +148,28 @@ class HRA(WeightTransform):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, apply_GS={self.apply_GS}"
+
+
+def build_hra(config: HRAConfig, in_features: int, out_features: int, target, path_prefix: str) -> HRA:
+    """The HRA module of ``config`` for one targeted layer.
+
+    Example::
+
+        >>> build_hra(HRAConfig(r=4), 64, 64, target, "bert.")
+    """
+    return HRA(in_features, out_features, config, config.r, target.out_slices)
+
+
+def _hra_from_peft(meta: dict, targeting: dict) -> HRAConfig:
+    return HRAConfig(r=meta.get("r", 8), apply_GS=bool(meta.get("apply_GS")), init_weights=meta.get("init_weights", True), **targeting)
+
+
+def _hra_to_peft(config: HRAConfig, hosts: list, name: str) -> dict:
+    return {"r": config.r, "init_weights": config.init_weights, "apply_GS": config.apply_GS}
+
+
+register_config("hra", HRAConfig())
+register_weight_transform("hra", "HRA", build_hra, PeftMapping(
+    "HRA", _hra_from_peft, _hra_to_peft, parameters=("hra_u",),
+    fields={"HRA": (("r", "apply_GS", "init_weights", "bias", *PeftMapping.TARGETING_FIELDS), (), {})},
+))

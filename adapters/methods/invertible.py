@@ -39,11 +39,13 @@ from transformers.activations import ACT2FN
 
 from ..composition import BatchSplit, Parallel, Stack
 from ..hooks.engine import ComposableLayer, batch_branches, remove_host_mixin
+from ..hooks.patching import restore_class, swap_class
+from ..hooks.spec import stack_configs
 from .base import init_bert_weights
 
 __all__ = [
     "NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost",
-    "uninstall_invertible",
+    "uninstall_invertible", "add_invertible_adapter", "move_embedding_host", "invert_before",
 ]
 
 CONTAINER = "invertible_adapters"
@@ -240,3 +242,73 @@ def uninstall_invertible(model) -> None:
         remove_host_mixin(host, mixin)
     hosts[:] = [host for host in hosts if not any(host is r for r in removed)]
     del base._modules[CONTAINER]
+
+
+# -- the invertible adapters on a model: the block at the embedding output, its inverse before the
+#    output embeddings ---------------------------------------------------------------------------------
+
+
+def add_invertible_adapter(model, name: str, config, device, dtype) -> None:
+    """The invertible block of ``config`` at the embedding output, and its inverse before the
+    output embeddings; installs both hooks once.
+
+    Example::
+
+        >>> add_invertible_adapter(model, "de", SeqBnInvConfig(), "cpu", torch.float32)
+    """
+    base = model.base_model
+    if CONTAINER not in base._modules:
+        base.add_module(CONTAINER, nn.ModuleDict())
+    spec = model.__dict__["_adapters_spec"]
+    host = base.get_submodule(spec.embedding_output or spec.embeddings)
+    if not isinstance(host, EmbeddingOutputHost):
+        _install_embedding_host(model, host)
+    for output in model._language_model_outputs():
+        invert_before(model, output)
+    first = stack_configs(base, spec)[0]  # the stack whose input embeddings the host reads (CLIP: text)
+    size = getattr(first, "embedding_size", None) or first.hidden_size
+    host.add_block(name, coupling_block(config, size).to(device=device, dtype=dtype).train(model.training))
+
+
+def invert_before(model, output: nn.Module) -> None:
+    """Run the active invertible block's inverse on ``output``'s input (once per module; also for
+    an LM head added after the invertible adapters).
+
+    Example::
+
+        >>> invert_before(model, model.heads["lm"].get_output_embeddings())
+    """
+    if isinstance(output, OutputEmbeddingInputHost):
+        return
+    spec = model.__dict__["_adapters_spec"]
+    swap_class(output, OutputEmbeddingInputHost)
+    output.__dict__["_adapters_invertible_blocks"] = model.base_model._modules[CONTAINER]
+    output.__dict__["_adapters_embedding_host"] = model.base_model.get_submodule(spec.embedding_output or spec.embeddings)
+    output._init_composable(-1, OutputEmbeddingInputHost.location)
+    model._adapter_hosts.append(output)
+
+
+def _install_embedding_host(model, module: nn.Module) -> None:
+    swap_class(module, EmbeddingOutputHost)
+    module.__dict__["_adapters_invertible_blocks"] = model.base_model._modules[CONTAINER]
+    module._init_composable(-1, EmbeddingOutputHost.location)
+    model._adapter_hosts.append(module)
+    for host in model._adapter_hosts:
+        if isinstance(host, OutputEmbeddingInputHost):
+            host.__dict__["_adapters_embedding_host"] = module
+
+
+def move_embedding_host(model, old: nn.Module, new: nn.Module) -> None:
+    """Move the invertible adapters' hook when the embedding module itself is swapped out
+    (``set_active_embeddings`` on models whose embedding output is the token embedding).
+
+    Example::
+
+        >>> move_embedding_host(model, old_embeddings, new_embeddings)
+    """
+    if isinstance(old, EmbeddingOutputHost) and old is not new:
+        model._adapter_hosts.remove(old)
+        for key in ("_adapters_invertible_blocks", "layer_idx", "location", "_setup_cache"):
+            old.__dict__.pop(key, None)
+        restore_class(old)
+        _install_embedding_host(model, new)

@@ -28,7 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..configuration.weight_transforms import LoHaConfig
-from .weight_transform import WeightTransform
+from ..hooks.targeting import pattern_value
+from .registry import PeftMapping
+from .weight_transform import WeightTransform, lycoris_fields_from_peft, lycoris_fields_to_peft, register_weight_transform
 
 __all__ = ["LoHa"]
 
@@ -78,3 +80,33 @@ class LoHa(WeightTransform):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}" + (f", out_slices={list(self.out_slices)}" if self.out_slices else "")
+
+
+def build_loha(config: LoHaConfig, in_features: int, out_features: int, target, path_prefix: str) -> LoHa:
+    """The LoHa module of ``config`` for one targeted layer (``rank_pattern`` / ``alpha_pattern`` applied).
+
+    Example::
+
+        >>> build_loha(LoHaConfig(r=4), 64, 64, target, "bert.")
+    """
+    r = pattern_value(config.rank_pattern, path_prefix + target.path, config.r)
+    alpha = pattern_value(config.alpha_pattern, path_prefix + target.path, config.alpha)
+    return LoHa(in_features, out_features, config, r, alpha, target.out_slices)
+
+
+def _loha_from_peft(meta: dict, targeting: dict) -> LoHaConfig:
+    return LoHaConfig(**lycoris_fields_from_peft(meta), **targeting)
+
+
+def _loha_to_peft(config: LoHaConfig, hosts: list, name: str) -> dict:
+    return lycoris_fields_to_peft(config)
+
+
+register_weight_transform("loha", "LoHa", build_loha, PeftMapping(
+    "LOHA", _loha_from_peft, _loha_to_peft, parameters=("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+    # PEFT's LoHa has no "bias"; this library writes "none" for every weight transform
+    fields={"LOHA": (
+        ("r", "alpha", "rank_dropout", "module_dropout", "init_weights", "rank_pattern", "alpha_pattern", *PeftMapping.TARGETING_FIELDS),
+        (), {"use_effective_conv2d": False, "bias": "none"},
+    )},
+))

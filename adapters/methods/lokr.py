@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from ..configuration.weight_transforms import LoKrConfig
-from .weight_transform import WeightTransform
+from ..hooks.targeting import pattern_value
+from .registry import PeftMapping
+from .weight_transform import WeightTransform, lycoris_fields_from_peft, lycoris_fields_to_peft, register_weight_transform
 
 __all__ = ["LoKr", "factorize"]
 
@@ -129,3 +131,40 @@ class LoKr(WeightTransform):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, shape={self.shape}, scaling={self.scaling:g}"
+
+
+def build_lokr(config: LoKrConfig, in_features: int, out_features: int, target, path_prefix: str) -> LoKr:
+    """The LoKr module of ``config`` for one targeted layer (``rank_pattern`` / ``alpha_pattern`` applied).
+
+    Example::
+
+        >>> build_lokr(LoKrConfig(r=4), 64, 64, target, "bert.")
+    """
+    r = pattern_value(config.rank_pattern, path_prefix + target.path, config.r)
+    alpha = pattern_value(config.alpha_pattern, path_prefix + target.path, config.alpha)
+    return LoKr(in_features, out_features, config, r, alpha, target.out_slices)
+
+
+def _lokr_from_peft(meta: dict, targeting: dict) -> LoKrConfig:
+    return LoKrConfig(
+        **lycoris_fields_from_peft(meta), decompose_both=bool(meta.get("decompose_both")),
+        decompose_factor=meta.get("decompose_factor", -1), rank_dropout_scale=bool(meta.get("rank_dropout_scale")), **targeting,
+    )
+
+
+def _lokr_to_peft(config: LoKrConfig, hosts: list, name: str) -> dict:
+    fields = lycoris_fields_to_peft(config)
+    fields.update(decompose_both=config.decompose_both, decompose_factor=config.decompose_factor, rank_dropout_scale=config.rank_dropout_scale)
+    return fields
+
+
+register_weight_transform("lokr", "LoKr", build_lokr, PeftMapping(
+    "LOKR", _lokr_from_peft, _lokr_to_peft,
+    parameters=("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
+    # PEFT's LoKr has no "bias"; this library writes "none" for every weight transform
+    fields={"LOKR": (
+        ("r", "alpha", "rank_dropout", "module_dropout", "init_weights", "rank_pattern", "alpha_pattern", "decompose_both",
+         "decompose_factor", "rank_dropout_scale", *PeftMapping.TARGETING_FIELDS),
+        (), {"use_effective_conv2d": False, "bias": "none"},
+    )},
+))

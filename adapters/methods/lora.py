@@ -17,11 +17,11 @@ reproduce); on (IA)³ it interpolates, ``1 + g·(s·l − 1)``.) All fold into t
 ``W' = diag(s·l) W, b' = s·l ⊙ b`` and ``W' = W diag(s·l)``. A merge computes ``W'`` out of place
 and writes it only if it is finite and, when it is to be undone later, if the unmerge can restore
 ``W`` (no (IA)³ entry or DoRA magnitude of (nearly) 0 turning a weight entry into 0 or a subnormal
-number); an unmerge writes only a finite result (see :meth:`LoRALinear.merge`).
+number); an unmerge writes only a finite result (see :meth:`LinearHost.merge`).
 
 **Host layouts.** The host is either an ``nn.Linear`` (weight stored ``(d_out, d_in)``) or
 transformers' ``Conv1D`` (GPT-2; weight stored ``(d_in, d_out)``, forward ``x W + b``). All math
-here uses the ``(d_out, d_in)`` view :attr:`LoRALinear.weight_out_in` (``Wᵀ`` for Conv1D, a view,
+here uses the ``(d_out, d_in)`` view :attr:`LinearHost.weight_out_in` (``Wᵀ`` for Conv1D, a view,
 so merges write through it), and the adapter parameters have the same shapes on both hosts.
 
 **Fused projections** (GPT-2's ``c_attn`` computes ``[q | k | v] = x W_qkv`` in one layer). An
@@ -55,22 +55,25 @@ Composition on one layer, with ``o`` the output so far:
 Adapters on different column ranges of one fused host compose the same way (each touches its own
 columns; the engine does not care).
 
-The host is the linear layer itself, swapped to a subclass with a ``loras`` ModuleDict, so
-state-dict keys read ``...attention.self.query.loras.<name>.lora_A`` as in AdapterHub.
+The host (:class:`LinearHost`) is the linear layer itself, swapped to a subclass with a ``loras``
+ModuleDict, so state-dict keys read ``...attention.self.query.loras.<name>.lora_A`` as in
+AdapterHub. It carries LoRA, (IA)³ and the weight transforms side by side and drives each through
+one protocol, :class:`LinearAdapter` (apply to the output, run alone, merge into and out of the
+weight); it never asks which method an adapter is.
 
 **Inference on many tokens.** A plain LoRA active alone, with no gradient recorded, may compute
 ``x (W + s·B A)ᵀ + b`` instead of ``x Wᵀ + b + s·(x Aᵀ) Bᵀ``: the same function, one matmul over
 the tokens instead of three. Forming ``W + s·B A`` costs ``d_out·d_in·r`` multiply-adds and one
 pass over the weight; the low-rank GEMMs cost ``tokens·(d_in + d_out)·r`` and passes over the input
 and the output, and run at a fraction of BLAS speed (skinny shapes). The host folds when
-``tokens·(d_in + d_out) ≥ 2.5·d_in·d_out`` (the host's ``_folds``); below that, and
+``tokens·(d_in + d_out) ≥ 2.5·d_in·d_out`` (:meth:`LinearHost.folds`); below that, and
 always in training, it runs the low-rank path.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -81,9 +84,21 @@ from ..configuration.lora import LoRAConfig
 from ..context import ForwardContext
 from ..errors import AdapterConfigError, AdapterMergeError
 from ..hooks.engine import ComposableLayer, remove_host_mixin
+from ..hooks.patching import swap_class
 from ..hooks.slices import check_slices, slices_index
+from ..hooks.targeting import OWN_MODULES, matches_modules, pattern_value, resolve_targets
+from .. import logging
+from ..configuration.lora import LoftQConfig
+from .loftq import loftq_factors
+from .registry import MethodFamily, register
+from .saved_modules import SavedModuleHost, add_saved_modules, check_saved_modules_in_setup
 
-__all__ = ["LoRA", "LoRAGroup", "LoRALinear", "LoRAState"]
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "LinearAdapter", "LinearHost", "LoRA", "IA3", "LoRAGroup", "LoRALinear", "LoRAState", "lora_module_class",
+    "linear_hosts", "add_lora_modules", "lora_bias_parameters",
+]
 
 
 class LoRAState(NamedTuple):
@@ -96,13 +111,161 @@ class LoRAState(NamedTuple):
     last: str | None = None
 
 
-class LoRA(nn.Module):
-    """The parameters of one LoRA / (IA)³ adapter on one linear layer (see the module docstring).
+# -- the protocol of an adapter on a linear layer --------------------------------------------------
+
+
+class LinearAdapter(nn.Module):
+    """What every adapter on a linear layer provides to its :class:`LinearHost`: LoRA and (IA)³
+    (this module) and the weight transforms (:class:`~adapters.methods.weight_transform.WeightTransform`:
+    LoHa, LoKr, OFT, HRA, AdaLoRA) all implement it, so one host carries adapters of every one of
+    these methods and never asks which method an adapter is.
+
+    An adapter covers the output columns ``out_index`` of its layer (None: all of them; some parts
+    of a fused projection otherwise, see the module docstring) and provides
+
+    * :meth:`apply_to`: the covered columns of the layer output with the adapter applied (its step
+      in a composition);
+    * :meth:`forward_alone`: the whole layer with only this adapter active, where the adapter has
+      a faster way than base output + :meth:`apply_to` (None otherwise);
+    * :meth:`merge_record`, :meth:`merge_into`, :meth:`unmerge_from`: how it folds into the weight
+      and out again; :meth:`delta_in_weight`: the additive change a merge left in the weight;
+    * :attr:`merge_factor` / :attr:`additive`: whether a merge adds ``ΔW`` or multiplies the weight;
+    * :attr:`gated` / :meth:`gate_value`: a gate computed from the input, reported when asked for.
+
+    What an adapter may ask its host: ``host.covered(adapter)`` (the stored weight's covered rows
+    and bias entries), ``host.reference_covered(adapter)`` (the covered rows of the reference
+    weight, see :mod:`adapters.methods.weight_transform`), ``host.base_forward(x)``,
+    ``host.weight_out_in``, ``host.bias``, ``host.merged``.
 
     Args:
         in_features / out_features: the host layer's sizes (``out_features``: its whole output,
             also when the adapter covers only some columns).
-        config: the :class:`~adapters.LoRAConfig`.
+        out_slices: the covered output column ranges, already checked
+            (:func:`~adapters.hooks.slices.check_slices`); None: the whole output.
+
+    Example::
+
+        >>> adapter = model.encoder.layer[0].attention.self.query.loras["a"]
+        >>> adapter.additive, adapter.rows          # a LoRA: a merge adds s·B A to 64 rows
+        (True, 64)
+    """
+
+    #: what a merge multiplies the weight by, as messages name it; None: a merge adds ``ΔW``
+    merge_factor: ClassVar[str | None] = None
+    #: whether a gate computed from the input scales the adapter's effect
+    gated: ClassVar[bool] = False
+
+    def __init__(self, in_features: int, out_features: int, out_slices=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.out_slices = out_slices
+        index = slices_index(out_slices)
+        # the covered output columns (None: all); a buffer so it follows .to(device), never saved
+        self.register_buffer("out_index", index, persistent=False)
+        #: the number of output rows the adapter covers
+        self.rows = out_features if index is None else len(index)
+
+    @property
+    def additive(self) -> bool:
+        """Whether a merge adds ``ΔW`` to the weight (and an unmerge subtracts it); otherwise it
+        multiplies the weight and an unmerge divides (see :attr:`merge_factor`).
+
+        Example::
+
+            >>> host.loras["ia3"].additive
+            False
+        """
+        return self.merge_factor is None
+
+    def apply_to(self, host, x: torch.Tensor, output: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """The covered columns ``output`` of the layer output with this adapter applied;
+        ``base_output`` holds the same columns without any adapter.
+
+        Example::
+
+            >>> adapter.apply_to(host, x, output, base_output).shape == output.shape
+            True
+        """
+        raise NotImplementedError
+
+    def forward_alone(self, host, x: torch.Tensor) -> torch.Tensor | None:
+        """The host's output for ``x`` with only this adapter active, computed a faster way than
+        base output + :meth:`apply_to`; None where the adapter has none (the host then runs the
+        composition engine).
+
+        Example::
+
+            >>> output = adapter.forward_alone(host, x)      # None: no shortcut
+        """
+        return None
+
+    def merge_record(self, host) -> dict:
+        """What :meth:`merge_into` and the later :meth:`unmerge_from` need besides the
+        parameters, computed from the host before the merge (the host keeps it while merged).
+
+        Example::
+
+            >>> record = adapter.merge_record(host)
+        """
+        return {}
+
+    def merge_into(self, weight: torch.Tensor, bias: torch.Tensor | None, record: dict):
+        """``(W', b')``: the covered ``(rows, in)`` weight rows and bias entries with this adapter
+        folded in, computed out of place (``weight`` and ``bias`` are left as they are).
+
+        Example::
+
+            >>> merged_weight, merged_bias = adapter.merge_into(*host.covered(adapter), adapter.merge_record(host))
+        """
+        raise NotImplementedError
+
+    def unmerge_from(self, weight: torch.Tensor, bias: torch.Tensor | None, record: dict):
+        """``(W, b)``: the covered weight rows and bias entries with this merged adapter taken out
+        again, computed out of place; ``record`` is what :meth:`merge_record` gave at the merge.
+
+        Example::
+
+            >>> weight, bias = adapter.unmerge_from(*host.covered(adapter), record)
+        """
+        raise NotImplementedError
+
+    def delta_in_weight(self, record: dict) -> torch.Tensor | None:
+        """The ``(rows, in)`` change an additive merge of this adapter left in the weight; None
+        for a multiplicative one, which counts as part of the reference weight the weight
+        transforms act on.
+
+        Example::
+
+            >>> adapter.delta_in_weight(record).shape
+            torch.Size([64, 64])
+        """
+        return None
+
+    def gate_value(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The gate's value for the input ``x`` (only for a :attr:`gated` adapter), else None.
+
+        Example::
+
+            >>> lora.gate_value(x).shape           # (batch, 1, groups) for a 3-d input
+            torch.Size([2, 1, 1])
+        """
+        return None
+
+
+# -- LoRA and (IA)³ ---------------------------------------------------------------------------------
+
+
+class LoRA(LinearAdapter):
+    """The parameters of one LoRA adapter on one linear layer (see the module docstring); its
+    subclass :class:`IA3` is the (IA)³ adapter (``composition_mode="scale"``) with the same
+    parameter names (``lora_B`` holds the scaling vector), as in AdapterHub's checkpoints.
+
+    Args:
+        in_features / out_features: the host layer's sizes (``out_features``: its whole output,
+            also when the adapter covers only some columns).
+        config: the :class:`~adapters.LoRAConfig` (its ``composition_mode`` must be the class's:
+            :func:`lora_module_class` picks the class).
         r, alpha: rank and alpha for this layer (after ``rank_pattern`` / ``alpha_pattern``).
         base_weight: the host's weight in ``(out, in)`` layout (DoRA initialises its magnitude
             from the covered rows).
@@ -121,8 +284,10 @@ class LoRA(nn.Module):
         (torch.Size([16, 64]), torch.Size([128, 8]))
     """
 
-    #: LoRA runs as base output + delta (its single-adapter forward is the host's own)
-    has_fast_path = False
+    #: the config's ``composition_mode`` this class implements
+    composition_mode: ClassVar[str] = "add"
+    #: whether the adapter may scale the layer's input instead of its output ((IA)³)
+    may_scale_input: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -135,24 +300,19 @@ class LoRA(nn.Module):
         scale_input: bool = False,
         out_slices: tuple | None = None,
     ):
-        super().__init__()
-        self.composition_mode = config.composition_mode
+        if config.composition_mode != self.composition_mode:
+            raise AdapterConfigError(
+                f"{type(self).__name__} implements composition_mode={self.composition_mode!r}, but the config has "
+                f"composition_mode={config.composition_mode!r}; build the module with lora_module_class(config)."
+            )
+        scale_input = scale_input and self.may_scale_input
+        super().__init__(in_features, out_features, _check_slices(out_slices, out_features, scale_input))
         self.r = r
         self.scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-        self.scale_input = scale_input and self.composition_mode == "scale"
-        self.out_features = out_features
-        self.out_slices = _check_slices(out_slices, out_features, self.scale_input)
+        self.scale_input = scale_input
         self.groups = len(self.out_slices) if self.out_slices else 1
-        index = slices_index(self.out_slices)
-        # the covered output columns (None: all); a buffer so it follows .to(device), never saved
-        self.register_buffer("out_index", index, persistent=False)
-        rows = out_features if index is None else len(index)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        if self.composition_mode == "add":
-            self.lora_A = nn.Parameter(torch.zeros(self.groups * r, in_features))
-            self.lora_B = nn.Parameter(torch.zeros(rows, r))
-        else:
-            self.lora_B = nn.Parameter(torch.zeros(in_features if self.scale_input else rows, 1))
+        self._create_factors()
         if config.use_gating:
             self.gate = nn.Linear(in_features, self.groups)
             nn.init.normal_(self.gate.weight, std=0.02)
@@ -161,41 +321,76 @@ class LoRA(nn.Module):
         if config.use_dora:
             if base_weight is None:
                 raise ValueError("DoRA needs the base weight to initialise its magnitude.")
+            index = self.out_index
             covered = base_weight.detach() if index is None else base_weight.detach()[index.to(base_weight.device)]
             # m starts as the row norms of W, so the adapter starts as the identity
             self.lora_magnitude = nn.Parameter(torch.linalg.norm(covered.float(), dim=1).to(base_weight.dtype))
 
-    @property
-    def use_dora(self) -> bool:
-        return "lora_magnitude" in self._parameters
-
-    @property
-    def needs_weight(self) -> bool:
-        """Whether :meth:`apply_to` needs the host's weight (DoRA, input scaling)."""
-        return self.use_dora or self.scale_input
+    def _create_factors(self) -> None:
+        """``A ∈ R^{g·r×d_in}``, ``B ∈ R^{rows×r}`` (zeros until :meth:`_init_weights`)."""
+        self.lora_A = nn.Parameter(torch.zeros(self.groups * self.r, self.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(self.rows, self.r))
 
     @torch.no_grad()
     def _init_weights(self, init) -> None:
-        has_a = hasattr(self, "lora_A")
-        if init == "lora" and has_a:
+        if init == "lora":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B)
-        elif init == "gaussian" and has_a:
+        elif init == "gaussian":
             nn.init.normal_(self.lora_A, std=1.0 / self.r)
             nn.init.zeros_(self.lora_B)
         elif init == "bert":
-            for param in (self.lora_A, self.lora_B) if has_a else (self.lora_B,):
+            for param in (self.lora_A, self.lora_B):
                 nn.init.normal_(param, std=0.02)
-        elif init == "ia3" or not has_a and init in ("lora", "gaussian"):
+        elif init == "ia3":
             nn.init.ones_(self.lora_B)
-        else:  # False: random, not the identity
-            if has_a:
-                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        else:  # False: random, not the identity ("loftq": refitted afterwards)
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))
 
-    def _gate(self, x: torch.Tensor):
-        """``mean_t σ(x_t W_g)``: one value per group (per sequence for 3-d inputs), or None."""
-        if not hasattr(self, "gate"):
+    @property
+    def use_dora(self) -> bool:
+        """Whether this is a DoRA adapter (it has a magnitude vector ``m``).
+
+        Example::
+
+            >>> host.loras["dora"].use_dora
+            True
+        """
+        return "lora_magnitude" in self._parameters
+
+    @property
+    def gated(self) -> bool:
+        """Whether a gate ``g = mean_t σ(x_t W_g)`` takes the place of the scaling.
+
+        Example::
+
+            >>> host.loras["gated"].gated
+            True
+        """
+        return "gate" in self._modules
+
+    @property
+    def merge_factor(self) -> str | None:
+        """DoRA's merge renormalises the rows of ``W + s·B A`` by its magnitude; a plain LoRA
+        merge adds ``s·B A`` (None).
+
+        Example::
+
+            >>> host.loras["dora"].merge_factor
+            'DoRA magnitude'
+        """
+        return "DoRA magnitude" if self.use_dora else None
+
+    def gate_value(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``mean_t σ(x_t W_g)``: one value per group (per sequence for 3-d inputs), or None.
+
+        Example::
+
+            >>> host.loras["gated"].gate_value(x).shape
+            torch.Size([2, 1, 1])
+        """
+        if not self.gated:
             return None
         gate = torch.sigmoid(self.gate(x))
         return gate.mean(dim=1, keepdim=True) if gate.dim() == 3 else gate
@@ -208,94 +403,170 @@ class LoRA(nn.Module):
 
     @property
     def is_plain(self) -> bool:
-        """A LoRA over the whole output without gate or DoRA: ``output + s·x Aᵀ Bᵀ`` and nothing else."""
-        return (
-            self.composition_mode == "add" and self.out_index is None and not self.use_dora and not hasattr(self, "gate")
-        )
+        """A LoRA over the whole output without gate or DoRA: ``output + s·x Aᵀ Bᵀ`` and nothing else.
+
+        Example::
+
+            >>> LoRA(64, 64, LoRAConfig(), r=8, alpha=16).is_plain
+            True
+        """
+        return self.out_index is None and not self.use_dora and not self.gated
 
     def add_delta(self, x: torch.Tensor, output: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """``output + s·dropout(x) Aᵀ Bᵀ`` for a plain LoRA: two small GEMMs and no extra pass over
-        ``output``, written into it when ``in_place`` (see :func:`accumulate_low_rank`)."""
+        ``output``, written into it when ``in_place`` (see :func:`accumulate_low_rank`).
+
+        Example::
+
+            >>> lora.add_delta(x, x @ W.t())           # == x Wᵀ + s·x Aᵀ Bᵀ
+        """
         return accumulate_low_rank(output, self.dropout(x), self.lora_A, self.lora_B, self.scaling, in_place)
 
     def folded_into(self, weight: torch.Tensor) -> torch.Tensor:
         """``W + s·B A`` for a plain LoRA: ``weight`` (``(out, in)``) with this adapter's update
-        added, in one ``addmm`` (a new tensor; ``weight`` is unchanged)."""
+        added, in one ``addmm`` (a new tensor; ``weight`` is unchanged).
+
+        Example::
+
+            >>> lora.folded_into(host.weight_out_in).shape == host.weight_out_in.shape
+            True
+        """
         dtype = weight.dtype
         return torch.addmm(weight, self.lora_B.to(dtype), self.lora_A.to(dtype), alpha=self.scaling)
 
-    def scale_vector(self) -> torch.Tensor:
-        """(IA)³'s ``s·l`` as a vector (``l`` itself when ``s = 1``, saving a multiplication)."""
-        vector = self.lora_B.view(-1)
-        return vector if self.scaling == 1 else vector * self.scaling
-
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """``dropout(x) A_iᵀ B_iᵀ`` for every group ``i``, concatenated (unscaled)."""
+        """``dropout(x) A_iᵀ B_iᵀ`` for every group ``i``, concatenated (unscaled).
+
+        Example::
+
+            >>> qv.lora_delta(x).shape[-1]               # the covered columns of q and v
+            128
+        """
         hidden = self.dropout(x) @ self.lora_A.t()
         if self.groups == 1:
             return hidden @ self.lora_B.t()
         blocks = self.lora_B.unflatten(0, (self.groups, -1))  # (g, d, r)
         return torch.einsum("...gr,gdr->...gd", hidden.unflatten(-1, (self.groups, self.r)), blocks).flatten(-2)
 
-    def apply_to(
-        self,
-        x: torch.Tensor,
-        output: torch.Tensor,
-        base_output: torch.Tensor,
-        weight: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The covered columns of the layer output, ``output``, with this adapter applied.
+    def apply_to(self, host, x: torch.Tensor, output: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """``output + s·dropout(x) Aᵀ Bᵀ`` over the covered columns (the gate in place of ``s``);
+        DoRA rescales: ``output + (m/‖W + s·B A‖ − 1)(base_output − b) + m/‖W + s·B A‖ · s·x Aᵀ Bᵀ``
+        with ``W``, ``b`` the host's covered rows.
 
-        ``base_output`` holds the same columns without any adapter (DoRA rescales them);
-        ``weight`` (``(out, in)`` layout) and ``bias`` are the host's covered rows, needed only
-        when :attr:`needs_weight`.
+        Example::
+
+            >>> lora.apply_to(host, x, output, output)     # == output + s·x Aᵀ Bᵀ
         """
-        gate = self._gate(x)
+        gate = self.gate_value(x)
         if gate is None and self.is_plain:
             return self.add_delta(x, output)
-        if gate is not None:
-            gate = self._per_column(gate)
-        if self.composition_mode == "scale":
-            factor = self.scale_vector()
-            if gate is not None:
-                factor = 1 + gate * (factor - 1)
-            if self.scale_input:  # (x ⊙ f) Wᵀ = x Wᵀ + (x ⊙ (f − 1)) Wᵀ
-                return output + nn.functional.linear(x * (factor - 1), weight)
-            return output * factor
         delta = self.lora_delta(x)
-        delta = delta * self.scaling if gate is None else delta * gate
+        delta = delta * self.scaling if gate is None else delta * self._per_column(gate)
         if self.use_dora:
+            weight, bias = host.covered(self)
             magnitude_scale = self.lora_magnitude / self.weight_norm(weight)
             unbiased = base_output if bias is None else base_output - bias
             return output + (magnitude_scale - 1) * unbiased + magnitude_scale * delta
         return output + delta
 
+    def forward_alone(self, host, x: torch.Tensor) -> torch.Tensor | None:
+        """A plain LoRA alone: ``x (W + s·B A)ᵀ + b`` in one matmul where the host folds (see the
+        module docstring), else the base output with ``s·x Aᵀ Bᵀ`` accumulated into it.
+
+        Example::
+
+            >>> lora.forward_alone(host, x).shape
+            torch.Size([2, 5, 64])
+        """
+        if not self.is_plain:
+            return None
+        if host.folds(x, self):
+            return nn.functional.linear(x, self.folded_into(host.weight_out_in), host.bias)
+        return self.add_delta(x, host.base_forward(x), in_place=True)  # a fresh output
+
     def weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
-        """``‖W + s·B A‖`` per covered output row (``weight``: the covered rows), detached (DoRA)."""
+        """``‖W + s·B A‖`` per covered output row (``weight``: the covered rows), detached (DoRA).
+
+        Example::
+
+            >>> dora.weight_norm(host.covered(dora)[0]).shape
+            torch.Size([64])
+        """
         with torch.no_grad():
             return torch.linalg.norm(weight + self.delta_weight().to(weight.dtype), dim=1)
 
     def delta_weight(self) -> torch.Tensor:
-        """``s·B A`` for the covered rows, ``(rows, in)`` (per group: ``s·B_i A_i``, stacked), or
-        the scaling vector ``s·l`` (scale)."""
-        if self.composition_mode == "scale":
-            return self.lora_B.view(-1) * self.scaling
+        """``s·B A`` for the covered rows, ``(rows, in)`` (per group: ``s·B_i A_i``, stacked).
+
+        Example::
+
+            >>> LoRA(64, 64, LoRAConfig(), r=8, alpha=16).delta_weight().shape
+            torch.Size([64, 64])
+        """
         if self.groups == 1:
             return (self.lora_B @ self.lora_A) * self.scaling
         blocks_b = self.lora_B.unflatten(0, (self.groups, -1))  # (g, d, r)
         blocks_a = self.lora_A.unflatten(0, (self.groups, self.r))  # (g, r, in)
         return torch.bmm(blocks_b, blocks_a).flatten(0, 1) * self.scaling
 
+    def merge_record(self, host) -> dict:
+        """DoRA: ``‖W + s·B A‖`` before the merge, which the unmerge multiplies back; LoRA: nothing.
+
+        Example::
+
+            >>> dora.merge_record(host)["norm"].shape
+            torch.Size([64])
+        """
+        return {"norm": self.weight_norm(host.covered(self)[0])} if self.use_dora else {}
+
+    def merge_into(self, weight: torch.Tensor, bias: torch.Tensor | None, record: dict):
+        """``W + s·B A`` (DoRA: ``(m/‖W + s·B A‖) ⊙ (W + s·B A)``); the bias is unchanged.
+
+        Example::
+
+            >>> merged, _ = lora.merge_into(weight, bias, {})     # == weight + lora.delta_weight()
+        """
+        delta = self.delta_weight().to(weight.dtype)
+        if self.use_dora:
+            combined = weight + delta
+            return (self.lora_magnitude / torch.linalg.norm(combined, dim=1)).unsqueeze(1) * combined, bias
+        return weight + delta, bias
+
+    def unmerge_from(self, weight: torch.Tensor, bias: torch.Tensor | None, record: dict):
+        """``W' − s·B A`` (DoRA: ``W' ⊙ (‖W + s·B A‖/m) − s·B A`` with the norm of the merge).
+
+        Example::
+
+            >>> weight, _ = lora.unmerge_from(merged, bias, {})
+        """
+        delta = self.delta_weight().to(weight.dtype)
+        if self.use_dora:
+            return weight * (record["norm"] / self.lora_magnitude).unsqueeze(1) - delta, bias
+        return weight - delta, bias
+
+    def delta_in_weight(self, record: dict) -> torch.Tensor | None:
+        """``s·B A`` (recomputed from the parameters, as the unmerge does); None for DoRA.
+
+        Example::
+
+            >>> torch.equal(lora.delta_in_weight({}), lora.delta_weight())
+            True
+        """
+        return None if self.use_dora else self.delta_weight()
+
     def dense_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B')`` of an equivalent plain LoRA over the host's whole output (add mode):
-        ``s·B' A`` is this adapter's full ``(out, in)`` delta, with ``B' ∈ R^{out×g·r}`` holding
-        ``B_i`` in the rows of part ``i`` and columns ``i·r … (i+1)·r``, zeros elsewhere.
+        """``(A, B')`` of an equivalent plain LoRA over the host's whole output: ``s·B' A`` is
+        this adapter's full ``(out, in)`` delta, with ``B' ∈ R^{out×g·r}`` holding ``B_i`` in the
+        rows of part ``i`` and columns ``i·r … (i+1)·r``, zeros elsewhere.
 
         For writing a sliced adapter where only whole-module LoRAs exist (PEFT: rank ``g·r``).
+
+        Example::
+
+            >>> A, B = qv.dense_factors()
+            >>> B.shape                                   # all 192 rows of c_attn, rank 2·8
+            torch.Size([192, 16])
         """
-        if self.composition_mode != "add":
-            raise ValueError("dense_factors is defined for LoRA ('add') adapters.")
         if self.out_index is None:
             return self.lora_A, self.lora_B
         dense = self.lora_B.new_zeros(self.out_features, self.groups * self.r)
@@ -325,8 +596,167 @@ class LoRA(nn.Module):
         return f"out_slices={list(self.out_slices)}" if self.out_slices else ""
 
 
+class IA3(LoRA):
+    """One (IA)³ adapter on one linear layer: the learned vector ``l`` (``lora_B``) scales the
+    covered output columns, ``y ⊙ s·l``, or with ``scale_input`` the layer input,
+    ``(x ⊙ s·l) Wᵀ + b``; a gate interpolates, ``1 + g·(s·l − 1)``. A merge multiplies the weight
+    (and, scaling the output, the bias) by ``s·l``; the unmerge divides by it.
+
+    ``LoRA``'s arguments, with a ``composition_mode="scale"`` config (:class:`~adapters.IA3Config`).
+
+    Example::
+
+        >>> ia3 = IA3(64, 64, IA3Config(), r=1, alpha=1)
+        >>> ia3.lora_B.shape, ia3.additive
+        (torch.Size([64, 1]), False)
+    """
+
+    composition_mode: ClassVar[str] = "scale"
+    may_scale_input: ClassVar[bool] = True
+    merge_factor: ClassVar[str] = "(IA)³ scaling vector"
+    is_plain: ClassVar[bool] = False
+
+    def _create_factors(self) -> None:
+        """``l``: one entry per covered output column, or per input feature with ``scale_input``."""
+        self.lora_B = nn.Parameter(torch.zeros(self.in_features if self.scale_input else self.rows, 1))
+
+    @torch.no_grad()
+    def _init_weights(self, init) -> None:
+        if init == "bert":
+            nn.init.normal_(self.lora_B, std=0.02)
+        elif init in ("ia3", "lora", "gaussian"):  # ones: the identity
+            nn.init.ones_(self.lora_B)
+        else:  # False: random, not the identity
+            nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))
+
+    def scale_vector(self) -> torch.Tensor:
+        """``s·l`` as a vector (``l`` itself when ``s = 1``, saving a multiplication).
+
+        Example::
+
+            >>> IA3(64, 64, IA3Config(), r=1, alpha=1).scale_vector().shape
+            torch.Size([64])
+        """
+        vector = self.lora_B.view(-1)
+        return vector if self.scaling == 1 else vector * self.scaling
+
+    def _factor(self, x: torch.Tensor) -> torch.Tensor:
+        """``s·l``, or with a gate ``1 + g·(s·l − 1)`` (per covered column)."""
+        factor = self.scale_vector()
+        gate = self.gate_value(x)
+        return factor if gate is None else 1 + self._per_column(gate) * (factor - 1)
+
+    def apply_to(self, host, x: torch.Tensor, output: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """``output ⊙ s·l`` over the covered columns; with ``scale_input``
+        ``output + (x ⊙ (s·l − 1)) Wᵀ`` (``(x ⊙ f) Wᵀ = x Wᵀ + (x ⊙ (f − 1)) Wᵀ``).
+
+        Example::
+
+            >>> ia3.apply_to(host, x, output, output)     # == output * ia3.scale_vector()
+        """
+        factor = self._factor(x)
+        if self.scale_input:
+            return output + nn.functional.linear(x * (factor - 1), host.covered(self)[0])
+        return output * factor
+
+    def forward_alone(self, host, x: torch.Tensor) -> torch.Tensor | None:
+        """Input scaling: the layer on ``x ⊙ s·l``; output scaling over the whole output without a
+        gate: the base output scaled (in place where autograd does not need it as it is).
+
+        Example::
+
+            >>> ia3.forward_alone(host, x).shape
+            torch.Size([2, 5, 64])
+        """
+        if self.scale_input:  # one input scaling: fold into x
+            return host.base_forward(x * self._factor(x))
+        if self.gated or self.out_index is not None:
+            return None
+        output = host.base_forward(x)  # a fresh tensor
+        return output.mul_(self.scale_vector()) if not torch.is_grad_enabled() else output * self.scale_vector()
+
+    def delta_weight(self) -> torch.Tensor:
+        """The scaling vector ``s·l`` (what a merge multiplies the weight's rows, or with
+        ``scale_input`` its columns, by).
+
+        Example::
+
+            >>> IA3(64, 64, IA3Config(), r=1, alpha=1).delta_weight().shape
+            torch.Size([64])
+        """
+        return self.lora_B.view(-1) * self.scaling
+
+    def merge_record(self, host) -> dict:
+        """Nothing: the unmerge divides by the same vector.
+
+        Example::
+
+            >>> ia3.merge_record(host)
+            {}
+        """
+        return {}
+
+    def merge_into(self, weight: torch.Tensor, bias: torch.Tensor | None, record: dict):
+        """``diag(s·l) W`` and ``s·l ⊙ b``; with ``scale_input`` ``W diag(s·l)`` and ``b``.
+
+        Example::
+
+            >>> merged, merged_bias = ia3.merge_into(weight, bias, {})
+        """
+        factor = self.delta_weight().to(weight.dtype)
+        if self.scale_input:
+            return weight * factor.unsqueeze(0), bias
+        return weight * factor.unsqueeze(1), None if bias is None else bias * factor
+
+    def unmerge_from(self, weight: torch.Tensor, bias: torch.Tensor | None, record: dict):
+        """The merge divided out again: ``diag(s·l)⁻¹ W'`` and ``b' / s·l`` (``W' diag(s·l)⁻¹``).
+
+        Example::
+
+            >>> weight, bias = ia3.unmerge_from(merged, merged_bias, {})
+        """
+        factor = self.delta_weight().to(weight.dtype)
+        if self.scale_input:
+            return weight / factor.unsqueeze(0), bias
+        return weight / factor.unsqueeze(1), None if bias is None else bias / factor
+
+    def delta_in_weight(self, record: dict) -> None:
+        """None: a merged scaling counts as part of the reference weight.
+
+        Example::
+
+            >>> ia3.delta_in_weight({}) is None
+            True
+        """
+        return None
+
+    def dense_factors(self):
+        """Not defined: (IA)³ has no low-rank factors.
+
+        Example::
+
+            >>> ia3.dense_factors()
+            Traceback (most recent call last):
+            ValueError: dense_factors is defined for LoRA ('add') adapters.
+        """
+        raise ValueError("dense_factors is defined for LoRA ('add') adapters.")
+
+
+def lora_module_class(config: LoRAConfig) -> type[LoRA]:
+    """The module class of a LoRA-family ``config``: :class:`IA3` for ``composition_mode="scale"``,
+    :class:`LoRA` (with DoRA, gating, rsLoRA as the config says) otherwise.
+
+    Example::
+
+        >>> lora_module_class(IA3Config()).__name__
+        'IA3'
+    """
+    return IA3 if config.composition_mode == IA3.composition_mode else LoRA
+
+
 class LoRAGroup(NamedTuple):
-    """One group of a :class:`LoRA` as a plain LoRA (views of its parameters)."""
+    """One group of a :class:`LoRA` as a plain LoRA (views of its parameters; ``lora_A`` is None
+    for (IA)³, whose ``lora_B`` is then a part of the scaling vector)."""
 
     lora_A: torch.Tensor | None
     lora_B: torch.Tensor
@@ -335,8 +765,14 @@ class LoRAGroup(NamedTuple):
     composition_mode: str
 
     def delta_weight(self) -> torch.Tensor:
-        """``s·B_i A_i`` or the scaling vector ``s·l_i``."""
-        if self.composition_mode == "scale":
+        """``s·B_i A_i`` or the scaling vector ``s·l_i``.
+
+        Example::
+
+            >>> lora.group_views()[0].delta_weight().shape
+            torch.Size([64, 64])
+        """
+        if self.lora_A is None:
             return self.lora_B.view(-1) * self.scaling
         return (self.lora_B @ self.lora_A) * self.scaling
 
@@ -348,8 +784,8 @@ def accumulate_low_rank(
     be a fresh tensor nothing else holds (the base layer's result in a single-adapter pass).
 
     Two GEMMs and no extra pass over ``output``: ``A xᵀ`` (``r × tokens``) first, because the
-    tall-skinny ``x Aᵀ`` (``tokens × r``) runs at a fraction of the speed on CPU BLAS (measured:
-    87 µs against 133 µs for 512 tokens, d = 384, r = 8), then ``addmm`` accumulates
+    tall-skinny ``x Aᵀ`` (``tokens × r``) runs slower on CPU BLAS (the measurement is in the LoRA
+    docs, "Inference cost"), then ``addmm`` accumulates
     ``s · (A xᵀ)ᵀ Bᵀ`` onto ``output``, in place where allowed and no gradient is recorded.
 
     Example::
@@ -380,8 +816,14 @@ def _check_slices(out_slices, out_features: int, scale_input: bool):
     return check_slices(out_slices, out_features)
 
 
-class LoRALinear(ComposableLayer):
-    """Mixin for a linear layer that hosts LoRA / (IA)³ adapters (swapped in by class): an
+# the host's instance-dict entry of merge records ("_adapters_*": unload removes it with the others)
+_MERGE_RECORDS = "_adapters_merge_records"
+
+
+class LinearHost(ComposableLayer):
+    """Mixin for a linear layer that hosts adapters (swapped in by class): LoRA, (IA)³ and the
+    weight transforms, side by side in one ``loras`` ModuleDict (AdapterHub's key names), each a
+    :class:`LinearAdapter` that the host drives through that protocol alone. The layer is an
     ``nn.Linear`` or transformers' ``Conv1D``, whose weight is stored transposed; the mixin reads
     sizes and weight through the ``(out, in)`` view :attr:`weight_out_in` on both.
 
@@ -393,6 +835,8 @@ class LoRALinear(ComposableLayer):
     """
 
     method = "lora"
+    hosts_weight_deltas = True
+    removed_when_empty = True
     supported_blocks = (Stack, Parallel, Split, BatchSplit, Average)
     BATCH_FIELDS = ("layer_input", "output", "base_output")
     SEQUENCE_FIELDS = ("layer_input", "output", "base_output")
@@ -401,6 +845,7 @@ class LoRALinear(ComposableLayer):
         self._init_composable(layer_idx, location)
         self.loras = nn.ModuleDict()
         self.__dict__["merged"] = []  # names merged into the weight, in order
+        self.__dict__[_MERGE_RECORDS] = {}  # name -> what its unmerge needs (LinearAdapter.merge_record)
 
     # -- the host's weight, whatever its storage layout -------------------------------------------
     @property
@@ -421,23 +866,54 @@ class LoRALinear(ComposableLayer):
     def out_features(self) -> int:
         return self.weight_out_in.shape[0]
 
-    def _covered(self, lora: LoRA) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The ``(out, in)`` weight rows and bias entries ``lora`` covers (copies when sliced)."""
-        weight, bias = self.weight_out_in, self.bias
-        if lora.out_index is None:
-            return weight, bias
-        return weight[lora.out_index], None if bias is None else bias[lora.out_index]
+    def covered(self, adapter: LinearAdapter) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``(out, in)`` weight rows and bias entries ``adapter`` covers, as stored (copies
+        when it covers only some rows; the parameters' own views otherwise).
 
-    def _write_covered(self, lora: LoRA, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        Example::
+
+            >>> weight, bias = host.covered(host.loras["a"])
+        """
+        weight, bias = self.weight_out_in, self.bias
+        if adapter.out_index is None:
+            return weight, bias
+        return weight[adapter.out_index], None if bias is None else bias[adapter.out_index]
+
+    def reference_covered(self, adapter: LinearAdapter) -> torch.Tensor:
+        """The covered ``(out, in)`` rows of the *reference* weight the weight transforms act on:
+        the stored weight minus the additive updates merged into it (see
+        :mod:`adapters.methods.weight_transform`); the stored weight itself when nothing is merged.
+
+        Example::
+
+            >>> host.reference_covered(host.loras["oft"]).shape
+            torch.Size([64, 64])
+        """
+        weight = self.weight_out_in
+        if self.merged:
+            records = self.__dict__[_MERGE_RECORDS]
+            weight = weight.detach().clone()
+            for name in self.merged:
+                merged = self.loras[name]
+                delta = merged.delta_in_weight(records[name])
+                if delta is None:
+                    continue  # merged (IA)³ scalings and DoRA count as part of the reference weight
+                if merged.out_index is None:
+                    weight -= delta.to(weight.dtype)
+                else:
+                    weight[merged.out_index] -= delta.to(weight.dtype)
+        return weight if adapter.out_index is None else weight[adapter.out_index]
+
+    def _write_covered(self, adapter: LinearAdapter, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         target = self.weight_out_in
-        if lora.out_index is None:
+        if adapter.out_index is None:
             target.copy_(weight)
             if bias is not None:
                 self.bias.copy_(bias)
         else:
-            target[lora.out_index] = weight
+            target[adapter.out_index] = weight
             if bias is not None:
-                self.bias[lora.out_index] = bias
+                self.bias[adapter.out_index] = bias
 
     # -- adapters ----------------------------------------------------------------------------------
     def adapter_names(self) -> set[str]:
@@ -451,19 +927,28 @@ class LoRALinear(ComposableLayer):
     def add_lora(
         self, name: str, config: LoRAConfig, r: int, alpha: float, scale_input: bool = False, out_slices=None
     ) -> None:
-        """Add adapter ``name``; ``out_slices`` restricts it to some output column ranges (the
-        parts of a fused projection, see the module docstring)."""
+        """Add LoRA / (IA)³ adapter ``name``; ``out_slices`` restricts it to some output column
+        ranges (the parts of a fused projection, see the module docstring)."""
         with torch.random.fork_rng(enabled=config.init_weights_seed is not None):
             if config.init_weights_seed is not None:
                 torch.manual_seed(config.init_weights_seed)
-            self.loras[name] = LoRA(
+            module = lora_module_class(config)(
                 self.in_features, self.out_features, config, r, alpha, self.weight_out_in, scale_input, out_slices
             )
-        self._invalidate_setup_cache()
+        self.add_adapter_module(name, module)
 
-    def add_weight_transform(self, name: str, adapter: nn.Module) -> None:
+    def add_weight_transform(self, name: str, adapter: LinearAdapter) -> None:
         """Add a weight-transform adapter (LoHa, LoKr, OFT, HRA, AdaLoRA; see
-        :mod:`adapters.methods.weight_transform`) next to any LoRA adapters of this layer."""
+        :mod:`adapters.methods.weight_transform`) next to any other adapters of this layer."""
+        self.add_adapter_module(name, adapter)
+
+    def add_adapter_module(self, name: str, adapter: LinearAdapter) -> None:
+        """Host ``adapter`` (any :class:`LinearAdapter`) as adapter ``name``.
+
+        Example::
+
+            >>> host.add_adapter_module("b", LoRA(host.in_features, host.out_features, LoRAConfig(), r=4, alpha=8))
+        """
         self.loras[name] = adapter
         self._invalidate_setup_cache()
 
@@ -500,30 +985,20 @@ class LoRALinear(ComposableLayer):
             'Linear'
         """
         if not self.is_empty():
-            raise RuntimeError(f"Cannot uninstall a LoRA host that still has adapters: {sorted(self.loras)}.")
+            raise RuntimeError(f"Cannot uninstall a linear-layer host that still has adapters: {sorted(self.loras)}.")
         self.__dict__.pop("merged", None)
-        remove_host_mixin(self, LoRALinear, containers=("loras",))
+        self.__dict__.pop(_MERGE_RECORDS, None)
+        remove_host_mixin(self, LinearHost, containers=("loras",))
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         setup = self.active_setup()
         if setup is None:
             return super().forward(x)
-        if isinstance(setup, str):  # one adapter: the common case, without the composition engine
-            lora = self.loras[setup]
-            if lora.is_plain:
-                if self._folds(x, lora):
-                    return nn.functional.linear(x, lora.folded_into(self.weight_out_in), self.bias)
-                return lora.add_delta(x, super().forward(x), in_place=True)  # a fresh output
-            if lora.scale_input:  # one input scaling: fold into x
-                gate = lora._gate(x)
-                factor = lora.scale_vector() if gate is None else 1 + gate * (lora.scale_vector() - 1)
-                return super().forward(x * factor)
-            if lora.composition_mode == "scale" and not hasattr(lora, "gate") and lora.out_index is None:
-                output = super().forward(x)  # a fresh tensor; scaled in place unless autograd needs it as it is
-                return output.mul_(lora.scale_vector()) if not torch.is_grad_enabled() else output * lora.scale_vector()
-            if lora.has_fast_path and not self.merged and lora.out_index is None:
-                return lora.forward_single(self, x)  # a weight transform alone: one pass where it can
+        if isinstance(setup, str):  # one adapter: the common case, its own shortcut where it has one
+            output = self.loras[setup].forward_alone(self, x)
+            if output is not None:
+                return output
         output = super().forward(x)
         return self.compose(setup, LoRAState(x, output, output)).output
 
@@ -532,15 +1007,19 @@ class LoRALinear(ComposableLayer):
     # subclass with its own forward (a quantised linear, say) always runs it
     _AFFINE_FORWARDS = (nn.Linear.forward, Conv1D.forward)
 
-    def _folds(self, x: torch.Tensor, lora: LoRA) -> bool:
+    def folds(self, x: torch.Tensor, lora: LoRA) -> bool:
         """Whether the plain ``lora``, active alone, runs as one matmul with ``W + s·B A`` on ``x``
         (see the module docstring): no gradient recorded (training keeps the low-rank path, whose
         backward never forms ``d_out × d_in`` gradients), no active dropout, a float32/64 weight
         (in half precision ``W + s·B A`` would round the small update to the weight's precision),
-        and ``tokens·(d_in + d_out) ≥ 2.5·d_in·d_out``. Measured on CPU, 2 threads, float32, over
-        the base layer's ~1 ms: 512 tokens, 384×384 (ratio 2.67): folded within ±60 µs of the
-        base, low-rank +76 to +180 µs; at a ratio of 2 (2048×2048, 2048 tokens) folding loses,
-        +12 to +15 ms against +1.5 to +4.4 ms (the new weight no longer fits the caches)."""
+        and ``tokens·(d_in + d_out) ≥ 2.5·d_in·d_out`` (the threshold's measurement is in the
+        LoRA docs, "Inference cost").
+
+        Example::
+
+            >>> host.folds(torch.randn(4, 40, 32), host.loras["a"])   # under torch.no_grad()
+            True
+        """
         if torch.is_grad_enabled() or self.__dict__["_adapters_original_class"].forward not in self._AFFINE_FORWARDS:
             return False
         if x.dtype not in (torch.float32, torch.float64) or (isinstance(lora.dropout, nn.Dropout) and lora.dropout.training):
@@ -550,23 +1029,20 @@ class LoRALinear(ComposableLayer):
         return tokens * (d_in + d_out) >= self._FOLD_RATIO * d_in * d_out
 
     def compose_single(self, name: str, state: LoRAState) -> LoRAState:
-        lora = self.loras[name]
-        if lora.composition_mode == "transform":
-            weight, bias = (self._reference_covered(lora), None) if lora.needs_weight else (None, None)
-        else:
-            weight, bias = self._covered(lora) if lora.needs_weight else (None, None)
-        if lora.out_index is None:
-            output = lora.apply_to(state.layer_input, state.output, state.base_output, weight, bias)
+        adapter = self.loras[name]
+        if adapter.out_index is None:
+            output = adapter.apply_to(self, state.layer_input, state.output, state.base_output)
         else:  # a fused projection's parts: apply on the covered columns, leave the others
-            dim, index = state.output.dim() - 1, lora.out_index
-            covered = lora.apply_to(
-                state.layer_input, state.output.index_select(dim, index), state.base_output.index_select(dim, index), weight, bias
+            dim, index = state.output.dim() - 1, adapter.out_index
+            covered = adapter.apply_to(
+                self, state.layer_input, state.output.index_select(dim, index), state.base_output.index_select(dim, index)
             )
             output = state.output.index_copy(dim, index, covered)
-        context = ForwardContext.get_context() if hasattr(lora, "gate") else None
-        if context is not None and context.output_adapter_gating_scores:
-            scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
-            scores[self.location] = lora._gate(state.layer_input).detach()
+        if adapter.gated:
+            context = ForwardContext.get_context()
+            if context is not None and context.output_adapter_gating_scores:
+                scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
+                scores[self.location] = adapter.gate_value(state.layer_input).detach()
         return state._replace(output=output, last=name)
 
     def mean(self, states, weights, start: LoRAState) -> LoRAState:
@@ -576,68 +1052,28 @@ class LoRALinear(ComposableLayer):
         return states[-1]._replace(output=output)
 
     # -- merging ---------------------------------------------------------------------------------
-    def _reference_covered(self, adapter) -> torch.Tensor:
-        """The covered ``(out, in)`` rows of the *reference* weight the weight transforms act on:
-        the stored weight minus the additive updates merged into it (see
-        :mod:`adapters.methods.weight_transform`); the stored weight itself when nothing is merged."""
-        weight = self.weight_out_in
-        if self.merged:
-            weight = weight.detach().clone()
-            for name in self.merged:
-                merged = self.loras[name]
-                if merged.composition_mode == "transform":
-                    delta = merged.__dict__["_merged_delta"]
-                elif merged.composition_mode == "add" and not merged.use_dora:
-                    delta = merged.delta_weight()
-                else:
-                    continue  # merged (IA)³ scalings and DoRA count as part of the reference weight
-                if merged.out_index is None:
-                    weight -= delta.to(weight.dtype)
-                else:
-                    weight[merged.out_index] -= delta.to(weight.dtype)
-        return weight if adapter.out_index is None else weight[adapter.out_index]
+    def merge_state(self) -> tuple[list[str], dict]:
+        """The host's merge bookkeeping (the merged names, in order, and what their unmerges
+        need), for :meth:`restore_merge_state` after a trial run on copies of the weight.
 
-    def _merged_covered(self, lora: LoRA) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The covered ``(out, in)`` rows and bias entries with ``lora`` folded in (out of place)."""
-        if lora.composition_mode == "transform":
-            weight, bias = self._covered(lora)
-            delta = lora.__dict__.get("_merged_delta")
-            if delta is None:
-                delta = self._transform_delta(lora)
-            return weight + delta.to(weight.dtype), bias
-        weight, bias = self._covered(lora)
-        delta = lora.delta_weight().to(weight.dtype)
-        if lora.composition_mode == "scale":
-            if lora.scale_input:
-                return weight * delta.unsqueeze(0), bias
-            return weight * delta.unsqueeze(1), None if bias is None else bias * delta
-        if lora.use_dora:
-            combined = weight + delta
-            return (lora.lora_magnitude / torch.linalg.norm(combined, dim=1)).unsqueeze(1) * combined, bias
-        return weight + delta, bias
+        Example::
 
-    def _transform_delta(self, adapter) -> torch.Tensor:
-        """A weight transform's ``ΔW`` on the reference weight, without dropout (a merged weight
-        has none)."""
-        reference = self._reference_covered(adapter) if adapter.needs_weight else None
-        was_training = adapter.training
-        adapter.eval()
-        try:
-            return adapter.delta_weight(reference)
-        finally:
-            adapter.train(was_training)
+            >>> saved = host.merge_state()
+            >>> host.merge("a"); host.restore_merge_state(saved)    # "a" counts as unmerged again
+        """
+        return list(self.merged), dict(self.__dict__[_MERGE_RECORDS])
 
-    @torch.no_grad()
-    def merged_weight(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(W', b')``: the weight and bias with adapter ``name`` folded in, computed out of place,
-        ``W'`` in the host's own storage layout (``(in, out)`` for Conv1D), so that
-        ``host.weight.copy_(W')`` merges."""
-        lora = self.loras[name]
-        weight, bias = self._merged_covered(lora)
-        if lora.out_index is not None:
-            weight = self.weight_out_in.index_copy(0, lora.out_index, weight)
-            bias = None if bias is None else self.bias.index_copy(0, lora.out_index, bias)
-        return (weight.t() if self.fan_in_fan_out else weight), bias
+    def restore_merge_state(self, state: tuple[list[str], dict]) -> None:
+        """Put back bookkeeping :meth:`merge_state` returned (the weight is the caller's business).
+
+        Example::
+
+            >>> host.restore_merge_state(saved)
+        """
+        merged, records = state
+        self.merged[:] = merged
+        self.__dict__[_MERGE_RECORDS] = dict(records)
+        self._invalidate_setup_cache()
 
     def _check_float_weight(self, name: str, action: str) -> None:
         if not self.weight.is_floating_point():
@@ -653,29 +1089,26 @@ class LoRALinear(ComposableLayer):
 
         The merged weight and bias are computed out of place and checked before anything is written:
         they must be finite, and with ``undoable`` (``merge_adapter``, which :meth:`unmerge` undoes)
-        a scaling merge ((IA)³, DoRA) must not turn a non-zero entry into 0 or a subnormal number,
-        which the division of the unmerge could not give back (a scaling entry (nearly) 0). A merge
-        that fails a check raises :class:`~adapters.errors.AdapterMergeError` and writes nothing.
+        a multiplicative merge ((IA)³, DoRA) must not turn a non-zero entry into 0 or a subnormal
+        number, which the division of the unmerge could not give back (a scaling entry (nearly) 0).
+        A merge that fails a check raises :class:`~adapters.errors.AdapterMergeError` and writes nothing.
+
+        Example::
+
+            >>> host.merge("a")
+            >>> host.merged
+            ['a']
         """
-        lora = self.loras[name]
+        adapter = self.loras[name]
         self._check_float_weight(name, "merge")
-        extras = {}
-        if lora.use_dora:  # unmerging needs the norm the merge divided by
-            extras["_merged_norm"] = lora.weight_norm(self._covered(lora)[0])
-        if lora.composition_mode == "transform":  # kept for an exact unmerge and for the reference weight
-            extras["_merged_delta"] = self._transform_delta(lora).detach()
-        lora.__dict__.update(extras)
-        try:
-            old_weight, old_bias = self._covered(lora)
-            weight, bias = self._merged_covered(lora)
-            _check_finite(name, lora, "merge", weight, bias)
-            if undoable and (lora.composition_mode == "scale" or lora.use_dora):
-                _check_invertible(name, lora, old_weight, old_bias, weight, bias)
-        except BaseException:
-            for key in extras:
-                lora.__dict__.pop(key, None)
-            raise
-        self._write_covered(lora, weight, bias)
+        record = adapter.merge_record(self)
+        old_weight, old_bias = self.covered(adapter)
+        weight, bias = adapter.merge_into(old_weight, old_bias, record)
+        _check_finite(name, adapter, "merge", weight, bias)
+        if undoable and not adapter.additive:
+            _check_invertible(name, adapter, old_weight, old_bias, weight, bias)
+        self._write_covered(adapter, weight, bias)
+        self.__dict__[_MERGE_RECORDS][name] = record
         self.merged.append(name)
         self._invalidate_setup_cache()
 
@@ -686,31 +1119,24 @@ class LoRALinear(ComposableLayer):
         The restored weight and bias are computed out of place and must be finite before they are
         written (:class:`~adapters.errors.AdapterMergeError` otherwise, nothing written: e.g. an
         adapter whose parameters were changed to NaN, or an (IA)³ entry set to 0, after the merge).
+
+        Example::
+
+            >>> host.unmerge("a")
         """
-        lora = self.loras[name]
+        adapter = self.loras[name]
         self._check_float_weight(name, "unmerge")
-        weight, bias = self._covered(lora)
-        if lora.composition_mode == "transform":
-            weight = weight - lora.__dict__["_merged_delta"].to(weight.dtype)
-        else:
-            delta = lora.delta_weight().to(weight.dtype)
-            if lora.composition_mode == "scale":
-                if lora.scale_input:
-                    weight = weight / delta.unsqueeze(0)
-                else:
-                    weight = weight / delta.unsqueeze(1)
-                    bias = None if bias is None else bias / delta
-            elif lora.use_dora:
-                norm = lora.__dict__["_merged_norm"]
-                weight = weight * (norm / lora.lora_magnitude).unsqueeze(1) - delta
-            else:
-                weight = weight - delta
-        _check_finite(name, lora, "unmerge", weight, bias)
-        self._write_covered(lora, weight, bias)
-        lora.__dict__.pop("_merged_delta", None)
-        lora.__dict__.pop("_merged_norm", None)
+        records = self.__dict__[_MERGE_RECORDS]
+        weight, bias = adapter.unmerge_from(*self.covered(adapter), records[name])
+        _check_finite(name, adapter, "unmerge", weight, bias)
+        self._write_covered(adapter, weight, bias)
+        del records[name]
         self.merged.remove(name)
         self._invalidate_setup_cache()
+
+
+#: the host's former name, kept for the code and tests that import it
+LoRALinear = LinearHost
 
 
 def merge_error(name: str, action: str, detail: str) -> AdapterMergeError:
@@ -752,10 +1178,277 @@ def _check_invertible(name, adapter, old_weight, old_bias, weight, bias) -> None
         lost = (old != 0) & (new.abs() < torch.finfo(new.dtype).tiny)
         count = int(lost.sum())
         if count:
-            factor = "(IA)³ scaling vector" if adapter.composition_mode == "scale" else "DoRA magnitude"
+            factor = adapter.merge_factor
             raise merge_error(
                 name, "merge",
                 f"{count} non-zero entr{'y' if count == 1 else 'ies'} of its {parameter} would become 0 (or too small "
                 f"to divide back): the adapter's {factor} is (nearly) 0 there, so reset_adapter() could not restore "
                 f"the weight. Use merge_and_unload(), which needs no unmerge, or run the adapter unmerged",
             )
+
+
+# -- the LoRA family on a model: hosts, creation, LoftQ, trained biases, registration ------------------
+
+
+def linear_hosts(model, config) -> tuple[list, str]:
+    """``([(target, host)], prefix)``: the linear layers ``config`` targets, each made a
+    :class:`LinearHost` host (LoRA and the weight-transform methods share it); ``prefix`` is the
+    base model's path in the model. Raises before changing anything if a target lies inside a
+    module adapters keep copies of (``modules_to_save``).
+
+    Example::
+
+        >>> pairs, prefix = linear_hosts(model, LoRAConfig(r=4))
+        >>> pairs[0][1].adapter_names()
+        set()
+    """
+    spec = model.__dict__["_adapters_spec"]
+    prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    targets = resolve_targets(model.base_model, spec, config, prefix)
+    saved = [p for p, m in model.base_model.named_modules() if isinstance(m, SavedModuleHost)]
+    for target in targets:
+        inside = [p for p in saved if target.path.startswith(p + ".")]
+        if inside:
+            raise AdapterConfigError(
+                f"Module {target.path!r} lies inside {inside[0]!r}, of which adapters keep their own copies "
+                f"(modules_to_save); an adapter there would be missing from those copies. Exclude it "
+                f"(exclude_modules)."
+            )
+    pairs = []
+    for target in targets:
+        host = target.module
+        if not isinstance(host, LinearHost):
+            swap_class(host, LinearHost)
+            host.init_adapter_layer(target.layer_idx, target.location)
+            model._adapter_hosts.append(host)
+        pairs.append((target, host))
+    return pairs, prefix
+
+
+def add_lora_modules(model, name: str, config: LoRAConfig, device, dtype) -> bool:
+    """Attach LoRA / (IA)³ modules of adapter ``name`` to every targeted linear layer, making it
+    a host first; returns whether any layer was targeted.
+
+    Example::
+
+        >>> add_lora_modules(model, "lora", LoRAConfig(r=4), device, dtype)
+        True
+    """
+    pairs, prefix = linear_hosts(model, config)
+    for pattern in {**config.rank_pattern, **config.alpha_pattern}:
+        if not any(pattern_value({pattern: 1}, prefix + t.path, None) for t, _ in pairs):
+            logger.warning(f"rank/alpha pattern {pattern!r} of adapter {name!r} matches none of its target modules.")
+    for target, host in pairs:
+        r = pattern_value(config.rank_pattern, prefix + target.path, config.r)
+        alpha = pattern_value(config.alpha_pattern, prefix + target.path, config.alpha)
+        scale_input = config.feedforward_modules is not None and matches_modules(target.path, config.feedforward_modules, prefix)
+        host.add_lora(name, config, r, alpha, scale_input=scale_input, out_slices=target.out_slices)
+        if config.init_weights == "loftq":
+            _loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})))
+        weight = getattr(host, "weight", None)  # the adapted layer's dtype (T5 in float16 keeps wo in float32)
+        own_dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else dtype
+        host.loras[name].to(device=device, dtype=own_dtype).train(model.training)
+    if config.modules_to_save:
+        add_saved_modules(model, name, config.modules_to_save)
+    return bool(pairs) or bool(config.modules_to_save)
+
+
+@torch.no_grad()
+def _loftq_initialise(host, lora, loftq) -> None:
+    """Replace the host's weight by its quantised version and fit A, B to the residual."""
+    if lora.out_index is not None:
+        raise AdapterConfigError(
+            "init_weights='loftq' initialises a LoRA over a whole weight; this adapter covers only some parts "
+            "of a fused projection (e.g. q and v of GPT-2's c_attn). Target the whole module "
+            "(target_modules=['c_attn']) or use another init."
+        )
+    quantized, a, b = loftq_factors(host.weight_out_in, lora.r, lora.scaling, loftq.loftq_bits, loftq.loftq_iter, loftq.quantizer)
+    host.weight_out_in.copy_(quantized)
+    lora.lora_A.copy_(a)
+    lora.lora_B.copy_(b)
+
+
+def lora_bias_parameters(model, name: str, config) -> dict[str, nn.Parameter]:
+    """The base-model biases adapter ``name`` trains and saves (LoRA's ``bias`` option: ``"all"``
+    or ``"lora_only"``), keyed by their base-model-relative names.
+
+    Example::
+
+        >>> sorted(lora_bias_parameters(model, "lora", LoRAConfig(bias="lora_only")))[:1]
+        ['encoder.layer.0.attention.self.query.bias']
+    """
+    if config.bias == "none":
+        return {}
+    hosts = {id(h) for h in model._adapter_hosts if isinstance(h, LinearHost) and name in h.loras}
+    biases = {}
+    for path, module in model.base_model.named_modules():
+        bias = module._parameters.get("bias") if "loras" not in path.split(".") else None
+        if bias is not None and (config.bias == "all" or id(module) in hosts) and not OWN_MODULES.search(path):
+            biases[f"{path}.bias" if path else "bias"] = bias
+    return biases
+
+
+# -- the LoRA family in PEFT's format: LoRA, rsLoRA, DoRA (LORA) and (IA)³ (IA3) ----------------------
+# PEFT's keys: <module>.lora_A.weight, <module>.lora_B.weight, <module>.lora_magnitude_vector (DoRA),
+# <module>.ia3_l ((IA)³; shape (out, 1), or (1, in) for feedforward_modules, whose input is scaled);
+# ours: <module>.loras.<name>.lora_A / lora_B / lora_magnitude. PEFT's LoraConfig fields map onto
+# LoRAConfig one to one (lora_alpha -> alpha, lora_dropout -> dropout, the targeting fields,
+# rank_pattern, alpha_pattern, use_rslora, use_dora, bias, feedforward_modules); trained biases
+# (bias="all" / "lora_only") travel with the adapter as <module>.bias keys.
+import re
+
+from .registry import PeftMapping
+
+#: LoraConfig's fields (AdaLoraConfig inherits them) that say how the adapter was initialised or
+#: trained, not what it computes (the weights come from the file): read with any value
+PEFT_LORA_ANY_FIELDS = (
+    "init_lora_weights", "loftq_config", "eva_config", "corda_config", "lora_ga_config", "fan_in_fan_out", "megatron_core",
+    "qalora_group_size", "runtime_config", "ensure_weight_tying",
+    "velora_config",  # VeLoRA changes only the backward pass
+)
+#: LoraConfig's fields this version does not implement, with PEFT's default (the only value read)
+PEFT_LORA_UNIMPLEMENTED_FIELDS = {
+    "lora_bias": False, "layer_replication": None, "use_qalora": False, "target_parameters": None, "megatron_config": None,
+    "trainable_token_indices": None, "alora_invocation_tokens": None, "monteclora_config": None, "use_bdlora": None,
+    "arrow_config": None, "kasa_config": None,
+}
+_PEFT_LORA_FIELDS = {
+    "LORA": (
+        ("r", "lora_alpha", "lora_dropout", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "bias",
+         *PeftMapping.TARGETING_FIELDS),
+        PEFT_LORA_ANY_FIELDS,
+        PEFT_LORA_UNIMPLEMENTED_FIELDS,
+    ),
+    "IA3": (("feedforward_modules", "target_modules", "exclude_modules", "modules_to_save"), ("init_ia3_weights", "fan_in_fan_out"), {}),
+}
+_PEFT_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<param>lora_A\.weight|lora_B\.weight|lora_magnitude_vector(\.weight)?|ia3_l)$")
+_PEFT_LORA_PARAMS = {"lora_A": "lora_A", "lora_B": "lora_B", "lora_magnitude_vector": "lora_magnitude", "ia3_l": "lora_B"}
+
+
+def _listed(value):
+    return list(value) if isinstance(value, (list, tuple, set)) else value
+
+
+def lora_config_from_peft(meta: dict, targeting: dict) -> LoRAConfig:
+    """Our :class:`~adapters.LoRAConfig` for PEFT's ``LORA`` or ``IA3`` config dict ``meta``
+    (``targeting``: the shared targeting fields, read already).
+
+    Example::
+
+        >>> lora_config_from_peft({"peft_type": "LORA", "r": 8, "lora_alpha": 16}, {"target_modules": ["q_proj"]}).alpha
+        16
+    """
+    if meta.get("peft_type") == "IA3":
+        return LoRAConfig(
+            r=1, alpha=1, composition_mode="scale", init_weights="ia3",
+            feedforward_modules=_listed(meta.get("feedforward_modules")), **targeting,
+        )
+    return LoRAConfig(
+        r=meta.get("r", 8),
+        alpha=meta.get("lora_alpha", 8),
+        dropout=meta.get("lora_dropout") or 0.0,
+        rank_pattern=meta.get("rank_pattern") or {},
+        alpha_pattern=meta.get("alpha_pattern") or {},
+        use_rslora=meta.get("use_rslora") or False,
+        use_dora=meta.get("use_dora") or False,
+        bias=meta.get("bias") or "none",
+        **targeting,
+    )
+
+
+def lora_key_from_peft(key: str, value: torch.Tensor, name: str):
+    """``(our key, value)`` for a PEFT LoRA / DoRA / (IA)³ weight key (relative to the wrapped
+    model), or None if it is none of theirs; (IA)³ input-scaling vectors ``(1, in)`` are
+    transposed to ``(in, 1)``.
+
+    Example::
+
+        >>> lora_key_from_peft("model.layers.0.self_attn.q_proj.lora_A.weight", A, "a")[0]
+        'model.layers.0.self_attn.q_proj.loras.a.lora_A'
+    """
+    match = _PEFT_LORA_KEY.match(re.sub(r"\.(lora_A|lora_B|lora_magnitude_vector|ia3_l)\.default(\.|$)", r".\1\2", key))
+    if match is None:
+        return None
+    param = match.group("param").split(".")[0]
+    if param == "ia3_l" and value.shape[0] == 1 and value.dim() == 2:
+        value = value.t().contiguous()
+    return f"{match.group('module')}.loras.{name}.{_PEFT_LORA_PARAMS[param]}", value
+
+
+def _lora_host_to_peft(host, lora, path: str, config: LoRAConfig, weights: dict) -> int:
+    """Adapter ``lora`` of ``host`` (at ``path``) in PEFT's keys, into ``weights``; returns the
+    rank PEFT sees (1 for (IA)³)."""
+    if config.composition_mode == "scale":
+        vector = lora.lora_B.detach()
+        if lora.out_index is not None:  # some parts of a fused projection: 1 on the others
+            vector = vector.new_ones(lora.out_features, 1).index_copy(0, lora.out_index, vector)
+        weights[f"{path}.ia3_l"] = (vector.t() if lora.scale_input else vector).contiguous()
+        return 1
+    lora_A, lora_B = lora.dense_factors()  # some parts of a fused projection: rank g·r over all of it
+    weights[f"{path}.lora_A.weight"] = lora_A.detach()
+    weights[f"{path}.lora_B.weight"] = lora_B.detach()
+    if lora.use_dora:
+        magnitude = lora.lora_magnitude.detach()
+        if lora.out_index is not None:  # rows it does not cover: their own norm, i.e. scale 1
+            norms = torch.linalg.norm(host.weight_out_in.detach().float(), dim=1).to(magnitude.dtype)
+            magnitude = norms.index_copy(0, lora.out_index, magnitude)
+        weights[f"{path}.lora_magnitude_vector"] = magnitude
+    return lora_A.shape[0]
+
+
+def lora_to_peft(model, name: str, config: LoRAConfig) -> tuple[dict, dict]:
+    """``(fields, weights)`` of LoRA-family adapter ``name`` in PEFT's ``LORA`` (or, for (IA)³,
+    ``IA3``) layout, weights keyed relative to the wrapped model. Module lists are written as exact
+    module paths, and per-module ranks / alphas as escaped patterns, so PEFT rebuilds exactly the
+    modules this adapter has.
+
+    Raises:
+        AdapterConfigError: the adapter is gated (PEFT has no gated LoRA).
+
+    Example::
+
+        >>> fields, weights = lora_to_peft(model, "lora", model.adapters_config.adapters["lora"])
+    """
+    if config.use_gating:
+        raise AdapterConfigError(f"Adapter {name!r} is gated; PEFT has no gated LoRA, so it cannot be written in PEFT's format.")
+    top_prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    paths = {id(m): top_prefix + p for p, m in model.base_model.named_modules()}
+    hosts = [h for h in model._adapter_hosts if isinstance(h, LinearHost) and name in h.loras]
+    targets, ranks, alphas, weights = [], {}, {}, {}
+    for host in hosts:
+        path, lora = paths[id(host)], host.loras[name]
+        targets.append(path)
+        rank = _lora_host_to_peft(host, lora, path, config, weights)
+        if config.composition_mode == "scale":
+            continue
+        if rank != config.r:
+            ranks[re.escape(path)] = rank
+        alpha = lora.scaling * (rank ** 0.5 if config.use_rslora else rank)
+        if abs(alpha - config.alpha) > 1e-9:
+            alphas[re.escape(path)] = alpha
+    for path, bias in lora_bias_parameters(model, name, config).items():
+        weights[top_prefix + path] = bias.detach()
+    fan_in_fan_out = any(host.fan_in_fan_out for host in hosts)  # transformers' Conv1D (GPT-2)
+    if config.composition_mode == "scale":
+        feedforward = [paths[id(h)] for h in hosts if h.loras[name].scale_input]
+        fields = dict(peft_type="IA3", feedforward_modules=feedforward, init_ia3_weights=True, fan_in_fan_out=fan_in_fan_out)
+    else:
+        fields = dict(
+            peft_type="LORA", r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, bias=config.bias,
+            use_rslora=config.use_rslora, use_dora=config.use_dora, rank_pattern=ranks, alpha_pattern=alphas,
+            fan_in_fan_out=fan_in_fan_out, init_lora_weights=True,
+        )
+    return {"target_modules": targets, **fields}, weights
+
+
+LORA_PEFT = PeftMapping(
+    "LORA", lora_config_from_peft, fields=_PEFT_LORA_FIELDS, field_names={"alpha": "lora_alpha", "dropout": "lora_dropout"},
+    convert_key=lora_key_from_peft, write=lora_to_peft,
+)
+
+
+register(MethodFamily(
+    name="lora", title="LoRA", blocks=LinearHost.supported_blocks, add=add_lora_modules, weight_delta=True,
+    interface_method="lora", base_parameters=lora_bias_parameters, check_setup=check_saved_modules_in_setup,
+    peft=LORA_PEFT,
+))

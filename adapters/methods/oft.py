@@ -39,7 +39,9 @@ from torch import nn
 from .. import logging
 from ..configuration.weight_transforms import OFTConfig
 from .caching import reuse_while_unchanged
-from .weight_transform import WeightTransform
+from ..errors import AdapterConfigError
+from .registry import PeftMapping
+from .weight_transform import WeightTransform, register_weight_transform
 
 logger = logging.get_logger(__name__)
 
@@ -179,3 +181,48 @@ class OFT(WeightTransform):
 
     def extra_repr(self) -> str:
         return f"blocks={self.r}, block_size={self.block_size}, block_share={self.block_share}, coft={self.coft}"
+
+
+def build_oft(config: OFTConfig, in_features: int, out_features: int, target, path_prefix: str) -> OFT:
+    """The OFT module of ``config`` for one targeted layer.
+
+    Example::
+
+        >>> build_oft(OFTConfig(oft_block_size=8), 64, 64, target, "bert.")
+    """
+    return OFT(in_features, out_features, config, target.out_slices)
+
+
+def _oft_from_peft(meta: dict, targeting: dict) -> OFTConfig:
+    if "oft_block_size" not in meta:
+        raise AdapterConfigError("This OFT checkpoint predates PEFT 0.14 (no oft_block_size); retrain it with a newer PEFT.")
+    return OFTConfig(
+        r=meta.get("r", 0), oft_block_size=meta.get("oft_block_size", 32), module_dropout=meta.get("module_dropout") or 0.0,
+        coft=bool(meta.get("coft")), eps=meta.get("eps", 6e-5), block_share=bool(meta.get("block_share")),
+        use_cayley_neumann=meta.get("use_cayley_neumann", True), num_cayley_neumann_terms=meta.get("num_cayley_neumann_terms", 5),
+        init_weights=meta.get("init_weights", True), **targeting,
+    )
+
+
+def _oft_to_peft(config: OFTConfig, hosts: list, name: str) -> dict:
+    fields = {f: getattr(config, f) for f in (
+        "r", "oft_block_size", "module_dropout", "coft", "eps", "block_share", "use_cayley_neumann",
+        "num_cayley_neumann_terms", "init_weights",
+    )}
+    # PEFT wants exactly one of the two non-zero: write the sizes actually used
+    blocks, sizes = {h.loras[name].r for h in hosts}, {h.loras[name].block_size for h in hosts}
+    if len(sizes) == 1:
+        fields.update(r=0, oft_block_size=sizes.pop())
+    elif len(blocks) == 1:
+        fields.update(r=blocks.pop(), oft_block_size=0)
+    return fields
+
+
+register_weight_transform("oft", "OFT", build_oft, PeftMapping(
+    "OFT", _oft_from_peft, _oft_to_peft, parameters=("oft_R",), weight_suffixed=("oft_R",),
+    fields={"OFT": (
+        ("r", "oft_block_size", "module_dropout", "init_weights", "coft", "eps", "block_share", "use_cayley_neumann",
+         "num_cayley_neumann_terms", "bias", *PeftMapping.TARGETING_FIELDS),
+        ("fan_in_fan_out",), {},
+    )},
+))

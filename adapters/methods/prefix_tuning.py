@@ -48,12 +48,22 @@ from transformers.activations import ACT2FN
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.prefix import PrefixTuningConfig
 from ..context import ForwardContext
-from ..errors import CompositionError
-from ..hooks.attention import AttentionContributor, KeyValueExtension, add_contributor, set_position_bias_module, tag_attention
+from ..compat import passed_cache
+from ..errors import AdapterConfigError, CompositionError
+from ..hooks.attention import (
+    AttentionContributor,
+    KeyValueExtension,
+    add_contributor,
+    set_position_bias_module,
+    tag_attention,
+    use_adapter_attention,
+)
+from ..hooks.joined_cache import cache_layer_lists
 from ..hooks.patching import swap_class
 from ..hooks.spec import layer_stacks, stack_config
-from ..hooks.engine import ComposableLayer, remove_host_mixin, setup_members
+from ..hooks.engine import HostCapabilities, ComposableLayer, remove_host_mixin, setup_members
 from .caching import reuse_while_unchanged
+from .registry import MethodFamily, register
 
 __all__ = [
     "PrefixTuning",
@@ -65,7 +75,14 @@ __all__ = [
     "install_prefix_tuning",
     "uninstall_prefix_tuning",
     "prefix_shapes",
+    "check_prefix_config",
+    "add_prefix_modules",
+    "prepare_prefixes",
+    "eject_prefix",
 ]
+
+#: the name of the prefix pool in the base model (AdapterHub's key: ``prefix_tuning.prefix_tunings.<name>``)
+POOL_NAME = "prefix_tuning"
 
 
 class PrefixShape(NamedTuple):
@@ -187,7 +204,7 @@ def _parameters_of(module: nn.Module) -> list[nn.Parameter]:
     return found
 
 
-class PrefixTuningPool(nn.Module):
+class PrefixTuningPool(HostCapabilities, nn.Module):
     """All prefix-tuning adapters of one model (``base_model.prefix_tuning``).
 
     ``prefix_tunings[name][f"{location}_prefix"]`` produces that location's prefix for every
@@ -353,7 +370,7 @@ class _RecordsAttentionInput:
         context = ForwardContext.get_context()
         if context is not None and context.attention_extended:
             hidden = args[0] if args else kwargs.get("hidden_states")
-            context.residuals[("attention_input", id(self))] = hidden
+            context.hook_values[("attention_input", id(self))] = hidden
         return super().forward(*args, **kwargs)
 
 
@@ -370,7 +387,7 @@ class _ShiftsPositions:
 
     def forward(self, *args, **kwargs):
         context = ForwardContext.get_context()
-        offsets = context.residuals.get(POSITION_OFFSETS) if context is not None else None
+        offsets = context.hook_values.get(POSITION_OFFSETS) if context is not None else None
         if offsets is None:
             return super().forward(*args, **kwargs)
         position_ids = kwargs.get("position_ids")
@@ -438,7 +455,7 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
             states = context.prefix_states[setup]
             keys, values = states.keys_values(self.location, self.__dict__["prefix_index"], key.shape[0], key.dtype)
             return KeyValueExtension(keys, values, None, states.shift_positions, kept=True)
-        hidden = context.residuals.get(("attention_input", id(module))) if gated else None
+        hidden = context.hook_values.get(("attention_input", id(module))) if gated else None
         state = self.compose(setup, PrefixState(None, None, None, key.shape[0], hidden))
         if state.keys is None:
             return None
@@ -589,7 +606,7 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
         >>> pool = install_prefix_tuning(model)
     """
     base = model.base_model
-    pool = base._modules.get("prefix_tuning")
+    pool = base._modules.get(POOL_NAME)
     if pool is not None:
         return pool
     spec = model.__dict__["_adapters_spec"]
@@ -597,7 +614,7 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
     shapes = prefix_shapes(model, sites)
     pool = PrefixTuningPool(shapes)
     pool.__dict__["causal"] = any(bool(getattr(site[2], "is_causal", False)) for site in sites)
-    base.add_module("prefix_tuning", pool)
+    base.add_module(POOL_NAME, pool)
     model._adapter_hosts.append(pool)
     for layer_idx, location, attention, index, config in sites:
         tag_attention(attention, layer_idx, location)
@@ -656,7 +673,7 @@ def uninstall_prefix_tuning(model) -> None:
         False
     """
     base = model.base_model
-    pool = base._modules.get("prefix_tuning")
+    pool = base._modules.get(POOL_NAME)
     if pool is None or len(pool.prefix_tunings):
         return
     removed = [pool]
@@ -679,3 +696,376 @@ def record_attention_inputs(pool: PrefixTuningPool) -> None:
     """Make the attention modules hand their input to the gates (needed once a gated prefix exists)."""
     for host in pool.__dict__["layer_hosts"]:
         swap_class(host.__dict__["attention"], _RecordsAttentionInput)
+
+
+# -- the prefix-tuning family on a model: checks, creation, per-pass preparation, registration -------
+
+
+def check_prefix_config(model, config: PrefixTuningConfig) -> None:
+    """Refuse ``shift_positions`` where this model cannot renumber positions for the prefix.
+
+    Example::
+
+        >>> check_prefix_config(t5, PrefixTuningConfig(shift_positions=True))   # raises: encoder prefix on
+    """
+    spec = model.__dict__["_adapters_spec"]
+    if config.shift_positions and spec.is_encoder_decoder:
+        if config.encoder_prefix or config.cross_prefix:
+            raise AdapterConfigError(
+                f"shift_positions=True on {spec.name} describes a prefix fed to the decoder as past keys/values "
+                f"(PEFT's layout): only the decoder's self-attention carries it. Set encoder_prefix=False and "
+                f"cross_prefix=False, or shift_positions=False."
+            )
+    elif config.shift_positions and "position_ids" not in model._forward_argument_names():
+        raise AdapterConfigError(
+            f"shift_positions=True renumbers positions through position_ids, which {type(model).__name__}.forward "
+            f"does not take; use shift_positions=False."
+        )
+
+
+def add_prefix_modules(model, name: str, config: PrefixTuningConfig, device, dtype) -> bool:
+    """Create the prefix of adapter ``name`` in the pool (and its gates in the layers); returns
+    whether any attention module takes it.
+
+    Example::
+
+        >>> add_prefix_modules(model, "prefix", PrefixTuningConfig(prefix_length=10), "cpu", torch.float32)
+        True
+    """
+    pool = install_prefix_tuning(model)
+    if not pool.add_adapter(name, config):
+        return False
+    pool.prefix_tunings[name].to(device=device, dtype=dtype).train(model.training)
+    if config.use_gating:
+        record_attention_inputs(pool)
+        for host in pool.__dict__["layer_hosts"]:
+            if pool.covers(name, host.layer_idx, host.location):
+                host.add_gate(name, config)
+                host.prefix_gates[name].to(device=device, dtype=dtype).train(model.training)
+    use_adapter_attention(model)
+    return True
+
+
+def prepare_prefixes(model, context: ForwardContext, call) -> None:
+    """Before a forward pass: compute the active prefixes once for the pass, route attention
+    through the wrapper, and set the positions the prefixes ask for (see :func:`_set_positions`).
+    For a stack entered on its own (``call.entry``: an encoder run by ``generate``) the inputs
+    stay as they are.
+
+    Example::
+
+        >>> prepare_prefixes(model, context, call)     # run by the model's forward
+    """
+    pool = model.base_model._modules.get(POOL_NAME)
+    if context.setup is None or pool is None or not pool.prepare_forward(context):
+        return
+    use_adapter_attention(model)
+    if call.entry:
+        return
+    kwargs = call.keyword_arguments()
+    context.kv_cache_layers = cache_layer_lists(passed_cache(kwargs))
+    _set_positions(model, pool, context, kwargs)
+
+
+def _set_positions(model, pool, context: ForwardContext, kwargs: dict) -> None:
+    """The ``position_ids`` active prefixes ask for: shifted by the prefix length
+    (``shift_positions``, PEFT's convention), or, in causal models without given positions,
+    each row's real tokens numbered from 0 — the prefix keys carry no position, so a row's
+    result does not depend on its (left) padding."""
+    offsets = pool.position_offsets(context.setup, *_batch_and_device(kwargs))
+    if offsets is not None and model.__dict__["_adapters_spec"].is_encoder_decoder:
+        context.hook_values[POSITION_OFFSETS] = offsets  # the decoder's position embedding reads them
+        return
+    if offsets is not None:
+        kwargs["position_ids"] = _position_ids(kwargs) + offsets[:, None]
+        return
+    mask = kwargs.get("attention_mask")
+    if (
+        pool.__dict__.get("causal")
+        and "position_ids" in model._forward_argument_names()
+        and kwargs.get("position_ids") is None
+        and isinstance(mask, torch.Tensor)
+        and mask.dim() == 2
+    ):
+        length = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
+        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+def _batch_and_device(kwargs):
+    for name in ("input_ids", "inputs_embeds", "input_features", "pixel_values", "decoder_input_ids"):
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor):
+            return value.shape[0], value.device
+    raise AdapterConfigError(
+        f"Prefix tuning with shift_positions=True numbers positions from the input, but the forward call got none "
+        f"of input_ids / inputs_embeds (arguments: {sorted(kwargs)}); pass input_ids or inputs_embeds."
+    )
+
+
+def _position_ids(kwargs) -> torch.Tensor:
+    """The position ids the model would use: the given ones, else ``past + arange(T)``."""
+    if kwargs.get("position_ids") is not None:
+        return kwargs["position_ids"]
+    inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+    cache = passed_cache(kwargs)
+    past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    return (torch.arange(inputs.shape[1], device=inputs.device) + past).unsqueeze(0)
+
+
+def eject_prefix(model, name: str, config: PrefixTuningConfig) -> PrefixTuningConfig:
+    """Replace adapter ``name``'s MLP reparameterisation by the flat prefix it produces; returns
+    its new config (``flat=True``). Raises if the adapter has no prefix in the pool.
+
+    Example::
+
+        >>> eject_prefix(model, "prefix", model.adapters_config.adapters["prefix"])
+    """
+    pool = model.base_model._modules.get(POOL_NAME)
+    if pool is None or name not in pool.prefix_tunings:
+        raise AdapterConfigError(
+            f"Adapter {name!r} has no prefix tuning to eject; eject_prefix_tuning takes a prefix-tuning adapter "
+            f"(this model's: {sorted(pool.prefix_tunings) if pool is not None else []})."
+        )
+    pool.eject(name)
+    return config.replace(flat=True)
+
+
+# -- prefix tuning in PEFT's format (PREFIX_TUNING) -----------------------------------------------------
+# PEFT stores the prefix it feeds to the model as past keys/values: ``prompt_embeddings``
+# (P, L·2·token_dim) (an MLP reparameterisation already applied), with num_virtual_tokens, num_layers,
+# num_attention_heads (key/value heads) and token_dim (heads × head size). Here it is a flat prefix
+# with shift_positions (the real tokens are numbered from P). On an encoder-decoder
+# (num_transformer_submodules=2) the cache is the decoder's: only the decoder self-attention gets a
+# prefix (encoder_prefix=cross_prefix=False), decoder layer i the one PEFT stores for layer 2i mod L
+# (see prefix_from_peft).
+from ..configuration.validation import check_int
+from .registry import PeftMapping
+
+#: PEFT's key of the prefix (the prompt encoder's embedding, at the top level of the file)
+PEFT_PROMPT_KEY = PeftMapping.PROMPT_KEY
+_PEFT_PREFIX_FIELDS = {
+    "PREFIX_TUNING": (
+        ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"),
+        # the saved prompt_embeddings already went through a projection; the init does not matter
+        ("prefix_projection", "encoder_hidden_size", "init_weights"),
+        {"modules_to_save": None},
+    ),
+}
+
+
+def _peft_submodules(meta: dict) -> int:
+    """PEFT's ``num_transformer_submodules`` (unset: 2 for ``SEQ_2_SEQ_LM``, else 1, as PEFT decides)."""
+    submodules = meta.get("num_transformer_submodules")
+    if submodules is None:
+        submodules = 2 if meta.get("task_type") == "SEQ_2_SEQ_LM" else 1
+    return int(submodules)
+
+
+def prefix_config_from_peft(meta: dict, targeting: dict) -> PrefixTuningConfig:
+    """Our config for PEFT's ``PREFIX_TUNING`` config dict ``meta``: PEFT saves a prefix as the flat
+    prompt it produces (``prompt_embeddings``, ``(P, L·2·kv_dim)``, the MLP already applied), fed to
+    the model as past keys/values: positions shift by ``P``. On an encoder-decoder
+    (``num_transformer_submodules=2``) that cache is the decoder's: only the decoder self-attention
+    gets a prefix (see :func:`prefix_from_peft`). ``targeting`` is unused (PEFT's prefix covers
+    every layer).
+
+    Example::
+
+        >>> prefix_config_from_peft({"num_virtual_tokens": 8, "num_layers": 12, "num_attention_heads": 12,
+        ...                          "token_dim": 768}, {}).prefix_length
+        8
+    """
+    for field in ("num_layers", "num_attention_heads", "token_dim"):  # read by prefix_from_peft
+        check_int("PEFT PrefixTuningConfig", field, meta.get(field), minimum=1)
+    check_int("PEFT PrefixTuningConfig", "num_transformer_submodules", meta.get("num_transformer_submodules"), minimum=1, maximum=2, optional=True)
+    seq2seq = _peft_submodules(meta) == 2
+    return PrefixTuningConfig(
+        prefix_length=meta.get("num_virtual_tokens"), flat=True, shift_positions=True,
+        encoder_prefix=not seq2seq, cross_prefix=not seq2seq,
+    )
+
+
+def _peft_prefix_rows(n_layers: int, peft_layers: int) -> list[int]:
+    """The row of PEFT's prefix that decoder layer ``i`` of an encoder-decoder reads, for each ``i``.
+
+    PEFT 0.21 views the prefix as ``(P, 2L, H, D)``, concatenates it with itself along the ``2L``
+    axis and cuts the result into groups of four (self key, self value, cross key, cross value),
+    one per decoder layer; the cross-attention part is dropped again. Layer ``i`` therefore reads
+    rows ``4i, 4i+1`` of the doubled axis, i.e. the keys and values PEFT stores for its layer
+    ``2i mod L`` (with even ``L`` the odd rows are never read)."""
+    return [(2 * i) % peft_layers for i in range(n_layers)]
+
+
+def _check_peft_submodules(spec, submodules: int) -> None:
+    """PEFT builds an encoder-decoder's cache right only with 2 submodules, any other's with 1."""
+    if spec.is_encoder_decoder and submodules != 2:
+        raise AdapterConfigError(
+            f"PEFT prefix with num_transformer_submodules={submodules} on the encoder-decoder {spec.name}: PEFT builds "
+            f"the decoder's cache correctly only with 2 (task_type='SEQ_2_SEQ_LM')."
+        )
+    if not spec.is_encoder_decoder and submodules != 1:
+        raise AdapterConfigError(
+            f"PEFT prefix with num_transformer_submodules={submodules} is for encoder-decoder models; {spec.name} has "
+            f"one stack of layers (1)."
+        )
+
+
+def prefix_from_peft(model, meta: dict, prompt: torch.Tensor) -> torch.Tensor:
+    """PEFT's ``prompt_embeddings`` ``(P, L·2·H·D)`` -> this library's flat prefix of the model's
+    prefix sites (decoder-only: every layer; encoder-decoder: the decoder's self-attention, layer
+    ``i`` from PEFT's row ``2i mod L``: PEFT doubles the ``2L`` key/value rows and cuts them into
+    groups of four per decoder layer).
+
+    Raises:
+        AdapterConfigError: the checkpoint's sizes or layout do not fit ``model`` (the message says
+            which; :func:`~adapters.loading.load_adapter` raises it as an AdapterLoadError naming the file).
+
+    Example::
+
+        >>> flat = prefix_from_peft(t5, meta, weights["prompt_embeddings"])
+    """
+    spec = model.__dict__["_adapters_spec"]
+    _check_peft_submodules(spec, _peft_submodules(meta))
+    shape = prefix_shapes(model)["self"]
+    length, peft_layers = int(meta["num_virtual_tokens"]), int(meta["num_layers"])
+    heads, token_dim = int(meta["num_attention_heads"]), int(meta["token_dim"])
+    if heads != shape.n_heads or token_dim != shape.n_heads * shape.head_dim:
+        raise AdapterConfigError(
+            f"PEFT prefix for {heads} key/value heads of size {token_dim // max(heads, 1)} (num_attention_heads={heads}, "
+            f"token_dim={token_dim}), but this model's attention has {shape.n_heads} of size {shape.head_dim}."
+        )
+    if tuple(prompt.shape) != (length, peft_layers * 2 * token_dim):
+        raise AdapterConfigError(
+            f"PEFT prompt_embeddings has shape {tuple(prompt.shape)}, expected {(length, peft_layers * 2 * token_dim)} "
+            f"(num_virtual_tokens, num_layers·2·token_dim)."
+        )
+    if not spec.is_encoder_decoder:
+        if peft_layers != shape.n_layers:
+            raise AdapterConfigError(
+                f"PEFT prefix for num_layers={peft_layers}, but this model has {shape.n_layers} layers; it loads into a "
+                f"model with {peft_layers} layers only."
+            )
+        return prompt
+    if shape.n_layers > peft_layers:
+        raise AdapterConfigError(
+            f"PEFT prefix for num_layers={peft_layers}, but this model's decoder has {shape.n_layers} layers (PEFT's "
+            f"cache would miss the last ones)."
+        )
+    per_layer = prompt.reshape(length, peft_layers, 2 * token_dim)
+    return per_layer[:, _peft_prefix_rows(shape.n_layers, peft_layers)].reshape(length, -1)
+
+
+def _prefix_weights_from_peft(model, meta: dict, state: dict) -> dict:
+    """``state`` with PEFT's prefix made this model's (:func:`prefix_from_peft`)."""
+    if PEFT_PROMPT_KEY not in state:
+        return state
+    return {**state, PEFT_PROMPT_KEY: prefix_from_peft(model, meta, state[PEFT_PROMPT_KEY])}
+
+
+def _prefix_key_from_peft(key: str, value: torch.Tensor, name: str):
+    """PEFT's ``prompt_embeddings`` (after :func:`prefix_from_peft`) is the flat prefix of every layer."""
+    if key != PEFT_PROMPT_KEY:
+        return None
+    return f"{POOL_NAME}.prefix_tunings.{name}.self_prefix.control_trans", value.reshape(-1)
+
+
+def _peft_task_type(model) -> str:
+    """The PEFT ``task_type`` whose model class feeds the prefix to ``model`` as it runs here:
+    ``SEQ_2_SEQ_LM`` (encoder-decoders), ``CAUSAL_LM`` (models that generate), else
+    ``FEATURE_EXTRACTION`` (passes the prefix to any other model, heads included, untouched;
+    PEFT's ``SEQ_CLS`` would also expect a trained copy of the classifier)."""
+    if model.__dict__["_adapters_spec"].is_encoder_decoder:
+        return "SEQ_2_SEQ_LM"
+    return "CAUSAL_LM" if model.can_generate() else "FEATURE_EXTRACTION"
+
+
+def _check_prefix_writable(model, name: str, config: PrefixTuningConfig) -> None:
+    """PEFT feeds the prefix to the model as past keys/values, so only prefixes that compute the
+    same are written: ungated, in every layer, with ``shift_positions``, and on an encoder-decoder
+    in the decoder's self-attention only."""
+    spec = model.__dict__["_adapters_spec"]
+    problems = []
+    if config.use_gating:
+        problems.append("it is gated (PEFT has no prefix gates)")
+    if config.leave_out:
+        problems.append(f"it leaves out layers {list(config.leave_out)} (PEFT's prefix covers every layer)")
+    if spec.is_encoder_decoder and (config.encoder_prefix or config.cross_prefix):
+        problems.append(
+            "it has prefixes in the encoder or in cross-attention (PEFT's encoder-decoder prefix reaches the decoder's "
+            "self-attention only; use encoder_prefix=False, cross_prefix=False)"
+        )
+    if not config.shift_positions:
+        problems.append(
+            "it has shift_positions=False (PEFT feeds the prefix as past keys/values, which numbers the tokens from "
+            "prefix_length on; use shift_positions=True)"
+        )
+    if problems:
+        raise AdapterConfigError(f"Prefix adapter {name!r} cannot be written in PEFT's format: {'; '.join(problems)}.")
+
+
+def prefix_to_peft(model, name: str, config: PrefixTuningConfig) -> tuple[dict, dict]:
+    """``(fields, weights)`` of prefix adapter ``name`` in PEFT's ``PREFIX_TUNING`` layout:
+    ``prompt_embeddings`` ``(P, L·2·H·D)``, the flat prefix of every layer (an MLP
+    reparameterisation written as the prefix it produces), with the config PEFT needs to rebuild it.
+
+    Raises:
+        AdapterConfigError: PEFT would compute something else (see the message).
+
+    Example::
+
+        >>> fields, weights = prefix_to_peft(model, "prefix", model.adapters_config.adapters["prefix"])
+    """
+    _check_prefix_writable(model, name, config)
+    spec = model.__dict__["_adapters_spec"]
+    group = model.base_model._modules[POOL_NAME].prefix_tunings[name]
+    shape = group["self_prefix"].shape
+    length, token_dim = config.prefix_length, shape.n_heads * shape.head_dim
+    with torch.no_grad():
+        ours = group["self_prefix"].flat_prefix().detach().reshape(length, shape.n_layers, 2 * token_dim)
+    peft_layers = shape.n_layers
+    if spec.is_encoder_decoder:
+        peft_layers = _peft_layers_for(model, ours)
+        stored = ours.new_zeros(length, peft_layers, 2 * token_dim)  # rows PEFT never reads stay zero
+        stored[:, _peft_prefix_rows(shape.n_layers, peft_layers)] = ours
+        ours = stored
+    fields = {
+        "task_type": _peft_task_type(model),
+        "num_virtual_tokens": length,
+        "num_layers": peft_layers,
+        "token_dim": token_dim,
+        "num_attention_heads": shape.n_heads,
+        "encoder_hidden_size": token_dim,
+        "num_transformer_submodules": 2 if spec.is_encoder_decoder else 1,
+        "prefix_projection": False,
+    }
+    return fields, {PEFT_PROMPT_KEY: ours.reshape(length, -1)}
+
+
+def _peft_layers_for(model, ours: torch.Tensor) -> int:
+    """PEFT's ``num_layers`` for a decoder prefix ``ours`` ``(P, D, 2·token_dim)``: the model's own
+    layer count (what PEFT picks itself) where layer ``i`` reading row ``2i mod L`` can give every
+    decoder layer its prefix (always with odd ``L``; with even ``L`` layers ``i`` and ``i + L/2``
+    must have equal prefixes), else the smallest odd count ``≥ D`` (``2i mod L`` is then one-to-one)."""
+    n_layers = ours.shape[1]
+    own = getattr(model.config, "num_hidden_layers", None)
+    if own is not None and own >= n_layers:
+        rows = _peft_prefix_rows(n_layers, own)
+        first = {}
+        if all(torch.equal(ours[:, first.setdefault(row, i)], ours[:, i]) for i, row in enumerate(rows)):
+            return own
+    return n_layers if n_layers % 2 else n_layers + 1
+
+
+PREFIX_TUNING_PEFT = PeftMapping(
+    "PREFIX_TUNING", prefix_config_from_peft, fields=_PEFT_PREFIX_FIELDS, field_names={"prefix_length": "num_virtual_tokens"},
+    shares_targeting=False, prompt_learning=True, load_weights=_prefix_weights_from_peft, convert_key=_prefix_key_from_peft,
+    write=prefix_to_peft,
+)
+
+
+register(MethodFamily(
+    name="prefix_tuning", title="Prefix tuning", blocks=PrefixTuningLayer.supported_blocks, add=add_prefix_modules,
+    check=check_prefix_config, remove_unused=uninstall_prefix_tuning, installed=lambda model: POOL_NAME in model.base_model._modules,
+    before_forward=prepare_prefixes, enters_attention=True, interface_method="prefix_tuning", eject=eject_prefix,
+    peft=PREFIX_TUNING_PEFT,
+))

@@ -41,9 +41,17 @@ from ..composition import Stack
 from ..configuration.prefix import PromptTuningConfig
 from ..context import ForwardContext
 from ..errors import AdapterConfigError
-from ..hooks.engine import setup_members
+from ..hooks.engine import HostCapabilities, setup_members
+from ..hooks.signatures import as_keyword_arguments
+from .registry import MethodFamily, register
 
-__all__ = ["PromptTuning", "PromptTuningPool", "install_prompt_tuning", "uninstall_prompt_tuning"]
+__all__ = [
+    "PromptTuning", "PromptTuningPool", "install_prompt_tuning", "uninstall_prompt_tuning", "add_prompt_modules",
+    "join_prompts", "encoder_inputs_with_prompts", "decoder_inputs_with_prompts",
+]
+
+#: the name of the prompt pool in the base model (AdapterHub's key: ``prompt_tuning.prompt_tunings.<name>``)
+POOL_NAME = "prompt_tuning"
 
 
 class PromptTuning(nn.Module):
@@ -74,7 +82,7 @@ class PromptTuning(nn.Module):
         return self.prompt_embedding.weight
 
 
-class PromptTuningPool(nn.Module):
+class PromptTuningPool(HostCapabilities, nn.Module):
     """All soft prompts of one model (``base_model.prompt_tuning``); a host like the others.
 
     Example::
@@ -214,7 +222,7 @@ def install_prompt_tuning(model) -> PromptTuningPool:
         ModuleDict()
     """
     base = model.base_model
-    pool = base._modules.get("prompt_tuning")
+    pool = base._modules.get(POOL_NAME)
     if pool is None:
         pool = PromptTuningPool()
         embeddings = base.get_submodule(model.__dict__["_adapters_spec"].embeddings)
@@ -222,7 +230,7 @@ def install_prompt_tuning(model) -> PromptTuningPool:
             # the embedding module adds positions and a norm: join the prompt to its output
             pool.__dict__["embedding_output_module"] = embeddings
             embeddings.register_forward_hook(_join_pending_prompt)
-        base.add_module("prompt_tuning", pool)
+        base.add_module(POOL_NAME, pool)
         model._adapter_hosts.append(pool)
     return pool
 
@@ -238,7 +246,7 @@ def uninstall_prompt_tuning(model) -> None:
         False
     """
     base = model.base_model
-    pool = base._modules.get("prompt_tuning")
+    pool = base._modules.get(POOL_NAME)
     if pool is None or len(pool.prompt_tunings):
         return
     embeddings = pool.__dict__.get("embedding_output_module")
@@ -247,9 +255,120 @@ def uninstall_prompt_tuning(model) -> None:
             del embeddings._forward_hooks[key]
             embeddings._forward_hooks_with_kwargs.pop(key, None)
             embeddings._forward_hooks_always_called.pop(key, None)
-    del base._modules["prompt_tuning"]
+    del base._modules[POOL_NAME]
     hosts = model._adapter_hosts
     hosts[:] = [host for host in hosts if host is not pool]
 
 
 PROMPT_BLOCKS = (Stack,)
+
+
+# -- the prompt-tuning family on a model: creation, joining prompts to the inputs, registration -----
+
+
+def add_prompt_modules(model, name: str, config: PromptTuningConfig, device, dtype) -> bool:
+    """Create the soft prompt of adapter ``name`` (initialised from ``prompt_init``).
+
+    Example::
+
+        >>> add_prompt_modules(model, "prompt", PromptTuningConfig(prompt_length=10), "cpu", torch.float32)
+        True
+    """
+    init_ids = None
+    token_embeddings = model.get_input_embeddings()
+    if not isinstance(token_embeddings, nn.Embedding):  # ViT: patch embeddings, no vocabulary
+        if config.prompt_init == "from_string":
+            raise AdapterConfigError(
+                f"prompt_init='from_string' copies token embeddings, but {type(model).__name__} embeds "
+                f"{type(token_embeddings).__name__} inputs, not tokens; use prompt_init='random_uniform'."
+            )
+        token_embeddings = model.config.hidden_size  # the prompt joins the embedding output
+    if config.prompt_init == "from_string":
+        init_ids = _prompt_init_ids(model, config)
+    pool = install_prompt_tuning(model)
+    seed = config.init_weights_seed
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        prompt = PromptTuning(config, token_embeddings, init_ids)
+    pool.prompt_tunings[name] = prompt.to(device=device, dtype=dtype).train(model.training)
+    pool._invalidate_setup_cache()
+    return True
+
+
+def _prompt_init_ids(model, config: PromptTuningConfig) -> list[int]:
+    """The token ids of ``prompt_init_text`` (``prompt_init='from_string'``)."""
+    from transformers import AutoTokenizer
+
+    source = config.tokenizer_name_or_path or getattr(model.config, "name_or_path", None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as error:
+        raise AdapterConfigError(
+            f"prompt_init='from_string' needs a tokenizer for prompt_init_text, but {source!r} could not be "
+            f"loaded ({type(error).__name__}); set tokenizer_name_or_path in the PromptTuningConfig."
+        ) from error
+    init_ids = tokenizer(config.prompt_init_text, add_special_tokens=False)["input_ids"]
+    if not init_ids:
+        raise AdapterConfigError(
+            f"prompt_init_text={config.prompt_init_text!r} tokenizes to no tokens; give a text of at least one token."
+        )
+    return init_ids
+
+
+def join_prompts(model, context: ForwardContext, call) -> None:
+    """Before a forward pass of a single-stack model: join the active soft prompts to the inputs
+    (an encoder-decoder's encoder joins them itself, see :func:`encoder_inputs_with_prompts`).
+
+    Example::
+
+        >>> join_prompts(model, context, call)     # run by the model's forward
+    """
+    pool = model.base_model._modules.get(POOL_NAME)
+    if context.setup is None or pool is None or call.entry or model.__dict__["_adapters_spec"].is_encoder_decoder:
+        return
+    if pool.names_in(context.setup):
+        call.set_keyword_arguments(pool.prepare_forward(model, context, call.keyword_arguments()))
+
+
+def encoder_inputs_with_prompts(model, encoder, context: ForwardContext, kwargs: dict) -> dict:
+    """An encoder-decoder's encoder input with the active soft prompts joined (``[S ; E[x]]``, the
+    attention mask with ``P`` ones).
+
+    Example::
+
+        >>> kwargs = encoder_inputs_with_prompts(t5, t5.encoder, context, {"input_ids": ids})
+    """
+    pool = model.base_model._modules.get(POOL_NAME)
+    return kwargs if context is None or pool is None else pool.prepare_forward(encoder, context, kwargs)
+
+
+def decoder_inputs_with_prompts(model, decoder, context: ForwardContext, args: tuple, kwargs: dict) -> tuple:
+    """While soft prompts lengthen the encoder output by ``P`` positions, the decoder's
+    cross-attention mask (given for the ``T`` input tokens) gets ``P`` ones at the prompt's place.
+
+    Example::
+
+        >>> args, kwargs = decoder_inputs_with_prompts(bart, bart.model.decoder, context, (), kwargs)
+    """
+    pool = model.base_model._modules.get(POOL_NAME)
+    at, length = (0, 0) if context is None or pool is None else pool.span(context.setup)
+    if not length:
+        return args, kwargs
+    kwargs = as_keyword_arguments(decoder, args, kwargs)
+    mask, states = kwargs.get("encoder_attention_mask"), kwargs.get("encoder_hidden_states")
+    if (
+        isinstance(mask, torch.Tensor) and mask.dim() == 2 and isinstance(states, torch.Tensor)
+        and states.shape[1] == mask.shape[1] + length
+    ):
+        block = mask.new_ones(mask.shape[0], length)
+        kwargs["encoder_attention_mask"] = torch.cat([mask[:, :at], block, mask[:, at:]], dim=1)
+    return (), kwargs
+
+
+register(MethodFamily(
+    name="prompt_tuning", title="Prompt tuning", blocks=PROMPT_BLOCKS, add=add_prompt_modules,
+    remove_unused=uninstall_prompt_tuning, installed=lambda model: POOL_NAME in model.base_model._modules,
+    before_forward=join_prompts, encoder_inputs=encoder_inputs_with_prompts, decoder_inputs=decoder_inputs_with_prompts,
+    interface_method="prompt_tuning",
+))

@@ -30,10 +30,13 @@ import torch
 from torch import nn
 
 from ..composition import AdapterCompositionBlock, BatchSplit, Parallel, Split
-from ..errors import CompositionError
+from ..errors import AdapterConfigError, CompositionError
 from ..hooks.engine import ComposableLayer, batch_branches, remove_host_mixin
+from ..hooks.patching import swap_class
+from ..hooks.targeting import OWN_MODULES, closest_names, first_layers, layer_of, matches_modules
 
-__all__ = ["SavedModuleHost", "plain_copy", "check_saved_module_setup"]
+__all__ = [
+    "add_saved_modules", "saved_module_paths", "check_saved_modules_in_setup","SavedModuleHost", "plain_copy", "check_saved_module_setup"]
 
 CONTAINER = "modules_to_save"
 
@@ -71,6 +74,8 @@ class SavedModuleHost(ComposableLayer):
     """
 
     method = CONTAINER
+    keeps_module_copies = True
+    removed_when_empty = True
 
     def init_adapter_layer(self, layer_idx: int, location: str) -> None:
         self._init_composable(layer_idx, location)
@@ -214,3 +219,86 @@ def _row_groups(setup) -> list[list[str]]:
     if isinstance(setup, (Parallel, BatchSplit)):
         return [group for groups in child_groups for group in groups]
     return [sum(combo, []) for combo in itertools.product(*child_groups)]
+
+
+def add_saved_modules(model, name: str, module_names) -> None:
+    """Give adapter ``name`` its own trainable copy of every module ``module_names`` matches
+    (PEFT's ``modules_to_save``; anywhere in the model, heads included). Checks every match
+    before changing anything.
+
+    Example::
+
+        >>> add_saved_modules(model, "task", ["classifier"])
+        >>> model.classifier.modules_to_save["task"]
+        Linear(in_features=32, out_features=2, bias=True)
+    """
+    modules = {p: m for p, m in model.named_modules() if p and not OWN_MODULES.search(p)}
+    found = [p for p in modules if matches_modules(p, module_names)]
+    found = [p for p in found if not any(p.startswith(q + ".") for q in found)]  # outermost only
+    if not found:
+        raise AdapterConfigError(
+            f"modules_to_save={list(module_names)!r} matches no module of this model. Closest module names: "
+            f"{', '.join(closest_names(' '.join(module_names), modules))}."
+        )
+    _check_copyable(modules, found)
+    prefix = "" if model.base_model is model else model.base_model_prefix + "."
+    spec = model.__dict__["_adapters_spec"]
+    for path in found:
+        module = modules[path]
+        if not isinstance(module, SavedModuleHost):
+            swap_class(module, SavedModuleHost)
+            inner = path[len(prefix):] if path.startswith(prefix) else path
+            module.init_adapter_layer(layer_of(inner, spec, None, first_layers(model.base_model, spec))[0], path)
+            model._adapter_hosts.append(module)
+        module.add_copy(name)
+        module.modules_to_save[name].train(model.training)
+
+
+def _check_copyable(modules: dict, found: list) -> None:
+    """Refuse copies of modules that host adapters or share a parameter with a module outside them."""
+    inside = lambda path: any(path == f or path.startswith(f + ".") for f in found)  # noqa: E731
+    outside = {id(p) for path, m in modules.items() if not inside(path) for p in m.parameters(recurse=False)}
+    for path in found:
+        module = modules[path]
+        hosts = [sub for sub in module.modules() if isinstance(sub, ComposableLayer) and not isinstance(sub, SavedModuleHost)]
+        if hosts:
+            raise AdapterConfigError(
+                f"modules_to_save: {path!r} already hosts adapters (e.g. {type(hosts[0]).__name__}); a copy "
+                f"cannot carry them. Leave {path!r} out of target_modules, or out of modules_to_save."
+            )
+        tied = [n for n, p in module.named_parameters() if id(p) in outside]
+        if tied:
+            raise AdapterConfigError(
+                f"modules_to_save: {path}.{tied[0]} is shared with another module (tied weights, e.g. tied "
+                f"input embeddings and LM head); a separate copy would untie them. Train it with the base "
+                f"model instead, or untie the weights first."
+            )
+
+
+def saved_module_paths(model) -> dict[str, set[str]]:
+    """adapter -> the module paths it keeps copies of (``modules_to_save``).
+
+    Example::
+
+        >>> saved_module_paths(model)
+        {'task': {'classifier'}}
+    """
+    paths: dict[str, set[str]] = {}
+    for host in model._adapter_hosts:
+        if isinstance(host, SavedModuleHost):
+            for name in host.modules_to_save:
+                paths.setdefault(name, set()).add(host.location)
+    return paths
+
+
+def check_saved_modules_in_setup(model, setup) -> None:
+    """Refuse a setup that splits the rows of one module copy between adapters that keep
+    different copies (see :func:`check_saved_module_setup`); for a family's ``check_setup``.
+
+    Example::
+
+        >>> check_saved_modules_in_setup(model, Parallel("a", "b"))
+    """
+    copies = saved_module_paths(model)
+    if copies:
+        check_saved_module_setup(setup, copies)
