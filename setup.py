@@ -18,7 +18,7 @@ setup(
         "huggingface_hub",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "peft==0.21.*", "sentencepiece", "accelerate>=1.1"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "peft==0.21.*", "sentencepiece", "accelerate>=1.1", "import-linter"],
         "docs": ["sphinx"],
         "examples": ["sentencepiece", "tqdm", "accelerate>=1.1"],
     },
