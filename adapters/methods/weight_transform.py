@@ -15,8 +15,9 @@ methods at once, and they compose like LoRA adapters do:
 
 ``W`` here is the layer's *reference* weight: its stored weight minus the additive updates
 merged into it (LoRA, LoHa, LoKr, AdaLoRA and the merged rotation deltas), so merging any of the
-adapters of a Stack, in any order, gives the output the unmerged Stack computes. Merged (IA)³
-scalings and DoRA count as part of the reference weight.
+adapters of a Stack, in any order, gives the output the unmerged Stack computes. A rotation and a
+multiplicative adapter ((IA)³, DoRA) on the same layer are never merged (each changes what the
+other acts on; :meth:`~adapters.methods.lora.LinearHost.merge` refuses).
 
 Efficient forward. An adapter active on its own computes the layer in one pass where it can:
 LoHa folds ``ΔW`` into the weight of a single matmul, LoKr applies the Kronecker product to the
