@@ -25,8 +25,10 @@ class ModelAdaptersConfig:
         self.fusions: dict[str, tuple[AdapterFusionConfig, tuple[str, ...]]] = {}
         self.active_setup = None
         self.skip_layers: Optional[frozenset] = None
-        # bumped on every change; cached validations of setups are keyed by it
+        # bumped on every change: caches elsewhere (AdaLoRA's per-setup masks) compare it to see
+        # whether they are still current
         self.version = 0
+        # setups validated since the last change (changed() empties it)
         self._validated: dict = {}
 
     def changed(self) -> None:
