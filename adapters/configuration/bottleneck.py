@@ -27,6 +27,7 @@ from .validation import (
 )
 
 __all__ = [
+    "AdapterPlusConfig",
     "BnConfig",
     "SeqBnConfig",
     "DoubleSeqBnConfig",
@@ -310,6 +311,36 @@ class CompacterConfig(DoubleSeqBnConfig):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class AdapterPlusConfig(BnConfig):
+    """AdapterPlus (Steitz & Roth, 2024): one sequential bottleneck after the feed-forward block,
+    placed after the layer's own residual and norm (``original_ln_before``) and not followed by the
+    norm again (``original_ln_after=False``), with a learned per-channel scaling of its output
+    (``scaling="channel"``), Houlsby initialisation (near-zero normal weights, zero biases), GELU,
+    reduction factor 96 and stochastic depth 0.1 (the whole branch is dropped per sample in
+    training). The string id is ``"adapterplus"`` (AdapterHub 1.3.0 has the class but no id).
+
+    With ``original_ln_after=False`` the adapter output is the block output, so keep
+    ``residual_before_ln=False`` (the residual is the normed stream) as the paper does.
+
+    Example::
+
+        >>> model.add_adapter("task", config="adapterplus")
+        >>> model.add_adapter("small", config=AdapterPlusConfig(reduction_factor=16, stochastic_depth=0.0))
+    """
+
+    original_ln_after: bool = False
+    original_ln_before: bool = True
+    residual_before_ln: Union[bool, str] = False
+    stochastic_depth: float = 0.1
+    init_weights: str = "houlsby"
+    scaling: Union[float, str] = "channel"
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: Union[float, Mapping] = 96
+    non_linearity: str = "gelu"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class SeqBnInvConfig(SeqBnConfig):
     """Pfeiffer adapter plus an invertible adapter on the embeddings (MAD-X language adapter).
 
@@ -344,6 +375,7 @@ for _ids, _config in [
     (("compacter++",), CompacterPlusPlusConfig()),
     (("seq_bn_inv", "pfeiffer+inv"), SeqBnInvConfig()),
     (("double_seq_bn_inv", "houlsby+inv"), DoubleSeqBnInvConfig()),
+    (("adapterplus",), AdapterPlusConfig()),
 ]:
     for _id in _ids:
         register_config(_id, _config)
