@@ -58,7 +58,8 @@ def provide_stochastic_depth() -> None:
     depth (per sample, kept entries scaled by 1/(1-p)) in training, the identity in eval mode. The
     fixtures are recorded in eval mode, where both are the identity."""
     try:
-        from torchvision.ops.stochastic_depth import StochasticDepth  # noqa: F401
+        import torchvision.ops.stochastic_depth  # noqa: F401  (the real one imports: use it)
+
         return
     except Exception:
         pass
