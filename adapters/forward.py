@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from .context import AdapterSetup, ForwardContext, registry_lock
 from .errors import CompositionError
 from .hooks.patching import swap_class
 from .hooks.signatures import as_keyword_arguments, positional_names
-from .methods.registry import families
+from .methods.registry import families_with
 
 __all__ = ["ForwardMixin", "ForwardCall", "StackEntryMixin", "EncoderEntryMixin", "DecoderEntryMixin", "install_stack_entries"]
 
@@ -53,33 +53,6 @@ _SEPARATE_BATCH_INPUTS = ("pixel_values",)
 
 # set while generate() runs a Parallel setup whose inputs it replicated itself (number of branches)
 _pre_replicated: contextvars.ContextVar[int] = contextvars.ContextVar("adapters_pre_replicated", default=1)
-
-
-class _Hooks(NamedTuple):
-    before: tuple
-    after: tuple
-    encoder: tuple
-    decoder: tuple
-
-
-class _ForwardHooks:
-    """The families with each forward hook, collected once (every family registers at import)."""
-
-    @functools.cached_property
-    def _hooks(self) -> _Hooks:
-        registered = tuple(families())
-        return _Hooks(
-            tuple(f for f in registered if f.before_forward is not None),
-            tuple(f for f in registered if f.after_forward is not None),
-            tuple(f for f in registered if f.encoder_inputs is not None),
-            tuple(f for f in registered if f.decoder_inputs is not None),
-        )
-
-    def __getattr__(self, name: str):
-        return getattr(self._hooks, name)
-
-
-_FORWARD_HOOKS = _ForwardHooks()
 
 
 class ForwardCall:
@@ -193,13 +166,13 @@ class ForwardMixin:
             args, kwargs = self._replicate_batch(args, kwargs, channels, context)
         with context.activate():
             call = ForwardCall(self, args, kwargs)
-            for family in _FORWARD_HOOKS.before:
+            for family in families_with("before_forward"):
                 family.before_forward(self, context, call)
             output = super().forward(*call.args, **call.kwargs)
         parallel_output = self.__dict__["_adapters_spec"].parallel_output
         if parallel_output is not None and context.parallel_channels > 1:
             output = parallel_output(self, output, context.parallel_channels)
-        for family in _FORWARD_HOOKS.after:
+        for family in families_with("after_forward"):
             output = family.after_forward(self, context, output)
         if context.output_adapter_fusion_attentions and hasattr(output, "keys"):
             output.adapter_fusion_attentions = context.adapter_fusion_attentions
@@ -264,7 +237,7 @@ class ForwardMixin:
             kwargs, batch = _replicate_inputs((), (), kwargs, channels)
             context.parallel_channels, context.original_batch_size = channels, batch
         call = ForwardCall(self, (), kwargs, entry=True)
-        for family in _FORWARD_HOOKS.before:
+        for family in families_with("before_forward"):
             family.before_forward(self, context, call)
         return context, call.kwargs
 
@@ -469,7 +442,7 @@ class EncoderEntryMixin(StackEntryMixin):
     shows_original_signature = True
 
     def _entry_inputs(self, model, context, kwargs: dict) -> dict:
-        for family in _FORWARD_HOOKS.encoder:
+        for family in families_with("encoder_inputs"):
             kwargs = family.encoder_inputs(model, self, context, kwargs)
         return kwargs
 
@@ -491,7 +464,7 @@ class DecoderEntryMixin:
     def forward(self, *args, **kwargs):
         model = self.__dict__["_adapters_model"]
         context = ForwardContext.get_context()
-        for family in _FORWARD_HOOKS.decoder:
+        for family in families_with("decoder_inputs"):
             args, kwargs = family.decoder_inputs(model, self, context, args, kwargs)
         return super().forward(*args, **kwargs)
 

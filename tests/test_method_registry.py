@@ -139,3 +139,26 @@ def test_an_unregistered_method_is_refused_by_name(rank_one):
         assert_unchanged(model, before)
     finally:
         register_weight_transform("rank_one_test", "Rank-one test", build_rank_one)
+
+
+def test_a_family_registered_after_a_forward_pass_gets_its_forward_hooks():
+    """The per-forward hook lists follow the registry: a family registered once the model has run
+    (a plug-in imported late) still has its ``before_forward`` / ``after_forward`` called."""
+    from adapters.methods.registry import MethodFamily, register
+
+    model = patched("bert")
+    inputs = make_inputs("bert")
+    model(**inputs)
+    calls = []
+    register(MethodFamily(
+        name="late_hooks", title="Late hooks", blocks=(Stack,), add=lambda *args: False,
+        before_forward=lambda model, context, call: calls.append("before"),
+        after_forward=lambda model, context, output: calls.append("after") or output,
+    ))
+    try:
+        model(**inputs)
+    finally:
+        unregister("late_hooks")
+    assert calls == ["before", "after"]
+    model(**inputs)
+    assert calls == ["before", "after"]  # unregistered: no longer called

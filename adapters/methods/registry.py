@@ -21,7 +21,10 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
 from ..errors import AdapterConfigError
 
-__all__ = ["AdapterMethod", "MethodFamily", "PeftMapping", "register", "unregister", "family", "families", "families_of"]
+__all__ = [
+    "AdapterMethod", "MethodFamily", "PeftMapping", "register", "unregister", "family", "families", "families_of",
+    "families_with",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +203,8 @@ class MethodFamily:
 
 
 _FAMILIES: dict[str, MethodFamily] = {}
+# families_with's answers, for the registry as it is now (register / unregister empty it)
+_WITH: dict[str, tuple[MethodFamily, ...]] = {}
 
 
 def register(method_family: MethodFamily) -> MethodFamily:
@@ -216,6 +221,7 @@ def register(method_family: MethodFamily) -> MethodFamily:
             f"give the new family another name."
         )
     _FAMILIES[method_family.name] = method_family
+    _WITH.clear()
     return method_family
 
 
@@ -228,6 +234,7 @@ def unregister(name: str) -> None:
         >>> unregister("my_method")
     """
     _FAMILIES.pop(name, None)
+    _WITH.clear()
 
 
 def family(name: Any) -> MethodFamily:
@@ -259,6 +266,21 @@ def families() -> Iterator[MethodFamily]:
         ['adalora', 'hra', 'loha', 'lokr', 'lora', 'oft']
     """
     return iter(tuple(_FAMILIES.values()))
+
+
+def families_with(hook: str) -> tuple[MethodFamily, ...]:
+    """The registered families that define ``hook`` (a :class:`MethodFamily` field), in
+    registration order; kept until the registry changes, so a per-forward loop costs a dict lookup.
+
+    Example::
+
+        >>> [f.name for f in families_with("before_forward")]
+        ['prefix_tuning', 'prompt_tuning', 'adaption_prompt']
+    """
+    found = _WITH.get(hook)
+    if found is None:
+        found = _WITH[hook] = tuple(f for f in _FAMILIES.values() if getattr(f, hook) is not None)
+    return found
 
 
 def families_of(config) -> list[tuple[MethodFamily, Any]]:
