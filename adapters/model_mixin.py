@@ -82,21 +82,6 @@ class ModelAdaptersMixin(
     def _shared_parameters(self) -> nn.ModuleDict:
         return self.base_model.shared_parameters
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     # -- adding and removing ---------------------------------------------------------------------
     def _check_name(self, name: str, kind: str = "adapter", argument: Optional[str] = "adapter_name") -> None:
         """Raise an AdapterConfigError unless ``name`` is a valid name (see
@@ -226,9 +211,6 @@ class ModelAdaptersMixin(
                 raise
             return self.base_model.get_submodule(spec.embeddings)
 
-
-
-
     def eject_prefix_tuning(self, name: str) -> None:
         """Replace the MLP reparameterisation of prefix-tuning adapter ``name`` by the flat prefix it
         produces: the outputs stay the same, the parameter count drops to
@@ -257,10 +239,6 @@ class ModelAdaptersMixin(
         registry.adapters[name] = config.replace_parts(lambda part: ejected.get(id(part), part))
         registry.changed()
 
-
-
-
-
     def _language_model_outputs(self) -> list[nn.Module]:
         """The output embeddings the invertible adapters' inverse runs before (the LM head's)."""
         below = getattr(super(), "_language_model_outputs", None)
@@ -269,16 +247,12 @@ class ModelAdaptersMixin(
         output = self.get_output_embeddings()
         return [] if output is None else [output]
 
-
-
     def _input_embeddings_replaced(self, old: nn.Module, new: nn.Module) -> None:
         """Let the families move what they hooked onto the input embedding module when it is
         swapped out (``set_active_embeddings``)."""
         for method_family in families():
             if method_family.embeddings_replaced is not None:
                 method_family.embeddings_replaced(self, old, new)
-
-
 
     def _bias_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """The base-model parameters adapter ``name`` trains and saves with itself (LoRA's ``bias``
@@ -288,9 +262,6 @@ class ModelAdaptersMixin(
             if method_family.base_parameters is not None:
                 parameters.update(method_family.base_parameters(self, name, part))
         return parameters
-
-
-
 
     def _remove_adapter_modules(self, name: str) -> None:
         """Remove adapter ``name`` from every host, then what no adapter needs any more (see
@@ -453,22 +424,6 @@ class ModelAdaptersMixin(
                 registry.active_setup = None
             registry.changed()
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     # -- inspection ------------------------------------------------------------------------------
     def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
         """The modules of adapter ``name``: ``{layer_idx: {location: module}}``.
@@ -573,38 +528,6 @@ class ModelAdaptersMixin(
         ), line]
         return "\n".join(lines)
 
-    # -- checkpoints (see adapters.loading) ---------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 def _as_fuse(adapter_names, name) -> Fuse:
     if isinstance(adapter_names, Fuse):
@@ -612,19 +535,3 @@ def _as_fuse(adapter_names, name) -> Fuse:
     if isinstance(adapter_names, str):
         adapter_names = [n.strip() for n in adapter_names.split(",")]
     return Fuse(*adapter_names, name=name)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -100,7 +100,7 @@ def locate(path: str, spec: ArchitectureSpec, firsts: Optional[dict] = None, lay
         if match is None:
             return Located(None, -1, -1, path)
         return Located(None, int(match.group(2)), int(match.group(2)), match.group(3))
-    for stack in spec.stacks():
+    for stack in spec.stacks:
         match = re.search(rf"(^|\.){re.escape(stack.layers)}\.(\d+)\.(.+)$", path)
         if match is not None:
             local = int(match.group(2))
@@ -259,7 +259,7 @@ def resolve_targets(base_model: nn.Module, spec: ArchitectureSpec, config, path_
         # AdapterHub's "selfattn" LoRA covers every attention module of an encoder-decoder)
         letters_at: dict[str, dict[str, set]] = {}
         suffixes: dict[str, set] = {}
-        for stack in spec.stacks():
+        for stack in spec.stacks:
             at = letters_at.setdefault(stack.layers, {})
             if config.selfattn_lora:
                 matrices = stack.attention_matrices()

@@ -73,6 +73,7 @@ always in training, it runs the low-rank path.
 from __future__ import annotations
 
 import math
+import re
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -80,7 +81,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..composition import Average, BatchSplit, Parallel, Split, Stack
-from ..configuration.lora import LoRAConfig
+from ..configuration.lora import LoftQConfig, LoRAConfig
 from ..context import ForwardContext
 from ..errors import AdapterConfigError, AdapterMergeError
 from ..hooks.engine import ComposableLayer, remove_host_mixin
@@ -88,9 +89,8 @@ from ..hooks.patching import swap_class
 from ..hooks.slices import check_slices, slices_index
 from ..hooks.targeting import OWN_MODULES, matches_modules, pattern_value, resolve_targets
 from .. import logging
-from ..configuration.lora import LoftQConfig
 from .loftq import loftq_factors
-from .registry import MethodFamily, register
+from .registry import MethodFamily, PeftMapping, register
 from .saved_modules import SavedModuleHost, add_saved_modules, check_saved_modules_in_setup
 
 logger = logging.get_logger(__name__)
@@ -154,6 +154,9 @@ class LinearAdapter(nn.Module):
     merge_factor: ClassVar[str | None] = None
     #: whether a gate computed from the input scales the adapter's effect
     gated: ClassVar[bool] = False
+    #: whether the adapter acts on the layer's weight (the rotations: see
+    #: :mod:`adapters.methods.weight_transform`), so a merge must not change it under the adapter
+    needs_weight: ClassVar[bool] = False
 
     def __init__(self, in_features: int, out_features: int, out_slices=None):
         super().__init__()
@@ -937,11 +940,6 @@ class LinearHost(ComposableLayer):
             )
         self.add_adapter_module(name, module)
 
-    def add_weight_transform(self, name: str, adapter: LinearAdapter) -> None:
-        """Add a weight-transform adapter (LoHa, LoKr, OFT, HRA, AdaLoRA; see
-        :mod:`adapters.methods.weight_transform`) next to any other adapters of this layer."""
-        self.add_adapter_module(name, adapter)
-
     def add_adapter_module(self, name: str, adapter: LinearAdapter) -> None:
         """Host ``adapter`` (any :class:`LinearAdapter`) as adapter ``name``.
 
@@ -1123,9 +1121,9 @@ class LinearHost(ComposableLayer):
         the merged Stack(ia3, oft) was 1.27 away from the unmerged one.
         """
         if not adapter.additive:
-            others = [other for other, module in self.loras.items() if getattr(module, "needs_weight", False)]
+            others = [other for other, module in self.loras.items() if module.needs_weight]
             kind = "rotations act on this layer's weight, which its multiplicative merge would scale"
-        elif getattr(adapter, "needs_weight", False):
+        elif adapter.needs_weight:
             others = [other for other, module in self.loras.items() if not module.additive]
             kind = "multiplicative adapters scale this layer's output, which its rotation would change"
         else:
@@ -1321,9 +1319,7 @@ def lora_bias_parameters(model, name: str, config) -> dict[str, nn.Parameter]:
 # LoRAConfig one to one (lora_alpha -> alpha, lora_dropout -> dropout, the targeting fields,
 # rank_pattern, alpha_pattern, use_rslora, use_dora, bias, feedforward_modules); trained biases
 # (bias="all" / "lora_only") travel with the adapter as <module>.bias keys.
-import re
 
-from .registry import PeftMapping
 
 #: LoraConfig's fields (AdaLoraConfig inherits them) that say how the adapter was initialised or
 #: trained, not what it computes (the weights come from the file): read with any value

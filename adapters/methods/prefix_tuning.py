@@ -47,6 +47,7 @@ from transformers.activations import ACT2FN
 
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.prefix import PrefixTuningConfig
+from ..configuration.validation import check_int
 from ..context import ForwardContext
 from ..compat import passed_cache
 from ..errors import AdapterConfigError, CompositionError
@@ -63,7 +64,7 @@ from ..hooks.patching import swap_class
 from ..hooks.spec import layer_stacks, stack_config
 from ..hooks.engine import HostCapabilities, ComposableLayer, remove_host_mixin, setup_members
 from .caching import reuse_while_unchanged
-from .registry import MethodFamily, register
+from .registry import MethodFamily, PeftMapping, register
 
 __all__ = [
     "PrefixTuning",
@@ -838,8 +839,6 @@ def eject_prefix(model, name: str, config: PrefixTuningConfig) -> PrefixTuningCo
 # (num_transformer_submodules=2) the cache is the decoder's: only the decoder self-attention gets a
 # prefix (encoder_prefix=cross_prefix=False), decoder layer i the one PEFT stores for layer 2i mod L
 # (see prefix_from_peft).
-from ..configuration.validation import check_int
-from .registry import PeftMapping
 
 #: PEFT's key of the prefix (the prompt encoder's embedding, at the top level of the file)
 PEFT_PROMPT_KEY = PeftMapping.PROMPT_KEY

@@ -63,8 +63,6 @@ class WeightTransform(LinearAdapter):
     """
 
     method: ClassVar[str] = ""
-    #: whether the delta depends on the layer's weight (rotations): they act on the reference weight
-    needs_weight: ClassVar[bool] = False
 
     def __init__(self, in_features: int, out_features: int, out_slices=None, module_dropout: float = 0.0):
         super().__init__(in_features, out_features, check_slices(out_slices, out_features))
@@ -215,7 +213,7 @@ def add_weight_transform_modules(model, name: str, config, device, dtype) -> boo
             if seed is not None:
                 torch.manual_seed(seed)
             adapter = build(config, host.in_features, host.out_features, target, prefix)
-        host.add_weight_transform(name, adapter.to(device=device, dtype=dtype).train(model.training))
+        host.add_adapter_module(name, adapter.to(device=device, dtype=dtype).train(model.training))
     if config.modules_to_save:
         add_saved_modules(model, name, config.modules_to_save)
     return bool(pairs) or bool(config.modules_to_save)
