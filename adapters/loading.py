@@ -51,6 +51,7 @@ from . import logging
 from .version import __version__
 from .composition import Fuse
 from .context import registry_lock
+from .methods.registry import families_of
 from .errors import AdapterConfigError, AdapterLoadError
 from .configuration.base import AdapterConfig
 from .configuration.validation import check_name
@@ -554,6 +555,9 @@ def _stage_adapter(model, files: _CheckpointFiles, adapter_name: str, meta_dict,
     meta["config"] = model.adapters_config.adapters[adapter_name].to_dict()
     meta.update(meta_dict or {})
     state = {**_select_parameters(model, _adapter_key_pattern(adapter_name)), **model._bias_parameters(adapter_name)}
+    for method_family, part in families_of(model.adapters_config.adapters[adapter_name]):
+        if method_family.to_adapterhub is not None:
+            state = method_family.to_adapterhub(model, adapter_name, part, state)
     files.weights(state, use_safetensors, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     interface = model.__dict__.get("_adapters_interface")
     if interface is not None:  # where the weight keys point: adapters.init(model, interface=folder) restores it
@@ -725,6 +729,10 @@ def _install(model, name, saved_name, adapter_config, state, weights_path, confi
             skipped, layer_index = set(adapter_config.get("leave_out", ())), _layer_index_finder(model)
             params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
             state = _with_renamed_legacy_keys(model, state, params)
+            for method_family, part in families_of(adapter_config):
+                if method_family.from_adapterhub is not None:  # may reshape the modules (VeRA's dense form)
+                    state = method_family.from_adapterhub(model, staging, part, state, weights_path)
+                    params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
             _copy_checked(
                 params,
                 state,

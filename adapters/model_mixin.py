@@ -444,7 +444,7 @@ class ModelAdaptersMixin(
     def _adapter_parameters(self, name: str) -> list[nn.Parameter]:
         params = [p for layer in self.get_adapter(name).values() for m in layer.values() for p in m.parameters()]
         if name in self._shared_parameters:
-            params += list(self._shared_parameters[name].values())
+            params += list(self._shared_parameters[name].parameters())
         return params
 
     def adapter_to(self, name: str, device=None, dtype=None) -> None:

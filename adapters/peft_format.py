@@ -455,7 +455,7 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
     else:
         fields, weights = mapping.write(model, name, part)
     if not mapping.prompt_learning:
-        weights = {_PREFIX + key: value for key, value in weights.items()}
+        weights = {key if key in mapping.model_level else _PREFIX + key: value for key, value in weights.items()}
     meta = {
         "peft_type": mapping.peft_type,
         "base_model_name_or_path": getattr(model.config, "name_or_path", None) or None,

@@ -24,6 +24,7 @@ from .fusion import (
 from .lora import DoRAConfig, IA3Config, LoftQConfig, LoRAConfig
 from .model_config import ModelAdaptersConfig
 from .prefix import MAMConfig, PrefixTuningConfig, PromptTuningConfig, UniPELTConfig
+from .vera import DvoRAConfig, VeraConfig
 from .weight_transforms import AdaLoRAConfig, LoHaConfig, LoKrConfig, OFTConfig, WeightTargetingConfig
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "AdapterPlusConfig",
     "DoubleSeqBnConfig",
     "DoRAConfig",
+    "DvoRAConfig",
+    "VeraConfig",
     "DoubleSeqBnInvConfig",
     "DynamicAdapterFusionConfig",
     "DynamicFusionConfig",

@@ -14,8 +14,8 @@ Keys a config does not have are treated by where they come from:
   logged warning naming the file and the keys; the config is built without them, so a checkpoint
   written by a newer library version still loads.
 
-On both paths a key that AdapterHub 1.3.0 defines and this version does not implement (LoRA's
-``vera_d`` / ``vera_b``) is accepted while it holds AdapterHub's default and refused otherwise,
+On both paths a key that AdapterHub 1.3.0 defines and a class does not implement (a config's
+``_foreign_defaults``) is accepted while it holds AdapterHub's default and refused otherwise,
 and AdapterHub's legacy ``invertible_adapter`` dict is read as ``inv_adapter`` /
 ``inv_adapter_reduction_factor``.
 """

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import ClassVar, Optional, Union
 
 from ..errors import AdapterConfigError
-from .base import AdapterConfig, register_config
+from .base import AdapterConfig, config_class_for, register_config
 from .validation import (
     CheckedFields,
     check_bool,
@@ -94,8 +94,8 @@ class LoRAConfig(AdapterConfig):
             :mod:`adapters.methods.saved_modules`); for heads and embeddings that must train.
         leave_out: a list of layer indices that get no LoRA.
 
-    AdapterHub's VeRA fields ``vera_d`` / ``vera_b`` are not implemented: a dict or checkpoint
-    holding them at their default (None) reads, any other value is refused.
+    A dict (or AdapterHub checkpoint) of ``"architecture": "lora"`` whose ``vera_d`` / ``vera_b``
+    are set is AdapterHub's VeRA: it reads as a :class:`~adapters.VeraConfig`.
 
     Example::
 
@@ -131,8 +131,16 @@ class LoRAConfig(AdapterConfig):
     bias: str = "none"
     modules_to_save: Optional[tuple] = None
 
-    # AdapterHub 1.3.0's VeRA fields (VeraConfig / DvoRAConfig): not implemented, default None
+    # AdapterHub's VeRA fields at their LoRA default (None: not VeRA); set, the dict is a VeraConfig's
     _foreign_defaults: ClassVar[dict] = {"vera_d": None, "vera_b": None}
+
+    @classmethod
+    def _from_fields(cls, data: dict, checkpoint: Optional[str] = None) -> "AdapterConfig":
+        """AdapterHub writes VeRA and DVoRA as LoRA configs with ``vera_d`` / ``vera_b`` set: such a
+        dict is read by the VeRA config class."""
+        if cls is LoRAConfig and any(data.get(key) is not None for key in ("vera_d", "vera_b")):
+            return config_class_for("vera")._from_fields(data, checkpoint)
+        return super()._from_fields(data, checkpoint)
 
     def __post_init__(self):
         """Every value check of the LoRA family (LoRA, DoRA, (IA)³), in one place."""

@@ -87,8 +87,11 @@ def _lora_inputs(model, adapters: Sequence[str], what: str) -> list:
     configs = []
     for name in adapters:
         parts = model.adapters_config.adapters[name].configs_by_architecture()
-        if any(not isinstance(p, LoRAConfig) for p in parts):
-            raise AdapterConfigError(f"{what} combines LoRA / (IA)³ adapters only; {name!r} is not (or not only) one.")
+        if any(not isinstance(p, LoRAConfig) or p.architecture != LoRAConfig.architecture for p in parts):
+            raise AdapterConfigError(
+                f"{what} combines LoRA / (IA)³ adapters only; {name!r} is not (or not only) one (a VeRA adapter's "
+                f"factors come from shared random projections: average VeRA adapters with combine_strategy='linear')."
+            )
         (config,) = parts
         if config.use_gating:
             raise AdapterConfigError(
@@ -230,15 +233,23 @@ def _check_combined_finite(model, build: str, adapter_name: str, what: str, inpu
 
 
 def _weighted_state(modules: list[nn.Module], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """``Σ_i w_i Φ_i`` for every floating-point entry of the modules' state dicts (computed in
-    float32); other entries come from the first module."""
+    """``Σ_i w_i Φ_i`` for every floating-point parameter of the modules (computed in float32);
+    other entries (buffers: fixed, never trained) come from the first module, and must be the same
+    in every module (VeRA's random projections: the averaged vectors mean something only on the
+    same projections)."""
     states = [m.state_dict() for m in modules]
+    parameters = {name for name, _ in modules[0].named_parameters()}
     result = {}
     for key, first in states[0].items():
-        if first.is_floating_point():
+        if key in parameters and first.is_floating_point():
             result[key] = sum(w * s[key].float() for w, s in zip(weights, states))
-        else:
-            result[key] = first
+            continue
+        if any(s[key].shape != first.shape or not torch.equal(s[key], first) for s in states[1:]):
+            raise AdapterConfigError(
+                f"The adapters hold different fixed values in {key} (e.g. VeRA projections drawn from different "
+                f"seeds), so their parameters cannot be averaged; combine adapters that share them."
+            )
+        result[key] = first
     return result
 
 

@@ -14,6 +14,7 @@ from .lokr import LoKr
 from .oft import OFT
 from .hra import HRA
 from .adalora import AdaLoRA
+from .vera import Vera
 from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
 from .prefix_tuning import PrefixTuningLayer, PrefixTuningPool
 from .prompt_tuning import PROMPT_BLOCKS, PromptTuningPool
@@ -40,6 +41,7 @@ __all__ = [
     "OFT",
     "HRA",
     "AdaLoRA",
+    "Vera",
     "AdaptionPrompt",
     "AdaptionPromptLayer",
     "Adapter",

@@ -77,6 +77,8 @@ class PeftMapping:
         write: ``(model, name, config) -> (fields, weights)``: the family's fields of PEFT's
             config (``peft_type`` among them where it is not ``peft_type``'s default) and its weights,
             keyed relative to the wrapped model (or at the top level, ``prompt_learning``).
+        model_level: keys of ``write``'s weights that PEFT keeps on its tuner rather than in the
+            wrapped model, written as they are (VeRA's ``base_model.vera_A``).
 
     Example::
 
@@ -106,6 +108,7 @@ class PeftMapping:
     load_weights: Optional[Callable] = None
     convert_key: Optional[Callable] = None
     write: Optional[Callable] = None
+    model_level: tuple[str, ...] = ()
 
     @property
     def peft_types(self) -> tuple[str, ...]:
@@ -169,6 +172,13 @@ class MethodFamily:
             the adapter trains and saves with itself (LoRA's ``bias`` option).
         model_mixin: a class of model methods the family adds to every patched model (AdaLoRA's
             ``update_and_allocate``).
+        to_adapterhub: ``(model, name, config, state) -> state``: the adapter's weights (keyed
+            relative to the base model) as AdapterHub's layout stores them, where that differs from
+            the modules' parameters (VeRA's diagonal matrices and shared projections).
+        from_adapterhub: ``(model, name, config, state, path) -> state``: a checkpoint's weights
+            (AdapterHub's layout, or PEFT's after renaming) made to fit the adapter's modules,
+            which it may adjust (VeRA's dense form); raises
+            :class:`~adapters.errors.AdapterLoadError` naming ``path`` if they cannot.
 
     Example::
 
@@ -200,6 +210,8 @@ class MethodFamily:
     eject: Optional[Callable] = None
     base_parameters: Optional[Callable] = None
     model_mixin: Optional[type] = None
+    to_adapterhub: Optional[Callable] = None
+    from_adapterhub: Optional[Callable] = None
 
 
 _FAMILIES: dict[str, MethodFamily] = {}
@@ -263,7 +275,7 @@ def families() -> Iterator[MethodFamily]:
     Example::
 
         >>> sorted(f.name for f in families() if f.weight_delta)
-        ['adalora', 'hra', 'loha', 'lokr', 'lora', 'oft']
+        ['adalora', 'hra', 'loha', 'lokr', 'lora', 'oft', 'vera']
     """
     return iter(tuple(_FAMILIES.values()))
 
