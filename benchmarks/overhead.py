@@ -364,6 +364,30 @@ def _peft_transform(label: str):
     return build
 
 
+# VeRA at PEFT's default rank (its parameters do not grow with r), DVoRA at AdapterHub's
+_VERA = {
+    "VeRA r256": (lambda t: adapters.VeraConfig(r=256, target_modules=t), lambda peft, t: peft.VeraConfig(r=256, target_modules=t)),
+}
+
+
+def _ours_config(make_config):
+    def prepare(model):
+        model.add_adapter("a", config=make_config(_arch_of(model)))
+        return "a"
+
+    return prepare
+
+
+def _peft_vera(label: str):
+    def build(base):
+        import peft
+
+        config = _VERA[label][1](peft, list(_LORA_MODULES[_arch_of(base)]))
+        return peft.get_peft_model(base_copy(base), config), None
+
+    return build
+
+
 def _peft_activate(model, setup, training):
     """PEFT models come with only the adapter trainable."""
 
@@ -427,6 +451,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("PEFT prefix 30", build=_peft_prefix, activate=_peft_activate, fwd_ref=1.07, archs=("bert", "llama")),
     Scenario("Llama-Adapter 10", _ours_adaption_prompt, archs=("llama",)),
     Scenario("PEFT Llama-Adapter 10", build=_peft_adaption_prompt, activate=_peft_activate, archs=("llama",)),
+    Scenario("VeRA r256 q+v", _ours_config(lambda arch: _VERA["VeRA r256"][0](list(_LORA_MODULES[arch]))), fwd_goal=1.05, train_goal=0.70),
+    Scenario("PEFT VeRA r256 q+v", build=_peft_vera("VeRA r256"), activate=_peft_activate),
+    Scenario("DVoRA r8 q+v", _ours_config(lambda arch: adapters.DvoRAConfig(target_modules=list(_LORA_MODULES[arch]))), fwd_goal=1.05, train_goal=0.70),
     *[
         scenario
         for label in _TRANSFORMS

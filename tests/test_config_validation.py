@@ -148,7 +148,7 @@ ADD_ADAPTER_CASES = [
     ({"architecture": "lora", "rank": 4}, ["unknown field 'rank' for LoRAConfig", "did you mean 'r'?"]),
     ({"architecture": "lora", "leave_out": 1}, ["LoRAConfig.leave_out", "the int 1"]),
     ({"architecture": "lora", "target_modules": "(q"}, ["LoRAConfig.target_modules", "a valid regular expression"]),
-    ({"architecture": "lora", "vera_d": 0.1}, ["LoRAConfig.vera_d=0.1", "does not implement", "None"]),
+    ({"architecture": "lora", "vera_d": "big"}, ["VeraConfig.vera_d", "the str 'big'"]),  # AdapterHub's VeRA dict
     ({"reduction_factor": 1e-6}, ["BnConfig.reduction_factor", "1e-06"]),
     ({"reduction_factor": True}, ["BnConfig.reduction_factor", "the bool True"]),
     ({"reduction_factor": NAN}, ["BnConfig.reduction_factor", "nan"]),
@@ -218,11 +218,15 @@ def test_checkpoint_accepts_adapterhub_keys_at_their_default(logged):
     assert not logged.records  # known keys at their default: nothing to warn about
 
 
-def test_checkpoint_refuses_an_unimplemented_setting_that_is_not_the_default():
-    data = {"config": {**LoRAConfig().to_dict(), "vera_d": 0.1, "init_weights": "lora"}}
+def test_checkpoint_with_adapterhub_vera_fields_set_reads_as_vera_or_is_refused_without_a_seed():
+    ah_lora = {key: value for key, value in LoRAConfig().to_dict().items() if key not in ("target_modules", "bias")}
+    data = {"config": {**ah_lora, "vera_d": 0.1, "vera_b": 0.0, "init_weights": "vera", "init_weights_seed": 3}}
+    config = AdapterConfig.from_checkpoint_dict(data, file="a/adapter_config.json")
+    assert type(config).__name__ == "VeraConfig" and config.init_weights_seed == 3 and not config.save_projection
+    data["config"]["init_weights_seed"] = None  # AdapterHub drew its projections unseeded and did not save them
     with pytest.raises(AdapterConfigError) as error:
         AdapterConfig.from_checkpoint_dict(data, file="a/adapter_config.json")
-    assert_config_error(error, "a/adapter_config.json", "LoRAConfig.vera_d=0.1", "does not implement", "(None)")
+    assert_config_error(error, "a/adapter_config.json", "init_weights_seed=None", "cannot be rebuilt")
 
 
 def test_checkpoint_warns_about_other_unknown_keys_and_loads(logged):
@@ -393,14 +397,14 @@ def test_adapterhub_checkpoint_with_an_unknown_key_loads_with_a_warning(tmp_path
     assert str(path) in logged.text and "'from_a_newer_version'" in logged.text
 
 
-def test_adapterhub_checkpoint_with_an_unimplemented_setting_is_refused(tmp_path):
+def test_adapterhub_vera_checkpoint_without_a_seed_is_refused(tmp_path):
     path = _save_lora(tmp_path, "adapterhub")
-    _edit(path, lambda d: d["config"].update(vera_d=0.1, vera_b=0.0))
+    _edit(path, lambda d: [d["config"].pop(k) for k in ("target_modules", "bias")] and d["config"].update(vera_d=0.1, vera_b=0.0))
     model = patched("bert")
     before = model_state(model)
     with pytest.raises(AdapterLoadError) as error:
         model.load_adapter(str(path.parent))
-    assert str(path) in str(error.value) and "vera_d=0.1" in str(error.value)
+    assert str(path) in str(error.value) and "init_weights_seed=None" in str(error.value)
     assert_unchanged(model, before)
 
 

@@ -421,3 +421,24 @@ def test_ids_dicts_and_adapterhub_dicts_read_as_vera():
     assert isinstance(config, DvoRAConfig) and config.r == 4
     assert isinstance(AdapterConfig.from_dict({"architecture": "lora", "r": 4}), LoRAConfig)
     assert AdapterConfig.from_dict(VeraConfig(alpha=3).to_dict()) == VeraConfig(alpha=3)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_inference_keeps_the_adapted_weight_until_a_parameter_changes(method):
+    model = patched("bert")
+    _add(model, "a", method)
+    model.set_active_adapters("a")
+    inputs = make_inputs("bert")
+    module = model.encoder.layer[0].attention.self.query.loras["a"]
+    first = run(model, inputs)
+    kept = module.__dict__["_kept"]["weight"][1]
+    assert run(model, inputs) is not None and module.__dict__["_kept"]["weight"][1] is kept  # reused
+    with torch.no_grad():
+        module.vera_B.mul_(-2.0)  # an optimizer step, a load: the version counter moves
+    changed = run(model, inputs)
+    assert module.__dict__["_kept"]["weight"][1] is not kept and (changed - first).abs().max() > 1e-4
+    torch.testing.assert_close(changed, run(reference_model(model, "bert", {"a": 1.0}), inputs), atol=2e-5, rtol=1e-4)
+    model.train_adapter("a")
+    out = model(**inputs).last_hidden_state  # training: the low-rank path, with gradients
+    out.sum().backward()
+    assert module.vera_B.grad is not None

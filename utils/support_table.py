@@ -54,6 +54,8 @@ COLUMNS = (
     Column("LoRA, DoRA, (IA)³"),
     # tests/test_peft_methods.py runs the weight transforms on these representatives
     Column("LoHa, LoKr, OFT, HRA, AdaLoRA", tested_on=("bert", "llama", "gpt2", "NEW_ARCHS", "t5", "bart", "whisper")),
+    # tests/test_vera.py: the same representatives
+    Column("VeRA, DVoRA", tested_on=("bert", "llama", "gpt2", "NEW_ARCHS", "t5", "bart", "whisper")),
     Column("Prefix tuning", excluded_by=("NO_PREFIX",)),
     Column("Llama-Adapter", excluded_by=("NO_PREFIX", "NO_ADAPTION_PROMPT")),
     Column("Prompt tuning", excluded_by=("NO_PROMPT",)),

@@ -51,6 +51,7 @@ from torch import nn
 from ..configuration.vera import VeraConfig
 from ..errors import AdapterConfigError, AdapterLoadError
 from ..hooks.targeting import pattern_value
+from .caching import reuse_while_unchanged
 from .lora import LinearHost, LoRA, linear_hosts, lora_bias_parameters
 from .registry import MethodFamily, PeftMapping, register
 from .saved_modules import add_saved_modules, check_saved_modules_in_setup
@@ -200,6 +201,36 @@ class Vera(LoRA):
         if self.full_scaling:
             return self.vera_B @ B
         return self.vera_B.unsqueeze(1) * B
+
+    def forward_alone(self, host, x: torch.Tensor) -> torch.Tensor | None:
+        """In inference, the layer with its adapted weight ``W + ΔW`` (DVoRA: ``W'``) kept from
+        the last pass while no parameter, projection or base weight has changed: one matmul, at
+        the base layer's cost (the update has rank ``r``, often 256 for VeRA, so recomputing it
+        every pass, or running the low-rank path, costs a large fraction of the layer). The kept
+        weight is one copy of the layer's weight. In training, or in half precision (where
+        ``W + ΔW`` would round the update to the weight's precision), LoRA's paths run.
+
+        Example::
+
+            >>> with torch.no_grad():
+            ...     vera.forward_alone(host, x).shape
+            torch.Size([2, 5, 64])
+        """
+        dropout_active = isinstance(self.dropout, nn.Dropout) and self.dropout.training
+        if (
+            torch.is_grad_enabled() or host.merged or self.gated or self.out_index is not None or dropout_active
+            or x.dtype not in (torch.float32, torch.float64)
+            or host.__dict__["_adapters_original_class"].forward not in host._AFFINE_FORWARDS
+        ):
+            return super().forward_alone(host, x)
+        sources = [host.weight, self.vera_D, self.vera_B, self.projections.lora_A, self.projections.lora_B]
+        if self.use_dora:
+            sources.append(self.lora_magnitude)
+        weight = reuse_while_unchanged(
+            self.__dict__.setdefault("_kept", {}), "weight", sources,
+            lambda: self.merge_into(host.weight_out_in.detach(), None, {})[0],
+        )
+        return nn.functional.linear(x, weight.to(x.dtype), host.bias)
 
     def group_views(self):
         """VeRA's factors are computed from shared projections, so they cannot be written through
