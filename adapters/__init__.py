@@ -13,7 +13,7 @@ Example::
 from .version import __version__
 
 from . import composition, logging
-from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_composition
+from .composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack, parse_composition
 from .configuration import (
     ADAPTER_CONFIG_MAP,
     AdaLoRAConfig,
@@ -42,6 +42,8 @@ from .configuration import (
     LoRAConfig,
     MAMConfig,
     ModelAdaptersConfig,
+    MTLLoRAConfig,
+    MultiTaskConfig,
     ParBnConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
@@ -101,6 +103,9 @@ __all__ = [
     "AdaLoraCallback",
     "AdaptionPromptConfig",
     "HRAConfig",
+    "MTLLoRAConfig",
+    "MultiTask",
+    "MultiTaskConfig",
     "LoHaConfig",
     "LoKrConfig",
     "OFTConfig",

@@ -258,6 +258,8 @@ _BLOCK_HINTS = {
     "Fuse": "only bottleneck adapters are fused; use it outside the Fuse, e.g. Stack({name!r}, Fuse(...))",
     "Parallel": "use it outside the Parallel, e.g. Stack({name!r}, Parallel(...)), where it acts on every row",
     "BatchSplit": "use it outside the BatchSplit, e.g. Stack({name!r}, BatchSplit(...)), where it acts on every row",
+    "MultiTask": "MultiTask routes rows to multi-task adapters (MTL-LoRA) only; use it outside, e.g. "
+    "Stack({name!r}, MultiTask(...)), where it acts on every row",
 }
 
 

@@ -10,6 +10,7 @@ Fuse       AdapterFusion: an attention over the children's outputs
 Split      the sequence is cut into segments (``splits``); child ``i`` processes segment ``i``
 BatchSplit the batch is cut into groups (``batch_sizes``); child ``i`` processes group ``i``
 Average    every child processes the input; outputs are averaged with ``weights``
+MultiTask  each batch row is processed by the child its task id names (``task_ids`` of the call)
 ========== ===================================================================================
 
 What each block means for each method family is documented in ``docs/composition.rst``; this
@@ -44,6 +45,7 @@ __all__ = [
     "Split",
     "BatchSplit",
     "Average",
+    "MultiTask",
     "parse_composition",
     "validate_composition",
     "batch_requirement",
@@ -306,15 +308,38 @@ class Average(AdapterCompositionBlock):
         return self.weights
 
 
-# Which children each block may contain. Everything AdapterHub allows, plus Fuse inside Parallel.
+class MultiTask(AdapterCompositionBlock):
+    """Route each batch row to the child its task id names: child ``i`` processes the rows whose
+    id is ``i`` (multi-task learning with one adapter per task, e.g. MTL-LoRA).
+
+    The ids come with the forward call: ``model(**batch, task_ids=ids)``, one per row, as integers
+    ``0 … len(children) − 1`` (a list or a 1-d tensor) or as the children's names. The rows keep
+    their order in the output. A multi-task method's adapters take part (the method families that
+    list the block); the children are adapter names, or a ``Stack`` / ``Average`` of them.
+
+    Example::
+
+        >>> model.active_adapters = MultiTask("sst2", "mnli", "qqp")
+        >>> out = model(**batch, task_ids=[0, 2, 2, 1])     # row 0: sst2, rows 1-2: qqp, row 3: mnli
+    """
+
+    def __init__(self, *task_adapters: Union[str, AdapterCompositionBlock]):
+        super().__init__(*task_adapters)
+
+
+# Which children each block may contain. Everything AdapterHub allows, plus Fuse inside Parallel
+# (a MultiTask routes rows, so no block that cuts or replicates rows sits below it).
 ALLOWED_NESTINGS: dict[type, tuple[type, ...]] = {
-    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average),
+    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average, MultiTask),
     Fuse: (str, Stack),
     Split: (str, Split, Stack, BatchSplit, Average),
     Parallel: (str, Stack, Fuse, BatchSplit, Average, Split),
     BatchSplit: (str, Stack, Split, BatchSplit, Average, Fuse),
     Average: (str, Stack, Split, BatchSplit, Fuse),
+    MultiTask: (str, Stack, Average),
 }
+# blocks that cut or replicate the rows, which a MultiTask hands out by task: none sits inside one
+_ROW_BLOCKS = (Parallel, BatchSplit, MultiTask)
 
 
 def validate_composition(setup: Union[str, AdapterCompositionBlock], level: int = 0) -> None:
@@ -360,8 +385,21 @@ def validate_composition(setup: Union[str, AdapterCompositionBlock], level: int 
                 f"Cannot use {parallels[0]} inside {setup}: Parallel replicates the whole batch, so it must be "
                 f"the setup itself or a direct child of a top-level Stack, e.g. Stack('shared', {parallels[0]})."
             )
+    for multi_task in _blocks_of(setup, MultiTask):
+        top_children = setup.children if isinstance(setup, Stack) else ()
+        if setup is not multi_task and not any(c is multi_task for c in top_children):
+            raise CompositionError(
+                f"Cannot use {multi_task} inside {setup}: the task ids of a forward call name one adapter per row of "
+                f"the whole batch, so MultiTask must be the setup itself or a direct child of a top-level Stack, "
+                f"e.g. Stack('shared', {multi_task})."
+            )
     _validate_nesting(setup)
     batch_requirement(setup)
+
+
+def _blocks_of(block: AdapterCompositionBlock, kind: type) -> list[AdapterCompositionBlock]:
+    """The blocks of type ``kind`` in ``block`` (itself included), depth first."""
+    return [b for b in _blocks_in(block) if isinstance(b, kind)]
 
 
 def _find_parallel_blocks(block: AdapterCompositionBlock) -> list[AdapterCompositionBlock]:
@@ -383,6 +421,20 @@ def _validate_nesting(block: AdapterCompositionBlock) -> None:
             )
         if isinstance(child, AdapterCompositionBlock):
             _validate_nesting(child)
+    if isinstance(block, MultiTask):
+        inner = [b for child in block.children if not isinstance(child, str) for b in _blocks_in(child)]
+        rows = next((b for b in inner if isinstance(b, _ROW_BLOCKS)), None)
+        if rows is not None:
+            raise CompositionError(
+                f"Adapter setup is invalid: cannot use {rows} inside {block}. MultiTask hands each row to the child "
+                f"its task id names, so no block below it may cut or replicate the rows; put {type(rows).__name__} "
+                f"outside, e.g. Stack({rows}, {block})."
+            )
+
+
+def _blocks_in(block) -> list:
+    """``block`` and every block below it."""
+    return [block] + [b for child in block.children if not isinstance(child, str) for b in _blocks_in(child)]
 
 
 class BatchRequirement(NamedTuple):

@@ -126,6 +126,8 @@ class ForwardContext:
             adding keys (Llama-Adapter's adaption prompts): the attention wrapper acts, the mask
             function stays the backend's own.
         adapter_gating_scores: the collected gating scores, per adapter and layer.
+        task_ids: the task id of each batch row (a 1-d ``int64`` tensor, checked against the setup's
+            ``MultiTask`` blocks when the pass starts), from the call's ``task_ids``; None without one.
         kv_cache_layers: the ``layers`` lists of the pass's ``past_key_values`` while prefixes are
             active (empty otherwise): they may keep the wrapper's joins (see
             ``adapters.hooks.joined_cache``).
@@ -152,6 +154,7 @@ class ForwardContext:
         self.original_batch_size = None
         self.output_adapter_fusion_attentions = False
         self.output_adapter_gating_scores = False
+        self.task_ids = None  # per-row task ids for MultiTask blocks (see adapters.forward)
         self.adapter_fusion_attentions: dict = {}
         self.adapter_gating_scores: dict = {}
         self.prefix_states: dict = {}

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from .compat import passed_cache
-from .composition import BatchSplit, Parallel, Split, Stack, batch_requirement, check_input_batch
+from .composition import BatchSplit, MultiTask, Parallel, Split, Stack, batch_requirement, check_input_batch
 from .context import AdapterSetup, ForwardContext, registry_lock
 from .errors import CompositionError
 from .hooks.patching import swap_class
@@ -53,6 +53,9 @@ _SEPARATE_BATCH_INPUTS = ("pixel_values",)
 
 # set while generate() runs a Parallel setup whose inputs it replicated itself (number of branches)
 _pre_replicated: contextvars.ContextVar[int] = contextvars.ContextVar("adapters_pre_replicated", default=1)
+# the task_ids given to generate(), for the forward passes it makes (transformers passes on only the
+# keyword arguments the model's forward signature names)
+_generate_task_ids: contextvars.ContextVar = contextvars.ContextVar("adapters_generate_task_ids", default=None)
 
 
 class ForwardCall:
@@ -135,7 +138,9 @@ class ForwardMixin:
 
         Extra keyword arguments: ``output_adapter_fusion_attentions`` and
         ``output_adapter_gating_scores`` return the fusion attention weights / gating scores
-        as ``adapter_fusion_attentions`` / ``adapter_gating_scores`` on the output.
+        as ``adapter_fusion_attentions`` / ``adapter_gating_scores`` on the output;
+        ``task_ids`` gives each batch row its task for a ``MultiTask`` setup (integers or the
+        block's adapter names, one per row; ignored by setups without ``MultiTask``).
 
         Example::
 
@@ -160,8 +165,12 @@ class ForwardMixin:
         context = self._new_context()
         context.output_adapter_fusion_attentions = kwargs.pop("output_adapter_fusion_attentions", False)
         context.output_adapter_gating_scores = kwargs.pop("output_adapter_gating_scores", False)
+        names = self._forward_argument_names()
+        task_ids = kwargs.pop("task_ids", None)
+        task_ids = _generate_task_ids.get() if task_ids is None else task_ids
+        context.task_ids = _checked_task_ids(context.setup, task_ids, _input_batch(names, args, kwargs))
         channels = self._channels_to_replicate(context)
-        self._check_input_fits(context, channels, args, kwargs, self._forward_argument_names())
+        self._check_input_fits(context, channels, args, kwargs, names)
         if channels:
             args, kwargs = self._replicate_batch(args, kwargs, channels, context)
         with context.activate():
@@ -187,11 +196,20 @@ class ForwardMixin:
         input: the returned sequences have ``n × batch`` rows, branch ``i`` in rows
         ``i·batch … (i+1)·batch − 1`` (the same layout as Parallel's forward outputs).
 
+        With a ``MultiTask`` setup, ``task_ids`` (one per input row) hold for every step (greedy
+        search or sampling, one sequence per row; more rows per input are refused at the first step).
+
         Example::
 
             >>> model.set_active_adapters(Parallel("a", "b"))
             >>> out = model.generate(input_ids, max_new_tokens=8)   # rows [a's; b's]
         """
+        if kwargs.get("task_ids") is not None:  # MultiTask: every step's rows keep their task ids
+            token = _generate_task_ids.set(kwargs.pop("task_ids"))
+            try:
+                return self.generate(*args, **kwargs)
+            finally:
+                _generate_task_ids.reset(token)
         setup = self._setup_for_forward()[0]
         channels = _parallel_channels(setup)
         if channels == 1:
@@ -231,6 +249,9 @@ class ForwardMixin:
         if context is not None and context.registry is self.adapters_config:
             return None, kwargs
         context = self._new_context()
+        task_ids = kwargs.pop("task_ids", None)
+        task_ids = _generate_task_ids.get() if task_ids is None else task_ids
+        context.task_ids = _checked_task_ids(context.setup, task_ids, _input_batch((), (), kwargs))
         channels = self._channels_to_replicate(context)
         self._check_input_fits(context, channels, (), kwargs)
         if channels:
@@ -314,6 +335,66 @@ class ForwardMixin:
                 f"cache passed has {rows} rows. Continue a cache made under the same Parallel setup (it has "
                 f"{batch * channels} rows), or activate the setup the cache was made with."
             )
+
+
+@functools.lru_cache(maxsize=1024)
+def _multi_task_blocks(setup) -> tuple:
+    """The MultiTask blocks of ``setup`` (the setup itself or children of its top-level Stack)."""
+    if isinstance(setup, MultiTask):
+        return (setup,)
+    if isinstance(setup, Stack):
+        return tuple(child for child in setup.children if isinstance(child, MultiTask))
+    return ()
+
+
+def _checked_task_ids(setup, task_ids, batch: Optional[int]) -> Optional[torch.Tensor]:
+    """The call's ``task_ids`` as a 1-d ``int64`` tensor of indices into the setup's ``MultiTask``
+    children, checked before the model runs: given where a MultiTask is active, one per row of the
+    ``batch`` (when known), each an index ``0 … n − 1`` or the name of a child adapter (resolved the
+    same in every MultiTask of the setup). None where the setup has no MultiTask (ids are ignored).
+
+    Raises:
+        CompositionError: naming ``task_ids``, the value and the valid form.
+    """
+    blocks = _multi_task_blocks(setup) if setup is not None else ()
+    if not blocks:
+        return None
+    block = blocks[0]
+    count = min(len(b.children) for b in blocks)
+    valid = (
+        f"one task id per batch row{f' ({batch} rows)' if batch is not None else ''}: integers 0 … {count - 1} (a list "
+        f"or a 1-d integer tensor) or names of {block}'s adapters"
+    )
+    if task_ids is None:
+        raise CompositionError(f"{block} needs task_ids for this forward call; give {valid}, e.g. model(**batch, task_ids=[0, 1]).")
+    if isinstance(task_ids, torch.Tensor):
+        if task_ids.dim() != 1 or task_ids.dtype.is_floating_point or task_ids.dtype.is_complex or task_ids.dtype == torch.bool:
+            raise CompositionError(f"task_ids is a {task_ids.dtype} tensor of shape {tuple(task_ids.shape)}; give {valid}.")
+        ids = task_ids.detach().to("cpu", torch.int64)
+    elif isinstance(task_ids, (list, tuple)) and task_ids and all(isinstance(t, str) for t in task_ids):
+        resolved = []
+        for candidate in blocks:
+            children = [c if isinstance(c, str) else None for c in candidate.children]
+            unknown = sorted({t for t in task_ids if t not in children})
+            if unknown:
+                raise CompositionError(f"task_ids names {unknown}, which are no adapters of {candidate}; give {valid}.")
+            resolved.append([children.index(t) for t in task_ids])
+        if any(r != resolved[0] for r in resolved):
+            raise CompositionError(
+                f"task_ids={list(task_ids)!r} names different positions in the setup's MultiTask blocks "
+                f"{list(blocks)}; give integer task ids instead."
+            )
+        ids = torch.tensor(resolved[0], dtype=torch.int64)
+    elif isinstance(task_ids, (list, tuple)) and task_ids and all(isinstance(t, int) and not isinstance(t, bool) for t in task_ids):
+        ids = torch.tensor(task_ids, dtype=torch.int64)
+    else:
+        raise CompositionError(f"task_ids={task_ids!r} is not a list of task ids; give {valid}.")
+    if batch is not None and ids.numel() != batch:
+        raise CompositionError(f"task_ids has {ids.numel()} entries but the input batch has {batch} rows; give {valid}.")
+    bad = ids[(ids < 0) | (ids >= count)]
+    if bad.numel():
+        raise CompositionError(f"task_ids holds {bad.unique().tolist()}, outside 0 … {count - 1}; give {valid}.")
+    return ids
 
 
 @functools.lru_cache(maxsize=1024)  # setups are immutable and hashable; this runs at every forward pass

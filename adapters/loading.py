@@ -124,8 +124,9 @@ def _fusion_key_pattern(fusion_name: str) -> re.Pattern:
 def _select_parameters(model, pattern: re.Pattern) -> dict[str, torch.nn.Parameter]:
     """Name -> parameter, for the parameters whose key matches ``pattern``; names are relative to
     the base model, or to the whole model for parameters outside it (a head's
-    ``modules_to_save`` copy)."""
-    return _strip_prefix(model, {k: p for k, p in model.named_parameters() if pattern.search(k)})
+    ``modules_to_save`` copy). A parameter that several adapters share (``share_parameters``) is
+    listed under each adapter's own key."""
+    return _strip_prefix(model, {k: p for k, p in model.named_parameters(remove_duplicate=False) if pattern.search(k)})
 
 
 def _rename_in_keys(state: dict, pattern_fn, old: str, new: str) -> dict:

@@ -23,6 +23,7 @@ from .fusion import (
 )
 from .lora import DoRAConfig, IA3Config, LoftQConfig, LoRAConfig
 from .model_config import ModelAdaptersConfig
+from .mtl_lora import MTLLoRAConfig, MultiTaskConfig
 from .prefix import MAMConfig, PrefixTuningConfig, PromptTuningConfig, UniPELTConfig
 from .vera import DvoRAConfig, VeraConfig
 from .weight_transforms import AdaLoRAConfig, LoHaConfig, LoKrConfig, OFTConfig, WeightTargetingConfig
@@ -55,6 +56,8 @@ __all__ = [
     "LoftQConfig",
     "MAMConfig",
     "ModelAdaptersConfig",
+    "MTLLoRAConfig",
+    "MultiTaskConfig",
     "ParBnConfig",
     "PrefixTuningConfig",
     "PromptTuningConfig",

@@ -3,8 +3,9 @@
 A method hosts its adapters at some place in every layer (a bottleneck host after a residual
 block, a LoRA host on a linear layer, ...). The host mixes in :class:`ComposableLayer` and
 implements the small protocol below; the engine in :meth:`ComposableLayer.compose` turns
-``Stack``/``Parallel``/``Split``/``BatchSplit``/``Average`` (and ``Fuse``, where the method defines
-it) into calls of that protocol.
+``Stack``/``Parallel``/``Split``/``BatchSplit``/``Average``/``MultiTask`` (and ``Fuse``, where the
+method defines it) into calls of that protocol. A ``MultiTask`` is a ``BatchSplit`` over the rows
+sorted by their task id (the forward context's ``task_ids``); the rows return in their order.
 
 Protocol of a method's host (``State`` is the method's NamedTuple of intermediate values):
 
@@ -26,7 +27,7 @@ from typing import ClassVar, NamedTuple, Optional
 
 import torch
 
-from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from ..context import ForwardContext
 from ..errors import CompositionError
 
@@ -109,6 +110,8 @@ def _prune(setup, present: set):
         return _Pruned(BatchSplit, children, batch_sizes=setup.batch_sizes)
     if isinstance(setup, Parallel):
         return _Pruned(Parallel, children)
+    if isinstance(setup, MultiTask):  # positional: child i takes the rows of task i
+        return _Pruned(MultiTask, children)
     raise TypeError(f"Unknown composition block {setup!r}.")
 
 
@@ -419,7 +422,51 @@ class ComposableLayer(HostCapabilities):
             return self.mean([self.compose(child, state) for child in setup.children], setup.weights, state)
         if kind is Fuse:
             return self.compose_fuse(setup, state)
+        if kind is MultiTask:
+            return self._compose_multi_task(setup, state)
         raise TypeError(f"Unknown block {setup!r}")
+
+    def _compose_multi_task(self, setup, state):
+        """Child ``i`` processes the rows whose task id is ``i``: the rows sorted by task (stably),
+        a BatchSplit over the runs, the rows put back in their order."""
+        order, inverse, sizes = self._task_rows(setup, state)
+        if order is None:  # sorted by task already
+            return self._compose_batch_groups(setup, state, sizes)
+        grouped = self._compose_batch_groups(setup, self.select_rows(state, self.BATCH_FIELDS, order), sizes)
+        return self.select_rows(grouped, self.BATCH_FIELDS, inverse)
+
+    def _task_rows(self, setup, state):
+        """``(order, inverse, sizes)`` for the forward context's task ids on this state's rows
+        (``order`` None when the rows are sorted by task already), once per pass and device."""
+        context = ForwardContext.get_context()
+        task_ids = None if context is None else getattr(context, "task_ids", None)
+        batch = self._batch_size(state)
+        if task_ids is None:
+            raise CompositionError(
+                f"{setup.kind.__name__} needs task ids, one per batch row, but this pass has none at "
+                f"{type(self).__name__} (layer {self.layer_idx}); call the model with task_ids=..., e.g. "
+                f"model(**batch, task_ids=[0, 1, ...])."
+            )
+        rows = task_ids.numel()
+        if batch != rows:
+            if batch % rows or batch // rows != context.parallel_channels:
+                raise CompositionError(
+                    f"MultiTask got task_ids for {rows} rows, but the batch has {batch} rows at {type(self).__name__} "
+                    f"(layer {self.layer_idx}); give one task id per row of the batch."
+                )
+            task_ids = task_ids.repeat(batch // rows)  # Parallel replicated the rows: each copy keeps its task
+        device = getattr(state, self.BATCH_FIELDS[0]).device
+        key = ("task_rows", batch, len(setup.children), device)
+        found = context.pass_cache.get(key)
+        if found is None:
+            sizes = torch.bincount(task_ids, minlength=len(setup.children)).tolist()
+            if bool((task_ids[1:] >= task_ids[:-1]).all()):
+                found = (None, None, sizes)
+            else:
+                order = torch.argsort(task_ids, stable=True)
+                found = (order.to(device), torch.argsort(order).to(device), sizes)
+            context.pass_cache[key] = found
+        return found
 
     def _parallel_sizes(self, setup, state) -> list[int]:
         channels = len(setup.children)
@@ -465,6 +512,11 @@ class ComposableLayer(HostCapabilities):
         raise NotImplementedError(f"{type(self).__name__} must implement mean")
 
     # -- state algebra derived from the field lists ---------------------------------------------
+    @staticmethod
+    def select_rows(state: NamedTuple, fields, index: torch.Tensor):
+        """The rows ``index`` (a 1-d index tensor) of the tensor fields ``fields``, in that order."""
+        return state._replace(**{f: getattr(state, f).index_select(0, index) for f in fields if getattr(state, f) is not None})
+
     @staticmethod
     def slice_state(state: NamedTuple, fields, dim: int, start: int, end: int):
         return state._replace(

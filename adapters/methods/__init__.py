@@ -14,6 +14,7 @@ from .lokr import LoKr
 from .oft import OFT
 from .hra import HRA
 from .adalora import AdaLoRA
+from .mtl_lora import MTLLoRA
 from .vera import Vera
 from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
 from .prefix_tuning import PrefixTuningLayer, PrefixTuningPool
@@ -41,6 +42,7 @@ __all__ = [
     "OFT",
     "HRA",
     "AdaLoRA",
+    "MTLLoRA",
     "Vera",
     "AdaptionPrompt",
     "AdaptionPromptLayer",

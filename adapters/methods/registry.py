@@ -275,7 +275,7 @@ def families() -> Iterator[MethodFamily]:
     Example::
 
         >>> sorted(f.name for f in families() if f.weight_delta)
-        ['adalora', 'hra', 'loha', 'lokr', 'lora', 'oft', 'vera']
+        ['adalora', 'hra', 'loha', 'lokr', 'lora', 'mtl_lora', 'oft', 'vera']
     """
     return iter(tuple(_FAMILIES.values()))
 
@@ -310,7 +310,7 @@ class AdapterMethod:
     """The method families an interface can enable (AdapterHub's names).
 
     * ``bottleneck``: bottleneck adapters, Compacter, parallel adapters;
-    * ``lora``: weight updates of linear layers — LoRA, DoRA, (IA)³, LoHa, LoKr, OFT, HRA, AdaLoRA;
+    * ``lora``: weight updates of linear layers — LoRA, DoRA, (IA)³, LoHa, LoKr, OFT, HRA, AdaLoRA, MTL-LoRA;
     * ``prefix_tuning``: methods inside attention — prefix tuning, Llama-Adapter;
     * ``prompt_tuning``: soft prompts;
     * ``invertible``: invertible adapters on the embeddings (``inv_adapter`` of a bottleneck config);
