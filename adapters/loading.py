@@ -91,7 +91,7 @@ FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
 # module-dict names under which methods keep per-adapter modules (state-dict key segments)
 ADAPTER_CONTAINERS = (
     "adapters", "loras", "prefix_tunings", "prefix_gates", "prompt_tunings", "shared_parameters", "modules_to_save",
-    "invertible_adapters", "adaption_prompts",
+    "invertible_adapters", "adaption_prompts", "refts",
 )
 # AdapterHub saved its prefix pool once more under every layer (``<attention>.prefix_tuning.pool.``):
 # copies of ``prefix_tuning.prefix_tunings.<name>``, which is what loads

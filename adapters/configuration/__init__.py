@@ -25,6 +25,7 @@ from .lora import DoRAConfig, IA3Config, LoftQConfig, LoRAConfig
 from .model_config import ModelAdaptersConfig
 from .mtl_lora import MTLLoRAConfig, MultiTaskConfig
 from .prefix import MAMConfig, PrefixTuningConfig, PromptTuningConfig, UniPELTConfig
+from .reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
 from .vera import DvoRAConfig, VeraConfig
 from .weight_transforms import AdaLoRAConfig, LoHaConfig, LoKrConfig, OFTConfig, WeightTargetingConfig
 
@@ -61,6 +62,10 @@ __all__ = [
     "ParBnConfig",
     "PrefixTuningConfig",
     "PromptTuningConfig",
+    "ReftConfig",
+    "LoReftConfig",
+    "NoReftConfig",
+    "DiReftConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
     "StaticAdapterFusionConfig",

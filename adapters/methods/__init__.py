@@ -20,6 +20,7 @@ from .bottleneck import Adapter, BottleneckLayer, ParallelAdapter
 from .prefix_tuning import PrefixTuningLayer, PrefixTuningPool
 from .prompt_tuning import PROMPT_BLOCKS, PromptTuningPool
 from .adaption_prompt import AdaptionPrompt, AdaptionPromptLayer
+from .reft import ReftLayer
 from .fusion import AdapterFusion
 from .phm import PHMLayer
 

@@ -314,7 +314,7 @@ class AdapterMethod:
     * ``prefix_tuning``: methods inside attention — prefix tuning, Llama-Adapter;
     * ``prompt_tuning``: soft prompts;
     * ``invertible``: invertible adapters on the embeddings (``inv_adapter`` of a bottleneck config);
-    * ``reft``: AdapterHub's ReFT, which this library does not implement (accepted and ignored).
+    * ``reft``: representation finetuning — LoReFT, NoReFT, DiReFT (interventions on layer outputs);
 
     Each family names the entry that admits it (:attr:`MethodFamily.interface_method`).
 

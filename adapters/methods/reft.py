@@ -1,0 +1,562 @@
+"""ReFT, representation finetuning (Wu et al., 2024, "ReFT: Representation Finetuning for Language
+Models"): instead of changing weights, edit the hidden representations a layer outputs, at a few
+token positions.
+
+**The intervention.** For a hidden state ``h ∈ R^d`` a rank-``r`` intervention is
+
+    Φ(h) = h + Rᵀ (φ(W h + b) − R h)          (LoReFT, NoReFT: ``subtract_projection``)
+    Φ(h) = h + Rᵀ  φ(W h + b)                 (DiReFT)
+
+with ``W ∈ R^{r×d}``, ``b ∈ R^r`` (``learned_source``), ``R ∈ R^{r×d}`` (``projection``) and ``φ`` the
+``non_linearity`` (the identity by default). LoReFT keeps the rows of ``R`` orthonormal
+(``orthogonality``): ``R`` is parametrised by torch's orthogonal parametrisation (Householder
+form, trivialised around a fixed orthogonal ``base``), so that ``Rᵀ(·)`` edits ``h`` only inside the
+``r``-dimensional subspace spanned by the rows of ``R`` — there it replaces ``R h`` by ``φ(W h + b)``.
+NoReFT drops the orthogonality, DiReFT also the subtracted projection. In training, dropout acts
+on the intervened state ``Φ(h)`` (AdapterHub's placement). None of the three is the identity at
+initialisation: ``W``, ``b`` and ``R`` all start random, as in AdapterHub.
+
+**Where.** After each selected layer (``layers``: ``"all"`` or indices in AdapterHub's numbering),
+on the layer's output hidden states, at the first ``prefix_positions`` and the last
+``suffix_positions`` *real* tokens of each row (padding is read from the attention mask, left or
+right). Untied (``tied_weights=False``) the prefix positions get intervention ``units.0`` and the
+suffix positions ``units.1``; tied, ``units.0`` serves both. A row with fewer real tokens than
+``prefix_positions`` (or ``suffix_positions``) is intervened on at all of them. Where the prefix
+and suffix of a row would overlap (fewer than ``prefix_positions + suffix_positions`` real
+tokens): with tied weights a shared position gets the intervention once; untied, the row is
+refused, since it is not defined which of the two interventions applies where they meet.
+
+**Generation.** The prompt of a sequence is the input of the pass that starts it; interventions
+apply at the prompt's real tokens only, never at generated tokens. Inside ``generate()`` the
+positions are taken from the prompt once and kept for the whole call, so greedy decoding with and
+without the KV cache is the same computation; outside ``generate()`` a forward pass that continues
+a KV cache intervenes nowhere (its tokens come after the prompt).
+
+**Composition.** ``Stack(a, b)``: ``b``'s intervention is applied to ``a``'s output, each at its own
+positions. ``Parallel`` and ``BatchSplit`` give each branch its rows. ReFT does not merge into
+weights.
+
+**Layout.** Each selected layer gets a child ``reft_layer`` (the host), whose ``refts.<name>`` holds
+the adapter's intervention, as in AdapterHub: ``<layer>.reft_layer.refts.<name>.units.<i>.
+learned_source.{weight,bias}`` and ``….projection.weight``, or with orthogonality
+``….projection.parametrizations.weight.original`` and the fixed ``….parametrizations.weight.0.base``
+(kept as a frozen parameter, so it is saved and loaded with the adapter and never trained).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..compat import passed_cache
+from ..composition import BatchSplit, Parallel, Stack
+from ..configuration.reft import ReftConfig
+from ..context import ForwardContext
+from ..errors import AdapterConfigError, CompositionError
+from ..hooks.engine import ComposableLayer, remove_host_mixin, setup_members
+from ..hooks.patching import swap_class
+from ..hooks.spec import layer_stacks, stack_config, stack_configs
+from .registry import MethodFamily, register
+
+__all__ = [
+    "ReftUnit", "ReftIntervention", "ReftLayer", "ReftOutputMixin", "ReftGenerationMixin", "REFT_BLOCKS",
+    "add_reft", "check_reft",
+]
+
+#: the composition blocks ReFT adapters take part in
+REFT_BLOCKS = (Stack, Parallel, BatchSplit)
+
+#: the host's name in each layer and the location ``get_adapter`` reports (AdapterHub's)
+HOST_NAME = "reft_layer"
+LOCATION = "output_reft"
+
+# the stacks whose real tokens the model's ``attention_mask`` describes; a decoder reads
+# ``decoder_attention_mask``; any other (a vision tower) has no padding
+_MASK_OF_ROLE = {"layers": "attention_mask", "encoder": "attention_mask", "text": "attention_mask",
+                 "decoder": "decoder_attention_mask"}
+# stacks that continue a KV cache (an encoder and a vision tower never do)
+_CACHED_ROLES = ("layers", "decoder")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class ReftUnit(nn.Module):
+    """One intervention ``Φ(h) = h + Rᵀ(φ(W h + b) − R h)`` (without ``− R h`` when not
+    ``subtract_projection``), then dropout (see the module docstring).
+
+    Example::
+
+        >>> unit = ReftUnit(32, LoReftConfig(r=2), torch.float32)
+        >>> unit(torch.randn(5, 32)).shape
+        torch.Size([5, 32])
+    """
+
+    def __init__(self, hidden_size: int, config: ReftConfig, dtype: Optional[torch.dtype]):
+        super().__init__()
+        self.orthogonal = config.orthogonality
+        self.subtract_projection = config.subtract_projection
+        # built in AdapterHub's order (source, projection, parametrisation), so that one seed gives
+        # the same initial values in both libraries
+        self.learned_source = nn.Linear(hidden_size, config.r, bias=True, dtype=dtype)
+        projection = nn.Linear(hidden_size, config.r, bias=False, dtype=dtype)
+        if self.orthogonal:
+            # the Householder parametrisation needs a QR decomposition, unavailable in half precision
+            projection = projection.to(torch.float32) if dtype in _HALF else projection
+            projection = nn.utils.parametrizations.orthogonal(projection)
+            parametrization = projection.parametrizations.weight[0]
+            base = parametrization._buffers.pop("base")
+            # a frozen parameter instead of a buffer: saved, loaded and moved with the adapter's
+            # weights (AdapterHub writes it too); train_adapter leaves it frozen (see _keep_bases_frozen)
+            parametrization.register_parameter("base", nn.Parameter(base, requires_grad=False))
+        self.projection = projection
+        name = config.non_linearity
+        if name is None:
+            self.non_linearity = nn.Identity()
+        elif name.lower() == "leakyrelu":
+            self.non_linearity = nn.LeakyReLU()
+        else:
+            self.non_linearity = ACT2FN[name.lower()]
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(bfloat16) reach here: the orthogonal parametrisation stays in float32
+        super()._apply(fn, recurse)
+        if self.orthogonal and self.projection.parametrizations.weight.original.dtype in _HALF:
+            self.projection.float()
+        return self
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = self.learned_source.weight.dtype
+        h = hidden.to(dtype)
+        rotation = self.projection.weight.to(dtype)  # R, (r, d): rows orthonormal with orthogonality
+        edit = self.non_linearity(self.learned_source(h))
+        if self.subtract_projection:
+            edit = edit - h @ rotation.t()
+        return self.dropout(h + edit @ rotation).to(hidden.dtype)
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The fixed orthogonal base of the parametrisation (empty without orthogonality).
+
+        Example::
+
+            >>> [tuple(p.shape) for p in ReftUnit(32, LoReftConfig(), None).frozen_parameters()]
+            [(32, 32)]
+        """
+        if not self.orthogonal:
+            return []
+        return [self.projection.parametrizations.weight[0].base]
+
+
+class ReftIntervention(nn.Module):
+    """The interventions of one adapter at one layer: ``units.0`` (prefix positions, and suffix ones
+    when ``tied_weights``) and ``units.1`` (suffix positions, untied). AdapterHub builds two units
+    whenever the weights are untied, whether or not both kinds of positions are used; so does this.
+
+    Example::
+
+        >>> intervention = ReftIntervention(32, LoReftConfig(prefix_positions=2, suffix_positions=1), None)
+        >>> len(intervention.units)
+        2
+    """
+
+    def __init__(self, hidden_size: int, config: ReftConfig, dtype: Optional[torch.dtype]):
+        super().__init__()
+        self.prefix_positions = config.prefix_positions
+        self.suffix_positions = config.suffix_positions
+        self.tied_weights = config.tied_weights
+        seed = config.init_weights_seed
+        units = []
+        for _ in range(1 if config.tied_weights else 2):
+            with torch.random.fork_rng(enabled=seed is not None):  # a seed never changes the global generator
+                if seed is not None:
+                    torch.manual_seed(seed)
+                units.append(ReftUnit(hidden_size, config, dtype))
+        self.units = nn.ModuleList(units)
+
+    def position_masks(self, spans: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prefix, suffix)``: boolean ``(rows, length)`` masks of the positions of this pass that
+        get the prefix / the suffix intervention. ``spans`` holds per row ``(first, n)``: the position
+        of the row's first real prompt token relative to this pass's first position, and the number
+        of real prompt tokens.
+
+        Example::
+
+            >>> prefix, suffix = intervention.position_masks(torch.tensor([[0, 5], [2, 3]]), 6)  # p=2, s=1
+            >>> prefix.int().tolist(), suffix.int().tolist()
+            ([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]], [[0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 0]])
+        """
+        first, count = spans[:, :1], spans[:, 1:]
+        relative = torch.arange(length, device=spans.device).unsqueeze(0) - first
+        prefix = (relative >= 0) & (relative < count.clamp(max=self.prefix_positions))
+        suffix = (relative >= count - count.clamp(max=self.suffix_positions)) & (relative < count)
+        return prefix, suffix
+
+    def check_fits(self, spans: torch.Tensor, name: str) -> None:
+        """Refuse rows whose prefix and suffix positions would overlap with untied weights (see the
+        module docstring); tied, a shared position gets the one intervention once."""
+        p, s = self.prefix_positions, self.suffix_positions
+        if not (p and s) or self.tied_weights:
+            return
+        count = spans[:, 1]
+        short = ((count > 0) & (count < p + s)).nonzero().flatten().tolist()
+        if short:
+            row = short[0]
+            raise CompositionError(
+                f"ReFT adapter {name!r} intervenes on the first {p} and the last {s} real tokens of each row, but row "
+                f"{row} has only {int(count[row])} real tokens, so its prefix and suffix positions would overlap. Give "
+                f"every row at least {p + s} real tokens, or use a config with fewer prefix_positions / "
+                f"suffix_positions."
+            )
+
+    def forward(self, hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        prefix, suffix = self.position_masks(spans, hidden.shape[1])
+        if self.tied_weights:
+            return torch.where((prefix | suffix).unsqueeze(-1), self.units[0](hidden), hidden)
+        out = hidden
+        if self.prefix_positions:
+            out = torch.where(prefix.unsqueeze(-1), self.units[0](hidden), out)
+        if self.suffix_positions:
+            out = torch.where(suffix.unsqueeze(-1), self.units[1](hidden), out)
+        return out
+
+
+class ReftState(NamedTuple):
+    """What the composition engine passes between a layer's interventions: the hidden states
+    ``(rows, length, d)`` and each row's ``(first, n)`` prompt span (see
+    :meth:`ReftIntervention.position_masks`)."""
+
+    hidden: torch.Tensor
+    spans: torch.Tensor
+
+
+class ReftLayer(ComposableLayer, nn.Module):
+    """The ReFT host of one layer (its child ``reft_layer``): the adapters' interventions in
+    ``refts``, composed by the engine on the layer's output.
+
+    Example::
+
+        >>> model.add_adapter("reft", config="loreft")
+        >>> sorted(model.bert.encoder.layer[0].reft_layer.refts)
+        ['reft']
+    """
+
+    method = "reft"
+    supported_blocks = REFT_BLOCKS
+    BATCH_FIELDS = ("hidden", "spans")
+    SEQUENCE_FIELDS = ("hidden",)
+    removed_when_empty = True
+
+    def __init__(self, layer_idx: int, role: str):
+        super().__init__()
+        self._init_composable(layer_idx, LOCATION)
+        self.role = role
+        self.refts = nn.ModuleDict()
+
+    @property
+    def adapters(self) -> nn.ModuleDict:
+        """The interventions by adapter name.
+
+        Example::
+
+            >>> list(model.bert.encoder.layer[0].reft_layer.adapters)
+            ['reft']
+        """
+        return self.refts
+
+    def adapter_names(self) -> set[str]:
+        """The adapters with an intervention at this layer.
+
+        Example::
+
+            >>> model.bert.encoder.layer[0].reft_layer.adapter_names()
+            {'reft'}
+        """
+        return set(self.refts)
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name``'s intervention (nothing if it has none here).
+
+        Example::
+
+            >>> model.bert.encoder.layer[0].reft_layer.delete_adapter("reft")
+        """
+        if name in self.refts:
+            del self.refts[name]
+        self._invalidate_setup_cache()
+
+    def is_empty(self) -> bool:
+        """Whether no adapter has an intervention here (then :meth:`uninstall` may run).
+
+        Example::
+
+            >>> model.bert.encoder.layer[0].reft_layer.is_empty()
+            False
+        """
+        return not len(self.refts)
+
+    def uninstall(self) -> None:
+        """Take the host out of its layer and the layer's class swap with it.
+
+        Example::
+
+            >>> model.delete_adapter("reft")       # the last ReFT adapter: every host uninstalls
+        """
+        layer = self.__dict__.pop("_layer", None)
+        if layer is not None:
+            remove_host_mixin(layer, ReftOutputMixin, containers=(HOST_NAME,))
+
+    def compose_single(self, name: str, state: ReftState) -> ReftState:
+        intervention = self.refts[name]
+        context = ForwardContext.get_context()
+        checked = context.__dict__.setdefault("reft_checked", set()) if context is not None else set()
+        key = (self.role, intervention.prefix_positions, intervention.suffix_positions, state.spans.data_ptr(), len(state.spans))
+        if key not in checked:
+            intervention.check_fits(state.spans, name)
+            checked.add(key)
+        return state._replace(hidden=intervention(state.hidden, state.spans))
+
+    def intervene(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The layer's output hidden states with the active setup's interventions applied.
+
+        Example::
+
+            >>> with ForwardContext(model, Stack("reft")).activate():
+            ...     edited = model.bert.encoder.layer[0].reft_layer.intervene(hidden)
+        """
+        context = ForwardContext.get_context()
+        setup = self.active_setup(context)
+        if setup is None:
+            return hidden
+        spans = _prompt_spans(context, self.role, hidden)
+        if spans is None:  # no position of this pass is intervened on
+            return hidden
+        return self.compose(setup, ReftState(hidden, spans)).hidden
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - driven by the layer's forward
+        raise RuntimeError("ReftLayer is driven by its layer's forward and is not called directly.")
+
+
+class ReftOutputMixin:
+    """Swapped onto each layer that hosts ReFT interventions: runs the layer, then its ``reft_layer``
+    on the output hidden states (the first output where the layer returns a tuple).
+
+    Example::
+
+        >>> type(model.bert.encoder.layer[0]).__mro__[1].__name__
+        'ReftOutputMixin'
+    """
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        host = self._modules.get(HOST_NAME)
+        if host is None or ForwardContext.get_context() is None:
+            return output
+        if isinstance(output, torch.Tensor):
+            return host.intervene(output)
+        if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+            return (host.intervene(output[0]),) + tuple(output[1:])
+        return output
+
+
+# -- the prompt's positions in each pass -----------------------------------------------------------------
+
+
+class _Generation:
+    """The prompt spans of one ``generate()`` call, per stack role, taken from its first pass."""
+
+    def __init__(self, model):
+        self.model = model
+        self.spans: dict[str, torch.Tensor] = {}
+
+
+_generation: contextvars.ContextVar[Optional[_Generation]] = contextvars.ContextVar("adapters_reft_generation", default=None)
+
+
+class ReftGenerationMixin:
+    """Model method the ReFT family adds to every patched model: ``generate`` keeps the prompt's
+    positions for the whole call, so interventions never reach generated tokens and decoding with
+    and without the KV cache agree.
+
+    Example::
+
+        >>> model.set_active_adapters("loreft")
+        >>> model.generate(input_ids, attention_mask=mask, max_new_tokens=8)
+    """
+
+    def generate(self, *args, **kwargs):
+        """transformers' ``generate`` with ReFT's generation rule (interventions at the prompt's real
+        tokens only); everything else as the next ``generate`` in the class hierarchy does it.
+
+        Example::
+
+            >>> out = model.generate(input_ids, attention_mask=mask, max_new_tokens=8, use_cache=False)
+        """
+        token = _generation.set(_Generation(self))
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            _generation.reset(token)
+
+
+def _reft_names(model) -> set[str]:
+    registry = model.adapters_config
+    return {
+        name for name, config in registry.adapters.items()
+        if any(part.architecture == "reft" for part in config.configs_by_architecture())
+    }
+
+
+def _active_reft_adapters(model, setup) -> tuple[str, ...]:
+    """The ReFT adapters of ``setup`` (cached per setup and registry version)."""
+    registry = model.adapters_config
+    cache = model.__dict__.get("_adapters_reft_members")
+    if cache is None or cache[0] != registry.version:
+        cache = model.__dict__["_adapters_reft_members"] = (registry.version, {})
+    return setup_members(setup, lambda: _reft_names(model), cache[1])
+
+
+def note_pass_inputs(model, context: ForwardContext, call) -> None:
+    """Before a forward pass with active ReFT adapters: keep the attention masks and the length of
+    the KV cache the pass continues, from which each stack's real-token positions are read.
+
+    Example::
+
+        >>> note_pass_inputs(model, context, call)     # run by the model's forward
+    """
+    if context.setup is None or not _active_reft_adapters(model, context.setup):
+        return
+    kwargs = call.keyword_arguments()
+    cache = passed_cache(kwargs)
+    past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+    context.reft_inputs = {
+        "attention_mask": kwargs.get("attention_mask"),
+        "decoder_attention_mask": kwargs.get("decoder_attention_mask"),
+        "past": int(past),
+    }
+    context.reft_spans = {}
+
+
+def _spans_from_mask(mask: Optional[torch.Tensor], rows: int, total: int, device) -> torch.Tensor:
+    """``(rows, 2)``: each row's first real position and number of real tokens among ``total``."""
+    if mask is None:
+        first = torch.zeros(rows, dtype=torch.long, device=device)
+        return torch.stack([first, torch.full_like(first, total)], dim=1)
+    real = mask.to(device) != 0
+    return torch.stack([real.long().argmax(dim=1), real.sum(dim=1)], dim=1)
+
+
+def _prompt_spans(context: ForwardContext, role: str, hidden: torch.Tensor) -> Optional[torch.Tensor]:
+    """The ``(first, n)`` prompt span of each row, relative to this pass's first position (None
+    when no position of the pass is intervened on); computed once per pass and stack."""
+    cached = context.__dict__.setdefault("reft_spans", {})
+    if role in cached:
+        return cached[role]
+    inputs = context.__dict__.get("reft_inputs") or {}
+    rows, length = hidden.shape[:2]
+    past = inputs.get("past", 0) if role in _CACHED_ROLES else 0
+    mask = inputs.get(_MASK_OF_ROLE.get(role, ""))
+    if not (isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (rows, past + length)):
+        mask = None  # no mask for this stack's positions: every position is a real token
+    generation = _generation.get()
+    if generation is not None and generation.model is context.model:
+        prompt = generation.spans.get(role)
+        if prompt is None:  # the call's first pass over this stack reads the prompt
+            prompt = generation.spans[role] = _spans_from_mask(mask, rows, past + length, hidden.device)
+        elif len(prompt) != rows:
+            raise CompositionError(
+                f"generate() began with {len(prompt)} rows but a later pass has {rows}; ReFT keeps the prompt's "
+                f"positions per row and cannot follow a change of the batch inside one generate() call."
+            )
+        spans = prompt
+    elif past:
+        spans = None  # continuing a cache outside generate(): its tokens come after the prompt
+    else:
+        spans = _spans_from_mask(mask, rows, length, hidden.device)
+    if spans is not None:
+        spans = spans - torch.tensor([past, 0], device=spans.device)
+        # a prompt that ends before this pass's first position (a cached decoding step) leaves nothing to do
+        if past and not bool(((spans[:, 0] + spans[:, 1]) > 0).any()):
+            spans = None
+    cached[role] = spans
+    return spans
+
+
+# -- the ReFT family on a model: checks, creation, registration ---------------------------------------------
+
+
+def check_reft(model, config: ReftConfig) -> None:
+    """Refuse a config whose ``layers`` the model does not have.
+
+    Example::
+
+        >>> check_reft(model, LoReftConfig(layers=[7]))    # a 2-layer model
+        Traceback (most recent call last):
+        adapters.errors.AdapterConfigError: LoReftConfig.layers=[7] names layers the model does not have ...
+    """
+    if config.layers == "all":
+        return
+    count = len(stack_configs(model.base_model, model.__dict__["_adapters_spec"]))
+    missing = sorted(i for i in config.layers if i >= count)
+    if missing:
+        error = AdapterConfigError(
+            f"{type(config).__name__}.layers={list(config.layers)} names layers the model does not have ({missing}); "
+            f"give indices 0 … {count - 1} (it has {count} layers), or 'all'."
+        )
+        error.owner, error.field, error.value = type(config).__name__, "layers", config.layers
+        raise error
+
+
+def _host_of(model, layer: nn.Module, layer_idx: int, role: str) -> ReftLayer:
+    host = layer._modules.get(HOST_NAME)
+    if host is None:
+        host = ReftLayer(layer_idx, role)
+        host.__dict__["_layer"] = layer
+        layer.add_module(HOST_NAME, host)
+        swap_class(layer, ReftOutputMixin)
+        model._adapter_hosts.append(host)
+    return host
+
+
+def add_reft(model, name: str, config: ReftConfig, device, dtype) -> bool:
+    """Create adapter ``name``'s interventions after the layers ``config.layers`` selects.
+
+    Example::
+
+        >>> add_reft(model, "reft", LoReftConfig(layers=[0]), "cpu", torch.float32)
+        True
+    """
+    spec = model.__dict__["_adapters_spec"]
+    base = model.base_model
+    dtype = getattr(torch, config.dtype) if config.dtype is not None else dtype
+    added = False
+    for stack, first, layers in layer_stacks(base, spec):
+        hidden_size = stack_config(base.config, stack).hidden_size
+        for offset, layer in enumerate(layers):
+            layer_idx = first + offset
+            if config.layers != "all" and layer_idx not in config.layers:
+                continue
+            host = _host_of(model, layer, layer_idx, stack.role)
+            intervention = ReftIntervention(hidden_size, config, dtype)
+            host.refts[name] = intervention.to(device=device).train(model.training)
+            host._invalidate_setup_cache()
+            added = True
+    return added
+
+
+def _keep_bases_frozen(model, name: str, config: ReftConfig) -> None:
+    """After ``train_adapter``: the orthogonal parametrisation's fixed base stays frozen."""
+    for host in model._adapter_hosts:
+        if isinstance(host, ReftLayer) and name in host.refts:
+            for unit in host.refts[name].units:
+                for parameter in unit.frozen_parameters():
+                    parameter.requires_grad_(False)
+
+
+register(MethodFamily(
+    name="reft", title="ReFT", blocks=REFT_BLOCKS, add=add_reft, check=check_reft,
+    before_forward=note_pass_inputs, on_train=_keep_bases_frozen, interface_method="reft",
+    model_mixin=ReftGenerationMixin,
+))
