@@ -34,21 +34,83 @@ def tiny_models():
 
 
 def cases():
-    """``(case name, [(adapter name, config)], setup)``; configs are AdapterHub's classes."""
-    from adapters import AdapterPlusConfig
+    """``(case name, [(adapter name, config)], setup[, options])``; configs are AdapterHub's classes.
+
+    ``options``: ``archs`` (the tiny models the case runs on; default all), ``perturb``
+    (``"diagonal"``: perturb square matrices on their diagonal only; ``"none"``: keep the seeded
+    initialisation), ``adapterhub_fails`` (the
+    case shows an AdapterHub failure: its error is recorded under ``adapterhub_failures``, no files),
+    ``forward`` (extra keyword arguments of the forward pass, JSON values; written to the manifest),
+    ``share`` (groups of adapter names given to ``share_parameters`` once all are added and perturbed,
+    before they are saved; written to the manifest)."""
+    from adapters import AdapterPlusConfig, DvoRAConfig, Stack, VeraConfig
 
     # AdapterPlus's default reduction factor 96 leaves hidden 32 a width of 0, which AdapterHub
     # raises to 1 and this library refuses; the defaults otherwise, at a factor that fits
     yield "adapterplus", [("a", AdapterPlusConfig(reduction_factor=8))], "a"
     yield "adapterplus_r16", [("a", AdapterPlusConfig(reduction_factor=16, stochastic_depth=0.0))], "a"
+    # VeRA: AdapterHub saves no projections and draws them again from init_weights_seed, so every
+    # case sets one. Trained AdapterHub VeRA matrices are dense (every entry trains): "vera" perturbs
+    # them all; "vera_diagonal" keeps them diagonal (the paper's vectors). AdapterHub draws one
+    # projection pair with the first layer's shape, so its default q/v placement fails on Llama's
+    # grouped-query attention (v is 16 wide): "vera_gqa" records that; the others adapt q only
+    # (AdapterHub accepts "o" in attn_matrices, but places nothing there).
+    yield "vera", [("a", VeraConfig(r=4, init_weights_seed=11))], "a", {"archs": ["bert"]}
+    yield "vera_q", [("a", VeraConfig(r=4, alpha=16, init_weights_seed=12, attn_matrices=["q"]))], "a"
+    yield "vera_diagonal", [("a", VeraConfig(r=4, init_weights_seed=13, vera_d=1.0, vera_b=1.0, attn_matrices=["q"]))], "a", {
+        "perturb": "diagonal",
+    }
+    yield "vera_gqa", [("a", VeraConfig(r=4, init_weights_seed=14))], "a", {"archs": ["llama"], "adapterhub_fails": True}
+    yield "dvora", [("a", DvoRAConfig(init_weights_seed=15, attn_matrices=["v"]))], "a"
+    # ReFT: the inputs' second row is right-padded (9 real tokens), so suffix positions must follow
+    # the attention mask. AdapterHub does not write DiReFT's subtract_projection (a class attribute,
+    # not a field), so "direft" reloads as NoReFT there too; "reft_stack" shows that AdapterHub runs
+    # only the first adapter of a setup
+    from adapters import DiReftConfig, LoReftConfig, NoReftConfig
+
+    yield "loreft", [("a", LoReftConfig(r=2, suffix_positions=2))], "a"
+    yield "noreft", [("a", NoReftConfig(suffix_positions=1))], "a"
+    yield "direft", [("a", DiReftConfig(r=2, non_linearity="relu"))], "a"
+    yield "loreft_tied", [("a", LoReftConfig(layers=[1], prefix_positions=2, suffix_positions=2, r=2, tied_weights=True))], "a"
+    yield "loreft_seeded", [("a", LoReftConfig(r=2, suffix_positions=1, init_weights_seed=7))], "a", {"perturb": "none"}
+    # more suffix positions than the padded row's 9 real tokens: AdapterHub indexes before the row's start
+    yield "reft_long_suffix", [("a", LoReftConfig(prefix_positions=0, suffix_positions=10))], "a", {
+        "archs": ["bert"], "adapterhub_fails": True,
+    }
+    yield "reft_stack", [("a", NoReftConfig(prefix_positions=1, suffix_positions=1)), ("b", NoReftConfig(r=2))], Stack("a", "b")
+    # MTL-LoRA: a MultiTask routes each row to its task's adapter (task ids as adapter names, which
+    # AdapterHub takes as a list); "mtl_lora_shared": three tasks share A and the B_k
+    # (share_parameters), row 0 runs task c, row 1 task a; "mtl_lora_ffn": two unshared tasks on
+    # every linear layer of the second block (small files: a few modules each). AdapterHub's TaskSpecificLinear never calls
+    # nn.Module.__init__, so task_specific_matrix_type="linear" cannot be added: "mtl_lora_linear"
+    from adapters import MTLLoRAConfig, MultiTask
+
+    shared = MTLLoRAConfig(r=4, alpha=64, n_up_projection=3, weights_sharpness=0.5, attn_matrices=["q"])
+    yield "mtl_lora_shared", [(t, shared) for t in "abc"], MultiTask("a", "b", "c"), {
+        "share": [["a", "b", "c"]], "forward": {"task_ids": ["c", "a"]},
+    }
+    ffn = MTLLoRAConfig(r=2, alpha=32, intermediate_lora=True, output_lora=True, leave_out=[0])
+    yield "mtl_lora_ffn", [("a", ffn), ("b", ffn)], MultiTask("a", "b"), {"forward": {"task_ids": ["b", "a"]}}
+    linear = MTLLoRAConfig(r=4, n_up_projection=2, task_specific_matrix_type="linear")
+    yield "mtl_lora_linear", [("a", linear), ("b", linear)], MultiTask("a", "b"), {
+        "archs": ["bert"], "adapterhub_fails": True, "forward": {"task_ids": ["b", "a"]},
+    }
 
 
-def perturb(model, name: str, seed: int) -> None:
+def perturb(model, name: str, seed: int, diagonal: bool = False) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for key, parameter in model.named_parameters():
-            if f".{name}." in key or key.endswith(f".{name}"):
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+            # frozen ones (VeRA's shared projections) are never trained, so never perturbed
+            if parameter.requires_grad and (f".{name}." in key or key.endswith(f".{name}")):
+                noise = torch.randn(parameter.shape, generator=generator) * 0.1
+                if key.endswith("parametrizations.weight.original"):
+                    # torch's orthogonal parametrisation keeps signs (±1) on this diagonal that training
+                    # never changes (no gradient reaches them); noise there would flip or zero rows
+                    noise.diagonal().zero_()
+                if diagonal and parameter.dim() == 2 and parameter.shape[0] == parameter.shape[1]:
+                    noise = torch.diag(torch.diagonal(noise))
+                parameter.add_(noise)
 
 
 def provide_stochastic_depth() -> None:
@@ -102,6 +164,11 @@ def main() -> None:
         arch_dir = os.path.join(OUT, arch)
         torch.manual_seed(0)
         base = model_class(config).eval()
+        with torch.no_grad():  # BERT initialises its biases to 0; trained ones are not (AdapterHub's DoRA scales them)
+            bias_generator = torch.Generator().manual_seed(2)
+            for key, parameter in base.named_parameters():
+                if key.endswith(".bias"):
+                    parameter.normal_(0.0, 0.1, generator=bias_generator)
         base.save_pretrained(os.path.join(arch_dir, "base"))
         generator = torch.Generator().manual_seed(1)
         inputs = {
@@ -111,14 +178,35 @@ def main() -> None:
         from safetensors.torch import save_file
 
         save_file(inputs, os.path.join(arch_dir, "inputs.safetensors"))
-        for case, adapter_list, setup in cases():
+        for case, adapter_list, setup, *more in cases():
+            options = more[0] if more else {}
+            if arch not in options.get("archs", [arch]):
+                continue
             model = model_class.from_pretrained(os.path.join(arch_dir, "base")).eval()
             model.config._name_or_path = f"tiny-{arch}"  # what AdapterHub records as model_name, not a local path
             adapters.init(model)
+            if options.get("adapterhub_fails"):
+                try:
+                    for name, adapter_config in adapter_list:
+                        model.add_adapter(name, config=adapter_config)
+                    model.set_active_adapters(setup)
+                    with torch.no_grad():
+                        model(**inputs, **options.get("forward", {}))
+                except Exception as error:  # the failure is the fixture
+                    manifest.setdefault("adapterhub_failures", []).append({
+                        "arch": arch, "case": case, "error": f"{type(error).__name__}: {error}",
+                        "configs": [config.to_dict() for _, config in adapter_list], "setup": repr(setup),
+                    })
+                    continue
+                raise AssertionError(f"{case} on {arch} was expected to fail in AdapterHub, and ran")
             entries = []
             for index, (name, adapter_config) in enumerate(adapter_list):
                 model.add_adapter(name, config=adapter_config)
-                perturb(model, name, seed=100 + index)
+                if options.get("perturb") != "none":  # "none": the adapter as its seeded initialisation made it
+                    perturb(model, name, seed=100 + index, diagonal=options.get("perturb") == "diagonal")
+            for group in options.get("share", []):
+                model.share_parameters(group)
+            for name, _ in adapter_list:
                 folder = os.path.join(case, name)
                 os.makedirs(os.path.join(arch_dir, folder), exist_ok=True)  # AdapterHub makes only the last folder
                 model.save_adapter(os.path.join(arch_dir, folder), name)
@@ -126,7 +214,7 @@ def main() -> None:
             model.set_active_adapters(setup)
             model.eval()  # the adapters were added in training mode (drop-path would drop rows)
             with torch.no_grad():
-                out = model(**inputs).last_hidden_state.contiguous()
+                out = model(**inputs, **options.get("forward", {})).last_hidden_state.contiguous()
                 model.set_active_adapters(None)
                 base_out = model(**inputs).last_hidden_state
             save_file({"out": out}, os.path.join(arch_dir, case, "expected.safetensors"))
@@ -134,6 +222,7 @@ def main() -> None:
                 "arch": arch, "case": case, "kind": "text", "adapters": entries, "fusion": None,
                 "setup": repr(setup), "expected": f"{case}/expected.safetensors",
                 "differs_from_base": not torch.allclose(out, base_out, atol=1e-4),
+                **{key: options[key] for key in ("forward", "share") if key in options},
             })
     with open(os.path.join(OUT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
