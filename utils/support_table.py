@@ -56,6 +56,9 @@ COLUMNS = (
     Column("LoHa, LoKr, OFT, HRA, AdaLoRA", tested_on=("bert", "llama", "gpt2", "NEW_ARCHS", "t5", "bart", "whisper")),
     # tests/test_vera.py: the same representatives
     Column("VeRA, DVoRA", tested_on=("bert", "llama", "gpt2", "NEW_ARCHS", "t5", "bart", "whisper")),
+    # tests/test_mtl_lora.py and tests/test_reft.py run on every architecture
+    Column("MTL-LoRA (MultiTask)"),
+    Column("ReFT (LoReFT, NoReFT, DiReFT)"),
     Column("Prefix tuning", excluded_by=("NO_PREFIX",)),
     Column("Llama-Adapter", excluded_by=("NO_PREFIX", "NO_ADAPTION_PROMPT")),
     Column("Prompt tuning", excluded_by=("NO_PROMPT",)),
