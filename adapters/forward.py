@@ -437,7 +437,15 @@ def _original_class(cls) -> Optional[type]:
 
 @functools.lru_cache(maxsize=None)
 def _generate_parameter_names(cls) -> tuple[str, ...]:
-    return positional_names(super(ForwardMixin, cls).generate)
+    """The positional parameters of the ``generate`` this mixin wraps: the first one after it in
+    the class hierarchy that names them (a method family's pass-through ``generate(*args,
+    **kwargs)``, ReFT's, is skipped)."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(ForwardMixin) + 1 :]:
+        function = klass.__dict__.get("generate")
+        if function is not None and positional_names(function):
+            return positional_names(function)
+    return ()
 
 
 @functools.lru_cache(maxsize=None)

@@ -479,7 +479,8 @@ class ModelAdaptersMixin(
                     "architecture": config.architecture,
                     "#param": sum(p.numel() for p in params),
                     "active": name in active,
-                    "train": bool(params) and all(p.requires_grad for p in params),
+                    # any: some adapters keep fixed parameters that never train (ReFT's orthogonal base)
+                    "train": any(p.requires_grad for p in params),
                 }
             )
         for fusion_name in registry.fusions:
