@@ -299,6 +299,28 @@ def arch(request):
     return request.param
 
 
+def reference_with_deltas(model, arch: str, deltas: dict, head: str = "base"):
+    """A fresh copy of ``model``'s base model (same arch and head, same initial weights) whose
+    adapted linear weights are ``W + Σ_i w_i ΔW_i``, written out independently of the library:
+    ``deltas`` maps an adapter name to ``(w_i, delta)``, ``delta(adapter, W_rows) -> ΔW_i`` over
+    the rows the adapter covers (its parts of a fused projection such as GPT-2's ``c_attn``)."""
+    reference = make_model(arch, head)
+    modules = dict(reference.named_modules())
+    with torch.no_grad():
+        for path, host in model.named_modules():
+            if not hasattr(host, "loras"):
+                continue
+            weight = host.weight_out_in.detach().clone()
+            total = weight.clone()
+            for name, (factor, delta) in deltas.items():
+                if name in host.loras:
+                    adapter = host.loras[name]
+                    rows = slice(None) if adapter.out_index is None else adapter.out_index
+                    total[rows] += (factor * delta(adapter, weight[rows])).to(total.dtype)
+            modules[path].weight.copy_(total.t() if host.fan_in_fan_out else total)
+    return reference
+
+
 def patched(arch: str = "bert", head: str = "base", seed: int = 0):
     """A tiny model with ``adapters.init`` applied."""
     import adapters

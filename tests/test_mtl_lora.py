@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from conftest import ARCHS, ENCODER_DECODERS, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import ARCHS, make_inputs, make_model, patched, perturb_adapter, reference_with_deltas, run
 
 import adapters
 from adapters import (
@@ -50,21 +50,9 @@ def mtl_delta(adapter, config) -> torch.Tensor:
 def reference_model(model, arch, deltas: dict, head="base"):
     """A fresh copy of the base model whose adapted weights are ``W + Σ_i w_i ΔW_i``;
     ``deltas``: adapter name -> (weight, function of the adapter module giving its ΔW)."""
-    reference = make_model(arch, head)
-    modules = dict(reference.named_modules())
-    with torch.no_grad():
-        for path, host in model.named_modules():
-            if not hasattr(host, "loras"):
-                continue
-            total = host.weight_out_in.detach().double().clone()
-            for name, (weight, delta) in deltas.items():
-                if name in host.loras:
-                    adapter = host.loras[name]
-                    rows = slice(None) if adapter.out_index is None else adapter.out_index  # GPT-2's fused c_attn
-                    total[rows] += weight * delta(adapter)
-            target = modules[path]
-            target.weight.copy_((total.t() if host.fan_in_fan_out else total).float())
-    return reference
+    return reference_with_deltas(
+        model, arch, {n: (w, lambda adapter, _, delta=delta: delta(adapter)) for n, (w, delta) in deltas.items()}, head
+    )
 
 
 def with_tasks(arch, names=("a", "b", "c"), config=CONFIG, head="base", seed=0):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import NEW_ARCHS, make_inputs, make_model, patched, perturb_adapter, run
+from conftest import NEW_ARCHS, make_inputs, make_model, patched, perturb_adapter, reference_with_deltas, run
 
 import adapters
 from adapters import (
@@ -111,22 +111,7 @@ def effective_delta(adapter, weight: torch.Tensor) -> torch.Tensor:
 
 def reference_model(model, arch, weights_per_adapter: dict[str, float], head="base"):
     """A fresh copy of the base model whose adapted weights are ``W + Σ_i w_i ΔW_i(W)``."""
-    reference = make_model(arch, head)
-    modules = dict(reference.named_modules())
-    with torch.no_grad():
-        for path, host in model.named_modules():
-            if not hasattr(host, "loras"):
-                continue
-            weight = host.weight_out_in.detach().clone()
-            total = weight.clone()
-            for name, w in weights_per_adapter.items():
-                if name in host.loras:
-                    adapter = host.loras[name]
-                    rows = slice(None) if adapter.out_index is None else adapter.out_index  # parts of a fused c_attn
-                    total[rows] += w * effective_delta(adapter, weight[rows]).detach()
-            target = modules[path]
-            target.weight.copy_(total.t() if host.fan_in_fan_out else total)
-    return reference
+    return reference_with_deltas(model, arch, {n: (w, effective_delta) for n, w in weights_per_adapter.items()}, head)
 
 
 def _add(model, name, method, **overrides):

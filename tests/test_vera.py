@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from conftest import NEW_ARCHS, make_inputs, make_model, patched, perturb_adapter, require, run
+from conftest import NEW_ARCHS, make_inputs, make_model, patched, perturb_adapter, reference_with_deltas, require, run
 from safetensors.torch import load_file, save_file
 
 import adapters
@@ -58,25 +58,18 @@ def vera_weight(model, name: str, adapter: Vera, weight: torch.Tensor) -> torch.
 
 
 def reference_model(model, arch, weights_per_adapter: dict[str, float], head="base"):
-    """A fresh base model whose adapted weights are ``W + Σ_i w_i (W_i − W)``."""
-    reference = make_model(arch, head)
-    modules = dict(reference.named_modules())
-    with torch.no_grad():
-        for path, host in model.named_modules():
-            if not hasattr(host, "loras"):
-                continue
-            weight = host.weight_out_in.detach().clone()
-            total = weight.clone()
-            for name, w in weights_per_adapter.items():
-                if name in host.loras:
-                    adapter = host.loras[name]
-                    rows = slice(None) if adapter.out_index is None else adapter.out_index
-                    if isinstance(adapter, Vera):
-                        total[rows] += w * (vera_weight(model, name, adapter, weight[rows]) - weight[rows])
-                    else:
-                        total[rows] += w * adapter.delta_weight().detach()
-            modules[path].weight.copy_(total.t() if host.fan_in_fan_out else total)
-    return reference
+    """A fresh base model whose adapted weights are ``W + Σ_i w_i (W_i − W)`` (VeRA's ``W_i`` by
+    its definition, other methods' by their own ``delta_weight``)."""
+
+    def delta_of(name):
+        def delta(adapter, weight):
+            if isinstance(adapter, Vera):
+                return vera_weight(model, name, adapter, weight) - weight
+            return adapter.delta_weight().detach()
+
+        return delta
+
+    return reference_with_deltas(model, arch, {n: (w, delta_of(n)) for n, w in weights_per_adapter.items()}, head)
 
 
 def _add(model, name, method="vera", seed=0, **overrides):
