@@ -254,19 +254,32 @@ def test_left_padding_is_read_from_the_mask():
     torch.testing.assert_close(run(model, inputs, "r"), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_rows_shorter_than_the_positions_are_clipped_or_refused():
-    """Fewer real tokens than prefix_positions: all of them are intervened on (AdapterHub clips to
-    the sequence too). Prefix and suffix that would overlap: refused, naming the adapter and row."""
-    configs = {"p": LoReftConfig(prefix_positions=5, dropout=0.0), "ps": LoReftConfig(prefix_positions=3, suffix_positions=3)}
+def test_rows_shorter_than_the_positions_are_refused_naming_the_field_and_the_row():
+    """Fewer real tokens than prefix_positions (or suffix_positions): a clear error before any
+    intervention runs, naming the field, the row and its length. Prefix and suffix that would
+    overlap (untied): refused too. A tied overlap is defined (each position once); so is a row of
+    padding only (nothing to intervene on)."""
+    configs = {
+        "p": LoReftConfig(prefix_positions=5, dropout=0.0), "s": LoReftConfig(prefix_positions=0, suffix_positions=5),
+        "ps": LoReftConfig(prefix_positions=3, suffix_positions=3),
+        "tied": LoReftConfig(prefix_positions=3, suffix_positions=3, tied_weights=True, dropout=0.0),
+    }
     model = _model(configs=configs)
     inputs = make_inputs("bert", seq=6)
     inputs["attention_mask"][1] = torch.tensor([1, 1, 1, 1, 0, 0])
-    expected = _reference(model, inputs, [("p", model.adapters_config.adapters["p"])])
-    torch.testing.assert_close(run(model, inputs, "p"), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(CompositionError, match=r"'p' has prefix_positions=5, but row 1 .* only 4 real tokens.*at least 5"):
+        run(model, inputs, "p")
+    with pytest.raises(CompositionError, match=r"'s' has suffix_positions=5, but row 1"):
+        run(model, inputs, "s")
     with pytest.raises(CompositionError, match=r"'ps'.*first 3 and the last 3.*row 1 has only 4 real tokens"):
         run(model, inputs, "ps")
+    expected = _reference(model, inputs, [("tied", model.adapters_config.adapters["tied"])])
+    torch.testing.assert_close(run(model, inputs, "tied"), expected, atol=1e-5, rtol=1e-5)
     inputs["attention_mask"][1] = 1
-    assert torch.isfinite(run(model, inputs, "ps")).all()  # 6 real tokens: fits
+    for name in configs:
+        assert torch.isfinite(run(model, inputs, name)).all()  # 6 real tokens: every config fits
+    inputs["attention_mask"][1] = 0  # a row of padding only: nothing to intervene on, nothing refused
+    assert torch.isfinite(run(model, inputs, "p")).all()
 
 
 def test_hidden_states_and_dtype_follow_the_intervention():
@@ -605,10 +618,11 @@ def test_a_half_precision_model_keeps_the_orthogonal_projection_in_float32():
     torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
 
 
-def test_suffix_positions_beyond_a_padded_rows_length_are_clipped_where_adapterhub_fails():
-    """AdapterHub clips the suffix to the sequence length, not to the row's real tokens: for the
+def test_suffix_positions_beyond_a_padded_rows_length_are_refused_where_adapterhub_crashes():
+    """AdapterHub counts the suffix from the sequence's end, not the row's real tokens: for the
     right-padded row of 9 real tokens and suffix_positions=10 it indexes position −1 and fails
-    (recorded in the fixtures' manifest); here the row is intervened on at all its real tokens."""
+    with an IndexError (recorded in the fixtures' manifest); here the row is refused with an error
+    naming the field, the row and its length, and rows that fit run."""
     import json
     import os
 
@@ -620,5 +634,8 @@ def test_suffix_positions_beyond_a_padded_rows_length_are_clipped_where_adapterh
     model = _model(configs={"r": config})
     inputs = make_inputs("bert")
     assert inputs["attention_mask"][1].sum() == 9 < config.suffix_positions
+    with pytest.raises(CompositionError, match=rf"suffix_positions={config.suffix_positions}, but row 1 .* only 9 real tokens"):
+        run(model, inputs, "r")
+    inputs["attention_mask"][1] = 1
     expected = _reference(model, inputs, [("r", config)])
     torch.testing.assert_close(run(model, inputs, "r"), expected, atol=1e-5, rtol=1e-5)

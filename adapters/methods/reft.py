@@ -21,10 +21,11 @@ on the layer's output hidden states, at the first ``prefix_positions`` and the l
 ``suffix_positions`` *real* tokens of each row (padding is read from the attention mask, left or
 right). Untied (``tied_weights=False``) the prefix positions get intervention ``units.0`` and the
 suffix positions ``units.1``; tied, ``units.0`` serves both. A row with fewer real tokens than
-``prefix_positions`` (or ``suffix_positions``) is intervened on at all of them. Where the prefix
-and suffix of a row would overlap (fewer than ``prefix_positions + suffix_positions`` real
-tokens): with tied weights a shared position gets the intervention once; untied, the row is
-refused, since it is not defined which of the two interventions applies where they meet.
+``prefix_positions`` (or ``suffix_positions``) is refused: the adapter was trained on positions
+the row does not have. Where the prefix and suffix of a row would overlap (fewer than
+``prefix_positions + suffix_positions`` real tokens): with tied weights a shared position gets the
+intervention once; untied, the row is refused, since it is not defined which of the two
+interventions applies where they meet. A row without real tokens (all padding) is left alone.
 
 **Generation.** The prompt of a sequence is the input of the pass that starts it; interventions
 apply at the prompt's real tokens only, never at generated tokens. Inside ``generate()`` the
@@ -195,12 +196,23 @@ class ReftIntervention(nn.Module):
         return prefix, suffix
 
     def check_fits(self, spans: torch.Tensor, name: str) -> None:
-        """Refuse rows whose prefix and suffix positions would overlap with untied weights (see the
+        """Refuse rows with fewer real tokens than ``prefix_positions`` or ``suffix_positions``,
+        and rows whose prefix and suffix positions would overlap with untied weights (see the
         module docstring); tied, a shared position gets the one intervention once."""
         p, s = self.prefix_positions, self.suffix_positions
+        count = spans[:, 1]
+        too_short = ((count > 0) & (count < max(p, s))).nonzero().flatten().tolist()
+        if too_short:
+            row = too_short[0]
+            field, value = ("prefix_positions", p) if p >= s else ("suffix_positions", s)
+            raise CompositionError(
+                f"ReFT adapter {name!r} has {field}={value}, but row {row} of this input has only {int(count[row])} real "
+                f"tokens: every row needs at least {value} real tokens (the positions are counted among a row's real "
+                f"tokens, padding excluded). Pass longer inputs, or use the adapter with a config whose {field} is at "
+                f"most the shortest row's length."
+            )
         if not (p and s) or self.tied_weights:
             return
-        count = spans[:, 1]
         short = ((count > 0) & (count < p + s)).nonzero().flatten().tolist()
         if short:
             row = short[0]
