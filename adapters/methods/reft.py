@@ -61,6 +61,7 @@ from ..errors import AdapterConfigError, CompositionError
 from ..hooks.engine import ComposableLayer, remove_host_mixin, setup_members
 from ..hooks.patching import swap_class
 from ..hooks.spec import layer_stacks, stack_config, stack_configs
+from .caching import reuse_while_unchanged
 from .registry import MethodFamily, register
 
 __all__ = [
@@ -129,10 +130,26 @@ class ReftUnit(nn.Module):
             self.projection.float()
         return self
 
+    def rotation(self) -> torch.Tensor:
+        """``R`` (``r × d``). With orthogonality torch's parametrisation builds it from a full
+        ``d × d`` product at every access; in inference it is kept while its parameters are
+        unchanged (:func:`~adapters.methods.caching.reuse_while_unchanged`).
+
+        Example::
+
+            >>> unit.rotation().shape
+            torch.Size([1, 32])
+        """
+        if not self.orthogonal:
+            return self.projection.weight
+        parametrization = self.projection.parametrizations.weight
+        sources = [parametrization.original, parametrization[0].base]
+        return reuse_while_unchanged(self.__dict__.setdefault("_kept", {}), "rotation", sources, lambda: self.projection.weight)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         dtype = self.learned_source.weight.dtype
         h = hidden.to(dtype)
-        rotation = self.projection.weight.to(dtype)  # R, (r, d): rows orthonormal with orthogonality
+        rotation = self.rotation().to(dtype)  # R, (r, d): rows orthonormal with orthogonality
         edit = self.non_linearity(self.learned_source(h))
         if self.subtract_projection:
             edit = edit - h @ rotation.t()
@@ -177,23 +194,32 @@ class ReftIntervention(nn.Module):
                 units.append(ReftUnit(hidden_size, config, dtype))
         self.units = nn.ModuleList(units)
 
-    def position_masks(self, spans: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prefix, suffix)``: boolean ``(rows, length)`` masks of the positions of this pass that
-        get the prefix / the suffix intervention. ``spans`` holds per row ``(first, n)``: the position
-        of the row's first real prompt token relative to this pass's first position, and the number
-        of real prompt tokens.
+    def positions(self, spans: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positions, valid)``, both ``(rows, prefix_positions + suffix_positions)``: the
+        positions of this pass that get the prefix interventions, then the suffix ones, and whether
+        each is one to apply. ``spans`` holds per row ``(first, n)``: the position of the row's
+        first real prompt token relative to this pass's first position, and the number of real
+        prompt tokens. A position outside this pass (a prompt before a cached decoding step), in a
+        row of padding only, or (tied) a suffix position the prefix already covers is not valid;
+        invalid positions are clamped into the pass and left alone.
 
         Example::
 
-            >>> prefix, suffix = intervention.position_masks(torch.tensor([[0, 5], [2, 3]]), 6)  # p=2, s=1
-            >>> prefix.int().tolist(), suffix.int().tolist()
-            ([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]], [[0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 0]])
+            >>> positions, valid = intervention.positions(torch.tensor([[0, 5], [2, 3]]), 6)  # p=2, s=1
+            >>> positions.tolist(), valid.tolist()
+            ([[0, 1, 4], [2, 3, 4]], [[True, True, True], [True, True, True]])
         """
         first, count = spans[:, :1], spans[:, 1:]
-        relative = torch.arange(length, device=spans.device).unsqueeze(0) - first
-        prefix = (relative >= 0) & (relative < count.clamp(max=self.prefix_positions))
-        suffix = (relative >= count - count.clamp(max=self.suffix_positions)) & (relative < count)
-        return prefix, suffix
+        offsets = torch.arange(self.prefix_positions + self.suffix_positions, device=spans.device).unsqueeze(0)
+        is_suffix = offsets >= self.prefix_positions
+        # prefix: first + k; suffix: the last suffix_positions real tokens, first + n − s + (k − p)
+        relative = torch.where(is_suffix, count - self.suffix_positions + offsets - self.prefix_positions, offsets)
+        valid = (count > 0) & (relative >= 0) & (relative < count)
+        if self.tied_weights:  # a position both prefix and suffix get covers once, as the prefix
+            valid = valid & ~(is_suffix & (relative < self.prefix_positions))
+        positions = first + relative
+        valid = valid & (positions >= 0) & (positions < length)
+        return positions.clamp(0, max(length - 1, 0)), valid
 
     def check_fits(self, spans: torch.Tensor, name: str) -> None:
         """Refuse rows with fewer real tokens than ``prefix_positions`` or ``suffix_positions``,
@@ -224,21 +250,26 @@ class ReftIntervention(nn.Module):
             )
 
     def forward(self, hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
-        prefix, suffix = self.position_masks(spans, hidden.shape[1])
+        """``hidden`` with the interventions applied at the row's positions: the states there are
+        gathered, intervened on and scattered back as a change (only ``prefix_positions +
+        suffix_positions`` states per row are computed, and the pass costs one copy of ``hidden``)."""
+        positions, valid = self.positions(spans, hidden.shape[1])
+        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1).expand_as(positions)
+        gathered = hidden[rows, positions]
         if self.tied_weights:
-            return torch.where((prefix | suffix).unsqueeze(-1), self.units[0](hidden), hidden)
-        out = hidden
-        if self.prefix_positions:
-            out = torch.where(prefix.unsqueeze(-1), self.units[0](hidden), out)
-        if self.suffix_positions:
-            out = torch.where(suffix.unsqueeze(-1), self.units[1](hidden), out)
-        return out
+            edited = self.units[0](gathered)
+        else:
+            p = self.prefix_positions
+            edited = torch.cat([self.units[0](gathered[:, :p]), self.units[1](gathered[:, p:])], dim=1)
+        change = torch.where(valid.unsqueeze(-1), edited - gathered, torch.zeros_like(gathered))
+        # accumulate: an invalid (clamped) position may repeat a valid one, and adds nothing
+        return hidden.index_put((rows, positions), change, accumulate=True)
 
 
 class ReftState(NamedTuple):
     """What the composition engine passes between a layer's interventions: the hidden states
     ``(rows, length, d)`` and each row's ``(first, n)`` prompt span (see
-    :meth:`ReftIntervention.position_masks`)."""
+    :meth:`ReftIntervention.positions`)."""
 
     hidden: torch.Tensor
     spans: torch.Tensor
