@@ -221,6 +221,19 @@ class ReftIntervention(nn.Module):
         valid = valid & (positions >= 0) & (positions < length)
         return positions.clamp(0, max(length - 1, 0)), valid
 
+    def locate(self, spans: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows, positions, valid)``: :meth:`positions` with the row index of each entry.
+
+        Example::
+
+            >>> rows, positions, valid = intervention.locate(torch.tensor([[0, 5], [2, 3]]), 6)
+            >>> rows.tolist()
+            [[0, 0, 0], [1, 1, 1]]
+        """
+        positions, valid = self.positions(spans, length)
+        rows = torch.arange(len(spans), device=spans.device).unsqueeze(1).expand_as(positions)
+        return rows, positions, valid
+
     def check_fits(self, spans: torch.Tensor, name: str) -> None:
         """Refuse rows with fewer real tokens than ``prefix_positions`` or ``suffix_positions``,
         and rows whose prefix and suffix positions would overlap with untied weights (see the
@@ -249,12 +262,13 @@ class ReftIntervention(nn.Module):
                 f"suffix_positions."
             )
 
-    def forward(self, hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, spans: torch.Tensor, located=None) -> torch.Tensor:
         """``hidden`` with the interventions applied at the row's positions: the states there are
         gathered, intervened on and scattered back as a change (only ``prefix_positions +
-        suffix_positions`` states per row are computed, and the pass costs one copy of ``hidden``)."""
-        positions, valid = self.positions(spans, hidden.shape[1])
-        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1).expand_as(positions)
+        suffix_positions`` states per row are computed, and the pass costs one copy of ``hidden``).
+        ``located``: ``(rows, positions, valid)`` of these spans, computed already (see
+        :meth:`locate`)."""
+        rows, positions, valid = located if located is not None else self.locate(spans, hidden.shape[1])
         gathered = hidden[rows, positions]
         if self.tied_weights:
             edited = self.units[0](gathered)
@@ -359,7 +373,13 @@ class ReftLayer(ComposableLayer, nn.Module):
         if key not in checked:
             intervention.check_fits(state.spans, name)
             checked.add(key)
-        return state._replace(hidden=intervention(state.hidden, state.spans))
+        # every layer of the pass intervenes at the same positions: located once per pass
+        located_by_key = context.__dict__.setdefault("reft_located", {}) if context is not None else {}
+        key = (*key, intervention.tied_weights, state.hidden.shape[1])
+        located = located_by_key.get(key)
+        if located is None:
+            located = located_by_key[key] = intervention.locate(state.spans, state.hidden.shape[1])
+        return state._replace(hidden=intervention(state.hidden, state.spans, located))
 
     def intervene(self, hidden: torch.Tensor) -> torch.Tensor:
         """The layer's output hidden states with the active setup's interventions applied.
