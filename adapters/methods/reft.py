@@ -276,7 +276,11 @@ class ReftIntervention(nn.Module):
             p = self.prefix_positions
             edited = torch.cat([self.units[0](gathered[:, :p]), self.units[1](gathered[:, p:])], dim=1)
         change = torch.where(valid.unsqueeze(-1), edited - gathered, torch.zeros_like(gathered))
-        # accumulate: an invalid (clamped) position may repeat a valid one, and adds nothing
+        # accumulate: an invalid (clamped) position may repeat a valid one, and adds nothing. Without
+        # autograd the layer's fresh output is edited in place (nothing else holds it yet), which
+        # saves a copy of the hidden states per layer
+        if not torch.is_grad_enabled() and not hidden.requires_grad:
+            return hidden.index_put_((rows, positions), change, accumulate=True)
         return hidden.index_put((rows, positions), change, accumulate=True)
 
 
