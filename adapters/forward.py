@@ -168,7 +168,11 @@ class ForwardMixin:
         names = self._forward_argument_names()
         task_ids = kwargs.pop("task_ids", None)
         task_ids = _generate_task_ids.get() if task_ids is None else task_ids
-        context.task_ids = _checked_task_ids(context.setup, task_ids, _input_batch(names, args, kwargs))
+        batch = _input_batch(names, args, kwargs)
+        replicated = _pre_replicated.get()
+        if batch is not None and replicated and replicated == _parallel_channels(context.setup):
+            batch //= replicated  # generate() replicated the rows for Parallel; task_ids name the user's rows
+        context.task_ids = _checked_task_ids(context.setup, task_ids, batch)
         channels = self._channels_to_replicate(context)
         self._check_input_fits(context, channels, args, kwargs, names)
         if channels:

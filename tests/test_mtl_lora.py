@@ -574,3 +574,24 @@ def test_generate_keeps_each_rows_task_at_every_step(arch, head):
                 model.generate(**inputs, task_ids=[1, 0], num_beams=2, **settings)
     assert not torch.equal(singles[0], singles[1])
     assert torch.equal(routed, torch.stack([singles[1][0], singles[0][1]]))
+
+
+def test_generate_with_parallel_before_multitask_takes_one_task_id_per_input_row():
+    """generate() replicates the rows for a Parallel once, before the first pass; task_ids still
+    name the caller's rows, and each branch decodes as its own Stack with the MultiTask would."""
+    model = patched("llama", "clm")
+    for name in ("x", "y"):
+        model.add_adapter(name, config=LoRAConfig(r=4))
+        perturb_adapter(model, name, scale=0.3, seed=len(name))
+    for index, name in enumerate(("a", "b")):
+        model.add_adapter(name, config=CONFIG)
+        perturb_adapter(model, name, scale=0.3, seed=20 + index)
+    inputs = make_inputs("llama")
+    kwargs = dict(**inputs, task_ids=[1, 0], max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with AdapterSetup(Stack(Parallel("x", "y"), MultiTask("a", "b"))):
+        both = model.generate(**kwargs)
+    branches = []
+    for branch in ("x", "y"):
+        with AdapterSetup(Stack(branch, MultiTask("a", "b"))):
+            branches.append(model.generate(**kwargs))
+    assert torch.equal(both, torch.cat(branches))

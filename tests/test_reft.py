@@ -17,6 +17,7 @@ from conftest import (
     main_output,
     make_inputs,
     patched,
+    perturb_adapter,
     run,
 )
 
@@ -610,9 +611,13 @@ def test_a_half_precision_model_keeps_the_orthogonal_projection_in_float32():
     model = _model("llama", configs={"r": config})
     inputs = make_inputs("llama")
     expected = run(model, inputs, "r")
-    model.to(torch.bfloat16)
     unit = next(h for h in model._adapter_hosts if isinstance(h, ReftLayer)).refts["r"].units[0]
+    parametrization = unit.projection.parametrizations.weight
+    kept = (parametrization.original.detach().clone(), parametrization[0].base.clone())
+    model.to(torch.bfloat16)
     assert unit.learned_source.weight.dtype == torch.bfloat16 and unit.projection.weight.dtype == torch.float32
+    # never rounded through 16 bits: the trained original and the fixed base keep their values
+    assert torch.equal(parametrization.original, kept[0]) and torch.equal(parametrization[0].base, kept[1])
     out = run(model, inputs, "r")
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
@@ -639,3 +644,25 @@ def test_suffix_positions_beyond_a_padded_rows_length_are_refused_where_adapterh
     inputs["attention_mask"][1] = 1
     expected = _reference(model, inputs, [("r", config)])
     torch.testing.assert_close(run(model, inputs, "r"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_average_adapter_refuses_loreft_and_averages_noreft_linearly():
+    """LoReFT's R is a nonlinear function of its parameters (the parametrisation keeps the rows'
+    signs in them: averaging +1 and −1 loses a row), so average_adapter refuses it and adds
+    nothing; NoReFT's parameters average linearly, and adapters drawn from different seeds whose
+    fixed values differ are refused."""
+    model = patched("bert")
+    for index, name in enumerate(("a", "b")):
+        model.add_adapter(name, config=LoReftConfig(r=2, init_weights_seed=5))
+        perturb_adapter(model, name, scale=0.3, seed=index)
+    with pytest.raises(adapters.AdapterConfigError, match="cannot average LoReFT adapters"):
+        model.average_adapter("avg", ["a", "b"], weights=[0.5, 0.5])
+    assert "avg" not in model.adapters_config.adapters
+    for index, name in enumerate(("n1", "n2")):
+        model.add_adapter(name, config=NoReftConfig(r=2))
+        perturb_adapter(model, name, scale=0.3, seed=index)
+    model.average_adapter("navg", ["n1", "n2"], weights=[0.25, 0.75])
+    host = next(h for h in model._adapter_hosts if isinstance(h, ReftLayer))
+    units = {n: host.refts[n].units[0] for n in ("n1", "n2", "navg")}
+    expected = 0.25 * units["n1"].learned_source.weight + 0.75 * units["n2"].learned_source.weight
+    torch.testing.assert_close(units["navg"].learned_source.weight, expected)

@@ -423,14 +423,28 @@ def test_inference_keeps_the_adapted_weight_until_a_parameter_changes(method):
     model.set_active_adapters("a")
     inputs = make_inputs("bert")
     module = model.encoder.layer[0].attention.self.query.loras["a"]
+    host = model.encoder.layer[0].attention.self.query
+    kept_weight = lambda: host.__dict__.get("_adapters_kept_weight", {}).get("weight", (None, None))[1]  # noqa: E731
     first = run(model, inputs)
-    kept = module.__dict__["_kept"]["weight"][1]
-    assert run(model, inputs) is not None and module.__dict__["_kept"]["weight"][1] is kept  # reused
+    kept = kept_weight()
+    assert kept is not None and run(model, inputs) is not None and kept_weight() is kept  # reused
     with torch.no_grad():
         module.vera_B.mul_(-2.0)  # an optimizer step, a load: the version counter moves
     changed = run(model, inputs)
-    assert module.__dict__["_kept"]["weight"][1] is not kept and (changed - first).abs().max() > 1e-4
+    assert kept_weight() is not kept and (changed - first).abs().max() > 1e-4
     torch.testing.assert_close(changed, run(reference_model(model, "bert", {"a": 1.0}), inputs), atol=2e-5, rtol=1e-4)
+    module.vera_B.data.mul_(0.5)  # no version counter sees this: forget the kept weight by hand
+    Vera.forget_kept_weight(host)
+    torch.testing.assert_close(run(model, inputs), run(reference_model(model, "bert", {"a": 1.0}), inputs), atol=2e-5, rtol=1e-4)
+    _add(model, "b", method, seed=9)
+    run(model, inputs, "b")
+    assert kept_weight() is not kept and len(host.__dict__["_adapters_kept_weight"]) == 1  # one per layer
+    model.to(torch.float64)
+    model.to(torch.float16)
+    model.set_active_adapters("a")
+    run(model, {k: v for k, v in inputs.items()})  # half precision: the low-rank path, and the kept weight is freed
+    assert kept_weight() is None
+    model.to(torch.float32)
     model.train_adapter("a")
     out = model(**inputs).last_hidden_state  # training: the low-rank path, with gradients
     out.sum().backward()

@@ -51,7 +51,8 @@ class VeraConfig(LoRAConfig):
             the seed on load.
         use_dora: DVoRA: the updated weight is renormalised per output row and rescaled by a
             learned magnitude (see :class:`DvoRAConfig`).
-        dtype: AdapterHub's dtype of the projections and vectors (None: the model's).
+        dtype: AdapterHub's field, read and written; the adapter is created in the adapted
+            layer's dtype, as LoRA's is.
 
     Example::
 

@@ -25,6 +25,7 @@ from .. import logging
 from ..configuration.lora import LoRAConfig
 from ..context import registry_lock
 from ..errors import AdapterConfigError, AdapterMergeError
+from ..methods.registry import families_of
 from .common import as_names, module_paths, require_adapters, weight_delta_hosts
 from .task_vectors import TASK_MERGES
 
@@ -241,13 +242,19 @@ def _weighted_state(modules: list[nn.Module], weights: Sequence[float]) -> dict[
     parameters = {name for name, _ in modules[0].named_parameters()}
     result = {}
     for key, first in states[0].items():
+        if any(s[key].shape != first.shape for s in states[1:]):
+            raise AdapterConfigError(
+                f"The adapters' {key} have different shapes ({', '.join(str(tuple(s[key].shape)) for s in states)}; e.g. "
+                f"VeRA scaling loaded as AdapterHub's dense matrices beside vectors), so they cannot be averaged."
+            )
         if key in parameters and first.is_floating_point():
             result[key] = sum(w * s[key].float() for w, s in zip(weights, states))
             continue
-        if any(s[key].shape != first.shape or not torch.equal(s[key], first) for s in states[1:]):
+        if any(not torch.equal(s[key], first) for s in states[1:]):
             raise AdapterConfigError(
-                f"The adapters hold different fixed values in {key} (e.g. VeRA projections drawn from different "
-                f"seeds), so their parameters cannot be averaged; combine adapters that share them."
+                f"The adapters hold different fixed values in {key} (VeRA projections or LoReFT's orthogonal bases drawn "
+                f"from different seeds), so their parameters cannot be averaged; combine adapters that share them "
+                f"(created with the same init_weights_seed)."
             )
         result[key] = first
     return result
@@ -304,6 +311,9 @@ def _average_config(model, adapter_name, names, strategy, svd_rank, overwrite_ok
     if adapter_name in registry.adapters and not overwrite_ok:
         raise AdapterConfigError(f"An adapter named {adapter_name!r} exists already (adapter_name); pass overwrite_ok=True or rename it.")
     config = registry.adapters[names[0]]
+    for method_family, part in families_of(config):
+        if method_family.check_average is not None:
+            method_family.check_average(part)
     for name in names[1:]:
         if _config_signature(registry.adapters[name]) != _config_signature(config):
             raise AdapterConfigError(

@@ -41,7 +41,7 @@ weights.
 the adapter's intervention, as in AdapterHub: ``<layer>.reft_layer.refts.<name>.units.<i>.
 learned_source.{weight,bias}`` and ``….projection.weight``, or with orthogonality
 ``….projection.parametrizations.weight.original`` and the fixed ``….parametrizations.weight.0.base``
-(kept as a frozen parameter, so it is saved and loaded with the adapter and never trained).
+(torch's buffer: never trained; the family's checkpoint hooks save and load it with the weights).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from ..compat import passed_cache
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.reft import ReftConfig
 from ..context import ForwardContext
-from ..errors import AdapterConfigError, CompositionError
+from ..errors import AdapterConfigError, AdapterLoadError, CompositionError
 from ..hooks.engine import ComposableLayer, remove_host_mixin, setup_members
 from ..hooks.patching import swap_class
 from ..hooks.spec import layer_stacks, stack_config, stack_configs
@@ -107,12 +107,9 @@ class ReftUnit(nn.Module):
         if self.orthogonal:
             # the Householder parametrisation needs a QR decomposition, unavailable in half precision
             projection = projection.to(torch.float32) if dtype in _HALF else projection
+            # the fixed orthogonal ``base`` stays torch's buffer: never trained or averaged; the
+            # family's checkpoint hooks save and load it (AdapterHub writes it too)
             projection = nn.utils.parametrizations.orthogonal(projection)
-            parametrization = projection.parametrizations.weight[0]
-            base = parametrization._buffers.pop("base")
-            # a frozen parameter instead of a buffer: saved, loaded and moved with the adapter's
-            # weights (AdapterHub writes it too); train_adapter leaves it frozen (see _keep_bases_frozen)
-            parametrization.register_parameter("base", nn.Parameter(base, requires_grad=False))
         self.projection = projection
         name = config.non_linearity
         if name is None:
@@ -124,10 +121,17 @@ class ReftUnit(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def _apply(self, fn, recurse=True):
-        # model.half() / .to(bfloat16) reach here: the orthogonal parametrisation stays in float32
+        # model.half() / .to(bfloat16) reach here: the orthogonal parametrisation keeps its float32
+        # values (moved to the new device), never rounded through 16 bits
+        if not self.orthogonal:
+            return super()._apply(fn, recurse)
+        parametrization = self.projection.parametrizations.weight
+        original, base = parametrization.original.data, parametrization[0].base
         super()._apply(fn, recurse)
-        if self.orthogonal and self.projection.parametrizations.weight.original.dtype in _HALF:
-            self.projection.float()
+        if parametrization.original.dtype in _HALF:
+            device = parametrization.original.device
+            parametrization.original.data = original.to(device)
+            parametrization[0].base = base.to(device)
         return self
 
     def rotation(self) -> torch.Tensor:
@@ -154,19 +158,6 @@ class ReftUnit(nn.Module):
         if self.subtract_projection:
             edit = edit - h @ rotation.t()
         return self.dropout(h + edit @ rotation).to(hidden.dtype)
-
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        """The fixed orthogonal base of the parametrisation (empty without orthogonality).
-
-        Example::
-
-            >>> [tuple(p.shape) for p in ReftUnit(32, LoReftConfig(), None).frozen_parameters()]
-            [(32, 32)]
-        """
-        if not self.orthogonal:
-            return []
-        return [self.projection.parametrizations.weight[0].base]
-
 
 class ReftIntervention(nn.Module):
     """The interventions of one adapter at one layer: ``units.0`` (prefix positions, and suffix ones
@@ -613,17 +604,77 @@ def add_reft(model, name: str, config: ReftConfig, device, dtype) -> bool:
     return added
 
 
-def _keep_bases_frozen(model, name: str, config: ReftConfig) -> None:
-    """After ``train_adapter``: the orthogonal parametrisation's fixed base stays frozen."""
-    for host in model._adapter_hosts:
+def check_average(config: ReftConfig) -> None:
+    """Refuse averaging LoReFT adapters: ``R`` is a nonlinear function of its parameters (torch's
+    orthogonal parametrisation keeps the rows' signs in them), so a weighted mean of the
+    parameters is no mean of the interventions and can even lose a row of ``R``.
+
+    Example::
+
+        >>> check_average(LoReftConfig())
+        Traceback (most recent call last):
+        adapters.errors.AdapterConfigError: average_adapter cannot average LoReFT adapters ...
+    """
+    if config.orthogonality:
+        raise AdapterConfigError(
+            f"average_adapter cannot average LoReFT adapters ({type(config).__name__} with orthogonality=True): R is a "
+            f"nonlinear function of its parameters, so their weighted mean is no mean of the interventions. "
+            f"NoReFT and DiReFT adapters (orthogonality=False) average linearly."
+        )
+
+
+def _bases(model, name: str) -> dict[str, torch.Tensor]:
+    """``{key relative to the base model: base}`` of adapter ``name``'s orthogonal parametrisations."""
+    bases = {}
+    for path, host in model.base_model.named_modules():
         if isinstance(host, ReftLayer) and name in host.refts:
-            for unit in host.refts[name].units:
-                for parameter in unit.frozen_parameters():
-                    parameter.requires_grad_(False)
+            for i, unit in enumerate(host.refts[name].units):
+                if unit.orthogonal:
+                    key = f"{path}.refts.{name}.units.{i}.projection.parametrizations.weight.0.base"
+                    bases[key] = unit.projection.parametrizations.weight[0].base
+    return bases
+
+
+def bases_to_checkpoint(model, name: str, config: ReftConfig, state: dict) -> dict:
+    """The adapter's weights with the fixed bases of its orthogonal parametrisations, which
+    AdapterHub saves with them (they are buffers: the parameters alone leave them out).
+
+    Example::
+
+        >>> state = bases_to_checkpoint(model, "reft", LoReftConfig(), state)
+    """
+    return {**state, **{key: base.detach() for key, base in _bases(model, name).items()}}
+
+
+def bases_from_checkpoint(model, name: str, config: ReftConfig, state: dict, path: str) -> dict:
+    """The checkpoint's bases copied into the adapter's parametrisations (shape-checked) and taken
+    out of ``state``; a checkpoint without them keeps the drawn ones, as AdapterHub does.
+
+    Raises:
+        AdapterLoadError: a base of another shape (the message names ``path``).
+
+    Example::
+
+        >>> state = bases_from_checkpoint(model, "reft", LoReftConfig(), state, "out/reft/adapter.safetensors")
+    """
+    state = dict(state)
+    for key, base in _bases(model, name).items():
+        saved = state.pop(key, None)
+        if saved is None:
+            continue
+        if tuple(saved.shape) != tuple(base.shape):
+            raise AdapterLoadError(
+                f"{path}: {key} has shape {tuple(saved.shape)}, but the adapter needs {tuple(base.shape)}; was it saved "
+                f"for another model or config?"
+            )
+        with torch.no_grad():
+            base.copy_(saved.to(dtype=base.dtype))
+    return state
 
 
 register(MethodFamily(
     name="reft", title="ReFT", blocks=REFT_BLOCKS, add=add_reft, check=check_reft,
-    before_forward=note_pass_inputs, on_train=_keep_bases_frozen, interface_method="reft",
+    before_forward=note_pass_inputs, interface_method="reft",
+    to_adapterhub=bases_to_checkpoint, from_adapterhub=bases_from_checkpoint, check_average=check_average,
     model_mixin=ReftGenerationMixin,
 ))

@@ -172,6 +172,9 @@ class MethodFamily:
             the adapter trains and saves with itself (LoRA's ``bias`` option).
         model_mixin: a class of model methods the family adds to every patched model (AdaLoRA's
             ``update_and_allocate``).
+        check_average: ``(config) -> None``: raise :class:`~adapters.errors.AdapterConfigError` if
+            adapters of ``config`` cannot be averaged parameter by parameter (``average_adapter``;
+            LoReFT's orthogonal parametrisation).
         to_adapterhub: ``(model, name, config, state) -> state``: the adapter's weights (keyed
             relative to the base model) as AdapterHub's layout stores them, where that differs from
             the modules' parameters (VeRA's diagonal matrices and shared projections).
@@ -210,6 +213,7 @@ class MethodFamily:
     eject: Optional[Callable] = None
     base_parameters: Optional[Callable] = None
     model_mixin: Optional[type] = None
+    check_average: Optional[Callable] = None
     to_adapterhub: Optional[Callable] = None
     from_adapterhub: Optional[Callable] = None
 

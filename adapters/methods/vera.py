@@ -206,9 +206,12 @@ class Vera(LoRA):
         """In inference, the layer with its adapted weight ``W + ΔW`` (DVoRA: ``W'``) kept from
         the last pass while no parameter, projection or base weight has changed: one matmul, at
         the base layer's cost (the update has rank ``r``, often 256 for VeRA, so recomputing it
-        every pass, or running the low-rank path, costs a large fraction of the layer). The kept
-        weight is one copy of the layer's weight. In training, or in half precision (where
-        ``W + ΔW`` would round the update to the weight's precision), LoRA's paths run.
+        every pass, or running the low-rank path, costs a large fraction of the layer). The layer
+        keeps one such weight (one copy of its weight) for whichever VeRA adapter ran last; a
+        pass that cannot use it frees it. In training, or in half precision (where ``W + ΔW``
+        would round the update to the weight's precision), LoRA's paths run. A change is seen
+        through the tensors' version counters: an edit through ``.data`` bypasses them, so
+        after one call :meth:`forget_kept_weight`.
 
         Example::
 
@@ -216,21 +219,35 @@ class Vera(LoRA):
             ...     vera.forward_alone(host, x).shape
             torch.Size([2, 5, 64])
         """
+        # one kept weight per layer, whichever VeRA adapter it belongs to: switching adapters
+        # replaces it, and a pass that cannot use it (training, another dtype) frees it
+        kept = host.__dict__.setdefault("_adapters_kept_weight", {})
         dropout_active = isinstance(self.dropout, nn.Dropout) and self.dropout.training
         if (
             torch.is_grad_enabled() or host.merged or self.gated or self.out_index is not None or dropout_active
             or x.dtype not in (torch.float32, torch.float64)
             or host.__dict__["_adapters_original_class"].forward not in host._AFFINE_FORWARDS
         ):
+            kept.clear()
             return super().forward_alone(host, x)
         sources = [host.weight, self.vera_D, self.vera_B, self.projections.lora_A, self.projections.lora_B]
         if self.use_dora:
             sources.append(self.lora_magnitude)
         weight = reuse_while_unchanged(
-            self.__dict__.setdefault("_kept", {}), "weight", sources,
-            lambda: self.merge_into(host.weight_out_in.detach(), None, {})[0],
+            kept, "weight", sources, lambda: self.merge_into(host.weight_out_in.detach(), None, {})[0],
         )
         return nn.functional.linear(x, weight.to(x.dtype), host.bias)
+
+    @staticmethod
+    def forget_kept_weight(host) -> None:
+        """Free the adapted weight ``host`` keeps for inference (it is rebuilt at the next pass);
+        needed only after editing parameters through ``.data``, which no version counter sees.
+
+        Example::
+
+            >>> vera.vera_B.data.mul_(2); Vera.forget_kept_weight(host)
+        """
+        host.__dict__.pop("_adapters_kept_weight", None)
 
     def group_views(self):
         """VeRA's factors are computed from shared projections, so they cannot be written through
