@@ -453,6 +453,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("PEFT Llama-Adapter 10", build=_peft_adaption_prompt, activate=_peft_activate, archs=("llama",)),
     Scenario("VeRA r256 q+v", _ours_config(lambda arch: _VERA["VeRA r256"][0](list(_LORA_MODULES[arch]))), fwd_goal=1.05, train_goal=0.70),
     Scenario("PEFT VeRA r256 q+v", build=_peft_vera("VeRA r256"), activate=_peft_activate),
+    Scenario("LoReFT r4 p7+s7", _ours_config(lambda arch: adapters.LoReftConfig(r=4, prefix_positions=7, suffix_positions=7, dropout=0.0)), fwd_goal=1.05, train_goal=0.70),
+    Scenario("adapterplus", _single("adapterplus[stochastic_depth=0.0]"), fwd_goal=1.05, train_goal=0.70),
+    Scenario("MTL-LoRA r8 n3 q+v", _ours_config(lambda arch: adapters.MTLLoRAConfig(r=8, n_up_projection=3, target_modules=list(_LORA_MODULES[arch]))), fwd_goal=1.05, train_goal=0.70),
     Scenario("DVoRA r8 q+v", _ours_config(lambda arch: adapters.DvoRAConfig(target_modules=list(_LORA_MODULES[arch]))), fwd_goal=1.05, train_goal=0.70),
     *[
         scenario
