@@ -449,3 +449,20 @@ def test_inference_keeps_the_adapted_weight_until_a_parameter_changes(method):
     out = model(**inputs).last_hidden_state  # training: the low-rank path, with gradients
     out.sum().backward()
     assert module.vera_B.grad is not None
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_the_training_path_computes_the_definition(arch, method):
+    """With gradients recorded the vectors act on the activations (their gradients are sums over
+    the tokens); the output is still the definition, on whole layers and on GPT-2's fused c_attn."""
+    model = patched(arch)
+    _add(model, "a", method)
+    model.train_adapter("a")
+    inputs = make_inputs(arch)
+    from conftest import main_output
+
+    out = main_output(model(**inputs))
+    torch.testing.assert_close(out.detach(), run(reference_model(model, arch, {"a": 1.0}), inputs), atol=3e-5, rtol=1e-4)
+    out.sum().backward()
+    assert all(p.grad is not None for k, p in model.named_parameters() if p.requires_grad and ".a." in k)

@@ -202,6 +202,36 @@ class Vera(LoRA):
             return self.vera_B @ B
         return self.vera_B.unsqueeze(1) * B
 
+    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``((dropout(x) Aᵀ) ⊙ d) Bᵀ ⊙ b`` (unscaled): with the vectors applied to the activations
+        (PEFT's order), their gradients are sums over the tokens, where the factored form
+        ``x (diag(d) A)ᵀ (diag(b) B)ᵀ`` would form ``r × d_in`` and ``d_out × r`` gradients of the
+        effective factors first (two GEMMs over the tokens per layer in every backward pass).
+
+        Example::
+
+            >>> vera.lora_delta(x).shape[-1] == vera.rows
+            True
+        """
+        if self.full_scaling or self.groups > 1:
+            return super().lora_delta(x)
+        A = self.projections.lora_A[:, : self.in_features].to(self.vera_D.dtype)
+        B = self.projections.lora_B[: self.rows].to(self.vera_B.dtype)
+        return (((self.dropout(x) @ A.t()) * self.vera_D) @ B.t()) * self.vera_B
+
+    def add_delta(self, x: torch.Tensor, output: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """``output + s·`` :meth:`lora_delta` while gradients are recorded (training); LoRA's
+        two-GEMM accumulation otherwise.
+
+        Example::
+
+            >>> vera.add_delta(x, x @ W.t()).shape == (x @ W.t()).shape
+            True
+        """
+        if not torch.is_grad_enabled() or self.full_scaling or self.groups > 1:
+            return super().add_delta(x, output, in_place)
+        return output + self.lora_delta(x) * self.scaling
+
     def forward_alone(self, host, x: torch.Tensor) -> torch.Tensor | None:
         """In inference, the layer with its adapted weight ``W + ΔW`` (DVoRA: ``W'``) kept from
         the last pass while no parameter, projection or base weight has changed: one matmul, at
