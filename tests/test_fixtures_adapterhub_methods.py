@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import adapters
-from adapters import AdapterPlusConfig, DiReftConfig, DvoRAConfig, LoReftConfig, NoReftConfig, Stack, VeraConfig
+from adapters import AdapterPlusConfig, DiReftConfig, DoRAConfig, DvoRAConfig, LoReftConfig, NoReftConfig, Stack, VeraConfig
 from adapters import MTLLoRAConfig, MultiTask
 
 from fixture_utils import parse_setup
@@ -29,6 +29,8 @@ OUR_CONFIGS = {
     "vera_q": VeraConfig(r=4, alpha=16, init_weights_seed=12, attn_matrices=["q"]),
     "vera_diagonal": VeraConfig(r=4, init_weights_seed=13, vera_d=1.0, vera_b=1.0, attn_matrices=["q"]),
     "dvora": DvoRAConfig(init_weights_seed=15, attn_matrices=["v"]),
+    "dora": DoRAConfig(attn_matrices=["v"]),
+    "dora_alpha": DoRAConfig(r=4, alpha=12, attn_matrices=["v"]),
     "loreft": LoReftConfig(r=2, suffix_positions=2),
     "noreft": NoReftConfig(suffix_positions=1),
     "direft": DiReftConfig(r=2, non_linearity="relu"),
@@ -44,7 +46,10 @@ OUR_CONFIGS = {
 ADAPTERHUB_DEFECTS = {
     # AdapterHub's DoRA rescales the layer's bias with the weight (m/‖W + ΔW‖ ⊙ (x Wᵀ + b + x ΔWᵀ));
     # DoRA rescales the weight only (BERT's projections have biases; Llama's have none)
-    ("bert", "dvora"): "test_adapterhub_dvora_rescales_the_bias_too",
+    # and it normalises by ‖W + B A‖ without the scaling s = alpha/r (DoRA: ‖W + s·B A‖)
+    ("bert", "dvora"): "test_adapterhub_dora_rescales_the_bias_and_norms_the_unscaled_update",
+    ("bert", "dora"): "test_adapterhub_dora_rescales_the_bias_and_norms_the_unscaled_update",
+    ("llama", "dora_alpha"): "test_adapterhub_dora_rescales_the_bias_and_norms_the_unscaled_update",
     # AdapterHub never writes DiReFT's subtract_projection (a class attribute, not a field), so its
     # checkpoint reads as NoReFT, in AdapterHub as here
     ("bert", "direft"): "test_adapterhub_direft_checkpoint_reads_as_noreft",
@@ -186,43 +191,52 @@ def _case(arch: str, name: str) -> dict:
     return next(c for c in MANIFEST["cases"] if c["arch"] == arch and c["case"] == name)
 
 
-def test_adapterhub_dvora_rescales_the_bias_too():
-    """AdapterHub's DoRA computes ``m/‖W + ΔW‖ ⊙ (x Wᵀ + b + s·x ΔWᵀ)``: the bias is rescaled with
-    the weight. DoRA (Liu et al., 2024) decomposes the weight only, which is what this library
-    computes: ``x W'ᵀ + b`` with ``W' = m ⊙ (W + s·ΔW)/‖W + s·ΔW‖``. Written out here from the
-    checkpoint's tensors (AdapterHub's projections drawn as AdapterHub draws them), AdapterHub's
-    formula reproduces its recorded output and ours reproduces our output; they differ on BERT,
-    whose projections have biases (on Llama, without biases, the fixture reproduces)."""
+@pytest.mark.parametrize("arch,name", [("bert", "dvora"), ("bert", "dora"), ("llama", "dora_alpha")])
+def test_adapterhub_dora_rescales_the_bias_and_norms_the_unscaled_update(arch, name):
+    """AdapterHub's DoRA (and DVoRA) computes ``m/‖W + U‖ ⊙ (x Wᵀ + b + s·x Uᵀ)`` with ``U`` the
+    unscaled update (``B A``; VeRA's ``vera_B B vera_D A``) and ``s = alpha/r``: the bias is rescaled
+    with the weight, and the norm leaves out ``s``. DoRA (Liu et al., 2024), which this library
+    computes, is ``x W'ᵀ + b`` with ``W' = m ⊙ (W + s·U)/‖W + s·U‖``. Written out here from the
+    checkpoint's tensors, AdapterHub's formula reproduces its recorded output and DoRA's reproduces
+    ours; they differ where the layers have biases (BERT) or ``s ≠ 1``."""
     from transformers import AutoModel
 
-    case = _case("bert", "dvora")
+    case = _case(arch, name)
     model, inputs, expected = _load_case(case)
-    config = OUR_CONFIGS["dvora"]
-    arch_dir = os.path.join(HERE, "bert")
-    weights = torch.load(os.path.join(arch_dir, "dvora", "a", "pytorch_adapter.bin"), weights_only=True)
-    torch.manual_seed(config.init_weights_seed)  # AdapterHub: seed, then A (r × d_in) and B (d_out × r)
-    A = torch.nn.init.kaiming_uniform_(torch.empty(config.r, 32))
-    B = torch.nn.init.kaiming_uniform_(torch.empty(32, config.r))
+    config = OUR_CONFIGS[name]
+    arch_dir = os.path.join(HERE, arch)
+    weights = torch.load(os.path.join(arch_dir, name, "a", "pytorch_adapter.bin"), weights_only=True)
     scaling = config.alpha / config.r
+    if isinstance(config, DvoRAConfig):  # AdapterHub: seed, then A (r × d_in) and B (d_out × r)
+        torch.manual_seed(config.init_weights_seed)
+        A = torch.nn.init.kaiming_uniform_(torch.empty(config.r, 32))
+        B = torch.nn.init.kaiming_uniform_(torch.empty(32, config.r))
 
-    def with_layers(rescale_bias: bool):
+    def with_layers(adapterhub: bool):
         reference = AutoModel.from_pretrained(os.path.join(arch_dir, "base")).eval()
+        layers = reference.encoder.layer if arch == "bert" else reference.layers
         with torch.no_grad():
-            for i, layer in enumerate(reference.encoder.layer):
-                key = f"encoder.layer.{i}.attention.self.value.loras.a."
-                value = layer.attention.self.value
-                updated = value.weight + scaling * weights[key + "vera_B"] @ B @ weights[key + "vera_D"] @ A
-                factor = weights[key + "m.weight"].reshape(-1) / updated.norm(dim=1)
+            for i, layer in enumerate(layers):
+                value = layer.attention.self.value if arch == "bert" else layer.self_attn.v_proj
+                prefix = f"encoder.layer.{i}.attention.self.value" if arch == "bert" else f"layers.{i}.self_attn.v_proj"
+                key = f"{prefix}.loras.a."
+                if isinstance(config, DvoRAConfig):
+                    update = weights[key + "vera_B"] @ B[: value.out_features] @ weights[key + "vera_D"] @ A
+                else:
+                    update = weights[key + "lora_B"] @ weights[key + "lora_A"]
+                magnitude = weights[key + "m.weight"].reshape(-1)
+                updated = value.weight + scaling * update
+                factor = magnitude / ((value.weight + update) if adapterhub else updated).norm(dim=1)
                 value.weight.copy_(factor.unsqueeze(1) * updated)
-                if rescale_bias:
+                if adapterhub and value.bias is not None:
                     value.bias.mul_(factor)
             return reference(**inputs).last_hidden_state
 
     with torch.no_grad():
         model.set_active_adapters("a")
         ours = model(**inputs).last_hidden_state
-    torch.testing.assert_close(with_layers(rescale_bias=True), expected, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(with_layers(rescale_bias=False), ours, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(with_layers(adapterhub=True), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(with_layers(adapterhub=False), ours, atol=1e-5, rtol=1e-4)
     assert (ours - expected).abs().max() > 1e-3
 
 
@@ -255,3 +269,31 @@ def test_a_seeded_reft_adapter_starts_where_adapterhubs_does(case):
     with torch.no_grad():
         output = model(**inputs).last_hidden_state
     torch.testing.assert_close(output, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_dora_checkpoints_use_adapterhubs_magnitude_key_and_earlier_files_still_load(tmp_path):
+    """DoRA's magnitude is written as AdapterHub's ``m.weight`` (``d_out × 1``) and read back bit for
+    bit; a file written by earlier versions of this library (``lora_magnitude``) still loads."""
+    from safetensors.torch import save_file
+
+    from conftest import make_inputs, patched, perturb_adapter
+
+    model = patched("bert")
+    model.add_adapter("d", config=DoRAConfig(r=4))
+    perturb_adapter(model, "d", scale=0.3)
+    model.save_adapter(str(tmp_path / "d"), "d")
+    saved = load_file(str(tmp_path / "d" / "adapter.safetensors"))
+    key = "encoder.layer.0.attention.self.query.loras.d."
+    assert saved[key + "m.weight"].shape == (32, 1) and key + "lora_magnitude" not in saved
+    inputs = make_inputs("bert")
+    with torch.no_grad():
+        model.set_active_adapters("d")
+        expected = model(**inputs).last_hidden_state
+    for layout in ("adapterhub", "earlier"):
+        if layout == "earlier":
+            earlier = {k.replace(".m.weight", ".lora_magnitude"): v.reshape(-1) if k.endswith("m.weight") else v for k, v in saved.items()}
+            save_file(earlier, str(tmp_path / "d" / "adapter.safetensors"))
+        other = patched("bert")
+        other.load_adapter(str(tmp_path / "d"), set_active=True)
+        with torch.no_grad():
+            assert torch.equal(other(**inputs).last_hidden_state, expected)

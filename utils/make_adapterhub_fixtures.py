@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 
 import torch
 
@@ -43,7 +44,7 @@ def cases():
     ``forward`` (extra keyword arguments of the forward pass, JSON values; written to the manifest),
     ``share`` (groups of adapter names given to ``share_parameters`` once all are added and perturbed,
     before they are saved; written to the manifest)."""
-    from adapters import AdapterPlusConfig, DvoRAConfig, Stack, VeraConfig
+    from adapters import AdapterPlusConfig, DoRAConfig, DvoRAConfig, Stack, VeraConfig
 
     # AdapterPlus's default reduction factor 96 leaves hidden 32 a width of 0, which AdapterHub
     # raises to 1 and this library refuses; the defaults otherwise, at a factor that fits
@@ -62,6 +63,10 @@ def cases():
     }
     yield "vera_gqa", [("a", VeraConfig(r=4, init_weights_seed=14))], "a", {"archs": ["llama"], "adapterhub_fails": True}
     yield "dvora", [("a", DvoRAConfig(init_weights_seed=15, attn_matrices=["v"]))], "a"
+    # DoRA: AdapterHub stores the magnitude as m.weight (d_out x 1); "dora_alpha" (alpha != r)
+    # shows its norm of W + BA without the scaling
+    yield "dora", [("a", DoRAConfig(attn_matrices=["v"]))], "a"
+    yield "dora_alpha", [("a", DoRAConfig(r=4, alpha=12, attn_matrices=["v"]))], "a", {"archs": ["llama"]}
     # ReFT: the inputs' second row is right-padded (9 real tokens), so suffix positions must follow
     # the attention mask. AdapterHub does not write DiReFT's subtract_projection (a class attribute,
     # not a field), so "direft" reloads as NoReFT there too; "reft_stack" shows that AdapterHub runs
@@ -182,6 +187,9 @@ def main() -> None:
             options = more[0] if more else {}
             if arch not in options.get("archs", [arch]):
                 continue
+            # each case draws its adapters' initial weights from its own seed, so adding a case
+            # leaves the others' files as they were
+            torch.manual_seed(zlib.crc32(f"{arch}/{case}".encode()))
             model = model_class.from_pretrained(os.path.join(arch_dir, "base")).eval()
             model.config._name_or_path = f"tiny-{arch}"  # what AdapterHub records as model_name, not a local path
             adapters.init(model)

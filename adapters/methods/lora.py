@@ -97,7 +97,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "LinearAdapter", "LinearHost", "LoRA", "IA3", "LoRAGroup", "LoRALinear", "LoRAState", "lora_module_class",
-    "linear_hosts", "add_lora_modules", "lora_bias_parameters",
+    "linear_hosts", "add_lora_modules", "lora_bias_parameters", "magnitudes_to_adapterhub", "magnitudes_from_adapterhub",
 ]
 
 
@@ -1463,6 +1463,44 @@ def lora_to_peft(model, name: str, config: LoRAConfig) -> tuple[dict, dict]:
     return {"target_modules": targets, **fields}, weights
 
 
+def magnitudes_to_adapterhub(model, name: str, config, state: dict) -> dict:
+    """``state`` with DoRA's magnitude vectors (``…loras.<name>.lora_magnitude``, ``d_out``) as
+    AdapterHub stores them: the weight of a ``Linear(1, d_out)``, ``…loras.<name>.m.weight``
+    (``d_out × 1``). The values are the same; only key and shape differ.
+
+    Example::
+
+        >>> magnitudes_to_adapterhub(model, "dora", config, {"q.loras.dora.lora_magnitude": m})
+        {'q.loras.dora.m.weight': m[:, None]}
+    """
+    suffix = f".loras.{name}.lora_magnitude"
+    return {
+        (key[: -len("lora_magnitude")] + "m.weight" if key.endswith(suffix) else key): (
+            value.detach().unsqueeze(1) if key.endswith(suffix) else value
+        )
+        for key, value in state.items()
+    }
+
+
+def magnitudes_from_adapterhub(model, name: str, config, state: dict, path: str = "") -> dict:
+    """The inverse of :func:`magnitudes_to_adapterhub`: AdapterHub's ``…loras.<name>.m.weight``
+    read as the magnitude vector; a checkpoint written by earlier versions of this library (with
+    ``lora_magnitude`` keys) passes unchanged.
+
+    Example::
+
+        >>> magnitudes_from_adapterhub(model, "dora", config, {"q.loras.dora.m.weight": m})
+        {'q.loras.dora.lora_magnitude': m.reshape(-1)}
+    """
+    suffix = f".loras.{name}.m.weight"
+    return {
+        (key[: -len("m.weight")] + "lora_magnitude" if key.endswith(suffix) else key): (
+            value.reshape(-1) if key.endswith(suffix) else value
+        )
+        for key, value in state.items()
+    }
+
+
 LORA_PEFT = PeftMapping(
     "LORA", lora_config_from_peft, fields=_PEFT_LORA_FIELDS, field_names={"alpha": "lora_alpha", "dropout": "lora_dropout"},
     convert_key=lora_key_from_peft, write=lora_to_peft,
@@ -1472,5 +1510,5 @@ LORA_PEFT = PeftMapping(
 register(MethodFamily(
     name="lora", title="LoRA", blocks=LinearHost.supported_blocks, add=add_lora_modules, weight_delta=True,
     interface_method="lora", base_parameters=lora_bias_parameters, check_setup=check_saved_modules_in_setup,
-    peft=LORA_PEFT,
+    peft=LORA_PEFT, to_adapterhub=magnitudes_to_adapterhub, from_adapterhub=magnitudes_from_adapterhub,
 ))

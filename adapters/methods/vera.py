@@ -52,7 +52,7 @@ from ..configuration.vera import VeraConfig
 from ..errors import AdapterConfigError, AdapterLoadError
 from ..hooks.targeting import pattern_value
 from .caching import reuse_while_unchanged
-from .lora import LinearHost, LoRA, linear_hosts, lora_bias_parameters
+from .lora import LinearHost, LoRA, linear_hosts, lora_bias_parameters, magnitudes_from_adapterhub, magnitudes_to_adapterhub
 from .registry import MethodFamily, PeftMapping, register
 from .saved_modules import add_saved_modules, check_saved_modules_in_setup
 
@@ -362,8 +362,7 @@ def to_adapterhub(model, name: str, config: VeraConfig, state: dict) -> dict:
         if not module.full_scaling:
             for param in ("vera_D", "vera_B"):
                 state[key + param] = torch.diag(state[key + param].detach())
-        if module.use_dora:
-            state[key + "m.weight"] = state.pop(key + "lora_magnitude").detach().unsqueeze(1)
+    state = magnitudes_to_adapterhub(model, name, config, state)
     if config.save_projection and name in model._shared_parameters:
         for buffer, value in model._shared_parameters[name].named_buffers():
             state[f"shared_parameters.{name}.{buffer}"] = value
@@ -391,9 +390,7 @@ def from_adapterhub(model, name: str, config: VeraConfig, state: dict, path: str
                 state[key + "vera_D"], state[key + "vera_B"] = torch.diagonal(D).clone(), torch.diagonal(B).clone()
             else:
                 module.use_full_scaling()
-        magnitude = state.pop(key + "m.weight", None)
-        if magnitude is not None:
-            state[key + "lora_magnitude"] = magnitude.reshape(-1)
+    state = magnitudes_from_adapterhub(model, name, config, state)
     projections = model._shared_parameters[name] if name in model._shared_parameters else None
     for buffer in ("lora_A", "lora_B"):
         saved = state.pop(f"shared_parameters.{name}.{buffer}", None)
