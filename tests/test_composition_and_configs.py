@@ -161,3 +161,20 @@ def test_fusion_configs():
     assert AdapterFusionConfig.load(dynamic.to_dict()) == AdapterFusionConfig(**dynamic.to_dict())
     with pytest.raises(ValueError, match="Unknown fusion config"):
         AdapterFusionConfig.load("nope")
+
+
+def test_union_config_strings_and_list_values_parse_as_adapterhub_writes_them():
+    """AdapterHub's ``"a[...]|b[...]"`` is a union of both configs (not the first one alone), and
+    bracket values may be lists."""
+    from adapters import ConfigUnion, LoRAConfig, PrefixTuningConfig
+
+    union = AdapterConfig.load("lora[use_gating=True, r=4]|prefix_tuning[prefix_length=10]")
+    assert isinstance(union, ConfigUnion)
+    lora, prefix = union.configs_by_architecture()
+    assert isinstance(lora, LoRAConfig) and lora.use_gating and lora.r == 4
+    assert isinstance(prefix, PrefixTuningConfig) and prefix.prefix_length == 10
+    assert AdapterConfig.load("seq_bn[leave_out=[0, 1], reduction_factor=4]").leave_out == (0, 1)
+    with pytest.raises(adapters.AdapterConfigError, match="empty part"):
+        AdapterConfig.load("lora||seq_bn")
+    with pytest.raises(adapters.AdapterConfigError, match="Unknown adapter config .lorra."):
+        AdapterConfig.load("seq_bn|lorra")

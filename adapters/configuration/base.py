@@ -78,13 +78,30 @@ def _to_jsonable(value):
 _BRACKET_RE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<args>.*)\]$")
 
 
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` where it is outside brackets and braces
+    (``"a[x=[1, 2]], b"`` -> ``["a[x=[1, 2]]", " b"]``)."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return parts
+
+
 def _parse_config_string(text: str) -> tuple[str, dict]:
-    """``"seq_bn[reduction_factor=2, non_linearity=gelu]"`` -> ("seq_bn", {...})."""
+    """``"seq_bn[reduction_factor=2, non_linearity=gelu]"`` -> ("seq_bn", {...}); values are JSON
+    (lists included: ``leave_out=[0, 1]``) or bare words."""
     match = _BRACKET_RE.match(text.strip())
     if not match:
         return text.strip(), {}
     overrides = {}
-    for part in filter(None, (p.strip() for p in match.group("args").split(","))):
+    for part in filter(None, (p.strip() for p in _split_top_level(match.group("args"), ","))):
         if "=" not in part:
             raise AdapterConfigError(f"Cannot parse {part!r} in config string {text!r}; write key=value.")
         key, raw = (s.strip() for s in part.split("=", 1))
@@ -272,9 +289,9 @@ class AdapterConfig(metaclass=CheckedFields):
 
     @classmethod
     def load(cls, config: Union[str, Mapping, "AdapterConfig", None], **overrides) -> "AdapterConfig":
-        """Resolve a config from an id (``"seq_bn"``, ``"seq_bn[reduction_factor=4]"``), a dict,
-        a path to a JSON file (an ``adapter_config.json`` or a bare config), or an instance, then
-        apply ``overrides``.
+        """Resolve a config from an id (``"seq_bn"``, ``"seq_bn[reduction_factor=4]"``, a union
+        ``"lora[r=4]|prefix_tuning"`` as AdapterHub writes it), a dict, a path to a JSON file (an
+        ``adapter_config.json`` or a bare config), or an instance, then apply ``overrides``.
 
         Example::
 
@@ -287,6 +304,15 @@ class AdapterConfig(metaclass=CheckedFields):
         elif isinstance(config, Mapping):
             data = config.get("config", config) if "config" in config and isinstance(config["config"], Mapping) else config
             resolved = AdapterConfig.from_dict(data)
+        elif isinstance(config, str) and len(_split_top_level(config, "|")) > 1:
+            # AdapterHub's union string: "lora[use_gating=True]|prefix_tuning[prefix_length=10]"
+            parts = [part.strip() for part in _split_top_level(config, "|")]
+            if not all(parts):
+                raise AdapterConfigError(
+                    f"Config string {config!r} has an empty part; write config ids joined by '|', e.g. "
+                    f"'lora[r=4]|prefix_tuning[prefix_length=10]'."
+                )
+            resolved = ConfigUnion(*(cls.load(part) for part in parts))
         elif isinstance(config, str):
             name, string_overrides = _parse_config_string(config)
             if name in ADAPTER_CONFIG_MAP:
