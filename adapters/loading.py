@@ -152,10 +152,27 @@ def _strip_prefix(model, state: dict) -> dict:
 
 # -- files ---------------------------------------------------------------------------------------------
 def _resolve_folder(path: str, **hub_kwargs) -> str:
+    """The local folder of ``path``: the folder itself, or a Hugging Face Hub repo downloaded into
+    huggingface_hub's cache (``hub_kwargs`` go to ``snapshot_download``; AdapterHub's ``source`` and
+    ``version`` are read as it reads them for the Hub: ``version`` is the revision). Ids of
+    AdapterHub's archived index (``"name@org"``, ``source="ah"``) are refused with what to use
+    instead."""
+    source = hub_kwargs.pop("source", None)
+    if hub_kwargs.get("version") is not None and "revision" not in hub_kwargs:
+        hub_kwargs["revision"] = hub_kwargs.pop("version")
+    hub_kwargs.pop("version", None)
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
         raise AdapterLoadError(f"{path} is a file; pass the folder that holds {CONFIG_NAME} and the weights.")
+    if source == "ah" or (isinstance(path, str) and "@" in path and "/" not in path.split("@", 1)[1]):
+        raise AdapterLoadError(
+            f"{path!r} is an id of AdapterHub's archived adapter index (name@org, or source='ah'), which this library "
+            f"does not read. Load the adapter from its Hugging Face Hub repo (AdapterHub's adapters are on the Hub, "
+            f"e.g. model.load_adapter('AdapterHub/roberta-base-pf-imdb')) or from a local folder."
+        )
+    if source not in (None, "hf"):
+        raise AdapterLoadError(f"source={source!r} is not a source this library reads; use 'hf' (the Hugging Face Hub) or leave it out.")
     try:
         from huggingface_hub import snapshot_download
 

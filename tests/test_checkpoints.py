@@ -247,3 +247,13 @@ def test_fusion_of_missing_adapters_is_rejected(tmp_path):
     with pytest.raises(AdapterLoadError, match=r"fuses adapters \['b'\] that the model does not have"):
         target.load_adapter_fusion(str(tmp_path))
     assert_unchanged(target, before)
+
+
+@pytest.mark.parametrize("path,kwargs", [("qa/squad1@ukp", {}), ("sentiment/sst-2@ukp", {}), ("AdapterHub/x", {"source": "ah"})])
+def test_adapterhub_index_ids_are_refused_with_what_to_use_instead(path, kwargs):
+    from conftest import patched
+
+    model = patched("bert")
+    with pytest.raises(adapters.AdapterLoadError, match=r"AdapterHub's archived adapter index.*Hugging Face Hub repo"):
+        model.load_adapter(path, **kwargs)
+    assert not model.adapters_config.adapters
