@@ -499,3 +499,14 @@ def test_leave_out_of_every_layer_is_refused(config):
     with pytest.raises(AdapterConfigError, match=r"leave_out=\[0, 1\] leaves out every layer of this 2-layer model"):
         model.add_adapter("x", config=config)
     assert_unchanged(model, before)
+
+
+def test_a_reduction_factor_beyond_the_hidden_size_gives_a_one_wide_bottleneck_with_a_warning(logged):
+    """AdapterHub's rule (its checkpoints rely on it: AdapterPlus's default factor 96 on a narrower
+    model): the bottleneck is 1 wide, and the warning names the factor and the largest that fits."""
+    model = patched("bert")
+    model.add_adapter("tiny", config=SeqBnConfig(reduction_factor=64))
+    widths = {m.adapter_up.in_features for m in model.modules() if hasattr(m, "adapter_up")}
+    assert widths == {1}
+    assert "reduction_factor=64 leaves no bottleneck for hidden size 32" in logged.text
+    assert "at most 32" in logged.text

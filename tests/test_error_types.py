@@ -126,10 +126,6 @@ def test_average_adapter_svd_rank_without_svd(bert):
 # -- model_mixin.py -------------------------------------------------------------------------------
 
 
-def test_reduction_factor_leaves_no_bottleneck(bert):
-    _raises(AdapterConfigError, "reduction_factor=64", lambda: bert.add_adapter("tiny", SeqBnConfig(reduction_factor=64)))
-
-
 def test_modules_to_save_matches_nothing(bert):
     _raises(AdapterConfigError, "['nope']", lambda: bert.add_adapter("m", LoRAConfig(modules_to_save=["nope"])))
 

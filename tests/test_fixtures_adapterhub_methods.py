@@ -25,6 +25,7 @@ with open(os.path.join(HERE, "manifest.json")) as _f:
 OUR_CONFIGS = {
     "adapterplus": AdapterPlusConfig(reduction_factor=8),
     "adapterplus_r16": AdapterPlusConfig(reduction_factor=16, stochastic_depth=0.0),
+    "adapterplus_default": AdapterPlusConfig(),
     "vera": VeraConfig(r=4, init_weights_seed=11),
     "vera_q": VeraConfig(r=4, alpha=16, init_weights_seed=12, attn_matrices=["q"]),
     "vera_diagonal": VeraConfig(r=4, init_weights_seed=13, vera_d=1.0, vera_b=1.0, attn_matrices=["q"]),

@@ -46,10 +46,11 @@ def cases():
     before they are saved; written to the manifest)."""
     from adapters import AdapterPlusConfig, DoRAConfig, DvoRAConfig, Stack, VeraConfig
 
-    # AdapterPlus's default reduction factor 96 leaves hidden 32 a width of 0, which AdapterHub
-    # raises to 1 and this library refuses; the defaults otherwise, at a factor that fits
+    # AdapterPlus's defaults at factors that fit hidden 32, and as they are
     yield "adapterplus", [("a", AdapterPlusConfig(reduction_factor=8))], "a"
     yield "adapterplus_r16", [("a", AdapterPlusConfig(reduction_factor=16, stochastic_depth=0.0))], "a"
+    # the defaults as they are: reduction 96 leaves hidden 32 no bottleneck, which AdapterHub makes 1 wide
+    yield "adapterplus_default", [("a", AdapterPlusConfig())], "a", {"archs": ["bert"]}
     # VeRA: AdapterHub saves no projections and draws them again from init_weights_seed, so every
     # case sets one. Trained AdapterHub VeRA matrices are dense (every entry trains): "vera" perturbs
     # them all; "vera_diagonal" keeps them diagonal (the paper's vectors). AdapterHub draws one

@@ -51,6 +51,9 @@ from .fusion import AdapterFusion
 from .invertible import add_invertible_adapter, move_embedding_host, uninstall_invertible
 from .phm import PHMLayer, init_shared_parameters
 from .registry import MethodFamily, register
+from .. import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "Adapter", "ParallelAdapter", "BottleneckLayer", "BottleneckState", "BottleneckHost", "install_bottleneck_hosts",
@@ -582,13 +585,13 @@ def install_bottleneck_hosts(base_model: nn.Module, spec: ArchitectureSpec, shar
 
 
 def check_bottleneck_config(model, config: BnConfig) -> None:
-    """Refuse a bottleneck config whose sizes do not fit the model: no bottleneck left by the
-    reduction factor, a Compacter ``phm_dim`` that does not divide the sizes, or shared PHM
-    weights across layer stacks of different widths.
+    """Refuse a bottleneck config whose sizes do not fit the model: a Compacter ``phm_dim`` that
+    does not divide the sizes, or shared PHM weights across layer stacks of different widths. A
+    reduction factor that leaves no bottleneck makes it 1 wide, as AdapterHub does, with a warning.
 
     Example::
 
-        >>> check_bottleneck_config(model, SeqBnConfig(reduction_factor=10_000))   # raises
+        >>> check_bottleneck_config(model, CompacterConfig(phm_dim=5))   # raises: 5 divides no width
     """
     spec = model.__dict__["_adapters_spec"]
     layer_configs = stack_configs(model.base_model, spec)  # per layer (CLIP: per tower)
@@ -599,19 +602,25 @@ def check_bottleneck_config(model, config: BnConfig) -> None:
             f"{spec.name}'s layer stacks differ in hidden size ({', '.join(map(str, sorted(widths)))}); use "
             f"shared_W_phm=False (the default; the shared PHM rules fit every width)."
         )
+    narrow = []
     for layer, layer_config in enumerate(layer_configs):
         hidden = layer_config.hidden_size
         size = int(hidden // config.reduction_factor_for(layer))
-        if size < 1:
-            raise AdapterConfigError(
-                f"reduction_factor={config.reduction_factor_for(layer)!r} leaves no bottleneck for hidden size "
-                f"{hidden} (layer {layer}); use a reduction_factor of at most {hidden}."
-            )
+        if size < 1:  # AdapterHub's rule: a bottleneck is at least 1 wide (its checkpoints rely on it)
+            narrow.append((layer, hidden, config.reduction_factor_for(layer)))
+            size = 1
         if config.phm_layer and (hidden % config.phm_dim or size % config.phm_dim):
             raise AdapterConfigError(
                 f"Compacter needs phm_dim={config.phm_dim} to divide the hidden size ({hidden}) and the "
                 f"bottleneck size ({size}); pick another phm_dim or reduction_factor."
             )
+    if narrow:
+        layer, hidden, factor = narrow[0]
+        logger.warning(
+            f"reduction_factor={factor!r} leaves no bottleneck for hidden size {hidden} (layer {layer}"
+            f"{f' and {len(narrow) - 1} more' if len(narrow) > 1 else ''}); the bottleneck is 1 wide there, as in "
+            f"AdapterHub. Use a reduction_factor of at most {hidden} for a wider one."
+        )
 
 
 def add_bottleneck_modules(model, name: str, config: BnConfig, device, dtype) -> bool:
