@@ -510,3 +510,15 @@ def test_a_reduction_factor_beyond_the_hidden_size_gives_a_one_wide_bottleneck_w
     assert widths == {1}
     assert "reduction_factor=64 leaves no bottleneck for hidden size 32" in logged.text
     assert "at most 32" in logged.text
+
+
+@pytest.mark.parametrize("written,read", [("gelu_orig", "gelu"), ("gelu", "gelu_new"), ("relu", "relu")])
+def test_unversioned_checkpoints_keep_their_legacy_activation_names(written, read):
+    """adapter-transformers 2 wrote no "version" and named GELU differently; AdapterHub renames on
+    load ("gelu" was today's "gelu_new", "gelu_orig" today's "gelu"), and so does this library.
+    A versioned file is read as written."""
+    data = {"config": {**SeqBnConfig().to_dict(), "non_linearity": written}, "name": "a"}
+    assert AdapterConfig.from_checkpoint_dict(data, file="a/adapter_config.json").non_linearity == read
+    if written != "gelu_orig":
+        versioned = {**data, "version": "adapters.1.3.0"}
+        assert AdapterConfig.from_checkpoint_dict(versioned, file="a/adapter_config.json").non_linearity == written

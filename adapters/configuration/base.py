@@ -78,6 +78,10 @@ def _to_jsonable(value):
 _BRACKET_RE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<args>.*)\]$")
 
 
+# activation names of unversioned (adapter-transformers 2) checkpoints -> today's
+_LEGACY_ACTIVATIONS = {"gelu": "gelu_new", "gelu_orig": "gelu"}
+
+
 def _split_top_level(text: str, separator: str) -> list[str]:
     """``text`` split at ``separator`` where it is outside brackets and braces
     (``"a[x=[1, 2]], b"`` -> ``["a[x=[1, 2]]", " b"]``)."""
@@ -220,6 +224,12 @@ class AdapterConfig(metaclass=CheckedFields):
         if not isinstance(data, Mapping):
             raise AdapterConfigError(f"{label} must hold a JSON object (a dict), not {describe(data)}.")
         config = data["config"] if "config" in data else data
+        if "config" in data and "version" not in data and isinstance(config, Mapping):
+            # written before AdapterHub's versioned files (adapter-transformers 2), whose activation
+            # names AdapterHub renames on load: "gelu" meant today's "gelu_new", "gelu_orig" "gelu"
+            renamed = _LEGACY_ACTIVATIONS.get(config.get("non_linearity"))
+            if renamed is not None:
+                config = {**config, "non_linearity": renamed}
         if isinstance(config, str):
             name, overrides = _parse_config_string(config)
             if name in ADAPTER_CONFIG_MAP:  # an id (with overrides: "lora[r=4]"), never a path
