@@ -567,3 +567,27 @@ def test_causal_lm_head_soft_caps_like_gemma2():
     with pytest.raises(ValueError, match="logit_softcapping"):
         model.add_causal_lm_head("bad", logit_softcapping=-1.0)
     assert "bad" not in model.heads
+
+
+def test_adapter_setup_selects_the_heads_it_names_and_the_active_heads_labels_reach_the_config():
+    """AdapterHub's rules: ``with AdapterSetup("a")`` runs head "a" (unless a head_setup is given),
+    and activating one head puts its label names on ``model.config`` (what pipelines print)."""
+    from adapters import AdapterSetup, AutoAdapterModel
+
+    model = AutoAdapterModel.from_config(make_model("bert").config)
+    model.add_adapter("a")
+    model.add_classification_head("a", num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"})
+    assert model.config.id2label == {0: "neg", 1: "neu", 2: "pos"} and model.config.label2id["pos"] == 2
+    model.add_adapter("b")
+    model.add_classification_head("b", num_labels=2)
+    assert model.active_head == "b" and model.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    model.eval()
+    inputs = make_inputs("bert")
+    with torch.no_grad(), AdapterSetup("a"):
+        assert model(**inputs).logits.shape[-1] == 3
+    with torch.no_grad(), AdapterSetup("a", head_setup="b"):
+        assert model(**inputs).logits.shape[-1] == 2
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[-1] == 2  # outside the context: the active head
+    model.active_head = "a"
+    assert model.config.id2label[2] == "pos"

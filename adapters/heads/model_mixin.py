@@ -3,7 +3,8 @@
 Which head runs (first match wins):
 
 1. the ``head=`` argument of the forward call;
-2. the ``head_setup`` of an enclosing :class:`~adapters.AdapterSetup`;
+2. the ``head_setup`` of an enclosing :class:`~adapters.AdapterSetup`, or else the heads its
+   adapter setup names, where they all exist (as for ``model.active_head`` below);
 3. ``model.active_head``, which follows the adapters: activating a setup (``set_active_adapters``,
    ``train_adapter``) whose last / outer adapter has the name of a head makes that head active
    (``Stack("lang", "task")`` -> head ``task``; ``Parallel("a", "b")`` -> heads ``a`` and ``b``;
@@ -112,6 +113,13 @@ class FlexibleHeadsMixin(HeadCheckpointMixin):
     @_active_heads.setter
     def _active_heads(self, value) -> None:
         self.__dict__["_adapters_active_heads"] = value
+        # one active head with labels: the model config carries them, so that pipelines and
+        # transformers' code show the head's label names (AdapterHub switches them the same way)
+        if isinstance(value, list) and len(value) == 1 and value[0] in self.heads:
+            label2id = self.heads[value[0]].config.get("label2id")
+            if label2id:
+                self.config.label2id = {str(label): int(index) for label, index in label2id.items()}
+                self.config.id2label = {int(index): str(label) for label, index in label2id.items()}
 
     @property
     def active_head(self) -> Union[str, list, BatchSplit, None]:
@@ -561,12 +569,18 @@ class FlexibleHeadsMixin(HeadCheckpointMixin):
 
     # -- running -------------------------------------------------------------------------------------------
     def _heads_in_force(self, head_name=None):
+        context = AdapterSetup.get_context()
         if head_name is not None:
             heads = head_name
-        elif AdapterSetup.get_context_head_setup() is not None and len(self.heads) > 0:
-            heads = AdapterSetup.get_context_head_setup()
+        elif context is not None and context.head_setup is not None and len(self.heads) > 0:
+            heads = context.head_setup
         else:
             heads = self._active_heads
+            # an AdapterSetup without head_setup selects the heads its adapters name, as the
+            # model's active setup does (AdapterHub's rule: ``with AdapterSetup("a")`` runs head "a")
+            named = heads_from_setup(context.adapter_setup) if context is not None and context.adapter_setup is not None else None
+            if named and all(n in self.heads for n in named):
+                heads = named if isinstance(named, BatchSplit) else list(named)
         return self._check_head_setup(heads)
 
     def forward_head(self, outputs, head_name=None, cls_output=None, attention_mask=None, **kwargs):
