@@ -591,3 +591,26 @@ def test_adapter_setup_selects_the_heads_it_names_and_the_active_heads_labels_re
         assert model(**inputs).logits.shape[-1] == 2  # outside the context: the active head
     model.active_head = "a"
     assert model.config.id2label[2] == "pos"
+
+
+def test_parallel_with_heads_for_some_branches_only_is_refused():
+    """AdapterHub refuses a Parallel whose branches do not each have a head; here one head for all
+    branches stays possible when asked for (head=...), but heads for some branches and not others
+    would silently run one branch's head on the others, and are refused naming the branches."""
+    from adapters import AutoAdapterModel, CompositionError
+
+    model = AutoAdapterModel.from_config(make_model("bert").config)
+    for name in ("a", "b", "c"):
+        model.add_adapter(name)
+    model.add_classification_head("a", num_labels=3)
+    model.add_classification_head("b", num_labels=2)
+    model.eval()
+    inputs = make_inputs("bert")
+    model.set_active_adapters(Parallel("a", "b", "c"))
+    with torch.no_grad():
+        with pytest.raises(CompositionError, match=r"heads exist for \['a', 'b'\] but not for \['c'\]"):
+            model(**inputs)
+        assert [o.logits.shape[-1] for o in model(**inputs, head="b")] == [2, 2, 2]
+        model.add_classification_head("c", num_labels=4)
+        model.set_active_adapters(Parallel("a", "b", "c"))
+        assert [o.logits.shape[-1] for o in model(**inputs)] == [3, 2, 4]

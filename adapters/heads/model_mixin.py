@@ -606,6 +606,17 @@ class FlexibleHeadsMixin(HeadCheckpointMixin):
         context = ForwardContext.get_context()
         channels = context.parallel_channels if context is not None else 1
         if channels > 1:
+            explicit = head_name is not None or AdapterSetup.get_context_head_setup() is not None
+            if len(heads) == 1 and not explicit:
+                named = heads_from_setup(context.setup) if context.setup is not None else None
+                with_head = [n for n in (named or ()) if n in self.heads]
+                if with_head and len(with_head) < len(named):  # AdapterHub refuses this too
+                    raise CompositionError(
+                        f"The active setup {context.setup} runs {channels} Parallel branches; heads exist for "
+                        f"{with_head} but not for {[n for n in named if n not in self.heads]}, so the branches cannot "
+                        f"each get their own head. Add a head for every branch (named as its adapter), or pass "
+                        f"head=... for one head on all branches."
+                    )
             if len(heads) == 1:
                 heads = list(heads) * channels
             elif len(heads) != channels:
