@@ -373,6 +373,14 @@ class ModelAdaptersMixin(
                     f"Cannot fuse adapter {adapter!r}: its method {adapter_config.architecture} has no fusion; AdapterFusion "
                     f"combines {' and '.join(f.title.lower() for f in families() if f.fusable)}."
                 )
+        parts_by_family: dict = {}
+        for adapter in names:
+            for method_family, part in families_of(self.adapters_config.adapters[adapter]):
+                if method_family.fusable:
+                    parts_by_family.setdefault(method_family, []).append((adapter, part))
+        for method_family, parts in parts_by_family.items():
+            if method_family.check_fusion is not None:
+                method_family.check_fusion([a for a, _ in parts], [p for _, p in parts])
         fusion_config = AdapterFusionConfig.load(config)
         registry = self.adapters_config
         with registry_lock(registry).writing(f"add_adapter_fusion({block.name!r})"):

@@ -461,3 +461,12 @@ def test_the_allowlist_has_no_stale_entries():
     found = _plain_raises()
     stale = [entry for entry in ALLOWED if not any(path == entry[0] and entry[1] in line for path, _, line in found)]
     assert not stale, f"ALLOWED entries that match no raise any more (remove them): {stale}"
+
+
+def test_fusing_bottleneck_adapters_at_different_positions_is_refused(bert):
+    """AdapterHub refuses it too: at the position only some of them occupy, the fusion would
+    attend over a subset."""
+    bert.add_adapter("after_ffn", config="seq_bn")
+    bert.add_adapter("both", config="double_seq_bn")
+    _raises(AdapterConfigError, "differ in mh_adapter", lambda: bert.add_adapter_fusion(["after_ffn", "both"]))
+    assert not bert.adapters_config.fusions

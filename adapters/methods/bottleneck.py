@@ -57,7 +57,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "Adapter", "ParallelAdapter", "BottleneckLayer", "BottleneckState", "BottleneckHost", "install_bottleneck_hosts",
-    "check_bottleneck_config", "add_bottleneck_modules", "freeze_fixed_phm_rules",
+    "check_bottleneck_config", "check_bottleneck_fusion", "add_bottleneck_modules", "freeze_fixed_phm_rules",
 ]
 
 
@@ -623,6 +623,24 @@ def check_bottleneck_config(model, config: BnConfig) -> None:
         )
 
 
+def check_bottleneck_fusion(names: list, configs: list) -> None:
+    """Refuse fusing bottleneck adapters that sit at different positions of the layer (after
+    attention, after the FFN): at a position where only some of them are, the fusion would attend
+    over a subset (AdapterHub refuses such a fusion too).
+
+    Example::
+
+        >>> check_bottleneck_fusion(["a", "b"], [SeqBnConfig(), DoubleSeqBnConfig()])   # raises
+    """
+    for position in ("mh_adapter", "output_adapter"):
+        values = {name: bool(getattr(config, position)) for name, config in zip(names, configs)}
+        if len(set(values.values())) > 1:
+            raise AdapterConfigError(
+                f"Cannot fuse {names}: they differ in {position} ({values}); AdapterFusion needs the fused bottleneck "
+                f"adapters at the same positions of the layer (the same mh_adapter and output_adapter)."
+            )
+
+
 def add_bottleneck_modules(model, name: str, config: BnConfig, device, dtype) -> bool:
     """Create adapter ``name`` at every bottleneck host whose position and layer ``config``
     covers (plus its shared PHM parameters and its invertible block, if it has them); returns
@@ -666,7 +684,7 @@ def freeze_fixed_phm_rules(model, name: str, config: BnConfig) -> None:
 
 register(MethodFamily(
     name="bottleneck", title="Bottleneck adapters", blocks=BottleneckLayer.supported_blocks, add=add_bottleneck_modules,
-    check=check_bottleneck_config, on_init=install_bottleneck_hosts, remove_unused=uninstall_invertible,
+    check=check_bottleneck_config, check_fusion=check_bottleneck_fusion, on_init=install_bottleneck_hosts, remove_unused=uninstall_invertible,
     on_train=freeze_fixed_phm_rules,
     embeddings_replaced=move_embedding_host, fusable=True, interface_method="bottleneck",
 ))

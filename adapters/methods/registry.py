@@ -172,6 +172,9 @@ class MethodFamily:
             the adapter trains and saves with itself (LoRA's ``bias`` option).
         model_mixin: a class of model methods the family adds to every patched model (AdaLoRA's
             ``update_and_allocate``).
+        check_fusion: ``(names, configs) -> None``: raise :class:`~adapters.errors.AdapterConfigError`
+            if adapters ``names`` (their configs of this family) cannot be fused together (bottleneck
+            adapters at different positions of the layer).
         check_average: ``(config) -> None``: raise :class:`~adapters.errors.AdapterConfigError` if
             adapters of ``config`` cannot be averaged parameter by parameter (``average_adapter``;
             LoReFT's orthogonal parametrisation).
@@ -213,6 +216,7 @@ class MethodFamily:
     eject: Optional[Callable] = None
     base_parameters: Optional[Callable] = None
     model_mixin: Optional[type] = None
+    check_fusion: Optional[Callable] = None
     check_average: Optional[Callable] = None
     to_adapterhub: Optional[Callable] = None
     from_adapterhub: Optional[Callable] = None
