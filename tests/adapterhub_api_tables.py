@@ -251,10 +251,6 @@ DIFFERENCES = {
     "ModelAdaptersConfig.get_fusion": "the parameter is named ``name`` (AdapterHub: ``fusion_name``); renaming is trivial",
     "adapters.configuration:build_full_config": "AdapterHub's helper for the adapter_config.json dict; adapters/loading.py "
     "writes the same layout",
-    "StaticAdapterFusionConfig": "defaults ``key=False, query=False`` (AdapterHub: True): a fresh 'static' fusion here has "
-    "no learned query/key projections",
-    "DynamicAdapterFusionConfig": "defaults ``value_initialized=False`` (AdapterHub: True, the value projection starts near "
-    "the identity)",
     # -- heads
     **_each(
         "``shift_labels=None`` means the head type's AdapterHub default (True for causal LM, False otherwise)",
@@ -305,7 +301,7 @@ DIFFERENCES = {
 #: differences in :data:`DIFFERENCES` that are not a design choice: AdapterHub's form is to be
 #: adopted (the docs list them apart)
 TO_ALIGN = {
-    "StaticAdapterFusionConfig", "DynamicAdapterFusionConfig", "ModelWithFlexibleHeadsAdaptersMixin.register_custom_head",
+    "ModelWithFlexibleHeadsAdaptersMixin.register_custom_head",
     "ModelWithFlexibleHeadsAdaptersMixin.add_causal_lm_head", "ModelWithFlexibleHeadsAdaptersMixin.add_masked_lm_head",
     "ModelWithFlexibleHeadsAdaptersMixin.add_seq2seq_lm_head", "ModelAdaptersConfig.get", "ModelAdaptersConfig.get_fusion",
     "parse_composition", "adapters.composition:validate_composition", "adapters.heads:QuestionAnsweringHead",

@@ -155,9 +155,12 @@ def test_union_adds_both_parts_to_a_model():
 
 
 def test_fusion_configs():
-    assert AdapterFusionConfig.load("static").key is False
+    # AdapterHub's defaults: "static" learns query and key but no value; "dynamic" adds a value
+    # projection that starts at the identity, and its regularisation
+    static = AdapterFusionConfig.load("static")
+    assert static.key and static.query and not static.value and not static.regularization
     dynamic = AdapterFusionConfig.load("dynamic", temperature=True)
-    assert dynamic.temperature and dynamic.query
+    assert dynamic.temperature and dynamic.query and dynamic.value and dynamic.value_initialized and dynamic.regularization
     assert AdapterFusionConfig.load(dynamic.to_dict()) == AdapterFusionConfig(**dynamic.to_dict())
     with pytest.raises(ValueError, match="Unknown fusion config"):
         AdapterFusionConfig.load("nope")

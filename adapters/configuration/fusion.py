@@ -58,7 +58,7 @@ class AdapterFusionConfig(metaclass=CheckedFields):
     residual_before: bool = False
     temperature: bool = False
     value_before_softmax: bool = True
-    value_initialized: Union[bool, str] = False
+    value_initialized: Union[bool, str] = True
     dropout_prob: Optional[float] = None
 
     def __post_init__(self):
@@ -185,17 +185,17 @@ class DynamicFusionConfig(AdapterFusionConfig):
 
 @dataclasses.dataclass(frozen=True)
 class StaticFusionConfig(AdapterFusionConfig):
-    """No projections: attention by dot product between the layer output and the adapter outputs.
+    """Learned query and key projections, no value projection and no regularisation (AdapterHub's
+    "static" fusion).
 
     Example::
 
         >>> model.add_adapter_fusion(["a", "b"], config="static")
     """
 
-    key: bool = False
-    query: bool = False
     value: bool = False
     regularization: bool = False
+    value_initialized: Union[bool, str] = False
 
 
 # AdapterHub's names
