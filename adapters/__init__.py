@@ -78,6 +78,7 @@ _LAZY_NAMES = {
     "register_custom_head": "heads",
     "AutoAdapterModel": "heads.adapter_model",
     "convert_to_adapter_model": "heads.adapter_model",
+    "get_adapter_config_hash": "utils",
     **{
         name: "heads.adapter_model"
         for name in (
@@ -92,7 +93,7 @@ _LAZY_NAMES = {
         )
     },
 }
-_LAZY_SUBMODULES = {"heads", "trainer"}
+_LAZY_SUBMODULES = {"heads", "trainer", "utils"}
 
 import typing as _typing  # noqa: E402
 
@@ -100,6 +101,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs (the generated AdapterMo
     from .heads import MultiHeadOutput, PredictionHead, register_custom_head
     from .heads.adapter_model import AutoAdapterModel, convert_to_adapter_model
     from .trainer import AdaLoraCallback, AdapterTrainer
+    from .utils import get_adapter_config_hash
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
@@ -130,6 +132,7 @@ __all__ = [
     "AdapterModelInterface",
     "AdapterSetup",
     "AdapterTrainer",
+    "get_adapter_config_hash",
     "ArchitectureSpec",
     "Average",
     "BatchSplit",

@@ -57,7 +57,6 @@ ABSENT = {
     "DebertaAdapterModel": "issue 23, architectures: DeBERTa (v1)",
     "PLBartAdapterModel": "issue 23, architectures: PLBART",
     "XmodAdapterModel": "issue 23, architectures: X-MOD",
-    "get_adapter_config_hash": f"the suite's hub tests compare config hashes; {_TRIVIAL} (a hash of the config dict)",
     "DEFAULT_ADAPTER_CONFIG": f"the default config id (``seq_bn``); {_TRIVIAL}",
     "DEFAULT_ADAPTERFUSION_CONFIG": f"the default fusion config id (``dynamic``); {_TRIVIAL}",
     "adapters:AdapterCompositionBlock": f"exported from ``adapters.composition`` here; the top-level re-export is {_TRIVIAL}",
@@ -86,20 +85,6 @@ ABSENT = {
     "marker class is needed (issue 23, suite gating)",
     "adapters.configuration.adapter_config:MTLLoRAConfig": "no ``adapters.configuration.adapter_config`` module (the configs "
     f"live in ``adapters.configuration``); the suite's MTL-LoRA tests import from it; an alias module is {_TRIVIAL}",
-    # -- adapters.utils: the suite's shared test base imports WEIGHTS_NAME from it
-    **_each(
-        "no ``adapters.utils`` module: the file names are the same (AdapterHub's layout), a module of these "
-        f"constants is {_TRIVIAL}; the suite's method-test base imports ``WEIGHTS_NAME`` from it",
-        "adapters.utils:ADAPTERFUSION_CONFIG_NAME", "adapters.utils:ADAPTERFUSION_WEIGHTS_NAME", "adapters.utils:CONFIG_NAME",
-        "adapters.utils:EMBEDDING_FILE", "adapters.utils:HEAD_CONFIG_NAME", "adapters.utils:HEAD_WEIGHTS_NAME",
-        "adapters.utils:INTERFACE_CONFIG_NAME", "adapters.utils:SAFE_ADAPTERFUSION_WEIGHTS_NAME",
-        "adapters.utils:SAFE_HEAD_WEIGHTS_NAME", "adapters.utils:SAFE_WEIGHTS_NAME", "adapters.utils:SETUP_CONFIG_NAME",
-        "adapters.utils:TOKENIZER_PATH", "adapters.utils:WEIGHTS_NAME",
-    ),
-    **_each(
-        f"{_ISSUE_API}: config strings with unions and values (``lora[use_gating=True]|prefix_tuning``)",
-        "adapters.utils:parse_adapter_config_string", "adapters.utils:resolve_adapter_config",
-    ),
     # -- model methods
     "ModelAdaptersMixin.iter_layers": f"{_ISSUE_API}",
     "ModelBaseAdaptersMixin.iter_layers": f"{_ISSUE_API}",

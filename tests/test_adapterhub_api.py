@@ -418,3 +418,28 @@ def test_docs_page_is_generated_from_the_tables():
     with open(page.OUTPUT, encoding="utf-8") as f:
         committed = f.read()
     assert committed == page.render(statuses()), "run: python utils/adapterhub_api_page.py"
+
+
+def test_adapterhub_utils_names_behave_as_adapterhubs():
+    """``adapters.utils``: AdapterHub's file names, its config-string parser and its config hash.
+    The hashes below were computed by AdapterHub 1.3.0 (``adapters.utils.get_adapter_config_hash``,
+    in the side venv of utils/make_adapterhub_fixtures.py) from the same dicts."""
+    from adapters import PrefixTuningConfig, SeqBnConfig
+    from adapters.utils import (
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_NAME,
+        get_adapter_config_hash,
+        parse_adapter_config_string,
+        resolve_adapter_config,
+    )
+
+    assert (WEIGHTS_NAME, SAFE_WEIGHTS_NAME) == ("pytorch_adapter.bin", "adapter.safetensors")
+    assert get_adapter_config_hash({"reduction_factor": 16, "non_linearity": "relu", "init_weights": "bert"}) == "b7d265cde0728407"
+    assert get_adapter_config_hash(SeqBnConfig().to_dict()) == "9076f36a74755ac4"
+    assert get_adapter_config_hash(SeqBnConfig().to_dict(), ignore_params=["reduction_factor"]) == "7cb4095e1aa54a4b"
+    assert get_adapter_config_hash(PrefixTuningConfig().to_dict()) == "648bf22f5afeaaa6"
+    assert parse_adapter_config_string("lora[r=4]|prefix_tuning[prefix_length=10]") == [
+        ("lora", {"r": 4}), ("prefix_tuning", {"prefix_length": 10}),
+    ]
+    assert resolve_adapter_config("seq_bn", reduction_factor=4).reduction_factor == 4
+    assert resolve_adapter_config("mine", local_map={"mine": SeqBnConfig(reduction_factor=2)}).reduction_factor == 2
