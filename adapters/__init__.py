@@ -13,9 +13,22 @@ Example::
 from .version import __version__
 
 from . import composition, logging
-from .composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack, parse_composition
+from .composition import (
+    AdapterCompositionBlock,
+    Average,
+    BatchSplit,
+    Fuse,
+    MultiTask,
+    Parallel,
+    Split,
+    Stack,
+    parse_composition,
+    validate_composition,
+)
 from .configuration import (
     ADAPTER_CONFIG_MAP,
+    DEFAULT_ADAPTER_CONFIG,
+    DEFAULT_ADAPTERFUSION_CONFIG,
     AdaLoRAConfig,
     AdaptionPromptConfig,
     LoHaConfig,
@@ -105,6 +118,10 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs (the generated AdapterMo
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
+    "DEFAULT_ADAPTER_CONFIG",
+    "DEFAULT_ADAPTERFUSION_CONFIG",
+    "AdapterCompositionBlock",
+    "validate_composition",
     "AdaLoRAConfig",
     "AdaLoraCallback",
     "AdaptionPromptConfig",

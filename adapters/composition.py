@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 from .configuration.validation import check_bool, check_sizes, check_weights, config_error, describe
 from .errors import CompositionError
@@ -342,9 +342,13 @@ ALLOWED_NESTINGS: dict[type, tuple[type, ...]] = {
 _ROW_BLOCKS = (Parallel, BatchSplit, MultiTask)
 
 
-def validate_composition(setup: Union[str, AdapterCompositionBlock], level: int = 0) -> None:
+def validate_composition(
+    adapter_composition: Union[str, AdapterCompositionBlock], level: int = 0, model_type: Optional[str] = None
+) -> None:
     """Check a setup on its own, before any model is involved: allowed nestings, ``Parallel``
-    only at the top, and ``BatchSplit`` sizes that can fit together.
+    only at the top, and ``BatchSplit`` sizes that can fit together. (``model_type`` is
+    AdapterHub's parameter, which refused blocks on some architectures; here every block runs on
+    every supported architecture, so it changes nothing.)
 
     ``Parallel`` replicates the whole batch when the forward pass starts, so it may appear once,
     either as the setup itself or as a direct child of a top-level ``Stack``. Every ``BatchSplit``
@@ -365,6 +369,7 @@ def validate_composition(setup: Union[str, AdapterCompositionBlock], level: int 
         Traceback (most recent call last):
         adapters.errors.CompositionError: BatchSplit[a, b] with batch_sizes [2, 2] (4 rows) sits in part 0 of ...
     """
+    setup = adapter_composition
     if isinstance(setup, str):
         return
     if not isinstance(setup, AdapterCompositionBlock):
@@ -587,8 +592,11 @@ def check_input_batch(setup, batch: int, channels: int = 1) -> None:
 SetupLike = Union[str, Sequence, AdapterCompositionBlock, None]
 
 
-def parse_composition(setup: SetupLike, level: int | None = 0) -> Union[str, AdapterCompositionBlock, None]:
-    """Turn a user-given setup into a block tree.
+def parse_composition(
+    adapter_composition: SetupLike, level: int | None = 0, model_type: Optional[str] = None
+) -> Union[str, AdapterCompositionBlock, None]:
+    """Turn a user-given setup into a block tree (``model_type``: as for
+    :func:`validate_composition`, AdapterHub's parameter, changing nothing here).
 
     At the top level a single name becomes ``Stack(name)``, ``"a,b"`` and ``["a", "b"]`` become
     ``Stack("a", "b")``; a list nested in a list becomes a ``Fuse`` (the adapter-transformers 1.x
@@ -601,6 +609,7 @@ def parse_composition(setup: SetupLike, level: int | None = 0) -> Union[str, Ada
         >>> parse_composition(["a", ["b", "c"]])
         Stack[a, Fuse[b, c]]
     """
+    setup = adapter_composition
     if setup is None or (isinstance(setup, (str, Sequence)) and len(setup) == 0):
         if level is None:
             raise CompositionError(

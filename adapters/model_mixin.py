@@ -25,6 +25,7 @@ from torch import nn
 from . import logging
 from .activation import ActivationMixin, _uses_fusion
 from .composition import Fuse
+from .configuration import DEFAULT_ADAPTER_CONFIG, DEFAULT_ADAPTERFUSION_CONFIG
 from .configuration.base import AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
 from .configuration.validation import check_name
@@ -111,7 +112,7 @@ class ModelAdaptersMixin(
         """
         if adapter_name != self.__dict__.get("_adapters_staging_name"):  # load_adapter builds under a staging name
             self._check_name(adapter_name)
-        config = AdapterConfig.load(config if config is not None else "seq_bn")
+        config = AdapterConfig.load(config if config is not None else DEFAULT_ADAPTER_CONFIG)
         registry = self.adapters_config
         with registry_lock(registry).writing(f"add_adapter({adapter_name!r})"):
             if adapter_name in registry.adapters and not overwrite_ok:
@@ -343,7 +344,7 @@ class ModelAdaptersMixin(
     def add_adapter_fusion(
         self,
         adapter_names: Union[Fuse, list, str],
-        config="dynamic",
+        config=None,
         name: Optional[str] = None,
         overwrite_ok: bool = False,
         set_active: bool = False,
@@ -352,7 +353,8 @@ class ModelAdaptersMixin(
 
         Args:
             adapter_names: a :class:`~adapters.Fuse` block, a list of names or ``"a,b"``.
-            config: ``"dynamic"``, ``"static"``, a dict or an :class:`~adapters.AdapterFusionConfig`.
+            config: ``"dynamic"``, ``"static"``, a dict or an :class:`~adapters.AdapterFusionConfig`;
+                None: ``"dynamic"`` (:data:`~adapters.DEFAULT_ADAPTERFUSION_CONFIG`).
             name: the fusion's name (default: the adapter names joined by commas).
             overwrite_ok: replace an existing fusion of that name.
             set_active: activate ``Fuse(*adapter_names)``.
@@ -381,7 +383,7 @@ class ModelAdaptersMixin(
         for method_family, parts in parts_by_family.items():
             if method_family.check_fusion is not None:
                 method_family.check_fusion([a for a, _ in parts], [p for _, p in parts])
-        fusion_config = AdapterFusionConfig.load(config)
+        fusion_config = AdapterFusionConfig.load(config if config is not None else DEFAULT_ADAPTERFUSION_CONFIG)
         registry = self.adapters_config
         with registry_lock(registry).writing(f"add_adapter_fusion({block.name!r})"):
             replacing = block.name in registry.fusions

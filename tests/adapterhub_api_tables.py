@@ -57,10 +57,6 @@ ABSENT = {
     "DebertaAdapterModel": "issue 23, architectures: DeBERTa (v1)",
     "PLBartAdapterModel": "issue 23, architectures: PLBART",
     "XmodAdapterModel": "issue 23, architectures: X-MOD",
-    "DEFAULT_ADAPTER_CONFIG": f"the default config id (``seq_bn``); {_TRIVIAL}",
-    "DEFAULT_ADAPTERFUSION_CONFIG": f"the default fusion config id (``dynamic``); {_TRIVIAL}",
-    "adapters:AdapterCompositionBlock": f"exported from ``adapters.composition`` here; the top-level re-export is {_TRIVIAL}",
-    "adapters:validate_composition": f"in ``adapters.composition`` here; the top-level re-export is {_TRIVIAL}",
     "adapters:EmbeddingAdaptersMixin": f"it is ``adapters.embeddings.EmbeddingAdaptersMixin`` here; the top-level re-export is {_TRIVIAL}",
     "ModelWithFlexibleHeadsAdaptersMixin": "here ``adapters.heads.model_mixin.FlexibleHeadsMixin``; an alias under AdapterHub's "
     f"name is {_TRIVIAL} (the suite uses it in isinstance checks)",
@@ -185,8 +181,6 @@ DIFFERENCES = {
     "not taken (labels come from the saved head; the file format is detected)",
     "ModelAdaptersMixin.load_adapter_fusion": _SAVE_LOAD,
     "ModelWithHeadsAdaptersMixin.load_adapter_fusion": _SAVE_LOAD,
-    "ModelAdaptersMixin.add_adapter_fusion": "``config`` defaults to ``'dynamic'``; an explicit ``config=None`` is refused "
-    "here, while AdapterHub reads it as ``'dynamic'``",
     "BertAdapterModel.forward": "one forward for every AdapterModel: architecture-specific inputs (``token_type_ids``, "
     "``position_ids``, ...) are passed by keyword, as transformers 5's models take them",
     "ModelWithFlexibleHeadsAdaptersMixin.forward_head": "called with the base model's output object (``outputs``); "
@@ -200,11 +194,6 @@ DIFFERENCES = {
     "ModelWithFlexibleHeadsAdaptersMixin.add_seq2seq_lm_head": "``activation_function`` / ``layer_norm`` / ``bias`` come before "
     "``overwrite_ok``; pass it by keyword",
     # -- composition
-    **_each(
-        "the first parameter is named ``setup`` (AdapterHub: ``adapter_composition``; renaming is trivial); there is no "
-        "``model_type``: which blocks a model allows is checked when the setup is activated, from its architecture spec",
-        "parse_composition", "adapters.composition:validate_composition",
-    ),
     "adapters.composition:SUPPORTED_MODELS": "which blocks a model supports comes from its architecture spec "
     "(adapters/models), not a table of model types",
     **_each(
@@ -289,8 +278,8 @@ TO_ALIGN = {
     "ModelWithFlexibleHeadsAdaptersMixin.register_custom_head",
     "ModelWithFlexibleHeadsAdaptersMixin.add_causal_lm_head", "ModelWithFlexibleHeadsAdaptersMixin.add_masked_lm_head",
     "ModelWithFlexibleHeadsAdaptersMixin.add_seq2seq_lm_head", "ModelAdaptersConfig.get", "ModelAdaptersConfig.get_fusion",
-    "parse_composition", "adapters.composition:validate_composition", "adapters.heads:QuestionAnsweringHead",
-    "adapters:init", "AdapterConfig.architecture", "AdapterConfig.from_dict", "ModelAdaptersMixin.add_adapter_fusion",
+    "adapters.heads:QuestionAnsweringHead",
+    "adapters:init", "AdapterConfig.architecture", "AdapterConfig.from_dict",
 }
 
 #: differences whose signature matches AdapterHub's but whose behaviour differs on purpose (kept

@@ -364,14 +364,13 @@ def test_tables_that_are_no_longer_true_fail(fresh_statuses, monkeypatch):
     import adapters
 
     # an absent name that appears, an entry removed from a table, a difference that is compatible
-    monkeypatch.setattr(adapters, "DEFAULT_ADAPTER_CONFIG", "seq_bn", raising=False)
-    monkeypatch.delitem(tables.ABSENT, "ADAPTER_MODEL_MAPPING")
+    monkeypatch.setattr(adapters, "ADAPTER_MODEL_MAPPING", {}, raising=False)
+    monkeypatch.delitem(tables.ABSENT, "Seq2SeqAdapterTrainer")
     monkeypatch.setitem(tables.DIFFERENCES, "adapters:Stack", "pretend")
     monkeypatch.setitem(tables.ABSENT, "ModelAdaptersMixin.add_adapter(config)", "pretend")
     found = fresh_statuses()
-    assert found["adapters:DEFAULT_ADAPTER_CONFIG"][1] == "stale"
-    assert found["adapters.configuration:DEFAULT_ADAPTER_CONFIG"][1] == "absent"  # the other path is still absent
-    assert found["adapters:ADAPTER_MODEL_MAPPING"][1] == "unlisted"
+    assert found["adapters:ADAPTER_MODEL_MAPPING"][1] == "stale"
+    assert found["adapters:Seq2SeqAdapterTrainer"][1] == "unlisted"
     assert found["adapters:Stack"][1] == "stale"
     assert found["ModelAdaptersMixin.add_adapter"][1] == "stale"
     assert "accepted now" in found["ModelAdaptersMixin.add_adapter"][2]

@@ -18,6 +18,9 @@ EXEMPT = {
     # documented in docs/api.rst and used in the examples of register_config / AdapterConfig.load
     "adapters.ADAPTER_CONFIG_MAP",
     "adapters.ADAPTERFUSION_CONFIG_MAP",
+    # AdapterHub's default config ids (strings), documented in docs/api.rst
+    "adapters.DEFAULT_ADAPTER_CONFIG",
+    "adapters.DEFAULT_ADAPTERFUSION_CONFIG",
 }
 
 
@@ -84,7 +87,7 @@ def test_the_walk_reaches_methods_properties_and_the_model_api():
     for name in (
         "adapters.model_mixin.ModelAdaptersMixin.add_adapter",  # model API
         "adapters.heads.model_mixin.FlexibleHeadsMixin.add_classification_head",  # heads API
-        "adapters.composition.validate_composition",  # a module's __all__
+        "adapters.composition.batch_requirement",  # a module's __all__
         "adapters.composition.Fuse.name",  # property
         "adapters.configuration.base.AdapterConfig.load",  # classmethod
     ):

@@ -27,10 +27,17 @@ from .mtl_lora import MTLLoRAConfig, MultiTaskConfig
 from .prefix import MAMConfig, PrefixTuningConfig, PromptTuningConfig, UniPELTConfig
 from .reft import DiReftConfig, LoReftConfig, NoReftConfig, ReftConfig
 from .vera import DvoRAConfig, VeraConfig
+
+#: the config ``add_adapter`` uses when given none, and the fusion config of ``add_adapter_fusion``
+#: (AdapterHub's names)
+DEFAULT_ADAPTER_CONFIG = "seq_bn"
+DEFAULT_ADAPTERFUSION_CONFIG = "dynamic"
 from .weight_transforms import AdaLoRAConfig, LoHaConfig, LoKrConfig, OFTConfig, WeightTargetingConfig
 
 __all__ = [
     "ADAPTER_CONFIG_MAP",
+    "DEFAULT_ADAPTER_CONFIG",
+    "DEFAULT_ADAPTERFUSION_CONFIG",
     "AdaLoRAConfig",
     "AdaptionPromptConfig",
     "LoHaConfig",
