@@ -460,7 +460,7 @@ EQUIVALENCE_CONFIGS = {
 
 EQUIVALENCE_SETUPS = [
     "bn", "bn2", "par", "inv", "lora", "ia3", "loha", "prefix", "prompt",
-    Stack("bn", "bn2"), Stack("lora", "bn", "prefix"), Fuse("bn", "bn2"), Parallel("bn", "lora"), Parallel("prefix", "bn2"),
+    Stack("bn", "bn2"), Stack("lora", "bn", "prefix"), Fuse("bn", "par"), Parallel("bn", "lora"), Parallel("prefix", "bn2"),
     BatchSplit("bn", "prefix", batch_sizes=[1, 1]), Average("bn", "bn2", weights=[0.25, 0.75]),
 ]
 
@@ -509,7 +509,7 @@ def test_interface_spec_matches_registered_spec(arch, monkeypatch):
             model.add_adapter(name, config=config)
         perturb_adapter(registered, name, seed=len(name))
     for model in (exact_h, registered, via_interface):
-        model.add_adapter_fusion(Fuse("bn", "bn2"))
+        model.add_adapter_fusion(Fuse("bn", "par"))  # fused adapters share positions
     source = registered.state_dict()
     target = via_interface.state_dict()
     own = {k for k in source if k not in make_model(arch).state_dict()}
