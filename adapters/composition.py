@@ -129,6 +129,18 @@ class AdapterCompositionBlock(Sequence):
         child = self.children[-1]
         return child if isinstance(child, str) else child.last()
 
+    @property
+    def parallel_channels(self) -> int:
+        """How often the batch is replicated under this block: the largest ``Parallel`` inside it
+        (1 without one).
+
+        Example::
+
+            >>> Stack("a", Parallel("b", "c")).parallel_channels
+            2
+        """
+        return max((c.parallel_channels if isinstance(c, AdapterCompositionBlock) else 1) for c in self.children)
+
     def flatten(self) -> list[str]:
         """All adapter names in the tree, in order, without duplicates.
 

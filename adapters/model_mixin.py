@@ -470,6 +470,43 @@ class ModelAdaptersMixin(
         if name in self._shared_parameters:
             self._shared_parameters[name].to(device=device, dtype=dtype)
 
+    def adapter_fusion_to(self, adapter_names, device=None, dtype=None) -> None:
+        """Move the fusion layers of ``adapter_names`` (a :class:`~adapters.Fuse`, a list or
+        ``"a,b"``) to a device and/or dtype.
+
+        Example::
+
+            >>> model.adapter_fusion_to(Fuse("a", "b"), device="cuda")
+        """
+        name = _as_fuse(adapter_names, None).name
+        if name not in self.adapters_config.fusions:
+            raise AdapterConfigError(f"No fusion named {name!r}; the model has: {', '.join(sorted(self.adapters_config.fusions)) or 'none'}.")
+        for host in self._adapter_hosts:
+            if host.supports_fusion and name in host.adapter_fusion_layer:
+                host.adapter_fusion_layer[name].to(device=device, dtype=dtype)
+
+    def has_adapters(self) -> bool:
+        """Whether the model has any adapter.
+
+        Example::
+
+            >>> model.has_adapters()
+            True
+        """
+        return len(self.adapters_config.adapters) > 0
+
+    @property
+    def has_parallel_adapters(self) -> bool:
+        """Whether the active setup replicates the batch (holds a ``Parallel`` block).
+
+        Example::
+
+            >>> model.set_active_adapters(Parallel("a", "b")); model.has_parallel_adapters
+            True
+        """
+        setup = self.adapters_config.active_setup
+        return setup is not None and not isinstance(setup, str) and setup.parallel_channels > 1
+
     def adapter_summary(self, as_dict: bool = False):
         """A table of the adapters and fusions: name, architecture, #params, %params (of the
         base model), active, trainable.

@@ -96,9 +96,6 @@ ABSENT = {
     "ModelWithHeadsAdaptersMixin.load_adapter_setup": f"{_ISSUE_API}",
     "ModelAdaptersMixin.push_adapter_to_hub": "issue 23, Hub: upload with a generated model card",
     "ModelAdaptersMixin.push_adapter_setup_to_hub": "issue 23, Hub: upload of a whole setup",
-    "ModelAdaptersMixin.has_adapters": f"whether any adapter is added; {_TRIVIAL}",
-    "ModelAdaptersMixin.has_parallel_adapters": f"whether the active setup holds a Parallel block; {_TRIVIAL}",
-    "ModelAdaptersMixin.adapter_fusion_to": f"``adapter_to`` for a fusion layer; {_TRIVIAL}",
     "ModelWithHeadsAdaptersMixin.average_head": f"{_ISSUE_API}",
     "ModelWithHeadsAdaptersMixin.save_head": "issue 23, models: save_head / load_head on transformers' own head models",
     "ModelWithHeadsAdaptersMixin.load_head": "issue 23, models: save_head / load_head on transformers' own head models",
@@ -140,7 +137,6 @@ ABSENT = {
     "ModelAdaptersConfig.common_config_value": f"a value shared by several adapters' configs; {_TRIVIAL}",
     "AdapterCompositionBlock.to_dict": "setups as JSON, for save_adapter_setup (issue 23)",
     "AdapterCompositionBlock.from_dict": "setups from JSON, for load_adapter_setup (issue 23)",
-    "AdapterCompositionBlock.parallel_channels": f"defined on Parallel only here; on every block {_TRIVIAL}",
 }
 
 _ARCHITECTURE_FIELD = (

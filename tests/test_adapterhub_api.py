@@ -442,3 +442,29 @@ def test_adapterhub_utils_names_behave_as_adapterhubs():
     ]
     assert resolve_adapter_config("seq_bn", reduction_factor=4).reduction_factor == 4
     assert resolve_adapter_config("mine", local_map={"mine": SeqBnConfig(reduction_factor=2)}).reduction_factor == 2
+
+
+def test_has_adapters_parallel_channels_and_adapter_fusion_to_behave_as_adapterhubs():
+    import torch
+    from conftest import patched
+
+    from adapters import AdapterConfigError, Fuse, Parallel, Stack
+
+    assert Stack("a", Parallel("b", "c")).parallel_channels == 2 and Stack("a", "b").parallel_channels == 1
+    model = patched("bert")
+    assert not model.has_adapters() and not model.has_parallel_adapters
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    assert model.has_adapters()
+    model.set_active_adapters(Parallel("a", "b"))
+    assert model.has_parallel_adapters
+    model.set_active_adapters("a")
+    assert not model.has_parallel_adapters
+    model.add_adapter_fusion(Fuse("a", "b"))
+    model.adapter_fusion_to(Fuse("a", "b"), dtype=torch.float64)
+    fused = [p for n, p in model.named_parameters() if "adapter_fusion_layer" in n]
+    assert fused and all(p.dtype == torch.float64 for p in fused)
+    model.adapter_fusion_to("a,b", dtype=torch.float32)
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "adapter_fusion_layer" in n)
+    with pytest.raises(AdapterConfigError, match="No fusion named 'a,c'"):
+        model.adapter_fusion_to(["a", "c"])
