@@ -134,7 +134,6 @@ ABSENT = {
     "ModelAdaptersConfig.add": "registering a config without creating weights (issue 23, save_pretrained restore)",
     "ModelAdaptersConfig.add_fusion": "as ModelAdaptersConfig.add (issue 23)",
     "ModelAdaptersConfig.match": f"the config of an adapter at a given layer/location; {_TRIVIAL}",
-    "ModelAdaptersConfig.common_config_value": f"a value shared by several adapters' configs; {_TRIVIAL}",
     "AdapterCompositionBlock.to_dict": "setups as JSON, for save_adapter_setup (issue 23)",
     "AdapterCompositionBlock.from_dict": "setups from JSON, for load_adapter_setup (issue 23)",
 }
@@ -217,8 +216,6 @@ DIFFERENCES = {
         "AdapterConfig.architecture", "AdapterConfig.from_dict",
     ),
     "AdapterConfig.load": "``download_kwargs`` (AdapterHub-index download options) is refused with the index",
-    "ModelAdaptersConfig.get": "the parameter is named ``name`` (AdapterHub: ``adapter_name``); renaming is trivial",
-    "ModelAdaptersConfig.get_fusion": "the parameter is named ``name`` (AdapterHub: ``fusion_name``); renaming is trivial",
     "adapters.configuration:build_full_config": "AdapterHub's helper for the adapter_config.json dict; adapters/loading.py "
     "writes the same layout",
     # -- heads
@@ -273,7 +270,7 @@ DIFFERENCES = {
 TO_ALIGN = {
     "ModelWithFlexibleHeadsAdaptersMixin.register_custom_head",
     "ModelWithFlexibleHeadsAdaptersMixin.add_causal_lm_head", "ModelWithFlexibleHeadsAdaptersMixin.add_masked_lm_head",
-    "ModelWithFlexibleHeadsAdaptersMixin.add_seq2seq_lm_head", "ModelAdaptersConfig.get", "ModelAdaptersConfig.get_fusion",
+    "ModelWithFlexibleHeadsAdaptersMixin.add_seq2seq_lm_head",
     "adapters.heads:QuestionAnsweringHead",
     "adapters:init", "AdapterConfig.architecture", "AdapterConfig.from_dict",
 }

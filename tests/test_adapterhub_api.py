@@ -468,3 +468,21 @@ def test_has_adapters_parallel_channels_and_adapter_fusion_to_behave_as_adapterh
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "adapter_fusion_layer" in n)
     with pytest.raises(AdapterConfigError, match="No fusion named 'a,c'"):
         model.adapter_fusion_to(["a", "c"])
+
+
+def test_common_config_value_returns_the_shared_value_or_names_the_difference():
+    from conftest import patched
+
+    from adapters import AdapterConfigError
+
+    model = patched("bert")
+    model.add_adapter("a", config="seq_bn")
+    model.add_adapter("b", config="seq_bn")
+    model.add_adapter("c", config="double_seq_bn")
+    registry = model.adapters_config
+    assert registry.common_config_value(["a", "b"], "output_adapter") is True
+    assert registry.get(adapter_name="a") is registry.adapters["a"]
+    with pytest.raises(AdapterConfigError, match="differ in mh_adapter"):
+        registry.common_config_value(["a", "c"], "mh_adapter")
+    with pytest.raises(AdapterConfigError, match="No adapter named 'x'"):
+        registry.common_config_value(["a", "x"], "mh_adapter")

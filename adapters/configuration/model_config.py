@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..errors import AdapterConfigError
 from .base import AdapterConfig
 from .fusion import AdapterFusionConfig
 
@@ -46,8 +47,8 @@ class ModelAdaptersConfig:
         self.version += 1
         self._validated.clear()
 
-    def get(self, name: str) -> Optional[AdapterConfig]:
-        """The config of adapter ``name`` or None.
+    def get(self, adapter_name: str) -> Optional[AdapterConfig]:
+        """The config of adapter ``adapter_name`` or None.
 
         Example::
 
@@ -55,10 +56,10 @@ class ModelAdaptersConfig:
             >>> model.adapters_config.get("a").reduction_factor
             16
         """
-        return self.adapters.get(name)
+        return self.adapters.get(adapter_name)
 
-    def get_fusion(self, name: str):
-        """``(config, adapter_names)`` of fusion ``name`` or None.
+    def get_fusion(self, fusion_name: str):
+        """``(config, adapter_names)`` of fusion ``fusion_name`` or None.
 
         Example::
 
@@ -67,7 +68,30 @@ class ModelAdaptersConfig:
             >>> names
             ('a', 'b')
         """
-        return self.fusions.get(name)
+        return self.fusions.get(fusion_name)
+
+    def common_config_value(self, adapter_names, attribute: str):
+        """The value of config field ``attribute`` that the adapters ``adapter_names`` share
+        (None where their configs lack it).
+
+        Raises:
+            AdapterConfigError: an adapter is unknown, or the adapters' values differ (the message
+                names them).
+
+        Example::
+
+            >>> model.adapters_config.common_config_value(["a", "b"], "reduction_factor")
+            16
+        """
+        values = {}
+        for name in adapter_names:
+            config = self.adapters.get(name)
+            if config is None:
+                raise AdapterConfigError(f"No adapter named {name!r}; the model has: {', '.join(sorted(self.adapters)) or 'none'}.")
+            values[name] = config.get(attribute)
+        if len({repr(value) for value in values.values()}) > 1:
+            raise AdapterConfigError(f"The adapters differ in {attribute}: {values}; they must share one value.")
+        return next(iter(values.values()), None)
 
     def __contains__(self, name: str) -> bool:
         return name in self.adapters
