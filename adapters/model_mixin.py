@@ -26,7 +26,7 @@ from . import logging
 from .activation import ActivationMixin, _uses_fusion
 from .composition import Fuse
 from .configuration import DEFAULT_ADAPTER_CONFIG, DEFAULT_ADAPTERFUSION_CONFIG
-from .configuration.base import AdapterConfig
+from .configuration.base import ADAPTER_CONFIG_MAP, AdapterConfig
 from .configuration.fusion import AdapterFusionConfig
 from .configuration.validation import check_name
 from .context import registry_lock
@@ -34,10 +34,10 @@ from .embeddings import EmbeddingAdaptersMixin
 from .errors import AdapterConfigError
 from .forward import ForwardMixin
 from .hooks.attention import release_adapter_attention
-from .hooks.spec import stack_configs
+from .hooks.spec import layer_stacks, stack_configs
 from .loading import CheckpointMixin
 from .merging import MergingMixin
-from .methods.registry import families, families_of
+from .methods.registry import AdapterMethod, families, families_of
 
 logger = logging.get_logger(__name__)
 
@@ -484,6 +484,76 @@ class ModelAdaptersMixin(
         for host in self._adapter_hosts:
             if host.supports_fusion and name in host.adapter_fusion_layer:
                 host.adapter_fusion_layer[name].to(device=device, dtype=dtype)
+
+    def iter_layers(self):
+        """``(index, layer)`` for every transformer layer the adapters number, in AdapterHub's
+        numbering (first stack, then the second: an encoder-decoder's decoder layers follow its
+        encoder's).
+
+        Example::
+
+            >>> [index for index, _ in model.iter_layers()]
+            [0, 1]
+        """
+        for _, first, layers in layer_stacks(self.base_model, self.__dict__["_adapters_spec"]):
+            for offset, layer in enumerate(layers):
+                yield first + offset, layer
+
+    def get_layer(self, idx: int) -> nn.Module:
+        """The layer of index ``idx`` in :meth:`iter_layers`' numbering (negative indices count
+        from the end, as in a list).
+
+        Raises:
+            IndexError: no such layer (the message gives the valid range).
+
+        Example::
+
+            >>> model.get_layer(0) is model.encoder.layer[0]
+            True
+        """
+        layers = [layer for _, layer in self.iter_layers()]
+        try:
+            return layers[idx]
+        except IndexError:
+            raise IndexError(f"The model has no layer {idx!r}; its layers are 0 … {len(layers) - 1}.") from None
+
+    def supports_adapter(self, type_or_config) -> bool:
+        """Whether adapters of ``type_or_config`` can be added to this model: a method type of
+        :class:`~adapters.AdapterMethod` (``"lora"``, ``"prefix_tuning"``, ...: whether any of its
+        configs fits), a config id or a config (whether it fits, as ``add_adapter`` checks).
+
+        Example::
+
+            >>> model.supports_adapter("prompt_tuning"), model.supports_adapter(LoRAConfig(r=4))
+            (True, True)
+        """
+        if isinstance(type_or_config, str) and type_or_config not in ADAPTER_CONFIG_MAP:
+            if type_or_config not in AdapterMethod.ALL:
+                raise AdapterConfigError(
+                    f"Unknown adapter type or config {type_or_config!r}; give one of {', '.join(AdapterMethod.ALL)}, a "
+                    f"config id or a config."
+                )
+            configs = [c for c in ADAPTER_CONFIG_MAP.values() if type_or_config in AdapterMethod.of(c)]
+            return any(self._fits(config) for config in configs)
+        return self._fits(AdapterConfig.load(type_or_config))
+
+    def _fits(self, config: AdapterConfig) -> bool:
+        try:
+            self._check_config_fits(config)
+        except AdapterConfigError:
+            return False
+        return True
+
+    @property
+    def support_prompt_tuning(self) -> bool:
+        """Whether prompt tuning can be added to this model (AdapterHub's flag).
+
+        Example::
+
+            >>> model.support_prompt_tuning
+            True
+        """
+        return self.supports_adapter(AdapterMethod.prompt_tuning)
 
     def has_adapters(self) -> bool:
         """Whether the model has any adapter.

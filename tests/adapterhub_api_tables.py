@@ -82,13 +82,7 @@ ABSENT = {
     "adapters.configuration.adapter_config:MTLLoRAConfig": "no ``adapters.configuration.adapter_config`` module (the configs "
     f"live in ``adapters.configuration``); the suite's MTL-LoRA tests import from it; an alias module is {_TRIVIAL}",
     # -- model methods
-    "ModelAdaptersMixin.iter_layers": f"{_ISSUE_API}",
-    "ModelBaseAdaptersMixin.iter_layers": f"{_ISSUE_API}",
-    "ModelWithHeadsAdaptersMixin.iter_layers": f"{_ISSUE_API}",
-    "ModelBaseAdaptersMixin.get_layer": f"layer by index, with iter_layers (issue 23); {_TRIVIAL} from the architecture spec",
-    "ModelAdaptersMixin.supports_adapter": f"{_ISSUE_API}",
     "ModelAdaptersMixin.support_lora_delta_w_svd": f"{_ISSUE_API}",
-    "ModelAdaptersMixin.support_prompt_tuning": f"class flag: prompt tuning supported; {_TRIVIAL} from the architecture spec",
     "ModelBaseAdaptersMixin.adapter_interface": f"{_ISSUE_API} (on models that have an interface)",
     "ModelAdaptersMixin.save_adapter_setup": f"{_ISSUE_API}",
     "ModelAdaptersMixin.load_adapter_setup": f"{_ISSUE_API}",

@@ -486,3 +486,27 @@ def test_common_config_value_returns_the_shared_value_or_names_the_difference():
         registry.common_config_value(["a", "c"], "mh_adapter")
     with pytest.raises(AdapterConfigError, match="No adapter named 'x'"):
         registry.common_config_value(["a", "x"], "mh_adapter")
+
+
+def test_iter_layers_get_layer_and_supports_adapter():
+    """AdapterHub's layer numbering (an encoder-decoder's decoder after its encoder) and its
+    support check, answered by the same checks add_adapter makes (GPT-J refuses prefix tuning)."""
+    from conftest import n_layers, patched
+
+    from adapters import AdapterConfigError, LoRAConfig, PrefixTuningConfig
+
+    t5 = patched("t5")
+    layers = list(t5.iter_layers())
+    assert [i for i, _ in layers] == list(range(n_layers("t5")))  # encoder and decoder layers
+    encoder_layers = len(t5.encoder.block)
+    assert layers[0][1] is t5.encoder.block[0] and layers[encoder_layers][1] is t5.decoder.block[0]
+    assert t5.get_layer(-1) is t5.decoder.block[-1]
+    with pytest.raises(IndexError, match="no layer 99"):
+        t5.get_layer(99)
+    gptj = patched("gptj")
+    assert gptj.supports_adapter("lora") and gptj.supports_adapter(LoRAConfig(r=4))
+    assert not gptj.supports_adapter("prefix_tuning") and not gptj.supports_adapter(PrefixTuningConfig())
+    assert patched("bert").supports_adapter("prefix_tuning") and patched("bert").support_prompt_tuning
+    assert not patched("whisper").support_prompt_tuning  # its inputs are not token ids
+    with pytest.raises(AdapterConfigError, match="Unknown adapter type or config 'lorra'"):
+        t5.supports_adapter("lorra")
