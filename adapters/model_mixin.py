@@ -555,6 +555,20 @@ class ModelAdaptersMixin(
         """
         return self.supports_adapter(AdapterMethod.prompt_tuning)
 
+    def freeze_embeddings(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) the output embeddings of a model with a language-modelling head
+        (tied to the input embeddings in most models), as AdapterHub's method does; a model without
+        output embeddings is left as it is.
+
+        Example::
+
+            >>> lm.freeze_embeddings()              # the LM head's embedding matrix stays fixed
+        """
+        output_embeddings = self.get_output_embeddings()
+        for module in output_embeddings if isinstance(output_embeddings, list) else [output_embeddings]:
+            if module is not None:
+                module.requires_grad_(not freeze)
+
     def has_adapters(self) -> bool:
         """Whether the model has any adapter.
 

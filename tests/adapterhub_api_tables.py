@@ -96,7 +96,6 @@ ABSENT = {
     "ModelWithHeadsAdaptersMixin.save_all_heads": "issue 23, models: with save_head on transformers' own head models",
     "ModelWithHeadsAdaptersMixin.get_labels": "labels of a static head model (from model.config); with issue 23's head work",
     "ModelWithHeadsAdaptersMixin.get_labels_dict": "labels of a static head model (from model.config); with issue 23's head work",
-    "ModelWithHeadsAdaptersMixin.freeze_embeddings": f"freeze / unfreeze the input embeddings; {_TRIVIAL}",
     "ModelWithFlexibleHeadsAdaptersMixin.get_prediction_heads_config": f"{_ISSUE_API}",
     "BertAdapterModel.loaded_embeddings": f"{_ISSUE_API}",
     "BertAdapterModel.prepare_inputs_for_generation": "generation with a causal-LM head on an encoder AdapterModel; not planned yet",

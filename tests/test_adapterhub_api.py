@@ -510,3 +510,14 @@ def test_iter_layers_get_layer_and_supports_adapter():
     assert not patched("whisper").support_prompt_tuning  # its inputs are not token ids
     with pytest.raises(AdapterConfigError, match="Unknown adapter type or config 'lorra'"):
         t5.supports_adapter("lorra")
+
+
+def test_freeze_embeddings_freezes_the_lm_heads_embeddings_as_adapterhub():
+    from conftest import patched
+
+    lm = patched("gpt2", "clm")
+    lm.freeze_embeddings()
+    assert not lm.get_output_embeddings().weight.requires_grad
+    lm.freeze_embeddings(False)
+    assert lm.get_output_embeddings().weight.requires_grad
+    patched("bert").freeze_embeddings()  # no output embeddings: nothing to do
