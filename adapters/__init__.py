@@ -74,6 +74,7 @@ from .context import AdapterSetup, ForwardContext
 # configs that live with their method (adapters/methods/<family>.py); importing them registers every family
 from .methods.hra import HRAConfig
 from .errors import AdapterConfigError, AdapterError, AdapterLoadError, AdapterMergeError, CompositionError
+from .embeddings import EmbeddingAdaptersMixin
 from .model_mixin import ModelAdaptersMixin
 from .initialize import init
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, StackSpec, register_architecture
@@ -91,6 +92,7 @@ _LAZY_NAMES = {
     "register_custom_head": "heads",
     "AutoAdapterModel": "heads.adapter_model",
     "convert_to_adapter_model": "heads.adapter_model",
+    "ModelWithFlexibleHeadsAdaptersMixin": "heads",
     "get_adapter_config_hash": "utils",
     **{
         name: "heads.adapter_model"
@@ -111,7 +113,7 @@ _LAZY_SUBMODULES = {"heads", "trainer", "utils"}
 import typing as _typing  # noqa: E402
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs (the generated AdapterModel classes have no static definition)
-    from .heads import MultiHeadOutput, PredictionHead, register_custom_head
+    from .heads import ModelWithFlexibleHeadsAdaptersMixin, MultiHeadOutput, PredictionHead, register_custom_head
     from .heads.adapter_model import AutoAdapterModel, convert_to_adapter_model
     from .trainer import AdaLoraCallback, AdapterTrainer
     from .utils import get_adapter_config_hash
@@ -149,6 +151,8 @@ __all__ = [
     "AdapterModelInterface",
     "AdapterSetup",
     "AdapterTrainer",
+    "ModelWithFlexibleHeadsAdaptersMixin",
+    "EmbeddingAdaptersMixin",
     "get_adapter_config_hash",
     "ArchitectureSpec",
     "Average",

@@ -33,7 +33,14 @@ TOKENIZER_PATH = "tokenizer"
 
 
 class EmbeddingAdaptersMixin:
-    """The embedding API of a patched model (mixed into :class:`~adapters.ModelAdaptersMixin`)."""
+    """The embedding API of a patched model (mixed into :class:`~adapters.ModelAdaptersMixin`).
+
+    Example::
+
+        >>> isinstance(model, EmbeddingAdaptersMixin)      # every model after adapters.init
+        True
+        >>> model.add_embeddings("de", tokenizer_de, reference_embedding="default", reference_tokenizer=tokenizer)
+    """
 
     @property
     def _embedding_state(self) -> dict:

@@ -57,9 +57,6 @@ ABSENT = {
     "DebertaAdapterModel": "issue 23, architectures: DeBERTa (v1)",
     "PLBartAdapterModel": "issue 23, architectures: PLBART",
     "XmodAdapterModel": "issue 23, architectures: X-MOD",
-    "adapters:EmbeddingAdaptersMixin": f"it is ``adapters.embeddings.EmbeddingAdaptersMixin`` here; the top-level re-export is {_TRIVIAL}",
-    "ModelWithFlexibleHeadsAdaptersMixin": "here ``adapters.heads.model_mixin.FlexibleHeadsMixin``; an alias under AdapterHub's "
-    f"name is {_TRIVIAL} (the suite uses it in isinstance checks)",
     "adapters:ModelWithHeadsAdaptersMixin": "no separate class: transformers' own head models get ModelAdaptersMixin; a marker "
     "class for the suite's isinstance checks is needed (issue 23, static heads)",
     "adapters:InvertibleAdaptersMixin": "invertible adapters are a method family here; the suite skips its invertible-adapter tests "

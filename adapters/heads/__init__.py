@@ -12,6 +12,9 @@ from .classification import (
 from .image import ImageClassificationHead
 from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
 from .model_mixin import FlexibleHeadsMixin, heads_from_setup
+
+#: AdapterHub's name of the flexible-heads mixin (the suite's isinstance checks use it)
+ModelWithFlexibleHeadsAdaptersMixin = FlexibleHeadsMixin
 from .modernbert import (
     ModernBertClassificationHead,
     ModernBertMaskedLMHead,
@@ -25,6 +28,7 @@ __all__ = [
     "CausalLMHead",
     "ClassificationHead",
     "FlexibleHeadsMixin",
+    "ModelWithFlexibleHeadsAdaptersMixin",
     "ImageClassificationHead",
     "ModernBertClassificationHead",
     "ModernBertMaskedLMHead",
