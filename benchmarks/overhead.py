@@ -354,11 +354,11 @@ def _ours_transform(label: str):
     return prepare
 
 
-def _peft_transform(label: str):
+def _peft_transform(label: str, table: Optional[dict] = None):
     def build(base):
         import peft
 
-        config = _TRANSFORMS[label][1](peft, list(_LORA_MODULES[_arch_of(base)]))
+        config = (table or _TRANSFORMS)[label][1](peft, list(_LORA_MODULES[_arch_of(base)]))
         return peft.get_peft_model(base_copy(base), config), None
 
     return build
@@ -376,16 +376,6 @@ def _ours_config(make_config):
         return "a"
 
     return prepare
-
-
-def _peft_vera(label: str):
-    def build(base):
-        import peft
-
-        config = _VERA[label][1](peft, list(_LORA_MODULES[_arch_of(base)]))
-        return peft.get_peft_model(base_copy(base), config), None
-
-    return build
 
 
 def _peft_activate(model, setup, training):
@@ -452,7 +442,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("Llama-Adapter 10", _ours_adaption_prompt, archs=("llama",)),
     Scenario("PEFT Llama-Adapter 10", build=_peft_adaption_prompt, activate=_peft_activate, archs=("llama",)),
     Scenario("VeRA r256 q+v", _ours_config(lambda arch: _VERA["VeRA r256"][0](list(_LORA_MODULES[arch]))), fwd_goal=1.05, train_goal=0.70),
-    Scenario("PEFT VeRA r256 q+v", build=_peft_vera("VeRA r256"), activate=_peft_activate),
+    Scenario("PEFT VeRA r256 q+v", build=_peft_transform("VeRA r256", _VERA), activate=_peft_activate),
     Scenario("LoReFT r4 p7+s7", _ours_config(lambda arch: adapters.LoReftConfig(r=4, prefix_positions=7, suffix_positions=7, dropout=0.0)), fwd_goal=1.05, train_goal=0.70),
     Scenario("adapterplus", _single("adapterplus[stochastic_depth=0.0]"), fwd_goal=1.05, train_goal=0.70),
     Scenario("MTL-LoRA r8 n3 q+v", _ours_config(lambda arch: adapters.MTLLoRAConfig(r=8, n_up_projection=3, target_modules=list(_LORA_MODULES[arch]))), fwd_goal=1.05, train_goal=0.70),

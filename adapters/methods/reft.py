@@ -57,10 +57,11 @@ from ..compat import passed_cache
 from ..composition import BatchSplit, Parallel, Stack
 from ..configuration.reft import ReftConfig
 from ..context import ForwardContext
-from ..errors import AdapterConfigError, AdapterLoadError, CompositionError
+from ..errors import AdapterConfigError, CompositionError
 from ..hooks.engine import ComposableLayer, remove_host_mixin, setup_members
 from ..hooks.patching import swap_class
 from ..hooks.spec import layer_stacks, stack_config, stack_configs
+from .base import copy_saved_tensor
 from .caching import reuse_while_unchanged
 from .registry import MethodFamily, register
 
@@ -660,15 +661,8 @@ def bases_from_checkpoint(model, name: str, config: ReftConfig, state: dict, pat
     state = dict(state)
     for key, base in _bases(model, name).items():
         saved = state.pop(key, None)
-        if saved is None:
-            continue
-        if tuple(saved.shape) != tuple(base.shape):
-            raise AdapterLoadError(
-                f"{path}: {key} has shape {tuple(saved.shape)}, but the adapter needs {tuple(base.shape)}; was it saved "
-                f"for another model or config?"
-            )
-        with torch.no_grad():
-            base.copy_(saved.to(dtype=base.dtype))
+        if saved is not None:
+            copy_saved_tensor(base, saved, path, key)
     return state
 
 

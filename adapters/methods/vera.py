@@ -49,8 +49,9 @@ import torch
 from torch import nn
 
 from ..configuration.vera import VeraConfig
-from ..errors import AdapterConfigError, AdapterLoadError
+from ..errors import AdapterConfigError
 from ..hooks.targeting import pattern_value
+from .base import copy_saved_tensor
 from .caching import reuse_while_unchanged
 from .lora import LinearHost, LoRA, linear_hosts, lora_bias_parameters, magnitudes_from_adapterhub, magnitudes_to_adapterhub
 from .registry import MethodFamily, PeftMapping, register
@@ -394,16 +395,8 @@ def from_adapterhub(model, name: str, config: VeraConfig, state: dict, path: str
     projections = model._shared_parameters[name] if name in model._shared_parameters else None
     for buffer in ("lora_A", "lora_B"):
         saved = state.pop(f"shared_parameters.{name}.{buffer}", None)
-        if saved is None or projections is None:
-            continue
-        own = getattr(projections, buffer)
-        if tuple(saved.shape) != tuple(own.shape):
-            raise AdapterLoadError(
-                f"{path}: VeRA projection shared_parameters.{name}.{buffer} has shape {tuple(saved.shape)}, but the "
-                f"adapter's targeted layers need {tuple(own.shape)}; was it saved for another model or config?"
-            )
-        with torch.no_grad():
-            own.copy_(saved.to(dtype=own.dtype))
+        if saved is not None and projections is not None:
+            copy_saved_tensor(getattr(projections, buffer), saved, path, f"shared_parameters.{name}.{buffer}")
     return state
 
 
