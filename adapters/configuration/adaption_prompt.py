@@ -12,7 +12,7 @@ from .validation import check_int, check_seed, config_error
 __all__ = ["AdaptionPromptConfig"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class AdaptionPromptConfig(AdapterConfig):
     """Llama-Adapter (Zhang et al., 2023, "LLaMA-Adapter: Efficient Fine-tuning of Language
     Models with Zero-init Attention"): ``adapter_len`` learned prompt vectors in each of the top

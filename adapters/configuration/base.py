@@ -1,9 +1,18 @@
-"""Configuration base classes: frozen dataclasses with string ids, dict round-trips and loading.
+"""Configuration base classes: immutable dataclasses with string ids, dict round-trips and loading.
 
-Every method config derives from :class:`AdapterConfig`. A config is immutable; derive variants
-with :meth:`~adapters.AdapterConfig.replace` or ``AdapterConfig.load(config, **overrides)``.
+Every method config derives from :class:`AdapterConfig`. A config is immutable (assigning to it
+raises :class:`dataclasses.FrozenInstanceError`); derive variants with
+:meth:`~adapters.AdapterConfig.replace` or ``AdapterConfig.load(config, **overrides)``.
 Every value is checked when a config is built (see :mod:`adapters.configuration.validation`);
 a bad value raises :class:`~adapters.errors.AdapterConfigError`.
+
+A config class can be subclassed with extra fields as AdapterHub's are (``@dataclass(eq=False)``)
+or as a frozen dataclass (``@dataclass(frozen=True, eq=False)``); see
+:class:`~adapters.configuration.validation.Immutable`. The subclass works wherever its parent
+does and ``to_dict`` (so ``adapter_config.json``) holds its extra fields. A dict holding them is
+read as the subclass once an instance is registered (``register_config("my_bn", MyBnConfig())``);
+otherwise a checkpoint's extra fields are dropped with a warning (AdapterHub drops them silently)
+and a user's dict with them is refused.
 
 Keys a config does not have are treated by where they come from:
 
@@ -31,7 +40,7 @@ from typing import Any, ClassVar, Optional, Union
 
 from .. import logging
 from ..errors import AdapterConfigError
-from .validation import CheckedFields, closest, config_error, describe, did_you_mean, unknown_fields_error
+from .validation import Immutable, closest, config_error, describe, did_you_mean, unknown_fields_error
 
 __all__ = ["AdapterConfig", "ConfigUnion", "ADAPTER_CONFIG_MAP", "register_config", "config_class_for"]
 
@@ -123,8 +132,8 @@ def _is_default(value, default) -> bool:
     return type(value) is type(default) and value == default
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class AdapterConfig(metaclass=CheckedFields):
+@dataclasses.dataclass(eq=False)
+class AdapterConfig(Immutable):
     """Base class of all adapter method configs.
 
     Subclasses set the class attribute ``architecture`` (the method family, written to
@@ -270,8 +279,29 @@ class AdapterConfig(metaclass=CheckedFields):
         return data
 
     @classmethod
+    def _registered_subclass_for(cls, keys) -> Optional[type]:
+        """The class to read a dict with ``keys`` that ``cls`` does not all have: a subclass of
+        ``cls`` registered with :func:`register_config` (a user's config with extra fields) that
+        has every one of them, the one with the fewest fields (the first registered among equals);
+        None if no registered class fits."""
+        fitting = []
+        for config in ADAPTER_CONFIG_MAP.values():
+            candidate = type(config)
+            if candidate is cls or not issubclass(candidate, cls) or candidate in fitting:
+                continue
+            names = {f.name for f in dataclasses.fields(candidate) if f.init} | set(candidate._foreign_defaults)
+            if set(keys) <= names:
+                fitting.append(candidate)
+        return min(fitting, key=lambda c: len(dataclasses.fields(c)), default=None)
+
+    @classmethod
     def _from_fields(cls, data: dict, checkpoint: Optional[str] = None) -> "AdapterConfig":
         names = [f.name for f in dataclasses.fields(cls) if f.init]
+        if any(key not in names and key not in cls._foreign_defaults for key in data):
+            # the extra fields of a user's subclass: read by that subclass when it is registered
+            subclass = cls._registered_subclass_for(data)
+            if subclass is not None:
+                return subclass._from_fields(data, checkpoint)
         fields, unknown = {}, []
         for key, value in data.items():
             if key in names:
@@ -293,7 +323,9 @@ class AdapterConfig(metaclass=CheckedFields):
             hints = "".join(f" ({key!r}: did you mean {closest(key, names)!r}?)" for key in unknown if closest(key, names))
             logger.warning(
                 f"{checkpoint}: ignoring {', '.join(repr(k) for k in unknown)}, which {cls.__name__} does not have "
-                f"(written by a newer library version?); the adapter is loaded without {'them' if len(unknown) > 1 else 'it'}.{hints}"
+                f"(written by a newer library version, or by a subclass of {cls.__name__} with extra fields?); the adapter "
+                f"is loaded without {'them' if len(unknown) > 1 else 'it'}.{hints} A config subclass is read back with its "
+                f"fields once registered: adapters.configuration.register_config('my_config', MyConfig())."
             )
         return cls(**fields)
 
@@ -389,7 +421,7 @@ class AdapterConfig(metaclass=CheckedFields):
         return getattr(self, key)
 
 
-@dataclasses.dataclass(frozen=True, init=False, eq=False)
+@dataclasses.dataclass(init=False, eq=False)
 class ConfigUnion(AdapterConfig):
     """Several methods under one adapter name (e.g. prefix tuning + a parallel bottleneck).
 

@@ -76,7 +76,7 @@ def _check_reduction_factor(owner: str, field: str, value, optional: bool = Fals
     return value
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class BnConfig(AdapterConfig):
     """A bottleneck adapter: ``x + f(x W_down) W_up``, inserted after the attention block
     (``mh_adapter``) and/or the feed-forward block (``output_adapter``) of each layer.
@@ -229,7 +229,7 @@ class BnConfig(AdapterConfig):
         return factor
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class SeqBnConfig(BnConfig):
     """Sequential bottleneck after the feed-forward block only (Pfeiffer et al., 2020).
 
@@ -246,7 +246,7 @@ class SeqBnConfig(BnConfig):
     reduction_factor: Union[float, Mapping] = 16
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class DoubleSeqBnConfig(BnConfig):
     """Sequential bottlenecks after attention and after the feed-forward block (Houlsby et al., 2019).
 
@@ -263,7 +263,7 @@ class DoubleSeqBnConfig(BnConfig):
     reduction_factor: Union[float, Mapping] = 16
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class ParBnConfig(BnConfig):
     """Parallel bottleneck next to the feed-forward block, scaled by 4 (He et al., 2021).
 
@@ -282,7 +282,7 @@ class ParBnConfig(BnConfig):
     scaling: Union[float, str] = 4.0
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class CompacterPlusPlusConfig(SeqBnConfig):
     """Compacter++: a sequential bottleneck with PHM projections (Mahabadi et al., 2021).
 
@@ -296,7 +296,7 @@ class CompacterPlusPlusConfig(SeqBnConfig):
     non_linearity: str = "gelu"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class CompacterConfig(DoubleSeqBnConfig):
     """Compacter: Houlsby-placed bottlenecks with PHM projections (Mahabadi et al., 2021).
 
@@ -310,7 +310,7 @@ class CompacterConfig(DoubleSeqBnConfig):
     non_linearity: str = "gelu"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class AdapterPlusConfig(BnConfig):
     """AdapterPlus (Steitz & Roth, 2024): one sequential bottleneck after the feed-forward block,
     placed after the layer's own residual and norm (``original_ln_before``) and not followed by the
@@ -340,7 +340,7 @@ class AdapterPlusConfig(BnConfig):
     non_linearity: str = "gelu"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class SeqBnInvConfig(SeqBnConfig):
     """Pfeiffer adapter plus an invertible adapter on the embeddings (MAD-X language adapter).
 
@@ -353,7 +353,7 @@ class SeqBnInvConfig(SeqBnConfig):
     inv_adapter_reduction_factor: Optional[float] = 2
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class DoubleSeqBnInvConfig(DoubleSeqBnConfig):
     """Houlsby adapter plus an invertible adapter on the embeddings.
 

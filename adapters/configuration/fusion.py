@@ -11,11 +11,11 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 from .. import logging
 from ..errors import AdapterConfigError
-from .validation import CheckedFields, check_bool, check_probability, closest, config_error, describe, did_you_mean, unknown_fields_error
+from .validation import Immutable, check_bool, check_probability, closest, config_error, describe, did_you_mean, unknown_fields_error
 
 __all__ = [
     "AdapterFusionConfig",
@@ -30,8 +30,8 @@ logger = logging.get_logger(__name__)
 _BOOL_FIELDS = ("key", "query", "value", "query_before_ln", "regularization", "residual_before", "temperature", "value_before_softmax")
 
 
-@dataclasses.dataclass(frozen=True)
-class AdapterFusionConfig(metaclass=CheckedFields):
+@dataclasses.dataclass(eq=False)
+class AdapterFusionConfig(Immutable):
     """How an AdapterFusion layer attends over its adapters' outputs.
 
     Args:
@@ -49,6 +49,9 @@ class AdapterFusionConfig(metaclass=CheckedFields):
 
         >>> model.add_adapter_fusion(Fuse("a", "b"), config=DynamicFusionConfig(temperature=True))
     """
+
+    # no method family: AdapterHub's AdapterConfig attribute, None for fusion configs as there
+    architecture: ClassVar[Optional[str]] = None
 
     key: bool = True
     query: bool = True
@@ -70,6 +73,13 @@ class AdapterFusionConfig(metaclass=CheckedFields):
             raise config_error(name, "value_initialized", self.value_initialized, "True or False")
         if self.dropout_prob is not None:
             check_probability(name, "dropout_prob", self.dropout_prob)
+
+    def __eq__(self, other) -> bool:
+        # by value, as AdapterHub compares configs (DynamicFusionConfig() equals the plain config with its values)
+        return isinstance(other, AdapterFusionConfig) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict in AdapterHub's ``adapter_fusion_config.json`` layout.
@@ -94,6 +104,18 @@ class AdapterFusionConfig(metaclass=CheckedFields):
         if unknown:
             raise unknown_fields_error(type(self).__name__, unknown, names)
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, config: Mapping) -> "AdapterFusionConfig":
+        """Build a fusion config from a dict (a key it does not have raises an
+        :class:`~adapters.errors.AdapterConfigError` with a did-you-mean).
+
+        Example::
+
+            >>> AdapterFusionConfig.from_dict({"temperature": True}).temperature
+            True
+        """
+        return cls._read(config, None)
 
     @classmethod
     def _read(cls, data: Any, checkpoint: Optional[str]) -> "AdapterFusionConfig":
@@ -173,7 +195,7 @@ class AdapterFusionConfig(metaclass=CheckedFields):
         return getattr(self, key)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(eq=False)
 class DynamicFusionConfig(AdapterFusionConfig):
     """Learned query, key and value projections with value regularisation (the paper's setup).
 
@@ -183,7 +205,7 @@ class DynamicFusionConfig(AdapterFusionConfig):
     """
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(eq=False)
 class StaticFusionConfig(AdapterFusionConfig):
     """Learned query and key projections, no value projection and no regularisation (AdapterHub's
     "static" fusion).

@@ -54,7 +54,7 @@ class LoftQConfig(metaclass=CheckedFields):
         check_choice("LoftQConfig", "quantizer", self.quantizer, ("nf", "uniform"))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class LoRAConfig(AdapterConfig):
     """Low-rank adaptation of linear layers: ``W' = W + (α/r)·B A`` (Hu et al., 2021).
 
@@ -181,7 +181,7 @@ class LoRAConfig(AdapterConfig):
             raise AdapterConfigError(f"{name}: use_dora=True needs composition_mode='add' (DoRA decomposes a LoRA update).")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class IA3Config(LoRAConfig):
     """(IA)³ (Liu et al., 2022): the outputs of the key, value and FFN-intermediate projections
     are multiplied by learned vectors initialised to ones.
@@ -201,7 +201,7 @@ class IA3Config(LoRAConfig):
     init_weights: Union[str, bool] = "ia3"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class DoRAConfig(LoRAConfig):
     """DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"): LoRA whose updated
     weight is split into a direction (renormalised per output row) and a learned magnitude.

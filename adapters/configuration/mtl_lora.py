@@ -23,7 +23,7 @@ MTL_INITS = ("lora", "bert", "gaussian", False)
 TASK_SPECIFIC_MATRIX_TYPES = ("singular_values", "linear")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class MultiTaskConfig(AdapterConfig):
     """Marker base of the multi-task methods (AdapterHub's name): adapters of such a config are
     one task each of a multi-task model. They may share parameters
@@ -37,7 +37,7 @@ class MultiTaskConfig(AdapterConfig):
     """
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class MTLLoRAConfig(WeightTargetingConfig, MultiTaskConfig):
     """MTL-LoRA (Yang et al., 2024, "MTL-LoRA: Low-Rank Adaptation for Multi-Task Learning"):
     a LoRA whose update passes through a task-specific ``r×r`` matrix and a softmax-weighted mix

@@ -24,7 +24,7 @@ from .validation import (
 __all__ = ["PrefixTuningConfig", "PromptTuningConfig", "MAMConfig", "UniPELTConfig"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class PrefixTuningConfig(AdapterConfig):
     """Prefix tuning (Li & Liang, 2021): learned key/value vectors prepended to every attention
     layer's keys and values.
@@ -82,7 +82,7 @@ class PrefixTuningConfig(AdapterConfig):
         check_seed(name, "init_weights_seed", self.init_weights_seed)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class PromptTuningConfig(AdapterConfig):
     """Prompt tuning (Lester et al., 2021): learned input embeddings joined to the token
     embeddings of every input.
@@ -127,7 +127,7 @@ class PromptTuningConfig(AdapterConfig):
         check_seed(name, "init_weights_seed", self.init_weights_seed)
 
 
-@dataclasses.dataclass(frozen=True, init=False, eq=False)
+@dataclasses.dataclass(init=False, eq=False)
 class MAMConfig(ConfigUnion):
     """Mix-and-Match adapter (He et al., 2021): prefix tuning in attention plus a scaled
     parallel bottleneck next to the feed-forward block.
@@ -145,7 +145,7 @@ class MAMConfig(ConfigUnion):
         super().__init__(prefix_tuning or PrefixTuningConfig(bottleneck_size=800), adapter or ParBnConfig())
 
 
-@dataclasses.dataclass(frozen=True, init=False, eq=False)
+@dataclasses.dataclass(init=False, eq=False)
 class UniPELTConfig(ConfigUnion):
     """UniPELT (Mao et al., 2022): gated prefix tuning, a gated sequential bottleneck and gated
     LoRA under one name; each gate learns how much its method contributes.

@@ -28,7 +28,7 @@ __all__ = ["ReftConfig", "LoReftConfig", "NoReftConfig", "DiReftConfig", "REFT_D
 REFT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class ReftConfig(AdapterConfig):
     """ReFT: after each selected layer, the hidden states at a few positions are replaced by an
     *intervention* ``Φ(h) = h + Rᵀ(φ(W h + b) − R h)`` (see :mod:`adapters.methods.reft`).
@@ -126,7 +126,7 @@ class ReftConfig(AdapterConfig):
         return data
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class LoReftConfig(ReftConfig):
     """LoReFT (low-rank linear subspace ReFT): ``Φ(h) = h + Rᵀ(W h + b − R h)`` with orthonormal rows
     of ``R``, on the first 3 real tokens after every layer, rank 1 (AdapterHub's defaults; string id
@@ -138,7 +138,7 @@ class LoReftConfig(ReftConfig):
     """
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class NoReftConfig(ReftConfig):
     """NoReFT: LoReFT without the orthogonality of ``R`` (string id ``"noreft"``).
 
@@ -150,7 +150,7 @@ class NoReftConfig(ReftConfig):
     orthogonality: bool = False
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class DiReftConfig(ReftConfig):
     """DiReFT: ``Φ(h) = h + Rᵀ(W h + b)`` — no orthogonality, no subtracted projection (string id
     ``"direft"``).

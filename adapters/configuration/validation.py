@@ -33,10 +33,12 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import numbers
 import re
+import weakref
 from collections.abc import Iterable, Mapping, Set
 from typing import Any, Optional
 
@@ -67,6 +69,7 @@ __all__ = [
     "check_sizes",
     "check_weights",
     "CheckedFields",
+    "Immutable",
     "NAME_MAX_LENGTH",
     "check_name",
 ]
@@ -506,11 +509,35 @@ def check_weights(owner: str, field: str, value: Any, count: int) -> tuple:
     return tuple(weights)
 
 
+# ids of the config instances whose ``__init__`` is running: only these may have attributes set
+_UNDER_CONSTRUCTION: set[int] = set()
+# (a weak reference to) the class dataclasses is processing now (``CheckedFields.__dataclass_params__``)
+_DATACLASS_BEING_BUILT: list = [None]
+
+
+class _ParamsWithFrozen:
+    """A class's dataclass parameters as its subclass being built sees them: another ``frozen``."""
+
+    def __init__(self, params, frozen: bool):
+        self._params, self.frozen = params, frozen
+
+    def __getattr__(self, name):
+        return getattr(self._params, name)
+
+
 class CheckedFields(type):
-    """Metaclass of the config classes: calling a class with a keyword its ``__init__`` does not
-    take raises :class:`~adapters.errors.AdapterConfigError` with a did-you-mean
-    (``LoRAConfig(rank=4)``: "unknown field 'rank' for LoRAConfig; did you mean 'r'?") instead of
-    Python's bare ``TypeError``.
+    """Metaclass of the config classes.
+
+    - Calling a class with a keyword its ``__init__`` does not take raises
+      :class:`~adapters.errors.AdapterConfigError` with a did-you-mean (``LoRAConfig(rank=4)``:
+      "unknown field 'rank' for LoRAConfig; did you mean 'r'?") instead of Python's bare
+      ``TypeError``.
+    - It marks an instance as under construction while its ``__init__`` (and ``__post_init__``)
+      runs; :class:`Immutable` refuses every assignment outside that window.
+    - Config classes that :class:`Immutable` seals (dataclasses that are not ``frozen`` to the
+      ``dataclasses`` module) may be subclassed both as AdapterHub's are
+      (``@dataclass(eq=False)``) and as frozen dataclasses (``@dataclass(frozen=True)``), which
+      Python otherwise refuses to mix (see :attr:`__dataclass_params__`).
 
     Example::
 
@@ -529,7 +556,45 @@ class CheckedFields(type):
                 unknown = [key for key in kwargs if key not in names]
                 if unknown:
                     raise unknown_fields_error(cls.__name__, unknown, names)
-        return super().__call__(*args, **kwargs)
+        # type.__call__'s two steps, with the instance open for assignment in between
+        instance = cls.__new__(cls, *args, **kwargs)
+        if isinstance(instance, cls):
+            _UNDER_CONSTRUCTION.add(id(instance))
+            try:
+                type(instance).__init__(instance, *args, **kwargs)
+            finally:
+                _UNDER_CONSTRUCTION.discard(id(instance))
+        return instance
+
+    # ``dataclasses`` refuses a frozen dataclass over a non-frozen one and the reverse: it reads
+    # ``__dataclass_params__.frozen`` of every base. A sealed config class is neither kind — not
+    # frozen to ``dataclasses`` (so that AdapterHub's ``@dataclass(eq=False)`` subclasses, whose
+    # ``__init__`` assigns fields, work) yet immutable (``Immutable.__setattr__``) — so either
+    # kind of subclass keeps its guarantees. While ``dataclasses`` builds a subclass, a sealed
+    # class therefore reports the subclass's own ``frozen``. ``dataclasses`` stores the new
+    # class's parameters (the setter below) before it reads its bases' (Python 3.10 to 3.13;
+    # tests/test_config_subclassing.py fails if a version changes that).
+    @property
+    def __dataclass_params__(cls):
+        owner = next((klass for klass in cls.__mro__ if "_own_dataclass_params" in klass.__dict__), None)
+        if owner is None:
+            raise AttributeError(f"{cls.__name__} is not a dataclass")
+        params = owner.__dict__["_own_dataclass_params"]
+        building = _DATACLASS_BEING_BUILT[0] and _DATACLASS_BEING_BUILT[0]()
+        if (
+            building is not None
+            and building is not cls
+            and "__dataclass_fields__" not in building.__dict__  # still being built
+            and issubclass(building, cls)
+            and not params.frozen  # a sealed class; a frozen one stays frozen to its subclasses
+        ):
+            return _ParamsWithFrozen(params, building.__dict__["_own_dataclass_params"].frozen)
+        return params
+
+    @__dataclass_params__.setter
+    def __dataclass_params__(cls, params):
+        type.__setattr__(cls, "_own_dataclass_params", params)
+        _DATACLASS_BEING_BUILT[0] = weakref.ref(cls)
 
     @property
     def __signature__(cls):
@@ -539,6 +604,49 @@ class CheckedFields(type):
 
         signature = inspect.signature(cls.__init__)
         return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+class Immutable(metaclass=CheckedFields):
+    """Base of the config classes: an instance cannot change once built.
+
+    Its attributes are set while its ``__init__`` and ``__post_init__`` run; afterwards every
+    assignment and deletion raises :class:`dataclasses.FrozenInstanceError`, as for a frozen
+    dataclass (derive a changed copy with ``replace``). The classes are plain (not ``frozen``)
+    dataclasses to the ``dataclasses`` module, so a user may subclass them as AdapterHub's are::
+
+        @dataclass(eq=False)
+        class MyBnConfig(BnConfig):
+            my_field: int = 3
+
+    or as frozen dataclasses (``@dataclass(frozen=True, eq=False)``); either subclass is
+    immutable. Configs compare (and hash) by value whatever the subclass's decorator says: every
+    subclass keeps its parent's ``__eq__`` and ``__hash__`` unless its own body defines them
+    (``@dataclass`` adds neither to a class that has them).
+
+    Example::
+
+        >>> config = SeqBnConfig()
+        >>> config.reduction_factor = 4
+        Traceback (most recent call last):
+        dataclasses.FrozenInstanceError: cannot assign to field 'reduction_factor': SeqBnConfig is immutable; use config.replace(reduction_factor=...) for a changed copy.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("__eq__", "__hash__"):
+            if name not in cls.__dict__:  # inherited: made the class's own, so @dataclass keeps it
+                type.__setattr__(cls, name, getattr(cls, name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if id(self) not in _UNDER_CONSTRUCTION:
+            raise dataclasses.FrozenInstanceError(
+                f"cannot assign to field {name!r}: {type(self).__name__} is immutable; "
+                f"use config.replace({name}=...) for a changed copy."
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}: {type(self).__name__} is immutable.")
 
 
 def _init_keywords(cls) -> Optional[frozenset]:

@@ -22,7 +22,7 @@ __all__ = ["VeraConfig", "DvoRAConfig"]
 VERA_INITS = ("vera", "lora", "bert", "ia3")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class VeraConfig(LoRAConfig):
     """VeRA (Kopiczko et al., 2023, "VeRA: Vector-based Random Matrix Adaptation"): one pair of
     frozen random projections ``A ∈ R^{r×d_in}``, ``B ∈ R^{d_out×r}`` shared by every adapted layer,
@@ -127,7 +127,7 @@ class VeraConfig(LoRAConfig):
         return {**super().to_dict(), "architecture": LoRAConfig.architecture}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class DvoRAConfig(VeraConfig):
     """DVoRA: VeRA's update with DoRA's decomposition (Liu et al., 2024): the updated weight
     ``W + ΔW`` is renormalised per output row and rescaled by a learned magnitude ``m``,

@@ -33,7 +33,7 @@ from .validation import (
 __all__ = ["WeightTargetingConfig", "LoHaConfig", "LoKrConfig", "OFTConfig", "AdaLoRAConfig"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class WeightTargetingConfig(AdapterConfig):
     """Where a weight-update adapter goes: the targeting knobs every weight-update method shares.
 
@@ -98,7 +98,7 @@ def _check_lycoris(config, inits) -> None:
     check_choice(name, "init_weights", config.init_weights, inits)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class LoHaConfig(WeightTargetingConfig):
     """LoHa (Hyeon-Woo et al., 2022, "FedPara"): a Hadamard product of two rank-``r`` updates,
     ``ΔW = (W1a W1b) ⊙ (W2a W2b) · α/r`` (rank up to ``r²`` for the parameters of two rank-r LoRAs).
@@ -133,7 +133,7 @@ class LoHaConfig(WeightTargetingConfig):
         super().__post_init__()
         _check_lycoris(self, (True, False))
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class LoKrConfig(WeightTargetingConfig):
     """LoKr (Edalati et al., 2022; LyCORIS): a Kronecker product ``ΔW = (W1 ⊗ W2) · α/r`` whose
     factor shapes split ``d_out`` and ``d_in`` into two factors each (see :mod:`adapters.methods.lokr`).
@@ -179,7 +179,7 @@ class LoKrConfig(WeightTargetingConfig):
         check_int(type(self).__name__, "decompose_factor", self.decompose_factor, minimum=-1)  # -1: near the square root
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class OFTConfig(WeightTargetingConfig):
     """OFT (Qiu et al., 2023, "Controlling Text-to-Image Diffusion by Orthogonal Finetuning"):
     the input of the layer is rotated by a block-diagonal orthogonal matrix ``R`` built from
@@ -237,7 +237,7 @@ class OFTConfig(WeightTargetingConfig):
         check_int(name, "num_cayley_neumann_terms", self.num_cayley_neumann_terms, minimum=1, maximum=1000)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class AdaLoRAConfig(WeightTargetingConfig):
     """AdaLoRA (Zhang et al., 2023, "Adaptive Budget Allocation for Parameter-Efficient
     Fine-Tuning"): an SVD-shaped update ``ΔW = P Λ Q · α/(r₀ + 1e-5)`` whose singular values are

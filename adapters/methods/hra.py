@@ -45,7 +45,7 @@ logger = logging.get_logger(__name__)
 __all__ = ["HRAConfig", "HRA", "build_hra"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class HRAConfig(WeightTargetingConfig):
     """HRA (Yuan et al., 2024, "Bridging The Gap between Low-rank and Orthogonal Adaptation via
     Householder Reflection Adaptation"): the weight is multiplied by a chain of ``r`` Householder
