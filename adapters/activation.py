@@ -102,7 +102,7 @@ class ActivationMixin:
         :meth:`set_active_adapters`); raises :class:`~adapters.errors.CompositionError`."""
         validate_composition(setup)  # the structure and BatchSplit sizes (cached: cheap when parsed already)
         registry = self.adapters_config
-        for name in setup.flatten():
+        for name in setup.names_in_order():
             if name not in registry.adapters:
                 known = ", ".join(sorted(registry.adapters)) or "none"
                 raise CompositionError(
@@ -179,7 +179,7 @@ class ActivationMixin:
         return [p for p in self.parameters() if id(p) not in excluded]
 
     def _enable(self, setup: AdapterCompositionBlock, adapters: bool, fusions: bool) -> None:
-        names = setup.flatten()
+        names = setup.names_in_order()
         fusion_names = _fusion_names(setup)
         for host in self._adapter_hosts:
             if adapters:

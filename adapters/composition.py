@@ -141,20 +141,75 @@ class AdapterCompositionBlock(Sequence):
         """
         return max((c.parallel_channels if isinstance(c, AdapterCompositionBlock) else 1) for c in self.children)
 
-    def flatten(self) -> list[str]:
-        """All adapter names in the tree, in order, without duplicates.
+    def flatten(self) -> set[str]:
+        """The set of adapter names in the tree (AdapterHub's result type; :meth:`names_in_order`
+        keeps their order).
 
         Example::
 
-            >>> Stack("a", Parallel("b", Stack("a", "c"))).flatten()
+            >>> Stack("a", Parallel("b", Stack("a", "c"))).flatten() == {"a", "b", "c"}
+            True
+        """
+        return set(self.names_in_order())
+
+    def names_in_order(self) -> list[str]:
+        """All adapter names in the tree, depth first, each once (where order matters: the
+        adapters a fusion fuses, the order adapters are saved in).
+
+        Example::
+
+            >>> Stack("a", Parallel("b", Stack("a", "c"))).names_in_order()
             ['a', 'b', 'c']
         """
         names: list[str] = []
         for child in self.children:
-            for name in [child] if isinstance(child, str) else child.flatten():
+            for name in [child] if isinstance(child, str) else child.names_in_order():
                 if name not in names:
                     names.append(name)
         return names
+
+    def _saved_arguments(self) -> dict:
+        """The keyword arguments besides the children that rebuild this block (``to_dict``'s
+        ``"kwargs"``); overridden by blocks that have some."""
+        return {}
+
+    def to_dict(self) -> dict:
+        """The tree as JSON-ready data in AdapterHub's layout: ``{"type": <block class>,
+        "children": [...], "kwargs": {...}}``, an adapter name as ``{"type": "single",
+        "children": [name]}`` (written by ``save_adapter_setup``; read by :meth:`from_dict`).
+
+        Example::
+
+            >>> Stack("a", Fuse("b", "c")).to_dict()["children"][0]
+            {'type': 'single', 'children': ['a']}
+        """
+        data = {
+            "type": type(self).__name__,
+            "children": [
+                child.to_dict() if isinstance(child, AdapterCompositionBlock) else {"type": "single", "children": [child]}
+                for child in self.children
+            ],
+        }
+        arguments = self._saved_arguments()
+        if arguments:
+            data["kwargs"] = arguments
+        return data
+
+    @classmethod
+    def from_dict(cls, data) -> "AdapterCompositionBlock":
+        """The block :meth:`to_dict` (or AdapterHub) wrote. Only the composition blocks of this
+        module are built (``"type"`` is never looked up elsewhere).
+
+        Raises:
+            CompositionError: ``data`` is not that layout (the message names the bad part and
+                the valid form).
+
+        Example::
+
+            >>> AdapterCompositionBlock.from_dict(Stack("a", "b").to_dict())
+            Stack[a, b]
+        """
+        return _block_from_data(data, "the setup")
 
 
 class Stack(AdapterCompositionBlock):
@@ -219,6 +274,9 @@ class Fuse(AdapterCompositionBlock):
     def _params(self) -> tuple:
         return (self.name,)
 
+    def _saved_arguments(self) -> dict:
+        return {"name": self._name} if self._name else {}
+
     @property
     def name(self) -> str:
         """Name of the fusion layer this block uses.
@@ -259,6 +317,9 @@ class Split(AdapterCompositionBlock):
     def _params(self) -> tuple:
         return self.splits
 
+    def _saved_arguments(self) -> dict:
+        return {"splits": list(self.splits)}
+
 
 class BatchSplit(AdapterCompositionBlock):
     """Cut the batch into consecutive groups; child ``i`` processes group ``i``.
@@ -279,6 +340,9 @@ class BatchSplit(AdapterCompositionBlock):
 
     def _params(self) -> tuple:
         return self.batch_sizes
+
+    def _saved_arguments(self) -> dict:
+        return {"batch_sizes": list(self.batch_sizes)}
 
 
 class Average(AdapterCompositionBlock):
@@ -319,6 +383,10 @@ class Average(AdapterCompositionBlock):
     def _params(self) -> tuple:
         return self.weights
 
+    def _saved_arguments(self) -> dict:
+        # the weights as used (normalised already): rebuilt without normalising them again
+        return {"weights": list(self.weights), "normalize_weights": False}
+
 
 class MultiTask(AdapterCompositionBlock):
     """Route each batch row to the child its task id names: child ``i`` processes the rows whose
@@ -337,6 +405,35 @@ class MultiTask(AdapterCompositionBlock):
 
     def __init__(self, *task_adapters: Union[str, AdapterCompositionBlock]):
         super().__init__(*task_adapters)
+
+
+_SAVED_BLOCKS = ("Stack", "Parallel", "Fuse", "Split", "BatchSplit", "Average", "MultiTask")
+_SAVED_ARGUMENTS = {"Fuse": {"name"}, "Split": {"splits"}, "BatchSplit": {"batch_sizes"}, "Average": {"weights", "normalize_weights"}}
+
+
+def _block_from_data(data, where: str):
+    """A block (or, for ``{"type": "single"}``, an adapter name) from :meth:`AdapterCompositionBlock.to_dict`'s
+    layout; ``where`` names the part in error messages."""
+    form = "{\"type\": \"Stack\", \"children\": [{\"type\": \"single\", \"children\": [\"a\"]}, ...]}"
+    if not isinstance(data, dict) or not isinstance(data.get("children"), list) or not data["children"]:
+        raise CompositionError(f"{where} is {describe(data)}; a saved setup has the form {form}.")
+    kind = data.get("type")
+    if kind == "single":
+        name = data["children"][0]
+        if len(data["children"]) != 1 or not isinstance(name, str):
+            raise CompositionError(f"{where} is {describe(data)}; a single adapter is saved as {{\"type\": \"single\", \"children\": [\"name\"]}}.")
+        return name
+    if kind not in _SAVED_BLOCKS:
+        raise CompositionError(f"{where} has \"type\" {kind!r}; the valid types are 'single', {', '.join(map(repr, _SAVED_BLOCKS))}.")
+    arguments = data.get("kwargs") or {}
+    unknown = set(arguments) - _SAVED_ARGUMENTS.get(kind, set()) if isinstance(arguments, dict) else None
+    if unknown is None or unknown:
+        raise CompositionError(
+            f"{where}: {kind}'s \"kwargs\" is {describe(arguments)}; {kind} takes "
+            f"{', '.join(sorted(_SAVED_ARGUMENTS.get(kind, ()))) or 'no keyword arguments'}."
+        )
+    children = [_block_from_data(child, f"{where}[\"children\"][{i}]") for i, child in enumerate(data["children"])]
+    return globals()[kind](*children, **arguments)
 
 
 # Which children each block may contain. Everything AdapterHub allows, plus Fuse inside Parallel

@@ -6,9 +6,12 @@ An adapter folder holds ``adapter_config.json`` (``{"config": ..., "name", "hidd
 ``adapter_fusion_config.json`` and ``model_adapter_fusion.safetensors`` (legacy:
 ``pytorch_model_adapter_fusion.bin``).
 
-Weight keys are written relative to the base model (``encoder.layer.0.output.adapters.<name>...``)
-and read with or without the head model's prefix (``bert.``), so checkpoints move freely between
-a bare model and the same model with a head.
+Weight keys are written as AdapterHub 1.3.0 writes them for the same model, so AdapterHub loads
+the files: transformers 4's module paths (ViT's ``encoder.layer.N.output.output_adapters``), the
+prefix pool repeated under each attention module (``<attention>.prefix_tuning.pool...``), the
+head model's prefix (``bert.``) on a model with a head (:func:`_as_adapterhub_keys`). They are read
+with or without that prefix, so checkpoints move freely between a bare model and the same model
+with a head.
 
 Keys written against transformers 4 module paths load too: where transformers 5 renamed a model's
 modules (ViT's ``encoder.layer.N.attention.attention.query`` is ``layers.N.attention.q_proj``
@@ -87,6 +90,7 @@ SAFE_WEIGHTS_NAME = "adapter.safetensors"
 FUSION_CONFIG_NAME = "adapter_fusion_config.json"
 FUSION_WEIGHTS_NAME = "pytorch_model_adapter_fusion.bin"
 FUSION_SAFE_WEIGHTS_NAME = "model_adapter_fusion.safetensors"
+SETUP_CONFIG_NAME = "adapter_setup.json"
 
 # module-dict names under which methods keep per-adapter modules (state-dict key segments)
 ADAPTER_CONTAINERS = (
@@ -209,11 +213,14 @@ def _json_kind(value) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-def _read_weights(folder: str, safe_name: str, legacy_name: str, allow_non_finite: bool = False) -> tuple[dict, str]:
-    """``(state, path)`` of a checkpoint's weights file (safetensors preferred), every tensor
-    checked with :func:`_check_values` unless ``allow_non_finite``."""
+def _read_weights(
+    folder: str, safe_name: str, legacy_name: str, allow_non_finite: bool = False, prefer_safetensors: bool = True
+) -> tuple[dict, str]:
+    """``(state, path)`` of a checkpoint's weights file (where a folder holds both formats, the
+    safetensors file unless ``prefer_safetensors=False``), every tensor checked with
+    :func:`_check_values` unless ``allow_non_finite``."""
     safe_path, legacy_path = os.path.join(folder, safe_name), os.path.join(folder, legacy_name)
-    if os.path.isfile(safe_path):
+    if os.path.isfile(safe_path) and (prefer_safetensors or not os.path.isfile(legacy_path)):
         from safetensors.torch import load_file
 
         path = safe_path
@@ -576,7 +583,7 @@ def _stage_adapter(model, files: _CheckpointFiles, adapter_name: str, meta_dict,
     for method_family, part in families_of(model.adapters_config.adapters[adapter_name]):
         if method_family.to_adapterhub is not None:
             state = method_family.to_adapterhub(model, adapter_name, part, state)
-    files.weights(state, use_safetensors, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+    files.weights(_as_adapterhub_keys(model, state), use_safetensors, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     interface = model.__dict__.get("_adapters_interface")
     if interface is not None:  # where the weight keys point: adapters.init(model, interface=folder) restores it
         from .interface import INTERFACE_CONFIG_NAME
@@ -621,11 +628,14 @@ def load_adapter(
     load_as: Optional[str] = None,
     set_active: bool = False,
     leave_out: Optional[list[int]] = None,
-    overwrite_ok: bool = False,
+    overwrite_ok: bool = True,
     allow_non_finite: bool = False,
+    loading_info: Optional[dict] = None,
     **hub_kwargs,
 ) -> str:
     """Load an adapter folder into ``model``; returns its name (see the module docstring).
+    ``loading_info`` (a dict) gets AdapterHub's ``"missing_keys"`` / ``"unexpected_keys"`` lists
+    (see :meth:`CheckpointMixin.load_adapter`).
 
     ``allow_non_finite=True`` also loads weights that are NaN/inf or not floating-point (converted
     to the parameter's dtype), which are refused by default.
@@ -645,7 +655,10 @@ def load_adapter(
     name, saved_name = _names(model, meta, folder, load_as, overwrite_ok, config_path)
     state, weights_path = _adapter_state(model, meta, adapter_config, folder, saved_name, allow_non_finite, config_path)
     saved_name = _name_in_keys(state, saved_name)
-    _install(model, name, saved_name, adapter_config, state, weights_path, config_path, set_active)
+    skipped = _install(model, name, saved_name, adapter_config, state, weights_path, config_path, set_active)
+    if loading_info is not None:
+        loading_info.setdefault("missing_keys", [])
+        loading_info.setdefault("unexpected_keys", []).extend(skipped)
     logger.info(f"Loaded adapter {name!r} from {folder}.")
     return name
 
@@ -707,8 +720,10 @@ def _names(model, meta: dict, folder: str, load_as, overwrite_ok: bool, config_p
         name = check_name(meta_name, argument='its "name"', file=config_path)
     else:
         name = check_name(folder_name, argument="taken from the folder name", file=folder)
-    if name in model.adapters_config.adapters and not overwrite_ok:
-        raise AdapterLoadError(f"An adapter named {name!r} exists already; pass load_as=... or overwrite_ok=True.")
+    if name in model.adapters_config.adapters:
+        if not overwrite_ok:
+            raise AdapterLoadError(f"An adapter named {name!r} exists already; pass load_as=... (overwrite_ok=False refuses to replace it).")
+        logger.warning(f"Replacing the existing adapter {name!r} with the one loaded from {folder}.")
     return name, saved_name
 
 
@@ -729,10 +744,11 @@ def _adapter_state(model, meta, adapter_config, folder, saved_name, allow_non_fi
     return {k: v for k, v in _strip_prefix(model, state).items() if not _PREFIX_POOL_COPY.search(k)}, weights_path
 
 
-def _install(model, name, saved_name, adapter_config, state, weights_path, config_path, set_active: bool) -> None:
+def _install(model, name, saved_name, adapter_config, state, weights_path, config_path, set_active: bool) -> list[str]:
     """Build the adapter and copy the checked weights in, as one change of the adapters: under a
     staging name no user can give (names never hold '~'), renamed to ``name`` only once complete,
-    so a failure leaves the model as it was and no forward pass sees a half-loaded adapter."""
+    so a failure leaves the model as it was and no forward pass sees a half-loaded adapter.
+    Returns the checkpoint's keys it skipped (layers the adapter leaves out), as the file names them."""
     staging = f"{name}~loading"
     state = _rename_in_keys(state, _adapter_key_pattern, saved_name, staging)
     with registry_lock(model.adapters_config).writing("load_adapter"):
@@ -751,6 +767,8 @@ def _install(model, name, saved_name, adapter_config, state, weights_path, confi
                 if method_family.from_adapterhub is not None:  # may reshape the modules (VeRA's dense form)
                     state = method_family.from_adapterhub(model, staging, part, state, weights_path)
                     params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
+            # keys that match only in the family's own form (DoRA's m.weight, ReFT's units) are renamed now
+            state = _with_renamed_legacy_keys(model, state, params)
             _copy_checked(
                 params,
                 state,
@@ -758,6 +776,7 @@ def _install(model, name, saved_name, adapter_config, state, weights_path, confi
                 ignore_unexpected=lambda key: layer_index(key) in skipped,
                 shown=lambda key: key.replace(f".{staging}.", f".{saved_name}."),
             )
+            ignored = sorted(key.replace(f".{staging}.", f".{saved_name}.") for key in set(state) - set(params))
             if name in model.adapters_config.adapters:
                 model.delete_adapter(name)  # may refuse (a merged adapter that cannot be unmerged exactly)
         except Exception:
@@ -766,6 +785,7 @@ def _install(model, name, saved_name, adapter_config, state, weights_path, confi
         model._rename_adapter(staging, name)
         if set_active:
             model.set_active_adapters(name)
+    return ignored
 
 
 def _check_interface(model, folder: str) -> None:
@@ -807,14 +827,59 @@ def _with_renamed_legacy_keys(model, state: dict, expected) -> dict:
 
     renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
     spec_renames = model.__dict__["_adapters_spec"].legacy_key_renames
+    # the adapter's buffers too (ReFT's orthogonal bases), which its method family copies itself
+    expected = set(expected) | {key for key, _ in model.named_buffers()}
     state = dict(state)
     for key in unknown:
         new_key = rename_source_key(key, renamings, [])[0]
         for pattern, replacement in spec_renames:
             new_key = re.sub(pattern, replacement, new_key)
-        if new_key != key and new_key in expected and new_key not in state:
-            state[new_key] = state.pop(key)
+        if new_key != key and new_key in expected:
+            if new_key not in state:
+                state[new_key] = state.pop(key)
+            elif torch.equal(state[new_key], state[key]):
+                # one module AdapterHub saved under each path it is registered at (an EncoderDecoderModel's
+                # prefix pool and invertible adapters): the same tensor again, not a weight of its own
+                del state[key]
     return state
+
+
+def _as_adapterhub_keys(model, state: dict) -> dict:
+    """``state`` (keys relative to the base model, this library's module paths) under the key names
+    AdapterHub 1.3.0 writes for the same modules, so that AdapterHub loads the file: transformers'
+    checkpoint-conversion renamings undone, last one first (what ``from_pretrained`` applies to
+    transformers 4 checkpoints, without its legacy renames such as ``gamma`` → ``weight`` and without
+    prefix changes scoped to a sub-model, which read that sub-model's own checkpoints), which gives
+    back transformers 4's module paths; then the spec's ``adapterhub_key_renames`` (the inverse of
+    its ``legacy_key_renames``, for adapter modules AdapterHub kept where transformers 5 has none);
+    on a model with a head, the base model's keys get its prefix (``bert.``), as AdapterHub names
+    them (both libraries read either form).
+
+    Example::
+
+        >>> _as_adapterhub_keys(vit, {"layers.0.output_adapters.adapters.a.adapter_up.bias": b})
+        {'encoder.layer.0.output.output_adapters.adapters.a.adapter_up.bias': b}
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import PrefixChange, WeightRenaming, rename_source_key
+
+    reverted = [
+        t.reverse_transform()
+        for t in get_model_conversion_mapping(model, add_legacy=False)[::-1]
+        if isinstance(t, WeightRenaming) and not (isinstance(t, PrefixChange) and t.scope_prefix)
+    ]
+    spec_renames = model.__dict__["_adapters_spec"].adapterhub_key_renames
+    # AdapterHub names a head model's weights from the whole model (``bert.encoder...``)
+    prefix = "" if model.base_model is model or not model.base_model_prefix else f"{model.base_model_prefix}."
+    inside = set(model.base_model._modules) | {name for name, _ in model.base_model.named_parameters(recurse=False)}
+    renamed = {}
+    for key, value in state.items():
+        in_base = key.split(".", 1)[0] in inside
+        key = rename_source_key(key, reverted, [])[0] if reverted else key
+        for pattern, replacement in spec_renames:
+            key = re.sub(pattern, replacement, key)
+        renamed[prefix + key if in_base else key] = value
+    return renamed
 
 
 def _name_in_keys(state: dict, fallback: str) -> str:
@@ -825,14 +890,16 @@ def _name_in_keys(state: dict, fallback: str) -> str:
 
 
 # -- fusions --------------------------------------------------------------------------------------------
-def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetensors: bool = True) -> None:
-    """Save one fusion layer (see the module docstring for the layout), atomically.
+def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetensors: bool = True, meta_dict=None, files=None) -> None:
+    """Save one fusion layer (see the module docstring for the layout), atomically; ``meta_dict``
+    adds entries to its ``adapter_fusion_config.json``; ``files`` stages into an open
+    :class:`_CheckpointFiles` (committed with the files staged beside it).
 
     Example::
 
         >>> save_adapter_fusion(model, "out/fusion", "a,b")
     """
-    fusion_name = adapter_names if isinstance(adapter_names, str) else ",".join(adapter_names)
+    fusion_name = _fusion_name(adapter_names)
     registry = model.adapters_config
     if fusion_name not in registry.fusions:
         known = ", ".join(sorted(registry.fusions)) or "none"
@@ -840,19 +907,42 @@ def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetenso
     fusion_config, names = registry.fusions[fusion_name]
     meta = _meta(model, fusion_name)
     meta.update({"config": fusion_config.to_dict(), "adapter_names": list(names)})
-    state = _select_parameters(model, _fusion_key_pattern(fusion_name))
+    meta.update(meta_dict or {})
+    state = _as_adapterhub_keys(model, _select_parameters(model, _fusion_key_pattern(fusion_name)))
+    if files is not None:
+        files.weights(state, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
+        files.json(FUSION_CONFIG_NAME, dict(sorted(meta.items())), last=True)
+        return
     with _CheckpointFiles(save_directory) as files:
         files.weights(state, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
         files.json(FUSION_CONFIG_NAME, dict(sorted(meta.items())), last=True)
 
 
+def _fusion_name(adapter_names) -> str:
+    """The fusion layer's name for ``adapter_names``: a ``Fuse`` block's name, ``"a,b"``, or a list joined by commas."""
+    if isinstance(adapter_names, Fuse):
+        return adapter_names.name
+    return adapter_names if isinstance(adapter_names, str) else ",".join(adapter_names)
+
+
+def _blocks(setup, kind: type) -> list:
+    """Every block of type ``kind`` in the tree ``setup``, depth first."""
+    if isinstance(setup, str):
+        return []
+    found = [setup] if isinstance(setup, kind) else []
+    for child in setup.children:
+        found += _blocks(child, kind)
+    return found
+
+
 def load_adapter_fusion(
-    model, path: str, load_as: Optional[str] = None, set_active: bool = False, allow_non_finite: bool = False
+    model, path: str, load_as: Optional[str] = None, set_active: bool = False, allow_non_finite: bool = False,
+    prefer_safetensors: bool = True,
 ) -> str:
     """Load a fusion folder; its adapters must be in the model already. Returns the fusion name.
 
     ``allow_non_finite=True`` also loads weights that are NaN/inf or not floating-point (refused
-    by default).
+    by default); ``prefer_safetensors=False`` reads the legacy ``.bin`` where both files exist.
 
     Example::
 
@@ -881,7 +971,7 @@ def load_adapter_fusion(
     name = load_as if load_as is not None else check_name(saved_name, kind="fusion", argument='its "name"', file=config_path)
     if name in model.adapters_config.fusions:
         raise AdapterLoadError(f"A fusion named {name!r} exists already; pass load_as=... or delete it first.")
-    state, weights_path = _read_weights(folder, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME, allow_non_finite)
+    state, weights_path = _read_weights(folder, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME, allow_non_finite, prefer_safetensors)
     state = _rename_in_keys(_strip_prefix(model, state), _fusion_key_pattern, saved_name, name)
     with registry_lock(model.adapters_config).writing("load_adapter_fusion"):  # one change of the adapters
         try:
@@ -889,13 +979,309 @@ def load_adapter_fusion(
         except (ValueError, TypeError) as error:  # e.g. it fuses adapters of a method without fusion
             raise _as_load_error(config_path, error) from error
         try:
-            _copy_checked(_select_parameters(model, _fusion_key_pattern(name)), state, weights_path)
+            params = _select_parameters(model, _fusion_key_pattern(name))
+            # written against transformers 4's module paths (ViT, CLIP): renamed as the base weights are
+            _copy_checked(params, _with_renamed_legacy_keys(model, state, params), weights_path)
         except Exception:
             model.delete_adapter_fusion(name)
             raise
         if set_active:
             model.set_active_adapters(Fuse(*names, name=name))
     return name
+
+
+# -- whole models: save_pretrained / from_pretrained / adapters.init ---------------------------------
+#: the key of ``config.json`` under which a model's adapters are listed (AdapterHub's)
+ADAPTERS_CONFIG_KEY = "adapters"
+_MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class _ModelCheckpoint:
+    """The weights files of a saved full model (``save_pretrained``'s folder, or its Hugging Face
+    Hub repo in huggingface_hub's cache): which tensors it holds, read on demand by base-model key
+    (the head model's prefix, ``bert.``, stripped) so that only the adapters' tensors are read.
+
+    Example::
+
+        >>> checkpoint = _ModelCheckpoint.find(model, "out/model")
+        >>> checkpoint.read(["encoder.layer.0.output.adapters.a.adapter_up.weight"])
+    """
+
+    def __init__(self, files: dict[str, str], label: str):
+        self.files = files  # base-model key -> (file, key in the file)
+        self.label = label
+
+    @classmethod
+    def find(cls, model, source, **download_kwargs) -> Optional["_ModelCheckpoint"]:
+        """The checkpoint of ``source`` (a folder or a Hub repo id already in the cache), or None
+        where it has no weights file (a model built from a config alone)."""
+        if not source or not isinstance(source, (str, os.PathLike)):
+            return None
+        source = str(source)
+        subfolder = download_kwargs.get("subfolder") or ""
+
+        def locate(filename: str) -> Optional[str]:
+            local = os.path.join(source, subfolder, filename)
+            if os.path.isdir(source):
+                return local if os.path.isfile(local) else None
+            try:  # a Hub repo that from_pretrained downloaded: read from the cache, never the network
+                from transformers.utils import cached_file
+
+                return cached_file(
+                    source, filename, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                    _raise_exceptions_for_connection_errors=False,
+                    **{k: v for k, v in download_kwargs.items() if k in ("cache_dir", "revision", "subfolder")},
+                )
+            except Exception:  # not a repo id at all
+                return None
+
+        for filename in _MODEL_WEIGHTS:
+            path = locate(filename)
+            if path is None:
+                continue
+            if filename.endswith(".index.json"):
+                index = _read_json(path)
+                weight_map = index.get("weight_map")
+                if not isinstance(weight_map, dict):
+                    raise AdapterLoadError(f"{path}: \"weight_map\" must map tensor names to shard files; the file is corrupt.")
+                names = set(weight_map.values())
+                bad = sorted(repr(n) for n in names if not isinstance(n, str) or not n or os.path.basename(n) != n or n in (".", ".."))
+                if bad:  # a shard is a file beside the index, never a path elsewhere
+                    raise AdapterLoadError(f"{path}: shard names must be file names beside the index, not {', '.join(bad)}.")
+                shards = {shard: locate(shard) for shard in names}
+                missing = sorted(shard for shard, found in shards.items() if found is None)
+                if missing:
+                    raise AdapterLoadError(f"{path} names shard files that are missing: {missing}.")
+                located = {key: (shards[shard], key) for key, shard in weight_map.items()}
+            elif filename.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                try:
+                    with safe_open(path, framework="pt") as f:
+                        located = {key: (path, key) for key in f.keys()}
+                except Exception as error:
+                    raise AdapterLoadError(f"{path} could not be read ({type(error).__name__}: {error}); the file is corrupt.") from error
+            else:
+                located = {key: (path, key) for key in cls._torch_file(path)}
+            return cls(dict(zip(_strip_prefix(model, dict.fromkeys(located)), located.values())), path)
+        return None
+
+    @staticmethod
+    def _torch_file(path: str) -> dict:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise AdapterLoadError(f"{path} could not be read ({type(error).__name__}: {error}); the file is corrupt.") from error
+        if not isinstance(state, dict):
+            raise AdapterLoadError(f"{path} does not hold a dict of tensors by name.")
+        return state
+
+    def keys_matching(self, pattern: re.Pattern) -> list[str]:
+        """The base-model keys that ``pattern`` finds (AdapterHub's per-layer prefix-pool copies left out)."""
+        return [key for key in self.files if pattern.search(key) and not _PREFIX_POOL_COPY.search(key)]
+
+    def read(self, keys) -> dict:
+        """``{key: tensor}`` for base-model ``keys``, each file opened once."""
+        by_file: dict[str, list[str]] = {}
+        for key in keys:
+            path, stored = self.files[key]
+            by_file.setdefault(path, []).append(key)
+        state = {}
+        for path, wanted in by_file.items():
+            if path.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(path, framework="pt") as f:
+                    state.update({key: f.get_tensor(self.files[key][1]) for key in wanted})
+            else:
+                stored = self._torch_file(path)
+                state.update({key: stored[self.files[key][1]] for key in wanted})
+        _check_values(state, self.label)
+        return state
+
+
+def saved_adapters_config(model, adapters_config=None, where: Optional[str] = None):
+    """The registry to rebuild on ``model``: ``adapters_config`` (a ModelAdaptersConfig or its
+    saved dict) if given, else the ``config.adapters`` entry that ``save_pretrained`` wrote (None
+    where there is none or it lists nothing).
+
+    Raises:
+        AdapterConfigError: the entry is not valid (the message names it, e.g.
+            ``out/model/config.json['adapters']['adapters']['a']``).
+
+    Example::
+
+        >>> saved_adapters_config(model).adapters
+        {'a': SeqBnConfig(...)}
+    """
+    from .configuration.model_config import ModelAdaptersConfig
+
+    if isinstance(adapters_config, ModelAdaptersConfig):
+        return adapters_config
+    if adapters_config is not None:
+        return ModelAdaptersConfig.from_saved(adapters_config, where or "adapters_config")
+    data = getattr(getattr(model, "config", None), ADAPTERS_CONFIG_KEY, None)
+    if data is None:
+        return None
+    source = getattr(model.config, "_name_or_path", "") or ""
+    label = where or (f"{os.path.join(source, 'config.json')}['adapters']" if source else "config.adapters")
+    registry = ModelAdaptersConfig.from_saved(data, label)
+    return registry if registry.adapters or registry.fusions else None
+
+
+def _drop_saved_adapters_entry(config) -> None:
+    """Remove ``config.adapters`` (once the registry holds the adapters it lists)."""
+    if config is not None and ADAPTERS_CONFIG_KEY in vars(config):
+        delattr(config, ADAPTERS_CONFIG_KEY)
+
+
+def restore_adapters(model, registry, source=None, where: str = "config.adapters", **download_kwargs) -> None:
+    """Build the adapters and fusions ``registry`` lists in ``model`` and activate its saved
+    setup; the weights come from the full-model checkpoint ``source`` (a ``save_pretrained``
+    folder or Hub repo, AdapterHub's included) where it holds them. An adapter of which the
+    checkpoint holds no tensor keeps its fresh initialisation (a warning names it), as it does
+    in AdapterHub; one of which it holds some but not all is refused.
+
+    The change is atomic: on any error every adapter and fusion built here is removed again
+    and the error names the checkpoint file or the registry entry.
+
+    Raises:
+        AdapterLoadError: the checkpoint's tensors do not fit the adapters, or the saved active
+            setup is not valid on the model.
+
+    Example::
+
+        >>> restore_adapters(model, saved_adapters_config(model), source="out/model")
+    """
+    from .composition import AdapterCompositionBlock, parse_composition
+    from .errors import CompositionError
+
+    setup = None
+    if registry.saved_active_setup is not None:  # checked before anything changes
+        try:
+            setup = parse_composition(AdapterCompositionBlock.from_dict(registry.saved_active_setup))
+        except (CompositionError, AdapterConfigError) as error:
+            raise AdapterLoadError(f"{where}['active_setup']: {error}") from error
+    taken = [name for name in registry.adapters if name in model.adapters_config.adapters]
+    taken += [name for name in registry.fusions if name in model.adapters_config.fusions]
+    if taken:
+        raise AdapterLoadError(f"{where} lists {taken}, which the model has already; delete them first.")
+    checkpoint = _ModelCheckpoint.find(model, source, **download_kwargs) if source else None
+    added, fused = [], []
+    with registry_lock(model.adapters_config).writing("restore_adapters"):
+        try:
+            for name, config in registry.adapters.items():
+                try:
+                    model.add_adapter(name, config)
+                except (ValueError, TypeError) as error:
+                    raise AdapterLoadError(f"{where}['adapters'][{name!r}]: {error}") from error
+                added.append(name)
+                _restore_weights(model, checkpoint, name, config)
+            for fusion_name, (config, names) in registry.fusions.items():
+                try:
+                    model.add_adapter_fusion(Fuse(*names, name=fusion_name), config)
+                except (ValueError, TypeError) as error:
+                    raise AdapterLoadError(f"{where}['fusions'][{fusion_name!r}]: {error}") from error
+                fused.append(fusion_name)
+                params = _select_parameters(model, _fusion_key_pattern(fusion_name))
+                keys = checkpoint.keys_matching(_fusion_key_pattern(fusion_name)) if checkpoint is not None else []
+                if keys:
+                    _copy_checked(params, checkpoint.read(keys), checkpoint.label)
+                else:
+                    _warn_fresh(checkpoint, f"fusion {fusion_name!r}")
+            if setup is not None:
+                try:
+                    model.set_active_adapters(setup)
+                except (ValueError, TypeError) as error:
+                    raise AdapterLoadError(f"{where}['active_setup']: {error}") from error
+            _drop_saved_adapters_entry(getattr(model, "config", None))  # the registry holds them now
+        except Exception:
+            for fusion_name in fused:
+                model.delete_adapter_fusion(fusion_name)
+            for name in added:
+                model.delete_adapter(name)
+            raise
+
+
+def _warn_fresh(checkpoint, what: str) -> None:
+    """Report an adapter built with fresh weights: a warning where a checkpoint lacks its tensors;
+    a model built from a config alone (no checkpoint) gets fresh weights by design."""
+    if checkpoint is None:
+        logger.info(f"Built {what} from the saved config with freshly initialised weights (no checkpoint).")
+    else:
+        logger.warning(f"Restored {what} from the saved config with freshly initialised weights: {checkpoint.label} holds none of its weights.")
+
+
+def _restore_weights(model, checkpoint, name: str, config) -> None:
+    """Copy adapter ``name``'s tensors from ``checkpoint`` (as load_adapter does: legacy key
+    renames, each method family's AdapterHub form, every key and shape checked)."""
+    pattern = _adapter_key_pattern(name)
+    keys = checkpoint.keys_matching(pattern) if checkpoint is not None else []
+    if not keys:
+        _warn_fresh(checkpoint, f"adapter {name!r}")
+        return
+    state = checkpoint.read(keys)
+    bias = model._bias_parameters(name)  # base-model parameters, loaded with the base weights already
+    state.update(checkpoint.read([key for key in bias if key in checkpoint.files]))
+    params = {**_select_parameters(model, pattern), **bias}
+    state = _with_renamed_legacy_keys(model, state, params)
+    for method_family, part in families_of(config):
+        if method_family.from_adapterhub is not None:
+            state = method_family.from_adapterhub(model, name, part, state, checkpoint.label)
+            params = {**_select_parameters(model, pattern), **model._bias_parameters(name)}
+    state = _with_renamed_legacy_keys(model, state, params)  # keys in the family's own form (DoRA's m.weight)
+    skipped, layer_index = set(config.get("leave_out", ())), _layer_index_finder(model)
+    _copy_checked(params, state, checkpoint.label, ignore_unexpected=lambda key: layer_index(key) in skipped)
+
+
+def _saved_adapter_patterns(model) -> list[re.Pattern]:
+    """Key patterns of the adapters and fusions that ``config.adapters`` lists (their tensors
+    are restored after transformers' loading, so they are not unexpected)."""
+    data = getattr(getattr(model, "config", None), ADAPTERS_CONFIG_KEY, None)
+    if not isinstance(data, dict):
+        return []
+    adapters = data.get("adapters") if isinstance(data.get("adapters"), dict) else {}
+    fusions = data.get("fusions") if isinstance(data.get("fusions"), dict) else {}
+    return [_adapter_key_pattern(n) for n in adapters if isinstance(n, str)] + [
+        _fusion_key_pattern(n) for n in fusions if isinstance(n, str)
+    ]
+
+
+class _LoadingInfo(dict):
+    """The loading report transformers' ``from_pretrained`` asks of ``load_adapter`` when the
+    folder also holds an adapter (``output_loading_info``): the base model's own report."""
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
+def finish_from_pretrained(model, source, download_kwargs: dict, output_loading_info: bool = False):
+    """After transformers' ``from_pretrained`` of an AdapterModel: rebuild the adapters, fusions
+    and active setup ``config.adapters`` lists with their weights from the checkpoint, then load
+    an adapter saved into the same folder (AdapterHub's quickstart: ``save_pretrained(p)``, then
+    ``save_adapter(p, name)``) unless ``config.adapters`` restored it already. Returns the model,
+    with ``output_loading_info`` also transformers' report (missing / unexpected / mismatched
+    keys; the restored adapters' keys are not unexpected).
+
+    Example::
+
+        >>> model = finish_from_pretrained(BertAdapterModel.from_pretrained("out/model"), "out/model", {})
+    """
+    pending = model.__dict__.pop("_adapters_pending_adapter", None)
+    report = model.__dict__.pop("_adapters_loading_info", None)
+    registry = saved_adapters_config(model)
+    if registry is not None:
+        restore_adapters(model, registry, source=source, where=f"{source}: config.json['adapters']", **download_kwargs)
+    if pending is not None:
+        folder = _resolve_folder(pending, **{k: v for k, v in download_kwargs.items() if k in ("cache_dir", "revision", "token")})
+        meta = _read_json(os.path.join(folder, CONFIG_NAME))
+        saved_name = meta.get("name") if "peft_type" not in meta else None
+        if saved_name not in model.adapters_config.adapters:  # else config.adapters restored it (and its head)
+            model.load_adapter(folder)
+    if output_loading_info:
+        info = report.to_dict() if report is not None else {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+        return model, info
+    return model
 
 
 class CheckpointMixin:
@@ -909,7 +1295,12 @@ class CheckpointMixin:
     """
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' ``save_pretrained``; a model initialised with an
+        """transformers' ``save_pretrained``, with the model's adapters: their weights are part of
+        the model's weights file, and ``config.json`` lists them under AdapterHub's ``"adapters"``
+        key (:meth:`ModelAdaptersConfig.to_dict <adapters.ModelAdaptersConfig.to_dict>`: adapters,
+        fusions and, as this library's addition, the active setup), so that
+        ``AutoAdapterModel.from_pretrained`` or ``adapters.init`` after transformers'
+        ``from_pretrained`` rebuild them, here or in AdapterHub. A model initialised with an
         :class:`~adapters.AdapterModelInterface` also gets AdapterHub's ``adapter_interface.json``
         (the interface is in ``config.json`` too, where ``adapters.init`` finds it after
         ``from_pretrained``), written atomically inside ``save_directory``.
@@ -917,9 +1308,15 @@ class CheckpointMixin:
         Example::
 
             >>> model.save_pretrained("out/model")
-            >>> adapters.init(MyModel.from_pretrained("out/model"))   # the saved interface is used
+            >>> adapters.init(MyModel.from_pretrained("out/model"))   # the saved interface and adapters are used
         """
-        result = super().save_pretrained(save_directory, *args, **kwargs)
+        # the registry is the truth: written for this save only (as AdapterHub does), so a config
+        # shared with or copied to another model never carries a stale list of adapters
+        setattr(self.config, ADAPTERS_CONFIG_KEY, self.adapters_config.to_dict())
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            _drop_saved_adapters_entry(self.config)
         interface = self.__dict__.get("_adapters_interface")
         if interface is not None:
             from .interface import INTERFACE_CONFIG_NAME
@@ -927,6 +1324,20 @@ class CheckpointMixin:
             with _CheckpointFiles(save_directory) as files:
                 files.file(INTERFACE_CONFIG_NAME, lambda folder: interface.save(folder, self.config))
         return result
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """transformers' clean-up of its loading report (during ``from_pretrained``), then the
+        tensors of the adapters ``config.adapters`` lists taken out of the unexpected keys (they
+        are restored once the base weights are loaded); the report is kept for
+        ``output_loading_info``."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        patterns = _saved_adapter_patterns(self)
+        if patterns:
+            loading_info.unexpected_keys = type(loading_info.unexpected_keys)(
+                key for key in loading_info.unexpected_keys
+                if not _PREFIX_POOL_COPY.search(key) and not any(p.search(key) for p in patterns)
+            )
+        self.__dict__["_adapters_loading_info"] = loading_info
 
     def save_adapter(
         self,
@@ -941,7 +1352,8 @@ class CheckpointMixin:
         (``adapter_config.json`` + ``adapter.safetensors``), or with ``format="peft"`` in PEFT's
         (LoRA-family adapters, the weight transforms, Llama-Adapter on Llama/Mistral; loadable by
         ``peft.PeftModel.from_pretrained``). On an AdapterModel, ``with_head=True`` also saves the
-        head of the same name (``head_config.json`` + ``model_head.safetensors``).
+        head of the same name (``head_config.json`` + ``model_head.safetensors``); on a
+        transformers head model (``BertForSequenceClassification``, ...), its static head.
 
         The files are written atomically: each under a temporary name in the folder, moved into
         place once all are written (weights first, ``adapter_config.json`` last); the weights
@@ -960,6 +1372,8 @@ class CheckpointMixin:
             _stage_adapter(self, files, adapter_name, meta_dict, use_safetensors, format)
             if with_head and heads is not None and adapter_name in heads:
                 self._stage_head(files, adapter_name, use_safetensors)
+            elif with_head and heads is None and self.__dict__.get("_adapters_static_head"):  # a transformers head model
+                self._stage_static_head(files, use_safetensors)
         logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
 
     def load_adapter(
@@ -969,8 +1383,10 @@ class CheckpointMixin:
         load_as: Optional[str] = None,
         set_active: bool = False,
         leave_out: Optional[list[int]] = None,
-        overwrite_ok: bool = False,
+        overwrite_ok: bool = True,
         allow_non_finite: bool = False,
+        with_head: bool = True,
+        loading_info: Optional[dict] = None,
         **kwargs,
     ) -> str:
         """Load an adapter saved by :meth:`save_adapter` or by AdapterHub (also legacy
@@ -987,7 +1403,16 @@ class CheckpointMixin:
                 and ``-``.
             set_active: activate it.
             leave_out: layers to leave out in addition to the saved config's.
-            overwrite_ok: replace an adapter of the same name.
+            overwrite_ok: what happens to an adapter of the same name (and a head of that name
+                saved with it): by default it is replaced, with a warning, as AdapterHub replaces
+                it (the replacement is atomic: if the load fails, the old one stays);
+                ``overwrite_ok=False`` refuses to replace it (an AdapterLoadError).
+            with_head: also load a head saved beside the adapter (AdapterModels and transformers'
+                head models).
+            loading_info: a dict that gets AdapterHub's report: ``"missing_keys"`` (always empty
+                here: a checkpoint lacking a weight is refused) and ``"unexpected_keys"`` (the
+                tensors of layers the adapter leaves out, which are skipped), appended to lists
+                already there.
             allow_non_finite: also load weights holding NaN/inf or of a non-float dtype (int,
                 bool; converted to the parameter's dtype). Refused by default with an
                 :class:`~adapters.AdapterLoadError` naming the file and the tensor; for research
@@ -1004,35 +1429,76 @@ class CheckpointMixin:
             >>> model.load_adapter("out/diverged", load_as="nan_study", allow_non_finite=True)
         """
 
+        if "load_config" in kwargs:  # transformers' from_pretrained found adapter_config.json beside the model
+            self.__dict__["_adapters_pending_adapter"] = adapter_name_or_path
+            report = self.__dict__.get("_adapters_loading_info")
+            return _LoadingInfo(report.to_dict() if report is not None else {})
         if load_as is not None:
             self._check_name(load_as, argument="load_as")
-        with_head = kwargs.pop("with_head", True)
         head = None
         if with_head and getattr(self, "heads", None) is not None:  # an AdapterModel (adapters.heads)
             folder = _resolve_folder(adapter_name_or_path, **kwargs)
             if self._holds_head(folder):  # checked before anything changes
                 head = self._prepare_head(folder, load_as=load_as, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite)
             adapter_name_or_path = folder
+        elif with_head and self.__dict__.get("_adapters_static_head"):  # a transformers head model (static_heads.py)
+            folder = _resolve_folder(adapter_name_or_path, **kwargs)
+            if self._holds_head(folder):
+                head = self._prepare_static_head(folder, allow_non_finite=allow_non_finite, beside_adapter=True)
+            adapter_name_or_path = folder
         name = load_adapter(
             self, adapter_name_or_path, config=config, load_as=load_as, set_active=False,
-            leave_out=leave_out, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite, **kwargs,
+            leave_out=leave_out, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite,
+            loading_info=loading_info, **kwargs,
         )
-        if head is not None:
+        if callable(head):
+            head()
+        elif head is not None:
             self._insert_loaded_head(*head, set_active=True)
         if set_active:
             self.set_active_adapters(name)
         return name
 
-    def save_adapter_fusion(self, save_directory: str, adapter_names, use_safetensors: bool = True) -> None:
+    def save_adapter_fusion(
+        self,
+        save_directory: str,
+        adapter_names,
+        meta_dict: Optional[dict] = None,
+        with_head=False,
+        use_safetensors: bool = True,
+    ) -> None:
         """Save a fusion layer (AdapterHub layout: ``adapter_fusion_config.json`` + weights),
         atomically as :meth:`save_adapter`.
+
+        Args:
+            save_directory: the folder.
+            adapter_names: the fusion: a ``Fuse`` block, ``"a,b"`` or a list of names.
+            meta_dict: entries added to ``adapter_fusion_config.json``.
+            with_head: on an AdapterModel, also save a head into the folder: ``True`` the head
+                named like the fusion, a string the head of that name (AdapterHub's switch).
+            use_safetensors: ``adapter.safetensors``-style weights (else AdapterHub's ``.bin``;
+                the file of the other format is removed).
+
+        Raises:
+            AdapterConfigError: no such fusion, or ``with_head`` names no head of the model.
 
         Example::
 
             >>> model.save_adapter_fusion("out/fusion", "a,b,c")
+            >>> model.save_adapter_fusion("out/fusion", Fuse("a", "b"), with_head=True)
         """
-
-        save_adapter_fusion(self, save_directory, adapter_names, use_safetensors=use_safetensors)
+        head = None
+        if with_head:
+            head = with_head if isinstance(with_head, str) else _fusion_name(adapter_names)
+            if head not in (getattr(self, "heads", None) or {}):
+                raise AdapterConfigError(
+                    f"with_head={with_head!r}: the model has no head named {head!r} "
+                    f"(heads: {', '.join(getattr(self, 'heads', None) or {}) or 'none'}); pass a head's name or with_head=False."
+                )
+        with _CheckpointFiles(save_directory) as files:
+            save_adapter_fusion(self, save_directory, adapter_names, use_safetensors=use_safetensors, meta_dict=meta_dict, files=files)
+            if head is not None:
+                self._stage_head(files, head, use_safetensors)
 
     def load_adapter_fusion(
         self,
@@ -1040,20 +1506,179 @@ class CheckpointMixin:
         load_as: Optional[str] = None,
         set_active: bool = False,
         allow_non_finite: bool = False,
+        with_head: bool = True,
+        use_safetensors: bool = False,
         **kwargs,
     ) -> str:
         """Load a fusion layer saved by :meth:`save_adapter_fusion` or AdapterHub; the fused
         adapters must be loaded already. Returns the fusion's name. ``allow_non_finite`` as in
-        :meth:`load_adapter`.
+        :meth:`load_adapter`; ``with_head`` also loads a head saved beside it (AdapterModels);
+        ``use_safetensors`` picks the file where a folder holds both formats (AdapterHub's
+        switch; with one file, that file is read). On any error the model is left unchanged.
 
         Example::
 
             >>> model.load_adapter_fusion("out/fusion", set_active=True)
         """
 
-        return load_adapter_fusion(
-            self, adapter_fusion_name_or_path, load_as=load_as, set_active=set_active, allow_non_finite=allow_non_finite
+        folder = _resolve_folder(adapter_fusion_name_or_path, **kwargs)
+        head = None
+        if with_head and getattr(self, "heads", None) is not None and self._holds_head(folder):
+            head = self._prepare_head(folder, allow_non_finite=allow_non_finite, overwrite_ok=True)
+        name = load_adapter_fusion(
+            self, folder, load_as=load_as, set_active=set_active, allow_non_finite=allow_non_finite,
+            prefer_safetensors=use_safetensors,
         )
+        if head is not None:
+            self._insert_loaded_head(*head, set_active=True)
+        return name
+
+    def save_adapter_setup(
+        self,
+        save_directory: str,
+        adapter_setup,
+        head_setup=None,
+        meta_dict: Optional[dict] = None,
+        use_safetensors: bool = True,
+    ) -> None:
+        """Save a whole setup (AdapterHub's layout): ``adapter_setup.json`` (the setup and head
+        setup as :meth:`~adapters.composition.AdapterCompositionBlock.to_dict` writes them), each
+        adapter in ``<save_directory>/<name>`` (with its head of the same name, as
+        :meth:`save_adapter`), each fusion of the setup in ``<save_directory>/<fusion name>``,
+        and the heads ``head_setup`` names in ``<save_directory>/<head name>`` (``True``: a
+        transformers head model's static head, in ``save_directory`` itself).
+
+        Everything the setup names is checked before anything is written.
+
+        Raises:
+            AdapterConfigError: the setup names an adapter, fusion or head the model lacks (the
+                message names it and what the model has).
+
+        Example::
+
+            >>> model.save_adapter_setup("out/setup", Stack("lang", Fuse("a", "b")), head_setup="a")
+            >>> setup, heads = model.load_adapter_setup("out/setup", set_active=True)
+        """
+        from .composition import AdapterCompositionBlock, parse_composition
+
+        setup = parse_composition(adapter_setup)
+        if setup is None:
+            raise AdapterConfigError(f"adapter_setup={adapter_setup!r} names no adapter; pass a setup such as Stack('a', 'b').")
+        names = setup.names_in_order()
+        for name in names:
+            self._require_adapter(name)
+        fusions = [block.name for block in _blocks(setup, Fuse)]
+        missing = [name for name in fusions if name not in self.adapters_config.fusions]
+        if missing:
+            raise AdapterConfigError(f"adapter_setup fuses with {missing}, which the model does not have; add or load the fusion first.")
+        if isinstance(head_setup, AdapterCompositionBlock):
+            heads = head_setup.names_in_order()
+        elif isinstance(head_setup, str):
+            heads = [head_setup]
+        elif isinstance(head_setup, (list, tuple)):
+            heads = list(head_setup)
+        elif head_setup is None or isinstance(head_setup, bool):
+            heads = []
+        else:
+            raise AdapterConfigError(
+                f"head_setup is {type(head_setup).__name__} {head_setup!r}; pass None, True (a static head), a head name, "
+                f"a list of head names or a block of them."
+            )
+        flexible = getattr(self, "heads", None) or {}
+        absent = [name for name in heads if name not in flexible]
+        if absent:
+            raise AdapterConfigError(f"head_setup names {absent}, which the model does not have (heads: {', '.join(flexible) or 'none'}).")
+        if head_setup is True and not hasattr(self, "save_head"):
+            raise AdapterConfigError("head_setup=True saves a transformers head model's static head; this model has none.")
+        targets = {name: _inside(save_directory, name) for name in [*names, *fusions, *heads]}
+        with _CheckpointFiles(save_directory) as files:
+            files.json(
+                SETUP_CONFIG_NAME,
+                {
+                    "adapter_setup": setup.to_dict(),
+                    "head_setup": head_setup.to_dict() if isinstance(head_setup, AdapterCompositionBlock) else head_setup,
+                    "version": f"adapters.{__version__}",
+                },
+                last=True,
+            )
+            for name in names:
+                self.save_adapter(targets[name], name, meta_dict=meta_dict, use_safetensors=use_safetensors)
+            for name in fusions:
+                self.save_adapter_fusion(targets[name], name, meta_dict=meta_dict, use_safetensors=use_safetensors)
+            for name in heads:
+                self.save_head(targets[name], name, use_safetensors=use_safetensors)
+            if head_setup is True:
+                self.save_head(save_directory, use_safetensors=use_safetensors)
+
+    def load_adapter_setup(
+        self, adapter_setup_name_or_path: str, version: Optional[str] = None, set_active: bool = False,
+        use_safetensors: bool = False, **kwargs,
+    ):
+        """Load a setup saved by :meth:`save_adapter_setup` (here or by AdapterHub): its
+        adapters (with their heads), fusions and heads; returns ``(adapter_setup, head_setup)``.
+        With ``set_active`` the setup (and head setup) become active. All or nothing: on any
+        error what was loaded is removed again. ``version`` is a Hub revision (AdapterHub's name
+        for it); ``use_safetensors`` picks the fusion weights' format where both are saved (each
+        adapter's file format is detected).
+
+        Raises:
+            AdapterLoadError: ``adapter_setup.json`` is missing or invalid, or a part does not
+                load (the message names the file).
+
+        Example::
+
+            >>> setup, heads = model.load_adapter_setup("out/setup", set_active=True)
+        """
+        from .composition import AdapterCompositionBlock, Stack
+
+        folder = _resolve_folder(adapter_setup_name_or_path, version=version, **kwargs)
+        path = os.path.join(folder, SETUP_CONFIG_NAME)
+        saved = _read_json(path)
+        try:
+            setup = AdapterCompositionBlock.from_dict(saved.get("adapter_setup"))
+            head_setup = saved.get("head_setup")
+            if isinstance(head_setup, dict):
+                head_setup = AdapterCompositionBlock.from_dict(head_setup)
+        except (ValueError, TypeError) as error:
+            raise AdapterLoadError(f"{path}: {error}") from error
+        if isinstance(setup, str):
+            setup = Stack(setup)
+        if isinstance(head_setup, AdapterCompositionBlock):
+            heads = head_setup.names_in_order()
+        elif isinstance(head_setup, str):
+            heads = [head_setup]
+        elif isinstance(head_setup, list) and all(isinstance(h, str) for h in head_setup):
+            heads = head_setup
+        elif head_setup is None or isinstance(head_setup, bool):
+            heads = []
+        else:
+            raise AdapterLoadError(f"{path}: \"head_setup\" is {head_setup!r}; it must be null, true, a head name, a list of names or a block.")
+        loaded, fused, headed = [], [], []
+        try:
+            for name in setup.names_in_order():
+                loaded.append(self.load_adapter(_inside(folder, name), load_as=name))
+            for block in _blocks(setup, Fuse):
+                fused.append(self.load_adapter_fusion(_inside(folder, block.name), load_as=block.name, use_safetensors=use_safetensors))
+            for name in heads:  # a head saved with its adapter of the same name was loaded with it: replaced
+                headed.append(self.load_head(_inside(folder, name), load_as=name, set_active=False, overwrite_ok=name in loaded))
+            if head_setup is True:
+                self.load_head(folder)
+            if set_active:
+                self.set_active_adapters(setup)
+                if heads:
+                    self.active_head = head_setup if isinstance(head_setup, (str, AdapterCompositionBlock)) else heads
+        except Exception:
+            for name in headed:
+                self.delete_head(name)
+            for name in fused:
+                self.delete_adapter_fusion(name)
+            for name in loaded:
+                if name in self.adapters_config.adapters:
+                    self.delete_adapter(name)
+                if name in (getattr(self, "heads", None) or {}):
+                    self.delete_head(name)
+            raise
+        return setup, head_setup
 
     def save_all_adapters(self, save_directory: str, with_head: bool = True, use_safetensors: bool = True) -> None:
         """Save every adapter into ``save_directory/<name>``. Every target is checked to lie

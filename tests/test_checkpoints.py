@@ -51,7 +51,9 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, arch, config, use_safet
         expected = main_output(model(**inputs))
     model.save_adapter(str(tmp_path / "a"), "a", use_safetensors=use_safetensors)
     weights = "adapter.safetensors" if use_safetensors else "pytorch_adapter.bin"
-    assert sorted(os.listdir(tmp_path / "a")) == sorted(["adapter_config.json", weights])
+    # a transformers head model saves its static head beside the adapter (with_head=True), as AdapterHub does
+    head = ["head_config.json", "model_head.safetensors" if use_safetensors else "pytorch_model_head.bin"]
+    assert sorted(os.listdir(tmp_path / "a")) == sorted(["adapter_config.json", weights, *(head if cls_head(arch) != "base" else [])])
 
     fresh = patched(arch, cls_head(arch))
     with torch.no_grad():
@@ -223,7 +225,7 @@ def test_unknown_and_missing_keys(saved):
 
 def test_name_clash_and_bad_path(saved, tmp_path):
     folder, target = saved
-    _expect_error(target, folder, r"exists already", load_as="existing")
+    _expect_error(target, folder, r"exists already", load_as="existing", overwrite_ok=False)
     _expect_error(target, tmp_path / "does-not-exist", r"not a local folder and could not be downloaded")
     (tmp_path / "file.txt").write_text("x")
     _expect_error(target, tmp_path / "file.txt", r"is a file")

@@ -557,10 +557,11 @@ def test_save_pretrained_keeps_interface(tmp_path):
     assert os.path.isfile(tmp_path / "model" / "adapter_interface.json")
     assert json.loads((tmp_path / "model" / "config.json").read_text())["adapter_interface"] == post_ln_interface().to_dict()
     loaded = TinyForCausalLM.from_pretrained(str(tmp_path / "model")).eval()
-    adapters.init(loaded)  # no interface passed: the one saved in the config is used
+    adapters.init(loaded)  # no interface passed: the one saved in the config is used (and the saved adapter is back)
     assert loaded._adapters_interface == post_ln_interface()
-    loaded.load_adapter(str(tmp_path / "bn"))
     inputs = make_inputs("tiny")
+    assert torch.equal(output(loaded, inputs, "bn"), output(model, inputs, "bn"))
+    loaded.load_adapter(str(tmp_path / "bn"))  # replaces it, as AdapterHub does
     assert torch.equal(output(loaded, inputs, "bn"), output(model, inputs, "bn"))
 
 

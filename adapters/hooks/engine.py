@@ -228,7 +228,7 @@ def setup_members(setup, present, cache: dict) -> tuple[str, ...]:
         return cache[setup]
     except KeyError:
         container = present()
-        names = cache[setup] = tuple(n for n in dict.fromkeys(setup.flatten()) if n in container)
+        names = cache[setup] = tuple(n for n in dict.fromkeys(setup.names_in_order()) if n in container)
         return names
 
 

@@ -239,7 +239,7 @@ class AdaLoRAModelMixin:
 
     def _adalora_names(self, setup=None) -> list[str]:
         registry = self.adapters_config
-        names = setup.flatten() if setup is not None else list(registry.adapters)
+        names = setup.names_in_order() if setup is not None else list(registry.adapters)
         return [
             n for n in names
             if n in registry.adapters and any(p.architecture == "adalora" for p in registry.adapters[n].configs_by_architecture())

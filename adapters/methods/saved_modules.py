@@ -184,7 +184,7 @@ def check_saved_module_setup(setup, copies_of: dict[str, set[str]]) -> None:
         return
     for block in _blocks(setup):
         if isinstance(block, Split):
-            owners = [n for n in block.flatten() if copies_of.get(n)]
+            owners = [n for n in block.names_in_order() if copies_of.get(n)]
             if owners:
                 raise CompositionError(
                     f"{block} cuts the sequence, but adapter(s) {owners} replace whole modules "
