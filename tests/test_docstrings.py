@@ -21,6 +21,10 @@ EXEMPT = {
     # AdapterHub's default config ids (strings), documented in docs/api.rst
     "adapters.DEFAULT_ADAPTER_CONFIG",
     "adapters.DEFAULT_ADAPTERFUSION_CONFIG",
+    # AdapterHub's config class -> AdapterModel class mapping: an instance of a read-only Mapping
+    # (its class, adapters.heads.adapter_model._AdapterModelMapping, has the docstring and example);
+    # documented in docs/api.rst
+    "adapters.ADAPTER_MODEL_MAPPING",
 }
 
 

@@ -391,6 +391,12 @@ def test_logging_verbosity():
 # caller can reach (the setup, spec or caller was validated before), and one Mapping whose
 # __getitem__ must raise KeyError. Keyed by file and a piece of the raise statement (its message).
 ALLOWED = {
+    ("heads/adapter_model.py", "raise KeyError(config_class)"):
+        "ADAPTER_MODEL_MAPPING is a Mapping: a missing key must raise KeyError (``in`` and ``get`` rely on it)",
+    ("heads/checkpoints.py", "got unexpected keyword argument"):
+        "Python's own error for an unknown keyword argument, raised where ``**kwargs`` takes AdapterHub's extras",
+    ("static_heads.py", "got unexpected keyword argument"):
+        "Python's own error for an unknown keyword argument, raised where ``**kwargs`` takes AdapterHub's extras",
     ("heads/model_mixin.py", "The model's input embedding is not one of its modules"):
         "get_input_embeddings() always returns a module of the model (transformers' or the spec's)",
     ("hooks/engine.py", "Unknown composition block"):

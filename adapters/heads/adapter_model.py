@@ -43,6 +43,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "ADAPTER_MODEL_TABLE",
     "ADAPTER_MODEL_CLASSES",
+    "ADAPTER_MODEL_MAPPING",
     "AutoAdapterModel",
     "STATIC_HEAD_CONVERSIONS",
     "convert_to_adapter_model",
@@ -102,6 +103,19 @@ ADAPTER_MODEL_TABLE.update(
     }
 )
 
+# issue 23's architectures (AdapterHub's head types for each). BertGeneration: an encoder or a decoder
+# with an LM head (generation: "last"); BEiT classifies the mean-pooled patch states (its pooler)
+ADAPTER_MODEL_TABLE.update(
+    {
+        "bert-generation": ("BertGenerationAdapterModel", "BertGenerationConfig", ("masked_lm", "causal_lm"), "last"),
+        "xmod": ("XmodAdapterModel", "XmodConfig", _ENCODER_HEADS, "first"),
+        "deberta": ("DebertaAdapterModel", "DebertaConfig", _ENCODER_HEADS, "first"),
+        "plbart": ("PLBartAdapterModel", "PLBartConfig", _SEQ2SEQ_HEADS, "eos"),
+        "beit": ("BeitAdapterModel", "BeitConfig", ("image_classification",), "first"),
+        "phi": ("PhiAdapterModel", "PhiConfig", _DECODER_HEADS, "last"),
+    }
+)
+
 
 # what adapters.init leaves in a model's instance dict: the registry first, then what depends on the model
 _ADAPTER_STATE_KEYS = ("_adapters_registry", "_adapters_hosts", "_adapters_spec", "_adapters_interface")
@@ -120,7 +134,7 @@ def _conversions() -> dict:
 
     table = {}
     mlm = {"head_type": "masked_lm", "layers": 2, "layer_norm": True, "bias": True}
-    for prefix in ("Bert", "Roberta", "XLMRoberta"):
+    for prefix in ("Bert", "Roberta", "XLMRoberta", "Xmod"):  # X-MOD has RoBERTa's heads
         roberta = prefix != "Bert"
         table[f"{prefix}ForSequenceClassification"] = (
             (cls(2, "tanh"), {1: "classifier.dense", 4: "classifier.out_proj"}, {})
@@ -166,7 +180,7 @@ def _conversions() -> dict:
         dict(mlm, activation_function="$hidden_act"),
         {0: "predictions.dense", 2: "predictions.LayerNorm", 3: "predictions.decoder"}, {"3.bias": "predictions.bias"}
     )
-    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ", "Gemma2", "Gemma3", "GPTNeoX"):
+    for prefix in ("Llama", "Mistral", "Qwen2", "GPT2", "Qwen3", "Phi3", "GPTJ", "Gemma2", "Gemma3", "GPTNeoX", "Phi"):
         # Gemma 3's text-only classes are Gemma3Text...; its Gemma3For... classification classes are multimodal
         text = "Gemma3Text" if prefix == "Gemma3" else prefix
         table[f"{text}ForSequenceClassification"] = (cls(1, None, bias=False, dropout_prob=0.0), {1: "score"}, {})
@@ -174,28 +188,32 @@ def _conversions() -> dict:
         table[f"{text}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
         lm_class = "GPT2LMHeadModel" if prefix == "GPT2" else f"{prefix}ForCausalLM"
         table[lm_class] = (
-            {"head_type": "causal_lm", "layers": 1, "bias": prefix == "GPTJ", "logit_softcapping": "$final_logit_softcapping"},
+            {"head_type": "causal_lm", "layers": 1, "bias": prefix in ("GPTJ", "Phi"), "logit_softcapping": "$final_logit_softcapping"},
             {0: "lm_head"}, {},
         )
     # DeBERTa-v2/v3: ContextPooler (dropout -> dense -> pooler_hidden_act on the first token) -> dropout -> classifier
     pooler = {1: "pooler.dense", 4: "classifier"}
-    table["DebertaV2ForSequenceClassification"] = (cls(2, "$pooler_hidden_act"), pooler, {})
-    table["DebertaV2ForMultipleChoice"] = (
-        {"head_type": "multiple_choice", "layers": 2, "activation_function": "$pooler_hidden_act"}, pooler, {}
-    )
-    table["DebertaV2ForTokenClassification"] = (one("tagging"), {1: "classifier"}, {})
-    table["DebertaV2ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
-    # legacy=True (the default): BERT's transform + decoder; legacy=False: transform in lm_predictions.lm_head,
-    # decoder = the (tied) word embeddings plus a bias
-    table["DebertaV2ForMaskedLM"] = (
-        dict(mlm, activation_function="$hidden_act"),
-        {
-            0: ("cls.predictions.transform.dense", "lm_predictions.lm_head.dense"),
-            2: ("cls.predictions.transform.LayerNorm", "lm_predictions.lm_head.LayerNorm"),
-            3: ("cls.predictions.decoder", "deberta.embeddings.word_embeddings"),
-        },
-        {"3.bias": ("cls.predictions.bias", "lm_predictions.lm_head.bias")},
-    )
+    # DeBERTa v1 has v2's heads under the same module names (and no multiple-choice model)
+    for prefix in ("DebertaV2", "Deberta"):
+        table[f"{prefix}ForSequenceClassification"] = (cls(2, "$pooler_hidden_act"), pooler, {})
+        table[f"{prefix}ForMultipleChoice"] = (
+            {"head_type": "multiple_choice", "layers": 2, "activation_function": "$pooler_hidden_act"}, pooler, {}
+        )
+        table[f"{prefix}ForTokenClassification"] = (one("tagging"), {1: "classifier"}, {})
+        table[f"{prefix}ForQuestionAnswering"] = (one("question_answering"), {1: "qa_outputs"}, {})
+        # legacy=True (the default): BERT's transform + decoder; legacy=False: transform in lm_predictions.lm_head,
+        # decoder = the (tied) word embeddings plus a bias
+        table[f"{prefix}ForMaskedLM"] = (
+            dict(mlm, activation_function="$hidden_act"),
+            {
+                0: ("cls.predictions.transform.dense", "lm_predictions.lm_head.dense"),
+                2: ("cls.predictions.transform.LayerNorm", "lm_predictions.lm_head.LayerNorm"),
+                3: ("cls.predictions.decoder", "deberta.embeddings.word_embeddings"),
+            },
+            {"3.bias": ("cls.predictions.bias", "lm_predictions.lm_head.bias")},
+        )
+    # BertGeneration's LM head model: one decoder layer with a bias; its loss shifts the labels (a causal LM head)
+    table["BertGenerationDecoder"] = ({"head_type": "causal_lm", "layers": 1, "bias": True}, {0: "lm_head.decoder"}, {})
     return table
 
 
@@ -207,7 +225,7 @@ def _seq2seq_conversions() -> dict:
     dense_out = {1: "classification_head.dense", 4: "classification_head.out_proj"}
     qa = {"head_type": "question_answering", "layers": 1, "activation_function": None}
     table = {}
-    for prefix in ("T5", "MT5", "Bart", "MBart"):
+    for prefix in ("T5", "MT5", "Bart", "MBart", "PLBart"):
         bart = prefix.endswith("Bart")
         # BART adds final_logits_bias (a buffer of shape (1, vocab)) to the logits: the head's bias
         table[f"{prefix}ForConditionalGeneration"] = (
@@ -226,6 +244,7 @@ def _image_and_modernbert_conversions() -> dict:
     transform = {0: "head.dense", 2: "head.norm"}
     table = {
         "ViTForImageClassification": (image, {1: "classifier"}, {}),
+        "BeitForImageClassification": (image, {1: "classifier"}, {}),  # on the pooler output (see _BeitInputs)
         "ModernBertForSequenceClassification": (
             {"head_type": "classification", "layers": 2, "activation_function": "$classifier_activation",
              "pooling": "$classifier_pooling", "dropout_prob": "$classifier_dropout"},
@@ -283,9 +302,9 @@ class _AdapterModelBody(FlexibleHeadsMixin):
         setattr(self, self.base_model_prefix, _base_model_class(config)(config))
         self.heads = nn.ModuleDict()
         self.post_init()
-        from ..initialize import init
+        from ..initialize import init_adapter_model
 
-        init(self)
+        init_adapter_model(self)  # adapters listed in config.adapters: restored with their weights by from_pretrained
         for name, head_config in dict(getattr(config, "prediction_heads", None) or {}).items():
             head_type, head_kwargs = _head_arguments(head_config)
             head = self._build_head(head_type, name, **head_kwargs)
@@ -353,6 +372,40 @@ class _AdapterModelBody(FlexibleHeadsMixin):
             last = torch.full_like(rows, hidden.shape[1] - 1)
         return hidden[rows, last]
 
+    def _static_head_as_flexible(self, name: str, meta: dict, state: dict, config_path: str, id2label=None) -> nn.Module:
+        """The flexible head ``name`` built from a saved static head (``head_config.json`` of a
+        transformers head model: ``"config": null``, its class in ``"model_class"``) and its
+        weights ``state``: AdapterHub's static-to-flex head conversion, through the table of
+        :func:`convert_to_adapter_model`. Nothing is added to the model."""
+        from ..loading import AdapterLoadError
+
+        architecture = meta.get("model_class")
+        conversion = _static_conversion(architecture)
+        if conversion is None:
+            prefix = str(architecture).split("For")[0][:4]
+            convertible = sorted(k for k in _HEAD_CONVERSION_TABLE if k.startswith(prefix) and _static_conversion(k))
+            raise AdapterLoadError(
+                f"{config_path}: no flexible-head conversion for the static head of {architecture!r}; convertible head "
+                f"classes include: {', '.join(convertible) or 'none of this family'}."
+            )
+        labels = copy.deepcopy(self.config)  # the saved head's labels, on a copy of this model's config
+        label2id = {str(label): int(index) for index, label in id2label.items()} if id2label else meta.get("label2id")
+        if label2id:
+            labels.id2label = {int(index): str(label) for label, index in label2id.items()}
+            labels.label2id = {str(label): int(index) for label, index in label2id.items()}
+        elif isinstance(meta.get("num_labels"), int):
+            labels.num_labels = meta["num_labels"]
+        head_config = _resolve_head_config(conversion[0], type("SavedHeadModel", (), {"config": labels})())
+        try:
+            head_type, head_kwargs = _head_arguments(head_config)
+            head = self._build_head(head_type, name, **head_kwargs)
+            output = head.get_output_embeddings()
+            tied = {f"{index}.weight" for index, module in head.named_children() if module is output and self._ties_head(head)}
+            _copy_static_head(head, state, conversion, architecture, skip=tied)
+        except (AdapterConfigError, KeyError, TypeError, ValueError) as error:
+            raise AdapterLoadError(f"{config_path}: {error}") from error
+        return head
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a base-model checkpoint, a transformers head-model checkpoint (its head becomes the
@@ -369,10 +422,18 @@ class _AdapterModelBody(FlexibleHeadsMixin):
             config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
         architecture = next(iter(getattr(config, "architectures", None) or []), None)
+        output_loading_info = kwargs.pop("output_loading_info", False)
         if _static_conversion(architecture) is not None and not getattr(config, "prediction_heads", None):
-            static = getattr(transformers, architecture).from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-            return convert_to_adapter_model(static, adapter_model_class=cls)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            static, info = getattr(transformers, architecture).from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+            model = convert_to_adapter_model(static, adapter_model_class=cls)  # restores config.adapters (adapters.init)
+            return (model, info) if output_loading_info else model
+        from ..loading import finish_from_pretrained  # adapters, fusions and the active setup of config.adapters
+
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        download_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "subfolder", "token") if k in kwargs}
+        return finish_from_pretrained(model, pretrained_model_name_or_path, download_kwargs, output_loading_info)
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -469,6 +530,7 @@ _DECODER_INPUT_SHIFTS = {
     "bart": _shift_tokens("bart"),
     "mbart": _shift_tokens("mbart", with_start=False),  # wraps the language code to the front
     "whisper": _shift_tokens("whisper"),
+    "plbart": _shift_tokens("plbart", with_start=False),  # wraps the language id to the front, as mBART
 }
 
 
@@ -505,6 +567,16 @@ class _ImageInputs:
         if pooled is not None:
             head_kwargs["pooled_output"] = pooled
         return self.forward_head(outputs, head_name=head, cls_output=outputs[0][:, 0], **head_kwargs)
+
+
+class _BeitInputs(_ImageInputs):
+    """BEiT's AdapterModel forward: as ViT's, but classification heads read the pooler output (the
+    mean of the patch states after a norm), as ``BeitForImageClassification`` and AdapterHub do."""
+
+    def _image_heads(self, outputs, head, labels):
+        head_kwargs = {} if labels is None else {"labels": labels}
+        pooled = outputs.pooler_output
+        return self.forward_head(outputs, head_name=head, cls_output=pooled, pooled_output=pooled, **head_kwargs)
 
 
 class _CLIPInputs(_ImageInputs):
@@ -612,7 +684,7 @@ class _ModernBertHeads:
 
 
 # model types whose AdapterModel class takes its forward or heads from a class of its own
-_EXTRA_BASES = {"vit": _ImageInputs, "clip": _CLIPInputs, "modernbert": _ModernBertHeads}
+_EXTRA_BASES = {"vit": _ImageInputs, "beit": _BeitInputs, "clip": _CLIPInputs, "modernbert": _ModernBertHeads}
 
 
 def _make_class(model_type: str) -> type:
@@ -627,6 +699,8 @@ def _make_class(model_type: str) -> type:
     )
     if head_types == ("image_classification",):  # ViT, CLIP
         example = 'model.add_image_classification_head("task", num_labels=2)'
+    elif "classification" not in head_types and "causal_lm" in head_types:  # BertGeneration
+        example = 'model.add_causal_lm_head("task")'
 
     doc = (
         f"{base.__name__[: -len('PreTrainedModel')]} with adapters and flexible heads "
@@ -683,6 +757,50 @@ class _AdapterModelClasses(Mapping):
 
 #: model_type -> generated AdapterModel class (a read-only mapping; each class is created at its first use)
 ADAPTER_MODEL_CLASSES: Mapping[str, type] = _AdapterModelClasses()
+
+
+class _AdapterModelMapping(Mapping):
+    """AdapterHub's ``ADAPTER_MODEL_MAPPING``: transformers config class -> AdapterModel class.
+
+    A view of :data:`ADAPTER_MODEL_TABLE` (the table ``AutoAdapterModel`` reads), so every
+    architecture added there appears here; like :data:`ADAPTER_MODEL_CLASSES` it creates a class
+    only when it is looked up. Keys are the config classes themselves (``BertConfig``), as in
+    AdapterHub and transformers' own ``MODEL_MAPPING``.
+
+    Example::
+
+        >>> from transformers import BertConfig
+        >>> adapters.ADAPTER_MODEL_MAPPING[BertConfig]
+        <class 'adapters.heads.adapter_model.BertAdapterModel'>
+        >>> BertConfig in adapters.ADAPTER_MODEL_MAPPING
+        True
+    """
+
+    @staticmethod
+    def _model_types() -> dict:
+        return {getattr(transformers, entry[1]): model_type for model_type, entry in ADAPTER_MODEL_TABLE.items()}
+
+    def __getitem__(self, config_class) -> type:
+        model_type = self._model_types().get(config_class)
+        if model_type is None:
+            raise KeyError(config_class)
+        return ADAPTER_MODEL_CLASSES[model_type]
+
+    def __contains__(self, config_class) -> bool:
+        return config_class in self._model_types()
+
+    def __iter__(self):
+        return iter(self._model_types())
+
+    def __len__(self) -> int:
+        return len(ADAPTER_MODEL_TABLE)
+
+    def __repr__(self) -> str:
+        return f"<AdapterModel classes of {', '.join(entry[1] for entry in ADAPTER_MODEL_TABLE.values())}>"
+
+
+#: transformers config class -> AdapterModel class (AdapterHub's ``ADAPTER_MODEL_MAPPING``; read-only)
+ADAPTER_MODEL_MAPPING: Mapping[type, type] = _AdapterModelMapping()
 __all__ += [entry[0] for entry in ADAPTER_MODEL_TABLE.values()]
 
 
@@ -798,25 +916,39 @@ def convert_to_adapter_model(model: PreTrainedModel, adapter_model_class: Option
         head_config = _resolve_head_config(head_config, model)
         head_type, head_kwargs = _head_arguments(head_config)
         head = new._build_head(head_type, head_name, **head_kwargs)
-        static_state = model.state_dict()
-        with torch.no_grad():
-            for index, path in layers.items():
-                for key, param in head[index].named_parameters(recurse=False):
-                    static_key = _first_present(static_state, path, key)
-                    if static_key is not None:
-                        param.copy_(static_state[static_key])
-                    elif f"{index}.{key}" not in extra:
-                        raise AdapterConfigError(
-                            f"Cannot convert {architecture}'s head: the checkpoint has no {path}.{key} for the flexible "
-                            f"head's {index}.{key}."
-                        )
-            for key, static_keys in extra.items():
-                static_key = _first_present(static_state, static_keys)
-                if static_key is not None:  # BART's final_logits_bias is (1, vocab): the head's bias (vocab,)
-                    parameter = head.get_parameter(key)
-                    parameter.copy_(static_state[static_key].reshape(parameter.shape))
+        _copy_static_head(head, model.state_dict(), conversion, architecture)
         new.add_prediction_head(head, overwrite_ok=True, set_active=True)
     return new
+
+
+def _copy_static_head(head: nn.Module, static_state: dict, conversion: tuple, architecture: str, skip=frozenset()) -> None:
+    """Copy a static head's weights (``static_state``, keys as in the transformers head model) into
+    the flexible head built from ``conversion``; ``skip``: flexible keys (``"3.weight"``) not taken
+    from the static state (a tied output matrix)."""
+    _, layers, extra = conversion
+    with torch.no_grad():
+        for index, path in layers.items():
+            for key, param in head[index].named_parameters(recurse=False):
+                if f"{index}.{key}" in skip:
+                    continue
+                static_key = _first_present(static_state, path, key)
+                if static_key is not None:
+                    if static_state[static_key].shape != param.shape:
+                        raise AdapterConfigError(
+                            f"Cannot convert {architecture}'s head: {static_key} has shape "
+                            f"{tuple(static_state[static_key].shape)}, the flexible head's {index}.{key} {tuple(param.shape)}."
+                        )
+                    param.copy_(static_state[static_key])
+                elif f"{index}.{key}" not in extra:
+                    raise AdapterConfigError(
+                        f"Cannot convert {architecture}'s head: the checkpoint has no {path}.{key} for the flexible "
+                        f"head's {index}.{key}."
+                    )
+        for key, static_keys in extra.items():
+            static_key = _first_present(static_state, static_keys)
+            if static_key is not None:  # BART's final_logits_bias is (1, vocab): the head's bias (vocab,)
+                parameter = head.get_parameter(key)
+                parameter.copy_(static_state[static_key].reshape(parameter.shape))
 
 
 def _base_of(model: PreTrainedModel) -> nn.Module:

@@ -214,6 +214,41 @@ class PredictionHead(nn.Sequential):
         for index, module in enumerate(modules):
             self.add_module(str(index), module)
 
+    def build(self, model) -> None:
+        """Build the layers of ``self.config`` and initialise them as the model initialises its own
+        weights (AdapterHub's method, which custom heads written for AdapterHub call after setting
+        ``self.config``): :meth:`build_mlp` with ``layers``, ``activation_function``, ``bias`` and
+        ``dropout_prob`` from the config, ending in ``num_labels`` outputs (a ``num_choices`` head:
+        one score per choice; neither: the hidden size, followed by the activation).
+
+        Raises:
+            AdapterConfigError: the config lacks ``layers`` or ``activation_function``, or a value
+                is invalid.
+
+        Example::
+
+            >>> class MyHead(PredictionHead):
+            ...     def __init__(self, model, head_name, num_labels=2, layers=2, activation_function="tanh"):
+            ...         super().__init__(head_name)
+            ...         self.config = {"head_type": "my_head", "num_labels": num_labels, "layers": layers,
+            ...                        "activation_function": activation_function}
+            ...         self.build(model)
+        """
+        missing = [key for key in ("layers", "activation_function") if key not in self.config]
+        if missing:
+            raise AdapterConfigError(
+                f"PredictionHead.build: head {self.name!r}'s config has no {', '.join(missing)}; set e.g. "
+                f"self.config = {{'layers': 2, 'activation_function': 'tanh', 'num_labels': 2, ...}} before build(model)."
+            )
+        if "num_labels" in self.config:
+            outputs = self.config["num_labels"]
+        elif "num_choices" in self.config:
+            outputs = 1
+        else:
+            outputs = None
+        self.build_mlp(model, outputs)
+        self.init_weights(model)
+
     def init_weights(self, model) -> None:
         """Initialise the head's layers the way the model initialises its own.
 

@@ -82,13 +82,22 @@ class HeadCheckpointMixin:
             self.save_head(target, name, use_safetensors=use_safetensors)
 
     def load_head(self, save_directory: str, load_as: Optional[str] = None, id2label: Optional[dict] = None,
-                  overwrite_ok: bool = False, set_active: bool = True, allow_non_finite: bool = False) -> str:
+                  use_safetensors: bool = False, overwrite_ok: bool = False, set_active: bool = True,
+                  allow_non_finite: bool = False, **kwargs) -> str:
         """Load a head saved by :meth:`save_head` (or AdapterHub); returns its name.
         ``allow_non_finite=True`` also loads NaN/inf or non-float weights (refused by default).
 
+        A static head (saved from a transformers head model such as
+        ``BertForSequenceClassification``, here or by AdapterHub) becomes a flexible head named
+        ``load_as``, with the same weights and labels (AdapterHub's static-to-flex conversion).
+        The file format is detected: ``model_head.safetensors`` when it is there, else
+        ``pytorch_model_head.bin``, whatever ``use_safetensors`` says (accepted for AdapterHub's
+        signature; AdapterHub's ``use_safetensors=False`` reads only the .bin).
+
         Raises:
             AdapterLoadError: the folder has no head, the head was saved for another hidden size,
-                its type does not fit this model, a head of that name exists (and not
+                its type does not fit this model, a static head has no conversion to a flexible head
+                (or no name: pass ``load_as``), a head of that name exists (and not
                 ``overwrite_ok``), its saved name is invalid, or the weights do not match the
                 config or are not finite floats. The model is left unchanged.
             AdapterConfigError: ``load_as`` is not a valid head name.
@@ -97,6 +106,8 @@ class HeadCheckpointMixin:
 
             >>> name = model.load_head("out/sentiment_head", load_as="sentiment2")
         """
+        if kwargs:
+            raise TypeError(f"load_head() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}.")
         name, head = self._prepare_head(
             save_directory, load_as=load_as, id2label=id2label, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite
         )
@@ -129,6 +140,9 @@ class HeadCheckpointMixin:
             name = check_name(meta_name, kind="head", argument='its "name"', file=config_path)
         else:
             name = check_name(folder_name, kind="head", argument="taken from the folder name", file=folder)
+        if meta.get("config") is None and meta.get("name") is None and isinstance(meta.get("model_class"), str):
+            # a transformers head model's static head (AdapterHub writes neither a config nor a name for it)
+            return self._prepare_static_head_as_flexible(folder, meta, config_path, load_as, id2label, overwrite_ok, allow_non_finite)
         if not isinstance(meta.get("config"), dict):
             raise AdapterLoadError(
                 f"{config_path}: \"config\" must be a JSON object with a \"head_type\" (e.g. {{\"head_type\": "
@@ -155,6 +169,26 @@ class HeadCheckpointMixin:
             params = {k: v for k, v in params.items() if k not in tied_keys}
         _copy_checked(params, state, weights_path, shown=lambda key: f"heads.{saved_name}.{key}")
         return name, head
+
+    def _prepare_static_head_as_flexible(self, folder, meta, config_path, load_as, id2label, overwrite_ok, allow_non_finite):
+        """``(name, head)`` of a static head (saved from a transformers head model: no name, no
+        flexible config) converted into a flexible head named ``load_as`` — or, beside an adapter,
+        the adapter's name, as AdapterHub names it."""
+        from ..configuration.validation import check_name
+        from ..loading import CONFIG_NAME as ADAPTER_CONFIG_NAME
+        from ..loading import AdapterLoadError, _read_json, _read_weights
+
+        name = load_as
+        if name is None and os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)):
+            name = _read_json(os.path.join(folder, ADAPTER_CONFIG_NAME)).get("name")
+        if name is None:
+            raise AdapterLoadError(
+                f"{config_path} holds the static head of a {meta['model_class']} (it has no name); pass load_as=\"<head name>\"."
+            )
+        check_name(name, kind="head", argument="load_as" if load_as is not None else "the adapter's name")
+        self._check_new_head(name, overwrite_ok)
+        state, _ = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite)
+        return name, self._static_head_as_flexible(name, meta, state, config_path, id2label=id2label)
 
     def _insert_loaded_head(self, name: str, head: nn.Module, set_active: bool = True) -> None:
         if name in self.heads:

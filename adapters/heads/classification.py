@@ -119,10 +119,23 @@ class ClassificationHead(PredictionHead):
         self.build_mlp(model, num_labels)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """CE over the labels (MSE when the head has a single output: regression)."""
+        """CE over the labels (MSE when the head has a single output: regression).
+
+        Example::
+
+            >>> model.heads["sst2"].loss(logits, torch.tensor([0, 1]))
+            tensor(0.69...)
+        """
         return classification_loss(logits, labels, self.config["num_labels"])
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        """The logits of each sequence's pooled representation (``cls_output``, or the first /
+        last token by the model's pooling), with the loss when ``labels`` are given.
+
+        Example::
+
+            >>> model(**batch, labels=labels, head="sst2").logits.shape   # (batch, num_labels)
+        """
         logits = super().forward(_pooled(self, outputs, cls_output, kwargs))
         labels = kwargs.get("labels")
         loss = self.loss(logits, labels) if labels is not None else None
@@ -140,7 +153,12 @@ class MultiLabelClassificationHead(ClassificationHead):
     """
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy with logits over every label."""
+        """Binary cross-entropy with logits over every label.
+
+        Example::
+
+            >>> model.heads["topics"].loss(logits, multi_hot.float())
+        """
         return classification_loss(logits, labels, self.config["num_labels"], multilabel=True)
 
 
@@ -183,6 +201,13 @@ class MultipleChoiceHead(PredictionHead):
         self.build_mlp(model, 1)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        """One score per (example, choice): ``logits`` of shape ``(batch, num_choices)``, with the CE
+        loss over the choices when ``labels`` are given.
+
+        Example::
+
+            >>> model(**choices_batch, labels=answers).logits.shape   # (batch, num_choices)
+        """
         scores = super().forward(_pooled(self, outputs, cls_output, kwargs))
         logits = scores.view(-1, kwargs.get("num_choices") or self.config["num_choices"])
         labels = kwargs.get("labels")
@@ -229,6 +254,13 @@ class TaggingHead(_PerTokenHead):
     """
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        """Logits for every token, with the CE loss over the tokens whose label is not -100 when
+        ``labels`` are given.
+
+        Example::
+
+            >>> model(**batch, labels=tags, head="ner").logits.shape   # (batch, seq, num_labels)
+        """
         logits = super().forward(outputs[0])
         labels = kwargs.get("labels")
         loss = None
@@ -254,12 +286,21 @@ class QuestionAnsweringHead(_PerTokenHead):
         >>> out.start_logits.shape, out.loss
     """
 
-    def __init__(self, model, head_name: str, num_labels: int = 2, **kwargs):
+    def __init__(self, model, head_name: str, num_labels: int = 2, layers: int = 1,
+                 activation_function: Optional[str] = "tanh", id2label: Optional[dict] = None,
+                 dropout_prob: Optional[float] = None):
         if num_labels != 2:
             raise AdapterConfigError(f"A question answering head predicts start and end: num_labels must be 2, got {num_labels!r}.")
-        super().__init__(model, head_name, num_labels, **kwargs)
+        super().__init__(model, head_name, num_labels, layers, activation_function, id2label, dropout_prob)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        """``start_logits`` and ``end_logits`` per token, with the mean of the start and end losses
+        when ``start_positions`` and ``end_positions`` are given.
+
+        Example::
+
+            >>> out = model(**batch, start_positions=s, end_positions=e, head="squad")
+        """
         logits = super().forward(outputs[0])
         start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
         start, end = kwargs.get("start_positions"), kwargs.get("end_positions")

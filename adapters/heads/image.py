@@ -96,6 +96,13 @@ class ImageClassificationHead(PredictionHead):
         return _pooled(self, outputs, cls_output, kwargs)
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        """The logits of each image's representation (the [CLS] state, or the mean of the patch
+        states), with the loss when ``labels`` are given.
+
+        Example::
+
+            >>> model(pixel_values=images, labels=labels).logits.shape   # (batch, num_labels)
+        """
         logits = super().forward(self._representation(outputs, cls_output, kwargs))
         labels = kwargs.get("labels")
         loss = None

@@ -110,18 +110,34 @@ class CausalLMHead(PredictionHead):
 
     @property
     def output_index(self) -> str:
-        """The child name of the output embedding (the last layer)."""
+        """The child name of the output embedding (the last layer).
+
+        Example::
+
+            >>> model.heads["lm"].output_index
+            '0'
+        """
         return str(len(self) - 1)
 
     def get_output_embeddings(self) -> nn.Module:
         return self[len(self) - 1]
 
     def set_output_embeddings(self, module: nn.Module) -> None:
-        """Replace the output embedding layer (resizing)."""
+        """Replace the output embedding layer (resizing).
+
+        Example::
+
+            >>> model.heads["lm"].set_output_embeddings(nn.Linear(32, 120, bias=False))
+        """
         self._modules[self.output_index] = module
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, after shifting by one position for causal heads."""
+        """Cross-entropy, after shifting by one position for causal heads.
+
+        Example::
+
+            >>> model.heads["lm"].loss(logits, input_ids)   # predicts token t+1 from position t
+        """
         if self.config["shift_labels"]:
             logits, labels = logits[..., :-1, :], labels[..., 1:]
         return CrossEntropyLoss()(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1))
@@ -131,6 +147,13 @@ class CausalLMHead(PredictionHead):
         return outputs[0]
 
     def forward(self, outputs, cls_output=None, attention_mask=None, return_dict=True, **kwargs):
+        """Vocabulary logits for every position (the last ``logits_to_keep`` ones when generating),
+        soft-capped where the config says so, with the loss when ``labels`` are given.
+
+        Example::
+
+            >>> model(input_ids=ids, labels=ids, head="lm").logits.shape   # (batch, seq, vocab)
+        """
         hidden = self._head_input(outputs)
         keep = kwargs.get("logits_to_keep") or 0
         if isinstance(keep, int) and keep > 0 and kwargs.get("labels") is None:

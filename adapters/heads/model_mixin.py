@@ -36,6 +36,7 @@ from ..context import AdapterSetup, ForwardContext
 from ..errors import AdapterConfigError, AdapterError, CompositionError
 from ..methods.invertible import CONTAINER as INVERTIBLE_CONTAINER
 from ..methods.invertible import invert_before
+from ..static_heads import ModelWithHeadsAdaptersMixin
 from .checkpoints import HEAD_CONFIG_NAME, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, HeadCheckpointMixin, _head_arguments
 from .base import CUSTOM_HEAD_TYPES, HEAD_TYPES, MultiHeadOutput, PredictionHead, head_class, register_custom_head
 
@@ -86,7 +87,7 @@ def _split_rows(value, parts: list[int], total: int):
     return pieces
 
 
-class FlexibleHeadsMixin(HeadCheckpointMixin):
+class FlexibleHeadsMixin(HeadCheckpointMixin, ModelWithHeadsAdaptersMixin):
     """The head API of the AdapterModel classes (AdapterHub's names and signatures).
 
     Example::
@@ -473,6 +474,99 @@ class FlexibleHeadsMixin(HeadCheckpointMixin):
         if active is not None and head_name in list(active):
             self._active_heads = None
         self._sync_head_configs()
+
+    def get_prediction_heads_config(self) -> dict:
+        """``{head name: head config}`` of every head (copies; AdapterHub's method).
+
+        Example::
+
+            >>> model.add_classification_head("sst2", num_labels=2)
+            >>> model.get_prediction_heads_config()["sst2"]["head_type"]
+            'classification'
+        """
+        return {name: copy.deepcopy(head.config) for name, head in self.heads.items()}
+
+    def average_head(self, head_name: str, head_list, weights: Optional[list] = None, normalize_weights: bool = True,
+                     overwrite_ok: bool = False, set_active: bool = False) -> None:
+        """Add head ``head_name`` whose every weight is the weighted sum of the weights of the heads
+        in ``head_list``: ``W = Σ_i w_i W_i`` with ``w_i = weights[i] / Σ_j weights[j]``
+        (``normalize_weights=False``: the weights as given; no weights: ``1/n`` each), as
+        AdapterHub's ``average_head`` does. The heads must be of one class and one config (up to
+        ``dropout_prob``); the new head has their config.
+
+        Args:
+            head_name: the new head's name.
+            head_list: head names, or ``{head name: weight}`` (then ``weights`` must be None;
+                AdapterHub documents this form and fails on it).
+            weights: one weight per head of ``head_list``.
+            normalize_weights: divide the weights by their sum.
+            overwrite_ok: replace a head named ``head_name``.
+            set_active: make the new head active.
+
+        Raises:
+            AdapterConfigError: no heads, an unknown head, heads of different classes or configs,
+                weights that do not match the heads (or sum to 0 with ``normalize_weights``), or the
+                name exists (and not ``overwrite_ok``). The model is left unchanged.
+
+        Example::
+
+            >>> model.average_head("avg", ["task_a", "task_b"], weights=[0.7, 0.3], set_active=True)
+        """
+        if isinstance(head_list, dict):
+            if weights is not None:
+                raise AdapterConfigError(
+                    "average_head: give the weights either in head_list ({name: weight}) or in weights, not both."
+                )
+            names, weights = list(head_list), list(head_list.values())
+        elif isinstance(head_list, (list, tuple)):
+            names = list(head_list)
+        else:
+            raise AdapterConfigError(f"average_head: head_list must be a list of head names or a {{name: weight}} dict, not {head_list!r}.")
+        if not names:
+            raise AdapterConfigError("average_head: head_list is empty; name at least one head to average.")
+        unknown = [name for name in names if name not in self.heads]
+        if unknown:
+            raise AdapterConfigError(
+                f"average_head: no head named {', '.join(map(repr, unknown))}; the model has: {', '.join(sorted(self.heads)) or 'none'}."
+            )
+        self._check_new_head(head_name, overwrite_ok)
+        first = self.heads[names[0]]
+        for name in names[1:]:
+            if type(self.heads[name]) is not type(first):
+                raise AdapterConfigError(
+                    f"average_head: heads of different classes cannot be averaged ({names[0]!r} is a {type(first).__name__}, "
+                    f"{name!r} a {type(self.heads[name]).__name__})."
+                )
+            differing = sorted(
+                key for key in set(first.config) | set(self.heads[name].config)
+                if key != "dropout_prob" and first.config.get(key) != self.heads[name].config.get(key)
+            )
+            if differing:
+                raise AdapterConfigError(
+                    f"average_head: heads {names[0]!r} and {name!r} differ in {', '.join(differing)}; only heads of one config "
+                    f"(up to dropout_prob) can be averaged."
+                )
+        if weights is None:
+            weights = [1.0 / len(names)] * len(names)
+        else:
+            weights = list(weights)
+            if len(weights) != len(names) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+                raise AdapterConfigError(f"average_head: weights must be {len(names)} numbers, one per head, not {weights!r}.")
+            if normalize_weights:
+                total = sum(weights)
+                if total == 0:
+                    raise AdapterConfigError(f"average_head: weights {weights!r} sum to 0 and cannot be normalised.")
+                weights = [w / total for w in weights]
+        averaged = {}
+        for name, weight in zip(names, weights):
+            for key, value in self.heads[name].state_dict().items():
+                averaged[key] = averaged[key] + weight * value if key in averaged else weight * value
+        head = copy.deepcopy(first)
+        head.name = head_name
+        head.load_state_dict(averaged)
+        if head_name in self.heads:
+            self.delete_head(head_name)
+        self.add_prediction_head(head, overwrite_ok=True, set_active=set_active)
 
     def _sync_head_configs(self) -> None:
         """Keep ``config.prediction_heads`` (what ``save_pretrained`` stores) and the tied-weight

@@ -46,6 +46,7 @@ from .base import init_bert_weights
 __all__ = [
     "NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost",
     "uninstall_invertible", "add_invertible_adapter", "move_embedding_host", "invert_before",
+    "InvertibleAdapterMethods", "InvertibleAdaptersMixin", "InvertibleAdaptersWrapperMixin",
 ]
 
 CONTAINER = "invertible_adapters"
@@ -312,3 +313,164 @@ def move_embedding_host(model, old: nn.Module, new: nn.Module) -> None:
             old.__dict__.pop(key, None)
         restore_class(old)
         _install_embedding_host(model, new)
+
+
+# -- AdapterHub's model methods and marker classes for invertible adapters ---------------------------------
+
+
+def _invertible_config(config):
+    """The bottleneck config of ``config`` (or of a member of its union) that asks for an
+    invertible block, or None."""
+    for member in getattr(config, "configs", None) or (config,):
+        if getattr(member, "inv_adapter", None):
+            return member
+    return None
+
+
+class InvertibleAdapterMethods:
+    """AdapterHub's methods for the invertible blocks of a model's adapters (added to every
+    patched model through the bottleneck family's ``model_mixin``). ``add_adapter`` with a config
+    that has ``inv_adapter`` (``seq_bn_inv``, ``double_seq_bn_inv``, ...) adds the block already;
+    these methods inspect it or add, remove and unfreeze it on its own.
+
+    Example::
+
+        >>> model.add_adapter("de", config="seq_bn_inv", set_active=True)
+        >>> model.get_invertible_adapter()
+        NICECoupling(...)
+    """
+
+    def _invertible_blocks(self) -> dict:
+        blocks = self.base_model._modules.get(CONTAINER)
+        return blocks if blocks is not None else {}
+
+    def get_invertible_adapter(self):
+        """The invertible block of the first adapter of the active setup (``Stack("de", "task")``:
+        ``de``'s), or None when it has none (AdapterHub's method).
+
+        Example::
+
+            >>> model.set_active_adapters(Stack("de", "task"))
+            >>> model.get_invertible_adapter() is model.base_model.invertible_adapters["de"]
+            True
+        """
+        setup = self.adapters_config.active_setup
+        if setup is None:
+            return None
+        first = setup if isinstance(setup, str) else setup.first()
+        blocks = self._invertible_blocks()
+        return blocks[first] if first in blocks else None
+
+    def add_invertible_adapter(self, adapter_name: str) -> bool:
+        """Add the invertible block adapter ``adapter_name``'s config asks for (``inv_adapter``);
+        returns False (and adds nothing) when its config asks for none, as AdapterHub does.
+        ``add_adapter`` adds the block already: this re-adds one removed with
+        :meth:`delete_invertible_adapter` (freshly initialised).
+
+        Raises:
+            AdapterConfigError: no adapter of that name (AdapterHub returns False), or it has its
+                invertible block already.
+
+        Example::
+
+            >>> model.delete_invertible_adapter("de")
+            >>> model.add_invertible_adapter("de")
+            True
+        """
+        from ..errors import AdapterConfigError
+
+        config = self.adapters_config.adapters.get(adapter_name)
+        if config is None:
+            raise AdapterConfigError(
+                f"add_invertible_adapter: no adapter named {adapter_name!r}; add it first (add_adapter); the model has: "
+                f"{', '.join(sorted(self.adapters_config.adapters)) or 'none'}."
+            )
+        config = _invertible_config(config)
+        if config is None:
+            return False
+        if adapter_name in self._invertible_blocks():
+            raise AdapterConfigError(
+                f"Adapter {adapter_name!r} has its invertible block already; delete_invertible_adapter({adapter_name!r}) first."
+            )
+        reference = self.get_input_embeddings().weight
+        add_invertible_adapter(self, adapter_name, config, reference.device, reference.dtype)
+        return True
+
+    def delete_invertible_adapter(self, adapter_name: str) -> None:
+        """Remove adapter ``adapter_name``'s invertible block (the adapter stays; nothing happens
+        when it has none, as in AdapterHub).
+
+        Example::
+
+            >>> model.delete_invertible_adapter("de")
+            >>> model.get_invertible_adapter() is None
+            True
+        """
+        for host in self._adapter_hosts:
+            if isinstance(host, _InvertibleHost):
+                host.delete_adapter(adapter_name)
+
+    def enable_invertible_adapters(self, adapter_names) -> None:
+        """Make the invertible blocks of ``adapter_names`` trainable (``requires_grad``), as
+        AdapterHub's method; names without a block are skipped.
+
+        Example::
+
+            >>> model.enable_invertible_adapters(["de"])
+        """
+        blocks = self._invertible_blocks()
+        for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+            if name in blocks:
+                blocks[name].requires_grad_(True)
+
+
+def _supports_invertible(model) -> bool:
+    from ..errors import AdapterError
+
+    supports = getattr(model, "supports_adapter", None)
+    if not callable(supports):
+        return False
+    try:
+        return supports("invertible")
+    except (AdapterError, NotImplementedError):  # a model whose input embeddings cannot be found
+        return False
+
+
+class _SupportsInvertibleAdapters(type):
+    """``isinstance(model, InvertibleAdaptersMixin)``: whether the patched model can hold invertible
+    adapters (its architecture has input embeddings the blocks can act on)."""
+
+    def __instancecheck__(cls, instance) -> bool:
+        if cls.requires_head and getattr(instance, "base_model", instance) is instance:
+            return False
+        return _supports_invertible(instance)
+
+
+class InvertibleAdaptersMixin(metaclass=_SupportsInvertibleAdapters):
+    """AdapterHub's marker of models that hold invertible adapters: ``isinstance(model,
+    InvertibleAdaptersMixin)`` is true for a patched model (base or head model) whose architecture
+    takes them (an input embedding to act on: not ViT, CLIP's vision tower alone, Whisper's audio
+    input, ...). Nothing derives from it: the methods are :class:`InvertibleAdapterMethods`, on
+    every patched model.
+
+    Example::
+
+        >>> isinstance(adapters.init(BertModel(config)), adapters.InvertibleAdaptersMixin)
+        True
+    """
+
+    requires_head = False
+
+
+class InvertibleAdaptersWrapperMixin(metaclass=_SupportsInvertibleAdapters):
+    """AdapterHub's marker of head models whose base model holds invertible adapters:
+    ``isinstance(model, InvertibleAdaptersWrapperMixin)`` is true for a patched transformers head
+    model (or AdapterModel) that takes them.
+
+    Example::
+
+        >>> isinstance(adapters.init(BertForMaskedLM(config)), adapters.InvertibleAdaptersWrapperMixin)
+        True
+    """
+
+    requires_head = True

@@ -96,7 +96,7 @@ from .saved_modules import SavedModuleHost, add_saved_modules, check_saved_modul
 logger = logging.get_logger(__name__)
 
 __all__ = [
-    "LinearAdapter", "LinearHost", "LoRA", "IA3", "LoRAGroup", "LoRALinear", "LoRAState", "lora_module_class",
+    "LinearAdapter", "LinearHost", "LoRALayer", "LoRA", "IA3", "LoRAGroup", "LoRALinear", "LoRAState", "lora_module_class",
     "linear_hosts", "add_lora_modules", "lora_bias_parameters", "magnitudes_to_adapterhub", "magnitudes_from_adapterhub",
 ]
 
@@ -1505,6 +1505,11 @@ LORA_PEFT = PeftMapping(
     "LORA", lora_config_from_peft, fields=_PEFT_LORA_FIELDS, field_names={"alpha": "lora_alpha", "dropout": "lora_dropout"},
     convert_key=lora_key_from_peft, write=lora_to_peft,
 )
+
+
+#: AdapterHub's name of the layer that holds LoRA modules (its ``loras`` ModuleDict): the suite finds LoRA
+#: layers with ``isinstance(module, LoRALayer)``; here that layer is the swapped-in :class:`LinearHost`
+LoRALayer = LinearHost
 
 
 register(MethodFamily(
