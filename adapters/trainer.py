@@ -1,4 +1,5 @@
-"""Training adapters with transformers' ``Trainer``: :class:`AdapterTrainer`.
+"""Training adapters with transformers' ``Trainer``: :class:`AdapterTrainer`, and
+:class:`Seq2SeqAdapterTrainer` on ``Seq2SeqTrainer`` for generation.
 
 ``Trainer`` saves, resumes and restores whole models. An adapter run changes only a few weights
 (the adapters, fusion layers and heads), so :class:`AdapterTrainer` keeps its checkpoints to those:
@@ -6,7 +7,8 @@
 ``checkpoint-<step>/`` holds:
 
 * ``<adapter>/``: every adapter, in the AdapterHub layout of :meth:`save_adapter`
-  (``adapter_config.json``, ``adapter.safetensors``), loadable with
+  (``adapter_config.json``, ``adapter.safetensors``; the head of the same name on an
+  AdapterModel, a transformers head model's head while it trains), loadable with
   ``model.load_adapter("checkpoint-500/<adapter>")``;
 * ``<fusion>/``: every fusion layer (:meth:`save_adapter_fusion`'s layout);
 * ``<head>/``: every flexible prediction head, where the model has ``heads`` (``save_all_heads``);
@@ -34,11 +36,12 @@ Not supported: DeepSpeed, FSDP and SageMaker model parallelism, which save shard
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from . import logging
@@ -47,7 +50,7 @@ from .model_mixin import ModelAdaptersMixin
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["AdapterTrainer", "AdaLoraCallback", "TRAINABLE_WEIGHTS_NAME"]
+__all__ = ["AdapterTrainer", "Seq2SeqAdapterTrainer", "AdaLoraCallback", "TRAINABLE_WEIGHTS_NAME"]
 
 TRAINABLE_WEIGHTS_NAME = "trainable_weights.safetensors"
 
@@ -58,12 +61,16 @@ class AdapterTrainer(Trainer):
     the fusion value regulariser joins the loss while a fusion trains.
 
     Prepare the model as for a hand-written loop (``train_adapter`` / ``train_adapter_fusion``)
-    before creating the trainer; all other arguments are ``Trainer``'s.
+    before creating the trainer (or return it prepared from ``model_init``). The arguments are
+    AdapterHub's, in its order: ``tokenizer`` is passed on as transformers 5's
+    ``processing_class``; ``adapter_names`` (AdapterHub's deprecated argument) activates that setup
+    first; further keyword arguments go to ``Trainer``.
 
     Raises:
         AdapterConfigError: the model is not an adapters model (call ``adapters.init(model)``), or it has
-            no active adapter setup (call ``model.train_adapter(...)`` first), or DeepSpeed /
-            FSDP is enabled.
+            no active adapter setup (call ``model.train_adapter(...)`` first), both ``tokenizer``
+            and ``processing_class`` are given, or DeepSpeed / FSDP is enabled; at ``train()``:
+            the base model is not frozen.
 
     Example::
 
@@ -80,22 +87,93 @@ class AdapterTrainer(Trainer):
         >>> model.load_adapter("out/checkpoint-400/task")     # checkpoints hold adapter folders
     """
 
-    def __init__(self, model: Optional[nn.Module] = None, args=None, *pargs, **kwargs):
-        if model is None:
-            raise AdapterConfigError("AdapterTrainer needs a model, got model=None: pass model=... (model_init is not supported).")
+    def __init__(
+        self,
+        model: Optional[nn.Module] = None,
+        args=None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        tokenizer=None,
+        processing_class=None,
+        model_init=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        preprocess_logits_for_metrics=None,
+        adapter_names=None,
+        **kwargs,
+    ):
+        if tokenizer is not None:
+            if processing_class is not None and processing_class is not tokenizer:
+                raise AdapterConfigError(
+                    "AdapterTrainer got both tokenizer= and processing_class=: pass the tokenizer as processing_class "
+                    "(transformers 5's name; tokenizer= is read as processing_class for AdapterHub's scripts)."
+                )
+            processing_class = tokenizer
+        if model is None and model_init is None:
+            raise AdapterConfigError("AdapterTrainer needs a model, got model=None: pass model=... (or model_init=...).")
+        if model is not None:
+            self._check_adapters_model(model, adapter_names)
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, model_init=model_init, compute_metrics=compute_metrics,
+            callbacks=callbacks, optimizers=optimizers, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            **kwargs,
+        )
+        if model is None:  # built by model_init inside Trainer's __init__
+            self._check_adapters_model(self.model, adapter_names)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise AdapterConfigError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
+        self.add_callback(_FrozenBaseModelCheck())
+        self._use_head_label_names()
+
+    @staticmethod
+    def _check_adapters_model(model, adapter_names) -> None:
+        """An adapters model with an active setup (``adapter_names`` activated first, as AdapterHub's
+        deprecated argument did)."""
         if not isinstance(model, ModelAdaptersMixin):
             raise AdapterConfigError(
                 f"AdapterTrainer needs an adapters model, got {type(model).__name__}: call adapters.init(model) "
                 f"(or use AutoAdapterModel), add adapters and call model.train_adapter(...) first."
             )
+        if adapter_names is not None:
+            model.set_active_adapters(adapter_names)
         if model.active_adapters is None:
             raise AdapterConfigError(
                 "The model has no active adapter setup: call model.train_adapter('name') (or train_adapter_fusion) "
                 "before creating the AdapterTrainer. To train the whole model, use transformers.Trainer."
             )
-        super().__init__(model, args, *pargs, **kwargs)
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise AdapterConfigError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
+
+    def _use_head_label_names(self) -> None:
+        """An AdapterModel's forward signature names ``labels`` whatever its heads read, so unless
+        ``TrainingArguments.label_names`` says otherwise the active heads' label names (``labels``;
+        ``start_positions`` / ``end_positions`` for question answering) are the ones evaluation
+        collects for ``compute_metrics``, as AdapterHub's trainer does."""
+        model = self._adapters_model
+        if self.args.label_names is not None or getattr(model, "heads", None) is None or not model._active_heads:
+            return
+        names = []
+        for head in model._active_heads:
+            if head in model.heads:
+                names += [n for n in model.heads[head].get_label_names() if n not in names]
+        self.label_names = names
+
+    @property
+    def train_adapter_fusion(self) -> bool:
+        """Whether this run trains a fusion layer (AdapterHub's trainer attribute): some fusion
+        layer of the active setup has trainable weights, as after
+        :meth:`~adapters.ModelAdaptersMixin.train_adapter_fusion`. Then the fusion value
+        regulariser joins the loss; checkpoints always hold every fusion (and every adapter), and
+        ``load_best_model_at_end`` restores them.
+
+        Example::
+
+            >>> model.train_adapter_fusion(Fuse("a", "b"))
+            >>> AdapterTrainer(model=model, args=args, train_dataset=data).train_adapter_fusion
+            True
+        """
+        return self._trains_fusion(self._adapters_model)
 
     # -- the loss ------------------------------------------------------------------------------------
     @property
@@ -133,6 +211,26 @@ class AdapterTrainer(Trainer):
             loss = loss + regularization
         return (loss, outputs) if return_outputs else loss
 
+    # -- the optimizer -------------------------------------------------------------------------------
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """``Trainer``'s weight-decayed parameter names, less the fusion layers' value matrices:
+        their regulariser pulls them towards the identity, which weight decay (pulling towards
+        zero) would work against. AdapterHub's trainer means to exclude them too, but its pattern
+        is anchored at the start of the parameter name (``re.match``) and never matches a name
+        such as ``bert.encoder.layer.0.output.adapter_fusion_layer.a,b.value.weight``, so
+        AdapterHub decays them.
+
+        Example::
+
+            >>> names = trainer.get_decay_parameter_names(model)
+            >>> any(".adapter_fusion_layer." in n and ".value." in n for n in names)
+            False
+        """
+        return [
+            name for name in super().get_decay_parameter_names(model)
+            if not re.search(r"(^|\.)adapter_fusion_layer\.[^.]+\.value\.", name)
+        ]
+
     # -- saving --------------------------------------------------------------------------------------
     def _other_trainable_parameters(self, model) -> dict[str, nn.Parameter]:
         """Trainable parameters outside every adapter and fusion (heads included), by name."""
@@ -157,10 +255,14 @@ class AdapterTrainer(Trainer):
         logger.info(f"Saving adapter checkpoint to {output_dir}")
         model = self._adapters_model
         # every name checked and every target resolved inside output_dir before anything is written
-        model.save_all_adapters(output_dir)
+        flexible_heads = getattr(model, "heads", None) is not None
+        # a transformers head model's static head goes into each adapter folder only while it trains (a
+        # classifier trained with the adapter); a frozen one (an LM head) is the base model's, not copied
+        static_head_trains = any(p.requires_grad for p in getattr(model, "_static_head_parameters", dict)().values())
+        model.save_all_adapters(output_dir, with_head=flexible_heads or static_head_trains)
         model.save_all_adapter_fusions(output_dir)
-        if hasattr(model, "save_all_heads"):  # flexible heads (none: nothing is written)
-            model.save_all_heads(output_dir)  # for users; resuming reads trainable_weights.safetensors
+        if flexible_heads:  # for users; resuming reads trainable_weights.safetensors
+            model.save_all_heads(output_dir)
         others = self._other_trainable_parameters(model)
         with _CheckpointFiles(output_dir) as files:  # atomic, as the adapter folders
             if others:
@@ -179,6 +281,41 @@ class AdapterTrainer(Trainer):
         best = self.state.best_model_checkpoint
         logger.info(f"Loading the best adapters from {best} (score: {self.state.best_metric}).")
         load_checkpoint_weights(self._adapters_model, best)
+
+
+class _FrozenBaseModelCheck(TrainerCallback):
+    """Refuses to start training while the base model is not frozen (``train_adapter`` /
+    ``train_adapter_fusion`` not called, e.g. a setup only activated): the whole model would
+    train, and the adapter-only checkpoints would not hold it."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)
+        if model is not None and not model.base_model.__dict__.get("model_frozen", False):
+            raise AdapterConfigError(
+                "The base model's weights are not frozen: call model.train_adapter(...) (or train_adapter_fusion) "
+                "before training with AdapterTrainer; to train the whole model use transformers.Trainer."
+            )
+        return control
+
+
+class Seq2SeqAdapterTrainer(AdapterTrainer, Seq2SeqTrainer):
+    """:class:`AdapterTrainer` for sequence-to-sequence and generation tasks: transformers'
+    ``Seq2SeqTrainer`` (evaluation and prediction with ``model.generate`` when
+    ``Seq2SeqTrainingArguments(predict_with_generate=True)``, generation settings from the
+    arguments) with :class:`AdapterTrainer`'s adapter-only checkpoints, resumption, best-checkpoint
+    restore and fusion regulariser. Generation runs through the active adapter setup.
+
+    Example::
+
+        >>> from transformers import Seq2SeqTrainingArguments
+        >>> model.add_adapter("summarise", config="lora")
+        >>> model.train_adapter("summarise")
+        >>> args = Seq2SeqTrainingArguments("out", predict_with_generate=True, generation_max_length=32)
+        >>> trainer = Seq2SeqAdapterTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+        ...                                 compute_metrics=rouge)
+        >>> trainer.train()
+        >>> trainer.evaluate()["eval_rouge1"]            # computed on generated sequences
+    """
 
 
 def _checkpoint_entries(folder: str) -> tuple[dict, dict]:
