@@ -46,6 +46,7 @@ _BATCH_INPUTS = (
     "decoder_inputs_embeds",
     "pixel_values",
     "input_features",
+    "lang_ids",  # X-MOD's language of each row
 )
 # inputs with a batch of their own: a dual encoder (CLIP) reads N texts and M images in one call
 _SEPARATE_BATCH_INPUTS = ("pixel_values",)

@@ -43,8 +43,12 @@ def _stack(**fields) -> StackSpec:
     return StackSpec(**{**values, **fields})
 
 
+# specs added after specs had ``stacks`` (issue 23): they were never written in the older keywords
+ADDED_WITH_STACKS = {"beit", "bert-generation", "deberta", "encoder-decoder", "phi", "plbart", "xmod"}
+
+
 def test_every_built_in_spec_has_its_legacy_description():
-    assert set(LEGACY_KEYWORDS) == set(BUILT_IN) == set(OLD_STACK_ROLES)
+    assert set(LEGACY_KEYWORDS) == set(BUILT_IN) - ADDED_WITH_STACKS == set(OLD_STACK_ROLES)
 
 
 @pytest.mark.parametrize("name", sorted(LEGACY_KEYWORDS))

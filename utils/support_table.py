@@ -80,8 +80,8 @@ KINDS = (
 #: the footnote text for each exclusion list
 REASONS = {
     "NO_PREFIX": "attention does not call transformers' attention interface, through which prefixes enter",
-    "NO_PROMPT": "the model cannot take a soft prompt (Whisper reads audio features; CLIP's text tower, alone or in CLIPModel, pools at the end-of-text position in input_ids)",
-    "NO_ADAPTION_PROMPT": "defined for decoder-only models; refused on encoder-decoders and CLIPModel (prefix tuning covers them)",
+    "NO_PROMPT": "the model cannot take a soft prompt (Whisper reads audio features; CLIP's text tower, alone or in CLIPModel, pools at the end-of-text position in input_ids; BEiT's relative position bias covers the image's patch grid only; EncoderDecoderModel's decoder reads its own tokens, so a prompt would only lengthen the encoder output, as AdapterHub also refuses)",
+    "NO_ADAPTION_PROMPT": "defined for decoder-only models; refused on encoder-decoders and CLIPModel (prefix tuning covers them), and on GPT-J and DeBERTa, whose attention scores keys in its own code (prefix tuning enters there through a class swap)",
     "NO_ADAPTER_MODEL": "no AdapterModel class; adapters work on transformers' own head models",
     "NO_SDPA": "transformers' class cannot run sdpa (eager is used)",
 }

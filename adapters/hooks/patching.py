@@ -38,6 +38,7 @@ import inspect
 from types import MethodType
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from ..context import ForwardContext
@@ -163,7 +164,9 @@ class ResidualHandOff(NamedTuple):
 
 class ResidualSourceMixin:
     """Hands one of this module's inputs (the residual stream ``x``) to a hook later in the layer,
-    with the host's setup for this pass (None: nothing is handed over, the hook does nothing)."""
+    with the host's setup for this pass (None: nothing is handed over, the hook does nothing). A
+    slot without an input index stands for a position without a residual stream: ``x = 0``, shaped
+    as the module's first input."""
 
     def forward(self, *args, **kwargs):
         context = ForwardContext.get_context()
@@ -171,7 +174,10 @@ class ResidualSourceMixin:
             for host, index, keyword in self.__dict__["_adapter_residual_slots"]:
                 setup = host.active_setup(context)
                 if setup is not None:
-                    residual = args[index] if len(args) > index else kwargs.get(keyword)
+                    if index is None:
+                        residual = torch.zeros_like(args[0] if args else next(iter(kwargs.values())))
+                    else:
+                        residual = args[index] if len(args) > index else kwargs.get(keyword)
                     context.hook_values[id(host)] = ResidualHandOff(setup, residual)
         return super().forward(*args, **kwargs)
 
@@ -245,15 +251,40 @@ class PostNormHookMixin:
         return host.bottleneck_layer_forward(hand_off.setup, hidden_states - residual, residual, super().forward)
 
 
+def _hand_stream_on(sublayer, added) -> None:
+    """A later position reads the stream after this sub-block (``ResidualHook.residual_from``):
+    its residual ``x``, waiting in the context, becomes ``x`` plus what this sub-block adds (its
+    output, adapted where adapters ran; repeated along the batch where a Parallel block widened it)."""
+    successors = sublayer.__dict__.get("_adapter_stream_successors")
+    context = ForwardContext.get_context() if successors else None
+    if context is None:
+        return
+    for successor in successors:
+        hand_off = context.hook_values.get(id(successor))
+        if hand_off is not None:
+            residual = hand_off.residual
+            if residual.shape[0] != added.shape[0]:
+                residual = residual.repeat(added.shape[0] // residual.shape[0], *([1] * (residual.dim() - 1)))
+            context.hook_values[id(successor)] = hand_off._replace(residual=residual + added)
+
+
 class SublayerHookMixin:
-    """A pre-LN sub-block whose output ``h`` the layer adds to ``x``: run the adapters on ``h``."""
+    """A pre-LN sub-block whose output ``h`` the layer adds to ``x``: run the adapters on ``h``.
+
+    One module may end several sub-blocks of a layer (BEiT's ``drop_path``, called once after
+    attention and once after the FFN): it then serves several hosts, and each call runs the host
+    whose residual source ran last (the one hand-off waiting)."""
 
     def forward(self, *args, **kwargs):
         output = super().forward(*args, **kwargs)
-        host = self.__dict__["_adapter_host"]
-        _, hand_off = _take_hand_off(host)
-        if hand_off is None:
+        for host in self.__dict__["_adapter_sublayer_hosts"]:
+            _, hand_off = _take_hand_off(host)
+            if hand_off is not None:
+                break
+        else:
+            _hand_stream_on(self, output[0] if isinstance(output, tuple) else output)
             return output
         hidden = output[0] if isinstance(output, tuple) else output
         hidden = host.bottleneck_layer_forward(hand_off.setup, hidden, hand_off.residual, None, residual_added_by_model=True)
+        _hand_stream_on(self, hidden)
         return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden

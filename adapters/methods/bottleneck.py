@@ -48,7 +48,7 @@ from ..hooks.patching import (
 from ..hooks.spec import ArchitectureSpec, ResidualHook, layer_stacks, stack_config, stack_configs
 from .base import init_bert_weights
 from .fusion import AdapterFusion
-from .invertible import add_invertible_adapter, move_embedding_host, uninstall_invertible
+from .invertible import InvertibleAdapterMethods, add_invertible_adapter, move_embedding_host, uninstall_invertible
 from .phm import PHMLayer, init_shared_parameters
 from .registry import MethodFamily, register
 from .. import logging
@@ -553,7 +553,8 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
     source = layer.get_submodule(hook.residual_source)
     swap_class(source, ResidualSourceMixin)
     slots = source.__dict__.setdefault("_adapter_residual_slots", [])
-    slots.append((host, hook.residual_arg, hook.residual_kwarg))
+    # no residual stream at this position (hook.no_residual): the source hands over x = 0
+    slots.append((host, None, None) if hook.no_residual else (host, hook.residual_arg, hook.residual_kwarg))
 
     if hook.sublayer_output is not None:  # post-LN with h named: the adapters run on h itself
         norm = layer.get_submodule(hook.norm)
@@ -564,6 +565,8 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
     else:
         target = layer.get_submodule(hook.norm or hook.sublayer)
         swap_class(target, PostNormHookMixin if hook.norm else SublayerHookMixin)
+        if hook.sublayer:  # a module ending several sub-blocks (BEiT's drop_path) serves each of their hosts
+            target.__dict__.setdefault("_adapter_sublayer_hosts", []).append(host)
     target.__dict__["_adapter_host"] = host
     return host
 
@@ -578,6 +581,10 @@ def install_bottleneck_hosts(base_model: nn.Module, spec: ArchitectureSpec, shar
         for offset, layer in enumerate(layers):
             for hook in stack.residual_hooks:
                 hosts.append(install_residual_hook(layer, hook, first + offset, config, shared_parameters))
+                if hook.residual_from is not None:  # the earlier sub-block hands its adapted stream on
+                    earlier = next(h for h in stack.residual_hooks if h.location == hook.residual_from)
+                    sublayer = layer.get_submodule(earlier.sublayer)
+                    sublayer.__dict__.setdefault("_adapter_stream_successors", []).append(hosts[-1])
     return hosts
 
 
@@ -687,4 +694,5 @@ register(MethodFamily(
     check=check_bottleneck_config, check_fusion=check_bottleneck_fusion, on_init=install_bottleneck_hosts, remove_unused=uninstall_invertible,
     on_train=freeze_fixed_phm_rules,
     embeddings_replaced=move_embedding_host, fusable=True, interface_method="bottleneck",
+    model_mixin=InvertibleAdapterMethods,
 ))

@@ -515,8 +515,9 @@ def _prompt_spans(context: ForwardContext, role: str, hidden: torch.Tensor) -> O
         return cached[role]
     inputs = context.__dict__.get("reft_inputs") or {}
     rows, length = hidden.shape[:2]
-    past = inputs.get("past", 0) if role in _CACHED_ROLES else 0
-    mask = inputs.get(_MASK_OF_ROLE.get(role, ""))
+    kind = role.partition(".")[0]  # a later stack over the same positions ("layers.group1": ALBERT's layer groups)
+    past = inputs.get("past", 0) if kind in _CACHED_ROLES else 0
+    mask = inputs.get(_MASK_OF_ROLE.get(kind, ""))
     if not (isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (rows, past + length)):
         mask = None  # no mask for this stack's positions: every position is a real token
     generation = _generation.get()

@@ -17,8 +17,12 @@ semantics): one adapter per position, the same at every depth. Layer indices the
 ``leave_out=[0]`` removes an adapter from the whole stack, and larger indices are errors
 (``leave_out`` names layers the model does not have). The same holds for prefix tuning (one prefix
 per distinct layer, seen at every application), LoRA's ``layers_to_transform`` and Llama-Adapter.
-Checkpoints with several layer groups (``num_hidden_groups > 1``, not used by the released
-models) would make the layers a list of lists and are refused at :func:`adapters.init`.
+
+**Several layer groups** (``num_hidden_groups = G > 1``: group ``g`` runs for the ``g``-th ``1/G``
+of the depth) are numbered as AdapterHub numbers them, group after group: the layers of group
+``g`` are ``g·I … g·I + I − 1`` (``I = inner_group_num``). The spec of such a model has one
+layer stack per group (:attr:`~adapters.hooks.spec.ArchitectureSpec.for_model`), each with the
+positions above; every group's adapters are shared by that group's applications only.
 
 LoRA places ``selfattn`` on ``attention.query`` / ``key`` / ``value`` (``"o"``: ``attention.dense``),
 ``intermediate_lora`` on ``ffn`` and ``output_lora`` on ``ffn_output`` (AdapterHub's placement).
@@ -28,9 +32,37 @@ space the masked-LM head's ``predictions.decoder`` reads too (as for ELECTRA).
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..hooks.spec import ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 
-__all__ = ["ALBERT"]
+__all__ = ["ALBERT", "albert_spec_for_groups"]
+
+
+def albert_spec_for_groups(model) -> ArchitectureSpec:
+    """The spec of an ALBERT model: :data:`ALBERT` for one layer group, else one stack per group
+    (roles ``layers``, ``layers.group1``, ...: stacks over the same positions), numbered group after
+    group as AdapterHub numbers them.
+
+    Example::
+
+        >>> [s.layers for s in albert_spec_for_groups(model_with_two_groups).stacks]
+        ['encoder.albert_layer_groups.0.albert_layers', 'encoder.albert_layer_groups.1.albert_layers']
+    """
+    groups = model.config.num_hidden_groups
+    if groups == 1:
+        return dataclasses.replace(ALBERT, for_model=None)
+    layer = ALBERT.stacks[0]
+    stacks = tuple(
+        # every group reads the same positions: roles "layers", then "layers.group1", ... (one per stack)
+        dataclasses.replace(
+            layer, layers=f"encoder.albert_layer_groups.{group}.albert_layers",
+            role="layers" if group == 0 else f"layers.group{group}",
+        )
+        for group in range(groups)
+    )
+    return dataclasses.replace(ALBERT, stacks=stacks, for_model=None)
+
 
 ALBERT = register_architecture(
     ArchitectureSpec(
@@ -72,13 +104,6 @@ ALBERT = register_architecture(
         ),
         embeddings="embeddings",
         pre_ln=False,
-        config_requirements=(
-            (
-                "num_hidden_groups",
-                1,
-                "adapters place modules in the layers of one shared layer group; a model with several groups "
-                "(num_hidden_groups > 1) is not supported",
-            ),
-        ),
+        for_model=albert_spec_for_groups,
     )
 )
