@@ -78,12 +78,15 @@ def test_adapters_reach_encoder_decoder_and_cross_attention(arch):
     inputs = make_inputs(arch)
     base = run(model, inputs)
     encoder, decoder = list(range(LAYERS)), list(range(LAYERS, 2 * LAYERS))
+    cross_output = {"t5": "EncDecAttention.o", "mt5": "EncDecAttention.o", "encoder-decoder": "crossattention.output.dense"}
     configs = {
         "encoder_bn": SeqBnConfig(leave_out=decoder),
         "decoder_bn": SeqBnConfig(leave_out=encoder),
-        "cross_bn": BnConfig(mh_adapter=False, output_adapter=False, cross_adapter=True),
+        # EncoderDecoderModel's BERT decoder: AdapterHub's mh_adapter position after cross-attention
+        "cross_bn": BnConfig(mh_adapter=False, output_adapter=False, cross_adapter=True)
+        if arch != "encoder-decoder" else BnConfig(mh_adapter=True, output_adapter=False, leave_out=encoder),
         "encoder_lora": LoRAConfig(leave_out=decoder),
-        "cross_lora": LoRAConfig(target_modules=[CROSS.get(arch, "encoder_attn") + ".o" if arch in CROSS else "encoder_attn.out_proj"]),
+        "cross_lora": LoRAConfig(target_modules=[cross_output.get(arch, "encoder_attn.out_proj")]),
         "encoder_prefix": PrefixTuningConfig(prefix_length=3, flat=True, leave_out=decoder),
         "cross_prefix": PrefixTuningConfig(prefix_length=3, flat=True, encoder_prefix=False, leave_out=encoder),
     }
@@ -97,7 +100,8 @@ def test_adapters_reach_encoder_decoder_and_cross_attention(arch):
 
 
 def _attention_reference(module, hidden, kv_states, prefix, key_valid, position_bias=None):
-    """``o(softmax(q [P_k; K]ᵀ·s + [0 | bias] + mask) [P_v; V])`` from the module's weights."""
+    """``o(softmax(q [P_k; K]ᵀ·s + bias + mask) [P_v; V])`` from the module's weights; ``position_bias``
+    covers the real keys (zeros for the prefix keys) or, as wide as all keys, the joined keys."""
     names = ("q", "k", "v", "o") if hasattr(module, "o") else ("q_proj", "k_proj", "v_proj", "out_proj")
     q, k, v, o = (getattr(module, n) for n in names)
     heads = getattr(module, "num_heads", None) or module.n_heads
@@ -109,8 +113,10 @@ def _attention_reference(module, hidden, kv_states, prefix, key_valid, position_
     keys = torch.cat([prefix[0].expand(batch, -1, -1, -1), split(k(kv_states))], dim=2)
     values = torch.cat([prefix[1].expand(batch, -1, -1, -1), split(v(kv_states))], dim=2)
     scores = split(q(hidden)) @ keys.transpose(-1, -2) * module.scaling
+    if position_bias is not None and position_bias.shape[-1] < keys.shape[2]:
+        position_bias = torch.cat([torch.zeros(*position_bias.shape[:-1], prefix.shape[2]), position_bias], dim=-1)
     if position_bias is not None:
-        scores = scores + torch.cat([torch.zeros(*position_bias.shape[:-1], prefix.shape[2]), position_bias], dim=-1)
+        scores = scores + position_bias
     valid = torch.cat([torch.ones(batch, prefix.shape[2], dtype=torch.bool), key_valid], dim=1)
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     out = scores.softmax(-1) @ values
@@ -138,7 +144,8 @@ def test_cross_prefix_is_prepended_to_the_encoder_keys_and_values(arch):
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_t5_relative_position_bias_gets_zeros_for_prefix_keys(implementation):
+def test_t5_relative_position_bias_numbers_prefix_keys_first(implementation):
+    """The prefix keys take key positions 0 … P−1 and the real keys P … (AdapterHub's numbering)."""
     model = patched("t5")
     model.set_attn_implementation(implementation)
     model.add_adapter("p", config=PREFIX, set_active=True)
@@ -154,8 +161,10 @@ def test_t5_relative_position_bias_gets_zeros_for_prefix_keys(implementation):
     bias = kwargs["position_bias"]
     assert bias.shape[-1] == inputs["input_ids"].shape[1]  # the model keeps its own, unpadded bias
     prefix = model.base_model.prefix_tuning.prefix_tunings["p"]["encoder_prefix"]()[1]
+    owner = model.encoder.block[0].layer[0].SelfAttention
     with torch.no_grad():
-        expected = _attention_reference(module, args[0], args[0], prefix, inputs["attention_mask"].bool(), bias)
+        joined = owner.compute_bias(bias.shape[-2], prefix.shape[2] + bias.shape[-1])
+        expected = _attention_reference(module, args[0], args[0], prefix, inputs["attention_mask"].bool(), joined)
     torch.testing.assert_close(output[0], expected, atol=1e-5, rtol=1e-5)
 
 

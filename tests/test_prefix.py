@@ -90,7 +90,8 @@ def test_prefix_runs_on_every_architecture_and_head(arch, head):
 
 
 def _position_ids(mask):
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+    """Each row's real tokens numbered from 0; padding keeps the model's own positions."""
+    return torch.where(mask.bool(), mask.cumsum(-1) - 1, torch.arange(mask.shape[1]).expand_as(mask))
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama", "mistral", "qwen2", "gpt2"])

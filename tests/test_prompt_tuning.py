@@ -34,7 +34,7 @@ def _with_prompt(arch, head="base", config=CONFIG):
     return model
 
 
-ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert"}  # embedding module with positions and a norm
+ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "xmod", "bert-generation", "deberta-v2"}  # embedding module with positions and a norm
 
 
 def _definition(arch, head, prompt, inputs, at=0):
@@ -57,6 +57,9 @@ def _definition(arch, head, prompt, inputs, at=0):
     with torch.no_grad():
         if arch in ENCODERS:
             hook = model.base_model.embeddings.register_forward_hook(lambda module, args, output: join(output))
+            if arch == "deberta-v2":  # its embeddings multiply their output by the mask they get: the text's own
+                model.base_model.embeddings.register_forward_pre_hook(
+                    lambda module, args, kwargs: (args, {**kwargs, "mask": inputs["attention_mask"]}), with_kwargs=True)
             out = model(input_ids=inputs["input_ids"], attention_mask=mask)
             hook.remove()
         else:  # encoder-decoders: the prompt joins the encoder input, the decoder reads its own tokens

@@ -20,10 +20,13 @@ backend ``X`` (``sdpa``, ``eager``, ``flash_attention_2``, ...) this module regi
   column per extra key — "attend" for valid ones, "masked" for padding between prefixes of
   different lengths — whatever its form: a 4D boolean mask (``sdpa``), a 4D additive float mask
   (``eager``), or a 2D padding mask (flash attention). A ``position_bias`` argument (T5's
-  relative position bias, added to the scores by the backend) gets zero bias for the extra keys,
-  or, for keys that sit at positions ``0 … n−1`` before the real tokens (an extension marked
-  ``positioned``: prefix tuning's ``shift_positions``, i.e. a prefix fed as past keys/values), the
-  model's own bias of those positions.
+  relative position bias, added to the scores by the backend) is recomputed over the joined keys
+  with the model's own ``compute_bias``: the extra keys take key positions ``0 … n−1`` and the
+  real keys ``n …``. The queries keep their positions (AdapterHub's numbering, so its T5
+  prefixes reproduce), or, for an extension marked ``positioned`` (prefix tuning's
+  ``shift_positions``: a prefix fed as past keys/values, PEFT's convention), move by ``n`` as
+  well, which leaves the bias between real tokens as it was. Attention modules of a stack
+  without a bias table (T5's cross-attention) give the extra keys zero bias.
 
 Grouped-query attention needs nothing special: contributors produce ``num_key_value_heads``
 heads, like the model's own keys. Backend ``eager`` means the calling model's own
@@ -51,6 +54,8 @@ from .joined_cache import join_with_cache
 __all__ = [
     "PREFIX",
     "AttentionSite",
+    "attend_with_contributions",
+    "contributed_keys_values",
     "AttentionContributor",
     "KeyValueExtension",
     "tag_attention",
@@ -189,21 +194,41 @@ def _extend_mask(mask, valid, n_extra: int, module, query, key_length: int):
     return torch.cat([extra, mask.expand(rows, -1, -1, -1)], dim=-1)
 
 
-def _padded_position_bias(bias: torch.Tensor, n_extra: int, module, key_length: int, positioned: bool) -> torch.Tensor:
-    """``bias`` with ``n_extra`` columns in front: T5's relative position bias covers the real keys
-    only. Unpositioned extra keys have no position relative to the queries (zero bias); positioned
-    ones sit at ``0 … n_extra−1`` with the queries at ``n_extra + past + i``, and get the bias the
-    model's own ``compute_bias`` gives those distances (the module of the stack that owns the bias
-    table, recorded by :func:`set_position_bias_module`)."""
-    owner = module.__dict__.get("_adapters_position_bias_module") if positioned else None
+def _padded_position_bias(
+    bias: torch.Tensor, n_extra: int, module, key_length: int, positioned: bool, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """The position bias over ``n_extra`` extra keys followed by ``key_length`` real ones (T5's
+    ``bias`` covers the real keys only), from the model's own ``compute_bias`` of the module that
+    owns the stack's bias table (recorded by :func:`set_position_bias_module`).
+
+    Each row numbers its valid extra keys ``0, 1, …`` in order and its real keys after them, as if
+    it ran alone (``valid``: masked filler between prefixes of different lengths takes no
+    position). The queries keep their positions ``past + i`` (AdapterHub's numbering: the real keys
+    move away from the queries by the number of extra keys), or, ``positioned`` (keys fed as past
+    keys/values), follow the row's extra keys too (the bias among real tokens is the model's own).
+    Without a bias table (cross-attention) the extra keys get zero bias."""
+    owner = module.__dict__.get("_adapters_position_bias_module")
     if owner is None:
-        extra = bias.new_zeros(*bias.shape[:-1], n_extra)
-    else:
-        queries = bias.shape[-2]
-        past = key_length - queries  # real tokens before the queries (the KV cache)
-        extra = owner.compute_bias(queries, n_extra, device=bias.device, past_seen_tokens=n_extra + past).to(bias.dtype)
-        extra = extra.expand(*bias.shape[:-1], n_extra)
-    return torch.cat([extra, bias], dim=-1)
+        return torch.cat([bias.new_zeros(*bias.shape[:-1], n_extra), bias], dim=-1)
+    queries, total = bias.shape[-2], n_extra + key_length
+    past = key_length - queries  # real tokens before the queries (the KV cache)
+
+    def numbered(offset: int) -> torch.Tensor:  # key column c at position c - offset
+        return owner.compute_bias(queries, total, device=bias.device, past_seen_tokens=offset + past).to(bias.dtype)
+
+    if valid is None:
+        return numbered(n_extra if positioned else 0).expand(*bias.shape[:-1], total)
+    columns = torch.cat([valid, valid.new_ones(valid.shape[0], key_length)], dim=1)
+    position = columns.long().cumsum(dim=1) - 1  # each valid column's own position (masked ones: any)
+    offset = torch.arange(total, device=valid.device) - position  # per row and column
+    if positioned:
+        offset = offset + valid.sum(dim=1, keepdim=True)
+    joined = None
+    for value in offset.unique().tolist():  # a few runs of columns, each at one offset
+        part = numbered(value)
+        chosen = (offset == value)[:, None, None, :]
+        joined = torch.where(chosen, part, joined) if joined is not None else part.expand(offset.shape[0], -1, queries, -1)
+    return joined
 
 
 def _once_per_pass(context, kind: str, sources: tuple, params: tuple, build):
@@ -252,43 +277,83 @@ def _joined(extensions: list, key, value):
     return extra_keys, extra_values, valid, False
 
 
+def attend_with_contributions(module, query, key, value, attention_mask, inner, **kwargs):
+    """``inner(module, query, key, value, attention_mask, **kwargs)`` with the contributions of
+    the methods attached to ``module`` (see the module docstring): their keys and values joined
+    in front of the real ones (after the KV-cache update), the mask and any ``position_bias``
+    extended to match, the attention weights of the extra keys cut off again, and the output
+    adjusted. The registered backends run every model's attention through it; an attention
+    class that computes its scores in an inner method of its own instead of calling the
+    interface (transformers 5.23's GPT-J ``_attn``) runs that method through it.
+
+    Example::
+
+        >>> output, weights = attend_with_contributions(module, q, k, v, mask, sdpa_attention_forward)
+    """
+    contributors = module.__dict__.get("_adapters_attention_contributors")
+    context = ForwardContext.get_context() if contributors else None
+    if context is None or not (context.attention_extended or context.attention_adjusted):
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    site = module.__dict__["_adapters_attention_site"]
+    extensions = []
+    for contributor in contributors:
+        extension = contributor.extend_keys_values(module, site, query, key, value, context)
+        if extension is not None:
+            extensions.append(extension)
+    n_extra = 0
+    if extensions:
+        key_length = key.shape[2]
+        extra_keys, extra_values, valid, kept = _joined(extensions, key, value)
+        n_extra = extra_keys.shape[2]
+        key, value = join_with_cache(context.kv_cache_layers, module, extra_keys, extra_values, key, value, kept)
+        mask, causal = attention_mask, bool(getattr(module, "is_causal", False))
+        if mask is not None or valid is not None or (causal and query.shape[2] > 1):
+            attention_mask = _once_per_pass(
+                context, "mask", (mask, valid), (n_extra, causal, tuple(query.shape[:3]), key_length),
+                lambda: _extend_mask(mask, valid, n_extra, module, query, key_length),
+            )  # else: no mask (a decoding step without padding) sees the extra keys as well
+        position_bias = kwargs.get("position_bias")
+        if position_bias is not None:
+            positioned = all(e.positioned for e in extensions)
+            kwargs["position_bias"] = _once_per_pass(
+                context, "bias", (position_bias, valid), (n_extra, positioned, key_length),
+                lambda: _padded_position_bias(position_bias, n_extra, module, key_length, positioned, valid),
+            )
+    output, weights = inner(module, query, key, value, attention_mask, **kwargs)
+    if weights is not None and n_extra:
+        weights = weights[..., n_extra:]  # the caller sees attention over its own tokens
+    for contributor in module.__dict__["_adapters_attention_adjusters"]:
+        output = contributor.adjust_output(module, site, query, output, context)
+    return output, weights
+
+
+def contributed_keys_values(module, query, key, value) -> Optional[KeyValueExtension]:
+    """The keys and values (and ``valid`` mask) the methods attached to the tagged attention
+    ``module`` join in front of its own for this forward pass, as one :class:`KeyValueExtension`
+    (``(batch, kv_heads, n, head_dim)``), or None when they add none. ``query``/``key``/``value``
+    are what the contributors see (``(batch, heads, length, head_dim)``; only their batch size and
+    dtype matter to prefix tuning). For attention code that joins the keys itself (DeBERTa's
+    disentangled attention), where :func:`attend_with_contributions` cannot wrap one call.
+
+    Example::
+
+        >>> extension = contributed_keys_values(attention, probe, probe, probe)
+    """
+    contributors = module.__dict__.get("_adapters_attention_contributors")
+    context = ForwardContext.get_context() if contributors else None
+    if context is None or not context.attention_extended:
+        return None
+    site = module.__dict__["_adapters_attention_site"]
+    extensions = [e for c in contributors for e in [c.extend_keys_values(module, site, query, key, value, context)] if e is not None]
+    if not extensions:
+        return None
+    extra_keys, extra_values, valid, kept = _joined(extensions, key, value)
+    return KeyValueExtension(extra_keys, extra_values, valid, all(e.positioned for e in extensions), kept)
+
+
 def _make_attention(backend: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
-        contributors = module.__dict__.get("_adapters_attention_contributors")
-        context = ForwardContext.get_context() if contributors else None
-        if context is None or not (context.attention_extended or context.attention_adjusted):
-            return _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
-        site = module.__dict__["_adapters_attention_site"]
-        extensions = []
-        for contributor in contributors:
-            extension = contributor.extend_keys_values(module, site, query, key, value, context)
-            if extension is not None:
-                extensions.append(extension)
-        n_extra = 0
-        if extensions:
-            key_length = key.shape[2]
-            extra_keys, extra_values, valid, kept = _joined(extensions, key, value)
-            n_extra = extra_keys.shape[2]
-            key, value = join_with_cache(context.kv_cache_layers, module, extra_keys, extra_values, key, value, kept)
-            mask, causal = attention_mask, bool(getattr(module, "is_causal", False))
-            if mask is not None or valid is not None or (causal and query.shape[2] > 1):
-                attention_mask = _once_per_pass(
-                    context, "mask", (mask, valid), (n_extra, causal, tuple(query.shape[:3]), key_length),
-                    lambda: _extend_mask(mask, valid, n_extra, module, query, key_length),
-                )  # else: no mask (a decoding step without padding) sees the extra keys as well
-            position_bias = kwargs.get("position_bias")
-            if position_bias is not None:
-                positioned = all(e.positioned for e in extensions)
-                kwargs["position_bias"] = _once_per_pass(
-                    context, "bias", (position_bias,), (n_extra, positioned, key_length),
-                    lambda: _padded_position_bias(position_bias, n_extra, module, key_length, positioned),
-                )
-        output, weights = _inner_attention(backend, module)(module, query, key, value, attention_mask, **kwargs)
-        if weights is not None and n_extra:
-            weights = weights[..., n_extra:]  # the caller sees attention over its own tokens
-        for contributor in module.__dict__["_adapters_attention_adjusters"]:
-            output = contributor.adjust_output(module, site, query, output, context)
-        return output, weights
+        return attend_with_contributions(module, query, key, value, attention_mask, _inner_attention(backend, module), **kwargs)
 
     attention.__name__ = f"{PREFIX}{backend.replace('|', '_')}_attention"
     attention.__doc__ = f"Backend {backend!r} with the contributions of adapter methods (see adapters.hooks.attention)."

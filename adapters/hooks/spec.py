@@ -78,6 +78,16 @@ class ResidualHook:
             ``output.dropout``). Given, the adapters run there on the exact ``h``; the norm only
             returns their result where the model's ``norm(· + x)`` cannot produce it
             (original_ln_after=False). None: the norm recovers ``h`` as ``(h + x) − x``.
+        no_residual: pre-LN only: the adapters see no residual stream at this position (``x = 0``:
+            they read ``h`` alone, and return what the layer adds instead of ``h``), as
+            AdapterHub's plug-in interface runs them where it hooks no module before the sub-block
+            (Phi's FFN, beside attention in one parallel block). ``residual_source`` then only opens
+            the position's pass (any module the layer calls before the hook).
+        residual_from: pre-LN only: the ``location`` of an earlier position in the layer whose
+            result (``x`` plus its sub-block's output, adapted) is this position's residual stream
+            instead of ``x``. In a parallel block (``y = x + attn(·) + mlp(·)``) AdapterHub's GPT-J
+            runs the FFN adapters on the stream after the attention adapters; the layer's own sum
+            is unchanged when no adapter is active.
 
     Example::
 
@@ -94,12 +104,24 @@ class ResidualHook:
     norm: Optional[str] = None
     sublayer: Optional[str] = None
     sublayer_output: Optional[str] = None
+    no_residual: bool = False
+    residual_from: Optional[str] = None
 
     def __post_init__(self):
         if (self.norm is None) == (self.sublayer is None):
             raise AdapterConfigError(
                 f"ResidualHook {self.location}: give exactly one of norm (post-LN) or sublayer (pre-LN), got "
                 f"norm={self.norm!r} and sublayer={self.sublayer!r}."
+            )
+        if self.residual_from is not None and (self.sublayer is None or self.no_residual):
+            raise AdapterConfigError(
+                f"ResidualHook {self.location}: residual_from={self.residual_from!r} needs a pre-LN sublayer with a "
+                f"residual stream, got sublayer={self.sublayer!r} and no_residual={self.no_residual!r}."
+            )
+        if self.no_residual and self.sublayer is None:
+            raise AdapterConfigError(
+                f"ResidualHook {self.location}: no_residual=True needs a pre-LN sublayer (the adapters then read h "
+                f"alone), got norm={self.norm!r}."
             )
         if self.sublayer_output is not None and self.norm is None:
             raise AdapterConfigError(
@@ -130,7 +152,8 @@ class StackSpec:
         cross_attention: a decoder's cross-attention module (queries from the decoder, keys and
             values from the encoder output); None for a stack without cross-attention.
         cross_query, cross_key, cross_value, cross_attn_output: its projections.
-        role: what the stack is: ``"layers"`` (the one stack of a single-stack family),
+        role: what the stack is: ``"layers"`` (the one stack of a single-stack family; a later
+            stack over the same positions is ``"layers.<name>"``, as ALBERT's layer groups),
             ``"encoder"`` / ``"decoder"``, or a tower's name (``"text"``, ``"vision"``). None: set
             by :class:`ArchitectureSpec` from the stack's place — ``"decoder"`` after the first
             stack, and for the first ``"encoder"`` beside a decoder, else ``"layers"``.
@@ -308,6 +331,10 @@ class ArchitectureSpec:
         pre_ln: whether layers normalise before their sub-blocks.
         embedding_output: the module whose output is the embedding output the first layer reads
             (default: ``embeddings``); invertible adapters act on it.
+        embedding_mask: the keyword under which the ``embeddings`` module receives the attention
+            mask itself (DeBERTa's ``mask``, by which it multiplies its output). Prompt tuning,
+            which joins the prompt to that module's output and extends the model's mask by the
+            prompt's positions, hands the module the mask of its own input positions.
         fused_qkv_heads: for a fused q/k/v projection whose parts differ in size (grouped-query
             attention, Phi-3's ``qkv_proj``): the config attributes holding the head counts of
             the q, k and v parts (a missing or None attribute falls back to the first one); the
@@ -323,6 +350,12 @@ class ArchitectureSpec:
             renames (which move keys whose modules transformers 5 renamed): for adapter modules
             that sat where transformers has no base weight to rename (AdapterHub's ViT kept its
             FFN adapters in ``ViTOutput``, a block transformers 5 dissolved).
+        adapterhub_key_renames: ``(pattern, replacement)`` regex pairs that :func:`adapters.save_adapter`
+            applies to adapter keys after transformers' checkpoint-conversion renames are undone
+            (which gives transformers 4's module paths), so that the file holds AdapterHub's key
+            names: the inverse of ``legacy_key_renames`` (ViT's ``layers.N.output_adapters`` comes
+            back as ``encoder.layer.N.output_adapters`` and is written as AdapterHub's
+            ``encoder.layer.N.output.output_adapters``).
         refused_methods: ``(method, reason)`` pairs: adapter methods (config ``architecture`` ids
             such as ``"prompt_tuning"``) this family cannot take, with the reason
             :meth:`add_adapter` gives in its error.
@@ -341,6 +374,17 @@ class ArchitectureSpec:
         parallel_output: ``(model, output, channels) -> output``: called after a forward pass under
             ``Parallel`` with ``channels`` branches, for outputs that combine rows of different
             inputs (CLIP's image-text similarities): restores one block per branch.
+        for_model: ``(model) -> ArchitectureSpec``, for families whose layout depends on the model
+            (ALBERT's number of layer groups, the encoder and decoder of transformers'
+            ``EncoderDecoderModel``): :func:`spec_for_model` returns the spec it builds for the
+            model (a spec without ``for_model``) instead of the registered one, after checking
+            ``config_requirements``.
+        attention_mixin: for attention modules that compute their scores in code of their own
+            instead of calling transformers' attention interface: a mixin class that methods
+            entering attention (prefix tuning) swap onto each self-attention module; it overrides
+            one inner method of the module so that the keys and values contributed through
+            :func:`adapters.hooks.attention.attend_with_contributions` join the module's own
+            (GPT-J's ``_attn`` on transformers 5.23, DeBERTa's disentangled attention).
 
     **Older keywords.** Specs written before ``stacks`` gave the first stack's fields as keywords
     (``layers``, ``residual_hooks``, ``attention``, ``query``, ``key``, ``value``,
@@ -365,9 +409,11 @@ class ArchitectureSpec:
     embeddings: Optional[str]
     pre_ln: bool
     embedding_output: Optional[str] = None
+    embedding_mask: Optional[str] = None
     fused_qkv_heads: tuple[str, ...] = ()
     fused_qkv_layout: str = "concatenated"
     legacy_key_renames: tuple[tuple[str, str], ...] = ()
+    adapterhub_key_renames: tuple[tuple[str, str], ...] = ()
     refused_methods: tuple[tuple[str, str], ...] = ()
     config_requirements: tuple[tuple[str, object, str], ...] = ()
     attention_interface: bool = True
@@ -375,6 +421,8 @@ class ArchitectureSpec:
     decoder_module: Optional[str] = None
     entry_modules: tuple[str, ...] = ()
     parallel_output: Optional[Callable] = None
+    for_model: Optional[Callable] = None
+    attention_mixin: Optional[type] = None
 
     def __init__(
         self,
@@ -385,9 +433,11 @@ class ArchitectureSpec:
         embeddings: Optional[str],
         pre_ln: bool,
         embedding_output: Optional[str] = None,
+        embedding_mask: Optional[str] = None,
         fused_qkv_heads: tuple[str, ...] = (),
         fused_qkv_layout: str = "concatenated",
         legacy_key_renames: tuple[tuple[str, str], ...] = (),
+        adapterhub_key_renames: tuple[tuple[str, str], ...] = (),
         refused_methods: tuple[tuple[str, str], ...] = (),
         config_requirements: tuple[tuple[str, object, str], ...] = (),
         attention_interface: bool = True,
@@ -395,6 +445,8 @@ class ArchitectureSpec:
         decoder_module: Optional[str] = None,
         entry_modules: tuple[str, ...] = (),
         parallel_output: Optional[Callable] = None,
+        for_model: Optional[Callable] = None,
+        attention_mixin: Optional[type] = None,
         **stack_keywords,
     ):
         if fused_qkv_layout not in ("concatenated", "interleaved_heads"):
@@ -593,4 +645,4 @@ def spec_for_model(model) -> ArchitectureSpec:
                 f"{type(model).__name__} has {attribute}={value!r} but adapters needs {attribute}={required!r} for "
                 f"{spec.name}: {reason}."
             )
-    return spec
+    return spec if spec.for_model is None else spec.for_model(model)

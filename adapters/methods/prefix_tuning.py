@@ -555,13 +555,20 @@ def attention_sites(base_model, spec):
 
 def _sites_with_configs(base_model, spec):
     """:func:`attention_sites` with the config of each site's stack appended."""
-    sites = []
+    sites, counts = [], {}  # counts: the modules of each location so far (stacks sharing a location, as
+    # ALBERT's layer groups do, number their rows on from the previous stack's)
+
+    def index_at(location: str) -> int:
+        counts[location] = counts.get(location, 0) + 1
+        return counts[location] - 1
+
     for stack, first, layers in layer_stacks(base_model, spec):
         config = stack_config(base_model.config, stack)
         for offset, layer in enumerate(layers):
-            sites.append((first + offset, stack.attention_location, layer.get_submodule(stack.attention), offset, config))
+            location = stack.attention_location
+            sites.append((first + offset, location, layer.get_submodule(stack.attention), index_at(location), config))
             if stack.cross_attention:
-                sites.append((first + offset, "cross", layer.get_submodule(stack.cross_attention), offset, config))
+                sites.append((first + offset, "cross", layer.get_submodule(stack.cross_attention), index_at("cross"), config))
     return sites
 
 
@@ -619,6 +626,8 @@ def install_prefix_tuning(model) -> PrefixTuningPool:
     model._adapter_hosts.append(pool)
     for layer_idx, location, attention, index, config in sites:
         tag_attention(attention, layer_idx, location)
+        if spec.attention_mixin is not None and location != "cross":  # attention that scores keys in code of its own
+            swap_class(attention, spec.attention_mixin)
         host = PrefixTuningLayer(pool, layer_idx, location, config.hidden_size, index)
         attention.add_module("prefix_tuning", host)
         host.__dict__["attention"] = attention
@@ -684,6 +693,9 @@ def uninstall_prefix_tuning(model) -> None:
             del attention._modules["prefix_tuning"]
         remove_attention_contributor(attention, host)
         remove_host_mixin(attention, _RecordsAttentionInput)
+        attention_mixin = model.__dict__["_adapters_spec"].attention_mixin
+        if attention_mixin is not None:
+            remove_host_mixin(attention, attention_mixin)
         removed.append(host)
     position_embeddings = pool.__dict__.get("position_embeddings")
     if position_embeddings is not None:
@@ -772,7 +784,7 @@ def _set_positions(model, pool, context: ForwardContext, kwargs: dict) -> None:
     """The ``position_ids`` active prefixes ask for: shifted by the prefix length
     (``shift_positions``, PEFT's convention), or, in causal models without given positions,
     each row's real tokens numbered from 0 — the prefix keys carry no position, so a row's
-    result does not depend on its (left) padding."""
+    result does not depend on its (left) padding; padding tokens keep the model's own positions."""
     offsets = pool.position_offsets(context.setup, *_batch_and_device(kwargs))
     if offsets is not None and model.__dict__["_adapters_spec"].is_encoder_decoder:
         context.hook_values[POSITION_OFFSETS] = offsets  # the decoder's position embedding reads them
@@ -789,7 +801,9 @@ def _set_positions(model, pool, context: ForwardContext, kwargs: dict) -> None:
         and mask.dim() == 2
     ):
         length = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]
-        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        # padding keeps the model's own positions (its outputs at right padding then equal the model's)
+        own = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        kwargs["position_ids"] = torch.where(mask.bool(), mask.long().cumsum(-1) - 1, own)[:, -length:]
 
 
 def _batch_and_device(kwargs):
@@ -1055,6 +1069,28 @@ def _peft_layers_for(model, ours: torch.Tensor) -> int:
     return n_layers if n_layers % 2 else n_layers + 1
 
 
+def prefix_pool_to_adapterhub(model, name: str, config, state: dict) -> dict:
+    """``state`` with the adapter's pool entries written once more under every prefix host, as
+    AdapterHub stores them: its pool is a submodule of each attention's prefix layer, so its files
+    repeat ``prefix_tuning.prefix_tunings.<name>.…`` as ``<attention>.prefix_tuning.pool.
+    prefix_tunings.<name>.…`` for every attention module (the same tensors; loading reads the
+    first and skips the copies). Keys are relative to the base model, in this library's module
+    paths (the caller renames them to AdapterHub's).
+
+    Example::
+
+        >>> prefix_pool_to_adapterhub(model, "p", config, {"prefix_tuning.prefix_tunings.p.self_prefix.wte.weight": w})
+        {'prefix_tuning.prefix_tunings.p.self_prefix.wte.weight': w,
+         'encoder.layer.0.attention.self.prefix_tuning.pool.prefix_tunings.p.self_prefix.wte.weight': w, ...}
+    """
+    pool_keys = [key for key in state if key.startswith(f"{POOL_NAME}.prefix_tunings.{name}.")]
+    base = model.base_model
+    hosts = [path for path, module in base.named_modules() if isinstance(module, PrefixTuningLayer)]
+    # separate tensors: safetensors refuses to write one storage under several keys
+    copies = {f"{host}.pool.{key[len(POOL_NAME) + 1:]}": state[key].detach().clone() for host in hosts for key in pool_keys}
+    return {**state, **copies}
+
+
 PREFIX_TUNING_PEFT = PeftMapping(
     "PREFIX_TUNING", prefix_config_from_peft, fields=_PEFT_PREFIX_FIELDS, field_names={"prefix_length": "num_virtual_tokens"},
     shares_targeting=False, prompt_learning=True, load_weights=_prefix_weights_from_peft, convert_key=_prefix_key_from_peft,
@@ -1066,5 +1102,5 @@ register(MethodFamily(
     name="prefix_tuning", title="Prefix tuning", blocks=PrefixTuningLayer.supported_blocks, add=add_prefix_modules,
     check=check_prefix_config, remove_unused=uninstall_prefix_tuning, installed=lambda model: POOL_NAME in model.base_model._modules,
     before_forward=prepare_prefixes, enters_attention=True, interface_method="prefix_tuning", eject=eject_prefix,
-    peft=PREFIX_TUNING_PEFT,
+    peft=PREFIX_TUNING_PEFT, to_adapterhub=prefix_pool_to_adapterhub,
 ))

@@ -33,6 +33,8 @@ State-dict keys follow AdapterHub: ``prompt_tuning.prompt_tunings.<name>.prompt_
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -208,6 +210,19 @@ def _join_pending_prompt(module, args, output):
     return _join(output, *pending)
 
 
+def _mask_without_prompt(keyword: str, module, args, kwargs):
+    """Forward pre-hook of an embedding module that reads the attention mask (``keyword``): while a
+    prompt waits to be joined to its output, the mask it gets (extended by the prompt's positions
+    for the layers) loses those positions again."""
+    context = ForwardContext.get_context()
+    pending = getattr(context, "pending_prompt", None)
+    mask = kwargs.get(keyword)
+    if pending is None or not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return None
+    at, prompt = pending
+    return args, {**kwargs, keyword: torch.cat([mask[:, :at], mask[:, at + prompt.shape[0]:]], dim=1)}
+
+
 def _insert(value: torch.Tensor, at: int, length: int, fill) -> torch.Tensor:
     block = torch.full((value.shape[0], length), fill, dtype=value.dtype, device=value.device)
     return torch.cat([value[:, :at], block, value[:, at:]], dim=1)
@@ -225,11 +240,14 @@ def install_prompt_tuning(model) -> PromptTuningPool:
     pool = base._modules.get(POOL_NAME)
     if pool is None:
         pool = PromptTuningPool()
-        embeddings = base.get_submodule(model.__dict__["_adapters_spec"].embeddings)
+        spec = model.__dict__["_adapters_spec"]
+        embeddings = base.get_submodule(spec.embeddings)
         if embeddings is not model.get_input_embeddings():
             # the embedding module adds positions and a norm: join the prompt to its output
             pool.__dict__["embedding_output_module"] = embeddings
             embeddings.register_forward_hook(_join_pending_prompt)
+            if spec.embedding_mask is not None:  # it reads the mask too: the one of its own input
+                embeddings.register_forward_pre_hook(functools.partial(_mask_without_prompt, spec.embedding_mask), with_kwargs=True)
         base.add_module(POOL_NAME, pool)
         model._adapter_hosts.append(pool)
     return pool
@@ -255,6 +273,9 @@ def uninstall_prompt_tuning(model) -> None:
             del embeddings._forward_hooks[key]
             embeddings._forward_hooks_with_kwargs.pop(key, None)
             embeddings._forward_hooks_always_called.pop(key, None)
+        for key in [k for k, hook in embeddings._forward_pre_hooks.items() if getattr(hook, "func", None) is _mask_without_prompt]:
+            del embeddings._forward_pre_hooks[key]
+            embeddings._forward_pre_hooks_with_kwargs.pop(key, None)
     del base._modules[POOL_NAME]
     hosts = model._adapter_hosts
     hosts[:] = [host for host in hosts if host is not pool]

@@ -88,8 +88,15 @@ def bart_like_spec(name: str, model_types: tuple, pre_ln: bool, **kwargs) -> Arc
         pre_ln=pre_ln,
         encoder="encoder",
         decoder_module="decoder",
-        **kwargs,
+        **{"legacy_key_renames": INVERTIBLE_IN_ENCODER, "adapterhub_key_renames": INVERTIBLE_TO_ENCODER, **kwargs},
     )
+
+
+#: AdapterHub keeps an encoder-decoder's invertible adapters in its encoder module
+#: (``encoder.invertible_adapters.<name>``); this library keeps them on the base model
+INVERTIBLE_IN_ENCODER = ((r"^encoder\.invertible_adapters\.", "invertible_adapters."),)
+#: the inverse, for saving in AdapterHub's key names
+INVERTIBLE_TO_ENCODER = ((r"^invertible_adapters\.", "encoder.invertible_adapters."),)
 
 
 # invertible adapters act on the encoder's embedding output (after its layernorm_embedding), as in AdapterHub

@@ -96,6 +96,19 @@ CLIP_TEXT = register_architecture(
         embeddings="embeddings.token_embedding",
         embedding_output="embeddings",
         pre_ln=True,
+        # AdapterHub files a tower's prefix under its model type even when the tower is the whole model
+        legacy_key_renames=((
+            r"^prefix_tuning\.prefix_tunings\.([^.]+)\.clip_(?:text|vision)_model_self_prefix\.",
+            r"prefix_tuning.prefix_tunings.\1.self_prefix.",
+        ),),
+        # saved so: the pool on the model itself (outside the tower, where undoing transformers'
+        # prefix change puts it), its copies under the tower's attention modules
+        adapterhub_key_renames=(
+            (r"^(text|vision)_model\.(.+\.prefix_tuning\.pool\.prefix_tunings\.[^.]+)\.self_prefix\.",
+             r"\1_model.\2.clip_\1_model_self_prefix."),
+            (r"^(text|vision)_model\.prefix_tuning\.prefix_tunings\.([^.]+)\.self_prefix\.",
+             r"prefix_tuning.prefix_tunings.\2.clip_\1_model_self_prefix."),
+        ),
         refused_methods=(
             (
                 "prompt_tuning",
@@ -172,6 +185,9 @@ CLIP = register_architecture(
         embeddings="text_model.embeddings.token_embedding",
         embedding_output="text_model.embeddings",
         pre_ln=True,
+        # AdapterHub keeps the invertible adapters in the text tower (text_model.invertible_adapters.<name>)
+        legacy_key_renames=((r"^text_model\.invertible_adapters\.", "invertible_adapters."),),
+        adapterhub_key_renames=((r"^invertible_adapters\.", "text_model.invertible_adapters."),),
         entry_modules=("text_model", "vision_model"),
         parallel_output=clip_parallel_similarities,
         refused_methods=(

@@ -48,5 +48,10 @@ DISTILBERT = register_architecture(
         ),
         embeddings="embeddings",
         pre_ln=False,
+        # AdapterHub files DistilBERT's prefixes under the location "self" (prefix_tunings.<name>.self),
+        # where its other architectures (and this library) say "self_prefix"
+        legacy_key_renames=((r"^prefix_tuning\.prefix_tunings\.([^.]+)\.self\.", r"prefix_tuning.prefix_tunings.\1.self_prefix."),),
+        # (saved so, in the pool and in its copy under every attention's prefix_tuning.pool)
+        adapterhub_key_renames=((r"(^|\.)prefix_tunings\.([^.]+)\.self_prefix\.", r"\1prefix_tunings.\2.self."),),
     )
 )

@@ -82,5 +82,8 @@ T5 = register_architecture(
         pre_ln=True,
         encoder="encoder",
         decoder_module="decoder",
+        # AdapterHub keeps the invertible adapters in the encoder stack (encoder.invertible_adapters.<name>)
+        legacy_key_renames=((r"^encoder\.invertible_adapters\.", "invertible_adapters."),),
+        adapterhub_key_renames=((r"^invertible_adapters\.", "encoder.invertible_adapters."),),
     )
 )

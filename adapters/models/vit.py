@@ -63,7 +63,16 @@ VIT = register_architecture(
             ),
         ),
         embeddings="embeddings",
-        legacy_key_renames=((r"(^|\.)layers\.(\d+)\.output\.output_adapters\.", r"\1layers.\2.output_adapters."),),
+        legacy_key_renames=(
+            (r"(^|\.)layers\.(\d+)\.output\.output_adapters\.", r"\1layers.\2.output_adapters."),
+            # AdapterHub's prefix gates sat in ViTSelfAttention (attention.attention), merged into attention
+            (r"(^|\.)layers\.(\d+)\.attention\.attention\.prefix_tuning\.", r"\1layers.\2.attention.prefix_tuning."),
+        ),
+        # the inverse, on transformers 4's paths, for saving in AdapterHub's key names
+        adapterhub_key_renames=(
+            (r"(^|\.)layer\.(\d+)\.output_adapters\.", r"\1layer.\2.output.output_adapters."),
+            (r"(^|\.)layer\.(\d+)\.attention\.prefix_tuning\.", r"\1layer.\2.attention.attention.prefix_tuning."),
+        ),
         pre_ln=True,
     )
 )
