@@ -80,6 +80,10 @@ from .initialize import init
 from .models import SUPPORTED_MODEL_TYPES, ArchitectureSpec, ResidualHook, StackSpec, register_architecture
 from .models import supported_model_types
 from .interface import AdapterMethod, AdapterModelInterface
+# AdapterHub's plug-in loader and marker classes (issue 23)
+from .wrappers import init_adapters_config, load_model
+from .static_heads import ModelWithHeadsAdaptersMixin
+from .methods.invertible import InvertibleAdaptersMixin, InvertibleAdaptersWrapperMixin
 
 # Names provided at their first use (PEP 562 __getattr__ below), so that `import adapters` stays light:
 # each AdapterModel class is created on first use (creating it imports the architecture's modeling
@@ -87,12 +91,23 @@ from .interface import AdapterMethod, AdapterModelInterface
 _LAZY_NAMES = {
     "AdapterTrainer": "trainer",
     "AdaLoraCallback": "trainer",
+    "Seq2SeqAdapterTrainer": "trainer",
+    "AdapterArguments": "training",
+    "setup_adapter_training": "training",
     "MultiHeadOutput": "heads",
     "PredictionHead": "heads",
     "register_custom_head": "heads",
     "AutoAdapterModel": "heads.adapter_model",
     "convert_to_adapter_model": "heads.adapter_model",
     "ModelWithFlexibleHeadsAdaptersMixin": "heads",
+    "ADAPTER_MODEL_MAPPING": "heads.adapter_model",
+    **{
+        name: "heads"
+        for name in (
+            "BertStyleMaskedLMHead", "CausalLMHead", "ClassificationHead", "ImageClassificationHead", "MultiLabelClassificationHead",
+            "MultipleChoiceHead", "QuestionAnsweringHead", "Seq2SeqLMHead", "TaggingHead",
+        )
+    },
     "get_adapter_config_hash": "utils",
     **{
         name: "heads.adapter_model"
@@ -105,17 +120,25 @@ _LAZY_NAMES = {
             "BartAdapterModel", "MBartAdapterModel", "MT5AdapterModel", "T5AdapterModel", "WhisperAdapterModel",
             # image models, ModernBERT's own heads, CLIP
             "CLIPAdapterModel", "ModernBertAdapterModel", "ViTAdapterModel",
+            # issue 23's architectures
+            "BeitAdapterModel", "BertGenerationAdapterModel", "DebertaAdapterModel", "PLBartAdapterModel",
+            "XmodAdapterModel", "PhiAdapterModel",
         )
     },
 }
-_LAZY_SUBMODULES = {"heads", "trainer", "utils"}
+_LAZY_SUBMODULES = {"heads", "trainer", "training", "utils"}
 
 import typing as _typing  # noqa: E402
 
 if _typing.TYPE_CHECKING:  # for type checkers and IDEs (the generated AdapterModel classes have no static definition)
     from .heads import ModelWithFlexibleHeadsAdaptersMixin, MultiHeadOutput, PredictionHead, register_custom_head
-    from .heads.adapter_model import AutoAdapterModel, convert_to_adapter_model
-    from .trainer import AdaLoraCallback, AdapterTrainer
+    from .heads import (
+        BertStyleMaskedLMHead, CausalLMHead, ClassificationHead, ImageClassificationHead, MultiLabelClassificationHead,
+        MultipleChoiceHead, QuestionAnsweringHead, Seq2SeqLMHead, TaggingHead,
+    )
+    from .heads.adapter_model import ADAPTER_MODEL_MAPPING, AutoAdapterModel, convert_to_adapter_model
+    from .trainer import AdaLoraCallback, AdapterTrainer, Seq2SeqAdapterTrainer
+    from .training import AdapterArguments, setup_adapter_training
     from .utils import get_adapter_config_hash
 
 __all__ = [
@@ -151,7 +174,25 @@ __all__ = [
     "AdapterModelInterface",
     "AdapterSetup",
     "AdapterTrainer",
+    "Seq2SeqAdapterTrainer",
+    "AdapterArguments",
+    "setup_adapter_training",
     "ModelWithFlexibleHeadsAdaptersMixin",
+    "ModelWithHeadsAdaptersMixin",
+    "InvertibleAdaptersMixin",
+    "InvertibleAdaptersWrapperMixin",
+    "load_model",
+    "init_adapters_config",
+    "ADAPTER_MODEL_MAPPING",
+    "BertStyleMaskedLMHead",
+    "CausalLMHead",
+    "ClassificationHead",
+    "ImageClassificationHead",
+    "MultiLabelClassificationHead",
+    "MultipleChoiceHead",
+    "QuestionAnsweringHead",
+    "Seq2SeqLMHead",
+    "TaggingHead",
     "EmbeddingAdaptersMixin",
     "get_adapter_config_hash",
     "ArchitectureSpec",
@@ -226,6 +267,10 @@ __all__ = [
     "ViTAdapterModel",
 ]
 __all__ += ["BartAdapterModel", "MBartAdapterModel", "MT5AdapterModel", "T5AdapterModel", "WhisperAdapterModel"]
+__all__ += [
+    "BeitAdapterModel", "BertGenerationAdapterModel", "DebertaAdapterModel", "PLBartAdapterModel", "XmodAdapterModel",
+    "PhiAdapterModel",
+]
 
 
 def __getattr__(name):

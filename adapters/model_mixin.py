@@ -35,6 +35,7 @@ from .errors import AdapterConfigError
 from .forward import ForwardMixin
 from .hooks.attention import release_adapter_attention
 from .hooks.spec import layer_stacks, stack_configs
+from .hub import HubMixin
 from .loading import CheckpointMixin
 from .merging import MergingMixin
 from .methods.registry import AdapterMethod, families, families_of
@@ -48,7 +49,7 @@ _FAMILY_MIXINS = tuple(dict.fromkeys(f.model_mixin for f in families() if f.mode
 
 
 class ModelAdaptersMixin(
-    ForwardMixin, ActivationMixin, EmbeddingAdaptersMixin, CheckpointMixin, MergingMixin, *_FAMILY_MIXINS
+    ForwardMixin, ActivationMixin, EmbeddingAdaptersMixin, CheckpointMixin, HubMixin, MergingMixin, *_FAMILY_MIXINS
 ):
     """Adds named adapters and their composition to a transformers model.
 
@@ -366,7 +367,7 @@ class ModelAdaptersMixin(
         block = _as_fuse(adapter_names, name)
         if block._name is not None:  # a name of its own (the default joins the adapter names, checked below)
             self._check_name(block.name, kind="fusion", argument="name")
-        names = tuple(block.flatten())
+        names = tuple(block.names_in_order())
         for adapter in names:
             self._require_adapter(adapter)
             adapter_config = self.adapters_config.adapters[adapter]
@@ -436,14 +437,18 @@ class ModelAdaptersMixin(
 
     # -- inspection ------------------------------------------------------------------------------
     def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
-        """The modules of adapter ``name``: ``{layer_idx: {location: module}}``.
+        """The modules of adapter ``name``: ``{layer_idx: {location: module}}``; an empty dict
+        for a name the model does not have (deleted or never added), as AdapterHub answers.
 
         Example::
 
             >>> model.get_adapter("task")[0]["output_adapter"]
             Adapter(...)
+            >>> model.get_adapter("deleted")
+            {}
         """
-        self._require_adapter(name)
+        if name not in self.adapters_config.adapters:
+            return {}
         modules: dict[int, dict[str, nn.Module]] = {}
         for host in self._adapter_hosts:
             module = host.adapters[name] if name in host.adapters else None
@@ -452,6 +457,7 @@ class ModelAdaptersMixin(
         return modules
 
     def _adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        self._require_adapter(name)
         params = [p for layer in self.get_adapter(name).values() for m in layer.values() for p in m.parameters()]
         if name in self._shared_parameters:
             params += list(self._shared_parameters[name].parameters())
@@ -464,6 +470,7 @@ class ModelAdaptersMixin(
 
             >>> model.adapter_to("task", device="cuda", dtype=torch.bfloat16)
         """
+        self._require_adapter(name)
         for layer in self.get_adapter(name).values():
             for module in layer.values():
                 module.to(device=device, dtype=dtype)
@@ -554,6 +561,39 @@ class ModelAdaptersMixin(
             True
         """
         return self.supports_adapter(AdapterMethod.prompt_tuning)
+
+    #: whether ``average_adapter(..., combine_strategy="lora_delta_w_svd")`` works on this model
+    #: (AdapterHub's flag): here on every model, fused projections (GPT-2's ``c_attn``) included,
+    #: since the deltas are combined per LoRA module whatever slice of the weight it adapts
+    support_lora_delta_w_svd = True
+
+    @property
+    def adapter_interface(self):
+        """The :class:`~adapters.AdapterModelInterface` this model was patched with
+        (``adapters.init(model, interface=...)``), or None for a model of a built-in architecture
+        spec (AdapterHub sets ``base_model.adapter_interface`` on plug-in models only).
+
+        Example::
+
+            >>> adapters.init(model, interface=my_interface)
+            >>> model.base_model.adapter_interface == my_interface
+            True
+        """
+        return self.__dict__.get("_adapters_interface")
+
+    @property
+    def loaded_embeddings(self) -> dict:
+        """The embedding matrices this model holds, by name (``"default"``: the model's own input
+        embedding, plus those added with ``add_embeddings`` / ``load_embeddings``); AdapterHub's
+        attribute, read-only here (change it through those methods).
+
+        Example::
+
+            >>> model.add_embeddings("de", tokenizer_de)
+            >>> sorted(model.loaded_embeddings)
+            ['de', 'default']
+        """
+        return dict(self._loaded_embeddings())
 
     def freeze_embeddings(self, freeze: bool = True) -> None:
         """Freeze (or unfreeze) the output embeddings of a model with a language-modelling head

@@ -55,6 +55,14 @@ _BART = dict(
 )
 _BART_TOKENS = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
 
+def _bert2bert_config():
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(
+        transformers.BertConfig(**_ENCODER), transformers.BertConfig(**_ENCODER, is_decoder=True, add_cross_attention=True)
+    )
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id, config.vocab_size = 1, 0, 2, VOCAB
+    return config
+
+
 CONFIGS = {
     "bert": lambda: transformers.BertConfig(**_ENCODER),
     "roberta": lambda: transformers.RobertaConfig(**_ENCODER, pad_token_id=1),
@@ -132,16 +140,38 @@ CONFIGS = {
     "mt5": lambda: transformers.MT5Config(**dict(_T5, d_kv=8, feed_forward_proj="gated-gelu")),
     "bart": lambda: transformers.BartConfig(**_BART, **_BART_TOKENS),
     "mbart": lambda: transformers.MBartConfig(**_BART, **_BART_TOKENS),
+    # issue 23's architectures: BertGeneration (BERT's layers, no token types); X-MOD with two language
+    # modules (default en_XX); DeBERTa v1 (fused in_proj, per head [q|k|v]); PLBART (BART's layout);
+    # BEiT with layer scale (λ = 0.1) and a relative position bias
+    "bert-generation": lambda: transformers.BertGenerationConfig(**_ENCODER, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "xmod": lambda: transformers.XmodConfig(
+        **_ENCODER, pad_token_id=1, languages=["en_XX", "de_DE"], default_language="en_XX"
+    ),
+    "deberta": lambda: transformers.DebertaConfig(
+        **_ENCODER, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=16, pad_token_id=0,
+    ),
+    "plbart": lambda: transformers.PLBartConfig(**_BART, **_BART_TOKENS),
+    # transformers' EncoderDecoderModel: a BERT encoder and a BERT decoder with cross-attention (bert2bert)
+    "encoder-decoder": lambda: _bert2bert_config(),
+    # parallel residual (attention and FFN read one norm); rotary on half of each head
+    "phi": lambda: transformers.PhiConfig(
+        **dict(_DECODER, num_key_value_heads=HEADS), resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+        bos_token_id=1, eos_token_id=2,
+    ),
+    "beit": lambda: transformers.BeitConfig(
+        **{k: v for k, v in _ENCODER.items() if k != "vocab_size"}, image_size=IMAGE_SIZE, patch_size=2, num_channels=3,
+        use_relative_position_bias=True, layer_scale_init_value=0.1,
+    ),
     "whisper": lambda: transformers.WhisperConfig(
         **dict(_BART, max_target_positions=32, decoder_start_token_id=1, num_mel_bins=8, max_source_positions=8),
         pad_token_id=0, bos_token_id=1, eos_token_id=2,
     ),
 }
-ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2", "albert")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj", "gpt_neox")
-ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper")
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "modernbert", "deberta-v2", "albert", "xmod", "deberta", "bert-generation")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3_text", "phi3", "gptj", "gpt_neox", "phi")
+ENCODER_DECODERS = ("t5", "mt5", "bart", "mbart", "whisper", "plbart", "encoder-decoder")
 # architectures that read images (pixel_values) instead of tokens (the support table's "vision" kind)
-VISION = ("vit", "clip_vision_model")
+VISION = ("vit", "clip_vision_model", "beit")
 # architectures without a prediction-head class in transformers (CLIP's towers): their tests run bare
 NO_HEADS = ("clip_text_model", "clip_vision_model")
 # dual encoders: text and image inputs in one call (CLIPModel)
@@ -153,12 +183,13 @@ NEW_ARCHS = (
     "qwen3", "electra", "gemma2", "gemma3_text", "phi3", "gptj", "modernbert", "deberta-v2", "gpt_neox", "vit",
     "clip_text_model", "albert",  # the vision tower has the text tower's layers (same spec rows)
     "clip",
+    "deberta",  # DeBERTa v1: one fused in_proj, per head [q | k | v]
 )
 # architectures without an AdapterModel class: CLIP's towers on their own (CLIPAdapterModel holds both)
-NO_ADAPTER_MODEL = ("clip_text_model", "clip_vision_model")
-# architectures whose attention does not call transformers' attention interface: prefix tuning and
-# Llama-Adapter are refused
-NO_PREFIX = ("gptj", "deberta-v2")
+NO_ADAPTER_MODEL = ("clip_text_model", "clip_vision_model", "encoder-decoder")
+# architectures whose attention does not call transformers' attention interface and has no prefix hook
+# (a spec's attention_mixin): prefix tuning and Llama-Adapter are refused
+NO_PREFIX = ()
 # architectures whose layers run several times per pass (ALBERT's shared group): no adapter acts after
 # the last layer application only
 SHARED_DEPTH = ("albert",)
@@ -166,6 +197,9 @@ SHARED_DEPTH = ("albert",)
 NO_CHECKPOINTING = ("albert",)
 # architectures whose transformers class cannot run sdpa (Gemma 2: attention-logit soft-capping)
 NO_SDPA = ("gemma2",)
+# DeBERTa's disentangled attention and GPT-J's before transformers 5.24 compute their scores themselves (eager
+# only; one list for every supported release, so the generated support table does not depend on the version)
+NO_SDPA += ("deberta-v2", "deberta", "gptj")
 
 HEAD_CLASSES = {
     "base": transformers.AutoModel,
@@ -176,14 +210,20 @@ HEAD_CLASSES = {
 }
 # Whisper's heads: the speech seq2seq model; its sequence classifier is an encoder-only model
 _HEAD_OVERRIDES = {("whisper", "seq2seq"): transformers.AutoModelForSpeechSeq2Seq}
+# BertGeneration's LM head model (BertGenerationDecoder) is bidirectional unless is_decoder: its masked-LM model
+_HEAD_OVERRIDES[("bert-generation", "mlm")] = transformers.AutoModelForCausalLM
+# EncoderDecoderModel is transformers' only class for its config: the bare model has the decoder's LM head
+_HEAD_OVERRIDES[("encoder-decoder", "base")] = transformers.AutoModelForSeq2SeqLM
 # ... and CLIP's towers have no classification head class of their own (CLIPModel's only one,
 # CLIPForImageClassification, drops the text tower)
-NO_SEQ_CLS = ("whisper", *NO_HEADS, *DUAL)
+NO_SEQ_CLS = ("whisper", *NO_HEADS, *DUAL, "bert-generation", "encoder-decoder")
 # architectures that refuse prompt tuning: Whisper's inputs are not token ids; CLIP's text tower
 # pools at the end-of-text position in input_ids, which a prompt would move
-NO_PROMPT = ("whisper", "clip_text_model", "clip")
+NO_PROMPT = ("whisper", "clip_text_model", "clip", "beit", "encoder-decoder")
 # Llama-Adapter is defined for decoder-only models: refused on encoder-decoders and CLIPModel
 NO_ADAPTION_PROMPT = (*ENCODER_DECODERS, "clip")
+# prefix tuning enters through a spec's attention_mixin, but Llama-Adapter's gated prompt needs the interface
+NO_ADAPTION_PROMPT += ("gptj", "deberta-v2", "deberta")
 # (arch, head) pairs the tests run: every arch bare and with its natural heads
 ARCH_HEADS = (
     [(a, "base") for a in ARCHS]
@@ -198,6 +238,8 @@ ARCH_HEADS = (
 LIGHT_ARCHS = {
     "gpt_neox": "clm", "vit": "seq_cls", "clip_text_model": "base", "clip_vision_model": "base", "albert": "mlm",
     "clip": "base",
+    # issue 23's architectures
+    "bert-generation": "mlm", "xmod": "seq_cls", "deberta": "mlm", "plbart": "seq2seq", "beit": "seq_cls", "phi": "clm", "encoder-decoder": "seq2seq",
 }
 ARCH_HEADS_LIGHT = [(a, h) for a, h in ARCH_HEADS if LIGHT_ARCHS.get(a, h) == h]
 
@@ -382,7 +424,9 @@ def assert_generate_is_greedy_decoding(model, inputs: dict, steps: int = 5, atol
         "max_new_tokens": steps, "min_new_tokens": steps, "output_logits": True, "return_dict_in_generate": True,
     }
     lengths = []  # the tokens each forward embeds (encoder-decoders: each decoder forward)
-    embeddings = model.get_decoder().embed_tokens if model.config.is_encoder_decoder else model.get_input_embeddings()
+    decoder = model.get_decoder() if model.config.is_encoder_decoder else None
+    # the decoder's token embedding (an EncoderDecoderModel's decoder is a whole model: its input embeddings)
+    embeddings = model.get_input_embeddings() if decoder is None else getattr(decoder, "embed_tokens", None) or decoder.get_input_embeddings()
     hook = embeddings.register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[-1]))
     try:
         cached = model.generate(**inputs, use_cache=True, **kwargs)

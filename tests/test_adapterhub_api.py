@@ -364,13 +364,13 @@ def test_tables_that_are_no_longer_true_fail(fresh_statuses, monkeypatch):
     import adapters
 
     # an absent name that appears, an entry removed from a table, a difference that is compatible
-    monkeypatch.setattr(adapters, "ADAPTER_MODEL_MAPPING", {}, raising=False)
-    monkeypatch.delitem(tables.ABSENT, "Seq2SeqAdapterTrainer")
+    monkeypatch.setattr(adapters, "BiaffineParsingHead", type("BiaffineParsingHead", (), {}), raising=False)
+    monkeypatch.delitem(tables.ABSENT, "DependencyParsingOutput")
     monkeypatch.setitem(tables.DIFFERENCES, "adapters:Stack", "pretend")
     monkeypatch.setitem(tables.ABSENT, "ModelAdaptersMixin.add_adapter(config)", "pretend")
     found = fresh_statuses()
-    assert found["adapters:ADAPTER_MODEL_MAPPING"][1] == "stale"
-    assert found["adapters:Seq2SeqAdapterTrainer"][1] == "unlisted"
+    assert found["adapters:BiaffineParsingHead"][1] == "stale"
+    assert found["adapters:DependencyParsingOutput"][1] == "unlisted"
     assert found["adapters:Stack"][1] == "stale"
     assert found["ModelAdaptersMixin.add_adapter"][1] == "stale"
     assert "accepted now" in found["ModelAdaptersMixin.add_adapter"][2]
@@ -468,6 +468,13 @@ def test_has_adapters_parallel_channels_and_adapter_fusion_to_behave_as_adapterh
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "adapter_fusion_layer" in n)
     with pytest.raises(AdapterConfigError, match="No fusion named 'a,c'"):
         model.adapter_fusion_to(["a", "c"])
+    # AdapterHub's fusion_name_map: only fusions added under a name of their own
+    assert model.adapters_config.fusion_name_map == {}
+    model.add_adapter_fusion(["b", "a"], name="ba")
+    assert model.adapters_config.fusion_name_map == {"ba": ["b", "a"]}
+    model.adapters_config.fusion_name_map["ba"].append("x")  # a copy: the registry is unchanged
+    assert model.adapters_config.fusion_name_map == {"ba": ["b", "a"]}
+    assert model.adapters_config.to_dict()["fusion_name_map"]["ba"] == ["b", "a"]
 
 
 def test_common_config_value_returns_the_shared_value_or_names_the_difference():
@@ -505,7 +512,8 @@ def test_iter_layers_get_layer_and_supports_adapter():
         t5.get_layer(99)
     gptj = patched("gptj")
     assert gptj.supports_adapter("lora") and gptj.supports_adapter(LoRAConfig(r=4))
-    assert not gptj.supports_adapter("prefix_tuning") and not gptj.supports_adapter(PrefixTuningConfig())
+    assert gptj.supports_adapter("prefix_tuning") and gptj.supports_adapter(PrefixTuningConfig())
+    assert not gptj.supports_adapter("adaption_prompt")  # its gated prompt needs the attention interface
     assert patched("bert").supports_adapter("prefix_tuning") and patched("bert").support_prompt_tuning
     assert not patched("whisper").support_prompt_tuning  # its inputs are not token ids
     with pytest.raises(AdapterConfigError, match="Unknown adapter type or config 'lorra'"):

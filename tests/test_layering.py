@@ -25,11 +25,13 @@ MODEL_API = [
     "activation.py",
     "initialize.py",
     "loading.py",
+    "hub.py",
     "merging",
     "interface.py",
     "peft_format.py",
     "peft_weight_transforms.py",
     "embeddings.py",
+    "static_heads.py",
 ]
 
 
