@@ -9,7 +9,9 @@ issue 21 (the adapters take ``h`` where the model has it apart from ``x``)."""
 
 from adapters import ResidualHook
 from adapters.hooks.spec import StackSpec
+from adapters.models.albert import albert_spec_for_groups
 from adapters.models.clip import clip_parallel_similarities
+from adapters.models.llama import llama_spec_for_model
 
 LEGACY_KEYWORDS = {
     "albert": dict(
@@ -37,14 +39,8 @@ LEGACY_KEYWORDS = {
         pre_ln=False,
         intermediate_lora=("ffn",),
         output_lora=("ffn_output",),
-        config_requirements=(
-            (
-                "num_hidden_groups",
-                1,
-                "adapters place modules in the layers of one shared layer group; a model with several groups "
-                "(num_hidden_groups > 1) is not supported",
-            ),
-        ),
+        # since issue 23: several layer groups are one stack per group (no longer refused)
+        for_model=albert_spec_for_groups,
     ),
     "bart": dict(
         name="bart",
@@ -341,8 +337,9 @@ LEGACY_KEYWORDS = {
         ffn_out="mlp.down_proj",
         embeddings="embed_tokens",
         pre_ln=True,
-        intermediate_lora=("mlp.down_proj",),
-        output_lora=("mlp.up_proj",),
+        # since issue 23: AdapterHub's plug-in interface placement (which runs Gemma 2 / 3)
+        intermediate_lora=("mlp.up_proj",),
+        output_lora=("mlp.down_proj",),
     ),
     "gpt2": dict(
         name="gpt2",
@@ -448,6 +445,8 @@ LEGACY_KEYWORDS = {
         pre_ln=True,
         intermediate_lora=("mlp.down_proj",),
         output_lora=("mlp.up_proj",),
+        # since issue 23: Qwen 2 / 3 place the FFN's LoRA as AdapterHub's plug-in interface does
+        for_model=llama_spec_for_model,
     ),
     "mbart": dict(
         name="mbart",
@@ -516,10 +515,12 @@ LEGACY_KEYWORDS = {
         layers="layers",
         residual_hooks=(
             ResidualHook(
-                "mh_adapter", host="attention_adapters", residual_source="attn_norm", create_host=True, sublayer="attn",
+                # since issue 23: the residual the adapters read is the sub-block's (normalised) input, as
+                # AdapterHub's plug-in interface hooks it (layer_pre_self_attn="attn", layer_pre_ffn="mlp")
+                "mh_adapter", host="attention_adapters", residual_source="attn", create_host=True, sublayer="attn",
             ),
             ResidualHook(
-                "output_adapter", host="output_adapters", residual_source="mlp_norm", create_host=True, sublayer="mlp",
+                "output_adapter", host="output_adapters", residual_source="mlp", create_host=True, sublayer="mlp",
             ),
         ),
         attention="attn",
@@ -748,3 +749,35 @@ OLD_STACK_ROLES = {
     "vit": [("layers", "self", None)],
     "whisper": [("encoder", "encoder", None), ("decoder", "self", None)],
 }
+
+# issue 23 (deliberate changes): AdapterHub's checkpoint keys of an encoder-decoder's invertible adapters and of
+# DistilBERT's prefixes load; prefix tuning enters GPT-J's and DeBERTa-v2's attention through a class swap
+from adapters.models.bart import INVERTIBLE_IN_ENCODER  # noqa: E402
+from adapters.models.deberta import DEBERTA_V2, DisentangledPrefixAttention  # noqa: E402
+from adapters.models.gptj import GPTJ, GPTJPrefixAttention  # noqa: E402
+
+for _name in ("bart", "mbart", "t5", "whisper"):  # (whisper: built by bart_like_spec; nothing to rename there)
+    LEGACY_KEYWORDS[_name]["legacy_key_renames"] = INVERTIBLE_IN_ENCODER
+LEGACY_KEYWORDS["distilbert"]["legacy_key_renames"] = (
+    (r"^prefix_tuning\.prefix_tunings\.([^.]+)\.self\.", r"prefix_tuning.prefix_tunings.\1.self_prefix."),
+)
+# (Llama-Adapter stays refused there: its reason text is the spec's)
+for _name, _mixin, _spec in (("gptj", GPTJPrefixAttention, GPTJ), ("deberta-v2", DisentangledPrefixAttention, DEBERTA_V2)):
+    del LEGACY_KEYWORDS[_name]["attention_interface"]
+    LEGACY_KEYWORDS[_name]["attention_mixin"] = _mixin
+    LEGACY_KEYWORDS[_name]["refused_methods"] = _spec.refused_methods
+# (AdapterHub's placements: GPT-J's FFN adapters read the stream after the attention adapters;
+# DeBERTa-v2's prompt joins the embeddings output, which is handed the text's own mask)
+LEGACY_KEYWORDS["gptj"]["residual_hooks"] = GPTJ.residual_hooks
+LEGACY_KEYWORDS["deberta-v2"].update(embeddings="embeddings", embedding_mask="mask")
+del LEGACY_KEYWORDS["deberta-v2"]["embedding_output"]
+# (AdapterHub's prefix key of a CLIP tower alone, and CLIPModel's invertible adapters in the text tower)
+from adapters.models.clip import CLIP, CLIP_TEXT  # noqa: E402
+
+LEGACY_KEYWORDS["clip_text_model"]["legacy_key_renames"] = CLIP_TEXT.legacy_key_renames
+LEGACY_KEYWORDS["clip_vision_model"]["legacy_key_renames"] = CLIP_TEXT.legacy_key_renames
+LEGACY_KEYWORDS["clip"]["legacy_key_renames"] = CLIP.legacy_key_renames
+# (AdapterHub's ViT prefix gates in ViTSelfAttention)
+from adapters.models.vit import VIT  # noqa: E402
+
+LEGACY_KEYWORDS["vit"]["legacy_key_renames"] = VIT.legacy_key_renames

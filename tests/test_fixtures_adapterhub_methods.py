@@ -42,6 +42,9 @@ OUR_CONFIGS = {
     "mtl_lora_shared": MTLLoRAConfig(r=4, alpha=64, n_up_projection=3, weights_sharpness=0.5, attn_matrices=["q"]),
     "mtl_lora_ffn": MTLLoRAConfig(r=2, alpha=32, intermediate_lora=True, output_lora=True, leave_out=[0]),
 }
+# this file reads BERT and Llama's method cases; tests/test_fixtures_adapterhub_archs.py the standard
+# matrix on every architecture
+MANIFEST = dict(MANIFEST, cases=[c for c in MANIFEST["cases"] if c["arch"] in ("bert", "llama") and c["case"] in OUR_CONFIGS])
 # cases where AdapterHub computes something else than the method's definition; each is pinned by
 # its own test against an independent computation (and left out of the reproduction test)
 ADAPTERHUB_DEFECTS = {

@@ -4,10 +4,20 @@ output ("sandwich" norms):
 ``x + post_attention_layernorm(self_attn(input_layernorm(x)))`` and then
 ``x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))``.
 
-Bottleneck adapters run on what the layer adds to the residual stream, i.e. on the output of the
-post-norm (``post_attention_layernorm`` / ``post_feedforward_layernorm``), as on a Llama
-sub-block's output; they live in new ``attention_adapters`` / ``output_adapters`` children of
-each layer. Projections and LoRA placement are Llama's.
+Bottleneck adapters run where AdapterHub's plug-in interface (which runs Gemma 2 / 3) runs them,
+so that its checkpoints compute what they were trained to: on the sub-block's output ``o``
+(``self_attn`` / ``mlp``) *before* its post-norm ``N`` (``post_attention_layernorm`` /
+``post_feedforward_layernorm``), with ``x`` the residual stream entering the sub-block
+(:attr:`~adapters.hooks.spec.ResidualHook.sublayer_norm`). A sequential adapter with
+``original_ln_before`` reads ``N(o + x)`` and returns ``a = f(N(o + x)) + o``; one without reads
+``o``; a parallel one reads ``x`` and returns ``f(x) + o``; the model then adds ``x + N(a)``, its own
+post step. ``N`` is each layer's own norm (AdapterHub's interface reads the last layer's norm in
+every layer, a late-binding defect pinned in tests/test_fixtures_adapterhub_archs.py).
+``original_ln_after=False`` (the adapter's output as the block output, past ``N``) has no place
+here and is refused, as AdapterHub refuses it. The adapters live in new ``attention_adapters`` /
+``output_adapters`` children of each layer. Projections are Llama's; the FFN's LoRA is placed as
+AdapterHub's plug-in interface (which runs Gemma 2 / 3) places it: ``intermediate_lora`` on ``mlp.up_proj``, ``output_lora`` on
+``mlp.down_proj`` (:func:`~adapters.models.llama.with_interface_ffn_lora`).
 
 Attention details stay the model's own: the wrapper backend passes Gemma's ``softcap``
 (attention-logit soft-capping) and ``sliding_window`` keyword arguments through unchanged, and
@@ -23,14 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from .llama import LLAMA
+from .llama import LLAMA, with_interface_ffn_lora
 from ..hooks.spec import register_architecture
 
 __all__ = ["GEMMA"]
 
-# Llama's layer and projections; the sub-block output a bottleneck reads is its post-norm's
+# Llama's layer and projections; a bottleneck reads the sub-block's output before its post-norm
 GEMMA = register_architecture(
-    dataclasses.replace(
+    with_interface_ffn_lora(dataclasses.replace(
         LLAMA,
         name="gemma",
         model_types=("gemma2", "gemma3_text"),
@@ -38,14 +48,14 @@ GEMMA = register_architecture(
             dataclasses.replace(
                 LLAMA.stacks[0],
                 residual_hooks=(
-                    dataclasses.replace(LLAMA.stacks[0].residual_hooks[0], sublayer="post_attention_layernorm"),
+                    dataclasses.replace(LLAMA.stacks[0].residual_hooks[0], sublayer_norm="post_attention_layernorm"),
                     dataclasses.replace(
                         LLAMA.stacks[0].residual_hooks[1],
                         residual_source="pre_feedforward_layernorm",
-                        sublayer="post_feedforward_layernorm",
+                        sublayer_norm="post_feedforward_layernorm",
                     ),
                 ),
             ),
         ),
-    )
+    ))
 )

@@ -35,6 +35,7 @@ GPT_NEOX = register_architecture(
         LLAMA,
         name="gpt_neox",
         model_types=("gpt_neox",),
+        for_model=None,  # (Llama's picks the FFN LoRA placement of Qwen 2 / 3)
         stacks=(
             dataclasses.replace(
                 LLAMA.stacks[0],

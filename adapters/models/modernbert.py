@@ -2,7 +2,10 @@
 (layer 0's ``attn_norm`` is the identity, the embeddings already end in a norm).
 
 Bottleneck adapters run on the sub-block outputs and live in new ``attention_adapters`` /
-``output_adapters`` children of each layer. Attention computes ``[q | k | v]`` with one fused
+``output_adapters`` children of each layer. Where AdapterHub's checkpoints were trained (it runs
+ModernBERT through its plug-in interface), the residual an adapter reads beside the sub-block's
+output ``h`` is the sub-block's input, the *normalised* stream (``attn_norm(x)``, ``mlp_norm(x)``):
+an adapter computes ``f(h + norm(x)) + h`` (its ``residual_before_ln`` form) and the layer adds ``x``. Attention computes ``[q | k | v]`` with one fused
 ``attn.Wqkv`` of three equal parts, so LoRA with ``attn_matrices`` covers only the selected parts,
 one rank-``r`` update each (as for GPT-2's ``c_attn``); ``"o"`` is ``attn.Wo``. The FFN input
 ``mlp.Wi`` computes the GLU's ``[input | gate]`` in one layer; ``intermediate_lora`` adapts it as
@@ -33,14 +36,14 @@ MODERNBERT = register_architecture(
                         "mh_adapter",
                         host="attention_adapters",
                         create_host=True,
-                        residual_source="attn_norm",
+                        residual_source="attn",
                         sublayer="attn",
                     ),
                     ResidualHook(
                         "output_adapter",
                         host="output_adapters",
                         create_host=True,
-                        residual_source="mlp_norm",
+                        residual_source="mlp",
                         sublayer="mlp",
                     ),
                 ),

@@ -30,6 +30,7 @@ PHI3 = register_architecture(
         LLAMA,
         name="phi3",
         model_types=("phi3",),
+        for_model=None,  # (Llama's picks the FFN LoRA placement of Qwen 2 / 3)
         stacks=(
             dataclasses.replace(
                 LLAMA.stacks[0],
