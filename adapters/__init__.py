@@ -106,6 +106,7 @@ _LAZY_NAMES = {
         for name in (
             "BertStyleMaskedLMHead", "CausalLMHead", "ClassificationHead", "ImageClassificationHead", "MultiLabelClassificationHead",
             "MultipleChoiceHead", "QuestionAnsweringHead", "Seq2SeqLMHead", "TaggingHead",
+            "BiaffineParsingHead", "DependencyParsingOutput",
         )
     },
     "get_adapter_config_hash": "utils",
@@ -135,6 +136,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs (the generated AdapterMo
     from .heads import (
         BertStyleMaskedLMHead, CausalLMHead, ClassificationHead, ImageClassificationHead, MultiLabelClassificationHead,
         MultipleChoiceHead, QuestionAnsweringHead, Seq2SeqLMHead, TaggingHead,
+        BiaffineParsingHead, DependencyParsingOutput,
     )
     from .heads.adapter_model import ADAPTER_MODEL_MAPPING, AutoAdapterModel, convert_to_adapter_model
     from .trainer import AdaLoraCallback, AdapterTrainer, Seq2SeqAdapterTrainer
@@ -193,6 +195,8 @@ __all__ = [
     "QuestionAnsweringHead",
     "Seq2SeqLMHead",
     "TaggingHead",
+    "BiaffineParsingHead",
+    "DependencyParsingOutput",
     "EmbeddingAdaptersMixin",
     "get_adapter_config_hash",
     "ArchitectureSpec",

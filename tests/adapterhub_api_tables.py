@@ -44,13 +44,7 @@ _TRIVIAL = "trivially addable"
 #: AdapterHub names (or parameters) this library does not have yet: why, and what adds them
 ABSENT = {
     # -- top-level exports the suite imports at module level (one missing name fails a whole test file)
-    **_each(
-        "AdapterHub's biaffine dependency-parsing head is not implemented (no issue part plans it yet)",
-        "BiaffineParsingHead", "DependencyParsingOutput", "adapters.heads:Biaffine",
-        "ModelWithFlexibleHeadsAdaptersMixin.add_dependency_parsing_head",
-    ),
     # -- model methods
-    "BertAdapterModel.prepare_inputs_for_generation": "generation with a causal-LM head on an encoder AdapterModel; not planned yet",
     # -- parameters of present callables
     # -- registry and composition helpers
 }
@@ -108,14 +102,6 @@ DIFFERENCES = {
     "``position_ids``, ...) are passed by keyword, as transformers 5's models take them",
     "ModelWithFlexibleHeadsAdaptersMixin.forward_head": "called with the base model's output object (``outputs``); "
     "``return_dict`` / ``context`` are not needed (outputs are always ModelOutput objects here)",
-    "ModelWithFlexibleHeadsAdaptersMixin.register_custom_head": "the second parameter is named ``head_class`` (AdapterHub: "
-    "``head``), passed positionally as AdapterHub's docs do; renaming is trivial",
-    "ModelWithFlexibleHeadsAdaptersMixin.add_causal_lm_head": "``overwrite_ok`` comes before ``layers`` (AdapterHub: after); "
-    "pass both by keyword",
-    "ModelWithFlexibleHeadsAdaptersMixin.add_masked_lm_head": "``layers`` is taken only through ``**kwargs`` (by keyword); "
-    "``overwrite_ok`` is the third parameter (AdapterHub: the fourth)",
-    "ModelWithFlexibleHeadsAdaptersMixin.add_seq2seq_lm_head": "``activation_function`` / ``layer_norm`` / ``bias`` come before "
-    "``overwrite_ok``; pass it by keyword",
     # -- composition
     "adapters.composition:SUPPORTED_MODELS": "which blocks a model supports comes from its architecture spec "
     "(adapters/models), not a table of model types",
@@ -207,11 +193,7 @@ DIFFERENCES = {
 
 #: differences in :data:`DIFFERENCES` that are not a design choice: AdapterHub's form is to be
 #: adopted (the docs list them apart)
-TO_ALIGN = {
-    "ModelWithFlexibleHeadsAdaptersMixin.register_custom_head",
-    "ModelWithFlexibleHeadsAdaptersMixin.add_causal_lm_head", "ModelWithFlexibleHeadsAdaptersMixin.add_masked_lm_head",
-    "ModelWithFlexibleHeadsAdaptersMixin.add_seq2seq_lm_head",
-}
+TO_ALIGN: set = set()
 
 #: differences whose signature matches AdapterHub's but whose behaviour differs on purpose (kept
 #: listed even while the signature check finds nothing)

@@ -363,13 +363,16 @@ def fresh_statuses():
 def test_tables_that_are_no_longer_true_fail(fresh_statuses, monkeypatch):
     import adapters
 
-    # an absent name that appears, an entry removed from a table, a difference that is compatible
-    monkeypatch.setattr(adapters, "BiaffineParsingHead", type("BiaffineParsingHead", (), {}), raising=False)
-    monkeypatch.delitem(tables.ABSENT, "DependencyParsingOutput")
+    # a name listed absent that is present, an incompatible name missing from the tables, a name
+    # that goes missing, a difference that is compatible, a parameter listed absent that is accepted
+    monkeypatch.setitem(tables.ABSENT, "BiaffineParsingHead", "pretend")
+    monkeypatch.delitem(tables.DIFFERENCES, "BertAdapterModel.forward")
+    monkeypatch.setattr(adapters, "DependencyParsingOutput", None)
     monkeypatch.setitem(tables.DIFFERENCES, "adapters:Stack", "pretend")
     monkeypatch.setitem(tables.ABSENT, "ModelAdaptersMixin.add_adapter(config)", "pretend")
     found = fresh_statuses()
     assert found["adapters:BiaffineParsingHead"][1] == "stale"
+    assert found["BertAdapterModel.forward"][1] == "unlisted"
     assert found["adapters:DependencyParsingOutput"][1] == "unlisted"
     assert found["adapters:Stack"][1] == "stale"
     assert found["ModelAdaptersMixin.add_adapter"][1] == "stale"

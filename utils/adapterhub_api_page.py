@@ -126,15 +126,15 @@ def render(statuses: dict) -> str:
     )
     for title, intro, entries in sections:
         lines += [title, "-" * len(title), "", intro, ""]
-        lines += _bullets(_grouped((_display(e), _reason(tables, checks, e, tables.DIFFERENCES)) for e, _ in entries))
+        lines += _bullets(_grouped((_display(e), _reason(tables, checks, e, tables.DIFFERENCES)) for e, _ in entries)) or ["None."]
         lines.append("")
     absent = [e for e, st in statuses.items() if st[1] == "absent"]
     lines += ["Absent names", "------------", "", "AdapterHub names this library does not have yet.", ""]
-    lines += _bullets(_grouped((_display(e), _reason(tables, checks, e, tables.ABSENT)) for e in absent))
+    lines += _bullets(_grouped((_display(e), _reason(tables, checks, e, tables.ABSENT)) for e in absent)) or ["None."]
     lines.append("")
     params = sorted(k for k in tables.ABSENT if "(" in k)
     lines += ["Absent parameters", "-----------------", "", "Parameters of present names that this library does not accept yet.", ""]
-    lines += _bullets(_grouped((_display(k), tables.ABSENT[k]) for k in params))
+    lines += _bullets(_grouped((_display(k), tables.ABSENT[k]) for k in params)) or ["None."]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -9,6 +9,7 @@ from .classification import (
     QuestionAnsweringHead,
     TaggingHead,
 )
+from .dependency_parsing import Biaffine, BiaffineParsingHead, DependencyParsingOutput
 from .image import ImageClassificationHead
 from .language_modeling import BertStyleMaskedLMHead, CausalLMHead, MaskedLMHead, Seq2SeqLMHead
 from .model_mixin import FlexibleHeadsMixin, heads_from_setup
@@ -25,8 +26,11 @@ from .modernbert import (
 __all__ = [
     "HEAD_TYPES",
     "BertStyleMaskedLMHead",
+    "Biaffine",
+    "BiaffineParsingHead",
     "CausalLMHead",
     "ClassificationHead",
+    "DependencyParsingOutput",
     "FlexibleHeadsMixin",
     "ModelWithFlexibleHeadsAdaptersMixin",
     "ImageClassificationHead",

@@ -53,14 +53,17 @@ _ENCODER_HEADS = (
     "classification", "multilabel_classification", "tagging", "multiple_choice", "question_answering", "masked_lm",
 )
 _DECODER_HEADS = ("classification", "multilabel_classification", "tagging", "question_answering", "causal_lm")
+# AdapterHub's BERT-like text encoders also take a biaffine parsing head and a causal LM head (generate() then
+# re-reads the whole sequence each step: see _EncoderGeneration)
+_TEXT_ENCODER_HEADS = _ENCODER_HEADS + ("dependency_parsing", "causal_lm")
 
 # model_type -> (class name, config class name, heads it supports, sequence pooling for classification)
 ADAPTER_MODEL_TABLE: dict[str, tuple[str, str, tuple[str, ...], str]] = {
-    "bert": ("BertAdapterModel", "BertConfig", _ENCODER_HEADS, "first"),
-    "roberta": ("RobertaAdapterModel", "RobertaConfig", _ENCODER_HEADS, "first"),
-    "xlm-roberta": ("XLMRobertaAdapterModel", "XLMRobertaConfig", _ENCODER_HEADS, "first"),
-    "distilbert": ("DistilBertAdapterModel", "DistilBertConfig", _ENCODER_HEADS, "first"),
-    "electra": ("ElectraAdapterModel", "ElectraConfig", _ENCODER_HEADS, "first"),
+    "bert": ("BertAdapterModel", "BertConfig", _TEXT_ENCODER_HEADS, "first"),
+    "roberta": ("RobertaAdapterModel", "RobertaConfig", _TEXT_ENCODER_HEADS, "first"),
+    "xlm-roberta": ("XLMRobertaAdapterModel", "XLMRobertaConfig", _TEXT_ENCODER_HEADS, "first"),
+    "distilbert": ("DistilBertAdapterModel", "DistilBertConfig", _TEXT_ENCODER_HEADS, "first"),
+    "electra": ("ElectraAdapterModel", "ElectraConfig", _TEXT_ENCODER_HEADS, "first"),
     "llama": ("LlamaAdapterModel", "LlamaConfig", _DECODER_HEADS, "last"),
     "mistral": ("MistralAdapterModel", "MistralConfig", _DECODER_HEADS, "last"),
     "qwen2": ("Qwen2AdapterModel", "Qwen2Config", _DECODER_HEADS, "last"),
@@ -108,7 +111,7 @@ ADAPTER_MODEL_TABLE.update(
 ADAPTER_MODEL_TABLE.update(
     {
         "bert-generation": ("BertGenerationAdapterModel", "BertGenerationConfig", ("masked_lm", "causal_lm"), "last"),
-        "xmod": ("XmodAdapterModel", "XmodConfig", _ENCODER_HEADS, "first"),
+        "xmod": ("XmodAdapterModel", "XmodConfig", _TEXT_ENCODER_HEADS, "first"),
         "deberta": ("DebertaAdapterModel", "DebertaConfig", _ENCODER_HEADS, "first"),
         "plbart": ("PLBartAdapterModel", "PLBartConfig", _SEQ2SEQ_HEADS, "eos"),
         "beit": ("BeitAdapterModel", "BeitConfig", ("image_classification",), "first"),
@@ -336,6 +339,7 @@ class _AdapterModelBody(FlexibleHeadsMixin):
         """
         kwargs.pop("return_dict", None)
         head_kwargs = {"labels": labels, "start_positions": start_positions, "end_positions": end_positions}
+        head_kwargs.update({name: kwargs.pop(name) for name in self._head_only_inputs() if name in kwargs})
         if input_ids is not None and input_ids.dim() == 3 or inputs_embeds is not None and inputs_embeds.dim() == 4:
             head_kwargs["num_choices"] = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             input_ids, attention_mask, inputs_embeds, kwargs = _flatten_choices(input_ids, attention_mask, inputs_embeds, kwargs)
@@ -438,14 +442,41 @@ class _AdapterModelBody(FlexibleHeadsMixin):
     @classmethod
     def can_generate(cls) -> bool:
         """Whether ``generate()`` is available: for the decoder families (pooling at the last token),
-        whose language-modelling heads continue a sequence; transformers asks this.
+        whose language-modelling heads continue a sequence, and for the encoders that take a causal
+        LM head (as in AdapterHub); transformers asks this.
 
         Example::
 
-            >>> GPT2AdapterModel.can_generate(), BertAdapterModel.can_generate()
-            (True, False)
+            >>> GPT2AdapterModel.can_generate(), BertAdapterModel.can_generate(), AlbertAdapterModel.can_generate()
+            (True, True, False)
         """
-        return cls.cls_pooling in ("last", "eos")
+        return cls.cls_pooling in ("last", "eos") or "causal_lm" in cls.head_types
+
+
+class _EncoderGeneration:
+    """``generate()`` on an encoder AdapterModel with a causal LM head (BERT, RoBERTa, ...), as
+    AdapterHub runs it: the encoder keeps no KV cache, so every step feeds the whole sequence so far
+    (prompt plus generated tokens, the attention mask grown by one 1 per step) and the causal LM
+    head's logits at the last position pick the next token. The encoder attends bidirectionally
+    unless its config says ``is_decoder=True``.
+    """
+
+    def prepare_inputs_for_generation(self, input_ids, past=None, attention_mask=None, **model_kwargs):
+        """The inputs of one generation step: all of ``input_ids`` and its attention mask (ones
+        where none is given), no cache. ``past`` is AdapterHub's name of a cache; an encoder keeps
+        none, so it is ignored, as is any cache ``generate`` offers (and ``token_type_ids``: all
+        zeros, as in AdapterHub).
+
+        Example::
+
+            >>> model.add_causal_lm_head("lm")
+            >>> model.prepare_inputs_for_generation(torch.tensor([[2, 5, 7]]))["attention_mask"]
+            tensor([[1, 1, 1]])
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # other step inputs (token_type_ids, a cache) are left out, as AdapterHub leaves them out
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 class _EncoderDecoderBody(_AdapterModelBody):
@@ -693,7 +724,9 @@ def _make_class(model_type: str) -> type:
     base = _pretrained_base_class(transformers.MODEL_MAPPING[config_class])
     body = _EncoderDecoderBody if pooling == "eos" else _AdapterModelBody
     extra = (_EXTRA_BASES[model_type],) if model_type in _EXTRA_BASES else ()
-    bases = extra + (body, base) + ((GenerationMixin,) if pooling in ("last", "eos") else ())
+    if pooling == "first" and "causal_lm" in head_types:  # encoders with a causal LM head generate, as in AdapterHub
+        extra += (_EncoderGeneration,)
+    bases = extra + (body, base) + ((GenerationMixin,) if pooling in ("last", "eos") or "causal_lm" in head_types else ())
     example = (
         'model.add_seq2seq_lm_head("task")' if "seq2seq_lm" in head_types else 'model.add_classification_head("task", num_labels=2)'
     )

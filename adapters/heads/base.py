@@ -176,6 +176,9 @@ class PredictionHead(nn.Sequential):
     """
 
     head_type = "custom"
+    #: keyword inputs of the model's forward call that this head reads besides its targets
+    #: (:meth:`get_label_names`); the AdapterModel hands them to the heads, never to the base model
+    extra_inputs: tuple = ()
 
     def __init__(self, name: str, config: Optional[dict] = None):
         super().__init__()

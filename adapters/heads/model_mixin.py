@@ -363,8 +363,32 @@ class FlexibleHeadsMixin(HeadCheckpointMixin, ModelWithHeadsAdaptersMixin):
             activation_function=activation_function, id2label=id2label,
         )
 
+    def add_dependency_parsing_head(
+        self, head_name: str, num_labels: int = 2, overwrite_ok: bool = False, id2label: Optional[dict] = None
+    ) -> None:
+        """Add a biaffine dependency-parsing head (:class:`~adapters.BiaffineParsingHead`: arc and
+        relation scores over words pooled from subword tokens; the forward call takes
+        ``word_starts``, and ``labels_arcs`` / ``labels_rels`` for the loss) and make it active.
+
+        Raises:
+            AdapterConfigError: the model does not support parsing heads, the name exists (and not
+                ``overwrite_ok``), ``num_labels < 1``, or ``id2label`` does not name every label.
+                The model is left unchanged.
+
+        Example::
+
+            >>> model.add_dependency_parsing_head("ud", num_labels=3, id2label={0: "root", 1: "nsubj", 2: "obj"})
+            >>> model(input_ids, word_starts=word_starts, labels_arcs=arcs, labels_rels=rels).loss
+        """
+        self._add_head("dependency_parsing", head_name, overwrite_ok, num_labels=num_labels, id2label=id2label)
+
     def add_masked_lm_head(
-        self, head_name: str, activation_function: Optional[str] = "gelu", overwrite_ok: bool = False, **kwargs
+        self,
+        head_name: str,
+        activation_function: Optional[str] = "gelu",
+        layers: int = 2,
+        overwrite_ok: bool = False,
+        **kwargs,
     ) -> None:
         """Add a BERT-style masked LM head (``dense -> act -> LayerNorm -> decoder``; the decoder is
         tied to the input embeddings where the model ties word embeddings).
@@ -373,14 +397,16 @@ class FlexibleHeadsMixin(HeadCheckpointMixin, ModelWithHeadsAdaptersMixin):
 
             >>> model.add_masked_lm_head("mlm")
         """
-        self._add_head("masked_lm", head_name, overwrite_ok, activation_function=activation_function, **kwargs)
+        self._add_head(
+            "masked_lm", head_name, overwrite_ok, activation_function=activation_function, layers=layers, **kwargs
+        )
 
     def add_causal_lm_head(
         self,
         head_name: str,
         activation_function: Optional[str] = "gelu",
-        overwrite_ok: bool = False,
         layers: int = 2,
+        overwrite_ok: bool = False,
         layer_norm: bool = True,
         bias: bool = True,
         **kwargs,
@@ -405,10 +431,10 @@ class FlexibleHeadsMixin(HeadCheckpointMixin, ModelWithHeadsAdaptersMixin):
         self,
         head_name: str,
         layers: int = 1,
+        overwrite_ok: bool = False,
         activation_function: Optional[str] = None,
         layer_norm: bool = False,
         bias: bool = False,
-        overwrite_ok: bool = False,
     ) -> None:
         """Add a sequence-to-sequence LM head on the decoder of an encoder-decoder (T5, BART,
         Whisper, ...); ``generate`` uses it. The default (``layers=1``) is the model's own LM head:
@@ -432,14 +458,14 @@ class FlexibleHeadsMixin(HeadCheckpointMixin, ModelWithHeadsAdaptersMixin):
             layer_norm=layer_norm, bias=bias,
         )
 
-    def register_custom_head(self, identifier: str, head_class: type) -> None:
-        """Register a custom head class (for every model; see :func:`adapters.register_custom_head`).
+    def register_custom_head(self, identifier: str, head: type) -> None:
+        """Register a custom head class ``head`` (for every model; see :func:`adapters.register_custom_head`).
 
         Example::
 
             >>> model.register_custom_head("mean_pool", MeanPoolHead)
         """
-        register_custom_head(identifier, head_class)
+        register_custom_head(identifier, head)
 
     def add_custom_head(self, head_type: str, head_name: str, overwrite_ok: bool = False, set_active: bool = True, **kwargs) -> None:
         """Add a head of a registered custom type (``head_class(model, head_name, **kwargs)``).
@@ -662,6 +688,17 @@ class FlexibleHeadsMixin(HeadCheckpointMixin, ModelWithHeadsAdaptersMixin):
             self.heads[active[0]].set_output_embeddings(new_embeddings)
 
     # -- running -------------------------------------------------------------------------------------------
+    def _head_only_inputs(self) -> set:
+        """Keyword inputs of the forward call that go to the heads, never to the base model: the
+        target names (``get_label_names``) and ``extra_inputs`` of every head (a parsing head's
+        ``word_starts``, ``labels_arcs``, ``labels_rels``)."""
+        names = set()
+        for head in self.heads.values():
+            names.update(getattr(head, "extra_inputs", ()))
+            if hasattr(head, "get_label_names"):
+                names.update(head.get_label_names())
+        return names
+
     def _heads_in_force(self, head_name=None):
         context = AdapterSetup.get_context()
         if head_name is not None:
@@ -711,6 +748,14 @@ class FlexibleHeadsMixin(HeadCheckpointMixin, ModelWithHeadsAdaptersMixin):
                         f"each get their own head. Add a head for every branch (named as its adapter), or pass "
                         f"head=... for one head on all branches."
                     )
+            # head inputs the base model never saw (a parsing head's word_starts, QA positions) still have
+            # the caller's rows: repeat them once per branch, as the base model's inputs were
+            rows = outputs[0].shape[0]
+            kwargs = {
+                key: value.repeat(channels, *([1] * (value.dim() - 1)))
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] * channels == rows else value
+                for key, value in kwargs.items()
+            }
             if len(heads) == 1:
                 heads = list(heads) * channels
             elif len(heads) != channels:
