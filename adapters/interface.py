@@ -19,9 +19,12 @@ module ``layer_self_attn``). How each part is used:
 * **Bottleneck adapters** run where a sub-block's result ``h`` meets the residual stream ``x``;
   ``x`` is the input of ``layer_pre_self_attn`` (attention) and ``layer_pre_ffn`` (FFN).
 
-  - pre-LN layers ``y = x + h``: the adapters run on ``h``, the output of ``layer_ln_1`` /
-    ``layer_ln_2`` where the layer normalises ``h`` before adding it (Gemma's "sandwich" norms),
-    else of ``layer_self_attn`` / ``layer_output_proj``;
+  - pre-LN layers ``y = x + h``: the adapters run on ``h``, the output of ``layer_self_attn`` /
+    ``layer_output_proj``; where the layer normalises ``h`` before adding it (Gemma's "sandwich"
+    norms ``layer_ln_1`` / ``layer_ln_2``, ``y = x + N(h)``) they still run on ``h``, before ``N``,
+    as AdapterHub's interface runs them: their ``original_ln_before`` step reads ``N(h + x)`` and
+    the model applies ``x + N(·)`` to what they return
+    (:attr:`~adapters.hooks.spec.ResidualHook.sublayer_norm`);
   - post-LN layers ``y = LN(h + x)``: ``layer_ln_1`` / ``layer_ln_2`` are those norms; the
     adapters run on ``(h, x)`` with the norm.
 
@@ -484,14 +487,15 @@ class AdapterModelInterface:
                 f"in front of the FFN. Leave layer_ln_1 None."
             )
         if pre_ln:
-            sublayers = (self.layer_ln_1 or self.layer_self_attn, self.layer_ln_2 or self.layer_output_proj)
+            # the adapters run on the sub-block's output, before a sandwich norm where the layer has one
+            # (its original_ln_before step reads that norm, as AdapterHub's interface hands it over)
             return (
                 ResidualHook("mh_adapter", host="attention_adapters", create_host=True,
                              residual_source=self.layer_pre_self_attn, residual_kwarg=_first_argument(layer, self.layer_pre_self_attn),
-                             sublayer=sublayers[0]),
+                             sublayer=self.layer_self_attn, sublayer_norm=self.layer_ln_1),
                 ResidualHook("output_adapter", host="output_adapters", create_host=True,
                              residual_source=self.layer_pre_ffn, residual_kwarg=_first_argument(layer, self.layer_pre_ffn),
-                             sublayer=sublayers[1]),
+                             sublayer=self.layer_output_proj, sublayer_norm=self.layer_ln_2),
             )
         return (
             ResidualHook("mh_adapter", host="attention_adapters", create_host=True,

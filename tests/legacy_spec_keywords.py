@@ -11,6 +11,7 @@ from adapters import ResidualHook
 from adapters.hooks.spec import StackSpec
 from adapters.models.albert import albert_spec_for_groups
 from adapters.models.clip import clip_parallel_similarities
+from adapters.models.gemma import gemma_spec_for_model
 from adapters.models.llama import llama_spec_for_model
 
 LEGACY_KEYWORDS = {
@@ -319,13 +320,15 @@ LEGACY_KEYWORDS = {
         model_types=("gemma2", "gemma3_text"),
         layers="layers",
         residual_hooks=(
+            # since issue 23: the adapters run on the sub-block output before the post-norm, which their
+            # original_ln_before step reads (AdapterHub's plug-in interface placement)
             ResidualHook(
                 "mh_adapter", host="attention_adapters", residual_source="input_layernorm", create_host=True,
-                sublayer="post_attention_layernorm",
+                sublayer="self_attn", sublayer_norm="post_attention_layernorm",
             ),
             ResidualHook(
                 "output_adapter", host="output_adapters", residual_source="pre_feedforward_layernorm", create_host=True,
-                sublayer="post_feedforward_layernorm",
+                sublayer="mlp", sublayer_norm="post_feedforward_layernorm",
             ),
         ),
         attention="self_attn",
@@ -340,6 +343,8 @@ LEGACY_KEYWORDS = {
         # since issue 23: AdapterHub's plug-in interface placement (which runs Gemma 2 / 3)
         intermediate_lora=("mlp.up_proj",),
         output_lora=("mlp.down_proj",),
+        # since issue 23: Gemma 2's invertible adapters act before its embedding scale, as on transformers 4
+        for_model=gemma_spec_for_model,
     ),
     "gpt2": dict(
         name="gpt2",
@@ -781,3 +786,13 @@ LEGACY_KEYWORDS["clip"]["legacy_key_renames"] = CLIP.legacy_key_renames
 from adapters.models.vit import VIT  # noqa: E402
 
 LEGACY_KEYWORDS["vit"]["legacy_key_renames"] = VIT.legacy_key_renames
+# (issue 23: save_adapter writes AdapterHub's key names, the inverse of the renames above)
+from adapters.models.bart import INVERTIBLE_TO_ENCODER  # noqa: E402
+from adapters.models.distilbert import DISTILBERT  # noqa: E402
+from adapters.models.t5 import T5  # noqa: E402
+
+for _name in ("bart", "mbart", "whisper"):
+    LEGACY_KEYWORDS[_name]["adapterhub_key_renames"] = INVERTIBLE_TO_ENCODER
+for _name, _spec in (("t5", T5), ("distilbert", DISTILBERT), ("clip_text_model", CLIP_TEXT),
+                     ("clip_vision_model", CLIP_TEXT), ("clip", CLIP), ("vit", VIT)):
+    LEGACY_KEYWORDS[_name]["adapterhub_key_renames"] = _spec.adapterhub_key_renames

@@ -518,6 +518,11 @@ def test_interface_spec_matches_registered_spec(arch, monkeypatch):
     for setup in EQUIVALENCE_SETUPS:
         if arch == "gpt2" and setup == "loha":
             continue
+        if arch == "gemma2" and setup == "inv":
+            # the registered Gemma 2 spec runs invertible blocks before the embedding's √hidden
+            # factor, as AdapterHub's transformers-4 checkpoints were trained
+            # (ArchitectureSpec.embedding_scale); an interface describes the model as it is
+            continue
         expected = output(registered, inputs, setup)
         assert not torch.equal(expected[:, -base.shape[1]:] if expected.shape[0] == base.shape[0] else expected[:2], base)
         assert torch.equal(output(via_interface, inputs, setup), expected), setup

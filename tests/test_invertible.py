@@ -62,7 +62,11 @@ def test_block_runs_on_the_embedding_output_and_its_inverse_before_the_lm_head(a
     block = model.base_model.invertible_adapters["lang"]
     inputs = make_inputs(arch)
     plain = _embedding_output(model, inputs, None)
-    torch.testing.assert_close(_embedding_output(model, inputs, "lang"), block(plain), atol=1e-5, rtol=0)
+    # Gemma 2: the block acts before the embedding's own √hidden factor (ArchitectureSpec.embedding_scale)
+    scale = model.base_model.embed_tokens.embed_scale if arch == "gemma2" else 1.0
+    torch.testing.assert_close(_embedding_output(model, inputs, "lang"), block(plain / scale) * scale, atol=1e-5, rtol=0)
+    if arch == "gemma2":
+        assert (block(plain / scale) * scale - block(plain)).abs().max() > 1e-3
     # the LM head computes its logits from A⁻¹ of the hidden state it is given
     head = model.get_output_embeddings()
     hidden = _head_input(model, inputs, "lang")  # a pre-hook sees the input before the inverse
@@ -110,7 +114,8 @@ def test_save_load_train_delete_and_unload(tmp_path):
     model.eval()
     model.save_adapter(str(tmp_path), "lang")
     keys = set(load_file(str(tmp_path / "adapter.safetensors")))
-    assert {"invertible_adapters.lang.F.0.weight", "invertible_adapters.lang.G.2.bias"} <= keys
+    # AdapterHub's keys: from the head model's root (bert.)
+    assert {"bert.invertible_adapters.lang.F.0.weight", "bert.invertible_adapters.lang.G.2.bias"} <= keys
     fresh = patched("bert", "mlm")
     fresh.load_adapter(str(tmp_path), set_active=True)
     torch.testing.assert_close(run(fresh, inputs), expected)

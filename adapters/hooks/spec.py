@@ -88,11 +88,21 @@ class ResidualHook:
             instead of ``x``. In a parallel block (``y = x + attn(·) + mlp(·)``) AdapterHub's GPT-J
             runs the FFN adapters on the stream after the attention adapters; the layer's own sum
             is unchanged when no adapter is active.
+        sublayer_norm: pre-LN only: the norm ``N`` the layer applies to the sub-block output
+            before adding it to ``x`` (Gemma's "sandwich" post-norms), with ``sublayer`` the module
+            whose output ``o`` that norm receives. The adapters run on ``o`` (before ``N``), as
+            AdapterHub's plug-in interface places them: their ``original_ln_before`` step reads
+            ``N(o + x)``, and what they return goes through the model's own ``x + N(·)``, which
+            is their post step (``original_ln_after=False``, a block output that skips ``N``, is
+            refused when the adapter is added).
 
     Example::
 
         >>> ResidualHook("output_adapter", host="output_adapters", create_host=True,
         ...              residual_source="post_attention_layernorm", sublayer="mlp")
+        >>> ResidualHook("output_adapter", host="output_adapters", create_host=True,
+        ...              residual_source="pre_feedforward_layernorm", sublayer="mlp",
+        ...              sublayer_norm="post_feedforward_layernorm")
     """
 
     location: str
@@ -106,8 +116,15 @@ class ResidualHook:
     sublayer_output: Optional[str] = None
     no_residual: bool = False
     residual_from: Optional[str] = None
+    sublayer_norm: Optional[str] = None
 
     def __post_init__(self):
+        if self.sublayer_norm is not None and (self.sublayer is None or self.no_residual):
+            raise AdapterConfigError(
+                f"ResidualHook {self.location}: sublayer_norm={self.sublayer_norm!r} needs a pre-LN sublayer with a "
+                f"residual stream (the norm reads o + x), got sublayer={self.sublayer!r} and "
+                f"no_residual={self.no_residual!r}."
+            )
         if (self.norm is None) == (self.sublayer is None):
             raise AdapterConfigError(
                 f"ResidualHook {self.location}: give exactly one of norm (post-LN) or sublayer (pre-LN), got "
@@ -331,6 +348,10 @@ class ArchitectureSpec:
         pre_ln: whether layers normalise before their sub-blocks.
         embedding_output: the module whose output is the embedding output the first layer reads
             (default: ``embeddings``); invertible adapters act on it.
+        embedding_scale: an attribute of the embedding-output module holding a factor that module
+            multiplies its output by (Gemma 2's ``embed_scale``, √hidden). Invertible adapters act
+            on the output before that factor, as they did on transformers 4, where the model applied
+            it after the module, and as AdapterHub's checkpoints were trained.
         embedding_mask: the keyword under which the ``embeddings`` module receives the attention
             mask itself (DeBERTa's ``mask``, by which it multiplies its output). Prompt tuning,
             which joins the prompt to that module's output and extends the model's mask by the
@@ -410,6 +431,7 @@ class ArchitectureSpec:
     pre_ln: bool
     embedding_output: Optional[str] = None
     embedding_mask: Optional[str] = None
+    embedding_scale: Optional[str] = None
     fused_qkv_heads: tuple[str, ...] = ()
     fused_qkv_layout: str = "concatenated"
     legacy_key_renames: tuple[tuple[str, str], ...] = ()
@@ -434,6 +456,7 @@ class ArchitectureSpec:
         pre_ln: bool,
         embedding_output: Optional[str] = None,
         embedding_mask: Optional[str] = None,
+        embedding_scale: Optional[str] = None,
         fused_qkv_heads: tuple[str, ...] = (),
         fused_qkv_layout: str = "concatenated",
         legacy_key_renames: tuple[tuple[str, str], ...] = (),

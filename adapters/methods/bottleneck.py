@@ -13,6 +13,11 @@ transformer layer. With ``h`` the sub-block output, ``x`` the residual stream en
 A *parallel* adapter (``is_parallel``) reads the sub-block's input instead and adds to its
 output: ``u = s · f(x W_down) W_up``, ``y = LN(u + h + x)``.
 
+Where a pre-LN layer normalises the sub-block output before adding it (``y = x + N(h)``, Gemma's
+sandwich norms; :attr:`~adapters.hooks.spec.ResidualHook.sublayer_norm`) the adapters run on ``h``
+before ``N``, as AdapterHub places them: ``LN`` in the pre step is ``N``, and the post step is the
+model's own ``y = x + N(a)``.
+
 Compacter replaces ``W_down``/``W_up`` by PHM layers (:mod:`adapters.methods.phm`).
 
 Composition (the engine is :class:`~adapters.hooks.engine.ComposableLayer`): ``Stack`` feeds
@@ -390,7 +395,11 @@ class BottleneckLayer(ComposableLayer):
 
             >>> host.bottleneck_layer_forward(host.active_setup(), h, x, layer_norm)   # post-LN: LN(a + x)
         """
-        state = BottleneckState(hidden_states, residual_input, hidden_states, layer_norm)
+        # a norm the model applies after this position (ResidualHook.sublayer_norm, Gemma's sandwich
+        # norms): the adapters' LN(h + x) step reads it, while the model's own x + N(·) after the hook
+        # stays their post step (layer_norm None below)
+        sublayer_norm = self.__dict__.get("_sublayer_norm")
+        state = BottleneckState(hidden_states, residual_input, hidden_states, layer_norm if sublayer_norm is None else sublayer_norm)
         state = self.compose(setup, state)
         if norm_follows:
             pre_norm = self._pre_norm(state.last, state.hidden_states, hidden_states)
@@ -549,6 +558,8 @@ def install_residual_hook(layer: nn.Module, hook: ResidualHook, layer_idx: int, 
         host = layer.get_submodule(hook.host)
         swap_class(host, BottleneckLayer)
     host.init_adapter_layer(layer_idx, hook.location, model_config, shared_parameters)
+    if hook.sublayer_norm is not None:  # kept out of the module tree: the norm stays the layer's (no new keys)
+        host.__dict__["_sublayer_norm"] = layer.get_submodule(hook.sublayer_norm)
 
     source = layer.get_submodule(hook.residual_source)
     swap_class(source, ResidualSourceMixin)
@@ -608,6 +619,15 @@ def check_bottleneck_config(model, config: BnConfig) -> None:
             f"Compacter with shared_W_phm=True shares one pair of PHM weights across all layers, but "
             f"{spec.name}'s layer stacks differ in hidden size ({', '.join(map(str, sorted(widths)))}); use "
             f"shared_W_phm=False (the default; the shared PHM rules fit every width)."
+        )
+    before_norm = [h for h in model._adapter_hosts
+                   if isinstance(h, BottleneckLayer) and "_sublayer_norm" in h.__dict__ and h.wants_adapter(config)]
+    if before_norm and not config.original_ln_after:
+        raise AdapterConfigError(
+            f"original_ln_after=False makes the adapter's output the block output, but on {spec.name} the adapters at "
+            f"{before_norm[0].location} run before the layer's own norm, which the model applies to their output and adds "
+            f"to the residual stream itself (ResidualHook.sublayer_norm, as in AdapterHub, which refuses it too); use "
+            f"original_ln_after=True."
         )
     narrow = []
     for layer, layer_config in enumerate(layer_configs):

@@ -190,7 +190,12 @@ class EmbeddingOutputHost(_InvertibleHost):
 
     def forward(self, *args, **kwargs):
         output = super().forward(*args, **kwargs)
-        return self._apply(output, rev=False)
+        scale_attribute = self.__dict__.get("_adapters_embedding_scale")
+        if scale_attribute is None:
+            return self._apply(output, rev=False)
+        # the block acts on the embedding before the module's own factor (ArchitectureSpec.embedding_scale)
+        scale = getattr(self, scale_attribute).to(output.dtype)
+        return self._apply(output / scale, rev=False) * scale
 
 
 class OutputEmbeddingInputHost(_InvertibleHost):
@@ -237,7 +242,7 @@ def uninstall_invertible(model) -> None:
     hosts = model._adapter_hosts
     removed = [host for host in hosts if isinstance(host, _InvertibleHost)]
     for host in removed:
-        for key in ("_adapters_invertible_blocks", "_adapters_embedding_host"):
+        for key in ("_adapters_invertible_blocks", "_adapters_embedding_host", "_adapters_embedding_scale"):
             host.__dict__.pop(key, None)
         mixin = EmbeddingOutputHost if isinstance(host, EmbeddingOutputHost) else OutputEmbeddingInputHost
         remove_host_mixin(host, mixin)
@@ -292,6 +297,7 @@ def invert_before(model, output: nn.Module) -> None:
 def _install_embedding_host(model, module: nn.Module) -> None:
     swap_class(module, EmbeddingOutputHost)
     module.__dict__["_adapters_invertible_blocks"] = model.base_model._modules[CONTAINER]
+    module.__dict__["_adapters_embedding_scale"] = model.__dict__["_adapters_spec"].embedding_scale
     module._init_composable(-1, EmbeddingOutputHost.location)
     model._adapter_hosts.append(module)
     for host in model._adapter_hosts:
@@ -309,7 +315,7 @@ def move_embedding_host(model, old: nn.Module, new: nn.Module) -> None:
     """
     if isinstance(old, EmbeddingOutputHost) and old is not new:
         model._adapter_hosts.remove(old)
-        for key in ("_adapters_invertible_blocks", "layer_idx", "location", "_setup_cache"):
+        for key in ("_adapters_invertible_blocks", "_adapters_embedding_scale", "layer_idx", "location", "_setup_cache"):
             old.__dict__.pop(key, None)
         restore_class(old)
         _install_embedding_host(model, new)

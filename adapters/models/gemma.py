@@ -36,11 +36,29 @@ import dataclasses
 from .llama import LLAMA, with_interface_ffn_lora
 from ..hooks.spec import register_architecture
 
-__all__ = ["GEMMA"]
+__all__ = ["GEMMA", "gemma_spec_for_model"]
+
+
+def gemma_spec_for_model(model):
+    """:data:`GEMMA`, and for Gemma 2 with its ``embed_scale`` as the embedding's own factor
+    (:attr:`~adapters.hooks.spec.ArchitectureSpec.embedding_scale`): transformers 5 moved Gemma 2's
+    √hidden scaling into the embedding module, and AdapterHub's invertible adapters, trained on
+    transformers 4, act before it. Gemma 3 scaled inside the module on both, so its adapters act
+    after it.
+
+    Example::
+
+        >>> gemma_spec_for_model(gemma2_model).embedding_scale, gemma_spec_for_model(gemma3_model).embedding_scale
+        ('embed_scale', None)
+    """
+    if model.config.model_type == "gemma2":
+        return dataclasses.replace(GEMMA, embedding_scale="embed_scale", for_model=None)
+    return dataclasses.replace(GEMMA, for_model=None)
+
 
 # Llama's layer and projections; a bottleneck reads the sub-block's output before its post-norm
 GEMMA = register_architecture(
-    with_interface_ffn_lora(dataclasses.replace(
+    dataclasses.replace(with_interface_ffn_lora(dataclasses.replace(
         LLAMA,
         name="gemma",
         model_types=("gemma2", "gemma3_text"),
@@ -57,5 +75,5 @@ GEMMA = register_architecture(
                 ),
             ),
         ),
-    ))
+    )), for_model=gemma_spec_for_model)
 )
