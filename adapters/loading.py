@@ -148,8 +148,10 @@ def _rename_in_keys(state: dict, pattern_fn, old: str, new: str) -> dict:
 
 
 def _strip_prefix(model, state: dict) -> dict:
+    """``state`` with keys relative to the base model: a head model's prefix (``bert.``) removed,
+    also from a file saved from a head model and read into the bare model."""
     prefix = getattr(model, "base_model_prefix", "") + "."
-    if model.base_model is model or prefix == ".":
+    if prefix == "." or (model.base_model is model and prefix[:-1] in model._modules):
         return state
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
@@ -398,6 +400,13 @@ def _hidden_size(model) -> int:
     return hidden_size_of(model.config, spec) if spec is not None else model.config.hidden_size
 
 
+#: the ``"version"`` the JSON files record: the AdapterHub format they follow, with this library's
+#: version as a local label. AdapterHub reads it: a version below ``adapters.1.1.0`` makes it
+#: rewrite a LoRA's ``alpha`` to ``r`` (its fix for an old scaling bug), which would change the
+#: outputs of every LoRA written here with ``alpha != r`` (tests/test_adapterhub_written_keys.py)
+FILE_VERSION = f"adapters.1.3.0+{__version__}"
+
+
 def _meta(model, name: str) -> dict:
     return {
         "name": name,
@@ -405,7 +414,7 @@ def _meta(model, name: str) -> dict:
         "model_type": model.config.model_type,
         "model_class": type(model).__name__,
         "model_name": getattr(model.config, "name_or_path", "") or "",
-        "version": f"adapters.{__version__}",
+        "version": FILE_VERSION,
     }
 
 
@@ -1597,7 +1606,7 @@ class CheckpointMixin:
                 {
                     "adapter_setup": setup.to_dict(),
                     "head_setup": head_setup.to_dict() if isinstance(head_setup, AdapterCompositionBlock) else head_setup,
-                    "version": f"adapters.{__version__}",
+                    "version": FILE_VERSION,
                 },
                 last=True,
             )

@@ -60,7 +60,10 @@ _SAVE_LOAD = (
     "loads its own weights"
 )
 _INDEX_ARGS = "AdapterHub-index arguments (``version``, ``model_name``) are not taken (the index is retired)"
-_SAFETENSORS = "``use_safetensors`` defaults to True: safetensors is written by default (``False`` writes AdapterHub's .bin)"
+_SAFETENSORS = (
+    "``use_safetensors`` defaults to True: safetensors is written by default (``False`` writes AdapterHub's .bin); "
+    "AdapterHub reads such a folder with ``use_safetensors=True`` (its default reads only the .bin)"
+)
 _PLUMBING = (
     "AdapterHub's plumbing for its copied model code; here ``adapters.init`` swaps the class and hooks the "
     "architecture spec's modules (adapters/hooks), and one engine runs every method"
@@ -165,6 +168,10 @@ DIFFERENCES = {
     "adapters:init": "on a model loaded from a folder an initialised model's ``save_pretrained`` wrote, the adapters of "
     "``config.adapters`` get their saved weights back from that folder's weights file (AdapterHub rebuilds them with "
     "fresh weights: transformers dropped their tensors as unexpected), and the saved active setup is activated",
+    "XmodAdapterModel": "X-MOD's language modules stay (AdapterHub's ``adapters.init`` deletes them and refuses "
+    "``lang_ids``): the initialised model computes what the checkpoint was trained to compute, and ``lang_ids`` / "
+    "``set_default_language`` work as in transformers; ``adapters.models.xmod.remove_language_modules(model)`` gives "
+    "AdapterHub's X-MOD (no language module), on which AdapterHub's X-MOD checkpoints reproduce its outputs",
     "ModelAdaptersMixin.save_pretrained": "``config.adapters`` also records the active setup (``active_setup``, which "
     "AdapterHub ignores), so that ``from_pretrained`` / ``adapters.init`` restore it; AdapterHub restores no active setup",
     "adapters:ModelWithHeadsAdaptersMixin": "swapped into a transformers head model's class by ``adapters.init`` (and a base "
@@ -199,4 +206,5 @@ TO_ALIGN: set = set()
 #: listed even while the signature check finds nothing)
 BEHAVIOUR_DIFFERENCES: set = {
     "AdapterTrainer", "Seq2SeqAdapterTrainer", "adapters:init", "ModelAdaptersMixin.save_pretrained", "AdapterConfig.from_dict",
+    "XmodAdapterModel",
 }

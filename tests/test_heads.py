@@ -473,9 +473,34 @@ def test_bad_head_requests_raise_clearly_and_leave_the_model_unchanged(tmp_path)
     meta["hidden_size"] = 32
     (tmp_path / "head_config.json").write_text(json.dumps(meta))
     with pytest.raises(adapters.AdapterLoadError, match="exists already"):
-        model.load_head(str(tmp_path))
+        model.load_head(str(tmp_path), overwrite_ok=False)
     assert same_state(state(model), before) and model.config.prediction_heads == heads_before
     assert model.active_head == "cls"
+
+
+def test_load_head_replaces_a_head_of_the_same_name_as_adapterhub_does(tmp_path, caplog):
+    """AdapterHub's ``load_head`` replaces an existing head of the loaded name (with a warning);
+    so does this library's, unless ``overwrite_ok=False``."""
+    import logging
+
+    source = adapter_model("bert")
+    source.add_classification_head("cls", num_labels=3)
+    with torch.no_grad():
+        for parameter in source.heads["cls"].parameters():
+            parameter.add_(torch.randn_like(parameter))
+    source.save_head(str(tmp_path), "cls")
+    model = adapter_model("bert")
+    model.add_classification_head("cls", num_labels=2)
+    logger = logging.getLogger("adapters")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="adapters"):
+            assert model.load_head(str(tmp_path)) == "cls"
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "Replacing the existing head 'cls'" in caplog.text
+    assert list(model.heads) == ["cls"] and model.active_head == "cls"
+    assert same_state(state(model.heads["cls"]), state(source.heads["cls"]))
 
 
 def test_parallel_with_the_wrong_number_of_heads_is_refused():

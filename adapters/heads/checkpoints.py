@@ -82,10 +82,15 @@ class HeadCheckpointMixin:
             self.save_head(target, name, use_safetensors=use_safetensors)
 
     def load_head(self, save_directory: str, load_as: Optional[str] = None, id2label: Optional[dict] = None,
-                  use_safetensors: bool = False, overwrite_ok: bool = False, set_active: bool = True,
+                  use_safetensors: bool = False, overwrite_ok: bool = True, set_active: bool = True,
                   allow_non_finite: bool = False, **kwargs) -> str:
         """Load a head saved by :meth:`save_head` (or AdapterHub); returns its name.
         ``allow_non_finite=True`` also loads NaN/inf or non-float weights (refused by default).
+
+        A head of the same name is replaced, with a warning, as AdapterHub replaces it (and as
+        :meth:`load_adapter` replaces an adapter); the replacement happens only once the new head
+        is built and its weights checked, so a failed load keeps the old one.
+        ``overwrite_ok=False`` refuses to replace it instead.
 
         A static head (saved from a transformers head model such as
         ``BertForSequenceClassification``, here or by AdapterHub) becomes a flexible head named
@@ -97,8 +102,8 @@ class HeadCheckpointMixin:
         Raises:
             AdapterLoadError: the folder has no head, the head was saved for another hidden size,
                 its type does not fit this model, a static head has no conversion to a flexible head
-                (or no name: pass ``load_as``), a head of that name exists (and not
-                ``overwrite_ok``), its saved name is invalid, or the weights do not match the
+                (or no name: pass ``load_as``), a head of that name exists and
+                ``overwrite_ok=False``, its saved name is invalid, or the weights do not match the
                 config or are not finite floats. The model is left unchanged.
             AdapterConfigError: ``load_as`` is not a valid head name.
 
@@ -111,6 +116,8 @@ class HeadCheckpointMixin:
         name, head = self._prepare_head(
             save_directory, load_as=load_as, id2label=id2label, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite
         )
+        if name in self.heads:
+            logger.warning(f"Replacing the existing head {name!r} with the one loaded from {save_directory}.")
         self._insert_loaded_head(name, head, set_active=set_active)
         return name
 
