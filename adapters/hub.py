@@ -11,10 +11,12 @@ Pushing writes the adapter into a folder (a temporary one, or ``local_path``) ex
 :meth:`~adapters.ModelAdaptersMixin.save_adapter` does (``adapter_config.json``,
 ``adapter.safetensors``, and on an AdapterModel the head of the same name), adds a model card
 ``README.md`` unless the folder has one already (or ``overwrite_adapter_card=True``), and then
-makes two calls of ``huggingface_hub.HfApi``: ``create_repo(repo_id, exist_ok=True)`` and one
-``create_commit`` adding the files this push wrote or changed (with ``local_path``, files that
-were already there and are unchanged are not uploaded again). ``revision`` names a branch,
-created from the main branch when missing.
+calls ``huggingface_hub.HfApi``: ``create_repo(repo_id, exist_ok=True)`` (only once the files are
+written: a save that fails creates no repo) and one ``create_commit`` adding the files this push
+wrote or changed and the card (with ``local_path``, other files that were already there and are
+unchanged are not uploaded again; a ``README.md`` of the folder is the card, uploaded each time),
+and deleting from the repo the files of the folder the save removed (the weights file of the
+other format). ``revision`` names a branch, created from the main branch when missing.
 
 The model card's metadata marks the repo as an adapter (``library_name: adapter-transformers``,
 tags ``adapter-transformers`` and ``adapters``, the base model's type), names the base model
@@ -198,12 +200,22 @@ class HubMixin:
         if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
             raise AdapterConfigError(f"repo_id must be a Hugging Face Hub repo id ('name' or 'org/name'), got {repo_id!r}.")
 
-    def _write_adapter_card(self, folder: str, repo_id: str, names: list, datasets_tag, card_kwargs: dict, setup=None) -> None:
-        heads = getattr(self, "heads", None)
-        head_name = str(setup) if setup is not None else names[0]
-        head_type = None
-        if heads is not None and head_name in heads:
-            head_type = heads[head_name].config.get("head_type")
+    def _write_adapter_card(
+        self, folder: str, repo_id: str, names: list, datasets_tag, card_kwargs: dict, setup=None, head_setup=None
+    ) -> None:
+        heads = getattr(self, "heads", None) or {}
+        if setup is None:
+            head_names = [names[0]]  # save_adapter's head: the one named like the adapter
+        else:
+            from .loading import _head_setup_names
+
+            head_names = _head_setup_names(head_setup) or []  # the heads save_adapter_setup writes
+        head_types = []
+        for head_name in head_names:
+            head_type = heads[head_name].config.get("head_type") if head_name in heads else None
+            if head_type and head_type not in head_types:
+                head_types.append(head_type)
+        head_type = " and ".join(head_types) or None
         configs = {name: self.adapters_config.get(name).to_dict() for name in names}
         card = render_adapter_card(
             repo_id,
@@ -221,25 +233,33 @@ class HubMixin:
 
     def _push_folder(self, repo_id, write, what, local_path, commit_message, private, token, overwrite_adapter_card,
                      create_pr, revision, commit_description, write_card):
-        """Create the repo, let ``write(folder)`` save into the work folder, add the card
-        (``write_card(folder, repo_id)`` with the repo id the Hub resolved, ``"name"`` becoming
-        ``"user/name"``), and commit the files this push wrote or changed. The caller has checked
-        every name and argument before."""
-        from huggingface_hub import CommitOperationAdd, HfApi
+        """Let ``write(folder)`` save into the work folder, create the repo (only then: a save that
+        fails leaves the Hub untouched), add the card (``write_card(folder, repo_id)`` with the repo
+        id the Hub resolved, ``"name"`` becoming ``"user/name"``), and commit the files this push
+        wrote or changed and the card, deleting from the repo the files the save removed from the
+        folder. The caller has checked every name and argument before."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
         api = HfApi()
-        repo_id = api.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
         with _work_folder(local_path) as folder:
             before = _file_states(folder)
             write(folder)
+            repo_id = api.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
             if overwrite_adapter_card or not os.path.exists(os.path.join(folder, ADAPTER_CARD_NAME)):
                 write_card(folder, repo_id)
             after = _file_states(folder)
-            changed = sorted(path for path, state in after.items() if before.get(path) != state)
+            changed = {path for path, state in after.items() if before.get(path) != state}
+            changed.add(ADAPTER_CARD_NAME)  # the card, also one the folder had (a new repo gets it too)
+            removed = sorted(set(before) - set(after))
             if revision is not None and not revision.startswith("refs/pr"):
                 api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
-            logger.info(f"Pushing {what} to {repo_id}: {', '.join(changed)}")
-            operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=os.path.join(folder, path)) for path in changed]
+            if removed:  # only those the repo holds: deleting a missing file fails the commit
+                in_repo = set(api.list_repo_files(repo_id, revision=revision, token=token))
+                removed = [path for path in removed if path in in_repo]
+            logger.info(f"Pushing {what} to {repo_id}: {', '.join(sorted(changed))}" + (f"; deleting {', '.join(removed)}" if removed else ""))
+            operations = [
+                CommitOperationAdd(path_in_repo=path, path_or_fileobj=os.path.join(folder, path)) for path in sorted(changed)
+            ] + [CommitOperationDelete(path_in_repo=path) for path in removed]
             return api.create_commit(
                 repo_id,
                 operations,
@@ -273,7 +293,9 @@ class HubMixin:
             adapter_name: the adapter to upload.
             datasets_tag: a Hugging Face dataset id for the card.
             local_path: write the files here (kept; created if missing) instead of a temporary
-                folder; only new or changed files are uploaded.
+                folder; the files the save writes or changes and the card ``README.md`` are
+                uploaded (other files there are not), and a file the save removes (the weights
+                of the other format) is deleted from the repo too.
             commit_message: the commit's message (default ``"Upload adapter <name>"``).
             private: create the repo private (an existing repo keeps its visibility).
             token: a Hub token, or True / None for the logged-in one.
@@ -359,6 +381,6 @@ class HubMixin:
             repo_id, lambda folder: self.save_adapter_setup(folder, setup, **save_kwargs), f"adapter setup {setup}",
             local_path, commit_message, private, token, overwrite_adapter_card, create_pr, revision, commit_description,
             lambda folder, resolved_id: self._write_adapter_card(
-                folder, resolved_id, sorted(names), datasets_tag, card_kwargs, setup=setup
+                folder, resolved_id, sorted(names), datasets_tag, card_kwargs, setup=setup, head_setup=head_setup
             ),
         )

@@ -113,6 +113,8 @@ class AdapterTrainer(Trainer):
             processing_class = tokenizer
         if model is None and model_init is None:
             raise AdapterConfigError("AdapterTrainer needs a model, got model=None: pass model=... (or model_init=...).")
+        # every model model_init builds (here, and again when train() starts) gets adapter_names and the checks
+        self._adapter_names = adapter_names
         if model is not None:
             self._check_adapters_model(model, adapter_names)
         super().__init__(
@@ -121,12 +123,25 @@ class AdapterTrainer(Trainer):
             callbacks=callbacks, optimizers=optimizers, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
             **kwargs,
         )
-        if model is None:  # built by model_init inside Trainer's __init__
-            self._check_adapters_model(self.model, adapter_names)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise AdapterConfigError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
         self.add_callback(_FrozenBaseModelCheck())
         self._use_head_label_names()
+
+    def call_model_init(self, trial=None):
+        """Build the model with ``model_init`` (as ``Trainer`` does, in ``__init__`` and again when
+        ``train()`` starts), then activate ``adapter_names`` on it and check it is an adapters model
+        with an active setup, as for a model passed in.
+
+        Example::
+
+            >>> trainer = AdapterTrainer(model_init=build, args=args, adapter_names=["a", "b"])
+            >>> trainer.call_model_init().active_adapters
+            Stack[a, b]
+        """
+        model = super().call_model_init(trial)
+        self._check_adapters_model(model, self._adapter_names)
+        return model
 
     @staticmethod
     def _check_adapters_model(model, adapter_names) -> None:

@@ -8,9 +8,9 @@ those flags into a model ready for :class:`~adapters.AdapterTrainer`:
 * ``--train_adapter`` off: the model is left as it is (full fine-tuning); asking to load an adapter
   without it is an error, since a loaded adapter would silently stay inactive;
 * ``--train_adapter`` on: the task adapter is loaded from ``--load_adapter`` (a folder or a Hub
-  repo) under the task adapter's name, or else added with ``--adapter_config`` unless the model
-  has an adapter of that name already; with ``--load_lang_adapter`` a language adapter is loaded
-  too. Only the task adapter (and the heads) train; the active setup is the task adapter, or
+  repo) under the task adapter's name with its saved config, or else added with
+  ``--adapter_config`` unless the model has an adapter of that name already; with
+  ``--load_lang_adapter`` a language adapter is loaded too. Only the task adapter (and the heads) train; the active setup is the task adapter, or
   ``Stack(language, task)`` (the MAD-X recipe: the language adapter transforms the
   representations, the task adapter learns on top of them).
 """
@@ -22,6 +22,7 @@ from typing import Optional
 
 from .composition import Stack
 from .configuration import AdapterConfig
+from .context import registry_lock
 from .errors import AdapterConfigError
 
 __all__ = ["AdapterArguments", "setup_adapter_training"]
@@ -87,20 +88,26 @@ def setup_adapter_training(
 ):
     """Prepare ``model`` (an adapters model) for the training :class:`AdapterArguments` describe.
 
-    With ``adapter_args.train_adapter``: load (``load_adapter``) or add (``adapter_config``,
-    unless an adapter ``adapter_name`` exists already) the task adapter ``adapter_name``; load the
-    language adapter if ``load_lang_adapter`` is set; make only the task adapter and the heads
+    With ``adapter_args.train_adapter``: load (``load_adapter``, with the config saved with it, as
+    AdapterHub does) or add (``adapter_config``, unless an adapter ``adapter_name`` exists already)
+    the task adapter ``adapter_name``; load the language adapter if ``load_lang_adapter`` is set
+    (with its saved config, or ``lang_adapter_config``); make only the task adapter and the heads
     trainable (:meth:`~adapters.ModelAdaptersMixin.train_adapter`); activate
-    ``Stack(language, task)`` or the task adapter alone. Without it, nothing changes.
+    ``Stack(language, task)`` or the task adapter alone. Without it, nothing changes. If a step
+    fails, the adapters added or loaded by the earlier steps are taken out again, an adapter the
+    loaded task adapter replaced is put back and the active setup is restored.
 
     Args:
         model: a model after ``adapters.init`` (or an AdapterModel).
         adapter_args: the parsed flags.
         adapter_name: the task adapter's name.
-        adapter_config_kwargs: overrides applied to both configs (``AdapterConfig.load(...,
-            **kwargs)``).
+        adapter_config_kwargs: overrides applied to the configs the flags name
+            (``AdapterConfig.load(..., **kwargs)``): ``adapter_config`` for a new task adapter,
+            ``lang_adapter_config`` when it is set. A loaded adapter without a config flag keeps
+            its saved config unchanged.
         adapter_load_kwargs: extra arguments of both ``load_adapter`` calls (``revision``,
-            ``cache_dir``, ``leave_out``, ...).
+            ``cache_dir``, ``leave_out``, ...); not ``load_as`` or ``config``, which this
+            function sets.
 
     Returns:
         ``(adapter_name, lang_adapter_name)``: the task adapter's name and the language
@@ -109,7 +116,8 @@ def setup_adapter_training(
     Raises:
         AdapterConfigError: ``load_adapter`` or ``load_lang_adapter`` is set while
             ``train_adapter`` is off (AdapterHub raises a ``ValueError`` there too; this error
-            is one), or a config flag names no usable config.
+            is one), a config flag names no usable config, or ``adapter_load_kwargs`` holds
+            ``load_as`` or ``config``.
 
     Example::
 
@@ -122,6 +130,13 @@ def setup_adapter_training(
     """
     adapter_config_kwargs = dict(adapter_config_kwargs or {})
     adapter_load_kwargs = dict(adapter_load_kwargs or {})
+    fixed = sorted(key for key in ("config", "load_as") if key in adapter_load_kwargs)
+    if fixed:
+        raise AdapterConfigError(
+            f"adapter_load_kwargs may not hold {', '.join(fixed)} (got {adapter_load_kwargs!r}): setup_adapter_training "
+            f"sets them itself (load_as is adapter_name; a loaded adapter keeps its saved config, the language adapter "
+            f"takes AdapterArguments.lang_adapter_config). Pass revision, cache_dir, leave_out, ... only."
+        )
     if not adapter_args.train_adapter:
         if adapter_args.load_adapter or adapter_args.load_lang_adapter:
             raise AdapterConfigError(
@@ -132,24 +147,65 @@ def setup_adapter_training(
             )
         return None, None
 
+    # every flag is checked before anything is added or loaded
     adapter_config = _resolved_config(adapter_args.adapter_config, adapter_config_kwargs, "adapter_config")
     lang_config = None
-    if adapter_args.load_lang_adapter:  # checked before anything is added or loaded
-        lang_config = _resolved_config(adapter_args.lang_adapter_config, adapter_config_kwargs, "lang_adapter_config")
-    if adapter_args.load_adapter:
-        # an adapter of that name already there is replaced by the loaded one, as AdapterHub does
-        load_kwargs = {"overwrite_ok": True, **adapter_load_kwargs}
-        model.load_adapter(adapter_args.load_adapter, config=adapter_config, load_as=adapter_name, **load_kwargs)
-    elif adapter_name not in model.adapters_config:
-        if adapter_config is None:
-            raise AdapterConfigError(
-                f"AdapterArguments.adapter_config is {adapter_args.adapter_config!r}, and the model has no adapter "
-                f"{adapter_name!r} to train: give a config string such as 'seq_bn'."
-            )
-        model.add_adapter(adapter_name, config=adapter_config)
-    lang_adapter_name = None
     if adapter_args.load_lang_adapter:
-        lang_adapter_name = model.load_adapter(adapter_args.load_lang_adapter, config=lang_config, **adapter_load_kwargs)
-    model.train_adapter(adapter_name)
-    model.set_active_adapters(Stack(lang_adapter_name, adapter_name) if lang_adapter_name else adapter_name)
+        lang_config = _resolved_config(adapter_args.lang_adapter_config, adapter_config_kwargs, "lang_adapter_config")
+    if not adapter_args.load_adapter and adapter_name not in model.adapters_config and adapter_config is None:
+        raise AdapterConfigError(
+            f"AdapterArguments.adapter_config is {adapter_args.adapter_config!r}, and the model has no adapter "
+            f"{adapter_name!r} to train: give a config string such as 'seq_bn'."
+        )
+    registry = model.adapters_config
+    with registry_lock(registry).writing("setup_adapter_training"):  # no forward pass sees a half-done setup
+        active_before = registry.active_setup
+        kept = None  # (name, name it is kept under) of an adapter the loaded task adapter replaces
+        added = []  # adapters this call added, deleted again on an error
+        try:
+            if adapter_args.load_adapter:
+                # A loaded adapter keeps the config saved with it, as in AdapterHub (whose load_adapter takes
+                # the config only to find a file of its retired index): --adapter_config is for a new adapter.
+                # An adapter of that name already there is replaced, as AdapterHub does; it is set aside
+                # first, so that an error in a later step can put it back.
+                load_kwargs = {"overwrite_ok": True, **adapter_load_kwargs}
+                merged = any(adapter_name in h.merged for h in model._adapter_hosts if h.hosts_weight_deltas)
+                if adapter_name in registry.adapters and load_kwargs["overwrite_ok"] and not merged:
+                    kept = (adapter_name, f"{adapter_name}~kept")
+                    model._rename_adapter(*kept)
+                model.load_adapter(adapter_args.load_adapter, load_as=adapter_name, **load_kwargs)
+                added.append(adapter_name)
+            elif adapter_name not in registry.adapters:
+                model.add_adapter(adapter_name, config=adapter_config)
+                added.append(adapter_name)
+            lang_adapter_name = None
+            if adapter_args.load_lang_adapter:
+                known = set(registry.adapters)
+                lang_adapter_name = model.load_adapter(adapter_args.load_lang_adapter, config=lang_config, **adapter_load_kwargs)
+                if lang_adapter_name not in known:
+                    added.append(lang_adapter_name)
+            setup = Stack(lang_adapter_name, adapter_name) if lang_adapter_name else adapter_name
+            model.set_active_adapters(setup)  # refused here (before train_adapter changes anything) if it cannot run
+            if kept is not None:
+                for fusion_name, (_, names) in list(registry.fusions.items()):
+                    if adapter_name in names:  # the fusions of the replaced adapter go with it, as load_adapter does
+                        model.delete_adapter_fusion(fusion_name)
+                model.delete_adapter(kept[1])
+                kept = None
+        except BaseException:
+            for name in reversed(added):
+                if kept is not None and name == kept[0]:
+                    # out of the way under a name of its own, so that the fusions of the adapter it was to
+                    # replace (named by that name) are not deleted with it
+                    model._rename_adapter(name, f"{name}~loaded")
+                    name = f"{name}~loaded"
+                if name in registry.adapters:
+                    model.delete_adapter(name)
+            if kept is not None:
+                model._rename_adapter(kept[1], kept[0])
+            registry.active_setup = active_before
+            registry.changed()
+            raise
+        model.train_adapter(adapter_name)
+        model.set_active_adapters(setup)
     return adapter_name, lang_adapter_name

@@ -127,6 +127,72 @@ def test_setup_refuses_bad_combinations_and_leaves_the_model_unchanged(tmp_path)
         setup_adapter_training(model, AdapterArguments(load_adapter="x"), "task")
 
 
+def test_setup_loads_a_saved_lora_adapter_with_its_saved_config_under_the_default_flags(tmp_path):
+    # review 1 / 19: --adapter_config (default "seq_bn") is for a new adapter; a loaded one keeps its
+    # saved config, as in AdapterHub, and adapter_config_kwargs do not change it
+    source = bert_classifier()
+    source.add_adapter("ner", config="lora[r=4]")
+    perturb_adapter(source, "ner", seed=3)
+    source.save_adapter(str(tmp_path / "ner"), "ner")
+    model = bert_classifier()
+    args = AdapterArguments(train_adapter=True, load_adapter=str(tmp_path / "ner"))
+    assert setup_adapter_training(model, args, "task", adapter_config_kwargs={"reduction_factor": 4}) == ("task", None)
+    assert model.adapters_config.get("task") == source.adapters_config.get("ner")
+    ours, theirs = list(model._adapter_parameters("task")), list(source._adapter_parameters("ner"))
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert trainable(model) == {n for n, _ in model.named_parameters() if ".task." in n or n.startswith("classifier.")}
+
+
+def test_setup_refuses_load_as_and_config_in_adapter_load_kwargs(tmp_path):
+    # review 13: they were passed twice to load_adapter (a TypeError)
+    model = bert_classifier()
+    before = snapshot(model)
+    args = AdapterArguments(train_adapter=True, load_adapter=str(tmp_path), load_lang_adapter=str(tmp_path))
+    for kwargs, named in (({"load_as": "x"}, "load_as"), ({"config": "lora"}, "config"), ({"config": 1, "load_as": 2}, "config, load_as")):
+        with pytest.raises(AdapterConfigError, match=f"adapter_load_kwargs may not hold {named} "):
+            setup_adapter_training(model, args, "task", adapter_load_kwargs=kwargs)
+        assert not model.adapters_config.adapters and same_state(model, before)
+
+
+def test_setup_leaves_the_model_unchanged_when_the_language_adapter_fails_to_load(tmp_path):
+    # review 7: the task adapter added or loaded before stayed
+    source = bert_classifier()
+    source.add_adapter("ner", config="seq_bn")
+    perturb_adapter(source, "ner", seed=2)
+    source.save_adapter(str(tmp_path / "ner"), "ner")
+    missing = str(tmp_path / "no_lang")
+
+    model = bert_classifier()  # a new task adapter is taken out again
+    before = snapshot(model)
+    with pytest.raises(adapters.AdapterLoadError):
+        setup_adapter_training(model, AdapterArguments(train_adapter=True, load_lang_adapter=missing), "task")
+    assert not model.adapters_config.adapters and same_state(model, before) and model.active_adapters is None
+
+    model = bert_classifier()  # a loaded one too; an adapter it replaced comes back with its weights and fusion
+    model.add_adapter("task", config="seq_bn[reduction_factor=4]")
+    model.add_adapter("other", config="seq_bn")
+    perturb_adapter(model, "task", seed=5)
+    perturb_adapter(model, "other", seed=6)
+    model.add_adapter_fusion(Fuse("task", "other"))
+    model.set_active_adapters("other")
+    before, configs = snapshot(model), dict(model.adapters_config.adapters)
+    args = AdapterArguments(train_adapter=True, load_adapter=str(tmp_path / "ner"), load_lang_adapter=missing)
+    with pytest.raises(adapters.AdapterLoadError):
+        setup_adapter_training(model, args, "task")
+    assert dict(model.adapters_config.adapters) == configs and same_state(model, before)
+    assert list(model.adapters_config.fusions) == ["task,other"] and str(model.active_adapters) == str(Stack("other"))
+    # and with the language adapter there, the replacement goes through (the fusion of the old one goes with it)
+    source.add_adapter("lang_en", config="seq_bn")
+    source.save_adapter(str(tmp_path / "lang"), "lang_en")
+    args = AdapterArguments(train_adapter=True, load_adapter=str(tmp_path / "ner"), load_lang_adapter=str(tmp_path / "lang"))
+    assert setup_adapter_training(model, args, "task") == ("task", "lang_en")
+    assert model.adapters_config.get("task") == source.adapters_config.get("ner") and not model.adapters_config.fusions
+    assert sorted(model.adapters_config.adapters) == ["lang_en", "other", "task"]
+    assert not any("~" in n for n, _ in model.named_parameters())
+    ours, theirs = list(model._adapter_parameters("task")), list(source._adapter_parameters("ner"))
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
 # -- Seq2SeqAdapterTrainer ----------------------------------------------------------------------------
 def t5_rows(n: int, seed: int) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
@@ -256,6 +322,40 @@ def test_model_init_builds_the_adapter_model(tmp_path):
     assert moved and all(".a." in k or k.startswith("classifier.") for k in moved)
     with pytest.raises(AdapterConfigError, match="adapters.init"):
         AdapterTrainer(model_init=lambda: transformers.BertForSequenceClassification(CONFIGS["bert"]()), args=training_args(tmp_path))
+
+
+def test_model_init_models_built_for_training_get_adapter_names(tmp_path):
+    # review 9: train() calls model_init again; the rebuilt model did not get adapter_names
+    built = []
+
+    def build():
+        model = bert_classifier()
+        model.add_adapter("a", config="seq_bn")
+        model.add_adapter("b", config="seq_bn")
+        model.train_adapter(Stack("a", "b"))
+        model.set_active_adapters("a")  # adapter_names is to activate Stack(a, b)
+        built.append(model)
+        return model
+
+    trainer = AdapterTrainer(model_init=build, args=training_args(tmp_path, max_steps=1, save_strategy="no"),
+                             train_dataset=classification_rows(16, 1), adapter_names=["a", "b"])
+    assert str(trainer.model.active_adapters) == str(Stack("a", "b"))
+    trainer.train()
+    assert len(built) == 2 and trainer.model is built[-1]
+    assert str(built[-1].active_adapters) == str(Stack("a", "b"))
+
+    calls = []
+
+    def unprepared():
+        calls.append(1)
+        if len(calls) == 2:  # the model train() builds is not an adapters model
+            return transformers.BertForSequenceClassification(CONFIGS["bert"]())
+        return build()
+
+    trainer = AdapterTrainer(model_init=unprepared, args=training_args(tmp_path, max_steps=1, save_strategy="no"),
+                             train_dataset=classification_rows(16, 1))
+    with pytest.raises(AdapterConfigError, match="adapters.init"):
+        trainer.train()
 
 
 def fusion_model():

@@ -133,10 +133,11 @@ def test_a_repo_missing_from_the_cache_offline_says_so_and_changes_nothing(tmp_p
 
 class FakeHub:
     """Stands in for the Hub behind ``HfApi``: records every call, and the files of each commit
-    (path in repo -> bytes, read while the upload call runs, as the upload would read them)."""
+    (path in repo -> bytes, read while the upload call runs, as the upload would read them; a
+    deleted path -> None), and the paths each repo holds after them."""
 
     def __init__(self, monkeypatch):
-        self.calls, self.commits = [], []
+        self.calls, self.commits, self.repos = [], [], {}
         hub = self
 
         def create_repo(api, repo_id, *, token=None, private=None, exist_ok=False, **kwargs):
@@ -149,11 +150,17 @@ class FakeHub:
 
         def create_commit(api, repo_id, operations, *, commit_message, commit_description=None, token=None,
                           revision=None, create_pr=None, **kwargs):
-            files = {}
+            files, held = {}, hub.repos.setdefault(repo_id, set())
             for op in operations:
+                if isinstance(op, huggingface_hub.CommitOperationDelete):
+                    assert op.path_in_repo in held, f"deleting {op.path_in_repo}, which the repo does not hold"
+                    files[op.path_in_repo] = None
+                    held.discard(op.path_in_repo)
+                    continue
                 assert isinstance(op, huggingface_hub.CommitOperationAdd)
                 with open(op.path_or_fileobj, "rb") as f:
                     files[op.path_in_repo] = f.read()
+                held.add(op.path_in_repo)
             hub.commits.append(files)
             hub.calls.append(("create_commit", repo_id, {
                 "commit_message": commit_message, "commit_description": commit_description, "token": token,
@@ -161,7 +168,12 @@ class FakeHub:
             }))
             return f"https://huggingface.co/{repo_id}/commit/{'3' * 40}"
 
+        def list_repo_files(api, repo_id, *, revision=None, token=None, **kwargs):
+            hub.calls.append(("list_repo_files", repo_id, {"revision": revision}))
+            return sorted(hub.repos.get(repo_id, ()))
+
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "list_repo_files", list_repo_files)
         monkeypatch.setattr(HfApi, "create_branch", create_branch)
         monkeypatch.setattr(HfApi, "create_commit", create_commit)
 
@@ -232,7 +244,8 @@ def test_push_with_local_path_uploads_what_changed_and_keeps_a_written_card(tmp_
     assert "README.md" in first and (tmp_path / "repo" / "README.md").exists()
     assert hub.calls[-1][2]["revision"] is None and [c[0] for c in hub.calls] == ["create_repo", "create_commit"]
 
-    # the user edits the card; the weights change: the card stays, only the weights are uploaded
+    # the user edits the card; the weights change: the card stays (and is uploaded as it is), the
+    # weights are uploaded, other files the push did not write are not
     (tmp_path / "repo" / "README.md").write_text("my card")
     (tmp_path / "repo" / "notes.txt").write_text("kept, not uploaded again")
     perturb_adapter(model, "sst2", seed=7)
@@ -240,7 +253,7 @@ def test_push_with_local_path_uploads_what_changed_and_keeps_a_written_card(tmp_
     model.push_adapter_to_hub("me/a", "sst2", local_path=str(tmp_path / "repo"), commit_message="retrained")
     second = hub.commits[-1]
     assert (tmp_path / "repo" / "README.md").read_text() == "my card"
-    assert "README.md" not in second and "notes.txt" not in second and "adapter.safetensors" in second
+    assert second["README.md"] == b"my card" and "notes.txt" not in second and "adapter.safetensors" in second
     assert hub.calls[-1][2]["commit_message"] == "retrained"
 
     model.push_adapter_to_hub("me/a", "sst2", local_path=str(tmp_path / "repo"), overwrite_adapter_card=True)
@@ -280,3 +293,54 @@ def test_push_adapter_setup_to_hub(tmp_path, monkeypatch):
     assert str(setup) in card.text and card.data.datasets == ["glue"]
     configs = json.loads(card.text.split("```json\n", 1)[1].split("\n```", 1)[0])
     assert configs == {name: model.adapters_config.get(name).to_dict() for name in ("lang", "sst2")}
+
+
+def test_push_with_local_path_uploads_a_card_already_there_and_deletes_the_weights_save_removed(tmp_path, monkeypatch):
+    # review 6: a README.md already in local_path never reached even a new repo; a weights file of the
+    # other format that the save removed stayed in the repo
+    hub = FakeHub(monkeypatch)
+    model = bert_adapter_model(seed=1)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "README.md").write_text("written by hand")
+    model.push_adapter_to_hub("me/a", "sst2", local_path=str(repo))
+    assert hub.commits[-1]["README.md"] == b"written by hand"
+
+    model.save_adapter(str(repo), "sst2", use_safetensors=False)  # AdapterHub's .bin weights, pushed as they are
+    hub.repos["me/a"] |= {"pytorch_adapter.bin", "pytorch_model_head.bin"}
+    model.push_adapter_to_hub("me/a", "sst2", local_path=str(repo))
+    assert not (repo / "pytorch_adapter.bin").exists()
+    deleted = {path for path, content in hub.commits[-1].items() if content is None}
+    assert deleted == {"pytorch_adapter.bin", "pytorch_model_head.bin"}
+    assert hub.repos["me/a"] == {"README.md", "adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors"}
+
+
+def test_push_that_fails_to_save_creates_no_repo(tmp_path, monkeypatch):
+    # review 21: create_repo ran before the save, leaving an empty repo behind
+    hub = FakeHub(monkeypatch)
+    model = bert_adapter_model(seed=1)
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save_adapter", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        model.push_adapter_to_hub("me/a", "sst2")
+    with pytest.raises(OSError, match="disk full"):
+        model.push_adapter_setup_to_hub("me/a", Stack("sst2"))
+    assert hub.calls == []
+
+
+def test_setup_card_names_the_head_type_of_head_setup(tmp_path, monkeypatch):
+    # review 12: the card looked for a head named like the setup ("Stack[lang, sst2]"), never found
+    hub = FakeHub(monkeypatch)
+    model = bert_adapter_model(seed=1)
+    model.add_adapter("lang", config="seq_bn")
+    model.push_adapter_setup_to_hub("me/setup", Stack("lang", "sst2"), head_setup="sst2")
+    card = hub.commits[-1]["README.md"].decode()
+    assert "prediction head for classification" in card
+    model.add_tagging_head("ner", num_labels=3)
+    model.push_adapter_setup_to_hub("me/setup2", Stack("lang", "sst2"), head_setup=["sst2", "ner"])
+    assert "prediction head for classification and tagging" in hub.commits[-1]["README.md"].decode()
+    model.push_adapter_setup_to_hub("me/setup3", Stack("lang", "sst2"))
+    assert "prediction head" not in hub.commits[-1]["README.md"].decode()
