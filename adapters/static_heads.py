@@ -183,10 +183,11 @@ class ModelWithHeadsAdaptersMixin:
         files.json(HEAD_CONFIG_NAME, dict(sorted(self._static_head_meta().items())))
 
     def _prepare_static_head(self, folder: str, id2label: Optional[dict] = None, allow_non_finite: bool = False,
-                             beside_adapter: bool = False):
+                             beside_adapter: bool = False, prefer_safetensors: bool = True):
         """Read and check a static head folder; returns a function that puts it into the model (or
         None when ``beside_adapter`` and the head is of another model class: skipped with a
-        warning, as AdapterHub skips it). Nothing changes before the returned function runs."""
+        warning, as AdapterHub skips it). Nothing changes before the returned function runs.
+        ``prefer_safetensors`` picks the weights file where the folder holds both formats."""
         from .loading import _check_hidden_size, _check_state, _copy_state, _read_json, _read_weights
 
         config_path = os.path.join(folder, HEAD_CONFIG_NAME)
@@ -212,7 +213,7 @@ class ModelWithHeadsAdaptersMixin:
                 isinstance(label2id, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in label2id.values())
             ):
                 raise AdapterLoadError(f"{config_path}: \"label2id\" must map label names to integer ids, not {label2id!r}.")
-        state, weights_path = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite)
+        state, weights_path = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite, prefer_safetensors)
         params = self._static_head_parameters()
         tied = set(self._static_head_state()) - set(params)
         state = {key: value for key, value in state.items() if key not in tied}
@@ -262,9 +263,9 @@ class ModelWithHeadsAdaptersMixin:
         """Load a static head saved by :meth:`save_head` (here or by AdapterHub) from a model of
         this class: its weights replace the head's, its labels (or ``id2label``) go to
         ``model.config``. Returns None (a static head has no name), as AdapterHub does. The file
-        format is detected: ``model_head.safetensors`` when it is there, else
-        ``pytorch_model_head.bin``, whatever ``use_safetensors`` says (AdapterHub's
-        ``use_safetensors=False`` reads only the .bin). ``load_as`` is ignored and ``set_active``
+        format is detected: a folder with one weights file has that file read; where it holds both,
+        ``use_safetensors`` picks ``model_head.safetensors`` (True) or ``pytorch_model_head.bin``
+        (False, the default, as AdapterHub reads). ``load_as`` is ignored and ``set_active``
         / ``overwrite_ok`` have nothing to do on a model with one fixed head (as in AdapterHub).
 
         Raises:
@@ -284,7 +285,9 @@ class ModelWithHeadsAdaptersMixin:
         if unknown:
             raise TypeError(f"load_head() got unexpected keyword argument(s): {', '.join(sorted(unknown))}.")
         folder = _resolve_folder(save_directory)
-        self._prepare_static_head(folder, id2label=id2label, allow_non_finite=allow_non_finite)()
+        self._prepare_static_head(
+            folder, id2label=id2label, allow_non_finite=allow_non_finite, prefer_safetensors=use_safetensors
+        )()
         return None
 
     def get_labels_dict(self) -> Optional[dict]:

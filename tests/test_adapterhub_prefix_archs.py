@@ -526,3 +526,53 @@ def test_adapterhub_parallel_prefix_on_padded_batches(monkeypatch, arch):
     _with_extended_masks(monkeypatch, adapterhub_masks)
     torch.testing.assert_close(run(model, inputs, Parallel("a", filled)), expected["out"], atol=1e-4, rtol=1e-4)
     assert (ours - expected["out"]).abs().max() > 1e-3
+
+
+def test_deberta_v2_prefix_of_one_thread_does_not_reach_another_threads_pass():
+    """The prefix a pass is joining to DeBERTa-v2's keys is state of that pass (its forward
+    context), not of the shared attention module: while thread A's prefix pass is stopped inside
+    layer 0's attention, thread B runs a whole pass without a prefix through the same module; each
+    gets its single-thread result."""
+    import threading
+
+    model = _deberta(relative_attention=True)
+    model.add_adapter("p", config=PrefixTuningConfig(prefix_length=3, flat=True))
+    perturb_adapter(model, "p", scale=1.0, seed=2)
+    inputs = make_inputs("deberta-v2")
+    alone_prefix, alone_base = run(model, inputs, "p"), run(model, inputs)
+    assert not torch.allclose(alone_prefix, alone_base)
+
+    a_inside, b_done, results, errors = threading.Event(), threading.Event(), {}, []
+
+    def stop_a_inside_attention(module, args):  # layer 0's query projection: A's prefix is pending
+        if threading.current_thread().name == "prefix-pass":
+            a_inside.set()
+            b_done.wait(timeout=60)
+
+    def prefix_pass():
+        try:
+            results["prefix"] = run(model, inputs, "p")
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    def base_pass():
+        a_inside.wait(timeout=60)
+        try:
+            results["base"] = run(model, inputs)
+        except Exception as error:
+            errors.append(error)
+        finally:
+            b_done.set()
+
+    handle = model.encoder.layer[0].attention.self.query_proj.register_forward_pre_hook(stop_a_inside_attention)
+    try:
+        threads = [threading.Thread(target=prefix_pass, name="prefix-pass"), threading.Thread(target=base_pass)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        handle.remove()
+    assert a_inside.is_set() and not errors, errors
+    torch.testing.assert_close(results["base"], alone_base, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(results["prefix"], alone_prefix, atol=1e-6, rtol=1e-6)

@@ -311,3 +311,34 @@ def test_training_a_subclass_adapter_trains_only_its_parameters():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     adapter = {n for n, p in model.named_parameters() if any(p is q for q in model._adapter_parameters("sub"))}
     assert adapter and trainable == adapter
+
+
+def test_subclasses_defined_at_the_same_time_in_two_threads_each_see_their_own_frozen():
+    """dataclasses stores a new class's parameters, then reads its bases' ``frozen``; a sealed
+    base reports the subclass's own. Thread A stops after that first step of a non-frozen
+    subclass, thread B takes the same step for a frozen one: A must still read ``frozen=False``
+    (with one slot for all threads it read B's ``True`` and refused to build), B ``True``."""
+    import threading
+
+    plain_params = dataclasses.dataclass(eq=False)(type("Plain", (), {})).__dataclass_params__
+    frozen_params = dataclasses.dataclass(frozen=True, eq=False)(type("Frozen", (), {})).__dataclass_params__
+    subclass_a = type("ThreadA", (BnConfig,), {})
+    subclass_b = type("ThreadB", (BnConfig,), {})
+    subclass_a.__dataclass_params__ = plain_params  # thread A (this one): first step of its build
+    seen_in_b = []
+
+    def build_b():
+        subclass_b.__dataclass_params__ = frozen_params  # thread B: first step of its build
+        seen_in_b.append(BnConfig.__dataclass_params__.frozen)
+
+    worker = threading.Thread(target=build_b)
+    worker.start()
+    worker.join()
+    assert seen_in_b == [True]
+    assert BnConfig.__dataclass_params__.frozen is False  # thread A still sees its own subclass's
+
+    @dataclass(eq=False)  # and A's build completes afterwards
+    class AfterThreads(BnConfig):
+        other: int = 1
+
+    assert AfterThreads(other=2).to_dict()["other"] == 2

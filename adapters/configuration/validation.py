@@ -38,6 +38,7 @@ import difflib
 import math
 import numbers
 import re
+import threading
 import weakref
 from collections.abc import Iterable, Mapping, Set
 from typing import Any, Optional
@@ -511,8 +512,10 @@ def check_weights(owner: str, field: str, value: Any, count: int) -> tuple:
 
 # ids of the config instances whose ``__init__`` is running: only these may have attributes set
 _UNDER_CONSTRUCTION: set[int] = set()
-# (a weak reference to) the class dataclasses is processing now (``CheckedFields.__dataclass_params__``)
-_DATACLASS_BEING_BUILT: list = [None]
+# (a weak reference to) the class dataclasses is processing now in this thread
+# (``CheckedFields.__dataclass_params__``): per thread, as config classes defined at the same time in
+# two threads must each see their own subclass's ``frozen``
+_DATACLASS_BEING_BUILT = threading.local()
 
 
 class _ParamsWithFrozen:
@@ -580,7 +583,8 @@ class CheckedFields(type):
         if owner is None:
             raise AttributeError(f"{cls.__name__} is not a dataclass")
         params = owner.__dict__["_own_dataclass_params"]
-        building = _DATACLASS_BEING_BUILT[0] and _DATACLASS_BEING_BUILT[0]()
+        reference = getattr(_DATACLASS_BEING_BUILT, "cls", None)
+        building = reference() if reference is not None else None
         if (
             building is not None
             and building is not cls
@@ -594,7 +598,7 @@ class CheckedFields(type):
     @__dataclass_params__.setter
     def __dataclass_params__(cls, params):
         type.__setattr__(cls, "_own_dataclass_params", params)
-        _DATACLASS_BEING_BUILT[0] = weakref.ref(cls)
+        _DATACLASS_BEING_BUILT.cls = weakref.ref(cls)
 
     @property
     def __signature__(cls):

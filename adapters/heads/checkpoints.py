@@ -16,14 +16,12 @@ from torch import nn
 
 from .. import logging
 from ..errors import AdapterConfigError
+from ..static_heads import HEAD_CONFIG_NAME, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME
 
 logger = logging.get_logger(__name__)
 
+# the file names are AdapterHub's, defined once in static_heads (the head layout both kinds of head share)
 __all__ = ["HeadCheckpointMixin", "HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME", "HEAD_SAFE_WEIGHTS_NAME"]
-
-HEAD_CONFIG_NAME = "head_config.json"
-HEAD_WEIGHTS_NAME = "pytorch_model_head.bin"
-HEAD_SAFE_WEIGHTS_NAME = "model_head.safetensors"
 
 
 class HeadCheckpointMixin:
@@ -95,9 +93,9 @@ class HeadCheckpointMixin:
         A static head (saved from a transformers head model such as
         ``BertForSequenceClassification``, here or by AdapterHub) becomes a flexible head named
         ``load_as``, with the same weights and labels (AdapterHub's static-to-flex conversion).
-        The file format is detected: ``model_head.safetensors`` when it is there, else
-        ``pytorch_model_head.bin``, whatever ``use_safetensors`` says (accepted for AdapterHub's
-        signature; AdapterHub's ``use_safetensors=False`` reads only the .bin).
+        The file format is detected: a folder with one weights file has that file read; where it
+        holds both, ``use_safetensors`` picks ``model_head.safetensors`` (True) or
+        ``pytorch_model_head.bin`` (False, the default, as AdapterHub reads).
 
         Raises:
             AdapterLoadError: the folder has no head, the head was saved for another hidden size,
@@ -114,20 +112,20 @@ class HeadCheckpointMixin:
         if kwargs:
             raise TypeError(f"load_head() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}.")
         name, head = self._prepare_head(
-            save_directory, load_as=load_as, id2label=id2label, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite
+            save_directory, load_as=load_as, id2label=id2label, overwrite_ok=overwrite_ok, allow_non_finite=allow_non_finite,
+            prefer_safetensors=use_safetensors,
         )
         if name in self.heads:
             logger.warning(f"Replacing the existing head {name!r} with the one loaded from {save_directory}.")
         self._insert_loaded_head(name, head, set_active=set_active)
         return name
 
-    @staticmethod
-    def _holds_head(folder: str) -> bool:
-        """Whether ``folder`` (a local folder) holds a saved prediction head."""
-        return os.path.isfile(os.path.join(folder, HEAD_CONFIG_NAME))
+    # ``_holds_head`` (whether a folder holds a saved head) comes from ModelWithHeadsAdaptersMixin
 
-    def _prepare_head(self, save_directory: str, load_as=None, id2label=None, overwrite_ok=False, allow_non_finite=False):
-        """Read and check a head folder; returns ``(name, head)`` without changing the model."""
+    def _prepare_head(self, save_directory: str, load_as=None, id2label=None, overwrite_ok=False, allow_non_finite=False,
+                      prefer_safetensors=True):
+        """Read and check a head folder; returns ``(name, head)`` without changing the model.
+        ``prefer_safetensors`` picks the weights file where the folder holds both formats."""
         from ..configuration.validation import check_name
         from ..loading import AdapterLoadError, _check_hidden_size, _copy_checked, _read_json, _read_weights, _resolve_folder
 
@@ -149,7 +147,9 @@ class HeadCheckpointMixin:
             name = check_name(folder_name, kind="head", argument="taken from the folder name", file=folder)
         if meta.get("config") is None and meta.get("name") is None and isinstance(meta.get("model_class"), str):
             # a transformers head model's static head (AdapterHub writes neither a config nor a name for it)
-            return self._prepare_static_head_as_flexible(folder, meta, config_path, load_as, id2label, overwrite_ok, allow_non_finite)
+            return self._prepare_static_head_as_flexible(
+                folder, meta, config_path, load_as, id2label, overwrite_ok, allow_non_finite, prefer_safetensors
+            )
         if not isinstance(meta.get("config"), dict):
             raise AdapterLoadError(
                 f"{config_path}: \"config\" must be a JSON object with a \"head_type\" (e.g. {{\"head_type\": "
@@ -164,7 +164,7 @@ class HeadCheckpointMixin:
             head = self._build_head(head_type, name, **kwargs)
         except (KeyError, TypeError, ValueError) as error:
             raise AdapterLoadError(f"{config_path}: {error}") from error
-        state, weights_path = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite)
+        state, weights_path = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite, prefer_safetensors)
         prefixes = (f"heads.{saved_name}.", f"{self.base_model_prefix}.heads.{saved_name}.")
         state = {k[len(p):]: v for k, v in state.items() for p in prefixes if k.startswith(p)}
         params = dict(head.named_parameters())
@@ -177,7 +177,8 @@ class HeadCheckpointMixin:
         _copy_checked(params, state, weights_path, shown=lambda key: f"heads.{saved_name}.{key}")
         return name, head
 
-    def _prepare_static_head_as_flexible(self, folder, meta, config_path, load_as, id2label, overwrite_ok, allow_non_finite):
+    def _prepare_static_head_as_flexible(self, folder, meta, config_path, load_as, id2label, overwrite_ok, allow_non_finite,
+                                         prefer_safetensors=True):
         """``(name, head)`` of a static head (saved from a transformers head model: no name, no
         flexible config) converted into a flexible head named ``load_as`` — or, beside an adapter,
         the adapter's name, as AdapterHub names it."""
@@ -194,7 +195,7 @@ class HeadCheckpointMixin:
             )
         check_name(name, kind="head", argument="load_as" if load_as is not None else "the adapter's name")
         self._check_new_head(name, overwrite_ok)
-        state, _ = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite)
+        state, _ = _read_weights(folder, HEAD_SAFE_WEIGHTS_NAME, HEAD_WEIGHTS_NAME, allow_non_finite, prefer_safetensors)
         return name, self._static_head_as_flexible(name, meta, state, config_path, id2label=id2label)
 
     def _insert_loaded_head(self, name: str, head: nn.Module, set_active: bool = True) -> None:

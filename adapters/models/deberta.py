@@ -35,6 +35,16 @@ from ..hooks.spec import register_architecture
 __all__ = ["DEBERTA_V2", "DisentangledPrefixAttention", "FusedDisentangledPrefixAttention"]
 
 
+def _pending_prefix(module):
+    """The prefix state ``[keys, values, calls so far]`` of ``module``'s running forward, or None.
+
+    It lives in the pass's forward context (per pass and per thread), never on the module: two
+    threads running one model at once each see only their own pass's prefix.
+    """
+    context = ForwardContext.get_context()
+    return None if context is None else context.hook_values.get(("pending_prefix", id(module)))
+
+
 class DisentangledPrefixAttention:
     """Swapped onto DeBERTa's ``DisentangledSelfAttention``: attention over the keys and values
     methods contribute (prefix tuning's ``P`` positions) joined in front of the real ones.
@@ -67,18 +77,18 @@ class DisentangledPrefixAttention:
         valid = extension.valid if extension.valid is not None else torch.ones(rows, n_extra, dtype=torch.bool, device=hidden_states.device)
         extra_mask = valid[:, None, None, :].expand(rows, 1, queries, n_extra).to(attention_mask.dtype)
         attention_mask = torch.cat([extra_mask, attention_mask.expand(rows, -1, -1, -1)], dim=-1)
-        self.__dict__["_adapters_pending_prefix"] = [extension.keys, extension.values, 0]
+        context.hook_values[("pending_prefix", id(self))] = [extension.keys, extension.values, 0]
         try:
             context_layer, probabilities = super().forward(hidden_states, attention_mask, *args, **kwargs)
         finally:
-            self.__dict__.pop("_adapters_pending_prefix", None)
+            context.hook_values.pop(("pending_prefix", id(self)), None)
         if probabilities is not None:
             probabilities = probabilities[..., n_extra:]  # the caller sees attention over its own tokens
         return context_layer, probabilities
 
     def transpose_for_scores(self, x, attention_heads):
         split = super().transpose_for_scores(x, attention_heads)
-        pending = self.__dict__.get("_adapters_pending_prefix")
+        pending = _pending_prefix(self)
         if pending is None:
             return split
         pending[2] += 1  # calls so far in this forward: 1 query, 2 key, 3 value, then positions
@@ -88,7 +98,7 @@ class DisentangledPrefixAttention:
         return torch.cat([extra.reshape(-1, extra.shape[2], extra.shape[3]).to(split.dtype), split], dim=1)
 
     def disentangled_attention_bias(self, query_layer, key_layer, relative_pos, rel_embeddings, scale_factor):
-        pending = self.__dict__.get("_adapters_pending_prefix")
+        pending = _pending_prefix(self)
         if pending is None:
             return super().disentangled_attention_bias(query_layer, key_layer, relative_pos, rel_embeddings, scale_factor)
         n_extra = pending[0].shape[2]
@@ -138,18 +148,18 @@ class FusedDisentangledPrefixAttention:
                                attention_mask.expand(rows, -1, -1, -1)], dim=-1)
         extra_rows = torch.ones(rows, 1, n_extra, n_extra + length, dtype=dtype, device=device)  # cut off below
         attention_mask = torch.cat([extra_rows, real_rows], dim=2)
-        self.__dict__["_adapters_pending_prefix"] = [extension.keys, extension.values, 0]
+        context.hook_values[("pending_prefix", id(self))] = [extension.keys, extension.values, 0]
         try:
             context_layer, probabilities = super().forward(hidden_states, attention_mask, *args, **kwargs)
         finally:
-            self.__dict__.pop("_adapters_pending_prefix", None)
+            context.hook_values.pop(("pending_prefix", id(self)), None)
         if probabilities is not None:
             probabilities = probabilities[..., n_extra:, n_extra:]
         return context_layer[:, n_extra:], probabilities
 
     def transpose_for_scores(self, x):
         split = super().transpose_for_scores(x)
-        pending = self.__dict__.get("_adapters_pending_prefix")
+        pending = _pending_prefix(self)
         if pending is None:
             return split
         pending[2] += 1  # the first call splits in_proj's output: (batch, heads, T, 3·head_dim)
@@ -161,7 +171,7 @@ class FusedDisentangledPrefixAttention:
         return torch.cat([prefix_rows, split], dim=2)
 
     def disentangled_att_bias(self, query_layer, key_layer, relative_pos, rel_embeddings, scale_factor):
-        pending = self.__dict__.get("_adapters_pending_prefix")
+        pending = _pending_prefix(self)
         if pending is None:
             return super().disentangled_att_bias(query_layer, key_layer, relative_pos, rel_embeddings, scale_factor)
         n_extra = pending[0].shape[2]
