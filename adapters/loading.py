@@ -39,6 +39,8 @@ as it was and no temporary file is left behind.
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import json
 import numbers
 import os
@@ -46,6 +48,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -99,6 +102,8 @@ ADAPTER_CONTAINERS = (
 )
 # AdapterHub saved its prefix pool once more under every layer (``<attention>.prefix_tuning.pool.``):
 # copies of ``prefix_tuning.prefix_tunings.<name>``, which is what loads
+# held while save_pretrained writes the adapters entry into a (possibly shared) config
+_SAVE_CONFIG_LOCK = threading.RLock()
 _PREFIX_POOL_COPY = re.compile(r"\.prefix_tuning\.pool\.prefix_tunings\.")
 
 
@@ -768,24 +773,11 @@ def _install(model, name, saved_name, adapter_config, state, weights_path, confi
             raise _as_load_error(config_path, error) from error
         finally:
             model.__dict__.pop("_adapters_staging_name", None)
+        def shown(key: str) -> str:  # errors and the report name the keys as the file does
+            return key.replace(f".{staging}.", f".{saved_name}.")
+
         try:
-            skipped, layer_index = set(adapter_config.get("leave_out", ())), _layer_index_finder(model)
-            params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
-            state = _with_renamed_legacy_keys(model, state, params)
-            for method_family, part in families_of(adapter_config):
-                if method_family.from_adapterhub is not None:  # may reshape the modules (VeRA's dense form)
-                    state = method_family.from_adapterhub(model, staging, part, state, weights_path)
-                    params = {**_select_parameters(model, _adapter_key_pattern(staging)), **model._bias_parameters(staging)}
-            # keys that match only in the family's own form (DoRA's m.weight, ReFT's units) are renamed now
-            state = _with_renamed_legacy_keys(model, state, params)
-            _copy_checked(
-                params,
-                state,
-                weights_path,
-                ignore_unexpected=lambda key: layer_index(key) in skipped,
-                shown=lambda key: key.replace(f".{staging}.", f".{saved_name}."),
-            )
-            ignored = sorted(key.replace(f".{staging}.", f".{saved_name}.") for key in set(state) - set(params))
+            ignored = sorted(shown(key) for key in _copy_adapter_state(model, staging, adapter_config, state, weights_path, shown))
             if name in model.adapters_config.adapters:
                 model.delete_adapter(name)  # may refuse (a merged adapter that cannot be unmerged exactly)
         except Exception:
@@ -1016,9 +1008,12 @@ class _ModelCheckpoint:
         >>> checkpoint.read(["encoder.layer.0.output.adapters.a.adapter_up.weight"])
     """
 
-    def __init__(self, files: dict[str, str], label: str):
+    def __init__(self, files: dict[str, str], label: str, loaded: Optional[dict] = None):
         self.files = files  # base-model key -> (file, key in the file)
         self.label = label
+        # each torch (.bin) file, loaded whole, is kept for this checkpoint's life (one
+        # restore_adapters), so that restoring n adapters loads it once, not n times
+        self._loaded: dict[str, dict] = dict(loaded or {})
 
     @classmethod
     def find(cls, model, source, **download_kwargs) -> Optional["_ModelCheckpoint"]:
@@ -1044,6 +1039,7 @@ class _ModelCheckpoint:
             except Exception:  # not a repo id at all
                 return None
 
+        loaded: dict[str, dict] = {}  # a .bin read to list its keys, kept for reading the tensors
         for filename in _MODEL_WEIGHTS:
             path = locate(filename)
             if path is None:
@@ -1071,8 +1067,9 @@ class _ModelCheckpoint:
                 except Exception as error:
                     raise AdapterLoadError(f"{path} could not be read ({type(error).__name__}: {error}); the file is corrupt.") from error
             else:
-                located = {key: (path, key) for key in cls._torch_file(path)}
-            return cls(dict(zip(_strip_prefix(model, dict.fromkeys(located)), located.values())), path)
+                loaded[path] = cls._torch_file(path)
+                located = {key: (path, key) for key in loaded[path]}
+            return cls(dict(zip(_strip_prefix(model, dict.fromkeys(located)), located.values())), path, loaded)
         return None
 
     @staticmethod
@@ -1103,7 +1100,9 @@ class _ModelCheckpoint:
                 with safe_open(path, framework="pt") as f:
                     state.update({key: f.get_tensor(self.files[key][1]) for key in wanted})
             else:
-                stored = self._torch_file(path)
+                if path not in self._loaded:
+                    self._loaded[path] = self._torch_file(path)
+                stored = self._loaded[path]
                 state.update({key: stored[self.files[key][1]] for key in wanted})
         _check_values(state, self.label)
         return state
@@ -1136,6 +1135,23 @@ def saved_adapters_config(model, adapters_config=None, where: Optional[str] = No
     label = where or (f"{os.path.join(source, 'config.json')}['adapters']" if source else "config.adapters")
     registry = ModelAdaptersConfig.from_saved(data, label)
     return registry if registry.adapters or registry.fusions else None
+
+
+def _head_setup_names(head_setup) -> Optional[list]:
+    """The head names a head setup names (``save_adapter_setup`` / ``load_adapter_setup``): a
+    block's names, one name, a list or tuple of names, or none for None and a bool (``True`` is a
+    static head); None where ``head_setup`` is none of these forms."""
+    from .composition import AdapterCompositionBlock
+
+    if isinstance(head_setup, AdapterCompositionBlock):
+        return head_setup.names_in_order()
+    if isinstance(head_setup, str):
+        return [head_setup]
+    if isinstance(head_setup, (list, tuple)) and all(isinstance(name, str) for name in head_setup):
+        return list(head_setup)
+    if head_setup is None or isinstance(head_setup, bool):
+        return []
+    return None
 
 
 def _drop_saved_adapters_entry(config) -> None:
@@ -1176,6 +1192,14 @@ def restore_adapters(model, registry, source=None, where: str = "config.adapters
     if taken:
         raise AdapterLoadError(f"{where} lists {taken}, which the model has already; delete them first.")
     checkpoint = _ModelCheckpoint.find(model, source, **download_kwargs) if source else None
+    if checkpoint is None and source and (registry.adapters or registry.fusions):
+        # a model loaded from a checkpoint whose weights file is not where the adapters look (a
+        # from_pretrained with subfolder=, cache_dir= or revision= that adapters.init does not see)
+        logger.warning(
+            f"{where} lists {[*registry.adapters, *registry.fusions]}, but no model weights file was found for "
+            f"{source!r}: they are built with freshly initialised weights. Load the model with "
+            f"AutoAdapterModel.from_pretrained (which takes subfolder=, cache_dir= and revision=) to restore them."
+        )
     added, fused = [], []
     with registry_lock(model.adapters_config).writing("restore_adapters"):
         try:
@@ -1232,15 +1256,32 @@ def _restore_weights(model, checkpoint, name: str, config) -> None:
     state = checkpoint.read(keys)
     bias = model._bias_parameters(name)  # base-model parameters, loaded with the base weights already
     state.update(checkpoint.read([key for key in bias if key in checkpoint.files]))
-    params = {**_select_parameters(model, pattern), **bias}
+    _copy_adapter_state(model, name, config, state, checkpoint.label)
+
+
+def _copy_adapter_state(model, name: str, adapter_config, state: dict, label: str, shown=lambda key: key) -> set:
+    """Copy a saved adapter's tensors ``state`` into the built adapter ``name`` (``load_adapter``
+    and ``restore_adapters`` alike): legacy key names are renamed, each method family turns its
+    AdapterHub form into its own (which may reshape its modules, as VeRA's dense form does),
+    keys that match only in the family's own form are renamed again, and every key and shape is
+    checked before anything is copied; the tensors of layers the adapter leaves out are skipped.
+    ``label`` names the file in errors, ``shown`` maps a key to the name errors give it. Returns
+    the keys of ``state`` that were skipped."""
+    pattern = _adapter_key_pattern(name)
+
+    def parameters() -> dict:
+        return {**_select_parameters(model, pattern), **model._bias_parameters(name)}
+
+    params = parameters()
     state = _with_renamed_legacy_keys(model, state, params)
-    for method_family, part in families_of(config):
+    for method_family, part in families_of(adapter_config):
         if method_family.from_adapterhub is not None:
-            state = method_family.from_adapterhub(model, name, part, state, checkpoint.label)
-            params = {**_select_parameters(model, pattern), **model._bias_parameters(name)}
-    state = _with_renamed_legacy_keys(model, state, params)  # keys in the family's own form (DoRA's m.weight)
-    skipped, layer_index = set(config.get("leave_out", ())), _layer_index_finder(model)
-    _copy_checked(params, state, checkpoint.label, ignore_unexpected=lambda key: layer_index(key) in skipped)
+            state = method_family.from_adapterhub(model, name, part, state, label)
+            params = parameters()
+    state = _with_renamed_legacy_keys(model, state, params)  # keys in the family's own form (DoRA's m.weight, ReFT's units)
+    skipped, layer_index = set(adapter_config.get("leave_out", ())), _layer_index_finder(model)
+    _copy_checked(params, state, label, ignore_unexpected=lambda key: layer_index(key) in skipped, shown=shown)
+    return set(state) - set(params)
 
 
 def _saved_adapter_patterns(model) -> list[re.Pattern]:
@@ -1264,6 +1305,37 @@ class _LoadingInfo(dict):
         return dict(self)
 
 
+#: set while an AdapterModel's ``from_pretrained`` runs transformers' ``from_pretrained``: the
+#: ``load_adapter`` call that transformers' PEFT integration makes then (for an
+#: ``adapter_config.json`` beside the model) is answered with the loading report only, since
+#: :func:`finish_from_pretrained` loads that adapter itself (with or without peft installed)
+_IN_FROM_PRETRAINED = contextvars.ContextVar("adapters_in_from_pretrained", default=False)
+
+
+def _adapter_folder_beside_model(source, download_kwargs: dict) -> Optional[str]:
+    """The folder of an ``adapter_config.json`` saved beside a model's weights (AdapterHub's
+    quickstart: ``save_pretrained(p)``, then ``save_adapter(p, name)``), honouring
+    ``subfolder``; None where there is none. A Hub repo is asked through huggingface_hub's cache
+    (as transformers asks for the model's own files)."""
+    if not source or not isinstance(source, (str, os.PathLike)):
+        return None
+    subfolder = download_kwargs.get("subfolder") or ""
+    local = os.path.join(str(source), subfolder)
+    if os.path.isdir(str(source)):
+        return local if os.path.isfile(os.path.join(local, CONFIG_NAME)) else None
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(
+            str(source), CONFIG_NAME, _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **{k: v for k, v in download_kwargs.items() if k in ("cache_dir", "revision", "subfolder", "token")},
+        )
+    except Exception:  # not a repo id, or the Hub cannot be reached: nothing beside the model
+        return None
+    return os.path.dirname(path) if path else None
+
+
 def finish_from_pretrained(model, source, download_kwargs: dict, output_loading_info: bool = False):
     """After transformers' ``from_pretrained`` of an AdapterModel: rebuild the adapters, fusions
     and active setup ``config.adapters`` lists with their weights from the checkpoint, then load
@@ -1276,13 +1348,12 @@ def finish_from_pretrained(model, source, download_kwargs: dict, output_loading_
 
         >>> model = finish_from_pretrained(BertAdapterModel.from_pretrained("out/model"), "out/model", {})
     """
-    pending = model.__dict__.pop("_adapters_pending_adapter", None)
     report = model.__dict__.pop("_adapters_loading_info", None)
     registry = saved_adapters_config(model)
     if registry is not None:
         restore_adapters(model, registry, source=source, where=f"{source}: config.json['adapters']", **download_kwargs)
-    if pending is not None:
-        folder = _resolve_folder(pending, **{k: v for k, v in download_kwargs.items() if k in ("cache_dir", "revision", "token")})
+    folder = _adapter_folder_beside_model(source, download_kwargs)  # looked up here: no peft needed
+    if folder is not None:
         meta = _read_json(os.path.join(folder, CONFIG_NAME))
         saved_name = meta.get("name") if "peft_type" not in meta else None
         if saved_name not in model.adapters_config.adapters:  # else config.adapters restored it (and its head)
@@ -1320,12 +1391,20 @@ class CheckpointMixin:
             >>> adapters.init(MyModel.from_pretrained("out/model"))   # the saved interface and adapters are used
         """
         # the registry is the truth: written for this save only (as AdapterHub does), so a config
-        # shared with or copied to another model never carries a stale list of adapters
-        setattr(self.config, ADAPTERS_CONFIG_KEY, self.adapters_config.to_dict())
-        try:
-            result = super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            _drop_saved_adapters_entry(self.config)
+        # shared with or copied to another model never carries a stale list of adapters; an entry
+        # the config had before is put back, and the lock keeps two saves (of models that share
+        # the config) from restoring each other's entry
+        with _SAVE_CONFIG_LOCK:
+            config_vars = vars(self.config)
+            had_entry, previous = ADAPTERS_CONFIG_KEY in config_vars, config_vars.get(ADAPTERS_CONFIG_KEY)
+            setattr(self.config, ADAPTERS_CONFIG_KEY, self.adapters_config.to_dict())
+            try:
+                result = super().save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                if had_entry:
+                    setattr(self.config, ADAPTERS_CONFIG_KEY, previous)
+                else:
+                    _drop_saved_adapters_entry(self.config)
         interface = self.__dict__.get("_adapters_interface")
         if interface is not None:
             from .interface import INTERFACE_CONFIG_NAME
@@ -1438,8 +1517,9 @@ class CheckpointMixin:
             >>> model.load_adapter("out/diverged", load_as="nan_study", allow_non_finite=True)
         """
 
-        if "load_config" in kwargs:  # transformers' from_pretrained found adapter_config.json beside the model
-            self.__dict__["_adapters_pending_adapter"] = adapter_name_or_path
+        if _IN_FROM_PRETRAINED.get() and "load_config" in kwargs:
+            # transformers' PEFT integration, inside an AdapterModel's from_pretrained, found
+            # adapter_config.json beside the model: finish_from_pretrained loads it (peft or not)
             report = self.__dict__.get("_adapters_loading_info")
             return _LoadingInfo(report.to_dict() if report is not None else {})
         if load_as is not None:
@@ -1533,13 +1613,14 @@ class CheckpointMixin:
         folder = _resolve_folder(adapter_fusion_name_or_path, **kwargs)
         head = None
         if with_head and getattr(self, "heads", None) is not None and self._holds_head(folder):
-            head = self._prepare_head(folder, allow_non_finite=allow_non_finite, overwrite_ok=True)
+            # the head takes the fusion's name (load_as) and is activated only with set_active
+            head = self._prepare_head(folder, load_as=load_as, allow_non_finite=allow_non_finite, overwrite_ok=True)
         name = load_adapter_fusion(
             self, folder, load_as=load_as, set_active=set_active, allow_non_finite=allow_non_finite,
             prefer_safetensors=use_safetensors,
         )
         if head is not None:
-            self._insert_loaded_head(*head, set_active=True)
+            self._insert_loaded_head(*head, set_active=set_active)
         return name
 
     def save_adapter_setup(
@@ -1580,15 +1661,8 @@ class CheckpointMixin:
         missing = [name for name in fusions if name not in self.adapters_config.fusions]
         if missing:
             raise AdapterConfigError(f"adapter_setup fuses with {missing}, which the model does not have; add or load the fusion first.")
-        if isinstance(head_setup, AdapterCompositionBlock):
-            heads = head_setup.names_in_order()
-        elif isinstance(head_setup, str):
-            heads = [head_setup]
-        elif isinstance(head_setup, (list, tuple)):
-            heads = list(head_setup)
-        elif head_setup is None or isinstance(head_setup, bool):
-            heads = []
-        else:
+        heads = _head_setup_names(head_setup)
+        if heads is None:
             raise AdapterConfigError(
                 f"head_setup is {type(head_setup).__name__} {head_setup!r}; pass None, True (a static head), a head name, "
                 f"a list of head names or a block of them."
@@ -1625,14 +1699,16 @@ class CheckpointMixin:
     ):
         """Load a setup saved by :meth:`save_adapter_setup` (here or by AdapterHub): its
         adapters (with their heads), fusions and heads; returns ``(adapter_setup, head_setup)``.
-        With ``set_active`` the setup (and head setup) become active. All or nothing: on any
-        error what was loaded is removed again. ``version`` is a Hub revision (AdapterHub's name
+        With ``set_active`` the setup (and head setup) become active. A setup never replaces
+        what the model has: an adapter, fusion or head of a name it loads is refused before
+        anything is loaded. All or nothing: on any error what was loaded is removed again, and
+        the active setup and head and a static head are put back as they were. ``version`` is a Hub revision (AdapterHub's name
         for it); ``use_safetensors`` picks the fusion weights' format where both are saved (each
         adapter's file format is detected).
 
         Raises:
-            AdapterLoadError: ``adapter_setup.json`` is missing or invalid, or a part does not
-                load (the message names the file).
+            AdapterLoadError: ``adapter_setup.json`` is missing or invalid, the model has a name
+                the setup loads already, or a part does not load (the message names the file).
 
         Example::
 
@@ -1652,40 +1728,63 @@ class CheckpointMixin:
             raise AdapterLoadError(f"{path}: {error}") from error
         if isinstance(setup, str):
             setup = Stack(setup)
-        if isinstance(head_setup, AdapterCompositionBlock):
-            heads = head_setup.names_in_order()
-        elif isinstance(head_setup, str):
-            heads = [head_setup]
-        elif isinstance(head_setup, list) and all(isinstance(h, str) for h in head_setup):
-            heads = head_setup
-        elif head_setup is None or isinstance(head_setup, bool):
-            heads = []
-        else:
+        heads = _head_setup_names(head_setup)
+        if heads is None:
             raise AdapterLoadError(f"{path}: \"head_setup\" is {head_setup!r}; it must be null, true, a head name, a list of names or a block.")
-        loaded, fused, headed = [], [], []
+        names = setup.names_in_order()
+        fusions = [block.name for block in _blocks(setup, Fuse)]
+        flexible = getattr(self, "heads", None)
+        # a setup never replaces what the model has (so the rollback below removes only what it loaded)
+        taken = [name for name in names if name in self.adapters_config.adapters]
+        taken += [name for name in fusions if name in self.adapters_config.fusions]
+        if flexible is not None:
+            saved_heads = [name for name in names if self._holds_head(_inside(folder, name))]
+            taken += [name for name in dict.fromkeys([*saved_heads, *heads]) if name in flexible]
+        if taken:
+            raise AdapterLoadError(
+                f"{path}: the setup loads {taken}, which the model has already; delete them first (nothing was loaded)."
+            )
+        registry = self.adapters_config
+        previous_setup, previous_skip = registry.active_setup, registry.skip_layers
+        previous_heads = self.__dict__.get("_adapters_active_heads")
+        heads_before = set(flexible or {})
+        static_head = None  # a transformers head model's static head, which each adapter's load may replace
+        if flexible is None and self.__dict__.get("_adapters_static_head"):
+            static_head = (
+                {key: value.detach().clone() for key, value in self._static_head_parameters().items()},
+                copy.deepcopy(getattr(self.config, "label2id", None)), copy.deepcopy(getattr(self.config, "id2label", None)),
+            )
+        loaded, fused = [], []
         try:
-            for name in setup.names_in_order():
-                loaded.append(self.load_adapter(_inside(folder, name), load_as=name))
-            for block in _blocks(setup, Fuse):
-                fused.append(self.load_adapter_fusion(_inside(folder, block.name), load_as=block.name, use_safetensors=use_safetensors))
+            for name in names:
+                loaded.append(self.load_adapter(_inside(folder, name), load_as=name, overwrite_ok=False))
+            for name in fusions:
+                fused.append(self.load_adapter_fusion(_inside(folder, name), load_as=name, use_safetensors=use_safetensors))
             for name in heads:  # a head saved with its adapter of the same name was loaded with it: replaced
-                headed.append(self.load_head(_inside(folder, name), load_as=name, set_active=False, overwrite_ok=name in loaded))
-            if head_setup is True:
-                self.load_head(folder)
+                self.load_head(_inside(folder, name), load_as=name, set_active=False, overwrite_ok=name in loaded)
             if set_active:
                 self.set_active_adapters(setup)
                 if heads:
                     self.active_head = head_setup if isinstance(head_setup, (str, AdapterCompositionBlock)) else heads
+            if head_setup is True:  # last: a static head load is all or nothing itself, and nothing follows it
+                self.load_head(folder)
         except Exception:
-            for name in headed:
-                self.delete_head(name)
+            registry.active_setup, registry.skip_layers = previous_setup, previous_skip
+            registry.changed()
+            if flexible is not None:
+                self.__dict__["_adapters_active_heads"] = previous_heads
+                for name in [name for name in flexible if name not in heads_before]:
+                    self.delete_head(name)
+            if static_head is not None:
+                saved, label2id, id2label = static_head
+                with torch.no_grad():
+                    for key, parameter in self._static_head_parameters().items():
+                        parameter.copy_(saved[key])
+                self.config.label2id, self.config.id2label = label2id, id2label
             for name in fused:
                 self.delete_adapter_fusion(name)
             for name in loaded:
-                if name in self.adapters_config.adapters:
-                    self.delete_adapter(name)
-                if name in (getattr(self, "heads", None) or {}):
-                    self.delete_head(name)
+                self.delete_adapter(name)
             raise
         return setup, head_setup
 

@@ -86,10 +86,15 @@ def init_adapters_config(model, model_config, adapters_config=None):
             f"init_adapters_config: {type(model).__name__} is patched already and has its adapters; adapters_config "
             f"must be None (add adapters with add_adapter / load_adapter)."
         )
+    previous_config = model.config
     model.config = model_config
     if not patched:
-        if adapters_config is None:
-            init(model)
-        else:
-            init(model, adapters_config=adapters_config)
+        try:
+            if adapters_config is None:
+                init(model)
+            else:
+                init(model, adapters_config=adapters_config)
+        except Exception:
+            model.config = previous_config  # init failed: the model is left as it was
+            raise
     return model.adapters_config

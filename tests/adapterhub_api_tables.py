@@ -91,7 +91,11 @@ DIFFERENCES = {
         "ModelAdaptersMixin.save_adapter_setup", "ModelWithHeadsAdaptersMixin.save_adapter_setup",
     ),
     **_each(
-        f"{_SAVE_LOAD}; ``set_active`` and ``use_safetensors`` come right after ``version`` (pass them by keyword)",
+        "after the leading path the optional parameters are ordered differently: ``set_active`` and "
+        "``use_safetensors`` come right after ``version`` (pass them by keyword); ``custom_weights_loaders`` "
+        "(AdapterHub's loader plug-ins) is not supported: each method family saves and loads its own weights; a "
+        "setup naming an adapter, fusion or head the model has already is refused (AdapterHub replaces them), so "
+        "that a failed load is undone completely",
         "ModelAdaptersMixin.load_adapter_setup", "ModelWithHeadsAdaptersMixin.load_adapter_setup",
     ),
     "ModelAdaptersMixin.save_all_adapter_fusions": f"{_SAFETENSORS}; {_SAVE_LOAD}; ``meta_dict`` is not taken here",

@@ -109,6 +109,19 @@ def test_init_adapters_config_patches_and_returns_the_registry():
     assert any(".adapters.a." in name for name, _ in fresh.named_parameters())
 
 
+def test_init_adapters_config_that_fails_leaves_the_model_config_unchanged():
+    import copy
+
+    from adapters.wrappers import init_adapters_config
+
+    model = make_model("bert")
+    original = model.config
+    other = copy.deepcopy(model.config)
+    with pytest.raises((AdapterConfigError, AdapterLoadError, ValueError, TypeError)):
+        init_adapters_config(model, other, {"adapters": {"a": "no_such_config_id"}})
+    assert model.config is original and "_adapters_registry" not in model.__dict__
+
+
 # -- static heads on transformers' head models ----------------------------------------------------------
 def test_static_head_is_saved_in_adapterhubs_layout_and_loads_back(tmp_path):
     model = _static()
@@ -482,3 +495,68 @@ def test_lora_delta_w_svd_flag_support_and_loaded_embeddings():
     assert list(embeddings) == ["default"] and embeddings["default"] is bert.get_input_embeddings()
     embeddings["other"] = None  # a copy: the model's embeddings are changed through its methods only
     assert list(bert.loaded_embeddings) == ["default"]
+
+
+def _head_folder_with_both_formats(tmp_path, safe_model, legacy_model, head_name=None):
+    """A head folder holding ``model_head.safetensors`` from ``safe_model`` and
+    ``pytorch_model_head.bin`` from ``legacy_model`` (the same head, different weights)."""
+    import shutil
+
+    args = (head_name,) if head_name else ()
+    safe_model.save_head(str(tmp_path / "safe"), *args)
+    legacy_model.save_head(str(tmp_path / "legacy"), *args, use_safetensors=False)
+    shutil.copy(tmp_path / "legacy" / "pytorch_model_head.bin", tmp_path / "safe" / "pytorch_model_head.bin")
+    return str(tmp_path / "safe")
+
+
+def test_load_head_use_safetensors_picks_the_file_where_a_folder_holds_both_formats(tmp_path):
+    """``use_safetensors`` is honoured as AdapterHub honours it (False, the default: the .bin;
+    True: the safetensors file) on a static head model, in the static -> flexible conversion and
+    for a flexible head; with one file, that file is read whatever the flag says."""
+    first, second = _static(seed=0), _static(seed=1)
+    assert not torch.equal(first.classifier.weight, second.classifier.weight)
+    folder = _head_folder_with_both_formats(tmp_path / "static", first, second)
+    for use_safetensors, source in ((True, first), (False, second), (None, second)):
+        target = patched("bert", "seq_cls", seed=5)
+        kwargs = {} if use_safetensors is None else {"use_safetensors": use_safetensors}
+        target.load_head(folder, **kwargs)
+        assert torch.equal(target.classifier.weight, source.classifier.weight), use_safetensors
+    # the static head converted into an AdapterModel's flexible head
+    first.save_pretrained(str(tmp_path / "model"))
+    flex = AutoAdapterModel.from_pretrained(str(tmp_path / "model")).eval()
+    inputs = make_inputs("bert")
+    flex.load_head(folder, load_as="safe", use_safetensors=True, set_active=True)
+    torch.testing.assert_close(_logits(flex, inputs), _logits(first, inputs), rtol=1e-5, atol=1e-5)
+    flex.load_head(folder, load_as="legacy", use_safetensors=False, set_active=True)
+    assert not torch.allclose(_logits(flex, inputs), _logits(first, inputs))
+    # a flexible head saved by an AdapterModel
+    flex_first = AutoAdapterModel.from_pretrained(str(tmp_path / "model")).eval()
+    flex_second = AutoAdapterModel.from_pretrained(str(tmp_path / "model")).eval()
+    perturb(flex_second.heads["default"], seed=3)
+    flex_folder = _head_folder_with_both_formats(tmp_path / "flex", flex_first, flex_second, "default")
+    for use_safetensors, source in ((True, flex_first), (False, flex_second)):
+        target = AutoAdapterModel.from_pretrained(str(tmp_path / "model")).eval()
+        target.delete_head("default")
+        assert target.load_head(flex_folder, use_safetensors=use_safetensors) == "default"
+        expected = source.heads["default"].state_dict()
+        assert all(torch.equal(value, expected[key]) for key, value in target.heads["default"].state_dict().items())
+    # one file: read whatever the flag says
+    only_safe = patched("bert", "seq_cls", seed=5)
+    only_safe.load_head(str(tmp_path / "static" / "legacy"), use_safetensors=True)
+    assert torch.equal(only_safe.classifier.weight, second.classifier.weight)
+
+
+def test_head_file_names_and_the_head_folder_check_are_defined_once():
+    """The AdapterHub head file names and ``_holds_head`` live in adapters.static_heads; the
+    flexible heads' checkpoint code uses the same objects (no second definition to drift)."""
+    import inspect
+
+    from adapters import static_heads
+    from adapters.heads import checkpoints, model_mixin
+
+    source = inspect.getsource(checkpoints)
+    for constant in ("HEAD_CONFIG_NAME", "HEAD_WEIGHTS_NAME", "HEAD_SAFE_WEIGHTS_NAME"):
+        assert f"\n{constant} = " not in source
+        assert getattr(checkpoints, constant) == getattr(static_heads, constant) == getattr(model_mixin, constant)
+    assert "_holds_head" not in checkpoints.HeadCheckpointMixin.__dict__
+    assert model_mixin.FlexibleHeadsMixin._holds_head is static_heads.ModelWithHeadsAdaptersMixin._holds_head

@@ -574,3 +574,163 @@ def test_config_adapters_is_written_for_the_save_only(tmp_path):
     plain = reloaded.merge_and_unload()
     plain.save_pretrained(str(tmp_path / "merged"))
     assert "adapters" not in json.loads((tmp_path / "merged" / "config.json").read_text())
+
+
+def test_fusion_head_takes_load_as_and_is_activated_only_with_set_active(tmp_path):
+    torch.manual_seed(0)
+    model = adapters.BertAdapterModel(_bert_config())
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    model.add_adapter_fusion(Fuse("a", "b"))
+    model.add_classification_head("ab", num_labels=2)
+    model.save_adapter_fusion(str(tmp_path / "f"), "a,b", with_head="ab")
+    fresh = adapters.BertAdapterModel(_bert_config())
+    for name in ("a", "b"):
+        fresh.add_adapter(name, config="seq_bn")
+    fresh.add_classification_head("ab", num_labels=5)  # the user's own head of the saved name
+    fresh.add_classification_head("mine", num_labels=3)
+    before = {k: v.clone() for k, v in fresh.heads["ab"].state_dict().items()}
+    fresh.load_adapter_fusion(str(tmp_path / "f"), load_as="ab2")
+    assert "ab2" in fresh.adapters_config.fusions and "ab2" in fresh.heads
+    _assert_same_state({k: v for k, v in fresh.heads["ab"].state_dict().items()}, before)  # untouched
+    _assert_same_state(fresh.heads["ab2"].state_dict(), model.heads["ab"].state_dict())
+    assert fresh.active_head == "mine"  # set_active=False activates nothing
+    fresh.load_adapter_fusion(str(tmp_path / "f"), load_as="ab3", set_active=True)
+    assert fresh.active_head == "ab3"
+
+
+def test_save_pretrained_keeps_an_adapters_entry_the_config_had(tmp_path):
+    model = make_model("bert", "seq_cls")
+    adapters.init(model)
+    model.add_adapter("a", config="lora[r=2]")
+    model.config.adapters = {"kept": True}  # the user's own value
+    model.save_pretrained(str(tmp_path))
+    assert model.config.adapters == {"kept": True}
+    assert list(json.loads((tmp_path / "config.json").read_text())["adapters"]["adapters"]) == ["a"]
+
+
+def test_load_adapter_setup_refuses_names_the_model_has_and_rolls_back_completely(tmp_path):
+    torch.manual_seed(0)
+    model = adapters.BertAdapterModel(_bert_config())
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+        model.add_classification_head(name, num_labels=2)
+        perturb_adapter(model, name, seed=len(name) + 4)
+    model.save_adapter_setup(str(tmp_path / "s"), Stack("a", "b"), head_setup="b")
+    # the user's own adapter "a" and head "b": refused before anything is loaded, both kept
+    user = adapters.BertAdapterModel(_bert_config())
+    user.add_adapter("a", config="lora[r=2]")
+    user.add_classification_head("b", num_labels=4)
+    user.add_classification_head("mine", num_labels=3)
+    state = {k: v.clone() for k, v in user.state_dict().items()}
+    with pytest.raises(AdapterLoadError, match=r"\['a', 'b'\].*has already"):
+        user.load_adapter_setup(str(tmp_path / "s"), set_active=True)
+    _assert_same_state(user.state_dict(), state)
+    assert list(user.adapters_config.adapters) == ["a"] and sorted(user.heads) == ["b", "mine"]
+    assert user.active_head == "mine"
+    # a part that fails after "a" (and its head, which became active) was loaded: all undone
+    os.remove(tmp_path / "s" / "b" / "adapter_config.json")
+    fresh = adapters.BertAdapterModel(_bert_config())
+    fresh.add_classification_head("mine", num_labels=3)
+    fresh.add_classification_head("other", num_labels=3)  # a head the setup does not save: kept
+    with pytest.raises(AdapterLoadError, match="adapter_config.json is missing"):
+        fresh.load_adapter_setup(str(tmp_path / "s"))
+    assert not fresh.adapters_config.adapters and sorted(fresh.heads) == ["mine", "other"]
+    assert fresh.active_head == "other"
+
+
+def test_load_adapter_setup_failure_restores_a_static_head(tmp_path):
+    model = make_model("bert", "seq_cls")
+    adapters.init(model)
+    for name in ("a", "b"):
+        model.add_adapter(name, config="seq_bn")
+    with torch.no_grad():
+        for parameter in model._static_head_parameters().values():
+            parameter.add_(1.0)
+    model.save_adapter_setup(str(tmp_path), Stack("a", "b"), head_setup=True)
+    os.remove(tmp_path / "b" / "adapter_config.json")
+    fresh = make_model("bert", "seq_cls")
+    adapters.init(fresh)
+    before = {k: v.clone() for k, v in fresh._static_head_parameters().items()}
+    with pytest.raises(AdapterLoadError, match="adapter_config.json is missing"):
+        fresh.load_adapter_setup(str(tmp_path))
+    _assert_same_state(dict(fresh._static_head_parameters()), before)
+    assert not fresh.adapters_config.adapters
+
+
+def test_a_checkpoint_in_a_subfolder_restores_its_adapters_or_warns(tmp_path, loading_log):
+    model = make_model("bert", "seq_cls")
+    adapters.init(model)
+    model.add_adapter("a", config="lora[r=2]")
+    perturb_adapter(model, "a", seed=5)
+    model.save_pretrained(str(tmp_path / "sub"))
+    # AutoAdapterModel takes subfolder= and finds the weights there (static head converted to "default")
+    restored = AutoAdapterModel.from_pretrained(str(tmp_path), subfolder="sub")
+    keys = [k for k in _adapter_state(model) if ".loras.a." in k]
+    assert keys
+    _assert_same_state({k: _adapter_state(restored)[k] for k in keys}, {k: _adapter_state(model)[k] for k in keys})
+    assert "freshly initialised" not in loading_log.text
+    # adapters.init does not see transformers' subfolder=: fresh weights, with a warning that says so
+    plain = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path), subfolder="sub")
+    adapters.init(plain)
+    assert "no model weights file was found" in loading_log.text and "['a']" in loading_log.text
+    assert list(plain.adapters_config.adapters) == ["a"]
+    # an AdapterModel's own checkpoint in a subfolder (its config is read from the subfolder too)
+    flexible = adapters.BertAdapterModel(_bert_config())
+    flexible.add_adapter("b", config="seq_bn")
+    perturb_adapter(flexible, "b", seed=6)
+    flexible.save_pretrained(str(tmp_path / "flex"))
+    back = AutoAdapterModel.from_pretrained(str(tmp_path), subfolder="flex")
+    _assert_same_state(_adapter_state(back), _adapter_state(flexible))
+
+
+@pytest.mark.parametrize("peft_installed", [True, False])
+def test_an_adapter_saved_beside_a_base_model_loads_with_or_without_peft(tmp_path, monkeypatch, peft_installed):
+    import transformers.integrations.peft as transformers_peft
+
+    if not peft_installed:  # transformers' PEFT hook then never sees adapter_config.json
+        monkeypatch.setattr(transformers_peft, "is_peft_available", lambda: False)
+    torch.manual_seed(0)
+    model = adapters.BertAdapterModel(_bert_config())
+    model.add_adapter("a", config="seq_bn")
+    model.add_classification_head("a", num_labels=2)
+    perturb_adapter(model, "a", seed=9)
+    adapters.BertAdapterModel(_bert_config()).save_pretrained(str(tmp_path / "sub"))
+    model.save_adapter(str(tmp_path / "sub"), "a")
+    if peft_installed:  # (transformers' PEFT hook itself cannot read a subfolder holding a whole model)
+        loaded = AutoAdapterModel.from_pretrained(str(tmp_path / "sub"))
+    else:
+        loaded = AutoAdapterModel.from_pretrained(str(tmp_path), subfolder="sub")
+    assert list(loaded.adapters_config.adapters) == ["a"] and "a" in loaded.heads  # loaded once, not twice
+    _assert_same_state(
+        {k: v for k, v in _adapter_state(loaded).items() if ".a." in k or "heads.a." in k},
+        {k: v for k, v in _adapter_state(model).items() if ".a." in k or "heads.a." in k},
+    )
+
+
+def test_load_adapter_with_a_load_config_argument_loads_outside_from_pretrained(tmp_path):
+    model = adapters.BertAdapterModel(_bert_config())
+    model.add_adapter("a", config="seq_bn")
+    model.save_adapter(str(tmp_path), "a")
+    assert model.load_adapter(str(tmp_path), load_as="x", load_config=None) == "x"  # not swallowed
+    assert sorted(model.adapters_config.adapters) == ["a", "x"]
+
+
+def test_a_torch_bin_checkpoint_is_loaded_once_for_all_its_adapters(tmp_path, monkeypatch):
+    from adapters.loading import _ModelCheckpoint
+
+    model = make_model("bert", "seq_cls")
+    adapters.init(model)
+    for index, name in enumerate(("a", "b", "c")):
+        model.add_adapter(name, config="seq_bn" if name != "b" else "lora[r=2]")
+        perturb_adapter(model, name, seed=index)
+    model.save_pretrained(str(tmp_path))
+    torch.save(load_file(str(tmp_path / "model.safetensors")), str(tmp_path / "pytorch_model.bin"))
+    os.remove(tmp_path / "model.safetensors")
+    reloaded = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path))
+    reads = []
+    original = _ModelCheckpoint._torch_file
+    monkeypatch.setattr(_ModelCheckpoint, "_torch_file", staticmethod(lambda path: reads.append(path) or original(path)))
+    adapters.init(reloaded)
+    assert reads == [str(tmp_path / "pytorch_model.bin")]  # once, not once per adapter
+    _assert_same_state(_adapter_state(reloaded), _adapter_state(model))

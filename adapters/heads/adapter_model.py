@@ -423,20 +423,34 @@ class _AdapterModelBody(FlexibleHeadsMixin):
         """
         config = kwargs.get("config")
         if not isinstance(config, transformers.PretrainedConfig):
-            config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "subfolder", "token", "local_files_only") if k in kwargs}
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
         architecture = next(iter(getattr(config, "architectures", None) or []), None)
         output_loading_info = kwargs.pop("output_loading_info", False)
+        download_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "subfolder", "token") if k in kwargs}
         if _static_conversion(architecture) is not None and not getattr(config, "prediction_heads", None):
+            from ..loading import _drop_saved_adapters_entry, restore_adapters, saved_adapters_config
+
             static, info = getattr(transformers, architecture).from_pretrained(
                 pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
             )
-            model = convert_to_adapter_model(static, adapter_model_class=cls)  # restores config.adapters (adapters.init)
+            registry = saved_adapters_config(static)  # restored below with the download arguments (subfolder, ...)
+            if registry is not None:
+                _drop_saved_adapters_entry(static.config)
+            model = convert_to_adapter_model(static, adapter_model_class=cls)
+            if registry is not None:
+                restore_adapters(
+                    model, registry, source=pretrained_model_name_or_path,
+                    where=f"{pretrained_model_name_or_path}: config.json['adapters']", **download_kwargs,
+                )
             return (model, info) if output_loading_info else model
-        from ..loading import finish_from_pretrained  # adapters, fusions and the active setup of config.adapters
+        from ..loading import _IN_FROM_PRETRAINED, finish_from_pretrained  # adapters, fusions, setup of config.adapters
 
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        download_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "subfolder", "token") if k in kwargs}
+        token = _IN_FROM_PRETRAINED.set(True)  # transformers' PEFT hook is answered; finish_from_pretrained loads
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        finally:
+            _IN_FROM_PRETRAINED.reset(token)
         return finish_from_pretrained(model, pretrained_model_name_or_path, download_kwargs, output_loading_info)
 
     @classmethod
@@ -884,7 +898,7 @@ class AutoAdapterModel:
         """
         config = kwargs.get("config")
         if not isinstance(config, transformers.PretrainedConfig):
-            config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "subfolder", "token", "local_files_only") if k in kwargs}
             config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
         return _adapter_model_class(config).from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
