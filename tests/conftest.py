@@ -336,6 +336,20 @@ def perturb_adapter(model, name: str, scale: float = 0.5, seed: int = 0) -> None
             seed += 1
 
 
+@pytest.fixture
+def adapters_log(caplog):
+    """The library's warnings (its logger does not propagate to the root logger)."""
+    import logging
+
+    logger = logging.getLogger("adapters")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="adapters"):
+            yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param

@@ -99,20 +99,6 @@ def _copy_weights(model, source: str, target: str) -> None:
 
 
 @pytest.fixture
-def adapters_log(caplog):
-    """The library's warnings (its logger does not propagate to the root logger)."""
-    import logging
-
-    logger = logging.getLogger("adapters")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="adapters"):
-            yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-
-
-@pytest.fixture
 def register():
     """``register(config, ...)``: register configs under string ids (as a user does to read their
     subclass back); they are unregistered after the test."""

@@ -45,20 +45,6 @@ def _adapter_state(model) -> dict:
     return {k: v for k, v in model.state_dict().items() if any(m in k for m in markers)}
 
 
-@pytest.fixture
-def loading_log(caplog):
-    """The library's warnings (conftest silences transformers' warnings, which adapters' follow)."""
-    import logging
-
-    logger = logging.getLogger("adapters")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="adapters"):
-            yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
-
-
 def _assert_same_state(a: dict, b: dict) -> None:
     assert sorted(a) == sorted(b)
     for key in a:
@@ -67,7 +53,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 # -- AdapterHub's saved models ------------------------------------------------------------------------
 @pytest.mark.parametrize("case", sorted(MANIFEST["cases"]))
-def test_adapterhub_saved_model_reproduces_its_outputs(case, loading_log):
+def test_adapterhub_saved_model_reproduces_its_outputs(case, adapters_log):
     record = MANIFEST["cases"][case]
     folder = str(FIXTURES / case)
     inputs = load_file(str(FIXTURES / "inputs.safetensors"))
@@ -81,7 +67,7 @@ def test_adapterhub_saved_model_reproduces_its_outputs(case, loading_log):
     saved = json.loads((FIXTURES / case / "config.json").read_text())["adapters"]
     assert sorted(model.adapters_config.adapters) == sorted(saved["adapters"])
     assert sorted(model.adapters_config.fusions) == sorted(saved["fusions"])
-    assert "freshly initialised" not in loading_log.text  # every adapter's weights came from the checkpoint
+    assert "freshly initialised" not in adapters_log.text  # every adapter's weights came from the checkpoint
     setup = AdapterCompositionBlock.from_dict(record["setup"])
     if record.get("written_by") == "this library":  # saved here (active setup included), AdapterHub's output recorded
         assert model.active_adapters == setup
@@ -469,7 +455,7 @@ def test_blocks_to_dict_from_dict_and_flatten():
             AdapterCompositionBlock.from_dict(bad)
 
 
-def test_loading_an_existing_name_replaces_it_unless_overwrite_ok_is_false(tmp_path, loading_log):
+def test_loading_an_existing_name_replaces_it_unless_overwrite_ok_is_false(tmp_path, adapters_log):
     model = make_model("bert", "seq_cls")
     adapters.init(model)
     model.add_adapter("a", config="seq_bn")
@@ -481,7 +467,7 @@ def test_loading_an_existing_name_replaces_it_unless_overwrite_ok_is_false(tmp_p
         model.load_adapter(str(tmp_path), overwrite_ok=False)
     assert not all(torch.equal(v, saved[k]) for k, v in _adapter_state(model).items())
     model.load_adapter(str(tmp_path))  # AdapterHub's default: the loaded adapter replaces it
-    assert "Replacing the existing adapter 'a'" in loading_log.text
+    assert "Replacing the existing adapter 'a'" in adapters_log.text
     _assert_same_state(_adapter_state(model), saved)
 
 
@@ -493,7 +479,7 @@ def test_fusion_configs_have_adapterhubs_config_members():
         adapters.AdapterFusionConfig.from_dict({"temprature": True})
 
 
-def test_checkpoint_without_an_adapters_tensors_warns_and_keeps_fresh_weights(tmp_path, loading_log):
+def test_checkpoint_without_an_adapters_tensors_warns_and_keeps_fresh_weights(tmp_path, adapters_log):
     from safetensors.torch import save_file
 
     model = make_model("bert", "seq_cls")
@@ -506,15 +492,15 @@ def test_checkpoint_without_an_adapters_tensors_warns_and_keeps_fresh_weights(tm
     save_file({k: v for k, v in state.items() if ".adapters.a." not in k}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     reloaded = type(make_model("bert", "seq_cls")).from_pretrained(str(tmp_path))
     adapters.init(reloaded)
-    assert "adapter 'a' from the saved config with freshly initialised weights" in loading_log.text
-    assert "adapter 'b'" not in loading_log.text
+    assert "adapter 'a' from the saved config with freshly initialised weights" in adapters_log.text
+    assert "adapter 'b'" not in adapters_log.text
     up = next(k for k in _adapter_state(reloaded) if ".adapters.a.adapter_up.weight" in k)
     assert not torch.equal(_adapter_state(reloaded)[up], _adapter_state(model)[up])  # fresh, not the perturbed weights
     b_keys = [k for k in _adapter_state(model) if ".loras.b." in k]
     _assert_same_state({k: _adapter_state(reloaded)[k] for k in b_keys}, {k: _adapter_state(model)[k] for k in b_keys})
 
 
-def test_a_config_subclass_with_an_extra_field_is_added_saved_and_loaded(tmp_path, loading_log):
+def test_a_config_subclass_with_an_extra_field_is_added_saved_and_loaded(tmp_path, adapters_log):
     """As in AdapterHub: a user subclass of a config class (a frozen dataclass here) works in
     add_adapter and is saved with its extra field; loading reads it as the base class, without
     the field (AdapterHub drops it too), and the weights load."""
@@ -533,7 +519,7 @@ def test_a_config_subclass_with_an_extra_field_is_added_saved_and_loaded(tmp_pat
     model.save_adapter(str(tmp_path), "s")
     assert json.loads((tmp_path / "adapter_config.json").read_text())["config"]["note"] == "mine"
     model.load_adapter(str(tmp_path), load_as="copy")
-    assert type(model.adapters_config.adapters["copy"]) is BnConfig and "ignoring 'note'" in loading_log.text
+    assert type(model.adapters_config.adapters["copy"]) is BnConfig and "ignoring 'note'" in adapters_log.text
     inputs = make_inputs("bert")
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs, adapter_names="copy").logits, model(**inputs, adapter_names="s").logits, atol=0, rtol=0)
@@ -658,7 +644,7 @@ def test_load_adapter_setup_failure_restores_a_static_head(tmp_path):
     assert not fresh.adapters_config.adapters
 
 
-def test_a_checkpoint_in_a_subfolder_restores_its_adapters_or_warns(tmp_path, loading_log):
+def test_a_checkpoint_in_a_subfolder_restores_its_adapters_or_warns(tmp_path, adapters_log):
     model = make_model("bert", "seq_cls")
     adapters.init(model)
     model.add_adapter("a", config="lora[r=2]")
@@ -669,11 +655,11 @@ def test_a_checkpoint_in_a_subfolder_restores_its_adapters_or_warns(tmp_path, lo
     keys = [k for k in _adapter_state(model) if ".loras.a." in k]
     assert keys
     _assert_same_state({k: _adapter_state(restored)[k] for k in keys}, {k: _adapter_state(model)[k] for k in keys})
-    assert "freshly initialised" not in loading_log.text
+    assert "freshly initialised" not in adapters_log.text
     # adapters.init does not see transformers' subfolder=: fresh weights, with a warning that says so
     plain = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path), subfolder="sub")
     adapters.init(plain)
-    assert "no model weights file was found" in loading_log.text and "['a']" in loading_log.text
+    assert "no model weights file was found" in adapters_log.text and "['a']" in adapters_log.text
     assert list(plain.adapters_config.adapters) == ["a"]
     # an AdapterModel's own checkpoint in a subfolder (its config is read from the subfolder too)
     flexible = adapters.BertAdapterModel(_bert_config())

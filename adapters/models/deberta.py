@@ -45,7 +45,39 @@ def _pending_prefix(module):
     return None if context is None else context.hook_values.get(("pending_prefix", id(module)))
 
 
-class DisentangledPrefixAttention:
+class _PrefixPass:
+    """What both DeBERTa prefix hooks do around the module's own forward: find this pass's prefix
+    keys and values, and keep them as the pass's pending prefix while the forward runs."""
+
+    def _prefix_of_this_pass(self, hidden_states):
+        """The keys and values methods contribute to this module in this pass, or None."""
+        context = ForwardContext.get_context()
+        if context is None or not context.attention_extended:
+            return None
+        context.hook_values[("attention_input", id(self))] = hidden_states  # for prefix gates
+        probe = hidden_states.new_empty(hidden_states.shape[0], self.num_attention_heads, 0, self.attention_head_size)
+        return contributed_keys_values(self, probe, probe, probe)
+
+    @staticmethod
+    def _valid_prefix(extension, rows: int, device) -> torch.Tensor:
+        """``(rows, P)``: which prefix positions each row attends to."""
+        if extension.valid is not None:
+            return extension.valid
+        return torch.ones(rows, extension.keys.shape[2], dtype=torch.bool, device=device)
+
+    def _forward_with_pending(self, extension, *args, **kwargs):
+        """The module's own forward, with ``extension`` pending for ``transpose_for_scores`` and
+        the position-score method of this pass (counted calls start at 0)."""
+        hook_values = ForwardContext.get_context().hook_values
+        key = ("pending_prefix", id(self))
+        hook_values[key] = [extension.keys, extension.values, 0]
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            hook_values.pop(key, None)
+
+
+class DisentangledPrefixAttention(_PrefixPass):
     """Swapped onto DeBERTa's ``DisentangledSelfAttention``: attention over the keys and values
     methods contribute (prefix tuning's ``P`` positions) joined in front of the real ones.
 
@@ -64,24 +96,15 @@ class DisentangledPrefixAttention:
     """
 
     def forward(self, hidden_states, attention_mask, *args, **kwargs):
-        context = ForwardContext.get_context()
-        if context is None or not context.attention_extended:
-            return super().forward(hidden_states, attention_mask, *args, **kwargs)
-        context.hook_values[("attention_input", id(self))] = hidden_states  # for prefix gates
-        probe = hidden_states.new_empty(hidden_states.shape[0], self.num_attention_heads, 0, self.attention_head_size)
-        extension = contributed_keys_values(self, probe, probe, probe)
+        extension = self._prefix_of_this_pass(hidden_states)
         if extension is None:
             return super().forward(hidden_states, attention_mask, *args, **kwargs)
         n_extra = extension.keys.shape[2]
         rows, queries = hidden_states.shape[0], attention_mask.shape[-2]
-        valid = extension.valid if extension.valid is not None else torch.ones(rows, n_extra, dtype=torch.bool, device=hidden_states.device)
+        valid = self._valid_prefix(extension, rows, hidden_states.device)
         extra_mask = valid[:, None, None, :].expand(rows, 1, queries, n_extra).to(attention_mask.dtype)
         attention_mask = torch.cat([extra_mask, attention_mask.expand(rows, -1, -1, -1)], dim=-1)
-        context.hook_values[("pending_prefix", id(self))] = [extension.keys, extension.values, 0]
-        try:
-            context_layer, probabilities = super().forward(hidden_states, attention_mask, *args, **kwargs)
-        finally:
-            context.hook_values.pop(("pending_prefix", id(self)), None)
+        context_layer, probabilities = self._forward_with_pending(extension, hidden_states, attention_mask, *args, **kwargs)
         if probabilities is not None:
             probabilities = probabilities[..., n_extra:]  # the caller sees attention over its own tokens
         return context_layer, probabilities
@@ -108,7 +131,7 @@ class DisentangledPrefixAttention:
         return torch.cat([score.new_zeros(*score.shape[:-1], n_extra), score], dim=-1)
 
 
-class FusedDisentangledPrefixAttention:
+class FusedDisentangledPrefixAttention(_PrefixPass):
     """The prefix hook of DeBERTa (v1)'s ``DisentangledSelfAttention``, whose one projection
     ``in_proj`` is split per head into ``[q_h | k_h | v_h]`` by a single ``transpose_for_scores``
     call (then ``q_bias`` / ``v_bias`` are added).
@@ -127,13 +150,7 @@ class FusedDisentangledPrefixAttention:
     """
 
     def forward(self, hidden_states, attention_mask, *args, **kwargs):
-        context = ForwardContext.get_context()
-        if context is None or not context.attention_extended:
-            return super().forward(hidden_states, attention_mask, *args, **kwargs)
-        context.hook_values[("attention_input", id(self))] = hidden_states  # for prefix gates
-        heads, head_dim = self.num_attention_heads, self.attention_head_size
-        probe = hidden_states.new_empty(hidden_states.shape[0], heads, 0, head_dim)
-        extension = contributed_keys_values(self, probe, probe, probe)
+        extension = self._prefix_of_this_pass(hidden_states)
         if extension is None:
             return super().forward(hidden_states, attention_mask, *args, **kwargs)
         if kwargs.get("query_states", args[1] if len(args) > 1 else None) is not None:
@@ -143,16 +160,12 @@ class FusedDisentangledPrefixAttention:
             )
         rows, length, n_extra = hidden_states.shape[0], attention_mask.shape[-1], extension.keys.shape[2]
         device, dtype = attention_mask.device, attention_mask.dtype
-        valid = extension.valid if extension.valid is not None else torch.ones(rows, n_extra, dtype=torch.bool, device=device)
+        valid = self._valid_prefix(extension, rows, device)
         real_rows = torch.cat([valid[:, None, None, :].expand(rows, 1, length, n_extra).to(dtype),
                                attention_mask.expand(rows, -1, -1, -1)], dim=-1)
         extra_rows = torch.ones(rows, 1, n_extra, n_extra + length, dtype=dtype, device=device)  # cut off below
         attention_mask = torch.cat([extra_rows, real_rows], dim=2)
-        context.hook_values[("pending_prefix", id(self))] = [extension.keys, extension.values, 0]
-        try:
-            context_layer, probabilities = super().forward(hidden_states, attention_mask, *args, **kwargs)
-        finally:
-            context.hook_values.pop(("pending_prefix", id(self)), None)
+        context_layer, probabilities = self._forward_with_pending(extension, hidden_states, attention_mask, *args, **kwargs)
         if probabilities is not None:
             probabilities = probabilities[..., n_extra:, n_extra:]
         return context_layer[:, n_extra:], probabilities
