@@ -18,7 +18,7 @@ setup(
         "huggingface_hub",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "hypothesis", "peft==0.21.*", "sentencepiece", "accelerate>=1.1", "import-linter"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "peft==0.21.*", "sentencepiece", "accelerate>=1.1", "import-linter", "bitsandbytes>=0.45", "torchao", "deepspeed"],
         "docs": ["sphinx"],
         "examples": ["sentencepiece", "tqdm", "accelerate>=1.1"],
     },
