@@ -145,7 +145,12 @@ def _linear_modules(base_model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _out_features(module: nn.Module) -> int:
-    return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
+    # the layer's own size: a quantized weight's storage shape is not (out, in) (bitsandbytes packs
+    # a 4-bit weight into an (n, 1) byte column)
+    if isinstance(module, Conv1D):
+        return module.nf
+    size = getattr(module, "out_features", None)
+    return module.weight.shape[0] if size is None else size
 
 
 def fused_parts(spec: ArchitectureSpec, location: str) -> tuple[str, ...]:

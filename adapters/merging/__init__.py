@@ -20,8 +20,10 @@ takes merged adapters out of the weights again.
 **Finite or refused.** Every merge and unmerge (``merge_adapter``, ``merge_and_unload``,
 ``reset_adapter`` / ``unmerge_adapter``, and deleting a merged adapter) is all or nothing
 (:func:`apply_all_or_nothing`): it first runs on copies of each layer's weight and bias, one layer
-at a time, checking every value it would write — finite; a floating-point weight (a quantized or
-integer weight cannot hold the result); and, for a merge that ``reset_adapter`` may undo, that
+at a time, checking every value it would write — finite; a weight that can hold the result (a
+floating-point one, or a bitsandbytes 4-bit / 8-bit one, which is dequantized, merged and
+re-quantized with a warning that reports the rounding: see :mod:`adapters.methods.quantized`;
+torchao's and other integer weights are refused); and, for a merge that ``reset_adapter`` may undo, that
 the undo can restore it: (IA)³ and DoRA merges multiply the weight and their unmerge divides by
 the same factors, so a factor of (nearly) 0 that turns a non-zero weight entry into 0 or a
 subnormal number is refused (``merge_and_unload``, which is never undone, accepts it; PEFT

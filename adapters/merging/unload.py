@@ -141,17 +141,23 @@ def _adopt_copy(host, name: str) -> None:
 
 
 def _host_params(host) -> dict[str, nn.Parameter]:
-    return {k: getattr(host, k) for k in ("weight", "bias") if getattr(host, k, None) is not None}
+    """The host's parameters a merge writes into (a quantized weight is replaced whole, never
+    written into, and the host's ``merge_state`` keeps the old one)."""
+    quantized = getattr(host, "quantized", None) is not None
+    return {
+        k: getattr(host, k) for k in ("weight", "bias")
+        if getattr(host, k, None) is not None and not (quantized and k == "weight")
+    }
 
 
-def _run_on_host(host, names, operation: str) -> None:
+def _run_on_host(host, names, operation: str) -> list:
     """``operation`` ("merge": undoable by ``reset_adapter``, "merge_final": for
-    ``merge_and_unload``, "unmerge") of ``names`` at one host, in order."""
+    ``merge_and_unload``, "unmerge") of ``names`` at one host, in order; returns the
+    ``(adapter, report)`` pairs of the steps that re-quantized a quantized weight."""
     if operation == "unmerge":
-        _unmerge_from_host(host, set(names))
-        return
-    for name in names:
-        host.merge(name, undoable=operation == "merge")
+        return _unmerge_from_host(host, set(names))
+    reports = [(name, host.merge(name, undoable=operation == "merge")) for name in names]
+    return [(name, report) for name, report in reports if report is not None]
 
 
 @torch.no_grad()
@@ -183,11 +189,28 @@ def apply_all_or_nothing(model, plan, operation: str, progressbar: bool = False)
             for key, param in params.items():
                 param.data = originals[key]
             host.restore_merge_state(bookkeeping)
+    requantized = []
     for host, names in logging.tqdm(plan, disable=not progressbar, desc="Unloading and merging model"):
         try:
-            _run_on_host(host, names, operation)
+            reports = _run_on_host(host, names, operation)
         except AdapterMergeError as error:  # the dry run passed: not expected
             raise _located(error, paths.get(id(host), type(host).__name__)) from None
+        requantized += [(paths.get(id(host), type(host).__name__), name, report) for name, report in reports]
+    if requantized:
+        _warn_requantized(requantized, "unmerged from" if operation == "unmerge" else "merged into")
+
+
+def _warn_requantized(requantized: list, action: str) -> None:
+    """One warning for the adapters an operation folded into (or out of) quantized weights: the
+    worst re-quantization error relative to its update, so a rounding that ate the update shows."""
+    module, name, worst = max(requantized, key=lambda item: item[2].error / max(item[2].delta, 1e-30))
+    largest = max(report.error for _, _, report in requantized)
+    logger.warning(
+        f"{len(requantized)} adapter weight update(s) {action} quantized weights were re-quantized, which rounds "
+        f"them: worst relative to its update at module {module!r} (adapter {name!r}): {worst.describe()}; largest "
+        f"error over all modules {largest:.3g}. To keep the update exact, keep the adapter unmerged or merge into "
+        f"the float model."
+    )
 
 
 def _located(error: AdapterMergeError, module: str) -> AdapterMergeError:
@@ -263,17 +286,19 @@ def _strip_adapters(model) -> None:
             config._attn_implementation = implementation[len(PREFIX):]
 
 
-def _unmerge_from_host(host, names: set) -> None:
+def _unmerge_from_host(host, names: set) -> list:
     """Take ``names`` out of ``host``'s weight: unmerge from the most recent merge back to the
-    oldest of them, then merge again the others that were undone (merges need not commute)."""
-    undone = []
+    oldest of them, then merge again the others that were undone (merges need not commute).
+    Returns the ``(adapter, report)`` pairs of the steps that re-quantized a quantized weight."""
+    undone, reports = [], []
     while any(name in names for name in host.merged):
         last = host.merged[-1]
-        host.unmerge(last)
+        reports.append((last, host.unmerge(last)))
         if last not in names:
             undone.append(last)
     for name in reversed(undone):
-        host.merge(name)
+        reports.append((name, host.merge(name)))
+    return [(name, report) for name, report in reports if report is not None]
 
 
 class UnloadMixin:
@@ -308,8 +333,10 @@ class UnloadMixin:
 
         All or nothing: every layer's merged weight and bias are computed (out of place, one layer
         at a time) and checked before any weight is written. Refused are non-finite results (a
-        NaN/inf adapter, an overflow), a layer whose weight is not floating point (quantized or
-        integer: it cannot hold the merged weight), and a merge :meth:`reset_adapter` could not
+        NaN/inf adapter, an overflow), a layer whose weight cannot hold the merged weight (torchao's
+        quantized tensors and other integer weights; a bitsandbytes 4-bit / 8-bit weight is
+        dequantized, merged and re-quantized, and a warning reports the re-quantization error
+        ``max |ΔW_q − ΔW|`` next to ``max |ΔW|``), and a merge :meth:`reset_adapter` could not
         undo: (IA)³ and DoRA merges multiply the weight, and their unmerge divides by the same
         factors, so an (IA)³ vector (or DoRA magnitude) with an entry of (nearly) 0 — one that turns a
         non-zero weight entry into 0 or a subnormal number — is refused rather than merged into a
@@ -414,7 +441,8 @@ class UnloadMixin:
         Every merged weight and bias (and every ``modules_to_save`` copy written into its module)
         is checked to be finite before any weight of the model is written: the merge runs on
         copies first, one layer at a time, then for real (see :meth:`merge_adapter`); a layer whose
-        weight is not floating point (quantized, integer) is refused too. A zero (IA)³ entry is
+        weight cannot hold the result is refused too (as in :meth:`merge_adapter`: bitsandbytes
+        weights are re-quantized, with a warning that reports the rounding). A zero (IA)³ entry is
         fine here: the adapters are gone afterwards, nothing is ever unmerged.
 
         Args:

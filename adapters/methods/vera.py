@@ -258,6 +258,7 @@ class Vera(LoRA):
             torch.is_grad_enabled() or host.merged or self.gated or self.out_index is not None or dropout_active
             or x.dtype not in (torch.float32, torch.float64)
             or host.__dict__["_adapters_original_class"].forward not in host._AFFINE_FORWARDS
+            or host.quantized is not None  # torchao keeps nn.Linear's forward; W + ΔW would not be quantized
         ):
             kept.clear()
             return super().forward_alone(host, x)
@@ -331,9 +332,11 @@ def add_vera_modules(model, name: str, config: VeraConfig, device, dtype) -> boo
 
 
 def _weight_dtype(host, dtype):
-    """The adapted layer's floating dtype (T5 in float16 keeps ``wo`` in float32), else ``dtype``."""
+    """The wider of the adapted layer's floating dtype (T5 in float16 keeps ``wo`` in float32) and
+    ``dtype`` (float32 on a half-precision model unless ``autocast_adapter_dtype=False``)."""
     weight = getattr(host, "weight", None)
-    return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else dtype
+    own = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else dtype
+    return own if dtype is None else torch.promote_types(own, dtype)
 
 
 def _vera_modules(model, name: str) -> dict[str, Vera]:

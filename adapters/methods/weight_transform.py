@@ -124,6 +124,10 @@ class WeightTransform(LinearAdapter):
         """
         if host.merged or self.out_index is not None:
             return None
+        if host.quantized is not None and not self.needs_weight:
+            # a method's one-pass form may fold ΔW into the weight (LoHa), which would bypass the
+            # quantized layer's own kernel: run the quantized layer and add x ΔWᵀ
+            return WeightTransform.forward_single(self, host, x)
         return self.forward_single(host, x)
 
     def forward_single(self, host, x: torch.Tensor) -> torch.Tensor:
