@@ -35,10 +35,18 @@ last, so a reader never sees a new config beside old weights. The weights file o
 (``.safetensors`` / legacy ``.bin``) that an earlier save left is removed; nothing else in the
 folder is touched (it may hold a full model too). If a write fails, the previous checkpoint stays
 as it was and no temporary file is left behind.
+
+Sharded models: on a model sharded with ``torch.distributed.fsdp.fully_shard`` (FSDP2, whose
+parameters are ``DTensor`` shards), ``save_adapter``, ``save_adapter_fusion``, ``save_head`` and
+the ``save_all_*`` methods over them are collective: every rank calls them, each tensor is
+gathered (``DTensor.full_tensor()``), rank 0 alone writes the files, and every rank returns once
+they are in place (an error on rank 0 is raised on every rank). A DeepSpeed ZeRO-3 partition (an
+empty placeholder outside ``deepspeed.zero.GatheredParameters``) is refused, never written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import json
@@ -47,6 +55,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 from typing import Callable, Optional
@@ -266,6 +275,64 @@ def _check_values(state: dict, path: str) -> None:
             )
 
 
+# -- sharded models -----------------------------------------------------------------------------------
+# False on every rank but 0 while a sharded model is saved: those ranks join the gathers (collectives
+# every rank must enter, in the same order) and write nothing, so two ranks never race on one folder
+_WRITES = contextvars.ContextVar("adapters_checkpoint_writes", default=True)
+
+
+def _is_sharded(model) -> bool:
+    """Whether ``model`` holds ``DTensor`` parameters (FSDP2's ``fully_shard``, tensor parallelism)."""
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor can exist before the module is loaded
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(param, DTensor) for param in model.parameters())
+
+
+def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a ``DTensor`` shard (gathered from every rank: all must call), else ``tensor``."""
+    if "torch.distributed.tensor" in sys.modules:
+        from torch.distributed.tensor import DTensor
+
+        if isinstance(tensor, DTensor):
+            return tensor.full_tensor()
+    return tensor
+
+
+@contextlib.contextmanager
+def _rank0_writes(sharded: bool = True):
+    """While saving a sharded model: every rank runs the save (the gathers), rank 0 alone writes
+    (:class:`_CheckpointFiles` writes nothing elsewhere), and no rank leaves before rank 0's files
+    are in place; rank 0's error is raised on every rank. Without ``sharded`` or outside a process
+    group it does nothing.
+
+    Example::
+
+        >>> with _rank0_writes(_is_sharded(model)):
+        ...     save_adapter(model, "out/task", "task")
+    """
+    import torch.distributed as dist
+
+    if not sharded or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        yield
+        return
+    writer = dist.get_rank() == 0
+    token = _WRITES.set(_WRITES.get() and writer)
+    failure = None
+    try:
+        yield
+    except BaseException as error:
+        failure = error
+        raise
+    finally:
+        _WRITES.reset(token)
+        outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+        dist.broadcast_object_list(outcome, src=0)  # also the barrier: rank 0 has committed its files
+        if failure is None and outcome[0] is not None:
+            raise AdapterConfigError(f"Saving the sharded model failed on rank 0, which writes the files: {outcome[0]}")
+
+
 class _CheckpointFiles:
     """The files of one checkpoint folder, written atomically.
 
@@ -291,8 +358,11 @@ class _CheckpointFiles:
         self._stale: list[str] = []
         self._temporary: list[str] = []
         self._created = False
+        self._writes = _WRITES.get()  # False on the ranks that only help gather a sharded model's tensors
 
     def __enter__(self) -> "_CheckpointFiles":
+        if not self._writes:
+            return self
         if os.path.lexists(self.folder) and not os.path.isdir(self.folder):
             raise AdapterConfigError(f"Cannot save into {self.folder!r}: it is a file, not a folder.")
         self._created = not os.path.isdir(self.folder)
@@ -312,6 +382,8 @@ class _CheckpointFiles:
 
     def _stage(self, filename: str, write: Callable[[str], None], config: bool, last: bool = False) -> None:
         target = _inside(self.folder, filename)
+        if not self._writes:
+            return
         while True:
             temporary = os.path.join(self.folder, f".{filename}.{secrets.token_hex(8)}.tmp")
             try:
@@ -340,8 +412,17 @@ class _CheckpointFiles:
 
     def weights(self, state: dict, use_safetensors: bool, safe_name: str, legacy_name: str) -> None:
         """Stage a weights file: ``safe_name`` (safetensors) or ``legacy_name`` (``torch.save``);
-        the other one is removed on commit."""
-        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        the other one is removed on commit. ``DTensor`` shards are gathered into whole tensors
+        first (on every rank, also those that do not write)."""
+        # a ZeRO-3 parameter outside deepspeed.zero.GatheredParameters is an empty placeholder: refuse it
+        partitioned = sorted(k for k, v in state.items() if getattr(v, "ds_numel", None) not in (None, v.numel()))
+        if partitioned:
+            raise AdapterConfigError(
+                f"Cannot save {self.folder!r}: {len(partitioned)} weight(s) are DeepSpeed ZeRO-3 partitions, e.g. "
+                f"{partitioned[:3]}, not whole tensors. Enter deepspeed.zero.GatheredParameters(<those parameters>) "
+                f"on every rank and save from rank 0 inside it, or let AdapterTrainer save (it gathers them)."
+            )
+        state = {k: _full_tensor(v.detach()).cpu().contiguous() for k, v in state.items()}
         if use_safetensors:
             from safetensors.torch import save_file
 
@@ -366,6 +447,8 @@ class _CheckpointFiles:
 
     def commit(self) -> None:
         """Move the staged files into place (weights, stale removal, configs)."""
+        if not self._writes:
+            return
         try:
             for temporary, target in self._weights:
                 os.replace(temporary, target)
@@ -575,7 +658,7 @@ def save_adapter(
         >>> save_adapter(model, "out/task", "task")
         >>> save_adapter(model, "out/lora-peft", "lora", format="peft")
     """
-    with _CheckpointFiles(save_directory) as files:
+    with _rank0_writes(_is_sharded(model)), _CheckpointFiles(save_directory) as files:
         _stage_adapter(model, files, adapter_name, meta_dict, use_safetensors, format)
     logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
 
@@ -914,7 +997,7 @@ def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetenso
         files.weights(state, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
         files.json(FUSION_CONFIG_NAME, dict(sorted(meta.items())), last=True)
         return
-    with _CheckpointFiles(save_directory) as files:
+    with _rank0_writes(_is_sharded(model)), _CheckpointFiles(save_directory) as files:
         files.weights(state, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
         files.json(FUSION_CONFIG_NAME, dict(sorted(meta.items())), last=True)
 
@@ -1456,7 +1539,7 @@ class CheckpointMixin:
         """
 
         heads = getattr(self, "heads", None)
-        with _CheckpointFiles(save_directory) as files:
+        with _rank0_writes(_is_sharded(self)), _CheckpointFiles(save_directory) as files:
             _stage_adapter(self, files, adapter_name, meta_dict, use_safetensors, format)
             if with_head and heads is not None and adapter_name in heads:
                 self._stage_head(files, adapter_name, use_safetensors)
@@ -1584,7 +1667,7 @@ class CheckpointMixin:
                     f"with_head={with_head!r}: the model has no head named {head!r} "
                     f"(heads: {', '.join(getattr(self, 'heads', None) or {}) or 'none'}); pass a head's name or with_head=False."
                 )
-        with _CheckpointFiles(save_directory) as files:
+        with _rank0_writes(_is_sharded(self)), _CheckpointFiles(save_directory) as files:
             save_adapter_fusion(self, save_directory, adapter_names, use_safetensors=use_safetensors, meta_dict=meta_dict, files=files)
             if head is not None:
                 self._stage_head(files, head, use_safetensors)

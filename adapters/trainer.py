@@ -30,19 +30,30 @@ were.
 While a fusion layer trains (:meth:`train_adapter_fusion`), the fusion's value regulariser
 ``0.01 · ||I − W_V||²`` (:meth:`get_fusion_regularization_loss`) is added to the training loss.
 
-Not supported: DeepSpeed, FSDP and SageMaker model parallelism, which save sharded full states.
+Distributed training: DDP, DeepSpeed ZeRO-2 and ZeRO-3 (``TrainingArguments(deepspeed=...)``) and
+accelerate's FSDP2 (``fsdp=..., fsdp_config={"version": 2}``). The adapter, fusion and head weights
+are gathered from their shards on every rank (ZeRO-3: ``deepspeed.zero.GatheredParameters``, only
+those weights; FSDP2: ``DTensor.full_tensor()``) and rank 0 writes the same folders as above. The
+optimizer state stays in the format of its engine, without the frozen base model: DeepSpeed's
+``global_step<N>/`` (``save_checkpoint(exclude_frozen_parameters=True)``: optimizer partitions and
+the trainable weights), FSDP's ``optimizer.bin`` (no ``pytorch_model_fsdp.bin``). Resuming under
+DeepSpeed loads that folder (the weights from it, the frozen base from the model); under FSDP the
+adapter folders are copied into the shards. FSDP1 (``fsdp_config={"version": 1}``) and SageMaker
+model parallelism are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 from typing import Optional
 
 import torch
 from torch import nn
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 
 from . import logging
 from .errors import AdapterConfigError, AdapterLoadError
@@ -53,6 +64,23 @@ logger = logging.get_logger(__name__)
 __all__ = ["AdapterTrainer", "Seq2SeqAdapterTrainer", "AdaLoraCallback", "TRAINABLE_WEIGHTS_NAME"]
 
 TRAINABLE_WEIGHTS_NAME = "trainable_weights.safetensors"
+
+
+@contextlib.contextmanager
+def _adapters_attached(model):
+    """Let ``Trainer.__init__`` accept a quantized model (QLoRA) that has trainable adapters:
+    transformers refuses a quantized model unless it carries PEFT's adapters, which it recognises
+    by ``_hf_peft_config_loaded`` (``validate_quantization_for_training``). The flag is set only for
+    that check: elsewhere it would make ``save_pretrained`` save PEFT's adapters."""
+    quantized = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
+    if not quantized or not any(p.requires_grad for p in model.parameters()):
+        yield
+        return
+    model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        model._hf_peft_config_loaded = False
 
 
 class AdapterTrainer(Trainer):
@@ -69,8 +97,8 @@ class AdapterTrainer(Trainer):
     Raises:
         AdapterConfigError: the model is not an adapters model (call ``adapters.init(model)``), or it has
             no active adapter setup (call ``model.train_adapter(...)`` first), both ``tokenizer``
-            and ``processing_class`` are given, or DeepSpeed / FSDP is enabled; at ``train()``:
-            the base model is not frozen.
+            and ``processing_class`` are given, or FSDP1 or SageMaker model parallelism is enabled;
+            at ``train()``: the base model is not frozen.
 
     Example::
 
@@ -117,14 +145,26 @@ class AdapterTrainer(Trainer):
         self._adapter_names = adapter_names
         if model is not None:
             self._check_adapters_model(model, adapter_names)
-        super().__init__(
-            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            processing_class=processing_class, model_init=model_init, compute_metrics=compute_metrics,
-            callbacks=callbacks, optimizers=optimizers, preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            **kwargs,
-        )
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise AdapterConfigError("AdapterTrainer does not support DeepSpeed or FSDP; use transformers.Trainer with them.")
+        with _adapters_attached(model):
+            super().__init__(
+                model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                eval_dataset=eval_dataset, processing_class=processing_class, model_init=model_init,
+                compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics, **kwargs,
+            )
+        if self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+            # FSDP1 flattens parameters into FlatParameters under wrapped names: adapters cannot be found or saved
+            raise AdapterConfigError(
+                "AdapterTrainer supports FSDP2 only, got fsdp_config version 1: pass "
+                "TrainingArguments(fsdp=..., fsdp_config={'version': 2, ...})."
+            )
+        from transformers.utils import is_sagemaker_mp_enabled
+
+        if is_sagemaker_mp_enabled():
+            raise AdapterConfigError(
+                "AdapterTrainer does not support SageMaker model parallelism (its partitioned state cannot be saved as "
+                "adapter folders); use DDP, DeepSpeed ZeRO-2/3 or FSDP2."
+            )
         self.add_callback(_FrozenBaseModelCheck())
         self._use_head_label_names()
 
@@ -258,17 +298,78 @@ class AdapterTrainer(Trainer):
                 owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
         return {k: p for k, p in model.named_parameters() if p.requires_grad and id(p) not in owned}
 
+    @property
+    def _shards_weights(self) -> bool:
+        """Whether the weights are sharded over the ranks (ZeRO-3, FSDP): saving gathers them on every rank."""
+        return self._zero3 or self.is_fsdp_enabled
+
+    @property
+    def _zero3(self) -> bool:
+        return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+    def _saved_parameters(self, model) -> list[nn.Parameter]:
+        """Every parameter a checkpoint holds: adapters, fusions, heads, trainable weights."""
+        params = {id(p): p for p in model.parameters() if p.requires_grad}
+        for name in model.adapters_config.adapters:
+            params.update((id(p), p) for p in model._adapter_parameters(name))
+            params.update((id(p), p) for p in model._bias_parameters(name).values())
+        for host in model._adapter_hosts:
+            if host.supports_fusion:
+                params.update((id(p), p) for p in host.adapter_fusion_layer.parameters())
+        if getattr(model, "heads", None) is not None:
+            params.update((id(p), p) for p in model.heads.parameters())
+        params.update((id(p), p) for p in getattr(model, "_static_head_parameters", dict)().values())
+        return list(params.values())
+
+    def _whole_weights(self, model, modifier_rank=None):
+        """Under ZeRO-3, the checkpoint's parameters gathered whole on every rank (only those: the
+        frozen base stays partitioned); with ``modifier_rank`` rank 0's values are partitioned
+        again on exit. FSDP2's DTensors are gathered where they are written. Elsewhere a no-op."""
+        if not self._zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(self._saved_parameters(model), modifier_rank=modifier_rank)
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Write the adapter checkpoint layout (see the module docstring) to ``output_dir``.
+        Under DeepSpeed and FSDP every rank runs it (the weights are gathered from their shards,
+        only the adapters', fusions' and heads'); rank 0 writes. ``Trainer`` would gather the
+        whole model's state dict first (or write DeepSpeed's full checkpoint), which this skips.
+
+        Example::
+
+            >>> trainer.save_model("out/final")     # out/final/<adapter>/adapter.safetensors, ...
+        """
+        if not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            return super().save_model(output_dir, _internal_call)
+        self._save(output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         """Write the adapters, fusions, heads and other trainable weights (not the base model) to
-        ``output_dir``, with the tokenizer / processor and the training arguments."""
-        from .loading import _CheckpointFiles
+        ``output_dir``, with the tokenizer / processor and the training arguments. With sharded
+        weights every rank gathers them and rank 0 writes; ``state_dict`` is not used."""
+        from .loading import _rank0_writes
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
+        sharded = self._shards_weights
+        if not self.args.should_save and not sharded:
             return
-        os.makedirs(output_dir, exist_ok=True)
-        logger.info(f"Saving adapter checkpoint to {output_dir}")
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            logger.info(f"Saving adapter checkpoint to {output_dir}")
         model = self._adapters_model
+        with self._whole_weights(model), _rank0_writes(sharded):
+            self._write_checkpoint(model, output_dir)
+        if self.processing_class is not None and self.args.should_save:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _write_checkpoint(self, model, output_dir: str) -> None:
+        """The adapter, fusion and head folders, the other trainable weights and the arguments."""
+        from .loading import _CheckpointFiles
+
         # every name checked and every target resolved inside output_dir before anything is written
         flexible_heads = getattr(model, "heads", None) is not None
         # a transformers head model's static head goes into each adapter folder only while it trains (a
@@ -283,19 +384,64 @@ class AdapterTrainer(Trainer):
             if others:
                 files.weights(others, True, TRAINABLE_WEIGHTS_NAME, TRAINABLE_WEIGHTS_NAME)
             files.file(TRAINING_ARGS_NAME, lambda folder: torch.save(self.args, os.path.join(folder, TRAINING_ARGS_NAME)))
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """The optimizer and scheduler states. DeepSpeed: its ``global_step<N>/`` folder without
+        the frozen weights (``exclude_frozen_parameters=True``); FSDP: the optimizer state alone
+        (``Trainer`` also writes the whole model there); otherwise as ``Trainer``."""
+        if self.is_deepspeed_enabled:
+            from accelerate.utils import DeepSpeedSchedulerWrapper
+
+            self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+            if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+                torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+        elif self.is_fsdp_enabled:
+            from accelerate.utils import save_fsdp_optimizer
+
+            save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model, output_dir)
+            if self.args.should_save:
+                torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+        else:
+            super()._save_optimizer_and_scheduler(output_dir)
 
     # -- loading -------------------------------------------------------------------------------------
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """``Trainer``'s preparation; under DeepSpeed the resume loads the ``global_step<N>/``
+        folder non-strictly (it holds no frozen weights; ``Trainer`` asks for every weight there
+        unless the model is a PEFT model), then the scheduler as ``Trainer`` does."""
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint is not None):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        import glob
+
+        if not glob.glob(os.path.join(resume_from_checkpoint, "global_step*")):
+            raise AdapterLoadError(
+                f"{resume_from_checkpoint} holds no DeepSpeed state (global_step*/): it was not written by a DeepSpeed "
+                f"run of AdapterTrainer; resume it without DeepSpeed, or start a new run."
+            )
+        load_path, _ = self.model_wrapped.load_checkpoint(
+            resume_from_checkpoint, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise AdapterLoadError(f"DeepSpeed could not resume from {resume_from_checkpoint}.")
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Resume: copy the checkpoint's adapter, fusion and head weights into the model."""
+        """Resume: copy the checkpoint's adapter, fusion and head weights into the model (into
+        each rank's shard under FSDP2)."""
         load_checkpoint_weights(self._adapters_model, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
-        """``load_best_model_at_end``: copy the best checkpoint's weights into the model."""
+        """``load_best_model_at_end``: copy the best checkpoint's weights into the model (under
+        ZeRO-3 into the gathered parameters, partitioned again from rank 0's values; under FSDP2
+        into each rank's shard)."""
         best = self.state.best_model_checkpoint
         logger.info(f"Loading the best adapters from {best} (score: {self.state.best_metric}).")
-        load_checkpoint_weights(self._adapters_model, best)
+        model = self._adapters_model
+        with self._whole_weights(model, modifier_rank=0):
+            load_checkpoint_weights(model, best)
 
 
 class _FrozenBaseModelCheck(TrainerCallback):
@@ -378,7 +524,6 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str, allow_non_fi
         WEIGHTS_NAME,
         _adapter_key_pattern,
         _check_state,
-        _copy_state,
         _fusion_key_pattern,
         _read_weights,
         _select_parameters,
@@ -417,8 +562,27 @@ def load_checkpoint_weights(model: ModelAdaptersMixin, folder: str, allow_non_fi
     for params, state, path in parts:  # every file checked before any weight changes
         _check_state(params, state, path)
     for params, state, _ in parts:
-        _copy_state(params, state)
+        _copy_into_shards(params, state)
     logger.info(f"Loaded {len(adapter_folders)} adapter(s) and {len(fusion_folders)} fusion(s) from {folder}.")
+
+
+def _copy_into_shards(params: dict, state: dict) -> None:
+    """Copy whole tensors into the parameters; a ``DTensor`` parameter (FSDP2) gets its own
+    shard of the value (every rank read the same file, so no communication is needed)."""
+    from .loading import _copy_state
+
+    if "torch.distributed.tensor" not in sys.modules:
+        return _copy_state(params, state)
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        for key, param in params.items():
+            value = state[key].to(dtype=param.dtype)
+            if isinstance(param, DTensor):
+                local = distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+                param.to_local().copy_(local.to_local())
+            else:
+                param.copy_(value.to(device=param.device))
 
 
 class AdaLoraCallback(TrainerCallback):

@@ -235,7 +235,9 @@ class NormOutputSlotMixin:
 
             >>> layer.output.LayerNorm.norm_forward(h + x)    # what BertOutput's LayerNorm computes
         """
-        return super().forward(hidden_states)
+        # through __call__, so that hooks on the norm run (DeepSpeed ZeRO-3 gathers its weights there); no
+        # block output waits for this norm yet (the caller leaves it afterwards), so forward normalises
+        return self(hidden_states)
 
 
 class PostNormHookMixin:
