@@ -169,14 +169,44 @@ class ActivationMixin:
                 host.requires_grad_(not freeze)
         self.base_model.__dict__["model_frozen"] = freeze
 
-    def _head_parameters(self) -> list[nn.Parameter]:
-        """Parameters outside the base model (heads), except modules adapters keep copies of:
-        those train through the active adapter's copy."""
+    def _head_parameters(self, train_output_embeddings: bool = False) -> list[nn.Parameter]:
+        """Parameters outside the base model (heads), except modules adapters keep copies of (those
+        train through the active adapter's copy) and, unless ``train_output_embeddings``, the
+        pretrained output embeddings (:meth:`_pretrained_output_embeddings`)."""
         excluded = {id(p) for p in self.base_model.parameters()}
         for host in self._adapter_hosts:
             if host.keeps_module_copies:
                 excluded.update(id(p) for p in host.parameters())
+        output = None if train_output_embeddings else self._pretrained_output_embeddings()
+        if output is not None:
+            excluded.update(id(p) for p in output.parameters())
         return [p for p in self.parameters() if id(p) not in excluded]
+
+    def _pretrained_output_embeddings(self) -> Optional[nn.Module]:
+        """The LM head's output embedding that came with the pretrained model (transformers'
+        ``get_output_embeddings()`` of a model with a static head, tied to the input embeddings or
+        not), which :meth:`train_adapter` keeps frozen as PEFT does; None for a model with flexible
+        heads (added with ``add_*_head``: new, trained as AdapterHub trains them; a tied output
+        matrix is the input embedding, frozen with the base model) or without an LM head."""
+        if isinstance(self.__dict__.get("_modules", {}).get("heads"), nn.ModuleDict):
+            return None
+        return self._output_embeddings()
+
+    def _output_embeddings(self) -> Optional[nn.Module]:
+        try:
+            output = self.get_output_embeddings()
+        except (AttributeError, NotImplementedError):
+            return None
+        return output if isinstance(output, nn.Module) else None
+
+    def _set_embeddings_trainable(self, train_embeddings: bool, train_output_embeddings: bool) -> None:
+        output = self._pretrained_output_embeddings()
+        if output is not None:  # outside the base model: freeze_model left it as it was
+            output.requires_grad_(False)
+        if train_embeddings:
+            self.get_input_embeddings().requires_grad_(True)
+        if train_output_embeddings:  # checked by _check_output_embeddings_option
+            self._output_embeddings().requires_grad_(True)
 
     def _enable(self, setup: AdapterCompositionBlock, adapters: bool, fusions: bool) -> None:
         names = setup.names_in_order()
@@ -200,29 +230,48 @@ class ActivationMixin:
                 for bias in self._bias_parameters(name).values():
                     bias.requires_grad_(True)
 
-    def train_adapter(self, adapter_setup: SetupLike, train_embeddings: bool = False) -> None:
+    def train_adapter(
+        self, adapter_setup: SetupLike, train_embeddings: bool = False, train_output_embeddings: bool = False
+    ) -> None:
         """Prepare training of the adapters in ``adapter_setup``: freeze the base model, make
         those adapters (and the heads of a model with heads) trainable, and activate the setup.
+
+        A pretrained LM head's output embedding (``get_output_embeddings()`` of a transformers
+        model with an LM head, e.g. Llama's ``lm_head``) stays frozen, as in PEFT; newly
+        initialised heads (a classifier, flexible heads added with ``add_*_head``) train.
+
+        Args:
+            adapter_setup: the adapters to train (a name, ``"a,b"``, a list or a block).
+            train_embeddings: also train the input embeddings (and an output embedding tied to them).
+            train_output_embeddings: also train the output embeddings (tied ones are the input
+                embeddings: those train too). AdapterHub trains them always.
+
+        Raises:
+            AdapterConfigError: ``train_output_embeddings`` on a model without output embeddings.
 
         Example::
 
             >>> model.train_adapter("task")
             >>> optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+            >>> model.train_adapter("task", train_output_embeddings=True)   # also the LM head
         """
         setup = parse_composition(adapter_setup)
         self._validate_setup(setup)
+        self._check_output_embeddings_option(train_output_embeddings)
         self.train()
         self.freeze_model(True)
         self._enable(setup, adapters=True, fusions=False)
-        for param in self._head_parameters():
+        for param in self._head_parameters(train_output_embeddings):
             param.requires_grad_(True)
-        if train_embeddings:
-            self.get_input_embeddings().requires_grad_(True)
+        self._set_embeddings_trainable(train_embeddings, train_output_embeddings)
         self.set_active_adapters(setup)
 
-    def train_adapter_fusion(self, adapter_setup: SetupLike, unfreeze_adapters: bool = False) -> None:
+    def train_adapter_fusion(
+        self, adapter_setup: SetupLike, unfreeze_adapters: bool = False, train_output_embeddings: bool = False
+    ) -> None:
         """Prepare training of the fusion layers in ``adapter_setup`` (and, with
-        ``unfreeze_adapters``, of the fused adapters).
+        ``unfreeze_adapters``, of the fused adapters). A pretrained LM head's output embedding
+        stays frozen unless ``train_output_embeddings`` (see :meth:`train_adapter`).
 
         Example::
 
@@ -230,12 +279,25 @@ class ActivationMixin:
         """
         setup = parse_composition(adapter_setup)
         self._validate_setup(setup)
+        self._check_output_embeddings_option(train_output_embeddings)
         self.train()
         self.freeze_model(True)
         self._enable(setup, adapters=unfreeze_adapters, fusions=True)
-        for param in self._head_parameters():
+        for param in self._head_parameters(train_output_embeddings):
             param.requires_grad_(True)
+        self._set_embeddings_trainable(False, train_output_embeddings)
         self.set_active_adapters(setup)
+
+    def _check_output_embeddings_option(self, train_output_embeddings) -> None:
+        """Refuse a non-bool ``train_output_embeddings``, or True on a model without output
+        embeddings, before anything changes."""
+        if not isinstance(train_output_embeddings, bool):
+            raise AdapterConfigError(f"train_output_embeddings must be True or False, not {train_output_embeddings!r}.")
+        if train_output_embeddings and self._output_embeddings() is None:
+            raise AdapterConfigError(
+                f"train_output_embeddings=True, but {type(self).__name__} has no output embeddings (no LM head, or no "
+                f"single active LM head); leave it False."
+            )
 
     def get_fusion_regularization_loss(self) -> torch.Tensor:
         """Sum of the value regularisers of all fusion layers that ask for one.
@@ -258,8 +320,8 @@ _BLOCK_HINTS = {
     "Fuse": "only bottleneck adapters are fused; use it outside the Fuse, e.g. Stack({name!r}, Fuse(...))",
     "Parallel": "use it outside the Parallel, e.g. Stack({name!r}, Parallel(...)), where it acts on every row",
     "BatchSplit": "use it outside the BatchSplit, e.g. Stack({name!r}, BatchSplit(...)), where it acts on every row",
-    "MultiTask": "MultiTask routes rows to multi-task adapters (MTL-LoRA) only; use it outside, e.g. "
-    "Stack({name!r}, MultiTask(...)), where it acts on every row",
+    "MultiTask": "MultiTask (and per-row adapter_names) routes rows only to adapters of the methods that take part "
+    "in it; use it outside, e.g. Stack({name!r}, MultiTask(...)), where it acts on every row",
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import torch
 from torch import nn
 
 from . import logging
@@ -90,7 +91,18 @@ class ModelAdaptersMixin(
         :func:`adapters.loading.check_name`: letters, digits, ``_``, ``-``; never a path)."""
         check_name(name, kind=kind, argument=argument)
 
-    def add_adapter(self, adapter_name: str, config=None, overwrite_ok: bool = False, set_active: bool = False):
+    #: the default of ``autocast_adapter_dtype`` for :meth:`add_adapter`, :meth:`add_adapter_fusion`
+    #: and the loads that add adapters (set it on a model to change it there)
+    autocast_adapter_dtype: bool = True
+
+    def add_adapter(
+        self,
+        adapter_name: str,
+        config=None,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+        autocast_adapter_dtype: Optional[bool] = None,
+    ):
         """Add a new adapter of the given config to every layer it applies to.
 
         Args:
@@ -99,6 +111,11 @@ class ModelAdaptersMixin(
                 a path to a JSON config; default ``"seq_bn"``.
             overwrite_ok: replace an existing adapter of that name.
             set_active: make the new adapter the active setup.
+            autocast_adapter_dtype: on a model in float16 or bfloat16, create the adapter's
+                parameters in float32 (PEFT's default of the same name): the adapter computes in
+                float32 and its result returns to the activations' dtype, so small optimizer
+                updates are not rounded away. False: the adapter takes the model's dtype. None:
+                the model's :attr:`autocast_adapter_dtype` (True unless set).
 
         Raises:
             AdapterConfigError: the name exists (and not ``overwrite_ok``), the config is unknown or
@@ -129,7 +146,7 @@ class ModelAdaptersMixin(
                 while build_name in registry.adapters:
                     build_name += "~"
             try:
-                self._create_adapter_modules(build_name, config)
+                self._create_adapter_modules(build_name, config, autocast_adapter_dtype)
             except BaseException:
                 self._remove_adapter_modules(build_name)
                 raise
@@ -186,15 +203,31 @@ class ModelAdaptersMixin(
             if method_family.check is not None:
                 method_family.check(self, part)
 
-    def _create_adapter_modules(self, name: str, config: AdapterConfig) -> None:
-        """Let each part's family create its modules (on the base model's device, in its dtype)."""
+    def _create_adapter_modules(self, name: str, config: AdapterConfig, autocast: Optional[bool] = None) -> None:
+        """Let each part's family create its modules (on the base model's device, in
+        :meth:`_adapter_dtype`)."""
         reference = next(self.base_model.parameters())
-        dtype = reference.dtype if reference.is_floating_point() else None
+        dtype = self._adapter_dtype(autocast)
         added = False
         for method_family, part in families_of(config):
             added = method_family.add(self, name, part, reference.device, dtype) or added
         if not added:
             raise AdapterConfigError(f"Adapter config {config} places no module in this model (check leave_out and positions).")
+
+    def _adapter_dtype(self, autocast: Optional[bool] = None) -> Optional[torch.dtype]:
+        """The dtype new adapter parameters take: the base model's floating dtype, or float32 for a
+        float16 / bfloat16 model when ``autocast`` (None: :attr:`autocast_adapter_dtype`) holds.
+        A family whose host layer keeps another dtype (T5's float32 ``wo`` in a float16 model)
+        takes the wider of the two."""
+        if autocast is None:
+            autocast = self.autocast_adapter_dtype
+        if not isinstance(autocast, bool):
+            raise AdapterConfigError(f"autocast_adapter_dtype must be True, False or None, not {autocast!r}.")
+        reference = next(self.base_model.parameters())
+        dtype = reference.dtype if reference.is_floating_point() else None
+        if autocast and dtype in (torch.float16, torch.bfloat16):
+            return torch.float32
+        return dtype
 
     def get_input_embeddings(self) -> nn.Module:
         """transformers' input embedding; for a model transformers leaves it undefined for
@@ -349,6 +382,7 @@ class ModelAdaptersMixin(
         name: Optional[str] = None,
         overwrite_ok: bool = False,
         set_active: bool = False,
+        autocast_adapter_dtype: Optional[bool] = None,
     ) -> None:
         """Add an AdapterFusion layer over existing adapters.
 
@@ -359,6 +393,8 @@ class ModelAdaptersMixin(
             name: the fusion's name (default: the adapter names joined by commas).
             overwrite_ok: replace an existing fusion of that name.
             set_active: activate ``Fuse(*adapter_names)``.
+            autocast_adapter_dtype: float32 fusion layers on a float16 / bfloat16 model (as for
+                :meth:`add_adapter`); None: the model's :attr:`autocast_adapter_dtype`.
 
         Example::
 
@@ -392,13 +428,14 @@ class ModelAdaptersMixin(
                 raise AdapterConfigError(f"A fusion named {block.name!r} exists already; pass overwrite_ok=True to replace it.")
             build_name = f"{block.name}~replacing" if replacing else block.name  # the old one stays until the new is built
             reference = next(self.base_model.parameters())
+            dtype = self._adapter_dtype(autocast_adapter_dtype)
             created = []
             try:
                 for host in self._adapter_hosts:
                     if host.supports_fusion and host.add_fusion_layer(build_name, names, fusion_config):
                         created.append(host)
                         layer = host.adapter_fusion_layer[build_name]
-                        layer.to(device=reference.device, dtype=reference.dtype).train(self.training)
+                        layer.to(device=reference.device, dtype=dtype).train(self.training)
             except BaseException:
                 for host in created:
                     host.delete_fusion_layer(build_name)

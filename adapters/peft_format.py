@@ -48,6 +48,7 @@ __all__ = [
     "saved_module_paths",
     "state_from_peft",
     "peft_checkpoint",
+    "trained_modules_outside_adapters",
     "check_peft_adaption_prompt_model",
     "prefix_from_peft",
     "PEFT_TYPES",
@@ -462,14 +463,76 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         "inference_mode": True,
         "task_type": None,
     }
+    trained = trained_modules_outside_adapters(model)
     if mapping.shares_targeting:
         saved = [h for h in model._adapter_hosts if h.keeps_module_copies and name in h.modules_to_save]
         for host in saved:  # PEFT stores a copy under the module's own path
             for key, value in host.modules_to_save[name].state_dict().items():
                 weights[f"{_PREFIX}{host.location}.{key}"] = value
-        meta["modules_to_save"] = [h.location for h in saved] or None
+        # modules trained beside the adapters (a classifier, an LM head trained with
+        # train_output_embeddings=True): PEFT's modules_to_save, or PEFT would load the untrained ones
+        trained = [path for path in trained if path not in {h.location for h in saved}]
+        owned = _adapter_owned(model)
+        for path in trained:
+            for key, value in model.get_submodule(path).state_dict(keep_vars=True).items():
+                if id(value) not in owned:  # an adapter on that module is written by its family
+                    weights[f"{_PREFIX}{path}.{key}"] = value
+        meta["modules_to_save"] = [h.location for h in saved] + trained or None
+    elif trained:
+        logger.warning(
+            f"Adapter {name!r} is written in PEFT's {mapping.peft_type} format, which has no modules_to_save, but the "
+            f"model also trains {trained} outside its adapters: those are not written, and PEFT loads them as the base "
+            f"model has them. Save them separately (model.save_pretrained, or the adapter in this library's format "
+            f"with with_head=True), or freeze them before training."
+        )
     meta.update(fields)
     return meta, {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+
+
+def trained_modules_outside_adapters(model) -> list[str]:
+    """The paths (from the model's top) of the modules that hold a trainable parameter no adapter
+    owns (its modules, shared parameters, the biases it trains, its copies of ``modules_to_save``,
+    fusion layers), while the base model is frozen (``train_adapter``): a classifier trained with
+    the adapter, an LM head trained with ``train_output_embeddings=True``, embeddings trained with
+    ``train_embeddings=True`` (each path a tensor has, so a tied output embedding is named too).
+    Flexible heads are left out: they are saved with the adapter's head. Empty while the base
+    model is not frozen (everything trains: not an adapter training).
+
+    Example::
+
+        >>> model.train_adapter("lora")               # a sequence classifier: its head trains
+        >>> trained_modules_outside_adapters(model)
+        ['classifier']
+    """
+    if not model.base_model.__dict__.get("model_frozen"):
+        return []
+    owned = _adapter_owned(model)
+    heads = model.__dict__.get("_modules", {}).get("heads")
+    if heads is not None:  # a tied head's output matrix is the input embedding: that one counts
+        base = {id(p) for p in model.base_model.parameters()}
+        owned.update(id(p) for p in heads.parameters() if id(p) not in base)
+    paths: list[str] = []
+    for key, param in model.named_parameters(remove_duplicate=False):
+        if param.requires_grad and id(param) not in owned:
+            path = key.rpartition(".")[0]
+            if path and path not in paths:
+                paths.append(path)
+    return paths
+
+
+def _adapter_owned(model) -> set:
+    """The ids of the tensors the adapters own: their parameters, shared parameters, the biases
+    they train, fusion layers and the hosts keeping module copies (``modules_to_save``)."""
+    owned = set()
+    for adapter in model.adapters_config.adapters:
+        owned.update(id(p) for p in model._adapter_parameters(adapter))
+        owned.update(id(p) for p in model._bias_parameters(adapter).values())
+    for host in model._adapter_hosts:
+        if host.supports_fusion:
+            owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
+        if host.keeps_module_copies:
+            owned.update(id(p) for p in host.parameters())
+    return owned
 
 
 # -- names kept for callers of earlier versions: each is a family's, found through the registry --------

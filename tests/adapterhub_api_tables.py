@@ -194,6 +194,16 @@ DIFFERENCES = {
         "ModelBaseAdaptersMixin.iter_attentions", "ModelBaseAdaptersMixin.iter_layer_ffns",
         "ModelBaseAdaptersMixin.post_embedding_forward", "InvertibleAdaptersMixin.invertible_adapters_forward",
     ),
+    # -- training
+    **_each(
+        "a pretrained LM head's output embedding (``get_output_embeddings()`` of a transformers model with an LM "
+        "head, tied to the input embeddings or not) stays frozen, as in PEFT, so that the adapter alone is what "
+        "trains and a PEFT-format save describes the trained model; AdapterHub leaves it trainable (284,672 "
+        "trainable parameters beside a 28,672-parameter LoRA on a small Llama). ``train_output_embeddings=True`` "
+        "(an added keyword) trains it as AdapterHub does; new heads (classifiers, flexible heads) train as there",
+        "ModelAdaptersMixin.train_adapter", "ModelWithHeadsAdaptersMixin.train_adapter",
+        "ModelAdaptersMixin.train_adapter_fusion", "ModelWithHeadsAdaptersMixin.train_adapter_fusion",
+    ),
     # -- the AdapterHub index
     **_each(
         _INDEX,
@@ -210,5 +220,6 @@ TO_ALIGN: set = set()
 #: listed even while the signature check finds nothing)
 BEHAVIOUR_DIFFERENCES: set = {
     "AdapterTrainer", "Seq2SeqAdapterTrainer", "adapters:init", "ModelAdaptersMixin.save_pretrained", "AdapterConfig.from_dict",
-    "XmodAdapterModel",
+    "XmodAdapterModel", "ModelAdaptersMixin.train_adapter", "ModelWithHeadsAdaptersMixin.train_adapter",
+    "ModelAdaptersMixin.train_adapter_fusion", "ModelWithHeadsAdaptersMixin.train_adapter_fusion",
 }

@@ -422,8 +422,8 @@ def test_a_failure_at_the_end_of_add_adapter_leaves_no_trace(method, monkeypatch
     before = model_state(model)
     create = type(model)._create_adapter_modules
 
-    def create_then_fail(self, name, config):
-        create(self, name, config)
+    def create_then_fail(self, name, config, *args, **kwargs):
+        create(self, name, config, *args, **kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(type(model), "_create_adapter_modules", create_then_fail)

@@ -6,7 +6,36 @@ import torch
 
 from ..errors import AdapterLoadError
 
-__all__ = ["init_bert_weights", "copy_saved_tensor"]
+__all__ = ["init_bert_weights", "copy_saved_tensor", "parameter_dtype", "in_dtype"]
+
+
+def parameter_dtype(module: torch.nn.Module):
+    """The dtype an adapter module computes in: its first floating parameter's (float32 for an
+    adapter on a bfloat16 model unless ``autocast_adapter_dtype=False``); None without one.
+
+    Example::
+
+        >>> parameter_dtype(model.encoder.layer[0].attention.self.query.loras["a"])
+        torch.float32
+    """
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return None
+
+
+def in_dtype(tensor, dtype):
+    """``tensor`` in ``dtype`` (None, a non-tensor or a non-floating tensor: unchanged), for the
+    casts around an adapter that computes in another dtype than the activations.
+
+    Example::
+
+        >>> in_dtype(hidden_bf16, torch.float32).dtype
+        torch.float32
+    """
+    if dtype is None or not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)
 
 
 def init_bert_weights(module: torch.nn.Module) -> None:

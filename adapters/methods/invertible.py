@@ -41,7 +41,7 @@ from ..composition import BatchSplit, Parallel, Stack
 from ..hooks.engine import ComposableLayer, batch_branches, remove_host_mixin
 from ..hooks.patching import restore_class, swap_class
 from ..hooks.spec import stack_configs
-from .base import init_bert_weights
+from .base import in_dtype, init_bert_weights, parameter_dtype
 
 __all__ = [
     "NICECoupling", "GLOWCoupling", "coupling_block", "EmbeddingOutputHost", "OutputEmbeddingInputHost",
@@ -152,13 +152,19 @@ class _InvertibleHost(ComposableLayer):
         branches = batch_branches(setup, hidden.shape[0])
         if len(branches) == 1:
             name = branches[0][1]
-            return hidden if name is None else self.blocks[name](hidden, rev=rev)
+            return hidden if name is None else self._run_block(name, hidden, rev)
         parts, start = [], 0
         for size, name in branches:
             rows = hidden.narrow(0, start, size)
-            parts.append(rows if name is None else self.blocks[name](rows, rev=rev))
+            parts.append(rows if name is None else self._run_block(name, rows, rev))
             start += size
         return torch.cat(parts, dim=0)
+
+    def _run_block(self, name: str, hidden: torch.Tensor, rev: bool) -> torch.Tensor:
+        # a block in its own dtype (float32 on a bfloat16 model: autocast_adapter_dtype) computes
+        # in it; the hidden states keep theirs
+        block = self.blocks[name]
+        return in_dtype(block(in_dtype(hidden, parameter_dtype(block)), rev=rev), hidden.dtype)
 
 
 class EmbeddingOutputHost(_InvertibleHost):
