@@ -1,5 +1,4 @@
-"""Per-call state, kept in ``contextvars`` so that threads and asyncio tasks never see each
-other's setup.
+"""Per-call state, kept so that threads and asyncio tasks never see each other's setup.
 
 * :class:`AdapterSetup` overrides the model's active setup for the code inside a ``with`` block.
 * :class:`ForwardContext` holds everything one forward pass needs: the setup in force, how the
@@ -9,23 +8,91 @@ other's setup.
 * :class:`RegistryLock` makes every forward pass see one consistent set of adapters: forward
   passes share it, changes to the adapters (add, delete, merge, ...) take it alone, so a change
   waits for the passes in flight and the passes after it see the change everywhere.
+
+Where the state lives, and why: ``with AdapterSetup(...)`` may span an ``await``, so its stack is a
+``ContextVar`` (each asyncio task and thread has its own). A forward pass is synchronous (nothing
+awaits inside it), so its :class:`ForwardContext` lives in a ``threading.local``: the same isolation
+for threads and tasks, and ``torch.compile`` can trace it (dynamo cannot trace ``ContextVar.get``).
+Compiled code reads the innermost setup from a per-thread mirror that ``AdapterSetup`` keeps beside
+its ``ContextVar`` (see :func:`compiled_setup`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 from contextlib import contextmanager
 from typing import Any
 
-from .composition import AdapterCompositionBlock, SetupLike, parse_composition
+import torch
 
-__all__ = ["AdapterSetup", "ForwardContext", "RegistryLock"]
+from .composition import AdapterCompositionBlock, SetupLike, parse_composition
+from .errors import CompositionError
+
+__all__ = ["AdapterSetup", "ForwardContext", "RegistryLock", "compiled_setup"]
 
 _setup_stack: contextvars.ContextVar[tuple] = contextvars.ContextVar("adapters_setup_stack", default=())
-_forward_context: contextvars.ContextVar["ForwardContext | None"] = contextvars.ContextVar(
-    "adapters_forward_context", default=None
-)
+
+
+class _ThreadState(threading.local):
+    """Per-thread state that compiled code reads (dynamo traces attributes of a ``threading.local``
+    and guards them per thread; it cannot trace ``ContextVar.get``).
+
+    * ``forward_context``: the :class:`ForwardContext` of the pass running in this thread;
+    * ``setups``: ``(block, asyncio task or None)`` for the :class:`AdapterSetup` blocks open in
+      this thread, in the order entered (the mirror of ``_setup_stack`` that compiled code reads;
+      exact for threads, see ``ambiguous``);
+    * ``top``: ``(adapter_setup, head_setup)`` of the innermost of them, or None;
+    * ``ambiguous``: blocks entered by more than one asyncio task of this thread are open at once:
+      the mirror cannot tell which is innermost for the task that runs a pass, and compiled
+      passes refuse to guess.
+    """
+
+    def __init__(self):
+        # every field in each thread's own dict from the start: a compiled pass then guards on the
+        # values (a field only on the class gets a guard on its absence, which the pass's own
+        # writes break: "Guard failed on the same frame it was created")
+        self.forward_context = None
+        self.top = None
+        self.ambiguous = False
+        self.setups = []
+
+
+_state = _ThreadState()
+
+
+def _running_task():
+    """The asyncio task running in this thread, or None (no event loop runs here)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def compiled_setup():
+    """``(adapter_setup, head_setup)`` of the innermost :class:`AdapterSetup` of this thread, or
+    None: what a pass reads under ``torch.compile`` instead of the ``ContextVar`` stack, with the
+    same value wherever one thread runs one task at a time.
+
+    Raises:
+        CompositionError: AdapterSetup blocks of several asyncio tasks are open in this thread at
+            once (the per-thread mirror cannot tell whose is innermost).
+
+    Example::
+
+        >>> with AdapterSetup("a"):
+        ...     compiled_setup()
+        (Stack[a], None)
+    """
+    if _state.ambiguous:
+        raise CompositionError(
+            "AdapterSetup blocks of several asyncio tasks are open in this thread at once, and a compiled forward "
+            "pass cannot tell which one belongs to the task that runs it (torch.compile cannot read the task's "
+            "ContextVar). Run compiled passes with model.set_active_adapters(...), keep `with AdapterSetup(...)` from "
+            "spanning an await, or run the tasks in threads of their own."
+        )
+    return _state.top
 
 
 class AdapterSetup:
@@ -54,14 +121,26 @@ class AdapterSetup:
     def __enter__(self) -> "AdapterSetup":
         if self.ignore_empty and self.adapter_setup is None:
             self._tokens.append(None)
-        else:
-            self._tokens.append(_setup_stack.set(_setup_stack.get() + (self,)))
+            return self
+        self._tokens.append(_setup_stack.set(_setup_stack.get() + (self,)))
+        mirror = _state.setups
+        mirror.append((self, _running_task()))
+        _state.ambiguous = len({owner for _, owner in mirror}) > 1  # blocks of several tasks (see _ThreadState)
+        _state.top = (self.adapter_setup, self.head_setup)
         return self
 
     def __exit__(self, *exc) -> None:
         token = self._tokens.pop()
-        if token is not None:
-            _setup_stack.reset(token)
+        if token is None:
+            return
+        _setup_stack.reset(token)
+        mirror = _state.setups
+        for index in range(len(mirror) - 1, -1, -1):  # this block (not always the last one with several tasks)
+            if mirror[index][0] is self:
+                del mirror[index]
+                break
+        _state.ambiguous = len({owner for _, owner in mirror}) > 1
+        _state.top = (mirror[-1][0].adapter_setup, mirror[-1][0].head_setup) if mirror else None
 
     @staticmethod
     def get_context() -> "AdapterSetup | None":
@@ -77,6 +156,23 @@ class AdapterSetup:
         """
         stack = _setup_stack.get()
         return stack[-1] if stack else None
+
+    @staticmethod
+    def current() -> "tuple[Any, Any] | None":
+        """``(adapter_setup, head_setup)`` of the innermost active :class:`AdapterSetup`, or None;
+        traceable by ``torch.compile`` (read from the per-thread mirror there, see
+        :func:`compiled_setup`).
+
+        Example::
+
+            >>> with AdapterSetup("a", head_setup="h"):
+            ...     AdapterSetup.current()
+            (Stack[a], 'h')
+        """
+        if torch.compiler.is_compiling():
+            return compiled_setup()
+        stack = _setup_stack.get()
+        return (stack[-1].adapter_setup, stack[-1].head_setup) if stack else None
 
     @classmethod
     def get_context_adapter_setup(cls) -> AdapterCompositionBlock | None:
@@ -191,7 +287,7 @@ class ForwardContext:
             >>> def hook(module, args, output):           # inside one (a forward hook)
             ...     print(ForwardContext.get_context().parallel_channels)
         """
-        return _forward_context.get()
+        return _state.forward_context
 
     @contextmanager
     def activate(self):
@@ -206,11 +302,12 @@ class ForwardContext:
             >>> with context.activate():                  # later, e.g. in a recomputation
             ...     layer(hidden_states)
         """
-        token = _forward_context.set(self)
+        previous = _state.forward_context
+        _state.forward_context = self
         try:
             yield self
         finally:
-            _forward_context.reset(token)
+            _state.forward_context = previous
 
 
 class RegistryLock:
@@ -267,9 +364,13 @@ class RegistryLock:
         """
         return getattr(self._local, "depth", 0) > 0
 
-    def acquire_read(self) -> bool:
+    def acquire_read(self) -> "bool | None":
         """Enter a forward pass (shared); returns the token :meth:`release_read` takes. Waits while
         a change runs or waits; re-entrant within a thread.
+
+        Under ``torch.compile`` it does nothing (returns None): a thread's condition variable
+        cannot be traced, so a compiled pass neither waits for a change of the adapters made by
+        another thread nor holds one back (make such changes between compiled passes).
 
         Example::
 
@@ -279,6 +380,8 @@ class RegistryLock:
             ... finally:
             ...     lock.release_read(token)
         """
+        if torch.compiler.is_compiling():
+            return None
         local = self._local
         depth = getattr(local, "depth", 0)
         counted = depth == 0 and self._writer != threading.get_ident()
@@ -290,13 +393,15 @@ class RegistryLock:
         local.depth = depth + 1
         return counted
 
-    def release_read(self, token: bool) -> None:
+    def release_read(self, token: "bool | None") -> None:
         """Leave a forward pass entered with :meth:`acquire_read` (``token``: what it returned).
 
         Example::
 
             >>> lock.release_read(lock.acquire_read())
         """
+        if token is None:  # acquired under torch.compile: nothing was taken
+            return
         self._local.depth -= 1
         if token:
             with self._condition:

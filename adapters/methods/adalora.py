@@ -312,16 +312,22 @@ class AdaLoRAModelMixin:
         """Add the orthogonal regulariser to ``output.loss`` when training with AdaLoRA adapters active."""
         if not self.training or setup is None or getattr(output, "loss", None) is None:
             return output
-        registry = self.adapters_config
-        cache = self.__dict__.setdefault("_adapters_adalora_setups", {})
-        if cache.get("version") != registry.version:  # the adapters changed: recompute per setup
-            cache.clear()
-            cache["version"] = registry.version
-        if setup not in cache:
-            cache[setup] = tuple(self._adalora_names(setup))
-        for name in cache[setup]:
+        for name in _adalora_names_of(self, setup):
             output.loss = output.loss + self.adalora_orthogonal_regularization(name)
         return output
+
+
+@torch._dynamo.assume_constant_result  # torch.compile: looked up while tracing (the setup's identity is guarded)
+def _adalora_names_of(model, setup) -> tuple:
+    """The AdaLoRA adapters of ``setup``, cached per setup until the adapters change."""
+    registry = model.adapters_config
+    cache = model.__dict__.setdefault("_adapters_adalora_setups", {})
+    if cache.get("version") != registry.version:  # the adapters changed: recompute per setup
+        cache.clear()
+        cache["version"] = registry.version
+    if setup not in cache:
+        cache[setup] = tuple(model._adalora_names(setup))
+    return cache[setup]
 
 
 def build_adalora(config: AdaLoRAConfig, in_features: int, out_features: int, target, path_prefix: str) -> AdaLoRA:

@@ -14,6 +14,10 @@ to another device, or ``param.data`` replaced) and its dtype.
 Nothing is reused while a gradient may flow into a source (the value must be part of this pass's
 graph), and a value computed under ``torch.inference_mode`` is reused only there (an inference
 tensor cannot enter an autograd graph later).
+
+Under ``torch.compile`` nothing is kept: the value is computed in the graph every pass (version
+counters and storage addresses cannot be traced, and the compiled graph computes such small
+tensors at little cost).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def reuse_while_unchanged(
 
         >>> blocks = reuse_while_unchanged(self.__dict__.setdefault("_kept", {}), "blocks", [self.oft_R], self.blocks)
     """
+    if torch.compiler.is_compiling():
+        return compute()
     grad_possible = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
     if not reusable or grad_possible:
         return compute()

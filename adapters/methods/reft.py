@@ -46,7 +46,7 @@ learned_source.{weight,bias}`` and ``….projection.weight``, or with orthogonal
 
 from __future__ import annotations
 
-import contextvars
+import threading
 from typing import NamedTuple, Optional
 
 import torch
@@ -232,6 +232,9 @@ class ReftIntervention(nn.Module):
         module docstring); tied, a shared position gets the one intervention once."""
         p, s = self.prefix_positions, self.suffix_positions
         count = spans[:, 1]
+        if torch.compiler.is_compiling():  # the same checks as a runtime assertion in the graph (no row number)
+            self._assert_fits_compiled(count, name)
+            return
         too_short = ((count > 0) & (count < max(p, s))).nonzero().flatten().tolist()
         if too_short:
             row = too_short[0]
@@ -252,6 +255,23 @@ class ReftIntervention(nn.Module):
                 f"{row} has only {int(count[row])} real tokens, so its prefix and suffix positions would overlap. Give "
                 f"every row at least {p + s} real tokens, or use a config with fewer prefix_positions / "
                 f"suffix_positions."
+            )
+
+    def _assert_fits_compiled(self, count: torch.Tensor, name: str) -> None:
+        """:meth:`check_fits` under torch.compile: reading the offending row would leave the graph,
+        so the conditions become assertions the compiled graph checks when it runs."""
+        p, s = self.prefix_positions, self.suffix_positions
+        torch._assert_async(
+            ~((count > 0) & (count < max(p, s))).any(),
+            f"ReFT adapter {name!r} needs at least {max(p, s)} real tokens in every row (prefix_positions={p}, "
+            f"suffix_positions={s}; padding excluded), and a row of this input has fewer. Pass longer inputs.",
+        )
+        if p and s and not self.tied_weights:
+            torch._assert_async(
+                ~((count > 0) & (count < p + s)).any(),
+                f"ReFT adapter {name!r} intervenes on the first {p} and the last {s} real tokens of each row, and a "
+                f"row of this input has fewer than {p + s}, so its positions would overlap. Give every row at least "
+                f"{p + s} real tokens.",
             )
 
     def forward(self, hidden: torch.Tensor, spans: torch.Tensor, located=None) -> torch.Tensor:
@@ -431,7 +451,15 @@ class _Generation:
         self.spans: dict[str, torch.Tensor] = {}
 
 
-_generation: contextvars.ContextVar[Optional[_Generation]] = contextvars.ContextVar("adapters_reft_generation", default=None)
+class _GenerationState(threading.local):
+    """The running ``generate()`` call of this thread (generate is synchronous: per thread is per
+    call, and torch.compile can read it, unlike a ContextVar)."""
+
+    def __init__(self):
+        self.current: Optional[_Generation] = None  # in each thread's own dict (see adapters.context._ThreadState)
+
+
+_generation = _GenerationState()
 
 
 class ReftGenerationMixin:
@@ -453,11 +481,11 @@ class ReftGenerationMixin:
 
             >>> out = model.generate(input_ids, attention_mask=mask, max_new_tokens=8, use_cache=False)
         """
-        token = _generation.set(_Generation(self))
+        previous, _generation.current = _generation.current, _Generation(self)
         try:
             return super().generate(*args, **kwargs)
         finally:
-            _generation.reset(token)
+            _generation.current = previous
 
 
 def _reft_names(model) -> set[str]:
@@ -468,6 +496,7 @@ def _reft_names(model) -> set[str]:
     }
 
 
+@torch._dynamo.assume_constant_result  # torch.compile: looked up while tracing (the setup's identity is guarded)
 def _active_reft_adapters(model, setup) -> tuple[str, ...]:
     """The ReFT adapters of ``setup`` (cached per setup and registry version)."""
     registry = model.adapters_config
@@ -520,7 +549,7 @@ def _prompt_spans(context: ForwardContext, role: str, hidden: torch.Tensor) -> O
     mask = inputs.get(_MASK_OF_ROLE.get(kind, ""))
     if not (isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == (rows, past + length)):
         mask = None  # no mask for this stack's positions: every position is a real token
-    generation = _generation.get()
+    generation = _generation.current
     if generation is not None and generation.model is context.model:
         prompt = generation.spans.get(role)
         if prompt is None:  # the call's first pass over this stack reads the prompt

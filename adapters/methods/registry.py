@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
+import torch
+
 from ..errors import AdapterConfigError
 
 __all__ = [
@@ -297,6 +299,8 @@ def families_with(hook: str) -> tuple[MethodFamily, ...]:
         >>> [f.name for f in families_with("before_forward")]
         ['prefix_tuning', 'prompt_tuning', 'adaption_prompt']
     """
+    if torch.compiler.is_compiling():  # traced without the cache: a first pass filling it would compile again
+        return tuple(f for f in _FAMILIES.values() if getattr(f, hook) is not None)
     found = _WITH.get(hook)
     if found is None:
         found = _WITH[hook] = tuple(f for f in _FAMILIES.values() if getattr(f, hook) is not None)
