@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple, Optional, Union
 
@@ -46,7 +47,10 @@ __all__ = [
     "BatchSplit",
     "Average",
     "MultiTask",
+    "BASE_ROWS",
+    "RowRouting",
     "parse_composition",
+    "intern_setup",
     "validate_composition",
     "batch_requirement",
     "check_input_batch",
@@ -394,8 +398,10 @@ class MultiTask(AdapterCompositionBlock):
 
     The ids come with the forward call: ``model(**batch, task_ids=ids)``, one per row, as integers
     ``0 … len(children) − 1`` (a list or a 1-d tensor) or as the children's names. The rows keep
-    their order in the output. A multi-task method's adapters take part (the method families that
-    list the block); the children are adapter names, or a ``Stack`` / ``Average`` of them.
+    their order in the output. The adapters of the method families that list the block take part
+    (LoRA and the other weight-delta methods, bottleneck adapters, MTL-LoRA); the children are
+    adapter names, or a ``Stack`` / ``Average`` of them. A forward call's per-row
+    ``adapter_names=[...]`` runs as a ``MultiTask`` too (see :class:`RowRouting`).
 
     Example::
 
@@ -405,6 +411,111 @@ class MultiTask(AdapterCompositionBlock):
 
     def __init__(self, *task_adapters: Union[str, AdapterCompositionBlock]):
         super().__init__(*task_adapters)
+
+
+#: the per-row adapter name of a row that runs without adapters (PEFT's name for it)
+BASE_ROWS = "__base__"
+_ROUTING_LOCK = threading.Lock()
+
+
+class RowRouting:
+    """A forward call's per-row ``adapter_names`` as a :class:`MultiTask` and its task ids: one
+    mechanism for both. The block's children are fixed for a model's adapters (the adapters that
+    can take part in a ``MultiTask``, sorted, then :data:`BASE_ROWS`, then the blocks rows have
+    named, in order of first use), so calls with different rows run the same setup and every
+    per-setup cache (pruned setups, validations) is reused; children without rows cost nothing.
+
+    Args:
+        adapters: the model's adapter names.
+        validate: refuses a setup on the model (raises :class:`~adapters.errors.CompositionError`);
+            called here once per adapter, and by :meth:`route` once per block a row names.
+        version: the version of the model's adapters the routing was made for.
+
+    Example::
+
+        >>> routing = RowRouting(["a", "b"], model._validate_setup)
+        >>> routing.route(["b", "__base__", "a"], 3, model._validate_setup)
+        (MultiTask[a, b, __base__], [1, 2, 0])
+    """
+
+    def __init__(self, adapters, validate, version: int = 0):
+        self.version = version
+        self.adapters = tuple(adapters)
+        self.refused: dict = {}
+        routable = []
+        for name in self.adapters:
+            if name == BASE_ROWS:
+                continue
+            try:
+                validate(MultiTask(name))
+            except CompositionError as error:
+                self.refused[name] = error
+            else:
+                routable.append(name)
+        self.children = tuple(sorted(routable)) + (BASE_ROWS,)
+        self.index = {child: i for i, child in enumerate(self.children)}
+        self.setup = MultiTask(*self.children)
+
+    def route(self, adapter_names, batch: Optional[int], validate) -> tuple:
+        """``(setup, task_ids)`` for one adapter setup per row (``adapter_names``, ``batch`` rows
+        when known): an adapter name, :data:`BASE_ROWS`, ``"a,b"`` or a ``Stack`` / ``Average``.
+
+        Raises:
+            CompositionError: naming ``adapter_names``, the row and value, and the valid form.
+
+        Example::
+
+            >>> routing.route(["a", Stack("a", "b")], 2, model._validate_setup)[1]
+            [0, 3]
+        """
+        valid = (
+            f"one entry per batch row{f' ({batch} rows)' if batch is not None else ''}: an adapter name, "
+            f"{BASE_ROWS!r} for a row without adapters, or a Stack / Average of adapters, e.g. "
+            f"model(**batch, adapter_names=['a', {BASE_ROWS!r}, 'b'])"
+        )
+        if isinstance(adapter_names, (str, bytes)) or not isinstance(adapter_names, Sequence) or not adapter_names:
+            raise CompositionError(f"adapter_names={adapter_names!r} is not a list of per-row adapter setups; give {valid}.")
+        if batch is not None and len(adapter_names) != batch:
+            raise CompositionError(
+                f"adapter_names has {len(adapter_names)} entries but the input batch has {batch} rows; give {valid}."
+            )
+        index = self.index
+        ids = []
+        for row, entry in enumerate(adapter_names):
+            position = index.get(entry) if isinstance(entry, (str, AdapterCompositionBlock)) else None
+            if position is None:
+                position = self._add_child(row, entry, valid, validate)
+            ids.append(position)
+        return self.setup, ids
+
+    def _add_child(self, row: int, entry, valid: str, validate) -> int:
+        """The child index of a row's entry that is no routable adapter name: a refused or unknown
+        name raises; a block (or ``"a,b"``) is validated once and becomes a child."""
+        where = f"adapter_names[{row}]={entry!r}"
+        if isinstance(entry, (str, AdapterCompositionBlock)) and entry in self.index:  # added by an earlier row
+            return self.index[entry]
+        if isinstance(entry, str) and "," not in entry:
+            if entry in self.refused:
+                raise CompositionError(f"{where} cannot take part in per-row routing: {self.refused[entry]}") from None
+            known = ", ".join(sorted(self.adapters)) or "none"
+            raise CompositionError(f"{where} names no adapter of this model (it has: {known}); give {valid}.")
+        if isinstance(entry, str):
+            entry = parse_composition(entry)
+        if not isinstance(entry, (Stack, Average)):
+            raise CompositionError(f"{where} is neither an adapter name nor a Stack / Average of adapters; give {valid}.")
+        if len(entry.children) == 1 and isinstance(entry, Stack) and isinstance(entry.children[0], str):
+            name = entry.children[0]
+            return self.index[name] if name in self.index else self._add_child(row, name, valid, validate)
+        try:
+            validate(MultiTask(entry))
+        except CompositionError as error:
+            raise CompositionError(f"{where} cannot take part in per-row routing: {error}") from None
+        with _ROUTING_LOCK:  # appended once: the ids of rows routed before stay valid
+            if entry not in self.index:
+                self.children = self.children + (entry,)
+                self.index = {**self.index, entry: len(self.children) - 1}
+                self.setup = MultiTask(*self.children)
+            return self.index[entry]
 
 
 _SAVED_BLOCKS = ("Stack", "Parallel", "Fuse", "Split", "BatchSplit", "Average", "MultiTask")
@@ -701,6 +812,29 @@ def check_input_batch(setup, batch: int, channels: int = 1) -> None:
 SetupLike = Union[str, Sequence, AdapterCompositionBlock, None]
 
 
+# one object per distinct setup (see intern_setup); setups are few, small and immutable
+_INTERNED: dict = {}
+
+
+def intern_setup(setup: "AdapterCompositionBlock") -> "AdapterCompositionBlock":
+    """The one block object that stands for every setup equal to ``setup`` (the first one seen).
+
+    ``torch.compile`` guards a compiled forward pass on the identity of the setup it read, so
+    equal setups must be the same object, or ``model.set_active_adapters("a")`` (a new ``Stack``
+    each time) would compile the model again every time. :func:`parse_composition` returns
+    interned setups.
+
+    Example::
+
+        >>> intern_setup(Stack("a", "b")) is intern_setup(Stack("a", "b"))
+        True
+    """
+    found = _INTERNED.get(setup)
+    if found is None:
+        found = _INTERNED.setdefault(setup, setup)
+    return found
+
+
 def parse_composition(
     adapter_composition: SetupLike, level: int | None = 0, model_type: Optional[str] = None
 ) -> Union[str, AdapterCompositionBlock, None]:
@@ -729,10 +863,11 @@ def parse_composition(
     if isinstance(setup, AdapterCompositionBlock):
         if level == 0:
             validate_composition(setup)
+            return intern_setup(setup)
         return setup
     if isinstance(setup, str):
         if level == 0:
-            return Stack(*[name.strip() for name in setup.split(",")])
+            return intern_setup(Stack(*[name.strip() for name in setup.split(",")]))
         if level is None and "," in setup:
             raise CompositionError(
                 f"Adapter name {setup!r} inside a block may not contain commas; use a Stack or Fuse, "
@@ -745,6 +880,7 @@ def parse_composition(
         block = inner(*children) if level is not None else Stack(*children)
         if level == 0:
             validate_composition(block)
+            return intern_setup(block)
         return block
     raise CompositionError(
         f"Invalid adapter setup {setup!r} ({type(setup).__name__}): expected an adapter name, a list of names or a "

@@ -14,8 +14,8 @@ it first ran in.
 
 from __future__ import annotations
 
-import contextvars
 import functools
+import threading
 from typing import Optional
 
 import torch
@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from .compat import passed_cache
-from .composition import BatchSplit, MultiTask, Parallel, Split, Stack, batch_requirement, check_input_batch
+from .composition import BatchSplit, MultiTask, Parallel, RowRouting, Split, Stack, batch_requirement, check_input_batch
 from .context import AdapterSetup, ForwardContext, registry_lock
 from .errors import CompositionError
 from .hooks.patching import swap_class
@@ -52,11 +52,27 @@ _BATCH_INPUTS = (
 _SEPARATE_BATCH_INPUTS = ("pixel_values",)
 
 
-# set while generate() runs a Parallel setup whose inputs it replicated itself (number of branches)
-_pre_replicated: contextvars.ContextVar[int] = contextvars.ContextVar("adapters_pre_replicated", default=1)
-# the task_ids given to generate(), for the forward passes it makes (transformers passes on only the
-# keyword arguments the model's forward signature names)
-_generate_task_ids: contextvars.ContextVar = contextvars.ContextVar("adapters_generate_task_ids", default=None)
+class _GenerateState(threading.local):
+    """What a running ``generate()`` tells the forward passes it makes. generate() is synchronous
+    (no await inside), so per thread is per call, as with a ContextVar; unlike one, torch.compile
+    can read it (compiled passes inside generate)."""
+
+    # the number of branches of a Parallel setup whose inputs generate() replicated itself (1: none)
+    pre_replicated = 1
+    # the task_ids given to generate(), for the forward passes it makes (transformers passes on only
+    # the keyword arguments the model's forward signature names)
+    task_ids = None
+    # the per-row adapter_names given to generate(), likewise
+    adapter_names = None
+
+    def __init__(self):
+        # every thread's own dict holds every field from the start: a compiled pass then guards on
+        # their values (a field only on the class gets a guard on its absence, which the pass's
+        # own writes break)
+        self.pre_replicated, self.task_ids, self.adapter_names = 1, None, None
+
+
+_generate_state = _GenerateState()
 
 
 class ForwardCall:
@@ -142,6 +158,9 @@ class ForwardMixin:
         as ``adapter_fusion_attentions`` / ``adapter_gating_scores`` on the output;
         ``task_ids`` gives each batch row its task for a ``MultiTask`` setup (integers or the
         block's adapter names, one per row; ignored by setups without ``MultiTask``).
+        ``adapter_names`` gives each batch row its own adapter setup for this call (an adapter
+        name, ``"__base__"`` for none, or a ``Stack`` / ``Average``; PEFT's argument), replacing
+        the active setup; see ``docs/serving.rst``.
 
         Example::
 
@@ -168,12 +187,12 @@ class ForwardMixin:
         context.output_adapter_gating_scores = kwargs.pop("output_adapter_gating_scores", False)
         names = self._forward_argument_names()
         task_ids = kwargs.pop("task_ids", None)
-        task_ids = _generate_task_ids.get() if task_ids is None else task_ids
+        task_ids = _generate_state.task_ids if task_ids is None else task_ids
         batch = _input_batch(names, args, kwargs)
-        replicated = _pre_replicated.get()
+        replicated = _generate_state.pre_replicated
         if batch is not None and replicated and replicated == _parallel_channels(context.setup):
             batch //= replicated  # generate() replicated the rows for Parallel; task_ids name the user's rows
-        context.task_ids = _checked_task_ids(context.setup, task_ids, batch)
+        context.task_ids = self._rows_of_call(context, kwargs.pop("adapter_names", None), task_ids, batch)
         channels = self._channels_to_replicate(context)
         self._check_input_fits(context, channels, args, kwargs, names)
         if channels:
@@ -203,29 +222,64 @@ class ForwardMixin:
 
         With a ``MultiTask`` setup, ``task_ids`` (one per input row) hold for every step (greedy
         search or sampling, one sequence per row; more rows per input are refused at the first step).
+        Per-row ``adapter_names`` (one setup per input row, see ``docs/serving.rst``) hold for every step
+        and for every copy of a row that beams or ``num_return_sequences`` make.
 
         Example::
 
             >>> model.set_active_adapters(Parallel("a", "b"))
             >>> out = model.generate(input_ids, max_new_tokens=8)   # rows [a's; b's]
         """
+        if kwargs.get("adapter_names") is not None:  # per-row adapters: every step's rows keep theirs
+            previous, _generate_state.adapter_names = _generate_state.adapter_names, kwargs.pop("adapter_names")
+            try:  # the setup is the rows' routing (no Parallel to replicate for)
+                return super().generate(*args, **kwargs)
+            finally:
+                _generate_state.adapter_names = previous
         if kwargs.get("task_ids") is not None:  # MultiTask: every step's rows keep their task ids
-            token = _generate_task_ids.set(kwargs.pop("task_ids"))
+            previous, _generate_state.task_ids = _generate_state.task_ids, kwargs.pop("task_ids")
             try:
                 return self.generate(*args, **kwargs)
             finally:
-                _generate_task_ids.reset(token)
+                _generate_state.task_ids = previous
         setup = self._setup_for_forward()[0]
         channels = _parallel_channels(setup)
         if channels == 1:
             return super().generate(*args, **kwargs)
         # positional arguments by generate's own names (inputs, generation_config, ...), the inputs as input_ids
         kwargs, _ = _replicate_inputs(("input_ids",) + _generate_parameter_names(type(self))[1:], args, kwargs, channels)
-        token = _pre_replicated.set(channels)
+        previous, _generate_state.pre_replicated = _generate_state.pre_replicated, channels
         try:
             return super().generate(**kwargs)
         finally:
-            _pre_replicated.reset(token)
+            _generate_state.pre_replicated = previous
+
+    def _rows_of_call(self, context: ForwardContext, adapter_names, task_ids, batch: Optional[int]) -> Optional[torch.Tensor]:
+        """The pass's per-row task ids (``context.task_ids``): from ``adapter_names``, one adapter
+        setup per row, which also replace the pass's setup by their routing (a ``MultiTask``, see
+        :class:`~adapters.composition.RowRouting`), or from ``task_ids`` for the setup's own
+        ``MultiTask`` blocks. Checked before the model runs (errors name the argument)."""
+        if adapter_names is None and _generate_state.adapter_names is not None:
+            adapter_names = _generate_state.adapter_names
+            rows = len(adapter_names) if isinstance(adapter_names, (list, tuple)) else 0
+            if rows and batch and batch != rows and batch % rows == 0:
+                # beams / num_return_sequences: generate repeats each input row in place (repeat_interleave)
+                adapter_names = [entry for entry in adapter_names for _ in range(batch // rows)]
+        if adapter_names is None:
+            return _checked_task_ids(context.setup, task_ids, batch)
+        if task_ids is not None:
+            raise CompositionError(
+                "adapter_names and task_ids were both given; give adapter_names (one adapter per row, any active "
+                "setup is replaced for the call) or task_ids (rows of the active setup's MultiTask), not both."
+            )
+        registry = self.adapters_config
+        routing = self.__dict__.get("_adapters_row_routing")
+        if routing is None or routing.version != registry.version:  # once per change of the adapters
+            routing = RowRouting(registry.adapters, self._validate_setup, registry.version)
+            self.__dict__["_adapters_row_routing"] = routing
+        context.setup, ids = routing.route(adapter_names, batch, self._validate_setup)
+        context.skip_layers = frozenset()
+        return torch.tensor(ids, dtype=torch.int64)
 
     def _new_context(self) -> ForwardContext:
         """A forward context with the active setup, marked as this model's: the one snapshot of the
@@ -240,7 +294,7 @@ class ForwardMixin:
         """The Parallel channels whose inputs this call must replicate (0: none). Inputs that
         generate() replicated once already are only recorded in ``context``."""
         channels = _parallel_channels(context.setup)
-        if channels > 1 and _pre_replicated.get() == channels:
+        if channels > 1 and _generate_state.pre_replicated == channels:
             context.parallel_channels = channels
             return 0
         return channels if channels > 1 else 0
@@ -255,8 +309,8 @@ class ForwardMixin:
             return None, kwargs
         context = self._new_context()
         task_ids = kwargs.pop("task_ids", None)
-        task_ids = _generate_task_ids.get() if task_ids is None else task_ids
-        context.task_ids = _checked_task_ids(context.setup, task_ids, _input_batch((), (), kwargs))
+        task_ids = _generate_state.task_ids if task_ids is None else task_ids
+        context.task_ids = self._rows_of_call(context, kwargs.pop("adapter_names", None), task_ids, _input_batch((), (), kwargs))
         channels = self._channels_to_replicate(context)
         self._check_input_fits(context, channels, (), kwargs)
         if channels:
@@ -271,12 +325,11 @@ class ForwardMixin:
         """``(setup, skip_layers)`` in force: the innermost AdapterSetup's (validated once), else the
         model's active setup."""
         registry = self.adapters_config
-        override = AdapterSetup.get_context()
+        override = AdapterSetup.current()
         if override is not None:
-            setup = override.adapter_setup
-            if setup is not None and setup not in registry._validated:
-                self._validate_setup(setup)
-                registry._validated[setup] = True
+            setup = override[0]
+            if setup is not None:
+                _validate_once(self, registry, setup)
             return setup, None
         return registry.active_setup, registry.skip_layers
 
@@ -342,6 +395,18 @@ class ForwardMixin:
             )
 
 
+@torch._dynamo.assume_constant_result
+def _validate_once(model, registry, setup) -> bool:
+    """Validate an ``AdapterSetup`` override against the model the first time a pass uses it
+    (``registry._validated``: id → setup, emptied when the adapters change). Under torch.compile
+    it runs while the pass is traced, not in the graph (the setup's identity is guarded)."""
+    if registry._validated.get(id(setup)) is not setup:
+        model._validate_setup(setup)
+        registry._validated[id(setup)] = setup  # kept alive with its id: the id names no other setup
+    return True
+
+
+@torch._dynamo.assume_constant_result  # torch.compile: read while tracing (the setup's identity is guarded)
 @functools.lru_cache(maxsize=1024)
 def _multi_task_blocks(setup) -> tuple:
     """The MultiTask blocks of ``setup`` (the setup itself or children of its top-level Stack)."""
@@ -396,12 +461,16 @@ def _checked_task_ids(setup, task_ids, batch: Optional[int]) -> Optional[torch.T
         raise CompositionError(f"task_ids={task_ids!r} is not a list of task ids; give {valid}.")
     if batch is not None and ids.numel() != batch:
         raise CompositionError(f"task_ids has {ids.numel()} entries but the input batch has {batch} rows; give {valid}.")
+    if torch.compiler.is_compiling():  # the values are not known while tracing: checked when the graph runs
+        torch._assert_async(((ids >= 0) & (ids < count)).all(), f"task_ids holds ids outside 0 … {count - 1}; give {valid}.")
+        return ids
     bad = ids[(ids < 0) | (ids >= count)]
     if bad.numel():
         raise CompositionError(f"task_ids holds {bad.unique().tolist()}, outside 0 … {count - 1}; give {valid}.")
     return ids
 
 
+@torch._dynamo.assume_constant_result  # torch.compile: read while tracing (the setup's identity is guarded)
 @functools.lru_cache(maxsize=1024)  # setups are immutable and hashable; this runs at every forward pass
 def _sized_blocks(setup) -> tuple:
     """The Split and BatchSplit blocks of ``setup`` (what the input must fit), depth first."""

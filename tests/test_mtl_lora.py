@@ -24,6 +24,7 @@ from adapters import (
     MultiTask,
     MultiTaskConfig,
     Parallel,
+    PrefixTuningConfig,
     SeqBnConfig,
     Split,
     Stack,
@@ -219,11 +220,12 @@ def test_task_ids_that_do_not_fit_are_refused_before_the_forward(task_ids, messa
     "setup, message",
     [
         (
-            MultiTask("a", "lora"),
-            r"Adapter 'lora' cannot take part in MultiTask\[a, lora\]: its method 'lora' does not support MultiTask.*"
-            r"multi-task adapters \(MTL-LoRA\) only; use it outside, e.g. Stack\('lora', MultiTask",
+            MultiTask("a", "pre"),
+            r"Adapter 'pre' cannot take part in MultiTask\[a, pre\]: its method 'prefix_tuning' does not support "
+            r"MultiTask.*routes rows only to adapters of the methods that take part in it; use it outside, e.g. "
+            r"Stack\('pre', MultiTask",
         ),
-        (MultiTask("a", "bn"), r"Adapter 'bn' cannot take part in MultiTask\[a, bn\]: its method 'bottleneck'"),
+        (MultiTask("a", Stack("bn", "pre")), r"Adapter 'pre' cannot take part in MultiTask\[a, Stack\[bn, pre\]\]"),
         (Average(MultiTask("a", "b"), "c"), r"Cannot use MultiTask\[a, b\] inside Average.*a direct child of a top-level Stack"),
         (Parallel(MultiTask("a", "b"), "c"), r"Cannot use MultiTask\[a, b\] inside Parallel"),
         (MultiTask("a", Stack("b", BatchSplit("c", "a", batch_sizes=[1, 1]))), "cannot use BatchSplit"),
@@ -235,6 +237,7 @@ def test_setups_multitask_cannot_run_are_refused_at_activation(setup, message):
     model = with_tasks("bert")
     model.add_adapter("lora", config=LoRAConfig(r=4))
     model.add_adapter("bn", config=SeqBnConfig())
+    model.add_adapter("pre", config=PrefixTuningConfig(prefix_length=2))  # LoRA and bottlenecks take part in MultiTask
     model.set_active_adapters("a")
     with pytest.raises(CompositionError, match=message):
         model.set_active_adapters(setup)

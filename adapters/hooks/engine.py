@@ -31,7 +31,7 @@ from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split,
 from ..context import ForwardContext
 from ..errors import CompositionError
 
-__all__ = ["HostCapabilities", "ComposableLayer", "prune_setup", "hoist_batch_splits", "batch_branches", "remove_host_mixin"]
+__all__ = ["HostCapabilities", "ComposableLayer", "RowGroups", "prune_setup", "hoist_batch_splits", "batch_branches", "remove_host_mixin"]
 
 
 _IDENTITY = None  # a pruned child: passes its slice of the state through unchanged
@@ -315,6 +315,48 @@ class _Pruned:
         return f"{self.kind.__name__}[{', '.join(str(c) for c in self.children)}]"
 
 
+class RowGroups(NamedTuple):
+    """How a ``MultiTask`` block's task ids split the rows of a batch, computed once per forward
+    pass (and device) and shared by every host and layer.
+
+    ``sizes`` holds the rows per child (one entry per child); ``used`` the indices of the children
+    that have rows, ascending; ``order`` / ``inverse`` the stable sort of the rows by task and its
+    inverse (on the device), or None when the rows are sorted already; ``positions`` per row the
+    position of its child in ``used`` (an ``int64`` tensor on the device).
+
+    Example::
+
+        >>> RowGroups.of(torch.tensor([2, 0, 2]), 3, "cpu").used
+        (0, 2)
+    """
+
+    sizes: list
+    used: tuple
+    order: Optional[torch.Tensor]
+    inverse: Optional[torch.Tensor]
+    positions: torch.Tensor
+
+    @classmethod
+    def of(cls, task_ids: torch.Tensor, children: int, device) -> "RowGroups":
+        """The groups of ``task_ids`` (a 1-d ``int64`` tensor on the CPU) for a block of ``children``.
+
+        Example::
+
+            >>> RowGroups.of(torch.tensor([1, 0]), 2, "cpu").positions
+            tensor([1, 0])
+        """
+        task_ids = task_ids.to("cpu")
+        sizes = torch.bincount(task_ids, minlength=children).tolist()
+        used = tuple(i for i, size in enumerate(sizes) if size)
+        lookup = torch.zeros(children, dtype=torch.int64)
+        lookup[list(used)] = torch.arange(len(used))
+        positions = lookup[task_ids].to(device)
+        if bool((task_ids[1:] >= task_ids[:-1]).all()):
+            return cls(sizes, used, None, None, positions)
+        order = torch.argsort(task_ids, stable=True)
+        return cls(sizes, used, order.to(device), torch.argsort(order).to(device), positions)
+
+
 class HostCapabilities:
     """What the model API may ask any entry of a model's host list (it never compares method
     names); a host class overrides the ones that hold for it.
@@ -333,6 +375,15 @@ class HostCapabilities:
     supports_fusion: ClassVar[bool] = False
     #: the host is taken out again once it holds no adapter (it was installed on demand)
     removed_when_empty: ClassVar[bool] = False
+
+
+@torch._dynamo.assume_constant_result
+def _prune_while_tracing(host, setup) -> bool:
+    """Under torch.compile, fill ``host``'s cache for ``setup`` while the pass is traced (not in the
+    graph): the traced lookup that follows then finds it, so a first pass that fills the cache (and
+    the module-level caches pruning uses) does not leave a guard that the filled cache breaks."""
+    host._pruned_setup(setup)
+    return True
 
 
 class ComposableLayer(HostCapabilities):
@@ -384,8 +435,13 @@ class ComposableLayer(HostCapabilities):
             context = ForwardContext.get_context()
         if context is None or context.setup is None or self.layer_idx in context.skip_layers:
             return None
+        if torch.compiler.is_compiling():
+            _prune_while_tracing(self, context.setup)
+        return self._pruned_setup(context.setup)
+
+    def _pruned_setup(self, setup):
+        """``setup`` pruned to this host's adapters (cached per setup)."""
         cache = self.__dict__["_setup_cache"]
-        setup = context.setup
         try:
             return cache[setup]
         except KeyError:
@@ -427,17 +483,45 @@ class ComposableLayer(HostCapabilities):
         raise TypeError(f"Unknown block {setup!r}")
 
     def _compose_multi_task(self, setup, state):
-        """Child ``i`` processes the rows whose task id is ``i``: the rows sorted by task (stably),
-        a BatchSplit over the runs, the rows put back in their order."""
-        order, inverse, sizes = self._task_rows(setup, state)
-        if order is None:  # sorted by task already
-            return self._compose_batch_groups(setup, state, sizes)
-        grouped = self._compose_batch_groups(setup, self.select_rows(state, self.BATCH_FIELDS, order), sizes)
-        return self.select_rows(grouped, self.BATCH_FIELDS, inverse)
+        """Child ``i`` processes the rows whose task id is ``i`` (see :meth:`compose_routed`)."""
+        return self.compose_routed(setup, state, self._task_rows(setup, state))
 
-    def _task_rows(self, setup, state):
-        """``(order, inverse, sizes)`` for the forward context's task ids on this state's rows
-        (``order`` None when the rows are sorted by task already), once per pass and device."""
+    def compose_routed(self, setup, state, rows: "RowGroups"):
+        """A ``MultiTask`` block on ``state``: the rows sorted by task (stably, :meth:`permute_rows`),
+        each child on its run of rows (children without rows are skipped), the rows put back in
+        their order. A host with a faster way for its adapters (stacked LoRA factors) overrides it.
+
+        Example::
+
+            >>> host.compose_routed(setup, state, host._task_rows(setup, state)).output.shape
+            torch.Size([4, 7, 32])
+        """
+        if len(rows.used) == 1:  # every row takes the same child
+            return self.compose(setup.children[rows.used[0]], state)
+        grouped = state if rows.order is None else self.permute_rows(state, rows.order, rows.inverse)
+        outputs, start, template = [], 0, None
+        for index in rows.used:
+            child, size = setup.children[index], rows.sizes[index]
+            outputs.append(self.compose(child, self.slice_state(grouped, self.BATCH_FIELDS, 0, start, start + size)))
+            template = outputs[-1] if child is not _IDENTITY else template
+            start += size
+        grouped = self.cat_states(outputs, self.BATCH_FIELDS, 0, template)
+        return grouped if rows.order is None else self.permute_rows(grouped, rows.inverse, rows.order)
+
+    def permute_rows(self, state, order: torch.Tensor, inverse: torch.Tensor):
+        """``state`` with its rows in the order ``order`` (a permutation; ``inverse`` undoes it).
+        A host whose state holds per-row bookkeeping besides the tensors (a bottleneck's ``last``)
+        permutes that too.
+
+        Example::
+
+            >>> host.permute_rows(state, torch.tensor([1, 0]), torch.tensor([1, 0])).output[0]   # row 1
+        """
+        return self.select_rows(state, self.BATCH_FIELDS, order)
+
+    def _task_rows(self, setup, state) -> "RowGroups":
+        """The forward context's task ids on this state's rows as :class:`RowGroups`, computed
+        once per pass and device (every host and layer reuses them)."""
         context = ForwardContext.get_context()
         task_ids = None if context is None else getattr(context, "task_ids", None)
         batch = self._batch_size(state)
@@ -447,25 +531,19 @@ class ComposableLayer(HostCapabilities):
                 f"{type(self).__name__} (layer {self.layer_idx}); call the model with task_ids=..., e.g. "
                 f"model(**batch, task_ids=[0, 1, ...])."
             )
-        rows = task_ids.numel()
-        if batch != rows:
-            if batch % rows or batch // rows != context.parallel_channels:
-                raise CompositionError(
-                    f"MultiTask got task_ids for {rows} rows, but the batch has {batch} rows at {type(self).__name__} "
-                    f"(layer {self.layer_idx}); give one task id per row of the batch."
-                )
-            task_ids = task_ids.repeat(batch // rows)  # Parallel replicated the rows: each copy keeps its task
         device = getattr(state, self.BATCH_FIELDS[0]).device
         key = ("task_rows", batch, len(setup.children), device)
         found = context.pass_cache.get(key)
         if found is None:
-            sizes = torch.bincount(task_ids, minlength=len(setup.children)).tolist()
-            if bool((task_ids[1:] >= task_ids[:-1]).all()):
-                found = (None, None, sizes)
-            else:
-                order = torch.argsort(task_ids, stable=True)
-                found = (order.to(device), torch.argsort(order).to(device), sizes)
-            context.pass_cache[key] = found
+            rows = task_ids.numel()
+            if batch != rows:
+                if batch % rows or batch // rows != context.parallel_channels:
+                    raise CompositionError(
+                        f"MultiTask got task_ids for {rows} rows, but the batch has {batch} rows at {type(self).__name__} "
+                        f"(layer {self.layer_idx}); give one task id per row of the batch."
+                    )
+                task_ids = task_ids.repeat(batch // rows)  # Parallel replicated the rows: each copy keeps its task
+            found = context.pass_cache[key] = RowGroups.of(task_ids, len(setup.children), device)
         return found
 
     def _parallel_sizes(self, setup, state) -> list[int]:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from ..composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from ..configuration.bottleneck import BnConfig
 from ..configuration.fusion import AdapterFusionConfig
 from ..context import ForwardContext
@@ -91,8 +91,38 @@ class _Segments(NamedTuple):
     parts: tuple
 
 
+class _Permuted:
+    """``BottleneckState.last`` after a ``MultiTask`` put the rows back in their order: row ``i``
+    is row ``order[i]`` of a state whose ``last`` is ``inner`` (``inverse`` undoes ``order``)."""
+
+    __slots__ = ("order", "inverse", "inner")
+
+    def __init__(self, order: torch.Tensor, inverse: torch.Tensor, inner):
+        self.order, self.inverse, self.inner = order, inverse, inner
+
+    def as_runs(self):
+        """The same ``last`` as runs of consecutive rows (:class:`_Segments` along the batch)."""
+        parts: list = []
+        for row in self.order.tolist():
+            row_last = _slice_segments(self.inner, 0, row, row + 1)
+            if parts and parts[-1][1] == row_last:
+                parts[-1] = (parts[-1][0] + 1, row_last)
+            else:
+                parts.append((1, row_last))
+        return parts[0][1] if len(parts) == 1 else _Segments(0, tuple(parts))
+
+
+def _permuted_last(last, order: torch.Tensor, inverse: torch.Tensor):
+    """``last`` for the rows ``order`` of its state (see :class:`_Permuted`)."""
+    if isinstance(last, _Permuted):
+        return _Permuted(last.order.index_select(0, order), inverse.index_select(0, last.inverse), last.inner)
+    return _Permuted(order, inverse, last) if isinstance(last, _Segments) else last
+
+
 def _slice_segments(last, dim: int, start: int, end: int):
     """``last`` (an adapter name, None or :class:`_Segments`) for the part ``start … end`` along ``dim``."""
+    if isinstance(last, _Permuted):
+        last = last.as_runs()
     if not isinstance(last, _Segments):
         return last
     parts, offset = [], 0
@@ -317,7 +347,7 @@ class BottleneckLayer(ComposableLayer):
 
     method = "bottleneck"
     supports_fusion = True
-    supported_blocks = (Stack, Parallel, Fuse, Split, BatchSplit, Average)
+    supported_blocks = (Stack, Parallel, Fuse, Split, BatchSplit, Average, MultiTask)
     BATCH_FIELDS = ("hidden_states", "input_tensor", "adapter_residual", "bottleneck_up")
     SEQUENCE_FIELDS = BATCH_FIELDS
 
@@ -413,6 +443,9 @@ class BottleneckLayer(ComposableLayer):
     def _pre_norm(self, last, hidden_states, input_hidden_states):
         """What the model's own ``norm(· + x)`` must receive to finish each part of the batch /
         sequence as :meth:`_finish` would, or None if some part's ``post`` step is not of that form."""
+        if isinstance(last, _Permuted):  # rows a MultiTask routed: finish them in the inner order
+            value = self._pre_norm(last.inner, hidden_states.index_select(0, last.inverse), input_hidden_states.index_select(0, last.inverse))
+            return None if value is None else value.index_select(0, last.order)
         if isinstance(last, _Segments):
             parts, start, unchanged = [], 0, True
             for size, part_last in last.parts:
@@ -431,6 +464,9 @@ class BottleneckLayer(ComposableLayer):
 
     def _finish(self, last, hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model):
         """The ``post`` step of the adapter that ended each part of the batch / sequence."""
+        if isinstance(last, _Permuted):  # rows a MultiTask routed: finish them in the inner order
+            inner = [t.index_select(0, last.inverse) for t in (hidden_states, input_hidden_states, residual)]
+            return self._finish(last.inner, *inner, layer_norm, residual_added_by_model).index_select(0, last.order)
         if isinstance(last, _Segments):
             outputs, start = [], 0
             for size, part_last in last.parts:
@@ -451,6 +487,12 @@ class BottleneckLayer(ComposableLayer):
         sliced = ComposableLayer.slice_state(state, fields, dim, start, end)
         return sliced._replace(last=_slice_segments(state.last, dim, start, end))
 
+    def permute_rows(self, state: BottleneckState, order: torch.Tensor, inverse: torch.Tensor) -> BottleneckState:
+        """The rows ``order`` of a state; the ``post`` steps of parts that ended differently follow
+        their rows (``last`` becomes a :class:`_Permuted`)."""
+        permuted = ComposableLayer.select_rows(state, self.BATCH_FIELDS, order)
+        return permuted._replace(last=_permuted_last(state.last, order, inverse))
+
     def cat_states(self, states, fields, dim: int, template=None) -> BottleneckState:
         """Concatenate branch states; branches that ended with different adapters keep their own
         ``post`` step (a sequential and a parallel adapter finish differently)."""
@@ -470,6 +512,9 @@ class BottleneckLayer(ComposableLayer):
     def _run_adapter(self, name: str, hidden_states, residual):
         adapter = self.adapters[name]
         dtype = next(adapter.parameters()).dtype
+        # a float32 adapter on a half-precision model (autocast_adapter_dtype) computes in float32;
+        # its output returns to the sub-block's dtype, in which the model's norms and residuals run
+        activation_dtype = hidden_states.dtype
         if hidden_states.dtype != dtype or residual.dtype != dtype:
             # mixed precision at the hook: T5 in float16 keeps its FFN output projection (``wo``) in
             # float32, so the sub-block output arrives in float32 beside a float16 residual stream
@@ -480,7 +525,8 @@ class BottleneckLayer(ComposableLayer):
         if gating and len(output) == 4:
             scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
             scores[self.location] = output[3].detach()
-        return output[0], output[2]
+        result = output[0]
+        return (result if result.dtype == activation_dtype else result.to(activation_dtype)), output[2]
 
     def compose_single(self, name: str, state: BottleneckState) -> BottleneckState:
         adapter = self.adapters[name]
@@ -513,14 +559,18 @@ class BottleneckLayer(ComposableLayer):
             else:
                 child_state = self.compose(child, state._replace(hidden_states=hidden_states, adapter_residual=residual))
                 ups.append(child_state.bottleneck_up)
-        ups = torch.stack(ups, dim=2)
+        # the fusion computes in its own dtype (float32 on a half-precision model: autocast_adapter_dtype)
+        # and its output returns to the activations' dtype
+        dtype = next((p.dtype for p in fusion.parameters()), ups[-1].dtype)
+        ups = torch.stack([up.to(dtype) for up in ups], dim=2)
         context = ForwardContext.get_context()
         if context is not None and context.output_adapter_fusion_attentions:
-            fused, attentions = fusion(query.to(ups.dtype), ups, ups, residual.to(ups.dtype), output_attentions=True)
+            fused, attentions = fusion(query.to(dtype), ups, ups, residual.to(dtype), output_attentions=True)
             per_layer = context.adapter_fusion_attentions.setdefault(setup.name, {}).setdefault(self.layer_idx, {})
             per_layer[self.location] = attentions
         else:
-            fused = fusion(query.to(ups.dtype), ups, ups, residual.to(ups.dtype))
+            fused = fusion(query.to(dtype), ups, ups, residual.to(dtype))
+        fused = fused.to(hidden_states.dtype)
         # u of the block: its last child's (what an enclosing Fuse or Average reads, as for a Stack)
         return state._replace(hidden_states=fused, adapter_residual=residual, bottleneck_up=ups[:, :, -1], last=last)
 

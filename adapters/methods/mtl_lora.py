@@ -424,7 +424,7 @@ def _forget_deleted_members(model) -> None:
 
 
 register(MethodFamily(
-    name="mtl_lora", title="MTL-LoRA", blocks=(*LinearHost.supported_blocks, MultiTask), add=add_weight_transform_modules,
+    name="mtl_lora", title="MTL-LoRA", blocks=LinearHost.supported_blocks, add=add_weight_transform_modules,
     weight_delta=True, build_linear=build_mtl_lora, interface_method="lora",
     check_setup=check_saved_modules_in_setup, remove_unused=_forget_deleted_members, model_mixin=ParameterSharingMixin,
 ))
