@@ -342,12 +342,15 @@ def adapters_log(caplog):
     import logging
 
     logger = logging.getLogger("adapters")
+    # where it propagates (CI sets that), caplog's handler on the root logger would record each message again
+    propagate, logger.propagate = logger.propagate, False
     logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.WARNING, logger="adapters"):
             yield caplog
     finally:
         logger.removeHandler(caplog.handler)
+        logger.propagate = propagate
 
 
 @pytest.fixture(params=ARCHS)

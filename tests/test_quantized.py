@@ -217,7 +217,9 @@ def test_merge_into_a_bitsandbytes_weight_requantizes_and_reports(llama_folder, 
     assert host.merged == [] and type(host.weight) is weight_type
     with torch.no_grad():
         back = model(input_ids=INPUT_IDS).logits
-    assert (back - unmerged).abs().max() < (0.25 if kind != "int8" else 0.05) * (unmerged - base).abs().max()
+    # two re-quantizations (the merge's and the unmerge's) stand between ``back`` and the unmerged
+    # weights: twice the merge's allowance
+    assert (back - unmerged).abs().max() < (0.5 if kind != "int8" else 0.1) * (unmerged - base).abs().max()
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3", "vera", "loha", "oft"])
