@@ -333,6 +333,20 @@ def _rank0_writes(sharded: bool = True):
             raise AdapterConfigError(f"Saving the sharded model failed on rank 0, which writes the files: {outcome[0]}")
 
 
+@contextlib.contextmanager
+def _model_checkpoint(model, save_directory: str):
+    """The :class:`_CheckpointFiles` of a checkpoint of ``model`` in ``save_directory``, written
+    collectively where ``model`` is sharded (see :func:`_rank0_writes`).
+
+    Example::
+
+        >>> with _model_checkpoint(model, "out/task") as files:
+        ...     files.json("adapter_config.json", config, last=True)
+    """
+    with _rank0_writes(_is_sharded(model)), _CheckpointFiles(save_directory) as files:
+        yield files
+
+
 class _CheckpointFiles:
     """The files of one checkpoint folder, written atomically.
 
@@ -658,7 +672,7 @@ def save_adapter(
         >>> save_adapter(model, "out/task", "task")
         >>> save_adapter(model, "out/lora-peft", "lora", format="peft")
     """
-    with _rank0_writes(_is_sharded(model)), _CheckpointFiles(save_directory) as files:
+    with _model_checkpoint(model, save_directory) as files:
         _stage_adapter(model, files, adapter_name, meta_dict, use_safetensors, format)
     logger.info(f"Saved adapter {adapter_name!r} to {save_directory}.")
 
@@ -997,7 +1011,7 @@ def save_adapter_fusion(model, save_directory: str, adapter_names, use_safetenso
         files.weights(state, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
         files.json(FUSION_CONFIG_NAME, dict(sorted(meta.items())), last=True)
         return
-    with _rank0_writes(_is_sharded(model)), _CheckpointFiles(save_directory) as files:
+    with _model_checkpoint(model, save_directory) as files:
         files.weights(state, use_safetensors, FUSION_SAFE_WEIGHTS_NAME, FUSION_WEIGHTS_NAME)
         files.json(FUSION_CONFIG_NAME, dict(sorted(meta.items())), last=True)
 
@@ -1539,7 +1553,7 @@ class CheckpointMixin:
         """
 
         heads = getattr(self, "heads", None)
-        with _rank0_writes(_is_sharded(self)), _CheckpointFiles(save_directory) as files:
+        with _model_checkpoint(self, save_directory) as files:
             _stage_adapter(self, files, adapter_name, meta_dict, use_safetensors, format)
             if with_head and heads is not None and adapter_name in heads:
                 self._stage_head(files, adapter_name, use_safetensors)
@@ -1667,7 +1681,7 @@ class CheckpointMixin:
                     f"with_head={with_head!r}: the model has no head named {head!r} "
                     f"(heads: {', '.join(getattr(self, 'heads', None) or {}) or 'none'}); pass a head's name or with_head=False."
                 )
-        with _rank0_writes(_is_sharded(self)), _CheckpointFiles(save_directory) as files:
+        with _model_checkpoint(self, save_directory) as files:
             save_adapter_fusion(self, save_directory, adapter_names, use_safetensors=use_safetensors, meta_dict=meta_dict, files=files)
             if head is not None:
                 self._stage_head(files, head, use_safetensors)

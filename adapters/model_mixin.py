@@ -500,6 +500,21 @@ class ModelAdaptersMixin(
             params += list(self._shared_parameters[name].parameters())
         return params
 
+    def _adapter_owned_ids(self, module_copies: bool = False) -> set[int]:
+        """The ids of the tensors the adapters own: every adapter's parameters, shared parameters
+        and trained biases, the fusion layers, and with ``module_copies`` the hosts that keep
+        copies of modules (``modules_to_save``)."""
+        owned = set()
+        for name in self.adapters_config.adapters:
+            owned.update(id(p) for p in self._adapter_parameters(name))
+            owned.update(id(p) for p in self._bias_parameters(name).values())
+        for host in self._adapter_hosts:
+            if host.supports_fusion:
+                owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
+            if module_copies and host.keeps_module_copies:
+                owned.update(id(p) for p in host.parameters())
+        return owned
+
     def adapter_to(self, name: str, device=None, dtype=None) -> None:
         """Move adapter ``name`` (and its shared parameters) to a device and/or dtype.
 

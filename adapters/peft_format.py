@@ -472,7 +472,7 @@ def peft_checkpoint(model, name: str) -> tuple[dict, dict]:
         # modules trained beside the adapters (a classifier, an LM head trained with
         # train_output_embeddings=True): PEFT's modules_to_save, or PEFT would load the untrained ones
         trained = [path for path in trained if path not in {h.location for h in saved}]
-        owned = _adapter_owned(model)
+        owned = model._adapter_owned_ids(module_copies=True)
         for path in trained:
             for key, value in model.get_submodule(path).state_dict(keep_vars=True).items():
                 if id(value) not in owned:  # an adapter on that module is written by its family
@@ -506,7 +506,7 @@ def trained_modules_outside_adapters(model) -> list[str]:
     """
     if not model.base_model.__dict__.get("model_frozen"):
         return []
-    owned = _adapter_owned(model)
+    owned = model._adapter_owned_ids(module_copies=True)
     heads = model.__dict__.get("_modules", {}).get("heads")
     if heads is not None:  # a tied head's output matrix is the input embedding: that one counts
         base = {id(p) for p in model.base_model.parameters()}
@@ -518,21 +518,6 @@ def trained_modules_outside_adapters(model) -> list[str]:
             if path and path not in paths:
                 paths.append(path)
     return paths
-
-
-def _adapter_owned(model) -> set:
-    """The ids of the tensors the adapters own: their parameters, shared parameters, the biases
-    they train, fusion layers and the hosts keeping module copies (``modules_to_save``)."""
-    owned = set()
-    for adapter in model.adapters_config.adapters:
-        owned.update(id(p) for p in model._adapter_parameters(adapter))
-        owned.update(id(p) for p in model._bias_parameters(adapter).values())
-    for host in model._adapter_hosts:
-        if host.supports_fusion:
-            owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
-        if host.keeps_module_copies:
-            owned.update(id(p) for p in host.parameters())
-    return owned
 
 
 # -- names kept for callers of earlier versions: each is a family's, found through the registry --------

@@ -289,13 +289,7 @@ class AdapterTrainer(Trainer):
     # -- saving --------------------------------------------------------------------------------------
     def _other_trainable_parameters(self, model) -> dict[str, nn.Parameter]:
         """Trainable parameters outside every adapter and fusion (heads included), by name."""
-        owned = set()
-        for name in model.adapters_config.adapters:
-            owned.update(id(p) for p in model._adapter_parameters(name))
-            owned.update(id(p) for p in model._bias_parameters(name).values())
-        for host in model._adapter_hosts:
-            if host.supports_fusion:
-                owned.update(id(p) for p in host.adapter_fusion_layer.parameters())
+        owned = model._adapter_owned_ids()
         return {k: p for k, p in model.named_parameters() if p.requires_grad and id(p) not in owned}
 
     @property
@@ -309,13 +303,8 @@ class AdapterTrainer(Trainer):
 
     def _saved_parameters(self, model) -> list[nn.Parameter]:
         """Every parameter a checkpoint holds: adapters, fusions, heads, trainable weights."""
-        params = {id(p): p for p in model.parameters() if p.requires_grad}
-        for name in model.adapters_config.adapters:
-            params.update((id(p), p) for p in model._adapter_parameters(name))
-            params.update((id(p), p) for p in model._bias_parameters(name).values())
-        for host in model._adapter_hosts:
-            if host.supports_fusion:
-                params.update((id(p), p) for p in host.adapter_fusion_layer.parameters())
+        owned = model._adapter_owned_ids()
+        params = {id(p): p for p in model.parameters() if p.requires_grad or id(p) in owned}
         if getattr(model, "heads", None) is not None:
             params.update((id(p), p) for p in model.heads.parameters())
         params.update((id(p), p) for p in getattr(model, "_static_head_parameters", dict)().values())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import logging
 import os
 
 import pytest
@@ -40,16 +39,9 @@ NAN, INF = float("nan"), float("inf")
 
 
 @pytest.fixture
-def logged(caplog):
-    """The warnings this library logs during the test (its root logger may not propagate)."""
-    root = logging.getLogger("adapters")
-    adapters.logging.get_logger()
-    root.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="adapters"):
-            yield caplog
-    finally:
-        root.removeHandler(caplog.handler)
+def logged(adapters_log):
+    """The warnings this library logs during the test (conftest's ``adapters_log``)."""
+    return adapters_log
 
 
 def assert_config_error(error, *parts):

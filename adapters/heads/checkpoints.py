@@ -45,12 +45,12 @@ class HeadCheckpointMixin:
 
             >>> model.save_head("out/sentiment_head", "sentiment")
         """
-        from ..loading import _CheckpointFiles, _is_sharded, _rank0_writes
+        from ..loading import _model_checkpoint
 
         head_name = head_name or self.active_head
         if not isinstance(head_name, str) or head_name not in self.heads:
             raise AdapterConfigError(f"No head named {head_name!r}; the model has: {', '.join(sorted(self.heads)) or 'none'}.")
-        with _rank0_writes(_is_sharded(self)), _CheckpointFiles(save_directory) as files:
+        with _model_checkpoint(self, save_directory) as files:
             self._stage_head(files, head_name, use_safetensors)
         logger.info(f"Saved head {head_name!r} to {save_directory}.")
 

@@ -462,7 +462,7 @@ class ComposableLayer(HostCapabilities):
                 state = self.compose(child, state)
             return state
         if kind is Parallel:
-            return self._compose_batch_groups(setup, state, self._parallel_sizes(setup, state))
+            return self._compose_batch_groups(setup.children, state, self._parallel_sizes(setup, state))
         if kind is BatchSplit:
             sizes = list(setup.batch_sizes)
             batch = self._batch_size(state)
@@ -471,7 +471,7 @@ class ComposableLayer(HostCapabilities):
                     f"BatchSplit batch_sizes {sizes} add up to {sum(sizes)} but the batch has {batch} rows at "
                     f"{type(self).__name__} (layer {self.layer_idx}); make them add up to the batch size."
                 )
-            return self._compose_batch_groups(setup, state, sizes)
+            return self._compose_batch_groups(setup.children, state, sizes)
         if kind is Split:
             return self.compose_split(setup, state)
         if kind is Average:
@@ -499,13 +499,8 @@ class ComposableLayer(HostCapabilities):
         if len(rows.used) == 1:  # every row takes the same child
             return self.compose(setup.children[rows.used[0]], state)
         grouped = state if rows.order is None else self.permute_rows(state, rows.order, rows.inverse)
-        outputs, start, template = [], 0, None
-        for index in rows.used:
-            child, size = setup.children[index], rows.sizes[index]
-            outputs.append(self.compose(child, self.slice_state(grouped, self.BATCH_FIELDS, 0, start, start + size)))
-            template = outputs[-1] if child is not _IDENTITY else template
-            start += size
-        grouped = self.cat_states(outputs, self.BATCH_FIELDS, 0, template)
+        children = [setup.children[index] for index in rows.used]
+        grouped = self._compose_batch_groups(children, grouped, [rows.sizes[index] for index in rows.used])
         return grouped if rows.order is None else self.permute_rows(grouped, rows.inverse, rows.order)
 
     def permute_rows(self, state, order: torch.Tensor, inverse: torch.Tensor):
@@ -559,9 +554,10 @@ class ComposableLayer(HostCapabilities):
     def _batch_size(self, state) -> int:
         return getattr(state, self.BATCH_FIELDS[0]).shape[0]
 
-    def _compose_batch_groups(self, setup, state, sizes):
+    def _compose_batch_groups(self, children, state, sizes):
+        """``children[i]`` on the next ``sizes[i]`` rows of ``state``, the results joined again."""
         outputs, start, template = [], 0, None
-        for child, size in zip(setup.children, sizes):
+        for child, size in zip(children, sizes):
             outputs.append(self.compose(child, self.slice_state(state, self.BATCH_FIELDS, 0, start, start + size)))
             template = outputs[-1] if child is not _IDENTITY else template
             start += size

@@ -51,7 +51,7 @@ from ..hooks.patching import (
     swap_class,
 )
 from ..hooks.spec import ArchitectureSpec, ResidualHook, layer_stacks, stack_config, stack_configs
-from .base import init_bert_weights
+from .base import init_bert_weights, parameter_dtype
 from .fusion import AdapterFusion
 from .invertible import InvertibleAdapterMethods, add_invertible_adapter, move_embedding_host, uninstall_invertible
 from .phm import PHMLayer, init_shared_parameters
@@ -525,8 +525,7 @@ class BottleneckLayer(ComposableLayer):
         if gating and len(output) == 4:
             scores = context.adapter_gating_scores.setdefault(name, {}).setdefault(self.layer_idx, {})
             scores[self.location] = output[3].detach()
-        result = output[0]
-        return (result if result.dtype == activation_dtype else result.to(activation_dtype)), output[2]
+        return output[0].to(activation_dtype), output[2]
 
     def compose_single(self, name: str, state: BottleneckState) -> BottleneckState:
         adapter = self.adapters[name]
@@ -561,7 +560,7 @@ class BottleneckLayer(ComposableLayer):
                 ups.append(child_state.bottleneck_up)
         # the fusion computes in its own dtype (float32 on a half-precision model: autocast_adapter_dtype)
         # and its output returns to the activations' dtype
-        dtype = next((p.dtype for p in fusion.parameters()), ups[-1].dtype)
+        dtype = parameter_dtype(fusion) or ups[-1].dtype
         ups = torch.stack([up.to(dtype) for up in ups], dim=2)
         context = ForwardContext.get_context()
         if context is not None and context.output_adapter_fusion_attentions:

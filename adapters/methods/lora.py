@@ -99,7 +99,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "LinearAdapter", "LinearHost", "LoRALayer", "LoRA", "IA3", "LoRAGroup", "LoRALinear", "LoRAState", "lora_module_class",
-    "linear_hosts", "add_lora_modules", "lora_bias_parameters", "magnitudes_to_adapterhub", "magnitudes_from_adapterhub",
+    "linear_hosts", "add_lora_modules", "adapter_dtype_at", "lora_bias_parameters", "magnitudes_to_adapterhub", "magnitudes_from_adapterhub",
 ]
 
 
@@ -1460,6 +1460,21 @@ def linear_hosts(model, config) -> tuple[list, str]:
     return pairs, prefix
 
 
+def adapter_dtype_at(host, dtype):
+    """The dtype of an adapter on ``host``: the wider of the adapted layer's floating dtype (T5 in
+    float16 keeps ``wo`` in float32) and the model's choice ``dtype`` (float32 on a half-precision
+    model unless ``autocast_adapter_dtype=False``; None: the layer's).
+
+    Example::
+
+        >>> adapter_dtype_at(bf16_model.model.layers[0].self_attn.q_proj, torch.float32)
+        torch.float32
+    """
+    weight = getattr(host, "weight", None)
+    own = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else dtype
+    return own if dtype is None else torch.promote_types(own, dtype)
+
+
 def add_lora_modules(model, name: str, config: LoRAConfig, device, dtype) -> bool:
     """Attach LoRA / (IA)³ modules of adapter ``name`` to every targeted linear layer, making it
     a host first; returns whether any layer was targeted.
@@ -1482,12 +1497,7 @@ def add_lora_modules(model, name: str, config: LoRAConfig, device, dtype) -> boo
             # load_adapter builds the adapter under its staging name, then copies the saved factors in
             loading = model.__dict__.get("_adapters_staging_name") == name
             _loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})), loading)
-        # the wider of the adapted layer's dtype (T5 in float16 keeps wo in float32) and the model's
-        # choice (float32 on a half-precision model unless autocast_adapter_dtype=False)
-        weight = getattr(host, "weight", None)
-        own_dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else dtype
-        own_dtype = own_dtype if dtype is None else torch.promote_types(own_dtype, dtype)
-        host.loras[name].to(device=device, dtype=own_dtype).train(model.training)
+        host.loras[name].to(device=device, dtype=adapter_dtype_at(host, dtype)).train(model.training)
     if config.modules_to_save:
         add_saved_modules(model, name, config.modules_to_save)
     return bool(pairs) or bool(config.modules_to_save)

@@ -498,9 +498,9 @@ class PrefixTuningLayer(ComposableLayer, AttentionContributor, nn.Module):
             values = torch.cat([values, state.values.to(values.dtype)], dim=2)
         return state._replace(keys=keys, values=values, valid=valid)
 
-    def _compose_batch_groups(self, setup, state: PrefixState, sizes) -> PrefixState:
+    def _compose_batch_groups(self, children, state: PrefixState, sizes) -> PrefixState:
         outputs, start = [], 0
-        for child, size in zip(setup.children, sizes):
+        for child, size in zip(children, sizes):
             part = self.slice_state(state, self.BATCH_FIELDS, 0, start, start + size)._replace(rows=size)
             outputs.append(self.compose(child, part))
             start += size

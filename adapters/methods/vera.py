@@ -53,7 +53,7 @@ from ..errors import AdapterConfigError
 from ..hooks.targeting import pattern_value
 from .base import copy_saved_tensor
 from .caching import reuse_while_unchanged
-from .lora import LinearHost, LoRA, linear_hosts, lora_bias_parameters, magnitudes_from_adapterhub, magnitudes_to_adapterhub
+from .lora import LinearHost, LoRA, adapter_dtype_at, linear_hosts, lora_bias_parameters, magnitudes_from_adapterhub, magnitudes_to_adapterhub
 from .registry import MethodFamily, PeftMapping, register
 from .saved_modules import add_saved_modules, check_saved_modules_in_setup
 
@@ -316,7 +316,7 @@ def add_vera_modules(model, name: str, config: VeraConfig, device, dtype) -> boo
     if pairs:
         in_size = max(host.in_features for _, host in pairs)
         out_size = max(_part_rows(target, host) for target, host in pairs)
-        own_dtype = _weight_dtype(pairs[0][1], dtype)
+        own_dtype = adapter_dtype_at(pairs[0][1], dtype)
         projections = VeraProjections(config, in_size, out_size).to(device=device, dtype=own_dtype)
         model._shared_parameters[name] = projections
         for target, host in pairs:
@@ -325,18 +325,10 @@ def add_vera_modules(model, name: str, config: VeraConfig, device, dtype) -> boo
                 host.in_features, host.out_features, config, config.r, alpha, projections, host.weight_out_in,
                 target.out_slices,
             )
-            host.add_adapter_module(name, module.to(device=device, dtype=_weight_dtype(host, dtype)).train(model.training))
+            host.add_adapter_module(name, module.to(device=device, dtype=adapter_dtype_at(host, dtype)).train(model.training))
     if config.modules_to_save:
         add_saved_modules(model, name, config.modules_to_save)
     return bool(pairs) or bool(config.modules_to_save)
-
-
-def _weight_dtype(host, dtype):
-    """The wider of the adapted layer's floating dtype (T5 in float16 keeps ``wo`` in float32) and
-    ``dtype`` (float32 on a half-precision model unless ``autocast_adapter_dtype=False``)."""
-    weight = getattr(host, "weight", None)
-    own = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else dtype
-    return own if dtype is None else torch.promote_types(own, dtype)
 
 
 def _vera_modules(model, name: str) -> dict[str, Vera]:
