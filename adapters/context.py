@@ -95,6 +95,13 @@ def compiled_setup():
     return _state.top
 
 
+
+def _sync_mirror() -> None:
+    """Derive ``top`` and ``ambiguous`` of this thread's mirror from its open blocks (see _ThreadState)."""
+    mirror = _state.setups
+    _state.ambiguous = len({owner for _, owner in mirror}) > 1  # blocks of several tasks are open
+    _state.top = (mirror[-1][0].adapter_setup, mirror[-1][0].head_setup) if mirror else None
+
 class AdapterSetup:
     """Context manager that activates a setup for every forward pass run inside it.
 
@@ -123,10 +130,8 @@ class AdapterSetup:
             self._tokens.append(None)
             return self
         self._tokens.append(_setup_stack.set(_setup_stack.get() + (self,)))
-        mirror = _state.setups
-        mirror.append((self, _running_task()))
-        _state.ambiguous = len({owner for _, owner in mirror}) > 1  # blocks of several tasks (see _ThreadState)
-        _state.top = (self.adapter_setup, self.head_setup)
+        _state.setups.append((self, _running_task()))
+        _sync_mirror()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -139,8 +144,7 @@ class AdapterSetup:
             if mirror[index][0] is self:
                 del mirror[index]
                 break
-        _state.ambiguous = len({owner for _, owner in mirror}) > 1
-        _state.top = (mirror[-1][0].adapter_setup, mirror[-1][0].head_setup) if mirror else None
+        _sync_mirror()
 
     @staticmethod
     def get_context() -> "AdapterSetup | None":
