@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .composition import AdapterCompositionBlock, Fuse, SetupLike, Stack, parse_composition, validate_composition
+from .composition import BASE_ROWS, AdapterCompositionBlock, Fuse, MultiTask, SetupLike, Stack, parse_composition, validate_composition
 from .errors import AdapterConfigError, CompositionError
 from .hooks.spec import stack_configs
 from .methods.registry import families, families_of
@@ -103,7 +103,7 @@ class ActivationMixin:
         validate_composition(setup)  # the structure and BatchSplit sizes (cached: cheap when parsed already)
         registry = self.adapters_config
         for name in setup.names_in_order():
-            if name not in registry.adapters:
+            if name not in registry.adapters and name != BASE_ROWS:  # BASE_ROWS: checked where it stands, below
                 known = ", ".join(sorted(registry.adapters)) or "none"
                 raise CompositionError(
                     f"Adapter setup {setup} names unknown adapter {name!r}; the model has: {known}. "
@@ -137,6 +137,13 @@ class ActivationMixin:
             if isinstance(child, AdapterCompositionBlock):
                 self._validate_block(child, enclosing)
                 continue
+            if child == BASE_ROWS and child not in registry.adapters:
+                if isinstance(block, MultiTask):  # the rows of this task run without adapters
+                    continue
+                raise CompositionError(
+                    f"{block} names {BASE_ROWS!r}, which stands for rows without adapters only as a child of a "
+                    f"MultiTask, e.g. MultiTask('a', {BASE_ROWS!r}); the model has no adapter of that name."
+                )
             for method_family, part in families_of(registry.adapters[child]):
                 refused = [b for b in enclosing if type(b) not in method_family.blocks]
                 if refused:

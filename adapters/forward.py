@@ -267,19 +267,55 @@ class ForwardMixin:
                 adapter_names = [entry for entry in adapter_names for _ in range(batch // rows)]
         if adapter_names is None:
             return _checked_task_ids(context.setup, task_ids, batch)
+        return self._route_adapter_names(context, adapter_names, task_ids, batch)
+
+    # names are Python strings, which a compiled graph would guard on one by one (a compilation per
+    # distinct list): the routing runs outside the graph, which then sees a fixed setup and a tensor
+    @torch.compiler.disable
+    def _route_adapter_names(self, context, adapter_names, task_ids, batch):
         if task_ids is not None:
             raise CompositionError(
                 "adapter_names and task_ids were both given; give adapter_names (one adapter per row, any active "
                 "setup is replaced for the call) or task_ids (rows of the active setup's MultiTask), not both."
             )
-        registry = self.adapters_config
-        routing = self.__dict__.get("_adapters_row_routing")
-        if routing is None or routing.version != registry.version:  # once per change of the adapters
-            routing = RowRouting(registry.adapters, self._validate_setup, registry.version)
-            self.__dict__["_adapters_row_routing"] = routing
-        context.setup, ids = routing.route(adapter_names, batch, self._validate_setup)
+        context.setup, ids = self._row_routing().route(adapter_names, batch, self._validate_setup)
         context.skip_layers = frozenset()
         return torch.tensor(ids, dtype=torch.int64)
+
+    def _row_routing(self) -> RowRouting:
+        """The routing of per-row ``adapter_names`` for the model's adapters as they are now (made
+        once per change of the adapters)."""
+        registry = self.adapters_config
+        routing = self.__dict__.get("_adapters_row_routing")
+        if routing is None or routing.version != registry.version:
+            routing = RowRouting(registry.adapters, self._validate_setup, registry.version)
+            self.__dict__["_adapters_row_routing"] = routing
+        return routing
+
+    def route_adapter_names(self, adapter_names) -> tuple:
+        """``(setup, task_ids)``: the ``MultiTask`` setup and per-row task ids (an ``int64``
+        tensor) that run ``adapter_names`` (one adapter setup per batch row, as the forward's
+        ``adapter_names=`` takes them). The setup is the same for every list while the model's
+        adapters stay the same, so a model compiled with ``fullgraph=True`` serves any mix of
+        rows with one graph when called with ``task_ids`` inside ``AdapterSetup(setup)``
+        (``adapter_names=`` itself routes outside the graph: one graph break).
+
+        Raises:
+            CompositionError: naming ``adapter_names``, the row and value, and the valid form.
+
+        Example::
+
+            >>> setup, task_ids = model.route_adapter_names(["b", "__base__", "a"])
+            >>> with AdapterSetup(setup):
+            ...     out = compiled_model(**batch, task_ids=task_ids)   # rows as with adapter_names=
+        """
+        lock = registry_lock(self.adapters_config)
+        token = lock.acquire_read()
+        try:
+            setup, ids = self._row_routing().route(adapter_names, None, self._validate_setup)
+        finally:
+            lock.release_read(token)
+        return setup, torch.tensor(ids, dtype=torch.int64)
 
     def _new_context(self) -> ForwardContext:
         """A forward context with the active setup, marked as this model's: the one snapshot of the
@@ -431,10 +467,7 @@ def _checked_task_ids(setup, task_ids, batch: Optional[int]) -> Optional[torch.T
         return None
     block = blocks[0]
     count = min(len(b.children) for b in blocks)
-    valid = (
-        f"one task id per batch row{f' ({batch} rows)' if batch is not None else ''}: integers 0 … {count - 1} (a list "
-        f"or a 1-d integer tensor) or names of {block}'s adapters"
-    )
+    valid = _valid_task_ids(setup, batch)
     if task_ids is None:
         raise CompositionError(f"{block} needs task_ids for this forward call; give {valid}, e.g. model(**batch, task_ids=[0, 1]).")
     if isinstance(task_ids, torch.Tensor):
@@ -462,12 +495,30 @@ def _checked_task_ids(setup, task_ids, batch: Optional[int]) -> Optional[torch.T
     if batch is not None and ids.numel() != batch:
         raise CompositionError(f"task_ids has {ids.numel()} entries but the input batch has {batch} rows; give {valid}.")
     if torch.compiler.is_compiling():  # the values are not known while tracing: checked when the graph runs
-        torch._assert_async(((ids >= 0) & (ids < count)).all(), f"task_ids holds ids outside 0 … {count - 1}; give {valid}.")
+        torch._assert_async(((ids >= 0) & (ids < count)).all(), _out_of_range_message(setup, batch))
         return ids
     bad = ids[(ids < 0) | (ids >= count)]
     if bad.numel():
         raise CompositionError(f"task_ids holds {bad.unique().tolist()}, outside 0 … {count - 1}; give {valid}.")
     return ids
+
+
+@torch._dynamo.assume_constant_result  # torch.compile: read while tracing (the setup's identity is guarded)
+def _valid_task_ids(setup, batch: Optional[int]) -> str:
+    """The valid form of ``task_ids`` for ``setup`` (which holds a ``MultiTask``) and ``batch`` rows."""
+    blocks = _multi_task_blocks(setup)
+    count = min(len(b.children) for b in blocks)
+    return (
+        f"one task id per batch row{f' ({batch} rows)' if batch is not None else ''}: integers 0 … {count - 1} (a list "
+        f"or a 1-d integer tensor) or names of {blocks[0]}'s adapters"
+    )
+
+
+@torch._dynamo.assume_constant_result  # a str a graph's assertion can carry (dynamo keeps f-strings lazy)
+def _out_of_range_message(setup, batch: Optional[int]) -> str:
+    """The error of a compiled pass whose ``task_ids`` leave the children of ``setup``'s MultiTask."""
+    count = min(len(b.children) for b in _multi_task_blocks(setup))
+    return f"task_ids holds ids outside 0 … {count - 1}; give {_valid_task_ids(setup, batch)}."
 
 
 @torch._dynamo.assume_constant_result  # torch.compile: read while tracing (the setup's identity is guarded)

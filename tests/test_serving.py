@@ -122,6 +122,33 @@ def test_multitask_block_routes_lora_and_bottleneck_rows_by_task_ids():
     torch.testing.assert_close(out, routed(model, inputs, rows), atol=ATOL, rtol=0)
 
 
+def test_base_rows_in_a_multitask_run_without_adapters_and_only_there():
+    model = with_adapters("bert", LORAS)
+    inputs = make_inputs("bert", batch=3)
+    with torch.no_grad(), AdapterSetup(MultiTask("a", "__base__")):
+        out = main_output(model(**inputs, task_ids=[1, 0, 1]))
+    torch.testing.assert_close(out, expected_rows(model, inputs, ["__base__", "a", "__base__"]), atol=ATOL, rtol=0)
+    before = model.active_adapters
+    with pytest.raises(CompositionError, match=r"Stack\[a, __base__\] names '__base__', which stands for rows without adapters only as a child of a MultiTask"):
+        model.set_active_adapters(Stack("a", "__base__"))
+    assert model.active_adapters == before
+
+
+def test_route_adapter_names_gives_the_setup_and_task_ids_a_call_with_adapter_names_runs():
+    model = with_adapters("bert", dict(LORAS, seq=SeqBnConfig(reduction_factor=4)))
+    inputs = make_inputs("bert", batch=4)
+    rows = ["seq", "__base__", Stack("seq", "a"), "b"]
+    setup, task_ids = model.route_adapter_names(rows)
+    assert task_ids.dtype == torch.int64 and task_ids.shape == (4,)
+    assert model.route_adapter_names(["b", "a", "a", "seq"])[0] is setup  # one setup for every list
+    with torch.no_grad(), AdapterSetup(setup):
+        out = main_output(model(**inputs, task_ids=task_ids))
+    torch.testing.assert_close(out, routed(model, inputs, rows), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out, expected_rows(model, inputs, rows), atol=ATOL, rtol=0)
+    with pytest.raises(CompositionError, match=r"adapter_names\[1\]='x' names no adapter of this model"):
+        model.route_adapter_names(["a", "x"])
+
+
 def test_generate_keeps_each_rows_adapter_at_every_step():
     """Greedy decoding with the KV cache: every row decodes as its adapter alone does."""
     model = with_adapters("llama", dict(LORAS, seq=SeqBnConfig(reduction_factor=4)), head="clm")

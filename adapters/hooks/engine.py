@@ -6,6 +6,8 @@ implements the small protocol below; the engine in :meth:`ComposableLayer.compos
 ``Stack``/``Parallel``/``Split``/``BatchSplit``/``Average``/``MultiTask`` (and ``Fuse``, where the
 method defines it) into calls of that protocol. A ``MultiTask`` is a ``BatchSplit`` over the rows
 sorted by their task id (the forward context's ``task_ids``); the rows return in their order.
+Under ``torch.compile`` the row counts per task are not known while tracing, so every child runs
+on every row and each row keeps its own child's result (:meth:`ComposableLayer.choose_rows`).
 
 Protocol of a method's host (``State`` is the method's NamedTuple of intermediate values):
 
@@ -31,7 +33,7 @@ from ..composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split,
 from ..context import ForwardContext
 from ..errors import CompositionError
 
-__all__ = ["HostCapabilities", "ComposableLayer", "RowGroups", "prune_setup", "hoist_batch_splits", "batch_branches", "remove_host_mixin"]
+__all__ = ["HostCapabilities", "ComposableLayer", "RowGroups", "choose_per_row", "prune_setup", "hoist_batch_splits", "batch_branches", "remove_host_mixin"]
 
 
 _IDENTITY = None  # a pruned child: passes its slice of the state through unchanged
@@ -319,10 +321,12 @@ class RowGroups(NamedTuple):
     """How a ``MultiTask`` block's task ids split the rows of a batch, computed once per forward
     pass (and device) and shared by every host and layer.
 
-    ``sizes`` holds the rows per child (one entry per child); ``used`` the indices of the children
-    that have rows, ascending; ``order`` / ``inverse`` the stable sort of the rows by task and its
-    inverse (on the device), or None when the rows are sorted already; ``positions`` per row the
-    position of its child in ``used`` (an ``int64`` tensor on the device).
+    ``sizes`` holds the rows per child (one entry per child), or None while ``torch.compile``
+    traces (:meth:`traced`: the counts depend on the ids' values, which a graph does not know);
+    ``used`` the indices of the children that have rows, ascending (every child when traced);
+    ``order`` / ``inverse`` the stable sort of the rows by task and its inverse (on the device), or
+    None when the rows are sorted already (or traced); ``positions`` per row the position of its
+    child in ``used`` (an ``int64`` tensor on the device).
 
     Example::
 
@@ -355,6 +359,38 @@ class RowGroups(NamedTuple):
             return cls(sizes, used, None, None, positions)
         order = torch.argsort(task_ids, stable=True)
         return cls(sizes, used, order.to(device), torch.argsort(order).to(device), positions)
+
+    @classmethod
+    def traced(cls, task_ids: torch.Tensor, children: int, device) -> "RowGroups":
+        """The groups of ``task_ids`` as a compiled graph sees them: no row counts (``sizes`` is
+        None), every child used, each row's position its task id. Reading the counts would need
+        the ids' values on the host, which breaks the graph; :meth:`ComposableLayer.compose_routed`
+        instead runs every child on every row and keeps each row's own result.
+
+        Example::
+
+            >>> RowGroups.traced(torch.tensor([2, 0, 2]), 3, "cpu").used
+            (0, 1, 2)
+        """
+        return cls(None, tuple(range(children)), None, None, task_ids.to(device))
+
+
+def choose_per_row(values: list, positions: torch.Tensor) -> torch.Tensor:
+    """Row ``b`` of ``values[positions[b]]``: one tensor from equally shaped candidates (batch
+    first), without reading ``positions`` on the host (so a compiled graph keeps it a tensor).
+
+    Example::
+
+        >>> choose_per_row([torch.zeros(3, 2), torch.ones(3, 2)], torch.tensor([1, 0, 1]))[:, 0]
+        tensor([1., 0., 1.])
+    """
+    chosen = values[0]
+    for index in range(1, len(values)):
+        if values[index] is chosen:
+            continue
+        mask = (positions == index).view(-1, *([1] * (chosen.dim() - 1)))
+        chosen = torch.where(mask, values[index], chosen)
+    return chosen
 
 
 class HostCapabilities:
@@ -496,12 +532,36 @@ class ComposableLayer(HostCapabilities):
             >>> host.compose_routed(setup, state, host._task_rows(setup, state)).output.shape
             torch.Size([4, 7, 32])
         """
+        if rows.sizes is None:  # compiled: every child on every row, each row keeps its own child's
+            return self.choose_rows([self.compose(child, state) for child in setup.children], rows.positions, state)
         if len(rows.used) == 1:  # every row takes the same child
             return self.compose(setup.children[rows.used[0]], state)
         grouped = state if rows.order is None else self.permute_rows(state, rows.order, rows.inverse)
         children = [setup.children[index] for index in rows.used]
         grouped = self._compose_batch_groups(children, grouped, [rows.sizes[index] for index in rows.used])
         return grouped if rows.order is None else self.permute_rows(grouped, rows.inverse, rows.order)
+
+    def choose_rows(self, states: list, positions: torch.Tensor, start):
+        """One state whose row ``b`` is row ``b`` of ``states[positions[b]]`` (every state covers
+        all rows; ``start`` is the state they began from): a ``MultiTask`` inside a compiled graph.
+        A host whose state holds per-row bookkeeping besides the tensors (a bottleneck's ``last``)
+        chooses that too.
+
+        Example::
+
+            >>> host.choose_rows([host.compose("a", s), host.compose("b", s)], torch.tensor([1, 0]), s)
+        """
+        template, changes = next((s for s in reversed(states) if s is not start), start), {}
+        for field in self.BATCH_FIELDS:
+            values = [getattr(s, field) for s in states]
+            if all(v is None for v in values):
+                continue
+            values = [v if v is not None else getattr(start, field) for v in values]
+            present = next(v for v in values if v is not None)
+            # a field a child leaves unset where another sets it (a bottleneck's u of an absent child)
+            # counts as zeros on that child's rows, as when row groups are concatenated
+            changes[field] = choose_per_row([v if v is not None else torch.zeros_like(present) for v in values], positions)
+        return template._replace(**changes)
 
     def permute_rows(self, state, order: torch.Tensor, inverse: torch.Tensor):
         """``state`` with its rows in the order ``order`` (a permutation; ``inverse`` undoes it).
@@ -538,7 +598,8 @@ class ComposableLayer(HostCapabilities):
                         f"(layer {self.layer_idx}); give one task id per row of the batch."
                     )
                 task_ids = task_ids.repeat(batch // rows)  # Parallel replicated the rows: each copy keeps its task
-            found = context.pass_cache[key] = RowGroups.of(task_ids, len(setup.children), device)
+            group = RowGroups.traced if torch.compiler.is_compiling() else RowGroups.of
+            found = context.pass_cache[key] = group(task_ids, len(setup.children), device)
         return found
 
     def _parallel_sizes(self, setup, state) -> list[int]:

@@ -41,7 +41,7 @@ from ..configuration.bottleneck import BnConfig
 from ..configuration.fusion import AdapterFusionConfig
 from ..context import ForwardContext
 from ..errors import AdapterConfigError, CompositionError
-from ..hooks.engine import ComposableLayer
+from ..hooks.engine import ComposableLayer, choose_per_row
 from ..hooks.patching import (
     NormOutputSlotMixin,
     PostNormHookMixin,
@@ -112,8 +112,21 @@ class _Permuted:
         return parts[0][1] if len(parts) == 1 else _Segments(0, tuple(parts))
 
 
+class _Chosen:
+    """``BottleneckState.last`` after a ``MultiTask`` in a compiled graph, where every child ran
+    on every row: row ``b`` ends as ``lasts[positions[b]]`` says (``positions``: a tensor, never
+    read on the host). Compared by identity, like :class:`_Permuted`."""
+
+    __slots__ = ("positions", "lasts")
+
+    def __init__(self, positions: torch.Tensor, lasts: tuple):
+        self.positions, self.lasts = positions, lasts
+
+
 def _permuted_last(last, order: torch.Tensor, inverse: torch.Tensor):
     """``last`` for the rows ``order`` of its state (see :class:`_Permuted`)."""
+    if isinstance(last, _Chosen):
+        return _Chosen(last.positions.index_select(0, order), tuple(_permuted_last(part, order, inverse) for part in last.lasts))
     if isinstance(last, _Permuted):
         return _Permuted(last.order.index_select(0, order), inverse.index_select(0, last.inverse), last.inner)
     return _Permuted(order, inverse, last) if isinstance(last, _Segments) else last
@@ -121,6 +134,9 @@ def _permuted_last(last, order: torch.Tensor, inverse: torch.Tensor):
 
 def _slice_segments(last, dim: int, start: int, end: int):
     """``last`` (an adapter name, None or :class:`_Segments`) for the part ``start … end`` along ``dim``."""
+    if isinstance(last, _Chosen):  # each candidate covers every row: cut each, and the choice
+        positions = last.positions.narrow(0, start, end - start) if dim == 0 else last.positions
+        return _Chosen(positions, tuple(_slice_segments(part, dim, start, end) for part in last.lasts))
     if isinstance(last, _Permuted):
         last = last.as_runs()
     if not isinstance(last, _Segments):
@@ -443,6 +459,9 @@ class BottleneckLayer(ComposableLayer):
     def _pre_norm(self, last, hidden_states, input_hidden_states):
         """What the model's own ``norm(· + x)`` must receive to finish each part of the batch /
         sequence as :meth:`_finish` would, or None if some part's ``post`` step is not of that form."""
+        if isinstance(last, _Chosen):  # a compiled MultiTask: each row as its own child would
+            values = [self._pre_norm(part, hidden_states, input_hidden_states) for part in last.lasts]
+            return None if any(v is None for v in values) else choose_per_row(values, last.positions)
         if isinstance(last, _Permuted):  # rows a MultiTask routed: finish them in the inner order
             value = self._pre_norm(last.inner, hidden_states.index_select(0, last.inverse), input_hidden_states.index_select(0, last.inverse))
             return None if value is None else value.index_select(0, last.order)
@@ -464,6 +483,12 @@ class BottleneckLayer(ComposableLayer):
 
     def _finish(self, last, hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model):
         """The ``post`` step of the adapter that ended each part of the batch / sequence."""
+        if isinstance(last, _Chosen):  # a compiled MultiTask: each row as its own child would
+            finished = [
+                self._finish(part, hidden_states, input_hidden_states, residual, layer_norm, residual_added_by_model)
+                for part in last.lasts
+            ]
+            return choose_per_row(finished, last.positions)
         if isinstance(last, _Permuted):  # rows a MultiTask routed: finish them in the inner order
             inner = [t.index_select(0, last.inverse) for t in (hidden_states, input_hidden_states, residual)]
             return self._finish(last.inner, *inner, layer_norm, residual_added_by_model).index_select(0, last.order)
@@ -493,6 +518,15 @@ class BottleneckLayer(ComposableLayer):
         permuted = ComposableLayer.select_rows(state, self.BATCH_FIELDS, order)
         return permuted._replace(last=_permuted_last(state.last, order, inverse))
 
+    def choose_rows(self, states, positions: torch.Tensor, start: BottleneckState) -> BottleneckState:
+        """Each row from its own child's state (a compiled ``MultiTask``); children that ended with
+        different adapters keep their own ``post`` step per row (``last`` becomes a :class:`_Chosen`)."""
+        chosen = ComposableLayer.choose_rows(self, states, positions, start)
+        lasts = tuple(s.last for s in states)
+        if all(last == lasts[0] for last in lasts) and not isinstance(lasts[0], (_Segments, _Chosen, _Permuted)):
+            return chosen._replace(last=lasts[0])
+        return chosen._replace(last=_Chosen(positions, lasts))
+
     def cat_states(self, states, fields, dim: int, template=None) -> BottleneckState:
         """Concatenate branch states; branches that ended with different adapters keep their own
         ``post`` step (a sequential and a parallel adapter finish differently)."""
@@ -504,7 +538,7 @@ class BottleneckLayer(ComposableLayer):
         merged = ComposableLayer.cat_states(states, fields, dim, template)
         lasts = [s.last for s in states]
         # parts that ended differently, or parts cut themselves (a _Segments covers its own rows only)
-        if any(last != lasts[0] for last in lasts) or isinstance(lasts[0], _Segments):
+        if any(last != lasts[0] for last in lasts) or isinstance(lasts[0], (_Segments, _Chosen)):
             sizes = [s.hidden_states.shape[dim] for s in states]
             merged = merged._replace(last=_Segments(dim, tuple(zip(sizes, lasts))))
         return merged
