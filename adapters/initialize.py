@@ -12,6 +12,7 @@ from .interface import CONFIG_KEY, AdapterModelInterface, interface_from_config
 from .model_mixin import ModelAdaptersMixin
 from .static_heads import ModelWithHeadsAdaptersMixin, static_head_modules
 from .hooks.patching import swap_class
+from .hooks.quantized_layers import keep_gradients_through_4bit_layers
 from .models import spec_for_model
 from .methods.registry import families
 
@@ -123,6 +124,7 @@ def _patch(model: nn.Module, interface=None) -> nn.Module:
     if not hasattr(base, "shared_parameters"):
         base.add_module("shared_parameters", nn.ModuleDict())
     hosts = [host for f in families() if f.on_init is not None for host in f.on_init(base, spec, base.shared_parameters)]
+    keep_gradients_through_4bit_layers(model)  # whatever method trains on a 4-bit base
     registry = ModelAdaptersConfig()
     for target in {id(model): model, id(base): base}.values():
         swap_class(target, ModelAdaptersMixin, keep_name=True)

@@ -159,13 +159,53 @@ def test_every_linear_method_on_a_quantized_layer(llama_folder, kind, method):
     assert all(p.grad is not None for p in trainable)
 
 
+@pytest.mark.parametrize("kind", ["nf4", "fp4"])
+def test_training_after_an_inference_pass_reaches_every_layers_adapter(llama_folder, kind):
+    """QLoRA with an evaluation between training steps: on a CPU with AVX512-BF16, bitsandbytes
+    repacks a 4-bit weight at its first inference pass for a kernel that records no gradient for
+    its input, which would cut the gradient off from every adapter below the last layer; every
+    4-bit layer (adapted or not) puts its weight back in the portable layout when a gradient must
+    pass. The gradients are those of a model that never ran an inference pass, up to bfloat16
+    rounding: the layers whose input needs no gradient keep the kernel, which rounds activations
+    to bfloat16, and the repacking leaves bfloat16 absmax scales behind."""
+    grads = {}
+    for evaluated_first in (False, True):
+        model = _model(llama_folder, kind)
+        torch.manual_seed(1)  # the same initial adapter in both models
+        model.add_adapter("a", adapters.LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+        perturb_adapter(model, "a", scale=0.1)
+        model.train_adapter("a")
+        if evaluated_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=INPUT_IDS)
+            model.train()
+        model(input_ids=INPUT_IDS, labels=INPUT_IDS).loss.backward()
+        grads[evaluated_first] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert len(grads[True]) == 2 * 2 * 3  # two layers, three modules, A and B
+    for name, fresh in grads[False].items():
+        assert grads[True][name] is not None and grads[True][name].abs().sum() > 0, name
+        relative = float((grads[True][name] - fresh).norm() / fresh.norm())
+        assert relative < 0.1, (name, relative)  # measured 1.5-4.4 %: bfloat16 rounding, see the docstring
+
+
 # -- merging ----------------------------------------------------------------------------------------
+
+
+def _kernel_error(host, x) -> float:
+    """How far the quantized layer's own kernel is from ``x deq(W_q)ᵀ + b`` on ``x``."""
+    with torch.no_grad():
+        base = host.base_forward(x)
+        return float((base - torch.nn.functional.linear(x, host.weight_out_in, host.bias)).abs().max())
 
 
 def _merge_checks(model, name, host, x):
     """Merge ``name``; the merged layer's output is within ``‖x‖₁ · e`` of the unmerged one, ``e``
-    the reported re-quantization error, which is what the dequantized weights show."""
+    the reported re-quantization error, which is what the dequantized weights show (plus what the
+    kernel itself adds to ``x deq(W_q)ᵀ``, measured before and after: on a CPU with AVX512-BF16,
+    bitsandbytes' 4-bit inference kernel rounds its input to bfloat16)."""
     unmerged = _in_setup(model, name, host, x)
+    kernel_before = _kernel_error(host, x)
     with torch.no_grad():
         before_weight = host.weight_out_in
         adapter = host.loras[name]
@@ -184,7 +224,7 @@ def _merge_checks(model, name, host, x):
         assert changed > host.weight.data.numel() // 4, changed  # the quantized entries did change
     assert (realized - before_weight).abs().max() > report.error
     merged = _in_setup(model, name, host, x)  # merged: the adapter no longer runs as a branch
-    bound = x.abs().sum(-1, keepdim=True) * report.error + 1e-5
+    bound = x.abs().sum(-1, keepdim=True) * report.error + kernel_before + _kernel_error(host, x) + 1e-5
     assert bool(((merged - unmerged).abs() <= bound).all()), float((merged - unmerged).abs().max())
     return report
 
@@ -210,8 +250,9 @@ def test_merge_into_a_bitsandbytes_weight_requantizes_and_reports(llama_folder, 
     with torch.no_grad():
         merged = model(input_ids=INPUT_IDS).logits
     # model level: the merged model is far closer to the unmerged one than the adapter's own effect
-    # (the rounding of every layer compounds here, so this is the layer bound's consequence, not a bound)
-    assert (merged - unmerged).abs().max() < (0.25 if kind != "int8" else 0.05) * (unmerged - base).abs().max()
+    # (the rounding of every layer compounds here, so this is the layer bound's consequence, not a bound;
+    # fp4 with double quantization measured 0.27 on a CPU whose 4-bit kernel rounds to bfloat16)
+    assert (merged - unmerged).abs().max() < (0.35 if kind != "int8" else 0.05) * (unmerged - base).abs().max()
 
     model.unmerge_adapter("a")
     assert host.merged == [] and type(host.weight) is weight_type
@@ -219,7 +260,7 @@ def test_merge_into_a_bitsandbytes_weight_requantizes_and_reports(llama_folder, 
         back = model(input_ids=INPUT_IDS).logits
     # two re-quantizations (the merge's and the unmerge's) stand between ``back`` and the unmerged
     # weights: twice the merge's allowance
-    assert (back - unmerged).abs().max() < (0.5 if kind != "int8" else 0.1) * (unmerged - base).abs().max()
+    assert (back - unmerged).abs().max() < (0.7 if kind != "int8" else 0.1) * (unmerged - base).abs().max()
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3", "vera", "loha", "oft"])
@@ -346,4 +387,9 @@ def test_loftq_on_the_float_model_then_loaded_in_4bit(llama_folder, tmp_path):
         if name in adapted:
             torch.testing.assert_close(module.weight_out_in, adapted[name], atol=1e-6, rtol=1e-5)
     with torch.no_grad():
+        # bitsandbytes' portable 4-bit path multiplies with deq(W_q) in float32 (training mode takes it
+        # everywhere); its inference kernel on AVX512-BF16 CPUs rounds activations to bfloat16
+        quantized.train()
         torch.testing.assert_close(quantized(input_ids=INPUT_IDS).logits, float_logits, atol=1e-4, rtol=1e-4)
+        quantized.eval()
+        torch.testing.assert_close(quantized(input_ids=INPUT_IDS).logits, float_logits, atol=2e-2, rtol=2e-2)

@@ -1032,6 +1032,9 @@ class LinearHost(ComposableLayer):
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's own forward, without adapters."""
+        quantized = self.quantized
+        if quantized is not None:
+            quantized.before_forward(self, x)
         return super().forward(x)
 
     def delete_adapter(self, name: str) -> None:

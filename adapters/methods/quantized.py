@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterMergeError
+from ..hooks.quantized_layers import keep_input_gradient, portable_4bit_layout
 
 __all__ = ["QuantizedWeight", "QuantizedMerge", "quantization_of"]
 
@@ -97,6 +98,14 @@ class QuantizedWeight(abc.ABC):
         """
         raise AdapterMergeError(f"{self.kind} weights are not re-quantized: {self.refusal}")
 
+    def before_forward(self, module: nn.Module, x: torch.Tensor) -> None:
+        """Make the layer's own forward fit this pass (called before it runs); nothing by default.
+
+        Example::
+
+            >>> backend.before_forward(layer, x)
+        """
+
     def snapshot(self, module: nn.Module) -> dict:
         """What :meth:`restore` needs to put the current weight back after a :meth:`requantize`.
 
@@ -127,23 +136,18 @@ class _Bnb4bit(QuantizedWeight):
     def __init__(self, weight):
         self.kind = f"bitsandbytes 4-bit ({weight.quant_state.quant_type})"
 
-    @staticmethod
-    def _plain(weight):
-        """The packed data and quantization state in bitsandbytes' portable layout (a CPU with
-        AVX512-BF16 repacks weights for its inference kernel)."""
-        state = weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            return _bnb().functional._convert_weight_packed_for_cpu_inverse(weight.data, state)
-        return weight.data, state
+    def before_forward(self, module, x):
+        keep_input_gradient(module, x)
 
     def dequantize(self, module):
-        data, state = self._plain(module.weight)
-        return _bnb().functional.dequantize_4bit(data, state)
+        portable_4bit_layout(module)
+        return _bnb().functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
 
     def requantize(self, module, weight):
         bnb = _bnb()
+        portable_4bit_layout(module)
         old = module.weight
-        state = self._plain(old)[1]
+        state = old.quant_state
         data, new_state = bnb.functional.quantize_4bit(
             weight.to(state.dtype).contiguous(), blocksize=state.blocksize, compress_statistics=old.compress_statistics,
             quant_type=state.quant_type, quant_storage=old.quant_storage,
