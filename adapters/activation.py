@@ -216,7 +216,7 @@ class ActivationMixin:
             self._output_embeddings().requires_grad_(True)
 
     def _enable(self, setup: AdapterCompositionBlock, adapters: bool, fusions: bool) -> None:
-        names = setup.names_in_order()
+        names = _adapters_named(setup, self.adapters_config.adapters)
         fusion_names = _fusion_names(setup)
         for host in self._adapter_hosts:
             if adapters:
@@ -365,3 +365,8 @@ def _fusion_names(setup) -> list[str]:
 def _uses_fusion(setup, fusion_name: str) -> bool:
     return fusion_name in _fusion_names(setup)
 
+
+def _adapters_named(setup: AdapterCompositionBlock, adapters) -> list[str]:
+    """The adapters ``setup`` names, in order: its names without :data:`BASE_ROWS`, which in a
+    ``MultiTask`` stands for rows without adapters (unless the model has an adapter of that name)."""
+    return [name for name in setup.names_in_order() if name != BASE_ROWS or name in adapters]

@@ -513,8 +513,10 @@ class RowRouting:
         with _ROUTING_LOCK:  # appended once: the ids of rows routed before stay valid
             if entry not in self.index:
                 self.children = self.children + (entry,)
-                self.index = {**self.index, entry: len(self.children) - 1}
+                # the setup before the index: a route() that reads the new index (first) and the
+                # setup (last) then gets a setup that has the new child
                 self.setup = MultiTask(*self.children)
+                self.index = {**self.index, entry: len(self.children) - 1}
             return self.index[entry]
 
 

@@ -295,10 +295,12 @@ class ForwardMixin:
     def route_adapter_names(self, adapter_names) -> tuple:
         """``(setup, task_ids)``: the ``MultiTask`` setup and per-row task ids (an ``int64``
         tensor) that run ``adapter_names`` (one adapter setup per batch row, as the forward's
-        ``adapter_names=`` takes them). The setup is the same for every list while the model's
-        adapters stay the same, so a model compiled with ``fullgraph=True`` serves any mix of
-        rows with one graph when called with ``task_ids`` inside ``AdapterSetup(setup)``
-        (``adapter_names=`` itself routes outside the graph: one graph break).
+        ``adapter_names=`` takes them). The setup is the same for every list of the model's
+        adapter names while its adapters stay the same (a row naming a ``Stack`` / ``Average``
+        not named before adds a child, and so a new setup), so a model compiled with
+        ``fullgraph=True`` serves any mix of rows with one graph when called with ``task_ids``
+        inside ``AdapterSetup(setup)`` (``adapter_names=`` itself routes outside the graph: one
+        graph break).
 
         Raises:
             CompositionError: naming ``adapter_names``, the row and value, and the valid form.
@@ -467,7 +469,10 @@ def _checked_task_ids(setup, task_ids, batch: Optional[int]) -> Optional[torch.T
         return None
     block = blocks[0]
     count = min(len(b.children) for b in blocks)
-    valid = _valid_task_ids(setup, batch)
+    # a compiled pass may see the batch size as a symbol (after a recompile for another size), which
+    # the messages fixed while tracing cannot hold: they leave the row count out there
+    shown_batch = None if torch.compiler.is_compiling() else batch
+    valid = _valid_task_ids(setup, shown_batch)
     if task_ids is None:
         raise CompositionError(f"{block} needs task_ids for this forward call; give {valid}, e.g. model(**batch, task_ids=[0, 1]).")
     if isinstance(task_ids, torch.Tensor):
@@ -495,7 +500,7 @@ def _checked_task_ids(setup, task_ids, batch: Optional[int]) -> Optional[torch.T
     if batch is not None and ids.numel() != batch:
         raise CompositionError(f"task_ids has {ids.numel()} entries but the input batch has {batch} rows; give {valid}.")
     if torch.compiler.is_compiling():  # the values are not known while tracing: checked when the graph runs
-        torch._assert_async(((ids >= 0) & (ids < count)).all(), _out_of_range_message(setup, batch))
+        torch._assert_async(((ids >= 0) & (ids < count)).all(), _out_of_range_message(setup, shown_batch))
         return ids
     bad = ids[(ids < 0) | (ids >= count)]
     if bad.numel():

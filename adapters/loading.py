@@ -64,6 +64,7 @@ import torch
 
 from . import logging
 from .version import __version__
+from .activation import _adapters_named
 from .composition import Fuse
 from .context import registry_lock
 from .methods.registry import families_of
@@ -1751,7 +1752,7 @@ class CheckpointMixin:
         setup = parse_composition(adapter_setup)
         if setup is None:
             raise AdapterConfigError(f"adapter_setup={adapter_setup!r} names no adapter; pass a setup such as Stack('a', 'b').")
-        names = setup.names_in_order()
+        names = _adapters_named(setup, self.adapters_config.adapters)
         for name in names:
             self._require_adapter(name)
         fusions = [block.name for block in _blocks(setup, Fuse)]
@@ -1828,7 +1829,7 @@ class CheckpointMixin:
         heads = _head_setup_names(head_setup)
         if heads is None:
             raise AdapterLoadError(f"{path}: \"head_setup\" is {head_setup!r}; it must be null, true, a head name, a list of names or a block.")
-        names = setup.names_in_order()
+        names = _adapters_named(setup, self.adapters_config.adapters)
         fusions = [block.name for block in _blocks(setup, Fuse)]
         flexible = getattr(self, "heads", None)
         # a setup never replaces what the model has (so the rollback below removes only what it loaded)

@@ -164,13 +164,27 @@ def test_multi_task_compiles_to_one_graph_for_every_value_of_task_ids(case):
     assert backend.calls == 1
 
 
+def test_a_compiled_multi_task_serves_other_batch_sizes_with_one_dynamic_graph():
+    # the second size makes dynamo compile for a symbolic batch size, which serves the rest
+    model = _model_with("bert", "lora", names=("a", "b"))
+    model.set_active_adapters(MultiTask("a", "b"))
+    backend = CountingBackend()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    with torch.no_grad():
+        for batch in (2, 3, 4, 5):
+            inputs, task_ids = make_inputs("bert", batch=batch), torch.tensor([row % 2 for row in range(batch)])
+            expected = main_output(model(**inputs, task_ids=task_ids))
+            torch.testing.assert_close(main_output(compiled(**inputs, task_ids=task_ids)), expected, atol=1e-5, rtol=0)
+    assert backend.calls == 2
+
+
 def test_a_compiled_multi_task_refuses_task_ids_out_of_range_when_the_graph_runs():
     model = _model_with("bert", "lora", names=("a", "b"))
     model.set_active_adapters(MultiTask("a", "b"))
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
         compiled(**make_inputs("bert"), task_ids=torch.tensor([0, 1]))
-        with pytest.raises(RuntimeError, match=r"task_ids holds ids outside 0 … 1; give one task id per batch row \(2 rows\)"):
+        with pytest.raises(RuntimeError, match=r"task_ids holds ids outside 0 … 1; give one task id per batch row: integers 0 … 1"):
             compiled(**make_inputs("bert"), task_ids=torch.tensor([0, 2]))
 
 

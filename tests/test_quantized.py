@@ -20,6 +20,7 @@ import transformers
 import adapters
 from adapters.context import ForwardContext
 from adapters.errors import AdapterConfigError, AdapterMergeError
+from adapters.methods.quantized import quantization_of
 
 from conftest import perturb_adapter, require
 
@@ -159,6 +160,11 @@ def test_every_linear_method_on_a_quantized_layer(llama_folder, kind, method):
     assert all(p.grad is not None for p in trainable)
 
 
+def _dequantized_4bit_weights(model) -> dict:
+    bnb = require("bitsandbytes")
+    return {n: quantization_of(m).dequantize(m).clone() for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
 @pytest.mark.parametrize("kind", ["nf4", "fp4"])
 def test_training_after_an_inference_pass_reaches_every_layers_adapter(llama_folder, kind):
     """QLoRA with an evaluation between training steps: on a CPU with AVX512-BF16, bitsandbytes
@@ -175,6 +181,7 @@ def test_training_after_an_inference_pass_reaches_every_layers_adapter(llama_fol
         model.add_adapter("a", adapters.LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
         perturb_adapter(model, "a", scale=0.1)
         model.train_adapter("a")
+        weights = _dequantized_4bit_weights(model)
         if evaluated_first:
             model.eval()
             with torch.no_grad():
@@ -182,11 +189,18 @@ def test_training_after_an_inference_pass_reaches_every_layers_adapter(llama_fol
             model.train()
         model(input_ids=INPUT_IDS, labels=INPUT_IDS).loss.backward()
         grads[evaluated_first] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        # every 4-bit weight (in features up to 128, blocks of 64) reads as before, up to the
+        # rounding of its block scales: to bfloat16 (nf4 here; measured 0.37% of the row's largest
+        # entry), then back to 8-bit codes with double quantization (fp4 here; measured 0.84%)
+        allowed = 2**-7 if kind == "nf4" else 2**-6
+        for name, after in _dequantized_4bit_weights(model).items():
+            scale = weights[name].abs().amax(dim=1, keepdim=True)
+            assert bool(((after - weights[name]).abs() <= scale * allowed).all()), name
     assert len(grads[True]) == 2 * 2 * 3  # two layers, three modules, A and B
     for name, fresh in grads[False].items():
         assert grads[True][name] is not None and grads[True][name].abs().sum() > 0, name
         relative = float((grads[True][name] - fresh).norm() / fresh.norm())
-        assert relative < 0.1, (name, relative)  # measured 1.5-4.4 %: bfloat16 rounding, see the docstring
+        assert relative < 0.02, (name, relative)  # bfloat16 rounding, see the docstring
 
 
 # -- merging ----------------------------------------------------------------------------------------

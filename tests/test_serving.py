@@ -134,6 +134,22 @@ def test_base_rows_in_a_multitask_run_without_adapters_and_only_there():
     assert model.active_adapters == before
 
 
+def test_a_multitask_with_base_rows_trains_saves_and_loads(tmp_path):
+    model = with_adapters("bert", LORAS)
+    setup = MultiTask("a", "__base__")
+    model.train_adapter(setup)
+    trainable = {n.split(".loras.")[1].split(".")[0] for n, p in model.named_parameters() if p.requires_grad and ".loras." in n}
+    assert trainable == {"a"} and model.active_adapters == setup
+    model.save_adapter_setup(tmp_path / "setup", setup)
+    fresh = patched("bert", "base")
+    loaded, _ = fresh.load_adapter_setup(tmp_path / "setup", set_active=True)
+    assert loaded == setup and set(fresh.adapters_config.adapters) == {"a"}
+    inputs = make_inputs("bert", batch=2)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(fresh(**inputs, task_ids=[0, 1])), main_output(model(**inputs, task_ids=[0, 1])), atol=ATOL, rtol=0)
+
+
 def test_route_adapter_names_gives_the_setup_and_task_ids_a_call_with_adapter_names_runs():
     model = with_adapters("bert", dict(LORAS, seq=SeqBnConfig(reduction_factor=4)))
     inputs = make_inputs("bert", batch=4)

@@ -6,9 +6,10 @@ kernel rounds the activations to bfloat16 and records no gradient for the layer'
 training passes too, and ``dequantize_4bit`` does not read the repacked layout. After a single
 evaluation, a QLoRA step would then train only the adapters above the last 4-bit layer the
 gradient meets (each frozen 4-bit layer cuts it), without an error. bitsandbytes itself puts the
-weight back in its portable layout before saving or moving it; here that also happens before a
-pass whose input needs a gradient, and before a weight is read or rewritten (bitsandbytes repacks
-it at the next inference pass).
+weight back in its portable layout before saving it or moving it to CUDA / XPU; here that also
+happens before a pass whose input needs a gradient, and before a weight is read or rewritten
+(bitsandbytes repacks it at the next inference pass). The repacking rounds the block scales to
+bfloat16 (about 0.4% of each scale), which stays.
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ def portable_4bit_layout(module: nn.Module) -> None:
     weight = module.weight
     if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
         # the inverse rewrites the state object in place: data and state change together
-        converted = sys.modules["bitsandbytes"].functional._convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
-        weight.data, weight.quant_state = converted
+        data, state = sys.modules["bitsandbytes"].functional._convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+        if not state.nested and state.absmax.dim() == 2:
+            # the repacking stored the scales as a transposed (in / blocksize, out) bfloat16 table,
+            # and the inverse restores them only for double quantization: put them back in block
+            # order (their bfloat16 rounding stays: bitsandbytes keeps no other copy)
+            state.absmax = state.absmax.t().reshape(-1).to(torch.float32)
+        weight.data, weight.quant_state = data, state
 
 
 def keep_input_gradient(module: nn.Module, x: torch.Tensor) -> None:
@@ -48,9 +54,10 @@ def keep_input_gradient(module: nn.Module, x: torch.Tensor) -> None:
         portable_4bit_layout(module)
 
 
-def _guard(module: nn.Module, args: tuple) -> None:
-    if args and isinstance(args[0], torch.Tensor):
-        keep_input_gradient(module, args[0])
+def _guard(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    x = args[0] if args else kwargs.get("x", kwargs.get("input"))  # Linear4bit.forward(self, x)
+    if isinstance(x, torch.Tensor):
+        keep_input_gradient(module, x)
 
 
 def keep_gradients_through_4bit_layers(model: nn.Module) -> int:
@@ -69,7 +76,7 @@ def keep_gradients_through_4bit_layers(model: nn.Module) -> int:
     guarded = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit) and not module.__dict__.get("_adapters_gradient_guard"):
-            module.register_forward_pre_hook(_guard)
+            module.register_forward_pre_hook(_guard, with_kwargs=True)
             module.__dict__["_adapters_gradient_guard"] = True
             guarded += 1
     return guarded

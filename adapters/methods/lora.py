@@ -1204,7 +1204,7 @@ class LinearHost(ComposableLayer):
         scales = tuple(0.0 if f is None else f[2] for f in adapters)
         if all(scale == scales[0] for scale in scales):
             return lora_A, lora_B, scales[0]
-        context = ForwardContext.get_context()
+        context = None if torch.compiler.is_compiling() else ForwardContext.get_context()  # compiled: see _task_rows
         key = ("lora_row_scales", scales, x.shape[0], x.dtype, x.device)
         per_row = None if context is None else context.pass_cache.get(key)
         if per_row is None:  # once per pass for every layer with the same scalings
