@@ -6,6 +6,8 @@ Runs on CPU in well under a minute:
    from a tiny text set, and save it to a temporary folder;
 2. load it in 4-bit NF4 with ``BitsAndBytesConfig`` (bitsandbytes), the way a real QLoRA run loads
    a large model;
+   then LoftQ on that 4-bit base: an adapter initialised from the checkpoint's float weights to
+   what the 4-bit rounding lost (shown on the logits, then deleted);
 3. add a LoRA adapter to every quantized linear layer and train it for a few steps with
    ``AdapterTrainer`` (only the adapter trains; the 4-bit weights stay frozen);
 4. generate with the adapter;
@@ -124,6 +126,19 @@ def main():
     print(f"base: {type(layer).__name__}, weight stored as {tuple(layer.weight.shape)} {layer.weight.dtype} "
           f"for a {layer.out_features}x{layer.in_features} layer")
 
+    # LoftQ on the quantized base: an adapter initialised to what the 4-bit rounding lost, fitted to the
+    # float weights in the checkpoint the model was loaded from (the 4-bit weights stay as they are)
+    float_model = LlamaForCausalLM.from_pretrained(base_folder)
+    model.add_adapter("loftq", LoRAConfig(r=8, alpha=16, init_weights="loftq", target_modules=TARGETS))
+    with torch.no_grad():
+        batch = collate(rows)
+        float_logits = float_model(**batch).logits
+        plain_error = (model(**batch).logits - float_logits).abs().mean().item()
+        with adapters.AdapterSetup("loftq"):
+            loftq_error = (model(**batch).logits - float_logits).abs().mean().item()
+    print(f"LoftQ on the 4-bit base: mean |logits - float logits| {plain_error:.4f} -> {loftq_error:.4f}")
+    model.delete_adapter("loftq")
+
     # 2. a LoRA adapter on every quantized linear layer; only it trains
     model.add_adapter("qlora", LoRAConfig(r=8, alpha=16, dropout=0.0, target_modules=TARGETS))
     model.train_adapter("qlora")
@@ -162,7 +177,6 @@ def main():
     print(f"generation (merged 4-bit): {prompt} | {merged_text}")
 
     # 4. the exact alternative: merge the adapter into the float model
-    float_model = LlamaForCausalLM.from_pretrained(base_folder)
     adapters.init(float_model)
     float_model.load_adapter(os.path.join(work, "qlora_adapter"), set_active=True)
     float_merged = float_model.merge_and_unload()

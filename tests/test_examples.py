@@ -38,9 +38,10 @@ def test_quickstart_real_model_learns():
 
 
 def test_qlora_trains_merges_and_generates():
-    """examples/qlora.py: LoRA on a 4-bit NF4 Llama trained with AdapterTrainer learns the text (the
-    loss falls by over a fifth, greedy generation continues a training sentence), and merging into
-    the 4-bit weights reports its re-quantization error and keeps the generation."""
+    """examples/qlora.py: LoftQ on the 4-bit base brings the logits closer to the float model's; LoRA
+    on a 4-bit NF4 Llama trained with AdapterTrainer learns the text (the loss falls by over a fifth,
+    greedy generation continues a training sentence), and merging into the 4-bit weights reports its
+    re-quantization error and keeps the generation."""
     require("bitsandbytes")
     out = _run(script="qlora.py")
     before, after = (float(v) for v in out.split("training loss ")[1].split(" (")[0].split(" -> "))
@@ -49,6 +50,8 @@ def test_qlora_trains_merges_and_generates():
     assert generations["generation (adapter)"] == "to the park and played with the ball", out
     assert len(set(generations.values())) == 1 and len(generations) == 3, out
     assert "re-quantization error max |ΔW_q − ΔW| =" in out and "(bitsandbytes 4-bit (nf4))" in out
+    plain, loftq = (float(v) for v in out.split("mean |logits - float logits| ")[1].split("\n")[0].split(" -> "))
+    assert loftq < 0.8 * plain, out  # LoftQ on the 4-bit base takes back part of the rounding
 
 
 def _madx_table(out: str) -> dict[str, float]:

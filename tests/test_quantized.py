@@ -364,14 +364,61 @@ def test_torchao_int4_forward(llama_folder):
 # -- LoftQ ------------------------------------------------------------------------------------------
 
 
-def test_loftq_on_a_quantized_layer_is_refused_and_changes_nothing(llama_folder):
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal tensors, torchao's quantized tensors (which have no ``equal``) compared dequantized."""
+    if type(a).__module__.startswith("torchao"):
+        return torch.equal(a.dequantize(), b.dequantize())
+    return torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["nf4", "fp4", "int8", "ao-int8"])
+def test_loftq_on_the_quantized_base_fits_the_checkpoints_residual(llama_folder, kind):
+    """LoftQ on a model loaded quantized: the quantized weights stay, and each adapter's ``s·B A`` is
+    the best rank-r approximation of ``W − deq(W_q)`` with ``W`` read from the checkpoint folder
+    (Eckart-Young: its error is the norm of the residual's other singular values), so the adapted
+    4-bit model is closer to the float model than the quantized one alone."""
+    model = _model(llama_folder, kind)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq", target_modules=["q_proj", "down_proj"]))
+    float_model = transformers.LlamaForCausalLM.from_pretrained(llama_folder)
+    float_weights = dict(float_model.named_parameters())
+    hosts = {n: m for n, m in model.named_modules() if hasattr(m, "loras") and "q" in m.loras}
+    assert len(hosts) == 4
+    for name, host in hosts.items():
+        lora = host.loras["q"]
+        weight, quantized = float_weights[name + ".weight"].detach(), host.weight_out_in
+        residual = weight - quantized
+        error = weight - (quantized + lora.scaling * lora.lora_B @ lora.lora_A)
+        rest = torch.linalg.svdvals(residual)[4:].norm()
+        torch.testing.assert_close(error.norm(), rest, rtol=1e-4, atol=1e-6)
+        assert error.norm() < residual.norm()
+    after = dict(model.named_parameters())  # the quantized base is untouched
+    assert all(_same_values(after[n], before[n]) for n in before)
+    with torch.no_grad():
+        reference = float_model(input_ids=INPUT_IDS).logits
+        plain = model(input_ids=INPUT_IDS).logits  # no adapter active
+        model.set_active_adapters("q")
+        adapted = model(input_ids=INPUT_IDS).logits
+    if kind in ("nf4", "fp4"):  # int8 rounding is small next to what LLM.int8 / torchao do to activations
+        assert (adapted - reference).abs().mean() < (plain - reference).abs().mean()
+
+
+def test_loftq_on_a_quantized_base_without_its_checkpoint_is_refused_and_changes_nothing(llama_folder, tmp_path):
     model = _model(llama_folder, "nf4")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with pytest.raises(AdapterConfigError, match=r"quantized already \(bitsandbytes 4-bit \(nf4\)\).*float model"):
+    model.name_or_path = str(tmp_path)  # a folder without the float checkpoint
+    with pytest.raises(AdapterConfigError, match=r"layer 'model.layers.0.self_attn.q_proj' \(bitsandbytes 4-bit \(nf4\)\).*holds no safetensors weight 'model.layers.0.self_attn.q_proj.weight'"):
         model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))
     assert "q" not in model.adapters_config.adapters
     after = dict(model.named_parameters())
     assert set(after) == set(before) and all(torch.equal(after[n], before[n]) for n in before)
+    other = tmp_path / "other"  # another model's checkpoint with the same names
+    torch.manual_seed(7)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).save_pretrained(other)
+    model.name_or_path = str(other)
+    with pytest.raises(AdapterConfigError, match=r"is not the weight this layer was quantized from"):
+        model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))
+    assert "q" not in model.adapters_config.adapters
 
 
 def test_loftq_on_the_float_model_then_loaded_in_4bit(llama_folder, tmp_path):

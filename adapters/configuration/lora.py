@@ -86,7 +86,9 @@ class LoRAConfig(AdapterConfig):
             biases overwrite the model's when the adapter is loaded.
         loftq_config: with ``init_weights="loftq"``: a :class:`LoftQConfig` (or its dict). LoftQ
             replaces each targeted weight by its quantised version and initialises A, B from the
-            SVD of the quantisation residual, so the base model's weights change.
+            SVD of the quantisation residual, so the base model's weights change; on a model loaded
+            quantized, the quantized weights stay and A, B fit the residual to the float weights
+            of the checkpoint folder it was loaded from.
         feedforward_modules: with composition_mode "scale", the targeted modules (same forms as
             ``target_modules``) whose *input* is scaled instead of their output (PEFT's IA³).
         modules_to_save: names of whole modules (exact or dotted suffix, e.g. ``["classifier"]``)

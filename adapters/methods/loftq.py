@@ -17,9 +17,13 @@ runs on the de-quantised ``Q`` (what a quantised backbone computes) plus the LoR
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Optional
+
 import torch
 
-__all__ = ["NF4_LEVELS", "quantize_dequantize", "loftq_factors"]
+__all__ = ["NF4_LEVELS", "quantize_dequantize", "loftq_factors", "residual_factors", "checkpoint_weight"]
 
 # QLoRA's NormalFloat4: quantiles of N(0, 1) normalised to [-1, 1], with an exact zero
 NF4_LEVELS = torch.tensor([
@@ -74,9 +78,49 @@ def loftq_factors(weight: torch.Tensor, rank: int, scaling: float, bits: int = 4
     low_rank = torch.zeros_like(original)
     for _ in range(max(1, iterations)):
         quantized = quantize_dequantize(original - low_rank, bits, method)
-        u, s, vh = torch.linalg.svd(original - quantized, full_matrices=False)
-        root = s[:rank].sqrt()
-        b = u[:, :rank] * root / scaling**0.5
-        a = root.unsqueeze(1) * vh[:rank] / scaling**0.5
+        a, b = residual_factors(original, quantized, rank, scaling)
         low_rank = scaling * (b @ a)
     return quantized.to(weight.dtype), a.to(weight.dtype), b.to(weight.dtype)
+
+
+def residual_factors(weight: torch.Tensor, quantized: torch.Tensor, rank: int, scaling: float):
+    """``(A, B)`` with ``s·B A`` the best rank-``rank`` approximation of ``W − Q`` (float32): one
+    LoftQ step for a quantized weight ``Q`` that is given, not chosen (a base model loaded
+    quantized already).
+
+    Example::
+
+        >>> w = torch.randn(64, 64); a, b = residual_factors(w, quantize_dequantize(w), rank=8, scaling=2.0)
+    """
+    u, s, vh = torch.linalg.svd(weight.float() - quantized.float(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return root.unsqueeze(1) * vh[:rank] / scaling**0.5, u[:, :rank] * root / scaling**0.5
+
+
+def checkpoint_weight(folder, key: str) -> Optional[torch.Tensor]:
+    """The tensor ``key`` of the safetensors checkpoint in ``folder`` (one ``model.safetensors``
+    or shards listed in ``model.safetensors.index.json``), or None where the folder, the file or
+    the key is absent. Only that tensor is read.
+
+    Example::
+
+        >>> checkpoint_weight("out/llama", "model.layers.0.self_attn.q_proj.weight").shape
+        torch.Size([64, 64])
+    """
+    from safetensors import safe_open
+
+    if not folder or not os.path.isdir(folder):
+        return None
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            shard = json.load(handle).get("weight_map", {}).get(key)
+        if not isinstance(shard, str) or os.path.basename(shard) != shard:  # a shard inside the folder only
+            return None
+        path = os.path.join(folder, shard)
+    else:
+        path = os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    with safe_open(path, framework="pt") as checkpoint:
+        return checkpoint.get_tensor(key) if key in checkpoint.keys() else None

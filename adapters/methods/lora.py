@@ -90,7 +90,7 @@ from ..hooks.slices import check_slices, slices_index
 from ..hooks.targeting import OWN_MODULES, matches_modules, pattern_value, resolve_targets
 from .. import logging
 from .base import in_dtype, parameter_dtype
-from .loftq import loftq_factors
+from .loftq import checkpoint_weight, loftq_factors, residual_factors
 from .quantized import QuantizedMerge, quantization_of
 from .registry import MethodFamily, PeftMapping, register
 from .saved_modules import SavedModuleHost, add_saved_modules, check_saved_modules_in_setup
@@ -1499,7 +1499,7 @@ def add_lora_modules(model, name: str, config: LoRAConfig, device, dtype) -> boo
         if config.init_weights == "loftq":
             # load_adapter builds the adapter under its staging name, then copies the saved factors in
             loading = model.__dict__.get("_adapters_staging_name") == name
-            _loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})), loading)
+            _loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})), loading, model)
         host.loras[name].to(device=device, dtype=adapter_dtype_at(host, dtype)).train(model.training)
     if config.modules_to_save:
         add_saved_modules(model, name, config.modules_to_save)
@@ -1507,19 +1507,16 @@ def add_lora_modules(model, name: str, config: LoRAConfig, device, dtype) -> boo
 
 
 @torch.no_grad()
-def _loftq_initialise(host, lora, loftq, loading: bool = False) -> None:
+def _loftq_initialise(host, lora, loftq, loading: bool = False, model=None) -> None:
     """Replace the host's weight by its quantised version and fit A, B to the residual. On a
-    quantized layer the float weight is gone: refused, except while loading a saved LoftQ adapter
-    (its factors come from the file, and the quantized weight stands for the one it was fitted to)."""
+    quantized layer the quantized weight is given: A, B fit the residual between it and the float
+    weight read from the checkpoint the model was loaded from (one LoftQ step, as PEFT's
+    ``replace_lora_weights_loftq``); refused where that weight cannot be read. While loading a
+    saved LoftQ adapter nothing is fitted (its factors come from the file)."""
     if host.quantized is not None:
-        if loading:
-            return
-        raise AdapterConfigError(
-            f"init_weights='loftq' fits the LoRA factors to the difference between the float weight and its "
-            f"quantization, but this layer's weight is quantized already ({host.quantized.kind}): the float weight is "
-            f"gone. Add the LoftQ adapter to the float model (it replaces each adapted weight by its NF4 quantization), "
-            f"save that model and load it quantized, or use another init on the quantized model."
-        )
+        if not loading:
+            _loftq_on_quantized(host, lora, model)
+        return
     if lora.out_index is not None:
         raise AdapterConfigError(
             "init_weights='loftq' initialises a LoRA over a whole weight; this adapter covers only some parts "
@@ -1530,6 +1527,44 @@ def _loftq_initialise(host, lora, loftq, loading: bool = False) -> None:
     host.weight_out_in.copy_(quantized)
     lora.lora_A.copy_(a)
     lora.lora_B.copy_(b)
+
+
+def _loftq_on_quantized(host, lora, model) -> None:
+    """LoftQ's factors for a layer loaded quantized: ``s·B A`` = the best rank-r approximation of
+    ``W − deq(W_q)``, ``W`` read from the model's checkpoint folder (``name_or_path``)."""
+    folder = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    path = next((n for n, m in model.named_modules() if m is host), None)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    candidates = [f"{path}.weight"]
+    if prefix and path.startswith(prefix + "."):
+        candidates.append(f"{path[len(prefix) + 1:]}.weight")
+    elif prefix:
+        candidates.append(f"{prefix}.{path}.weight")
+    weight = next((w for w in (checkpoint_weight(folder, key) for key in candidates) if w is not None), None)
+    where = f"layer {path!r} ({host.quantized.kind})"
+    if weight is None:
+        raise AdapterConfigError(
+            f"init_weights='loftq' on {where} fits the LoRA factors to the difference between the float weight and "
+            f"its quantization, and reads the float weight from the checkpoint the model was loaded from, but "
+            f"{folder!r} holds no safetensors weight {candidates[0]!r}. Load the quantized model from a local folder "
+            f"with the float checkpoint, or add the LoftQ adapter to the float model, save it and load it quantized."
+        )
+    quantized = host.weight_out_in.float()
+    weight = weight.float()
+    if tuple(weight.shape) != tuple(quantized.shape):
+        raise AdapterConfigError(
+            f"init_weights='loftq' on {where}: the checkpoint's {candidates[0]!r} in {folder!r} has shape "
+            f"{tuple(weight.shape)}, the layer {tuple(quantized.shape)}; load the model from the checkpoint it was quantized from."
+        )
+    relative = float((weight - quantized).norm() / weight.norm().clamp_min(1e-12))
+    if relative > 0.5:  # 4-bit rounding is ~0.1 of the weight: this is another weight
+        raise AdapterConfigError(
+            f"init_weights='loftq' on {where}: the checkpoint's {candidates[0]!r} in {folder!r} is not the weight this "
+            f"layer was quantized from (‖W − deq(W_q)‖ / ‖W‖ = {relative:.2f}); load the model from that checkpoint."
+        )
+    a, b = residual_factors(weight, quantized, lora.r, lora.scaling)
+    lora.lora_A.copy_(a.to(lora.lora_A.dtype))
+    lora.lora_B.copy_(b.to(lora.lora_B.dtype))
 
 
 def lora_bias_parameters(model, name: str, config) -> dict[str, nn.Parameter]:
