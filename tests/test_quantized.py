@@ -419,6 +419,15 @@ def test_loftq_on_a_quantized_base_without_its_checkpoint_is_refused_and_changes
     with pytest.raises(AdapterConfigError, match=r"is not the weight this layer was quantized from"):
         model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))
     assert "q" not in model.adapters_config.adapters
+    (other / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")  # a corrupt file
+    with pytest.raises(AdapterConfigError, match=r"model.safetensors: not a readable safetensors file"):
+        model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))
+    (other / "model.safetensors.index.json").write_text('{"weight_map": {"model.layers.0.self_attn.q_proj.weight": "../x"}}')
+    with pytest.raises(AdapterConfigError, match=r"holds no safetensors weight"):  # no shard outside the folder
+        model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))
+    assert "q" not in model.adapters_config.adapters
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in before)
 
 
 def test_loftq_on_the_float_model_then_loaded_in_4bit(llama_folder, tmp_path):

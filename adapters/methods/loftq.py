@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from ..errors import AdapterConfigError
+
 __all__ = ["NF4_LEVELS", "quantize_dequantize", "loftq_factors", "residual_factors", "checkpoint_weight"]
 
 # QLoRA's NormalFloat4: quantiles of N(0, 1) normalised to [-1, 1], with an exact zero
@@ -99,22 +101,28 @@ def residual_factors(weight: torch.Tensor, quantized: torch.Tensor, rank: int, s
 
 def checkpoint_weight(folder, key: str) -> Optional[torch.Tensor]:
     """The tensor ``key`` of the safetensors checkpoint in ``folder`` (one ``model.safetensors``
-    or shards listed in ``model.safetensors.index.json``), or None where the folder, the file or
-    the key is absent. Only that tensor is read.
+    or shards listed in ``model.safetensors.index.json``, inside the folder), or None where the
+    folder, the file or the key is absent. Only that tensor is read; an unreadable index or file
+    raises :class:`~adapters.errors.AdapterConfigError` naming it.
 
     Example::
 
         >>> checkpoint_weight("out/llama", "model.layers.0.self_attn.q_proj.weight").shape
         torch.Size([64, 64])
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     if not folder or not os.path.isdir(folder):
         return None
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as handle:
-            shard = json.load(handle).get("weight_map", {}).get(key)
+        try:
+            with open(index, encoding="utf-8") as handle:
+                listing = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise AdapterConfigError(f"{index}: not a readable checkpoint index ({error}).") from None
+        weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+        shard = weight_map.get(key) if isinstance(weight_map, dict) else None
         if not isinstance(shard, str) or os.path.basename(shard) != shard:  # a shard inside the folder only
             return None
         path = os.path.join(folder, shard)
@@ -122,5 +130,8 @@ def checkpoint_weight(folder, key: str) -> Optional[torch.Tensor]:
         path = os.path.join(folder, "model.safetensors")
     if not os.path.isfile(path):
         return None
-    with safe_open(path, framework="pt") as checkpoint:
-        return checkpoint.get_tensor(key) if key in checkpoint.keys() else None
+    try:
+        with safe_open(path, framework="pt") as checkpoint:
+            return checkpoint.get_tensor(key) if key in checkpoint.keys() else None
+    except (OSError, SafetensorError) as error:
+        raise AdapterConfigError(f"{path}: not a readable safetensors file ({error}).") from None
