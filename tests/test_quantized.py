@@ -13,6 +13,8 @@ The merge bound: a merge writes ``W_q' = q(deq(W_q) + ΔW)`` and reports ``e = m
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -422,12 +424,61 @@ def test_loftq_on_a_quantized_base_without_its_checkpoint_is_refused_and_changes
     (other / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")  # a corrupt file
     with pytest.raises(AdapterConfigError, match=r"model.safetensors: not a readable safetensors file"):
         model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))
-    (other / "model.safetensors.index.json").write_text('{"weight_map": {"model.layers.0.self_attn.q_proj.weight": "../x"}}')
-    with pytest.raises(AdapterConfigError, match=r"holds no safetensors weight"):  # no shard outside the folder
+    # an index naming a shard outside the folder (which holds the right weights) is not followed
+    (tmp_path / "x").write_bytes((llama_folder / "model.safetensors").read_bytes())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "x"), framework="pt") as checkpoint:
+        keys = list(checkpoint.keys())
+    (other / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {key: "../x" for key in keys}}))
+    with pytest.raises(AdapterConfigError, match=r"holds no safetensors weight"):
         model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))
     assert "q" not in model.adapters_config.adapters
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], before[n]) for n in before)
+
+
+def test_loftq_on_a_4bit_gpt2_reads_the_conv1d_weights_transposed_and_refuses_fused_parts(tmp_path):
+    """GPT-2 keeps its projections as transformers' Conv1D, stored (in, out); bitsandbytes quantizes
+    them as (out, in) layers. LoftQ reads the checkpoint's weight transposed (the square c_proj
+    included, where only the orientation tells), and refuses an adapter over parts of the fused
+    c_attn before it changes anything."""
+    bnb = require("bitsandbytes")
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=99, n_positions=32, n_embd=64, n_layer=2, n_head=4)).save_pretrained(tmp_path)
+    quantization = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, quantization_config=quantization)
+    adapters.init(model)
+    with pytest.raises(AdapterConfigError, match=r"covers only some parts of a fused projection"):
+        model.add_adapter("parts", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq"))  # q and v of c_attn
+    assert "parts" not in model.adapters_config.adapters
+    model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq", target_modules=["c_attn", "c_fc", "c_proj"]))
+    float_weights = dict(transformers.GPT2LMHeadModel.from_pretrained(tmp_path).named_parameters())
+    hosts = {n: m for n, m in model.named_modules() if hasattr(m, "loras") and "q" in m.loras}
+    assert len(hosts) == 8 and all(isinstance(m, bnb.nn.Linear4bit) for m in hosts.values())
+    for name, host in hosts.items():
+        lora = host.loras["q"]
+        weight, quantized = float_weights[name + ".weight"].detach().t(), host.weight_out_in  # Conv1D: (in, out)
+        error = weight - (quantized + lora.scaling * lora.lora_B @ lora.lora_A)
+        torch.testing.assert_close(error.norm(), torch.linalg.svdvals(weight - quantized)[4:].norm(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_refused_loftq_leaves_the_float_layers_of_a_partly_quantized_model_as_they_were(llama_folder, tmp_path):
+    """q_proj left in float (llm_int8_skip_modules), k_proj quantized without its checkpoint: the
+    refusal for k_proj comes before LoftQ rewrites q_proj's float weight."""
+    require("bitsandbytes")
+    quantization = transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["q_proj", "lm_head"]
+    )
+    model = transformers.LlamaForCausalLM.from_pretrained(llama_folder, quantization_config=quantization)
+    adapters.init(model)
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.name_or_path = str(tmp_path)  # no checkpoint there
+    with pytest.raises(AdapterConfigError, match=r"layer 'model.layers.0.self_attn.k_proj'.*holds no safetensors weight"):
+        model.add_adapter("q", adapters.LoRAConfig(r=4, alpha=8, init_weights="loftq", target_modules=["q_proj", "k_proj"]))
+    after = dict(model.named_parameters())
+    assert set(after) == set(before) and all(torch.equal(after[n], before[n]) for n in before)
 
 
 def test_loftq_on_the_float_model_then_loaded_in_4bit(llama_folder, tmp_path):

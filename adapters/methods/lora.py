@@ -1496,10 +1496,11 @@ def add_lora_modules(model, name: str, config: LoRAConfig, device, dtype) -> boo
         alpha = pattern_value(config.alpha_pattern, prefix + target.path, config.alpha)
         scale_input = config.feedforward_modules is not None and matches_modules(target.path, config.feedforward_modules, prefix)
         host.add_lora(name, config, r, alpha, scale_input=scale_input, out_slices=target.out_slices)
-        if config.init_weights == "loftq":
-            # load_adapter builds the adapter under its staging name, then copies the saved factors in
-            loading = model.__dict__.get("_adapters_staging_name") == name
-            _loftq_initialise(host, host.loras[name], LoftQConfig(**(config.loftq_config or {})), loading, model)
+    if config.init_weights == "loftq":
+        # load_adapter builds the adapter under its staging name, then copies the saved factors in
+        loading = model.__dict__.get("_adapters_staging_name") == name
+        _loftq_initialise(model, name, [host for _, host in pairs], LoftQConfig(**(config.loftq_config or {})), loading)
+    for _, host in pairs:
         host.loras[name].to(device=device, dtype=adapter_dtype_at(host, dtype)).train(model.training)
     if config.modules_to_save:
         add_saved_modules(model, name, config.modules_to_save)
@@ -1507,64 +1508,80 @@ def add_lora_modules(model, name: str, config: LoRAConfig, device, dtype) -> boo
 
 
 @torch.no_grad()
-def _loftq_initialise(host, lora, loftq, loading: bool = False, model=None) -> None:
-    """Replace the host's weight by its quantised version and fit A, B to the residual. On a
-    quantized layer the quantized weight is given: A, B fit the residual between it and the float
-    weight read from the checkpoint the model was loaded from (one LoftQ step, as PEFT's
-    ``replace_lora_weights_loftq``); refused where that weight cannot be read. While loading a
-    saved LoftQ adapter nothing is fitted (its factors come from the file)."""
-    if host.quantized is not None:
-        if not loading:
-            _loftq_on_quantized(host, lora, model)
-        return
-    if lora.out_index is not None:
-        raise AdapterConfigError(
-            "init_weights='loftq' initialises a LoRA over a whole weight; this adapter covers only some parts "
-            "of a fused projection (e.g. q and v of GPT-2's c_attn). Target the whole module "
-            "(target_modules=['c_attn']) or use another init."
-        )
-    quantized, a, b = loftq_factors(host.weight_out_in, lora.r, lora.scaling, loftq.loftq_bits, loftq.loftq_iter, loftq.quantizer)
-    host.weight_out_in.copy_(quantized)
-    lora.lora_A.copy_(a)
-    lora.lora_B.copy_(b)
+def _loftq_initialise(model, name: str, hosts: list, loftq, loading: bool = False) -> None:
+    """LoftQ for adapter ``name`` on ``hosts``. A float layer's weight is replaced by its quantised
+    version and A, B fit the residual. A layer loaded quantized keeps its weight: A, B fit the
+    residual between it and the float weight read from the checkpoint the model was loaded from
+    (one LoftQ step, as PEFT's ``replace_lora_weights_loftq``); while loading a saved LoftQ adapter
+    nothing is fitted there (its factors come from the file). Every refusal comes before any
+    weight changes."""
+    for host in hosts:
+        if host.loras[name].out_index is not None:
+            raise AdapterConfigError(
+                "init_weights='loftq' initialises a LoRA over a whole weight; this adapter covers only some parts "
+                "of a fused projection (e.g. q and v of GPT-2's c_attn). Target the whole module "
+                "(target_modules=['c_attn']) or use another init."
+            )
+    quantized_hosts = [host for host in hosts if host.quantized is not None]
+    fitted = [] if loading else _loftq_on_quantized(model, name, quantized_hosts)  # reads and checks first
+    for host in hosts:
+        if host.quantized is not None:
+            continue
+        lora = host.loras[name]
+        quantized, a, b = loftq_factors(host.weight_out_in, lora.r, lora.scaling, loftq.loftq_bits, loftq.loftq_iter, loftq.quantizer)
+        host.weight_out_in.copy_(quantized)
+        lora.lora_A.copy_(a)
+        lora.lora_B.copy_(b)
+    for lora, a, b in fitted:
+        lora.lora_A.copy_(a.to(lora.lora_A.device, lora.lora_A.dtype))
+        lora.lora_B.copy_(b.to(lora.lora_B.device, lora.lora_B.dtype))
 
 
-def _loftq_on_quantized(host, lora, model) -> None:
-    """LoftQ's factors for a layer loaded quantized: ``s·B A`` = the best rank-r approximation of
-    ``W − deq(W_q)``, ``W`` read from the model's checkpoint folder (``name_or_path``)."""
+def _loftq_on_quantized(model, name: str, hosts: list) -> list:
+    """``(lora, A, B)`` per layer loaded quantized: ``s·B A`` = the best rank-r approximation of
+    ``W − deq(W_q)``, ``W`` read from the model's checkpoint folder (``name_or_path``); refused
+    (before anything changes) where it cannot be read or is not the layer's weight."""
+    if not hosts:
+        return []
     folder = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
-    path = next((n for n, m in model.named_modules() if m is host), None)
+    paths = {id(module): path for path, module in model.named_modules()}
     prefix = getattr(model, "base_model_prefix", "") or ""
-    candidates = [f"{path}.weight"]
-    if prefix and path.startswith(prefix + "."):
-        candidates.append(f"{path[len(prefix) + 1:]}.weight")
-    elif prefix:
-        candidates.append(f"{prefix}.{path}.weight")
-    weight = next((w for w in (checkpoint_weight(folder, key) for key in candidates) if w is not None), None)
-    where = f"layer {path!r} ({host.quantized.kind})"
-    if weight is None:
-        raise AdapterConfigError(
-            f"init_weights='loftq' on {where} fits the LoRA factors to the difference between the float weight and "
-            f"its quantization, and reads the float weight from the checkpoint the model was loaded from, but "
-            f"{folder!r} holds no safetensors weight {candidates[0]!r}. Load the quantized model from a local folder "
-            f"with the float checkpoint, or add the LoftQ adapter to the float model, save it and load it quantized."
-        )
-    quantized = host.weight_out_in.float()
-    weight = weight.float()
-    if tuple(weight.shape) != tuple(quantized.shape):
-        raise AdapterConfigError(
-            f"init_weights='loftq' on {where}: the checkpoint's {candidates[0]!r} in {folder!r} has shape "
-            f"{tuple(weight.shape)}, the layer {tuple(quantized.shape)}; load the model from the checkpoint it was quantized from."
-        )
-    relative = float((weight - quantized).norm() / weight.norm().clamp_min(1e-12))
-    if relative > 0.5:  # 4-bit rounding is ~0.1 of the weight: this is another weight
-        raise AdapterConfigError(
-            f"init_weights='loftq' on {where}: the checkpoint's {candidates[0]!r} in {folder!r} is not the weight this "
-            f"layer was quantized from (‖W − deq(W_q)‖ / ‖W‖ = {relative:.2f}); load the model from that checkpoint."
-        )
-    a, b = residual_factors(weight, quantized, lora.r, lora.scaling)
-    lora.lora_A.copy_(a.to(lora.lora_A.dtype))
-    lora.lora_B.copy_(b.to(lora.lora_B.dtype))
+    fitted = []
+    for host in hosts:
+        path = paths[id(host)]
+        candidates = [f"{path}.weight"]
+        if prefix and path.startswith(prefix + "."):
+            candidates.append(f"{path[len(prefix) + 1:]}.weight")
+        elif prefix:
+            candidates.append(f"{prefix}.{path}.weight")
+        weight = next((w for w in (checkpoint_weight(folder, key) for key in candidates) if w is not None), None)
+        where = f"layer {path!r} ({host.quantized.kind})"
+        if weight is None:
+            raise AdapterConfigError(
+                f"init_weights='loftq' on {where} fits the LoRA factors to the difference between the float weight "
+                f"and its quantization, and reads the float weight from the checkpoint the model was loaded from, but "
+                f"{folder!r} holds no safetensors weight {candidates[0]!r}. Load the quantized model from a local folder "
+                f"with the float checkpoint, or add the LoftQ adapter to the float model, save it and load it quantized."
+            )
+        quantized = host.weight_out_in.float()
+        weight = weight.to(quantized.device, torch.float32)
+        source = getattr(host, "source_cls", None)  # bitsandbytes keeps GPT-2's Conv1D weights as (out, in)
+        if isinstance(source, type) and issubclass(source, Conv1D):
+            weight = weight.t()
+        if tuple(weight.shape) != tuple(quantized.shape):
+            raise AdapterConfigError(
+                f"init_weights='loftq' on {where}: the checkpoint's {candidates[0]!r} in {folder!r} has shape "
+                f"{tuple(weight.shape)}, the layer {tuple(quantized.shape)}; load the model from the checkpoint it was quantized from."
+            )
+        relative = float((weight - quantized).norm() / weight.norm().clamp_min(1e-12))
+        if relative > 0.5:  # 4-bit rounding is ~0.1 of the weight: this is another weight
+            raise AdapterConfigError(
+                f"init_weights='loftq' on {where}: the checkpoint's {candidates[0]!r} in {folder!r} is not the weight "
+                f"this layer was quantized from (‖W − deq(W_q)‖ / ‖W‖ = {relative:.2f}); load the model from that checkpoint."
+            )
+        lora = host.loras[name]
+        fitted.append((lora, *residual_factors(weight, quantized, lora.r, lora.scaling)))
+    return fitted
 
 
 def lora_bias_parameters(model, name: str, config) -> dict[str, nn.Parameter]:
