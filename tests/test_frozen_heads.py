@@ -4,6 +4,8 @@ loads the model that was trained."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import CONFIGS, main_output, make_inputs, make_model, require
@@ -110,37 +112,44 @@ def _base_folder(tmp_path):
     return folder
 
 
+def _saved_for_peft_as_trained(model, inputs, path, seed: int, modules_to_save: list) -> torch.Tensor:
+    """Move every trainable parameter (as if trained), save adapter "a" in PEFT's format to
+    ``path`` and check its ``modules_to_save``; returns the model's output on ``inputs``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in _trainable(model).values():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.2)
+    model.eval()
+    with torch.no_grad():
+        ours = main_output(model(**inputs))
+    model.save_adapter(str(path), "a", format="peft")
+    with open(path / "adapter_config.json") as f:
+        assert json.load(f)["modules_to_save"] == modules_to_save
+    return ours
+
+
+def _assert_peft_loads_the_same_model(cls, folder, path, inputs, ours) -> None:
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(cls.from_pretrained(folder).eval(), str(path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=0)
+
+
 def test_peft_save_writes_a_trained_lm_head_as_modules_to_save(tmp_path):
     """LoRA trained together with the LM head (train_output_embeddings=True) is written with
     modules_to_save=["lm_head"]; PEFT 0.21 loads the same model (logits within 1e-5), and so does
     this library."""
     require("peft")
-    import json
-
-    from peft import PeftModel
-
     folder = _base_folder(tmp_path)
     cls = type(make_model("llama", "clm"))
     model = cls.from_pretrained(folder).eval()
     adapters.init(model)
     model.add_adapter("a", LoRAConfig(r=4, alpha=8), set_active=True)
     model.train_adapter("a", train_output_embeddings=True)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # as if trained: the LoRA and the head moved
-        for param in _trainable(model).values():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.2)
-    model.eval()
     inputs = make_inputs("llama")
-    with torch.no_grad():
-        ours = main_output(model(**inputs))
-    model.save_adapter(str(tmp_path / "peft"), "a", format="peft")
-    with open(tmp_path / "peft" / "adapter_config.json") as f:
-        assert json.load(f)["modules_to_save"] == ["lm_head"]
-    reference = cls.from_pretrained(folder).eval()
-    peft_model = PeftModel.from_pretrained(reference, str(tmp_path / "peft")).eval()
-    with torch.no_grad():
-        theirs = main_output(peft_model(**inputs))
-    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    ours = _saved_for_peft_as_trained(model, inputs, tmp_path / "peft", seed=0, modules_to_save=["lm_head"])
+    _assert_peft_loads_the_same_model(cls, folder, tmp_path / "peft", inputs, ours)
     again = cls.from_pretrained(folder).eval()
     adapters.init(again)
     again.load_adapter(str(tmp_path / "peft"), load_as="a", set_active=True)
@@ -150,8 +159,6 @@ def test_peft_save_writes_a_trained_lm_head_as_modules_to_save(tmp_path):
 
 def test_peft_save_of_a_frozen_lm_head_writes_none(tmp_path):
     require("peft")
-    import json
-
     model = _lora_model()
     model.train_adapter("a")
     model.save_adapter(str(tmp_path), "a", format="peft")
@@ -172,10 +179,6 @@ def test_peft_save_writes_a_trained_classifier_as_modules_to_save(tmp_path):
     """The classifier of a sequence classifier trains with the adapter; PEFT gets it as
     modules_to_save (before, the save dropped it and PEFT loaded the untrained one)."""
     require("peft")
-    import json
-
-    from peft import PeftModel
-
     folder = str(tmp_path / "base")
     cls = type(make_model("bert", "seq_cls"))
     make_model("bert", "seq_cls").save_pretrained(folder)
@@ -183,17 +186,6 @@ def test_peft_save_writes_a_trained_classifier_as_modules_to_save(tmp_path):
     adapters.init(model)
     model.add_adapter("a", LoRAConfig(r=4, alpha=8))
     model.train_adapter("a")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in _trainable(model).values():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.2)
-    model.eval()
     inputs = make_inputs("bert")
-    with torch.no_grad():
-        ours = main_output(model(**inputs))
-    model.save_adapter(str(tmp_path / "peft"), "a", format="peft")
-    with open(tmp_path / "peft" / "adapter_config.json") as f:
-        assert json.load(f)["modules_to_save"] == ["classifier"]
-    peft_model = PeftModel.from_pretrained(cls.from_pretrained(folder).eval(), str(tmp_path / "peft")).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(main_output(peft_model(**inputs)), ours, atol=1e-5, rtol=0)
+    ours = _saved_for_peft_as_trained(model, inputs, tmp_path / "peft", seed=1, modules_to_save=["classifier"])
+    _assert_peft_loads_the_same_model(cls, folder, tmp_path / "peft", inputs, ours)

@@ -587,10 +587,10 @@ class ComposableLayer(HostCapabilities):
                 f"model(**batch, task_ids=[0, 1, ...])."
             )
         device = getattr(state, self.BATCH_FIELDS[0]).device
+        # compiled: no cache (a graph computes this in a few ops, and looking up a key that holds
+        # the batch size would fix a dynamic batch size to one value)
         compiling = torch.compiler.is_compiling()
-        # compiled: no cache (a graph computes this in a few ops, and a key holding the batch size
-        # would fix a dynamic batch size to one value)
-        key = None if compiling else ("task_rows", batch, len(setup.children), device)
+        key = ("task_rows", batch, len(setup.children), device)
         found = None if compiling else context.pass_cache.get(key)
         if found is None:
             rows = task_ids.numel()
@@ -601,9 +601,9 @@ class ComposableLayer(HostCapabilities):
                         f"(layer {self.layer_idx}); give one task id per row of the batch."
                     )
                 task_ids = task_ids.repeat(batch // rows)  # Parallel replicated the rows: each copy keeps its task
-            if compiling:
-                return RowGroups.traced(task_ids, len(setup.children), device)
-            found = context.pass_cache[key] = RowGroups.of(task_ids, len(setup.children), device)
+            found = (RowGroups.traced if compiling else RowGroups.of)(task_ids, len(setup.children), device)
+            if not compiling:
+                context.pass_cache[key] = found
         return found
 
     def _parallel_sizes(self, setup, state) -> list[int]:

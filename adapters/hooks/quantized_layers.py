@@ -43,8 +43,9 @@ def portable_4bit_layout(module: nn.Module) -> None:
 
 
 def keep_input_gradient(module: nn.Module, x: torch.Tensor) -> None:
-    """Before ``module`` (a bitsandbytes 4-bit layer) runs on ``x``: the portable layout if a
-    gradient must pass through ``x`` (an adapter below, OFT's rotated input), whose kernel records it.
+    """Before ``module`` runs on ``x``: if it is a bitsandbytes 4-bit layer with a repacked weight
+    and a gradient must pass through ``x`` (an adapter below, OFT's rotated input), the portable
+    layout, whose kernel records it (nothing for any other layer).
 
     Example::
 

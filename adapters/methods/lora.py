@@ -90,6 +90,7 @@ from ..hooks.slices import check_slices, slices_index
 from ..hooks.targeting import OWN_MODULES, matches_modules, pattern_value, resolve_targets
 from .. import logging
 from .base import in_dtype, parameter_dtype
+from ..hooks.quantized_layers import keep_input_gradient
 from .loftq import checkpoint_weight, loftq_factors, residual_factors
 from .quantized import QuantizedMerge, quantization_of
 from .registry import MethodFamily, PeftMapping, register
@@ -1032,9 +1033,7 @@ class LinearHost(ComposableLayer):
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's own forward, without adapters."""
-        quantized = self.quantized
-        if quantized is not None:
-            quantized.before_forward(self, x)
+        keep_input_gradient(self, x)  # x may differ from the call's input (OFT rotates it)
         return super().forward(x)
 
     def delete_adapter(self, name: str) -> None:

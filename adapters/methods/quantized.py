@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterMergeError
-from ..hooks.quantized_layers import keep_input_gradient, portable_4bit_layout
+from ..hooks.quantized_layers import portable_4bit_layout
 
 __all__ = ["QuantizedWeight", "QuantizedMerge", "quantization_of"]
 
@@ -98,14 +98,6 @@ class QuantizedWeight(abc.ABC):
         """
         raise AdapterMergeError(f"{self.kind} weights are not re-quantized: {self.refusal}")
 
-    def before_forward(self, module: nn.Module, x: torch.Tensor) -> None:
-        """Make the layer's own forward fit this pass (called before it runs); nothing by default.
-
-        Example::
-
-            >>> backend.before_forward(layer, x)
-        """
-
     def snapshot(self, module: nn.Module) -> dict:
         """What :meth:`restore` needs to put the current weight back after a :meth:`requantize`.
 
@@ -135,9 +127,6 @@ class _Bnb4bit(QuantizedWeight):
 
     def __init__(self, weight):
         self.kind = f"bitsandbytes 4-bit ({weight.quant_state.quant_type})"
-
-    def before_forward(self, module, x):
-        keep_input_gradient(module, x)
 
     def dequantize(self, module):
         portable_4bit_layout(module)
